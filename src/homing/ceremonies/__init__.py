@@ -1,0 +1,32 @@
+"""Operator ceremonies over a data directory: init, rotations, issuance, revocation."""
+
+from homing.ceremonies.ceremonies import (
+    InitSummary,
+    init,
+    issue_certificate,
+    pin_policy,
+    refresh_timestamp,
+    revoke,
+    rotate_issuing_ca,
+    rotate_online_keys,
+    rotate_root,
+    rotate_server_cert,
+    write_crl,
+)
+from homing.ceremonies.datadir import DataDir, Settings
+
+__all__ = [
+    "DataDir",
+    "InitSummary",
+    "Settings",
+    "init",
+    "issue_certificate",
+    "pin_policy",
+    "refresh_timestamp",
+    "revoke",
+    "rotate_issuing_ca",
+    "rotate_online_keys",
+    "rotate_root",
+    "rotate_server_cert",
+    "write_crl",
+]

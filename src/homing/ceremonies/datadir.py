@@ -1,0 +1,150 @@
+"""The operator's data directory: settings, keys, PKI files and the repository.
+
+Layout::
+
+    DIR/homing.json          settings (this module's Settings)
+    DIR/keys/                key store (online keys; in a development
+                             repository every key, unencrypted)
+    DIR/pki/                 CA certificates, the server chain, CRLs and
+                             the issuance record (ledger.jsonl)
+    DIR/repository/          TUF metadata/ and targets/, servable as static files
+
+In ceremony mode the TUF root keys are not in DIR at all: each lives in its
+own file on removable media, and ceremonies are given their paths.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from homing.config import Expiries, Validity
+from homing.errors import ConfigError
+from homing.fsutil import atomic_write
+from homing.pki.keystore import FileKeyStore, passphrase_from_env
+from homing.pki.ledger import FileLedger
+from homing.pki.validate import load_certificates_pem
+from homing.trust.repository import TrustRepository
+
+__all__ = ["DataDir", "Settings"]
+
+SCHEMA = "homing.data/1"
+
+
+@dataclass
+class Settings:
+    """Everything a ceremony needs to know that is not a key or a certificate."""
+
+    mode: str
+    encrypted: bool
+    organization: str
+    hosts: list[str]
+    primary: str
+    mirrors: list[str]
+    root_keys: list[str]
+    root_threshold: int
+    server_ca_generation: int = 1
+    device_ca_generation: int = 1
+    online_key_generation: int = 1
+    expiry_days: dict[str, float] = field(
+        default_factory=lambda: {
+            k: v.total_seconds() / 86400 for k, v in asdict(Expiries()).items()
+        }
+    )
+    server_validity_days: float = Validity().server.total_seconds() / 86400
+    device_validity_days: float = Validity().device.total_seconds() / 86400
+
+    @property
+    def expiries(self) -> Expiries:
+        try:
+            return Expiries(**{k: timedelta(days=v) for k, v in self.expiry_days.items()})
+        except TypeError as e:
+            raise ConfigError(f"unknown expiry in settings: {e}") from e
+
+    @property
+    def validity(self) -> Validity:
+        return Validity(
+            server=timedelta(days=self.server_validity_days),
+            device=timedelta(days=self.device_validity_days),
+        )
+
+    def to_json(self) -> bytes:
+        return json.dumps({"schema": SCHEMA, **asdict(self)}, indent=2).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str) -> Settings:
+        try:
+            doc: dict[str, Any] = json.loads(data)
+        except ValueError as e:
+            raise ConfigError(f"{where} is not JSON: {e}") from e
+        if not isinstance(doc, dict) or doc.pop("schema", None) != SCHEMA:
+            raise ConfigError(f"{where} is not a homing settings file ({SCHEMA})")
+        try:
+            settings = cls(**doc)
+        except TypeError as e:
+            raise ConfigError(f"{where} has unknown or missing settings: {e}") from e
+        if settings.mode not in ("dev", "ceremony"):
+            raise ConfigError(f"{where}: mode must be 'dev' or 'ceremony'")
+        return settings
+
+
+class DataDir:
+    """Paths and loaders for one data directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.settings_path = root / "homing.json"
+        self.keys_dir = root / "keys"
+        self.pki_dir = root / "pki"
+        self.repository_dir = root / "repository"
+        self.metadata_dir = self.repository_dir / "metadata"
+
+    def exists(self) -> bool:
+        return self.settings_path.exists()
+
+    def settings(self) -> Settings:
+        try:
+            data = self.settings_path.read_bytes()
+        except FileNotFoundError as e:
+            raise ConfigError(
+                f"no homing data directory at {self.root}: run 'homing init --data {self.root}'"
+            ) from e
+        return Settings.from_json(data, str(self.settings_path))
+
+    def save_settings(self, settings: Settings) -> None:
+        atomic_write(self.settings_path, settings.to_json())
+
+    def keystore(self, settings: Settings) -> FileKeyStore:
+        passphrase = passphrase_from_env()
+        if settings.encrypted and not passphrase:
+            raise ConfigError(
+                "the keys of this data directory are encrypted: set HOMING_KEY_PASSPHRASE"
+            )
+        return FileKeyStore(self.keys_dir, passphrase, unsafe_plaintext=not settings.encrypted)
+
+    def repository(self, settings: Settings) -> TrustRepository:
+        return TrustRepository(self.repository_dir, settings.expiries)
+
+    def ledger(self) -> FileLedger:
+        return FileLedger(self.pki_dir / "ledger.jsonl")
+
+    def pki_path(self, name: str) -> Path:
+        return self.pki_dir / name
+
+    def certificate(self, name: str) -> x509.Certificate:
+        return self.certificates(name)[0]
+
+    def certificates(self, name: str) -> list[x509.Certificate]:
+        path = self.pki_path(name)
+        try:
+            certs = load_certificates_pem(path.read_bytes())
+        except FileNotFoundError as e:
+            raise ConfigError(f"missing {path}: the data directory is incomplete") from e
+        if not certs:
+            raise ConfigError(f"{path} holds no certificate")
+        return certs

@@ -1,0 +1,86 @@
+"""The one exception hierarchy of homing.
+
+Every failure that crosses a module boundary is one of these; third-party
+exceptions are translated at the seam with ``raise ... from e``, so callers
+(and the CLI, which prints one line and exits non-zero) only ever catch
+``HomingError``::
+
+    HomingError
+    ├── ConfigError          bad settings, missing or malformed data directory
+    ├── KeyStoreError        a key cannot be read, written or decrypted
+    ├── PKIError             certificate authority failures
+    │   ├── PolicyError      a CSR or request breaks the issuance profile
+    │   ├── RevokedError     the certificate or device is revoked
+    │   └── ChainError       a peer chain does not validate to the pinned root
+    │       └── PinError     the chain validates but no SPKI matches a pin
+    ├── TrustError           trust metadata is unusable
+    │   ├── MetadataError    metadata failed TUF verification (rollback,
+    │   │                    threshold, freeze, mix-and-match, tampering)
+    │   └── CeremonyError    a ceremony cannot be carried out as asked
+    └── TransportError       the metadata source could not be reached
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CeremonyError",
+    "ChainError",
+    "ConfigError",
+    "HomingError",
+    "KeyStoreError",
+    "MetadataError",
+    "PKIError",
+    "PinError",
+    "PolicyError",
+    "RevokedError",
+    "TransportError",
+    "TrustError",
+]
+
+
+class HomingError(Exception):
+    """Root of every error homing raises on purpose."""
+
+
+class ConfigError(HomingError):
+    """Settings or the data directory are missing or malformed."""
+
+
+class KeyStoreError(HomingError):
+    """A private key cannot be loaded, stored or decrypted."""
+
+
+class PKIError(HomingError):
+    """A certificate authority operation failed."""
+
+
+class PolicyError(PKIError):
+    """A request breaks the issuance profile; the message says which rule."""
+
+
+class RevokedError(PKIError):
+    """The certificate or device has been revoked."""
+
+
+class ChainError(PKIError):
+    """A certificate chain does not validate to a trusted root."""
+
+
+class PinError(ChainError):
+    """The chain validates, but no certificate in it carries a pinned SPKI."""
+
+
+class TrustError(HomingError):
+    """Trust metadata cannot be used."""
+
+
+class MetadataError(TrustError):
+    """Trust metadata failed verification (TUF client workflow)."""
+
+
+class CeremonyError(TrustError):
+    """A trust ceremony cannot be carried out as requested."""
+
+
+class TransportError(HomingError):
+    """A source of metadata or targets could not be reached."""

@@ -1,0 +1,403 @@
+"""The trust repository: standard TUF metadata written with python-tuf.
+
+Roles (TUF spec §2.1): ``root`` (k-of-n offline keys), ``targets`` (offline;
+signs the pin policy), the delegated ``firmware`` role (release key),
+``snapshot`` and ``timestamp`` (online keys). Consistent snapshots
+(§5.5): every metadata file but timestamp is written as ``N.<role>.json`` and
+every target as ``<sha256>.<name>``, and nothing is ever deleted, so a device
+can walk ``1.root.json`` ... ``N.root.json`` years later and a mirror can
+serve the directory as static files.
+
+Every write is checked with python-tuf's own ``verify_delegate`` before it
+reaches the disk: a ceremony with too few or the wrong keys fails here, not
+on a device.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from securesystemslib.signer import Key, Signer
+from tuf.api.exceptions import UnsignedMetadataError
+from tuf.api.metadata import (
+    DelegatedRole,
+    Delegations,
+    MetaFile,
+    Metadata,
+    Root,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+from tuf.api.serialization.json import JSONSerializer
+
+from homing.config import Expiries
+from homing.errors import CeremonyError, ConfigError
+from homing.fsutil import atomic_write
+
+__all__ = ["FIRMWARE_ROLE", "RoleKeys", "TrustRepository"]
+
+FIRMWARE_ROLE = "firmware"
+FIRMWARE_PATHS = ["firmware/*"]
+SPEC_VERSION = "1.0.31"
+_ROOT_FILE = re.compile(r"^(\d+)\.root\.json$")
+
+R = TypeVar("R", Root, Targets, Snapshot, Timestamp)
+
+_SERIALIZER = JSONSerializer(compact=False)
+
+
+class RoleKeys:
+    """The public keys of each role when a repository is created."""
+
+    def __init__(
+        self,
+        root: Sequence[Key],
+        root_threshold: int,
+        targets: Key,
+        firmware: Key,
+        snapshot: Key,
+        timestamp: Key,
+    ) -> None:
+        if not 1 <= root_threshold <= len(root):
+            raise CeremonyError(
+                f"root threshold {root_threshold} must be between 1 and the {len(root)} root keys"
+            )
+        if len({k.keyid for k in root}) != len(root):
+            raise CeremonyError("root keys must be distinct")
+        self.root = list(root)
+        self.root_threshold = root_threshold
+        self.targets = targets
+        self.firmware = firmware
+        self.snapshot = snapshot
+        self.timestamp = timestamp
+
+
+class TrustRepository:
+    """A TUF repository on disk, with the operations homing's ceremonies need."""
+
+    def __init__(self, directory: Path, expiries: Expiries | None = None) -> None:
+        self.directory = directory
+        self.metadata_dir = directory / "metadata"
+        self.targets_dir = directory / "targets"
+        self.expiries = expiries or Expiries()
+        if not self.metadata_dir.is_dir():
+            raise ConfigError(f"no trust repository at {directory}")
+
+    # -- reading ---------------------------------------------------------
+
+    def root_version(self) -> int:
+        versions = [
+            int(m.group(1))
+            for p in self.metadata_dir.iterdir()
+            if (m := _ROOT_FILE.match(p.name))
+        ]
+        if not versions:
+            raise ConfigError(f"no root metadata in {self.metadata_dir}")
+        return max(versions)
+
+    def root(self, version: int | None = None) -> Metadata[Root]:
+        version = version or self.root_version()
+        return self._read(f"{version}.root.json", Root)
+
+    def timestamp(self) -> Metadata[Timestamp]:
+        return self._read("timestamp.json", Timestamp)
+
+    def snapshot(self) -> Metadata[Snapshot]:
+        version = self.timestamp().signed.snapshot_meta.version
+        return self._read(f"{version}.snapshot.json", Snapshot)
+
+    def targets(self, role: str = Targets.type) -> Metadata[Targets]:
+        version = self.snapshot().signed.meta[f"{role}.json"].version
+        return self._read(f"{version}.{role}.json", Targets)
+
+    def target_bytes(self, name: str, role: str = Targets.type) -> bytes:
+        info = self.targets(role).signed.targets.get(name)
+        if info is None:
+            raise ConfigError(f"no target {name!r} in role {role!r}")
+        return self._target_path(info).read_bytes()
+
+    def _read(self, filename: str, kind: type[R]) -> Metadata[R]:
+        path = self.metadata_dir / filename
+        try:
+            md = Metadata[Any].from_bytes(path.read_bytes())
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+        except Exception as e:
+            raise ConfigError(f"metadata {path} is damaged: {e}") from e
+        if not isinstance(md.signed, kind):
+            raise ConfigError(f"{path} is not {kind.type} metadata")
+        return md
+
+    # -- creating --------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        directory: Path,
+        keys: RoleKeys,
+        root_signers: Sequence[Signer],
+        targets_signer: Signer,
+        firmware_signer: Signer,
+        snapshot_signer: Signer,
+        timestamp_signer: Signer,
+        now: datetime,
+        *,
+        initial_targets: Mapping[str, bytes] | None = None,
+        expiries: Expiries | None = None,
+    ) -> TrustRepository:
+        """Write version 1 of every role (TUF spec §4: root first, timestamp last)."""
+        expiries = expiries or Expiries()
+        if (directory / "metadata").exists() and any((directory / "metadata").iterdir()):
+            raise CeremonyError(f"a trust repository already exists at {directory}")
+        (directory / "metadata").mkdir(parents=True, exist_ok=True)
+        (directory / "targets").mkdir(parents=True, exist_ok=True)
+        repo = cls(directory, expiries)
+
+        root = Metadata(Root(expires=now + expiries.root, consistent_snapshot=True))
+        root.signed.spec_version = SPEC_VERSION
+        for key in keys.root:
+            root.signed.add_key(key, Root.type)
+        root.signed.roles[Root.type].threshold = keys.root_threshold
+        root.signed.add_key(keys.targets, Targets.type)
+        root.signed.add_key(keys.snapshot, Snapshot.type)
+        root.signed.add_key(keys.timestamp, Timestamp.type)
+        _sign(root, root_signers)
+        _check(root, Root.type, root, "the new root")
+        repo._write(f"1.root.json", root)
+
+        firmware = Metadata(Targets(expires=now + expiries.delegations))
+        firmware.signed.spec_version = SPEC_VERSION
+        targets = Metadata(Targets(expires=now + expiries.targets))
+        targets.signed.spec_version = SPEC_VERSION
+        targets.signed.delegations = Delegations(
+            keys={keys.firmware.keyid: keys.firmware},
+            roles={
+                FIRMWARE_ROLE: DelegatedRole(
+                    name=FIRMWARE_ROLE,
+                    keyids=[keys.firmware.keyid],
+                    threshold=1,
+                    terminating=True,
+                    paths=list(FIRMWARE_PATHS),
+                )
+            },
+        )
+        for name, data in (initial_targets or {}).items():
+            targets.signed.targets[name] = repo._store_target(name, data)
+        _sign(firmware, [firmware_signer])
+        _check(targets, FIRMWARE_ROLE, firmware, "the firmware role")
+        _sign(targets, [targets_signer])
+        _check(root, Targets.type, targets, "targets")
+        repo._write(f"1.{FIRMWARE_ROLE}.json", firmware)
+        repo._write("1.targets.json", targets)
+        repo._publish_snapshot(
+            {"targets.json": 1, f"{FIRMWARE_ROLE}.json": 1},
+            snapshot_signer,
+            timestamp_signer,
+            now,
+            root,
+            snapshot_version=1,
+        )
+        return repo
+
+    # -- ceremonies ------------------------------------------------------
+
+    def publish_targets(
+        self,
+        files: Mapping[str, bytes],
+        targets_signer: Signer,
+        snapshot_signer: Signer,
+        timestamp_signer: Signer,
+        now: datetime,
+    ) -> int:
+        """Add or replace top-level targets; returns the new targets version."""
+        root = self.root()
+        targets = self.targets()
+        for name, data in files.items():
+            targets.signed.targets[name] = self._store_target(name, data)
+        targets.signed.version += 1
+        targets.signed.expires = now + self.expiries.targets
+        targets.signatures.clear()
+        _sign(targets, [targets_signer])
+        _check(root, Targets.type, targets, "targets")
+        self._write(f"{targets.signed.version}.targets.json", targets)
+        meta = {k: v.version for k, v in self.snapshot().signed.meta.items()}
+        meta["targets.json"] = targets.signed.version
+        self._publish_snapshot(meta, snapshot_signer, timestamp_signer, now, root)
+        return targets.signed.version
+
+    def rotate_root(
+        self,
+        old_signers: Sequence[Signer],
+        new_root_keys: Sequence[Key],
+        new_signers: Sequence[Signer],
+        threshold: int,
+        now: datetime,
+        *,
+        role_keys: Mapping[str, Key] | None = None,
+    ) -> Metadata[Root]:
+        """Write root N+1, signed by a threshold of N's keys and of its own (TUF §5.3.4).
+
+        ``role_keys`` replaces the key of top-level roles (``targets``,
+        ``snapshot``, ``timestamp``) in the same version.
+        """
+        if not 1 <= threshold <= len(new_root_keys):
+            raise CeremonyError(
+                f"threshold {threshold} must be between 1 and the {len(new_root_keys)} new keys"
+            )
+        old = self.root()
+        new = Metadata[Root].from_bytes(old.to_bytes())
+        new.signatures.clear()
+        new.signed.version += 1
+        new.signed.expires = now + self.expiries.root
+        for keyid in list(new.signed.roles[Root.type].keyids):
+            new.signed.revoke_key(keyid, Root.type)
+        for key in new_root_keys:
+            new.signed.add_key(key, Root.type)
+        new.signed.roles[Root.type].threshold = threshold
+        for role, key in (role_keys or {}).items():
+            if role not in (Targets.type, Snapshot.type, Timestamp.type):
+                raise CeremonyError(f"cannot replace the key of role {role!r} in root")
+            for keyid in list(new.signed.roles[role].keyids):
+                new.signed.revoke_key(keyid, role)
+            new.signed.add_key(key, role)
+        _sign(new, [*old_signers, *new_signers])
+        _check(old, Root.type, new, f"root {new.signed.version} by the keys of root {old.signed.version}")
+        _check(new, Root.type, new, f"root {new.signed.version} by its own keys")
+        self._write(f"{new.signed.version}.root.json", new)
+        return new
+
+    def resign_targets(
+        self,
+        targets_signer: Signer,
+        snapshot_signer: Signer,
+        timestamp_signer: Signer,
+        now: datetime,
+    ) -> int:
+        """Re-sign targets unchanged (after its key rotated, or before it expires)."""
+        return self.publish_targets({}, targets_signer, snapshot_signer, timestamp_signer, now)
+
+    def refresh_snapshot(
+        self, snapshot_signer: Signer, timestamp_signer: Signer, now: datetime
+    ) -> int:
+        meta = {k: v.version for k, v in self.snapshot().signed.meta.items()}
+        return self._publish_snapshot(meta, snapshot_signer, timestamp_signer, now, self.root())
+
+    def refresh_timestamp(
+        self, timestamp_signer: Signer, now: datetime, expires_in: Any = None
+    ) -> Metadata[Timestamp]:
+        """Re-sign the timestamp with a new version and expiry (online key)."""
+        root = self.root()
+        old = self.timestamp()
+        ts = Metadata(
+            Timestamp(
+                version=old.signed.version + 1,
+                expires=now + (expires_in or self.expiries.timestamp),
+                snapshot_meta=MetaFile(version=old.signed.snapshot_meta.version),
+            )
+        )
+        ts.signed.spec_version = SPEC_VERSION
+        _sign(ts, [timestamp_signer])
+        _check(root, Timestamp.type, ts, "timestamp")
+        self._write("timestamp.json", ts)
+        return ts
+
+    # -- internals -------------------------------------------------------
+
+    def _publish_snapshot(
+        self,
+        meta: Mapping[str, int],
+        snapshot_signer: Signer,
+        timestamp_signer: Signer,
+        now: datetime,
+        root: Metadata[Root],
+        *,
+        snapshot_version: int | None = None,
+    ) -> int:
+        if snapshot_version is None:
+            snapshot_version = self.snapshot().signed.version + 1
+        snapshot = Metadata(
+            Snapshot(
+                version=snapshot_version,
+                expires=now + self.expiries.snapshot,
+                meta={name: MetaFile(version=v) for name, v in sorted(meta.items())},
+            )
+        )
+        snapshot.signed.spec_version = SPEC_VERSION
+        _sign(snapshot, [snapshot_signer])
+        _check(root, Snapshot.type, snapshot, "snapshot")
+        self._write(f"{snapshot_version}.snapshot.json", snapshot)
+        try:
+            ts_version = self.timestamp().signed.version + 1
+        except ConfigError:
+            ts_version = 1
+        timestamp = Metadata(
+            Timestamp(
+                version=ts_version,
+                expires=now + self.expiries.timestamp,
+                snapshot_meta=MetaFile(version=snapshot_version),
+            )
+        )
+        timestamp.signed.spec_version = SPEC_VERSION
+        _sign(timestamp, [timestamp_signer])
+        _check(root, Timestamp.type, timestamp, "timestamp")
+        # The timestamp is written last: it is what makes the new state visible.
+        self._write("timestamp.json", timestamp)
+        return snapshot_version
+
+    def _store_target(self, name: str, data: bytes) -> TargetFile:
+        _check_target_name(name)
+        info = TargetFile.from_data(name, data, ["sha256"])
+        path = self._target_path(info)
+        if not path.exists():
+            atomic_write(path, data)
+        return info
+
+    def _target_path(self, info: TargetFile) -> Path:
+        # TUF spec §5.7.3: consistent targets live at <dir>/<hash>.<basename>.
+        directory, _, base = info.path.rpartition("/")
+        digest = info.hashes["sha256"]
+        return self.targets_dir / directory / f"{digest}.{base}"
+
+    def _write(self, filename: str, md: Metadata[Any]) -> None:
+        atomic_write(self.metadata_dir / filename, md.to_bytes(_SERIALIZER))
+
+
+def _sign(md: Metadata[Any], signers: Sequence[Signer]) -> None:
+    for signer in signers:
+        md.sign(signer, append=True)
+
+
+def _check(delegator: Metadata[Any], role: str, delegate: Metadata[Any], what: str) -> None:
+    """Verify with python-tuf exactly as a client will, before anything is written."""
+    try:
+        delegator.verify_delegate(role, delegate)
+    except UnsignedMetadataError as e:
+        raise CeremonyError(f"{what} is not signed by enough valid keys: {e}") from e
+
+
+def _check_target_name(name: str) -> None:
+    parts = name.split("/")
+    if (
+        not name
+        or name.startswith("/")
+        or any(p in ("", ".", "..") for p in parts)
+        or not all(re.fullmatch(r"[A-Za-z0-9._+-]+", p) for p in parts)
+    ):
+        raise CeremonyError(f"invalid target name {name!r}")
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return data
