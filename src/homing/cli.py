@@ -1,0 +1,323 @@
+"""The operator CLI: parses arguments and calls the library; nothing else.
+
+Every ``HomingError`` becomes one line on stderr and exit status 1; usage
+errors exit 2 (click's convention). No traceback reaches the operator.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from homing import ceremonies
+from homing.ceremonies import DataDir, InitSummary
+from homing.errors import HomingError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_DATA = ".homing-data"
+out = Console()
+err = Console(stderr=True)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fail(message: str, status: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise SystemExit(status)
+
+
+def _data_option(f: F) -> F:
+    return click.option(
+        "--data",
+        "data",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=lambda: os.environ.get("HOMING_DATA", DEFAULT_DATA),
+        show_default=f"$HOMING_DATA or {DEFAULT_DATA}",
+        help="The operator's data directory.",
+    )(f)
+
+
+def _paths(values: tuple[str, ...]) -> list[Path]:
+    return [Path(v) for v in values]
+
+
+@click.group()
+@click.version_option(package_name="homing")
+@click.option("-v", "--verbose", is_flag=True, help="Log more detail.")
+def cli(verbose: bool) -> None:
+    """homing: devices that always find their way home."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+@cli.command()
+@_data_option
+@click.option("--host", "hosts", multiple=True, help="Server host name or IP (repeatable).")
+@click.option("--primary", help="Primary home server URL (default https://HOST:8443).")
+@click.option("--mirror", "mirrors", multiple=True, help="Mirror URL (repeatable).")
+@click.option("--organization", default="homing", show_default=True)
+@click.option("--ceremony", is_flag=True, help="Keep TUF root keys off this machine.")
+@click.option(
+    "--root-key", "root_keys", multiple=True,
+    help="Ceremony mode: a path for one root key, e.g. on removable media (repeatable).",
+)
+@click.option("--threshold", type=int, help="Root keys needed to sign a root (k of n).")
+@click.option("--exist-ok", is_flag=True, help="Print the summary if DIR is already set up.")
+def init(
+    data: Path,
+    hosts: tuple[str, ...],
+    primary: str | None,
+    mirrors: tuple[str, ...],
+    organization: str,
+    ceremony: bool,
+    root_keys: tuple[str, ...],
+    threshold: int | None,
+    exist_ok: bool,
+) -> None:
+    """Create a data directory: CA hierarchy, keys and signed trust metadata."""
+    if exist_ok and DataDir(data).exists():
+        _print_existing(data)
+        return
+    if ceremony and not root_keys:
+        _fail("--ceremony needs at least one --root-key PATH (one per key holder)", 2)
+    if root_keys and not ceremony:
+        _fail("--root-key is only used with --ceremony", 2)
+    summary = ceremonies.init(
+        data,
+        _now(),
+        hosts=hosts or ceremonies.ceremonies.DEFAULT_HOSTS,
+        primary=primary,
+        mirrors=mirrors,
+        ceremony_root_keys=_paths(root_keys),
+        threshold=threshold,
+        organization=organization,
+    )
+    _print_summary(summary)
+
+
+def _print_summary(s: InitSummary) -> None:
+    for warning in s.warnings:
+        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    table = Table(title=f"homing data directory {s.data_dir}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("mode", f"{s.mode} ({'encrypted keys' if s.encrypted else 'UNENCRYPTED keys'})")
+    table.add_row("root keys", f"{s.root_threshold} of {len(s.root_key_locations)}")
+    for location in s.root_key_locations:
+        table.add_row("  root key", location)
+    table.add_row("root CA pin", s.root_ca_pin)
+    table.add_row("server CA pin", s.server_ca_pin)
+    table.add_row("server CA backup pin", s.server_ca_backup_pin)
+    table.add_row("device CA pin", s.device_ca_pin)
+    table.add_row("server hosts", ", ".join(s.hosts))
+    table.add_row("home server", s.primary)
+    table.add_row("trust metadata", f"{s.metadata_dir} (root v{s.root_version})")
+    out.print(table)
+    out.print(
+        "Devices are provisioned with "
+        f"{s.metadata_dir / '1.root.json'}; they learn pins and endpoints from it."
+    )
+
+
+def _print_existing(data: Path) -> None:
+    dd = DataDir(data)
+    settings = dd.settings()
+    repo = dd.repository(settings)
+    table = Table(title=f"homing data directory {data} (already set up)", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("mode", settings.mode)
+    table.add_row("root version", str(repo.root_version()))
+    table.add_row("timestamp version", str(repo.timestamp().signed.version))
+    table.add_row("timestamp expires", repo.timestamp().signed.expires.isoformat())
+    table.add_row("server CA generation", str(settings.server_ca_generation))
+    table.add_row("home server", settings.primary)
+    out.print(table)
+
+
+@cli.group()
+def rotate() -> None:
+    """Trust transitions: root, issuing CAs, server certificate, online keys."""
+
+
+_sign_with = click.option(
+    "--sign-with", "sign_with", multiple=True,
+    help="A current root key file (repeatable; ceremony mode needs a threshold).",
+)
+
+
+@rotate.command("root")
+@_data_option
+@_sign_with
+@click.option("--new-key", "new_keys", multiple=True, help="Path for a new root key (repeatable).")
+@click.option("--threshold", type=int, help="Threshold of the new root.")
+def rotate_root(
+    data: Path, sign_with: tuple[str, ...], new_keys: tuple[str, ...], threshold: int | None
+) -> None:
+    """Publish root N+1, signed by a threshold of N's keys and of its own."""
+    version = ceremonies.rotate_root(
+        data, _now(), sign_with=_paths(sign_with), new_keys=_paths(new_keys), threshold=threshold
+    )
+    out.print(f"published root version {version}")
+
+
+@rotate.command("server-ca")
+@_data_option
+def rotate_server_ca(data: Path) -> None:
+    """Promote the server CA's backup key, re-issue the server certificate, publish pins."""
+    generation = ceremonies.rotate_issuing_ca(data, "server", _now())
+    out.print(f"server-issuing CA generation {generation} is active; new pins published")
+
+
+@rotate.command("device-ca")
+@_data_option
+def rotate_device_ca(data: Path) -> None:
+    """Promote the device CA's backup key; devices of the old CA keep working."""
+    generation = ceremonies.rotate_issuing_ca(data, "device", _now())
+    out.print(f"device-issuing CA generation {generation} is active")
+
+
+@rotate.command("server-cert")
+@_data_option
+def rotate_server_cert(data: Path) -> None:
+    """Issue the server a new key and certificate from the active server CA."""
+    leaf = ceremonies.rotate_server_cert(data, _now())
+    out.print(f"new server certificate {leaf.serial_number:x}, valid until "
+              f"{leaf.not_valid_after_utc.isoformat()}")
+
+
+@rotate.command("online-keys")
+@_data_option
+@_sign_with
+def rotate_online_keys(data: Path, sign_with: tuple[str, ...]) -> None:
+    """Replace the snapshot and timestamp keys in a new root version."""
+    version = ceremonies.rotate_online_keys(data, _now(), sign_with=_paths(sign_with))
+    out.print(f"online keys replaced in root version {version}")
+
+
+@cli.group()
+def timestamp() -> None:
+    """The online timestamp role."""
+
+
+@timestamp.command("refresh")
+@_data_option
+@click.option("--expires-in", type=float, help="Hours until the new timestamp expires.")
+def timestamp_refresh(data: Path, expires_in: float | None) -> None:
+    """Re-sign the timestamp with a new version and expiry."""
+    delta = timedelta(hours=expires_in) if expires_in is not None else None
+    version = ceremonies.refresh_timestamp(data, _now(), delta)
+    out.print(f"timestamp version {version} published")
+
+
+@cli.group()
+def pki() -> None:
+    """Issue certificates from CSRs, revoke, and sign CRLs."""
+
+
+@pki.command("issue")
+@_data_option
+@click.option("--profile", type=click.Choice(["server", "device"]), required=True)
+@click.option("--csr", "csr_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--device-id", help="Device id the certificate is for (device profile).")
+@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False))
+def pki_issue(
+    data: Path, profile: str, csr_path: Path, device_id: str | None, out_path: Path | None
+) -> None:
+    """Issue a certificate from a CSR (PEM or DER) under a profile."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        csr = csr_path.read_bytes()
+    except OSError as e:
+        _fail(f"cannot read {csr_path}: {e.strerror}")
+    chain = ceremonies.issue_certificate(data, csr, profile, _now(), device_id=device_id)
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+    if out_path:
+        from homing.fsutil import atomic_write
+
+        atomic_write(out_path, pem)
+        out.print(f"issued {chain[0].serial_number:x} to {out_path}")
+    else:
+        click.echo(pem.decode(), nl=False)
+
+
+@pki.command("revoke")
+@_data_option
+@click.option("--device", "device_id", help="Revoke every certificate of this device.")
+@click.option("--serial", help="Revoke one certificate by serial (hex).")
+@click.option("--reason", default="unspecified", show_default=True)
+def pki_revoke(data: Path, device_id: str | None, serial: str | None, reason: str) -> None:
+    """Revoke by device id or serial and re-sign the CRLs."""
+    number: int | None = None
+    if serial is not None:
+        try:
+            number = int(serial.replace(":", ""), 16)
+        except ValueError:
+            _fail(f"serial {serial!r} is not hexadecimal", 2)
+    count = ceremonies.revoke(data, _now(), device_id=device_id, serial=number, reason=reason)
+    out.print(f"revoked {count} certificate(s); CRLs re-signed")
+
+
+@pki.command("crl")
+@_data_option
+@click.option("--ca", "kind", type=click.Choice(["server", "device"]), required=True)
+def pki_crl(data: Path, kind: str) -> None:
+    """Sign a fresh CRL for an issuing CA."""
+    path = ceremonies.write_crl(data, kind, _now())
+    out.print(f"CRL written to {path}")
+
+
+@cli.group()
+def pins() -> None:
+    """The pin policy devices receive."""
+
+
+@pins.command("show")
+@_data_option
+def pins_show(data: Path) -> None:
+    """Print the published pin policy (JSON)."""
+    dd = DataDir(data)
+    repo = dd.repository(dd.settings())
+    click.echo(repo.target_bytes("pins.json").decode(), nl=False)
+
+
+def _guarded(entry: Callable[[], Any]) -> Callable[[], None]:
+    @functools.wraps(entry)
+    def run() -> None:
+        try:
+            entry()
+        except HomingError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except OSError as e:
+            _fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
+
+    return run
+
+
+def main() -> None:
+    """Console entry point."""
+    _guarded(cli)()
+
+
+if __name__ == "__main__":
+    main()
