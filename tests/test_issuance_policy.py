@@ -36,7 +36,9 @@ def _ext(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.Extensi
     return cert.extensions.get_extension_for_class(kind).value
 
 
-def test_device_csr_is_issued_with_device_profile(hierarchy: dict[str, Authority], now: datetime) -> None:
+def test_device_csr_is_issued_with_device_profile(
+    hierarchy: dict[str, Authority], now: datetime
+) -> None:
     cert = hierarchy["device"].issue_csr(device_csr("dev-1"), device_profile(), now)
     san = _ext(cert, x509.SubjectAlternativeName)
     assert isinstance(san, x509.SubjectAlternativeName)
@@ -63,7 +65,9 @@ def test_configurable_device_validity(hierarchy: dict[str, Authority], now: date
     assert cert.not_valid_after_utc - now == timedelta(days=7)
 
 
-def test_server_csr_gets_server_auth_and_its_names(hierarchy: dict[str, Authority], now: datetime) -> None:
+def test_server_csr_gets_server_auth_and_its_names(
+    hierarchy: dict[str, Authority], now: datetime
+) -> None:
     csr = make_csr(dns=["LOCALHOST"], ips=["127.0.0.1"], der=True)
     cert = hierarchy["server"].issue_csr(csr, server_profile(HOSTS), now)
     san = _ext(cert, x509.SubjectAlternativeName)
@@ -93,8 +97,11 @@ def test_ledger_refuses_a_duplicate_serial(hierarchy: dict[str, Authority], now:
 @pytest.mark.parametrize(
     ("csr_factory", "profile_kind", "reason"),
     [
-        (lambda: make_csr(ec.generate_private_key(ec.SECP384R1()), uris=["urn:homing:device:a"]),
-         "device", "curve secp384r1 is not allowed"),
+        (
+            lambda: make_csr(ec.generate_private_key(ec.SECP384R1()), uris=["urn:homing:device:a"]),
+            "device",
+            "curve secp384r1 is not allowed",
+        ),
         (lambda: _rsa_csr(), "device", "RSA keys are not allowed"),
         (lambda: _ed25519_csr(), "device", "Ed25519 is not allowed"),
         (lambda: make_csr(dns=["evil.example"]), "server", "not a configured server host"),
@@ -102,17 +109,28 @@ def test_ledger_refuses_a_duplicate_serial(hierarchy: dict[str, Authority], now:
         (lambda: make_csr(), "server", "must name its host names"),
         (lambda: make_csr(uris=["urn:homing:device:a"]), "server", "may not carry"),
         (lambda: make_csr(), "device", "must carry a URI SAN"),
-        (lambda: make_csr(uris=["urn:homing:device:a"], dns=["localhost"]), "device",
-         "only name the device by a URI SAN"),
-        (lambda: make_csr(uris=["urn:homing:device:a", "urn:homing:device:b"]), "device",
-         "exactly one"),
+        (
+            lambda: make_csr(uris=["urn:homing:device:a"], dns=["localhost"]),
+            "device",
+            "only name the device by a URI SAN",
+        ),
+        (
+            lambda: make_csr(uris=["urn:homing:device:a", "urn:homing:device:b"]),
+            "device",
+            "exactly one",
+        ),
         (lambda: make_csr(uris=["https://example.org/a"]), "device", "not a homing device name"),
         (lambda: make_csr(uris=["urn:homing:device:../x"]), "device", "invalid device id"),
         (lambda: make_csr(uris=["urn:homing:device:%C3%B6"]), "device", "invalid device id"),
         (lambda: _tampered_csr(), "device", "signature does not verify"),
         (lambda: b"not a csr", "device", "cannot be parsed"),
-        (lambda: b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
-         "device", "cannot be parsed"),
+        (
+            lambda: (
+                b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+            ),
+            "device",
+            "cannot be parsed",
+        ),
         (lambda: b"0" * 20000, "device", "the limit is"),
     ],
 )

@@ -63,7 +63,8 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def test_fresh_device_gets_pins(device: Device, data_dir: Path, now: datetime) -> None:
     state = device.refresh(_repo(data_dir), now)
-    assert state.root_version == 1 and state.targets_version == 1
+    assert state.root_version == 1
+    assert state.targets_version == 1
     assert len(state.pin_policy.spki_pins) == 2
 
 
@@ -121,7 +122,9 @@ def test_mix_and_match_snapshot_is_refused(
     mirror = _copy(_repo(data_dir), tmp_path / "mirror")
     ts = json.loads((mirror / "metadata" / "timestamp.json").read_bytes())
     version = ts["signed"]["meta"]["snapshot.json"]["version"]
-    shutil.copy(mirror / "metadata" / "1.snapshot.json", mirror / "metadata" / f"{version}.snapshot.json")
+    shutil.copy(
+        mirror / "metadata" / "1.snapshot.json", mirror / "metadata" / f"{version}.snapshot.json"
+    )
     with pytest.raises(MetadataError):
         device.refresh(mirror, now)
 
@@ -239,10 +242,11 @@ def test_walks_fifty_root_versions_some_expired(
         assert ceremonies.rotate_root(data_dir, when) == version
     ceremonies.rotate_issuing_ca(data_dir, "server", when)
     expired = [
-        v for v in range(1, 50)
-        if Metadata[Root].from_bytes(
-            (data_dir / "repository" / "metadata" / f"{v}.root.json").read_bytes()
-        ).signed.is_expired(when)
+        v
+        for v in range(1, 50)
+        if Metadata[Root]
+        .from_bytes((data_dir / "repository" / "metadata" / f"{v}.root.json").read_bytes())
+        .signed.is_expired(when)
     ]
     assert len(expired) > 30
     state = device.refresh(_repo(data_dir), when)
@@ -261,12 +265,16 @@ def test_device_catches_up_past_the_rotation_limit_from_its_newest_root(
     assert versions == [11, 21, 26]
 
 
-def test_unreachable_source_is_a_transport_error(device: Device, tmp_path: Path, now: datetime) -> None:
+def test_unreachable_source_is_a_transport_error(
+    device: Device, tmp_path: Path, now: datetime
+) -> None:
     with pytest.raises(TransportError):
         device.refresh(tmp_path / "nowhere", now)
 
 
-def test_missing_trusted_root_is_a_config_error(tmp_path: Path, data_dir: Path, now: datetime) -> None:
+def test_missing_trusted_root_is_a_config_error(
+    tmp_path: Path, data_dir: Path, now: datetime
+) -> None:
     with pytest.raises(ConfigError, match="no trusted root"):
         refresh_trust(tmp_path / "empty", (_repo(data_dir) / "metadata").as_uri() + "/", now)
 
@@ -275,7 +283,13 @@ def test_consistent_snapshot_keeps_every_version(data_dir: Path, now: datetime) 
     ceremonies.rotate_root(data_dir, now)
     ceremonies.rotate_issuing_ca(data_dir, "server", now)
     names = {p.name for p in (_repo(data_dir) / "metadata").iterdir()}
-    assert {"1.root.json", "2.root.json", "1.targets.json", "2.targets.json", "timestamp.json"} <= names
+    assert {
+        "1.root.json",
+        "2.root.json",
+        "1.targets.json",
+        "2.targets.json",
+        "timestamp.json",
+    } <= names
     for target in (_repo(data_dir) / "targets").glob("*.pins.json"):
         digest = target.name.split(".", 1)[0]
         assert hashlib.sha256(target.read_bytes()).hexdigest() == digest

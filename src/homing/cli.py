@@ -75,7 +75,9 @@ def cli(verbose: bool) -> None:
 @click.option("--organization", default="homing", show_default=True)
 @click.option("--ceremony", is_flag=True, help="Keep TUF root keys off this machine.")
 @click.option(
-    "--root-key", "root_keys", multiple=True,
+    "--root-key",
+    "root_keys",
+    multiple=True,
     help="Ceremony mode: a path for one root key, e.g. on removable media (repeatable).",
 )
 @click.option("--threshold", type=int, help="Root keys needed to sign a root (k of n).")
@@ -158,7 +160,9 @@ def rotate() -> None:
 
 
 _sign_with = click.option(
-    "--sign-with", "sign_with", multiple=True,
+    "--sign-with",
+    "sign_with",
+    multiple=True,
     help="A current root key file (repeatable; ceremony mode needs a threshold).",
 )
 
@@ -199,8 +203,10 @@ def rotate_device_ca(data: Path) -> None:
 def rotate_server_cert(data: Path) -> None:
     """Issue the server a new key and certificate from the active server CA."""
     leaf = ceremonies.rotate_server_cert(data, _now())
-    out.print(f"new server certificate {leaf.serial_number:x}, valid until "
-              f"{leaf.not_valid_after_utc.isoformat()}")
+    out.print(
+        f"new server certificate {leaf.serial_number:x}, valid until "
+        f"{leaf.not_valid_after_utc.isoformat()}"
+    )
 
 
 @rotate.command("online-keys")

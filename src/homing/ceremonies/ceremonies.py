@@ -221,16 +221,27 @@ def init(
             "snapshot-1": generate_signing_key(),
             "timestamp-1": generate_signing_key(),
         }
-        for name, key in {**names, **signing}.items():
-            store.store(name, key)
+        for name, tls_key in names.items():
+            store.store(name, tls_key)
+        for name, signing_key in signing.items():
+            store.store(name, signing_key)
 
         root_ca = make_root_ca(names["root-ca"], now, organization=organization, validity=validity)
         server_ca = make_issuing_ca(
-            "server", names["server-ca-g1"].public_key(), root_ca, names["root-ca"], now,
-            hosts=hosts, validity=validity,
+            "server",
+            names["server-ca-g1"].public_key(),
+            root_ca,
+            names["root-ca"],
+            now,
+            hosts=hosts,
+            validity=validity,
         )
         device_ca = make_issuing_ca(
-            "device", names["device-ca-g1"].public_key(), root_ca, names["root-ca"], now,
+            "device",
+            names["device-ca-g1"].public_key(),
+            root_ca,
+            names["root-ca"],
+            now,
             validity=validity,
         )
         ledger_dd = dd.ledger()
@@ -282,8 +293,7 @@ def init(
             root_keys=root_key_names,
             root_threshold=k,
             expiry_days={
-                key: value.total_seconds() / 86400
-                for key, value in vars(expiries).items()
+                key: value.total_seconds() / 86400 for key, value in vars(expiries).items()
             },
             server_validity_days=validity.server.total_seconds() / 86400,
             device_validity_days=validity.device.total_seconds() / 86400,
@@ -358,7 +368,7 @@ def rotate_root(
         count = len(settings.root_keys)
         keys: list[PrivateKey] = [generate_signing_key() for _ in range(count)]
         new_names = [f"tuf-root-{version}-{i + 1}" for i in range(count)]
-        new_signers = [signer_for(key) for key in keys]
+        new_signers: list[Signer] = [signer_for(key) for key in keys]
     elif new_keys:
         if settings.mode == "ceremony" and not passphrase:
             raise CeremonyError(f"ceremony mode encrypts every key: set {PASSPHRASE_ENV}")
@@ -373,9 +383,7 @@ def rotate_root(
         new_names = list(settings.root_keys)
         new_signers = old_signers
     new_public = (
-        [tuf_key(key.public_key()) for key in keys]
-        if keys
-        else [s.public_key for s in old_signers]
+        [tuf_key(key.public_key()) for key in keys] if keys else [s.public_key for s in old_signers]
     )
     k = threshold if threshold is not None else settings.root_threshold
     if not keys and len(new_public) < len(settings.root_keys):
@@ -458,8 +466,14 @@ def rotate_issuing_ca(data: Path, kind: str, now: datetime) -> int:
     root_key = _ca_key(store, "root-ca")
     active_key = _ca_key(store, f"{kind}-ca-g{g}")
     cert = make_issuing_ca(
-        kind, active_key.public_key(), root_ca, root_key, now,
-        hosts=settings.hosts, generation=g, validity=settings.validity,
+        kind,
+        active_key.public_key(),
+        root_ca,
+        root_key,
+        now,
+        hosts=settings.hosts,
+        generation=g,
+        validity=settings.validity,
     )
     store.store(f"{kind}-ca-g{g + 1}", generate_tls_key())
     old = dd.certificate(f"{kind}-ca.pem")
@@ -467,9 +481,7 @@ def rotate_issuing_ca(data: Path, kind: str, now: datetime) -> int:
     if kind == "device":
         # Keep trusting the device CAs that are still valid, so devices
         # issued by the old CA keep working until they renew.
-        still_valid = [
-            c for c in dd.certificates("device-cas.pem") if c.not_valid_after_utc > now
-        ]
+        still_valid = [c for c in dd.certificates("device-cas.pem") if c.not_valid_after_utc > now]
         atomic_write(dd.pki_path("device-cas.pem"), _pem(cert, *still_valid))
         atomic_write(dd.pki_path("device-ca.pem"), _pem(cert))
     else:
@@ -524,7 +536,9 @@ def refresh_timestamp(data: Path, now: datetime, expires_in: timedelta | None = 
 def _authority(dd: DataDir, settings: Settings, store: KeyStore, kind: str) -> Authority:
     g = int(getattr(settings, f"{kind}_ca_generation"))
     return Authority(
-        dd.certificate(f"{kind}-ca.pem"), _ca_key(store, f"{kind}-ca-g{g}"), dd.ledger(),
+        dd.certificate(f"{kind}-ca.pem"),
+        _ca_key(store, f"{kind}-ca-g{g}"),
+        dd.ledger(),
         settings.validity,
     )
 
@@ -581,4 +595,3 @@ def write_crl(data: Path, kind: str, now: datetime) -> Path:
     path = dd.pki_path(f"{kind}-ca.crl.pem")
     atomic_write(path, crl.public_bytes(serialization.Encoding.PEM))
     return path
-

@@ -9,7 +9,7 @@ any DNS name or IP address at all (device CA).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cryptography import x509
@@ -158,7 +158,7 @@ class Authority:
     certificate: x509.Certificate
     key: ec.EllipticCurvePrivateKey
     ledger: Ledger
-    validity: Validity = Validity()
+    validity: Validity = field(default_factory=Validity)
 
     def __post_init__(self) -> None:
         self.pin = spki_pin(self.certificate)
@@ -252,7 +252,9 @@ class Authority:
             self.ledger.revoke(entry.serial, now, reason)
         return len(entries)
 
-    def crl(self, now: datetime, next_update: timedelta = timedelta(days=7)) -> x509.CertificateRevocationList:
+    def crl(
+        self, now: datetime, next_update: timedelta = timedelta(days=7)
+    ) -> x509.CertificateRevocationList:
         """Sign a CRL of this CA's revoked certificates (RFC 5280 §5)."""
         builder = (
             x509.CertificateRevocationListBuilder()

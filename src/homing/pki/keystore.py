@@ -30,7 +30,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PASSPHRASE_ENV = "HOMING_KEY_PASSPHRASE"
+PASSPHRASE_ENV = "HOMING_KEY_PASSPHRASE"  # noqa: S105 - the variable name, not a secret
 
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 

@@ -135,9 +135,7 @@ class FileLedger(MemoryLedger):
                     try:
                         self._apply(IssuedRecord.from_json(json.loads(line)))
                     except (ValueError, KeyError, TypeError) as e:
-                        raise ConfigError(
-                            f"issuance record {self.path}:{number} is damaged"
-                        ) from e
+                        raise ConfigError(f"issuance record {self.path}:{number} is damaged") from e
                 good_end += len(line)
         if good_end != self.path.stat().st_size:
             with self.path.open("r+b") as f:

@@ -71,9 +71,7 @@ class Profile:
         return ExtendedKeyUsageOID.CLIENT_AUTH
 
 
-def server_profile(
-    hosts: list[str] | tuple[str, ...], validity: Validity | None = None
-) -> Profile:
+def server_profile(hosts: list[str] | tuple[str, ...], validity: Validity | None = None) -> Profile:
     dns, ips = split_hosts(hosts)
     return Profile(
         kind="server",

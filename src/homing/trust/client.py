@@ -161,14 +161,14 @@ def refresh_trust(
         # TUF spec §5.3.1: one fixed reference time for the whole update. The
         # Updater takes the wall clock; homing's agents use their secure time
         # floor instead, so the reference time is set before anything loads.
-        updater._trusted_set.reference_time = now  # noqa: SLF001
+        updater._trusted_set.reference_time = now
         updater.refresh()
         info = updater.get_targetinfo(PIN_POLICY_TARGET)
         if info is None:
             raise MetadataError(f"trust metadata carries no {PIN_POLICY_TARGET} target")
         path = updater.find_cached_target(info) or updater.download_target(info)
         policy = PinPolicy.from_bytes(Path(path).read_bytes(), limits)
-        trusted = updater._trusted_set  # noqa: SLF001
+        trusted = updater._trusted_set
         return TrustState(
             pin_policy=policy,
             root_version=trusted.root.version,

@@ -27,8 +27,8 @@ from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
     DelegatedRole,
     Delegations,
-    MetaFile,
     Metadata,
+    MetaFile,
     Root,
     Snapshot,
     TargetFile,
@@ -94,9 +94,7 @@ class TrustRepository:
 
     def root_version(self) -> int:
         versions = [
-            int(m.group(1))
-            for p in self.metadata_dir.iterdir()
-            if (m := _ROOT_FILE.match(p.name))
+            int(m.group(1)) for p in self.metadata_dir.iterdir() if (m := _ROOT_FILE.match(p.name))
         ]
         if not versions:
             raise ConfigError(f"no root metadata in {self.metadata_dir}")
@@ -170,7 +168,7 @@ class TrustRepository:
         root.signed.add_key(keys.timestamp, Timestamp.type)
         _sign(root, root_signers)
         _check(root, Root.type, root, "the new root")
-        repo._write(f"1.root.json", root)
+        repo._write("1.root.json", root)
 
         firmware = Metadata(Targets(expires=now + expiries.delegations))
         firmware.signed.spec_version = SPEC_VERSION
@@ -268,7 +266,12 @@ class TrustRepository:
                 new.signed.revoke_key(keyid, role)
             new.signed.add_key(key, role)
         _sign(new, [*old_signers, *new_signers])
-        _check(old, Root.type, new, f"root {new.signed.version} by the keys of root {old.signed.version}")
+        _check(
+            old,
+            Root.type,
+            new,
+            f"root {new.signed.version} by the keys of root {old.signed.version}",
+        )
         _check(new, Root.type, new, f"root {new.signed.version} by its own keys")
         self._write(f"{new.signed.version}.root.json", new)
         return new

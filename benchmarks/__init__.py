@@ -1,0 +1,1 @@
+"""homing benchmarks: each figure is a ratio to a baseline measured in the same run."""
