@@ -49,7 +49,9 @@ def _csrs(count: int) -> list[bytes]:
     return out
 
 
-def _raw(csrs: list[bytes], ca: x509.Certificate, key: ec.EllipticCurvePrivateKey, now: datetime) -> None:
+def _raw(
+    csrs: list[bytes], ca: x509.Certificate, key: ec.EllipticCurvePrivateKey, now: datetime
+) -> None:
     aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
     for data in csrs:
         csr = x509.load_der_x509_csr(data)

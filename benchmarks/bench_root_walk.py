@@ -42,14 +42,18 @@ def run(quick: bool = False) -> dict[str, float]:
             client = Path(tempfile.mkdtemp(dir=tmp))
             (client / "t").mkdir()
             updater = Updater(
-                str(client), metadata_url, str(client / "t"), targets_url,
-                fetcher=DirectoryFetcher(), bootstrap=bootstrap,
+                str(client),
+                metadata_url,
+                str(client / "t"),
+                targets_url,
+                fetcher=DirectoryFetcher(),
+                bootstrap=bootstrap,
             )
             updater.refresh()
             info = updater.get_targetinfo("pins.json")
             assert info is not None
             updater.download_target(info)
-            assert updater._trusted_set.root.version == VERSIONS  # noqa: SLF001
+            assert updater._trusted_set.root.version == VERSIONS
             shutil.rmtree(client)
 
         def homing() -> None:
