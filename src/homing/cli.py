@@ -50,6 +50,21 @@ def _data_option(f: F) -> F:
     )(f)
 
 
+def _ensure_passphrase(data: Path | None, *, required: bool = False) -> None:
+    """Ask for the key passphrase on a terminal when it is needed and not in the environment."""
+    from homing.pki.keystore import PASSPHRASE_ENV
+
+    if os.environ.get(PASSPHRASE_ENV):
+        return
+    if not required and data is not None:
+        dd = DataDir(data)
+        required = dd.exists() and dd.settings().encrypted
+    if required and sys.stdin.isatty():
+        os.environ[PASSPHRASE_ENV] = click.prompt(
+            "Key passphrase", hide_input=True, confirmation_prompt=data is None
+        )
+
+
 def _paths(values: tuple[str, ...]) -> list[Path]:
     return [Path(v) for v in values]
 
@@ -101,6 +116,8 @@ def init(
         _fail("--ceremony needs at least one --root-key PATH (one per key holder)", 2)
     if root_keys and not ceremony:
         _fail("--root-key is only used with --ceremony", 2)
+    if ceremony:
+        _ensure_passphrase(None, required=True)
     summary = ceremonies.init(
         data,
         _now(),
@@ -176,6 +193,7 @@ def rotate_root(
     data: Path, sign_with: tuple[str, ...], new_keys: tuple[str, ...], threshold: int | None
 ) -> None:
     """Publish root N+1, signed by a threshold of N's keys and of its own."""
+    _ensure_passphrase(data)
     version = ceremonies.rotate_root(
         data, _now(), sign_with=_paths(sign_with), new_keys=_paths(new_keys), threshold=threshold
     )
@@ -186,6 +204,7 @@ def rotate_root(
 @_data_option
 def rotate_server_ca(data: Path) -> None:
     """Promote the server CA's backup key, re-issue the server certificate, publish pins."""
+    _ensure_passphrase(data)
     generation = ceremonies.rotate_issuing_ca(data, "server", _now())
     out.print(f"server-issuing CA generation {generation} is active; new pins published")
 
@@ -194,6 +213,7 @@ def rotate_server_ca(data: Path) -> None:
 @_data_option
 def rotate_device_ca(data: Path) -> None:
     """Promote the device CA's backup key; devices of the old CA keep working."""
+    _ensure_passphrase(data)
     generation = ceremonies.rotate_issuing_ca(data, "device", _now())
     out.print(f"device-issuing CA generation {generation} is active")
 
@@ -202,6 +222,7 @@ def rotate_device_ca(data: Path) -> None:
 @_data_option
 def rotate_server_cert(data: Path) -> None:
     """Issue the server a new key and certificate from the active server CA."""
+    _ensure_passphrase(data)
     leaf = ceremonies.rotate_server_cert(data, _now())
     out.print(
         f"new server certificate {leaf.serial_number:x}, valid until "
@@ -214,6 +235,7 @@ def rotate_server_cert(data: Path) -> None:
 @_sign_with
 def rotate_online_keys(data: Path, sign_with: tuple[str, ...]) -> None:
     """Replace the snapshot and timestamp keys in a new root version."""
+    _ensure_passphrase(data)
     version = ceremonies.rotate_online_keys(data, _now(), sign_with=_paths(sign_with))
     out.print(f"online keys replaced in root version {version}")
 
@@ -228,6 +250,7 @@ def timestamp() -> None:
 @click.option("--expires-in", type=float, help="Hours until the new timestamp expires.")
 def timestamp_refresh(data: Path, expires_in: float | None) -> None:
     """Re-sign the timestamp with a new version and expiry."""
+    _ensure_passphrase(data)
     delta = timedelta(hours=expires_in) if expires_in is not None else None
     version = ceremonies.refresh_timestamp(data, _now(), delta)
     out.print(f"timestamp version {version} published")
@@ -248,6 +271,7 @@ def pki_issue(
     data: Path, profile: str, csr_path: Path, device_id: str | None, out_path: Path | None
 ) -> None:
     """Issue a certificate from a CSR (PEM or DER) under a profile."""
+    _ensure_passphrase(data)
     from cryptography.hazmat.primitives import serialization
 
     try:
@@ -272,6 +296,7 @@ def pki_issue(
 @click.option("--reason", default="unspecified", show_default=True)
 def pki_revoke(data: Path, device_id: str | None, serial: str | None, reason: str) -> None:
     """Revoke by device id or serial and re-sign the CRLs."""
+    _ensure_passphrase(data)
     number: int | None = None
     if serial is not None:
         try:
@@ -287,6 +312,7 @@ def pki_revoke(data: Path, device_id: str | None, serial: str | None, reason: st
 @click.option("--ca", "kind", type=click.Choice(["server", "device"]), required=True)
 def pki_crl(data: Path, kind: str) -> None:
     """Sign a fresh CRL for an issuing CA."""
+    _ensure_passphrase(data)
     path = ceremonies.write_crl(data, kind, _now())
     out.print(f"CRL written to {path}")
 
