@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/homing init --data $(DATA) --exist-ok
+	$(BIN)/homing serve --data $(DATA) --init
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

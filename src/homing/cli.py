@@ -331,6 +331,213 @@ def pins_show(data: Path) -> None:
     click.echo(repo.target_bytes("pins.json").decode(), nl=False)
 
 
+_db_option = click.option(
+    "--db", "db_url", help="Database URL (default: SQLite in the data directory, or $HOMING_DB)."
+)
+
+
+def _operator_actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+@cli.command()
+@_data_option
+@click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT")
+@_db_option
+@click.option("--workers", type=int, default=1, show_default=True, help="Server processes.")
+@click.option(
+    "--trusted-proxy",
+    "proxies",
+    multiple=True,
+    help="CIDR of a TLS-terminating proxy allowed to pass X-Client-Cert (repeatable).",
+)
+@click.option(
+    "--max-offline-days",
+    type=float,
+    help="Recovery policy: refuse devices silent for longer (default: unlimited).",
+)
+@click.option(
+    "--init",
+    "init_first",
+    is_flag=True,
+    help="Create a development data directory first if there is none.",
+)
+def serve(
+    data: Path,
+    listen: str,
+    db_url: str | None,
+    workers: int,
+    proxies: tuple[str, ...],
+    max_offline_days: float | None,
+    init_first: bool,
+) -> None:
+    """Run the home server (HTTPS with optional client certificates on one port)."""
+    from homing.server.config import ServerConfig, parse_listen
+    from homing.server.runner import serve as run_server
+
+    if init_first and not DataDir(data).exists():
+        _print_summary(ceremonies.init(data, _now()))
+    _ensure_passphrase(data)
+    host, port = parse_listen(listen)
+    config = ServerConfig(
+        data=data,
+        host=host,
+        port=port,
+        db_url=db_url,
+        workers=workers,
+        trusted_proxies=proxies,
+        max_offline=timedelta(days=max_offline_days) if max_offline_days else None,
+    )
+    dd = DataDir(data)
+    settings = dd.settings()
+    policy = ceremonies.pin_policy(dd, settings, dd.keystore(settings))
+    url = f"https://{'[' + host + ']' if ':' in host else host}:{port}"
+    out.print(f"[bold]homing[/] home server on {url} ({workers} worker(s))")
+    out.print(f"  pinned SPKIs: {', '.join(policy.spki_pins)}")
+    out.print(f"  trust metadata: {url}/tuf/metadata/  health: {url}/healthz")
+    out.print("  next: create a factory credential and enroll a device:")
+    out.print(f"    homing factory add station-1 --data {data}")
+    out.print("    (see docs/est-with-curl.md for enrolling with curl and openssl)")
+    run_server(config)
+
+
+@cli.group()
+def factory() -> None:
+    """Factory station credentials for EST enrollment."""
+
+
+@factory.command("add")
+@click.argument("name")
+@_data_option
+@_db_option
+def factory_add(name: str, data: Path, db_url: str | None) -> None:
+    """Create a station credential; the secret is printed once."""
+    from homing.server import operations
+
+    db = DataDir(data).database(db_url)
+    secret = operations.add_factory(db, _operator_actor(), _now(), name)
+    out.print(f"factory station {name!r} created; its secret (shown once):")
+    click.echo(f"{name}:{secret}")
+
+
+@cli.group()
+def token() -> None:
+    """Operator tokens for the admin API."""
+
+
+@token.command("add")
+@click.argument("name")
+@click.option(
+    "--role", type=click.Choice(["read-only", "operator"]), default="read-only", show_default=True
+)
+@_data_option
+@_db_option
+def token_add(name: str, role: str, data: Path, db_url: str | None) -> None:
+    """Create an operator token; it is printed once."""
+    from homing.server import operations
+
+    db = DataDir(data).database(db_url)
+    value = operations.add_token(db, _operator_actor(), _now(), name, role)
+    out.print(f"token {name!r} ({role}) created; send it as 'Authorization: Bearer ...':")
+    click.echo(value)
+
+
+@cli.command("revoke")
+@click.argument("device_id")
+@click.option("--reason", default="unspecified", show_default=True)
+@_data_option
+@_db_option
+def revoke_cmd(device_id: str, reason: str, data: Path, db_url: str | None) -> None:
+    """Revoke a device; running servers refuse it from its next request."""
+    from homing.server import operations
+
+    _ensure_passphrase(data)
+    dd = DataDir(data)
+    count = operations.revoke_device(
+        dd, dd.database(db_url), _operator_actor(), _now(), device_id, reason
+    )
+    out.print(f"device {device_id!r} revoked ({count} certificate(s)); CRL re-signed")
+
+
+@cli.command("status")
+@_data_option
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status_cmd(data: Path, db_url: str | None, as_json: bool) -> None:
+    """Fleet summary: devices by trust and firmware version, expiries, warnings."""
+    import json as jsonlib
+
+    from homing.server import operations
+
+    dd = DataDir(data)
+    summary = operations.fleet_status(dd, dd.database(db_url), _operator_actor(), _now())
+    if as_json:
+        click.echo(jsonlib.dumps(summary, indent=2))
+        return
+    for warning in summary["warnings"]:
+        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    table = Table(title="homing fleet", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    for key in (
+        "devices_by_status",
+        "devices_by_root_version",
+        "devices_by_firmware",
+        "metadata_versions",
+        "metadata_expires",
+    ):
+        table.add_row(
+            key.replace("_", " "), ", ".join(f"{k}: {v}" for k, v in summary[key].items()) or "none"
+        )
+    table.add_row("device certs expiring (30 d)", str(summary["device_certificates_expiring"]))
+    table.add_row("devices never seen", str(summary["devices_never_seen"]))
+    table.add_row("last check-in", summary["last_check_in"] or "never")
+    table.add_row("server certificate expires", summary["server_certificate_expires"])
+    out.print(table)
+
+
+@cli.group()
+def devices() -> None:
+    """The device registry."""
+
+
+@devices.command("list")
+@click.option("--search", help="Substring of id, firmware version or hardware class.")
+@click.option("--status", type=click.Choice(["active", "revoked"]))
+@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@_data_option
+@_db_option
+def devices_list(
+    search: str | None, status: str | None, limit: int, data: Path, db_url: str | None
+) -> None:
+    """List devices."""
+    from homing.server import operations
+
+    rows = operations.list_devices(
+        DataDir(data).database(db_url),
+        _operator_actor(),
+        _now(),
+        search=search,
+        status=status,
+        limit=limit,
+    )
+    table = Table(title=f"{len(rows)} device(s)")
+    for column in ("device", "status", "hardware", "firmware", "root", "last seen"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            r["device_id"],
+            r["status"],
+            r["hardware"] or "",
+            r["firmware_version"] or "",
+            str(r["trust"]["root"] or ""),
+            r["last_seen"] or "never",
+        )
+    out.print(table)
+
+
 def _guarded(entry: Callable[[], Any]) -> Callable[[], None]:
     @functools.wraps(entry)
     def run() -> None:

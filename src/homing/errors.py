@@ -17,22 +17,30 @@ exceptions are translated at the seam with ``raise ... from e``, so callers
     │   ├── MetadataError    metadata failed TUF verification (rollback,
     │   │                    threshold, freeze, mix-and-match, tampering)
     │   └── CeremonyError    a ceremony cannot be carried out as asked
-    └── TransportError       the metadata source could not be reached
+    ├── TransportError       the metadata source could not be reached
+    ├── StoreError           the database refused or lost a write
+    │   ├── ConflictError    the row exists already
+    │   └── NotFoundError    the row does not exist
+    └── AuthError            a caller is not who, or not allowed what, it claims
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AuthError",
     "CeremonyError",
     "ChainError",
     "ConfigError",
+    "ConflictError",
     "HomingError",
     "KeyStoreError",
     "MetadataError",
+    "NotFoundError",
     "PKIError",
     "PinError",
     "PolicyError",
     "RevokedError",
+    "StoreError",
     "TransportError",
     "TrustError",
 ]
@@ -84,3 +92,19 @@ class CeremonyError(TrustError):
 
 class TransportError(HomingError):
     """A source of metadata or targets could not be reached."""
+
+
+class StoreError(HomingError):
+    """The database could not complete an operation."""
+
+
+class ConflictError(StoreError):
+    """The operation conflicts with what is stored (a duplicate)."""
+
+
+class NotFoundError(StoreError):
+    """The operation names something that is not stored."""
+
+
+class AuthError(HomingError):
+    """A caller failed authentication or lacks the role for an operation."""

@@ -46,6 +46,7 @@ __all__ = [
     "init",
     "issue_certificate",
     "pin_policy",
+    "refresh_snapshot",
     "refresh_timestamp",
     "revoke",
     "rotate_issuing_ca",
@@ -299,6 +300,7 @@ def init(
             device_validity_days=validity.device.total_seconds() / 86400,
         )
         dd.save_settings(settings)
+        dd.close()
         # Root keys go to removable media last, once everything else worked.
         if ceremony:
             assert passphrase is not None
@@ -595,3 +597,10 @@ def write_crl(data: Path, kind: str, now: datetime) -> Path:
     path = dd.pki_path(f"{kind}-ca.crl.pem")
     atomic_write(path, crl.public_bytes(serialization.Encoding.PEM))
     return path
+
+
+def refresh_snapshot(data: Path, now: datetime) -> int:
+    """Re-sign the snapshot (and so the timestamp) with the online keys; returns its version."""
+    dd, settings, store = _open(data)
+    snapshot, timestamp = _online_signers(store, settings)
+    return dd.repository(settings).refresh_snapshot(snapshot, timestamp, now)

@@ -5,8 +5,9 @@ Layout::
     DIR/homing.json          settings (this module's Settings)
     DIR/keys/                key store (online keys; in a development
                              repository every key, unencrypted)
-    DIR/pki/                 CA certificates, the server chain, CRLs and
-                             the issuance record (ledger.jsonl)
+    DIR/pki/                 CA certificates, the server chain and CRLs
+    DIR/homing.db            the embedded database (devices, the issuance
+                             record, credentials, audit); or $HOMING_DB / --db
     DIR/repository/          TUF metadata/ and targets/, servable as static files
 
 In ceremony mode the TUF root keys are not in DIR at all: each lives in its
@@ -16,6 +17,7 @@ own file on removable media, and ceremonies are given their paths.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -27,9 +29,11 @@ from homing.config import Expiries, Validity
 from homing.errors import ConfigError
 from homing.fsutil import atomic_write
 from homing.pki.keystore import FileKeyStore, passphrase_from_env
-from homing.pki.ledger import FileLedger
 from homing.pki.validate import load_certificates_pem
+from homing.store import Database
 from homing.trust.repository import TrustRepository
+
+from .ledger import DatabaseLedger
 
 __all__ = ["DataDir", "Settings"]
 
@@ -103,6 +107,7 @@ class DataDir:
         self.pki_dir = root / "pki"
         self.repository_dir = root / "repository"
         self.metadata_dir = self.repository_dir / "metadata"
+        self._db: Database | None = None
 
     def exists(self) -> bool:
         return self.settings_path.exists()
@@ -130,8 +135,24 @@ class DataDir:
     def repository(self, settings: Settings) -> TrustRepository:
         return TrustRepository(self.repository_dir, settings.expiries)
 
-    def ledger(self) -> FileLedger:
-        return FileLedger(self.pki_dir / "ledger.jsonl")
+    def default_db_url(self) -> str:
+        return f"sqlite:///{(self.root / 'homing.db').resolve()}"
+
+    def database(self, url: str | None = None) -> Database:
+        """The data directory's database (embedded SQLite unless ``url`` says otherwise)."""
+        if self._db is None or (url is not None and url != self._db.url):
+            self.close()
+            self._db = Database(url or os.environ.get("HOMING_DB") or self.default_db_url())
+            self._db.migrate()
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.dispose()
+            self._db = None
+
+    def ledger(self, db: Database | None = None) -> DatabaseLedger:
+        return DatabaseLedger(db or self.database())
 
     def pki_path(self, name: str) -> Path:
         return self.pki_dir / name

@@ -1,0 +1,111 @@
+"""The admin API under /v1/admin/: bearer tokens with roles; every call is audited."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from homing.server import operations
+from homing.server.auth import authenticate_operator
+from homing.server.device_api import json_body
+from homing.server.errors import HTTPProblem
+from homing.server.state import ServerState
+from homing.store import audit
+
+__all__ = ["routes"]
+
+
+def _int_query(request: web.Request, key: str, default: int, maximum: int) -> int:
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) > maximum:
+        raise HTTPProblem(400, "bad_request", f"{key!r} must be an integer 0-{maximum}")
+    return int(raw)
+
+
+def routes(state: ServerState) -> list[web.RouteDef]:
+    async def devices(request: web.Request) -> web.Response:
+        op = await authenticate_operator(request, state, "read-only")
+        search = request.query.get("search") or None
+        status = request.query.get("status") or None
+        if status not in (None, "active", "revoked"):
+            raise HTTPProblem(400, "bad_request", "'status' must be active or revoked")
+        limit = _int_query(request, "limit", 100, 1000)
+        offset = _int_query(request, "offset", 0, 10**9)
+        rows = await state.run(
+            lambda: operations.list_devices(
+                state.db,
+                f"token:{op.name}",
+                state.now(),
+                search=search,
+                status=status,
+                limit=limit,
+                offset=offset,
+            )
+        )
+        return web.json_response({"devices": rows})
+
+    async def device(request: web.Request) -> web.Response:
+        op = await authenticate_operator(request, state, "read-only")
+        device_id = request.match_info["device_id"]
+        detail = await state.run(
+            operations.device_detail, state.db, f"token:{op.name}", state.now(), device_id
+        )
+        return web.json_response(detail)
+
+    async def revoke(request: web.Request) -> web.Response:
+        op = await authenticate_operator(request, state, "operator")
+        device_id = request.match_info["device_id"]
+        body: dict[str, Any] = await json_body(request) if request.can_read_body else {}
+        reason = body.get("reason", "unspecified")
+        if not isinstance(reason, str) or len(reason) > 256:
+            raise HTTPProblem(400, "bad_request", "'reason' must be a short string")
+        count = await state.run(
+            operations.revoke_device,
+            state.dd,
+            state.db,
+            f"token:{op.name}",
+            state.now(),
+            device_id,
+            reason,
+        )
+        return web.json_response({"device_id": device_id, "revoked_certificates": count})
+
+    async def status(request: web.Request) -> web.Response:
+        op = await authenticate_operator(request, state, "read-only")
+        summary = await state.run(
+            operations.fleet_status, state.dd, state.db, f"token:{op.name}", state.now()
+        )
+        return web.json_response(summary)
+
+    async def audit_log(request: web.Request) -> web.Response:
+        await authenticate_operator(request, state, "read-only")
+        limit = _int_query(request, "limit", 100, 1000)
+
+        def read() -> list[dict[str, Any]]:
+            with state.db.engine.connect() as conn:
+                return audit.audit_entries(conn, limit)
+
+        return web.json_response({"entries": await state.run(read)})
+
+    async def add_factory(request: web.Request) -> web.Response:
+        op = await authenticate_operator(request, state, "operator")
+        body = await json_body(request)
+        name = body.get("name")
+        if not isinstance(name, str):
+            raise HTTPProblem(400, "bad_request", "'name' must be a string")
+        secret = await state.run(
+            operations.add_factory, state.db, f"token:{op.name}", state.now(), name
+        )
+        return web.json_response({"name": name, "secret": secret}, status=201)
+
+    return [
+        web.get("/v1/admin/devices", devices),
+        web.get("/v1/admin/devices/{device_id}", device),
+        web.post("/v1/admin/devices/{device_id}/revoke", revoke),
+        web.get("/v1/admin/status", status),
+        web.get("/v1/admin/audit", audit_log),
+        web.post("/v1/admin/factories", add_factory),
+    ]

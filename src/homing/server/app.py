@@ -1,0 +1,126 @@
+"""The aiohttp application: routes, bounded bodies, one error shape, metrics, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from homing import __version__
+from homing.errors import HomingError
+from homing.server import admin_api, device_api, est, metadata, recovery
+from homing.server.errors import HTTPProblem, problem_response, status_for
+from homing.server.metrics import CONTENT_TYPE_LATEST, Metrics
+from homing.server.openapi import openapi_document
+from homing.server.state import ServerState
+
+__all__ = ["build_app"]
+
+log = logging.getLogger("homing.server")
+access = logging.getLogger("homing.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    route = (
+        request.match_info.route.resource.canonical
+        if request.match_info.route.resource
+        else "unmatched"
+    )
+    try:
+        response = await handler(request)
+    except HTTPProblem as e:
+        response = problem_response(e.status, e.code, e.message, e.headers)
+    except HomingError as e:
+        status, code = status_for(e)
+        response = problem_response(status, code, str(e))
+    except web.HTTPRequestEntityTooLarge:
+        response = problem_response(413, "too_large", "the request body is larger than allowed")
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        response = problem_response(e.status, "http", e.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        response = problem_response(500, "internal", "internal error; see the server log")
+    elapsed = time.perf_counter() - started
+    metrics: Metrics = request.app["metrics"]
+    metrics.requests.labels(route, str(response.status)).inc()
+    metrics.latency.labels(route).observe(elapsed)
+    if access.isEnabledFor(logging.INFO):
+        access.info(
+            json.dumps(
+                {
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status,
+                    "ms": round(elapsed * 1000, 2),
+                    "peer": request.remote,
+                }
+            )
+        )
+    return response
+
+
+def build_app(state: ServerState) -> web.Application:
+    app = web.Application(
+        client_max_size=state.config.max_body_bytes, middlewares=[_errors_and_metrics]
+    )
+    app["state"] = state
+    app["metrics"] = Metrics()
+    writer = device_api.CheckinWriter(state)
+    document = openapi_document(__version__)
+
+    async def healthz(request: web.Request) -> web.Response:
+        def ping() -> None:
+            with state.db.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+
+        await state.run(ping)
+        return web.json_response({"status": "ok", "metadata": state.metadata_versions().to_json()})
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = request.app["metrics"].render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(document)
+
+    async def reloader() -> None:
+        while True:
+            await asyncio.sleep(state.config.reload_interval)
+            try:
+                state.reload_if_changed()
+            except Exception:
+                log.exception("reload failed")
+
+    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        writer.start()
+        task = asyncio.get_running_loop().create_task(reloader())
+        yield
+        task.cancel()
+        await writer.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/metrics", metrics),
+            web.get("/openapi.json", openapi),
+            *metadata.routes(state),
+            *est.routes(state),
+            *device_api.routes(state, writer),
+            *recovery.routes(state),
+            *admin_api.routes(state),
+        ]
+    )
+    return app

@@ -1,0 +1,174 @@
+"""Who is asking: devices by verified client certificate, operators by token.
+
+A device certificate is checked twice: the TLS layer proves the client holds
+a key certified by a device CA; here cryptography's verifier validates the
+chain again at the server's `now`, and the database says whether the
+certificate and its device are still in good standing. That last lookup
+runs on every request, so a revocation takes effect at once in every
+server process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import unquote
+
+from aiohttp import web
+from cryptography import x509
+
+from homing.errors import AuthError, ChainError, PolicyError
+from homing.pki.profiles import device_id_from_uri
+from homing.pki.validate import load_certificate, verify_client_chain
+from homing.server.errors import HTTPProblem
+from homing.server.state import ServerState
+from homing.store import credentials
+from homing.store import devices as device_store
+
+__all__ = ["DeviceIdentity", "Operator", "authenticate_device", "authenticate_operator"]
+
+_CACHE_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    device_id: str
+    serial: int
+    certificate: x509.Certificate
+
+
+@dataclass(frozen=True)
+class Operator:
+    name: str
+    role: str
+
+
+def _peer_certificate_der(request: web.Request, state: ServerState) -> bytes | None:
+    """The client certificate from TLS, or from a trusted proxy's header."""
+    peer = request.remote
+    config = state.config
+    if config.proxy_networks and peer:
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            address = None
+        if address is not None and any(address in net for net in config.proxy_networks):
+            header = request.headers.get(config.client_cert_header)
+            if header:
+                # nginx's $ssl_client_escaped_cert: URL-encoded PEM.
+                try:
+                    cert = load_certificate(unquote(header).encode("ascii"))
+                except (ChainError, UnicodeEncodeError) as e:
+                    raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
+                from cryptography.hazmat.primitives import serialization
+
+                return cert.public_bytes(serialization.Encoding.DER)
+            return None
+    # A header from anyone else is ignored: only the TLS layer speaks for them.
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    if not isinstance(ssl_object, ssl.SSLObject):
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return der or None
+
+
+class _VerifiedCache:
+    """Chain validation results per certificate, valid until the certificate expires."""
+
+    def __init__(self) -> None:
+        self._entries: dict[bytes, tuple[x509.Certificate, str]] = {}
+
+    def get(self, der: bytes) -> tuple[x509.Certificate, str] | None:
+        return self._entries.get(hashlib.sha256(der).digest())
+
+    def put(self, der: bytes, value: tuple[x509.Certificate, str]) -> None:
+        if len(self._entries) >= _CACHE_LIMIT:
+            self._entries.clear()
+        self._entries[hashlib.sha256(der).digest()] = value
+
+
+_cache = _VerifiedCache()
+
+
+def _verify(der: bytes, state: ServerState, now: datetime) -> tuple[x509.Certificate, str]:
+    cached = _cache.get(der)
+    if cached is not None:
+        cert, device_id = cached
+        if cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return cached
+    try:
+        cert = load_certificate(der)
+    except ChainError as e:
+        raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
+    expired = now > cert.not_valid_after_utc
+    # An expired certificate is still checked to be ours (at its last valid
+    # instant) before the answer points the device to recovery.
+    when = cert.not_valid_after_utc if expired else now
+    try:
+        chain = verify_client_chain(cert, state.device_cas, [state.root_ca], when)
+    except ChainError as e:
+        raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
+    if expired:
+        raise HTTPProblem(
+            401,
+            "certificate_expired",
+            "the client certificate has expired: recover it with POST /v1/recover",
+        )
+    uris = [n.value for n in chain.subjects if isinstance(n, x509.UniformResourceIdentifier)]
+    if len(uris) != 1:
+        raise HTTPProblem(401, "bad_client_certificate", "certificate names no single device")
+    try:
+        device_id = device_id_from_uri(uris[0])
+    except PolicyError as e:
+        raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
+    _cache.put(der, (cert, device_id))
+    return cert, device_id
+
+
+async def authenticate_device(request: web.Request, state: ServerState) -> DeviceIdentity:
+    der = _peer_certificate_der(request, state)
+    if der is None:
+        raise HTTPProblem(
+            401, "client_certificate_required", "this endpoint needs a device client certificate"
+        )
+    now = state.now()
+    cert, device_id = _verify(der, state, now)
+
+    def check() -> str | None:
+        with state.db.engine.connect() as conn:
+            return device_store.authorise_certificate(conn, cert.serial_number, device_id)
+
+    reason = await state.run(check)
+    if reason is not None:
+        status, code = (403, "revoked") if "revoked" in reason else (403, "forbidden")
+        raise HTTPProblem(status, code, reason)
+    return DeviceIdentity(device_id=device_id, serial=cert.serial_number, certificate=cert)
+
+
+async def authenticate_operator(request: web.Request, state: ServerState, need: str) -> Operator:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPProblem(
+            401,
+            "token_required",
+            "send 'Authorization: Bearer <token>'",
+            {"WWW-Authenticate": 'Bearer realm="homing admin"'},
+        )
+
+    def check() -> tuple[str, str]:
+        with state.db.engine.connect() as conn:
+            return credentials.verify_token(conn, token.strip())
+
+    try:
+        name, role = await state.run(check)
+    except AuthError as e:
+        raise HTTPProblem(
+            401, "bad_token", str(e), {"WWW-Authenticate": 'Bearer realm="homing admin"'}
+        ) from e
+    if need == "operator" and role != "operator":
+        raise HTTPProblem(403, "forbidden", f"role {role!r} may not do this; it needs 'operator'")
+    return Operator(name=name, role=role)

@@ -1,0 +1,52 @@
+"""Settings of one home server deployment."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from homing.errors import ConfigError
+
+__all__ = ["ServerConfig", "parse_listen"]
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--listen must be HOST:PORT, not {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an explicit empty host
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data: Path
+    host: str = "127.0.0.1"
+    port: int = 8443
+    db_url: str | None = None
+    workers: int = 1
+    # Reverse proxies allowed to pass a client certificate in a header; none by default.
+    trusted_proxies: tuple[str, ...] = ()
+    client_cert_header: str = "X-Client-Cert"
+    max_body_bytes: int = 64 * 1024
+    # Recovery policy: how long a device may have been silent and still recover.
+    max_offline: timedelta | None = None
+    nonce_ttl: timedelta = timedelta(minutes=5)
+    maintenance_interval: float = 30.0
+    reload_interval: float = 2.0
+    checkin_batch_max: int = 512
+    executor_threads: int = 8
+    proxy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        default=(), init=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        try:
+            networks = tuple(ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies)
+        except ValueError as e:
+            raise ConfigError(f"invalid trusted proxy: {e}") from e
+        object.__setattr__(self, "proxy_networks", networks)

@@ -1,0 +1,157 @@
+"""The device API (mutual TLS): check-in.
+
+Check-ins are recorded before they are answered, in batches: while one
+batch is being written, the next accumulates, so throughput grows with load
+without giving up "every answered check-in is stored".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from aiohttp import web
+
+from homing.server.auth import authenticate_device
+from homing.server.errors import HTTPProblem
+from homing.server.state import ServerState
+from homing.store import devices as device_store
+from homing.store.devices import CheckIn
+
+__all__ = ["CheckinWriter", "routes"]
+
+_MAX_HEALTH_BYTES = 4096
+
+
+class CheckinWriter:
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self._pending: list[tuple[CheckIn, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def record(self, checkin: CheckIn) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((checkin, future))
+        self._wake.set()
+        await future
+
+    def _write(self, batch: list[CheckIn]) -> None:
+        with self.state.db.engine.begin() as conn:
+            device_store.record_checkins(conn, batch)
+
+    async def _run(self) -> None:
+        limit = self.state.config.checkin_batch_max
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:limit], self._pending[limit:]
+                try:
+                    await self.state.run(self._write, [c for c, _ in batch])
+                except Exception as e:  # every waiting request learns the write failed
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(e)
+                else:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_result(None)
+
+
+def _opt_str(body: dict[str, Any], key: str, limit: int = 64) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
+        raise HTTPProblem(400, "bad_request", f"{key!r} must be a string of 1-{limit} characters")
+    return value
+
+
+def _opt_int(doc: dict[str, Any], key: str) -> int | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
+        raise HTTPProblem(400, "bad_request", f"trust.{key} must be a non-negative integer")
+    return value
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise HTTPProblem(415, "unsupported_media_type", "send application/json")
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise HTTPProblem(400, "bad_request", "the body is not valid JSON") from e
+    if not isinstance(body, dict):
+        raise HTTPProblem(400, "bad_request", "the body must be a JSON object")
+    return body
+
+
+def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
+    async def checkin(request: web.Request) -> web.Response:
+        identity = await authenticate_device(request, state)
+        body = await json_body(request)
+        trust = body.get("trust", {})
+        if not isinstance(trust, dict):
+            raise HTTPProblem(400, "bad_request", "'trust' must be an object")
+        health = body.get("health")
+        if health is not None and (
+            not isinstance(health, dict) or len(json.dumps(health)) > _MAX_HEALTH_BYTES
+        ):
+            raise HTTPProblem(
+                400, "bad_request", f"'health' must be an object under {_MAX_HEALTH_BYTES} bytes"
+            )
+        now = state.now()
+        record = CheckIn(
+            device_id=identity.device_id,
+            at=now,
+            firmware_version=_opt_str(body, "firmware_version"),
+            root_version=_opt_int(trust, "root"),
+            timestamp_version=_opt_int(trust, "timestamp"),
+            targets_version=_opt_int(trust, "targets"),
+            health=health,
+            hardware=_opt_str(body, "hardware"),
+        )
+        await writer.record(record)
+        request.app["metrics"].checkins.inc()
+        current = state.metadata_versions()
+        reported = (record.root_version, record.timestamp_version, record.targets_version)
+        stale = any(
+            v is None or v < c
+            for v, c in zip(
+                reported, (current.root, current.timestamp, current.targets), strict=True
+            )
+        )
+        cert = identity.certificate
+        lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+        return web.json_response(
+            {
+                "device_id": identity.device_id,
+                "server_time": now.isoformat(),
+                "metadata": current.to_json(),
+                "refresh_metadata": stale,
+                "certificate": {
+                    "serial": format(cert.serial_number, "x"),
+                    "not_after": cert.not_valid_after_utc.isoformat(),
+                    "renew_after": (cert.not_valid_before_utc + lifetime * 2 / 3).isoformat(),
+                },
+                # Filled in by rollouts (firmware issue); the field is part of the interface.
+                "update": None,
+            }
+        )
+
+    return [web.post("/v1/device/checkin", checkin)]

@@ -1,0 +1,55 @@
+"""What the server does by itself so that nothing expires unnoticed.
+
+Run by one process only (the supervisor): re-sign the timestamp when half its
+lifetime is gone (and the snapshot likewise), renew the server certificate
+at two thirds of its lifetime, and keep the device CRL current. Workers pick
+up the new files through their reload watch.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+
+from homing import ceremonies
+from homing.ceremonies import DataDir
+
+__all__ = ["maintain"]
+
+log = logging.getLogger(__name__)
+
+
+def maintain(data: Path, now: datetime) -> list[str]:
+    """Do whatever is due at ``now``; returns what was done, for logs and tests."""
+    done: list[str] = []
+    dd = DataDir(data)
+    settings = dd.settings()
+    repo = dd.repository(settings)
+    expiries = settings.expiries
+    if repo.snapshot().signed.expires - now < expiries.snapshot / 2:
+        version = ceremonies.refresh_snapshot(data, now)
+        done.append(f"snapshot v{version}")
+    elif repo.timestamp().signed.expires - now < expiries.timestamp / 2:
+        version = ceremonies.refresh_timestamp(data, now)
+        done.append(f"timestamp v{version}")
+    leaf = dd.certificates("server-chain.pem")[0]
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    if now >= leaf.not_valid_before_utc + lifetime * 2 / 3:
+        new = ceremonies.rotate_server_cert(data, now)
+        done.append(f"server certificate {new.serial_number:x}")
+    crl_path = dd.pki_path("device-ca.crl.pem")
+    due = True
+    if crl_path.exists():
+        crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+        next_update = crl.next_update_utc
+        due = next_update is None or next_update - now < (next_update - crl.last_update_utc) / 2
+    if due:
+        ceremonies.write_crl(data, "device", now)
+        done.append("device CRL")
+    dd.close()
+    for item in done:
+        log.info("maintenance: re-signed %s", item)
+    return done

@@ -1,0 +1,54 @@
+"""Prometheus metrics; shared across worker processes when there are several.
+
+With several workers, ``PROMETHEUS_MULTIPROC_DIR`` is set by the supervisor
+before they start, and ``/metrics`` aggregates every worker's files.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "homing_http_requests",
+            "HTTP requests answered",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "homing_http_request_seconds",
+            "Time to answer a request",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+            registry=self.registry,
+        )
+        self.checkins = Counter("homing_checkins", "Check-ins recorded", registry=self.registry)
+        self.enrollments = Counter(
+            "homing_enrollments", "Certificates issued over EST", registry=self.registry
+        )
+        self.recoveries = Counter(
+            "homing_recoveries", "Devices recovered by key proof", registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,141 @@
+"""Fleet operations shared by the admin API and the CLI: same code, same audit."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from homing import ceremonies
+from homing.ceremonies import DataDir
+from homing.errors import NotFoundError
+from homing.store import Database, audit, credentials
+from homing.store import certificates as certs
+from homing.store import devices as device_store
+from homing.trust.repository import FIRMWARE_ROLE
+
+__all__ = [
+    "OFFLINE_ROLE_WARNING",
+    "add_factory",
+    "add_token",
+    "device_detail",
+    "fleet_status",
+    "list_devices",
+    "revoke_device",
+]
+
+# Offline-signed roles need a ceremony to renew: warn this far ahead.
+OFFLINE_ROLE_WARNING = timedelta(days=90)
+ONLINE_ROLE_WARNING = timedelta(hours=6)
+CERTIFICATE_WARNING = timedelta(days=30)
+
+
+def list_devices(
+    db: Database,
+    actor: str,
+    now: datetime,
+    *,
+    search: str | None = None,
+    status: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    with db.engine.begin() as conn:
+        rows = device_store.list_devices(
+            conn, search=search, status=status, limit=limit, offset=offset
+        )
+        audit.audit(conn, now, actor, "list_devices", None, {"search": search} if search else None)
+    return [r.to_json() for r in rows]
+
+
+def device_detail(db: Database, actor: str, now: datetime, device_id: str) -> dict[str, Any]:
+    with db.engine.begin() as conn:
+        row = device_store.device(conn, device_id)
+        if row is None:
+            raise NotFoundError(f"no device {device_id!r}")
+        issued = certs.certificates_of(conn, device_id)
+        audit.audit(conn, now, actor, "show_device", device_id)
+    detail = row.to_json()
+    detail["certificates"] = [
+        {
+            "serial": format(c.serial, "x"),
+            "issued_at": c.issued_at.isoformat(),
+            "not_after": c.not_after.isoformat(),
+            "revoked_at": c.revoked_at.isoformat() if c.revoked_at else None,
+        }
+        for c in issued
+    ]
+    return detail
+
+
+def revoke_device(
+    dd: DataDir, db: Database, actor: str, now: datetime, device_id: str, reason: str
+) -> int:
+    """Revoke a device and its certificates, then re-sign the device CA's CRL."""
+    with db.engine.begin() as conn:
+        count = device_store.revoke_device(conn, device_id, now, reason)
+        audit.audit(
+            conn, now, actor, "revoke_device", device_id, {"reason": reason, "certificates": count}
+        )
+    ceremonies.write_crl(dd.root, "device", now)
+    return count
+
+
+def add_factory(db: Database, actor: str, now: datetime, name: str) -> str:
+    from homing.fsutil import safe_name
+
+    safe_name(name, "factory station name")
+    with db.engine.begin() as conn:
+        secret = credentials.add_factory(conn, name, now)
+        audit.audit(conn, now, actor, "add_factory", name)
+    return secret
+
+
+def add_token(db: Database, actor: str, now: datetime, name: str, role: str) -> str:
+    from homing.fsutil import safe_name
+
+    safe_name(name, "token name")
+    with db.engine.begin() as conn:
+        token = credentials.add_token(conn, name, role, now)
+        audit.audit(conn, now, actor, "add_token", name, {"role": role})
+    return token
+
+
+def fleet_status(dd: DataDir, db: Database, actor: str, now: datetime) -> dict[str, Any]:
+    """Devices by trust and firmware version, what expires soon, and warnings."""
+    settings = dd.settings()
+    repo = dd.repository(settings)
+    with db.engine.begin() as conn:
+        summary = device_store.fleet_summary(conn, now, CERTIFICATE_WARNING)
+        audit.audit(conn, now, actor, "status")
+    expiries = {
+        "root": repo.root().signed.expires,
+        "targets": repo.targets().signed.expires,
+        FIRMWARE_ROLE: repo.targets(FIRMWARE_ROLE).signed.expires,
+        "snapshot": repo.snapshot().signed.expires,
+        "timestamp": repo.timestamp().signed.expires,
+    }
+    server_leaf = dd.certificates("server-chain.pem")[0]
+    warnings: list[str] = []
+    for role, expires in expiries.items():
+        window = ONLINE_ROLE_WARNING if role in ("snapshot", "timestamp") else OFFLINE_ROLE_WARNING
+        if expires <= now:
+            warnings.append(f"{role} metadata EXPIRED at {expires.isoformat()}")
+        elif expires - now <= window:
+            warnings.append(f"{role} metadata expires {expires.isoformat()}: plan its renewal")
+    if server_leaf.not_valid_after_utc - now <= CERTIFICATE_WARNING:
+        warnings.append(f"server certificate expires {server_leaf.not_valid_after_utc.isoformat()}")
+    if summary["device_certificates_expiring"]:
+        warnings.append(
+            f"{summary['device_certificates_expiring']} device certificates expire within 30 days"
+        )
+    return {
+        **summary,
+        "metadata_versions": {
+            "root": repo.root_version(),
+            "timestamp": repo.timestamp().signed.version,
+            "targets": repo.targets().signed.version,
+        },
+        "metadata_expires": {k: v.isoformat() for k, v in expiries.items()},
+        "server_certificate_expires": server_leaf.not_valid_after_utc.isoformat(),
+        "warnings": warnings,
+    }

@@ -1,0 +1,154 @@
+"""Running the home server: one process, or a supervisor and N workers on one port.
+
+Workers share the listening port with SO_REUSEPORT, so the kernel spreads
+connections over every core. The supervisor does the maintenance (timestamp,
+server certificate, CRL) and restarts a worker that dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from homing.server.app import build_app
+from homing.server.config import ServerConfig
+from homing.server.maintenance import maintain
+from homing.server.state import ServerState
+
+__all__ = ["configure_logging", "run_worker", "serve"]
+
+log = logging.getLogger("homing.server")
+
+
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+        }
+        message = record.getMessage()
+        try:
+            parsed = json.loads(message)
+            entry.update(parsed if isinstance(parsed, dict) else {"message": message})
+        except ValueError:
+            entry["message"] = message
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JSONFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("homing").setLevel(level)
+    logging.getLogger("homing.pki.keystore").setLevel(logging.ERROR)
+
+
+async def _serve_async(config: ServerConfig, maintenance: bool) -> None:
+    state = ServerState(config)
+    app = build_app(state)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        config.host,
+        config.port,
+        ssl_context=state.ssl_context,
+        reuse_port=True,
+        backlog=1024,
+    )
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(json.dumps({"event": "listening", "host": config.host, "port": config.port}))
+
+    async def maintain_loop() -> None:
+        while True:
+            try:
+                await loop.run_in_executor(None, maintain, config.data, datetime.now(UTC))
+            except Exception:
+                log.exception("maintenance failed; retrying")
+            await asyncio.sleep(config.maintenance_interval)
+
+    task = loop.create_task(maintain_loop()) if maintenance else None
+    await stop.wait()
+    if task:
+        task.cancel()
+    await runner.cleanup()
+    state.close()
+
+
+def run_worker(config: ServerConfig, maintenance: bool = False) -> None:
+    """Entry point of one server process."""
+    configure_logging()
+    asyncio.run(_serve_async(config, maintenance))
+
+
+def serve(config: ServerConfig) -> None:
+    """Run in the foreground until SIGINT or SIGTERM."""
+    maintain(config.data, datetime.now(UTC))  # fail fast on a broken data directory
+    if config.workers == 1:
+        run_worker(config, maintenance=True)
+        return
+    metrics_dir = config.data / "run" / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    context = multiprocessing.get_context("spawn")
+    workers: list[multiprocessing.process.BaseProcess] = []
+
+    def start() -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=run_worker, args=(config,), daemon=False)
+        process.start()
+        return process
+
+    workers = [start() for _ in range(config.workers)]
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    next_maintenance = time.monotonic() + config.maintenance_interval
+    try:
+        while not stopping:
+            time.sleep(0.5)
+            for i, process in enumerate(workers):
+                if not process.is_alive() and not stopping:
+                    log.warning(
+                        "worker %s exited with %s; restarting", process.pid, process.exitcode
+                    )
+                    workers[i] = start()
+            if time.monotonic() >= next_maintenance:
+                try:
+                    maintain(config.data, datetime.now(UTC))
+                except Exception:
+                    log.exception("maintenance failed; retrying")
+                next_maintenance = time.monotonic() + config.maintenance_interval
+    finally:
+        for process in workers:
+            if process.is_alive() and process.pid:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in workers:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()

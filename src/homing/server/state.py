@@ -1,0 +1,180 @@
+"""What one server process holds: keys, CAs, the database, and the TLS context.
+
+Certificates and CAs are reloaded from the data directory when their files
+change, so a renewed server certificate or a rotated device CA takes effect
+for new handshakes without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from homing.ceremonies import DataDir, Settings
+from homing.ceremonies.ledger import DatabaseLedger
+from homing.errors import ConfigError, KeyStoreError
+from homing.pki import Authority
+from homing.pki.keystore import FileKeyStore, passphrase_from_env
+from homing.server import tls
+from homing.server.config import ServerConfig
+from homing.store import Database
+
+__all__ = ["MetadataVersions", "ServerState"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class MetadataVersions:
+    root: int
+    timestamp: int
+    snapshot: int
+    targets: int
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "root": self.root,
+            "timestamp": self.timestamp,
+            "snapshot": self.snapshot,
+            "targets": self.targets,
+        }
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
+class ServerState:
+    def __init__(self, config: ServerConfig, clock: Callable[[], datetime] | None = None) -> None:
+        self.config = config
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.dd = DataDir(config.data)
+        self.settings: Settings = self.dd.settings()
+        self.store: FileKeyStore = self.dd.keystore(self.settings)
+        self.db: Database = self.dd.database(config.db_url)
+        self.executor = ThreadPoolExecutor(
+            max_workers=config.executor_threads, thread_name_prefix="homing-db"
+        )
+        self.root_ca = self.dd.certificate("root-ca.pem")
+        self._versions: tuple[int, MetadataVersions] | None = None
+        self._file_marks: dict[str, int] = {}
+        self.device_cas: list[x509.Certificate] = []
+        self._device_ca: x509.Certificate | None = None
+        self._device_key: ec.EllipticCurvePrivateKey | None = None
+        self.ssl_context = self._build_tls()
+        self._load_device_ca()
+
+    # -- time and threads -------------------------------------------------
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking database work off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    # -- TLS and CAs ------------------------------------------------------
+
+    def _client_ca_bundle(self) -> bytes:
+        return (
+            self.dd.pki_path("root-ca.pem").read_bytes()
+            + self.dd.pki_path("device-cas.pem").read_bytes()
+        )
+
+    def _build_tls(self) -> ssl.SSLContext:
+        context = tls.server_context(
+            self.dd.pki_path("server-chain.pem"),
+            self.store.path("server-tls"),
+            key_password=passphrase_from_env(),
+            client_cas=self._client_ca_bundle(),
+        )
+        self._remember_files()
+        return context
+
+    def _watched(self) -> dict[str, Path]:
+        return {
+            "chain": self.dd.pki_path("server-chain.pem"),
+            "key": self.store.path("server-tls"),
+            "device-cas": self.dd.pki_path("device-cas.pem"),
+            "device-ca": self.dd.pki_path("device-ca.pem"),
+            "settings": self.dd.settings_path,
+        }
+
+    def _remember_files(self) -> None:
+        self._file_marks = {name: _mtime(path) for name, path in self._watched().items()}
+
+    def reload_if_changed(self) -> bool:
+        """Pick up a renewed server certificate or rotated device CA; True if anything changed."""
+        marks = {name: _mtime(path) for name, path in self._watched().items()}
+        if marks == self._file_marks:
+            return False
+        try:
+            self.settings = self.dd.settings()
+            if marks["chain"] != self._file_marks.get("chain") or marks[
+                "key"
+            ] != self._file_marks.get("key"):
+                # New handshakes use the new chain; open connections keep theirs.
+                self.ssl_context.load_cert_chain(
+                    self._watched()["chain"], self._watched()["key"], password=passphrase_from_env()
+                )
+            if marks["device-cas"] != self._file_marks.get("device-cas"):
+                self.ssl_context.load_verify_locations(cadata=self._client_ca_bundle().decode())
+            self._load_device_ca()
+        except (ssl.SSLError, OSError, ConfigError, KeyStoreError) as e:
+            # A half-written rotation: keep serving with what we have, retry later.
+            log.warning("reload postponed: %s", e)
+            return False
+        self._file_marks = marks
+        log.info("reloaded server certificate and CAs")
+        return True
+
+    def _load_device_ca(self) -> None:
+        self.device_cas = self.dd.certificates("device-cas.pem")
+        cert = self.dd.certificate("device-ca.pem")
+        key = self.store.load(f"device-ca-g{self.settings.device_ca_generation}")
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigError("the device CA key must be an ECDSA key")
+        self._device_ca, self._device_key = cert, key
+
+    def device_authority(self, ledger: DatabaseLedger) -> Authority:
+        assert self._device_ca is not None
+        assert self._device_key is not None
+        return Authority(self._device_ca, self._device_key, ledger, self.settings.validity)
+
+    # -- trust metadata ---------------------------------------------------
+
+    def metadata_versions(self) -> MetadataVersions:
+        """Current versions from the published files, re-read when timestamp.json changes."""
+        metadata = self.dd.metadata_dir
+        mark = _mtime(metadata / "timestamp.json")
+        if self._versions is None or self._versions[0] != mark:
+            timestamp = json.loads((metadata / "timestamp.json").read_bytes())["signed"]
+            snapshot_version = int(timestamp["meta"]["snapshot.json"]["version"])
+            snapshot = json.loads((metadata / f"{snapshot_version}.snapshot.json").read_bytes())
+            versions = MetadataVersions(
+                root=self.dd.repository(self.settings).root_version(),
+                timestamp=int(timestamp["version"]),
+                snapshot=snapshot_version,
+                targets=int(snapshot["signed"]["meta"]["targets.json"]["version"]),
+            )
+            self._versions = (mark, versions)
+        return self._versions[1]
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.db.dispose()

@@ -1,0 +1,134 @@
+"""The one place every TLS context of homing is built.
+
+Server profile (Mozilla "intermediate", narrowed to what homing needs):
+TLS 1.2 minimum, because some device EST stacks lack 1.3; only AEAD cipher
+suites with forward secrecy (ECDHE + AES-GCM or ChaCha20-Poly1305, ECDSA
+certificates, no CBC); key exchange groups X25519 and P-256 only; no
+compression, no renegotiation. Client certificates are *optional* at the
+TLS layer, so one port serves metadata, EST and recovery to devices without
+a certificate; the device endpoints then demand a verified one.
+
+Python's ``ssl`` module has no API to choose key exchange groups before
+3.13; homing sets them on the context's ``SSL_CTX`` through the OpenSSL
+library Python itself is linked against, and checks the result with
+a real handshake in the tests.
+"""
+
+from __future__ import annotations
+
+import _ssl
+import ctypes
+import logging
+import ssl
+from pathlib import Path
+
+from homing.errors import ConfigError
+
+__all__ = ["GROUPS", "TLS12_CIPHERS", "client_context", "server_context"]
+
+log = logging.getLogger(__name__)
+
+TLS12_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+    ]
+)
+GROUPS = b"X25519:P-256"
+_SSL_CTRL_SET_GROUPS_LIST = 92
+_SSL_CTRL_OPTIONS = 32
+_NO_CHECK_TIME = 0x200000
+
+
+def _ssl_ctx_pointer(context: ssl.SSLContext) -> int | None:
+    """The SSL_CTX* inside a Python SSLContext, verified before it is used."""
+    try:
+        lib = ctypes.CDLL(_ssl.__file__)
+        ctrl = lib.SSL_CTX_ctrl
+    except (OSError, AttributeError):
+        return None
+    ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    ctrl.restype = ctypes.c_ulong
+    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+    if not pointer:
+        return None
+    # SSL_CTX_get_options is SSL_CTX_ctrl(ctx, SSL_CTRL_OPTIONS, 0, NULL): the
+    # pointer is the context only if OpenSSL reports the options Python set.
+    if ctrl(pointer, _SSL_CTRL_OPTIONS, 0, None) != int(context.options):
+        return None
+    return int(pointer)
+
+
+def _set_groups(context: ssl.SSLContext) -> None:
+    pointer = _ssl_ctx_pointer(context)
+    if pointer is not None:
+        lib = ctypes.CDLL(_ssl.__file__)
+        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        lib.SSL_CTX_ctrl.restype = ctypes.c_long
+        if lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, ctypes.c_char_p(GROUPS)) == 1:
+            return
+    # Fallback: P-256 alone is still inside the policy, only without X25519.
+    log.warning("cannot set TLS groups to X25519:P-256 here; using P-256 only")
+    context.set_ecdh_curve("prime256v1")
+
+
+def _harden(context: ssl.SSLContext) -> None:
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    _set_groups(context)
+
+
+def server_context(
+    chain_file: Path,
+    key_file: Path,
+    *,
+    key_password: bytes | None = None,
+    client_cas: bytes | None = None,
+) -> ssl.SSLContext:
+    """Build the home server's context: its chain, and device CAs to verify clients."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _harden(context)
+    try:
+        context.load_cert_chain(chain_file, key_file, password=key_password)
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(f"cannot load the server certificate {chain_file}: {e}") from e
+    if client_cas:
+        try:
+            context.load_verify_locations(cadata=client_cas.decode("ascii"))
+        except (ssl.SSLError, ValueError) as e:
+            raise ConfigError(f"cannot load the device CAs: {e}") from e
+        context.verify_mode = ssl.CERT_OPTIONAL
+        # The TLS layer checks that a client certificate chains to a device CA
+        # but not its dates: an expired device must reach the application,
+        # which validates the chain again at its own `now` (cryptography's
+        # verifier) and answers with a clear status pointing to recovery,
+        # instead of a bare handshake alert. X509_V_FLAG_NO_CHECK_TIME.
+        context.verify_flags = ssl.VerifyFlags(int(context.verify_flags) | _NO_CHECK_TIME)
+    return context
+
+
+def client_context(
+    *,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    key_password: bytes | None = None,
+) -> ssl.SSLContext:
+    """A device-side context: TLS policy only; trust is checked after the handshake.
+
+    Certificate verification is done by homing's pinned verifier on the
+    chain the server presented (``homing.pki.validate``), before any request
+    byte is sent, so the OpenSSL verifier is switched off here deliberately.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _harden(context)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if cert_file is not None:
+        try:
+            context.load_cert_chain(cert_file, key_file, password=key_password)
+        except (ssl.SSLError, OSError) as e:
+            raise ConfigError(f"cannot load the device certificate {cert_file}: {e}") from e
+    return context

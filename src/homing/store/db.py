@@ -1,0 +1,79 @@
+"""Opening the database: embedded SQLite (WAL) by default, PostgreSQL at scale."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from homing.errors import ConfigError, StoreError
+
+__all__ = ["Database", "normalize_url"]
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def normalize_url(url: str) -> str:
+    """Accept ``postgresql://`` (as operators write it) and pick the psycopg 3 driver."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+class Database:
+    """One engine, configured for durability on either backend."""
+
+    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+        self.url = normalize_url(url)
+        try:
+            parsed = make_url(self.url)
+        except ArgumentError as e:
+            raise ConfigError(f"invalid database URL {url!r}") from e
+        self.dialect = parsed.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise ConfigError(f"unsupported database {self.dialect!r}: use sqlite or postgresql")
+        kwargs: dict[str, Any] = {"future": True}
+        if self.dialect == "postgresql":
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        else:
+            kwargs.update(connect_args={"timeout": 30, "check_same_thread": False})
+        try:
+            self.engine: Engine = create_engine(self.url, **kwargs)
+        except (ArgumentError, SQLAlchemyError, ImportError) as e:
+            raise ConfigError(f"cannot open database {url!r}: {e}") from e
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (Alembic)."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        try:
+            with self.engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except SQLAlchemyError as e:
+            raise StoreError(f"cannot migrate the database: {e}") from e
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers proceed during writes; synchronous=FULL makes every
+    # commit durable across a power cut; foreign keys are off by default.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

@@ -1,0 +1,277 @@
+"""Devices, their check-ins and the per-request authorisation lookup."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from homing.errors import ConflictError, NotFoundError
+from homing.store.schema import certificates, checkins, devices
+
+__all__ = [
+    "CheckIn",
+    "DeviceRow",
+    "authorise_certificate",
+    "device",
+    "enroll_device",
+    "list_devices",
+    "record_checkins",
+    "revoke_device",
+    "set_device_key",
+]
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    device_id: str
+    status: str
+    hardware: str | None
+    key_spki: bytes
+    enrolled_at: datetime
+    enrolled_by: str
+    last_seen: datetime | None
+    firmware_version: str | None
+    root_version: int | None
+    timestamp_version: int | None
+    targets_version: int | None
+    health: dict[str, Any] | None
+    revoked_at: datetime | None
+    revoke_reason: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "status": self.status,
+            "hardware": self.hardware,
+            "enrolled_at": self.enrolled_at.isoformat(),
+            "enrolled_by": self.enrolled_by,
+            "last_seen": self.last_seen.isoformat() if self.last_seen else None,
+            "firmware_version": self.firmware_version,
+            "trust": {
+                "root": self.root_version,
+                "timestamp": self.timestamp_version,
+                "targets": self.targets_version,
+            },
+            "health": self.health,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "revoke_reason": self.revoke_reason,
+        }
+
+
+@dataclass(frozen=True)
+class CheckIn:
+    device_id: str
+    at: datetime
+    firmware_version: str | None
+    root_version: int | None
+    timestamp_version: int | None
+    targets_version: int | None
+    health: dict[str, Any] | None
+    hardware: str | None = None
+
+
+def _device(r: Any) -> DeviceRow:
+    m = dict(r._mapping)
+    m["health"] = json.loads(m["health"]) if m["health"] else None
+    return DeviceRow(**m)
+
+
+def enroll_device(
+    conn: Connection,
+    device_id: str,
+    key_spki: bytes,
+    when: datetime,
+    enrolled_by: str,
+    hardware: str | None = None,
+) -> None:
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                insert(devices).values(
+                    device_id=device_id,
+                    status="active",
+                    hardware=hardware,
+                    key_spki=key_spki,
+                    enrolled_at=when,
+                    enrolled_by=enrolled_by,
+                )
+            )
+    except IntegrityError as e:
+        raise ConflictError(f"device {device_id!r} is already enrolled") from e
+
+
+def device(conn: Connection, device_id: str) -> DeviceRow | None:
+    r = conn.execute(select(devices).where(devices.c.device_id == device_id)).first()
+    return _device(r) if r else None
+
+
+def set_device_key(conn: Connection, device_id: str, key_spki: bytes) -> None:
+    conn.execute(update(devices).where(devices.c.device_id == device_id).values(key_spki=key_spki))
+
+
+def list_devices(
+    conn: Connection,
+    *,
+    search: str | None = None,
+    status: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[DeviceRow]:
+    query = select(devices).order_by(devices.c.device_id).limit(limit).offset(offset)
+    if search:
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(
+            or_(
+                devices.c.device_id.like(pattern, escape="\\"),
+                devices.c.firmware_version.like(pattern, escape="\\"),
+                devices.c.hardware.like(pattern, escape="\\"),
+            )
+        )
+    if status:
+        query = query.where(devices.c.status == status)
+    return [_device(r) for r in conn.execute(query)]
+
+
+def revoke_device(conn: Connection, device_id: str, when: datetime, reason: str) -> int:
+    """Revoke a device and every certificate it holds; returns certificates revoked."""
+    result = conn.execute(
+        update(devices)
+        .where(devices.c.device_id == device_id)
+        .values(status="revoked", revoked_at=when, revoke_reason=reason)
+    )
+    if not result.rowcount:
+        raise NotFoundError(f"no device {device_id!r}")
+    result = conn.execute(
+        update(certificates)
+        .where(
+            certificates.c.subject_id == device_id,
+            certificates.c.kind == "device",
+            certificates.c.revoked_at.is_(None),
+        )
+        .values(revoked_at=when, reason=reason)
+    )
+    return int(result.rowcount)
+
+
+def authorise_certificate(conn: Connection, serial: int, device_id: str) -> str | None:
+    """Why a verified client certificate may not act, or None when it may.
+
+    One indexed query per request, so a revocation takes effect on the
+    device's very next request in every server process.
+    """
+    row = conn.execute(
+        select(certificates.c.revoked_at, certificates.c.subject_id, devices.c.status)
+        .select_from(
+            certificates.outerjoin(devices, devices.c.device_id == certificates.c.subject_id)
+        )
+        .where(certificates.c.serial == format(serial, "x"))
+    ).first()
+    if row is None:
+        return "certificate is not known to this server"
+    if row.subject_id != device_id:
+        return "certificate does not belong to this device"
+    if row.status is None:
+        return "device is not enrolled"
+    if row.status != "active" or row.revoked_at is not None:
+        return "device is revoked"
+    return None
+
+
+def record_checkins(conn: Connection, batch: Sequence[CheckIn]) -> None:
+    """Record check-ins and update each device's last known state, in one transaction."""
+    if not batch:
+        return
+    conn.execute(
+        insert(checkins),
+        [
+            {
+                "device_id": c.device_id,
+                "at": c.at,
+                "firmware_version": c.firmware_version,
+                "root_version": c.root_version,
+                "timestamp_version": c.timestamp_version,
+                "targets_version": c.targets_version,
+                "health": json.dumps(c.health) if c.health is not None else None,
+            }
+            for c in batch
+        ],
+    )
+    latest: dict[str, CheckIn] = {}
+    for c in batch:
+        if c.device_id not in latest or latest[c.device_id].at <= c.at:
+            latest[c.device_id] = c
+    for c in latest.values():
+        values: dict[str, Any] = {
+            "last_seen": c.at,
+            "firmware_version": c.firmware_version,
+            "root_version": c.root_version,
+            "timestamp_version": c.timestamp_version,
+            "targets_version": c.targets_version,
+            "health": json.dumps(c.health) if c.health is not None else None,
+        }
+        if c.hardware is not None:
+            values["hardware"] = c.hardware
+        conn.execute(
+            update(devices)
+            .where(
+                devices.c.device_id == c.device_id,
+                or_(devices.c.last_seen.is_(None), devices.c.last_seen <= c.at),
+            )
+            .values(**values)
+        )
+
+
+def count_checkins(conn: Connection, device_id: str | None = None) -> int:
+    query = select(func.count()).select_from(checkins)
+    if device_id is not None:
+        query = query.where(checkins.c.device_id == device_id)
+    return int(conn.execute(query).scalar_one())
+
+
+def fleet_summary(conn: Connection, now: datetime, expiring_within: Any) -> dict[str, Any]:
+    """Devices by status, trust version and firmware; expiring device certificates."""
+    by_status: dict[str, int] = dict(
+        conn.execute(select(devices.c.status, func.count()).group_by(devices.c.status)).all()
+    )
+    by_root = {
+        str(k): v
+        for k, v in conn.execute(
+            select(devices.c.root_version, func.count()).group_by(devices.c.root_version)
+        ).all()
+    }
+    by_firmware = {
+        str(k): v
+        for k, v in conn.execute(
+            select(devices.c.firmware_version, func.count()).group_by(devices.c.firmware_version)
+        ).all()
+    }
+    expiring = conn.execute(
+        select(func.count())
+        .select_from(certificates)
+        .where(
+            and_(
+                certificates.c.kind == "device",
+                certificates.c.revoked_at.is_(None),
+                certificates.c.not_after > now,
+                certificates.c.not_after <= now + expiring_within,
+            )
+        )
+    ).scalar_one()
+    never_seen = conn.execute(
+        select(func.count()).select_from(devices).where(devices.c.last_seen.is_(None))
+    ).scalar_one()
+    last_seen = conn.execute(select(func.max(devices.c.last_seen))).scalar_one()
+    return {
+        "devices_by_status": by_status,
+        "devices_by_root_version": by_root,
+        "devices_by_firmware": by_firmware,
+        "device_certificates_expiring": int(expiring),
+        "devices_never_seen": int(never_seen),
+        "last_check_in": last_seen.isoformat() if last_seen else None,
+    }

@@ -1,0 +1,154 @@
+"""The home server's tables (SQLAlchemy Core), shared by SQLite and PostgreSQL.
+
+Migrations in ``migrations/versions`` create exactly these tables; a test
+compares the two so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+
+__all__ = [
+    "audit_log",
+    "certificates",
+    "checkins",
+    "devices",
+    "factory_credentials",
+    "metadata",
+    "operator_tokens",
+    "recovery_nonces",
+]
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in, timezone-aware UTC out, whatever the backend keeps."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError("only timezone-aware datetimes are stored")
+        value = value.astimezone(UTC)
+        assert isinstance(value, datetime)
+        # SQLite has no time zones: keep naive UTC there.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),  # active | revoked
+    Column("hardware", String(64)),
+    Column("key_spki", LargeBinary, nullable=False),  # DER SubjectPublicKeyInfo
+    Column("enrolled_at", UTCDateTime, nullable=False),
+    Column("enrolled_by", String(128), nullable=False),
+    Column("last_seen", UTCDateTime),
+    Column("firmware_version", String(64)),
+    Column("root_version", Integer),
+    Column("timestamp_version", Integer),
+    Column("targets_version", Integer),
+    Column("health", Text),
+    Column("revoked_at", UTCDateTime),
+    Column("revoke_reason", String(256)),
+)
+
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("serial", String(40), primary_key=True),  # lower-case hex, no leading zeros
+    Column("kind", String(16), nullable=False),
+    Column("subject_id", String(253), nullable=False),
+    Column("issuer_pin", String(44), nullable=False),
+    Column("issued_at", UTCDateTime, nullable=False),
+    Column("not_after", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+    Column("reason", String(256)),
+    Index("ix_certificates_subject", "subject_id"),
+    Index("ix_certificates_not_after", "not_after"),
+)
+
+factory_credentials = Table(
+    "factory_credentials",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("disabled_at", UTCDateTime),
+)
+
+operator_tokens = Table(
+    "operator_tokens",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),  # read-only | operator
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+)
+
+checkins = Table(
+    "checkins",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("device_id", String(64), ForeignKey("devices.device_id"), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("firmware_version", String(64)),
+    Column("root_version", Integer),
+    Column("timestamp_version", Integer),
+    Column("targets_version", Integer),
+    Column("health", Text),
+    Index("ix_checkins_device_at", "device_id", "at"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(256)),
+    Column("detail", Text),
+)
+
+recovery_nonces = Table(
+    "recovery_nonces",
+    metadata,
+    Column("nonce", String(64), primary_key=True),
+    Column("device_id", String(64), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime),
+)
