@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from cryptography import x509
@@ -15,6 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from homing import ceremonies
+
+if TYPE_CHECKING:
+    from tests.harness import Clock, RunningServer
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -62,3 +66,49 @@ def make_csr(
 
 def device_csr(device_id: str, **kwargs: object) -> bytes:
     return make_csr(uris=[f"urn:homing:device:{device_id}"], **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every storage test runs against embedded SQLite and a real PostgreSQL."""
+    from tests.harness import postgres_database
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+@pytest.fixture
+def clock() -> "Clock":
+    from tests.harness import Clock
+
+    return Clock()
+
+
+@pytest.fixture
+def server(tmp_path: Path, db_url: str, clock: "Clock", monkeypatch: pytest.MonkeyPatch) -> Iterator["RunningServer"]:
+    """A home server on loopback over a fresh data directory (made at the real now)."""
+    from datetime import UTC, datetime
+
+    from tests.harness import RunningServer
+
+    monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
+    data = tmp_path / "server-data"
+    ceremonies.init(data, datetime.now(UTC))
+    running = RunningServer(data, db_url, clock).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def factory(server: "RunningServer") -> tuple[str, str]:
+    from datetime import UTC, datetime
+
+    from homing.server import operations
+
+    secret = operations.add_factory(server.state.db, "test", datetime.now(UTC), "station-1")
+    return "station-1", secret

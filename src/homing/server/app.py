@@ -14,7 +14,7 @@ from homing import __version__
 from homing.errors import HomingError
 from homing.server import admin_api, device_api, est, metadata, recovery
 from homing.server.errors import HTTPProblem, problem_response, status_for
-from homing.server.metrics import CONTENT_TYPE_LATEST, Metrics
+from homing.server.metrics import CONTENT_TYPE_LATEST, METRICS, Metrics
 from homing.server.openapi import openapi_document
 from homing.server.state import ServerState
 
@@ -53,7 +53,7 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         log.exception("internal error on %s %s", request.method, request.path)
         response = problem_response(500, "internal", "internal error; see the server log")
     elapsed = time.perf_counter() - started
-    metrics: Metrics = request.app["metrics"]
+    metrics: Metrics = request.app[METRICS]
     metrics.requests.labels(route, str(response.status)).inc()
     metrics.latency.labels(route).observe(elapsed)
     if access.isEnabledFor(logging.INFO):
@@ -75,8 +75,7 @@ def build_app(state: ServerState) -> web.Application:
     app = web.Application(
         client_max_size=state.config.max_body_bytes, middlewares=[_errors_and_metrics]
     )
-    app["state"] = state
-    app["metrics"] = Metrics()
+    app[METRICS] = Metrics()
     writer = device_api.CheckinWriter(state)
     document = openapi_document(__version__)
 
@@ -89,7 +88,7 @@ def build_app(state: ServerState) -> web.Application:
         return web.json_response({"status": "ok", "metadata": state.metadata_versions().to_json()})
 
     async def metrics(request: web.Request) -> web.Response:
-        body = request.app["metrics"].render()
+        body = request.app[METRICS].render()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def openapi(request: web.Request) -> web.Response:

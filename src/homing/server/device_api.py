@@ -16,6 +16,7 @@ from aiohttp import web
 
 from homing.server.auth import authenticate_device
 from homing.server.errors import HTTPProblem
+from homing.server.metrics import METRICS
 from homing.server.state import ServerState
 from homing.store import devices as device_store
 from homing.store.devices import CheckIn
@@ -127,7 +128,7 @@ def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
             hardware=_opt_str(body, "hardware"),
         )
         await writer.record(record)
-        request.app["metrics"].checkins.inc()
+        request.app[METRICS].checkins.inc()
         current = state.metadata_versions()
         reported = (record.root_version, record.timestamp_version, record.targets_version)
         stale = any(

@@ -25,6 +25,7 @@ from homing.errors import AuthError, ConflictError
 from homing.pki.profiles import approve_csr, device_profile
 from homing.server.auth import authenticate_device
 from homing.server.errors import HTTPProblem
+from homing.server.metrics import METRICS
 from homing.server.state import ServerState
 from homing.store import audit, credentials
 from homing.store import devices as device_store
@@ -159,7 +160,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                 return cert
 
         cert = await state.run(enroll)
-        request.app["metrics"].enrollments.inc()
+        request.app[METRICS].enrollments.inc()
         return _pkcs7_response([cert], PKCS7_CERTS)
 
     async def simplereenroll(request: web.Request) -> web.Response:
@@ -180,7 +181,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                 return cert
 
         cert = await state.run(reenroll)
-        request.app["metrics"].enrollments.inc()
+        request.app[METRICS].enrollments.inc()
         return _pkcs7_response([cert], PKCS7_CERTS)
 
     return [

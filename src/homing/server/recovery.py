@@ -27,6 +27,7 @@ from homing.pki.profiles import approve_csr, device_profile
 from homing.pki.proof import verify_recovery_proof
 from homing.server.device_api import json_body
 from homing.server.errors import HTTPProblem
+from homing.server.metrics import METRICS
 from homing.server.state import ServerState
 from homing.store import audit
 from homing.store import devices as device_store
@@ -130,7 +131,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                 return cert
 
         cert = await state.run(run)
-        request.app["metrics"].recoveries.inc()
+        request.app[METRICS].recoveries.inc()
         pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         issuer = state.device_authority(DatabaseLedger(state.db)).certificate
         return web.json_response(

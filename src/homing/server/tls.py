@@ -53,9 +53,17 @@ def _ssl_ctx_pointer(context: ssl.SSLContext) -> int | None:
     pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
     if not pointer:
         return None
-    # SSL_CTX_get_options is SSL_CTX_ctrl(ctx, SSL_CTRL_OPTIONS, 0, NULL): the
-    # pointer is the context only if OpenSSL reports the options Python set.
-    if ctrl(pointer, _SSL_CTRL_OPTIONS, 0, None) != int(context.options):
+    # The pointer is the context only if OpenSSL reports the options Python
+    # set. SSL_CTX_get_options is a function from OpenSSL 3.0 and a macro
+    # over SSL_CTX_ctrl(ctx, SSL_CTRL_OPTIONS, 0, NULL) before.
+    get_options = getattr(lib, "SSL_CTX_get_options", None)
+    if get_options is not None:
+        get_options.argtypes = [ctypes.c_void_p]
+        get_options.restype = ctypes.c_uint64
+        options = get_options(pointer)
+    else:
+        options = ctrl(pointer, _SSL_CTRL_OPTIONS, 0, None)
+    if options != int(context.options):
         return None
     return int(pointer)
 

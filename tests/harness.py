@@ -1,0 +1,218 @@
+"""A real home server on loopback for tests: real TLS, real database, a movable clock."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import ssl
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from homing.server.app import build_app
+from homing.server.config import ServerConfig
+from homing.server.state import ServerState
+
+PG_ADMIN_URL = os.environ.get("HOMING_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def postgres_required() -> bool:
+    return os.environ.get("HOMING_TEST_POSTGRES") == "1"
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    import psycopg
+
+    name = f"homing_t_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL.replace("postgresql://", "postgresql://", 1), autocommit=True,
+                                connect_timeout=5)
+    except psycopg.OperationalError as e:
+        if postgres_required():
+            raise AssertionError(f"HOMING_TEST_POSTGRES=1 but PostgreSQL is unreachable: {e}") from e
+        pytest.skip(f"PostgreSQL not reachable (set HOMING_TEST_POSTGRES=1 to require it): {e}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@dataclass
+class Clock:
+    """The server's notion of now; tests move it instead of sleeping."""
+
+    offset: timedelta = field(default_factory=timedelta)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, delta: timedelta) -> None:
+        self.offset += delta
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class DeviceCredentials:
+    device_id: str
+    key: ec.EllipticCurvePrivateKey
+    cert_pem: bytes
+    key_file: Path
+    cert_file: Path
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_pem)
+
+
+class RunningServer:
+    def __init__(self, data: Path, db_url: str, clock: Clock, **config: Any) -> None:
+        self.data = data
+        self.clock = clock
+        self.config = ServerConfig(data=data, port=0, db_url=db_url, reload_interval=0.05, **config)
+        self.state = ServerState(self.config, clock=clock)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.port = 0
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _start(self) -> None:
+        self.app = build_app(self.state)
+        self.runner = web.AppRunner(self.app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=self.state.ssl_context)
+        await site.start()
+        server = site._server  # noqa: SLF001 - the port the kernel chose
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def start(self) -> RunningServer:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        fut = asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self._loop)
+        fut.result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+        self.state.close()
+
+    # -- clients ------------------------------------------------------------
+
+    def client_context(self, device: DeviceCredentials | None = None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.data / "pki" / "root-ca.pem"))
+        if device is not None:
+            context.load_cert_chain(device.cert_file, device.key_file)
+        return context
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | dict[str, Any] | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        device: DeviceCredentials | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> Response:
+        headers = dict(headers or {})
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+            headers.setdefault("Content-Type", "application/json")
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", self.port, context=context or self.client_context(device), timeout=10
+        )
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            raw = conn.getresponse()
+            return Response(raw.status, {k.lower(): v for k, v in raw.getheaders()}, raw.read())
+        finally:
+            conn.close()
+
+    def enroll(self, device_id: str, factory: tuple[str, str], tmp: Path,
+               key: ec.EllipticCurvePrivateKey | None = None) -> DeviceCredentials:
+        import base64
+
+        key = key or ec.generate_private_key(ec.SECP256R1())
+        csr = est_csr(key, device_id)
+        token = base64.b64encode(f"{factory[0]}:{factory[1]}".encode()).decode()
+        response = self.request(
+            "POST", "/.well-known/est/simpleenroll", base64.b64encode(csr),
+            headers={"Content-Type": "application/pkcs10", "Authorization": f"Basic {token}"},
+        )
+        assert response.status == 200, response.body
+        cert = certs_from_pkcs7(response.body)[0]
+        return save_device(tmp, device_id, key, cert)
+
+
+def est_csr(key: ec.EllipticCurvePrivateKey, device_id: str) -> bytes:
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"urn:homing:device:{device_id}")]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+
+
+def certs_from_pkcs7(body: bytes) -> list[x509.Certificate]:
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    return pkcs7.load_der_pkcs7_certificates(base64.b64decode(body))
+
+
+def save_device(tmp: Path, device_id: str, key: ec.EllipticCurvePrivateKey,
+                cert: x509.Certificate) -> DeviceCredentials:
+    directory = tmp / f"device-{device_id}-{uuid.uuid4().hex[:6]}"
+    directory.mkdir(parents=True)
+    key_file = directory / "key.pem"
+    cert_file = directory / "cert.pem"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    cert_file.write_bytes(cert_pem)
+    return DeviceCredentials(device_id, key, cert_pem, key_file, cert_file)

@@ -1,0 +1,202 @@
+"""EST enrollment over real TLS: what RFC 7030 clients send, and what must be refused."""
+
+from __future__ import annotations
+
+import base64
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import func, select
+
+from homing.pki import verify_client_chain
+from homing.store.schema import audit_log, certificates, devices
+from tests.harness import RunningServer, certs_from_pkcs7, est_csr
+
+
+def _basic(name: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{name}:{secret}".encode()).decode()
+
+
+def _counts(server: RunningServer) -> tuple[int, int]:
+    with server.state.db.engine.connect() as conn:
+        return (
+            conn.execute(select(func.count()).select_from(devices)).scalar_one(),
+            conn.execute(select(func.count()).select_from(certificates)).scalar_one(),
+        )
+
+
+def _enroll(server: RunningServer, body: bytes, auth: str | None, content_type: str = "application/pkcs10",
+            query: str = ""):  # type: ignore[no-untyped-def]
+    headers = {"Content-Type": content_type}
+    if auth:
+        headers["Authorization"] = auth
+    return server.request("POST", "/.well-known/est/simpleenroll" + query, body, headers=headers)
+
+
+def test_cacerts_is_certs_only_pkcs7_of_device_ca_and_root(server: RunningServer) -> None:
+    response = server.request("GET", "/.well-known/est/cacerts")
+    assert response.status == 200
+    assert response.headers["content-type"] == "application/pkcs7-mime"
+    names = sorted(c.subject.rfc4514_string() for c in certs_from_pkcs7(response.body))
+    assert names == ["CN=homing device-issuing CA 1,O=homing", "CN=homing root CA,O=homing"]
+
+
+def test_enrollment_issues_a_device_certificate(server: RunningServer, factory: tuple[str, str]) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    # RFC 8951: base64 with line breaks is accepted.
+    body = base64.encodebytes(est_csr(key, "dev-1"))
+    response = _enroll(server, body, _basic(*factory), query="?hardware=board-a")
+    assert response.status == 200, response.body
+    assert response.headers["content-type"] == "application/pkcs7-mime; smime-type=certs-only"
+    assert int(response.headers["content-length"]) == len(response.body)
+    (cert,) = certs_from_pkcs7(response.body)
+    chain = verify_client_chain(cert, server.state.device_cas, [server.state.root_ca], datetime.now(UTC))
+    assert chain.subjects[0] == x509.UniformResourceIdentifier("urn:homing:device:dev-1")
+    assert _counts(server) == (1, 1)
+    with server.state.db.engine.connect() as conn:
+        row = conn.execute(select(devices)).one()
+        assert row.hardware == "board-a"
+        assert row.enrolled_by == "factory:station-1"
+        assert conn.execute(select(audit_log.c.action)).scalars().all() == ["add_factory", "enroll"]
+
+
+def test_no_credentials_get_401_with_basic_challenge(server: RunningServer, factory: tuple[str, str]) -> None:
+    response = _enroll(server, base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "d")), None)
+    assert response.status == 401
+    assert response.headers["www-authenticate"].startswith("Basic ")
+    assert _counts(server) == (0, 0)
+
+
+def test_401_is_sent_before_the_body_with_expect_100_continue(
+    server: RunningServer, factory: tuple[str, str]
+) -> None:
+    """An EST client that waits for 100 Continue learns it must authenticate first."""
+    context = server.client_context()
+    with socket.create_connection(("127.0.0.1", server.port)) as raw, context.wrap_socket(
+        raw, server_hostname="localhost"
+    ) as tls:
+        tls.sendall(
+            b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/pkcs10\r\nContent-Length: 400\r\nExpect: 100-continue\r\n\r\n"
+        )
+        head = tls.recv(4096)
+    assert head.startswith(b"HTTP/1.1 401")
+    assert b"WWW-Authenticate: Basic" in head
+
+
+@pytest.mark.parametrize(
+    ("secret_change", "expected"),
+    [(lambda n, s: (n, s + "x"), 401), (lambda n, s: ("nobody", s), 401)],
+)
+def test_wrong_factory_credentials_are_refused(
+    server: RunningServer, factory: tuple[str, str], secret_change, expected: int
+) -> None:
+    name, secret = secret_change(*factory)
+    response = _enroll(server, base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "d")),
+                       _basic(name, secret))
+    assert response.status == expected
+    assert response.json()["error"] == "authentication_required"
+    assert _counts(server) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code"),
+    [
+        (b"!!!not base64!!!", "application/pkcs10", 400, "bad_request"),
+        (base64.b64encode(b"not a csr"), "application/pkcs10", 400, "policy"),
+        (b"", "application/pkcs10", 400, "policy"),
+        (None, "application/json", 415, "unsupported_media_type"),
+        (b"A" * 100_000, "application/pkcs10", 413, "too_large"),
+    ],
+)
+def test_bad_requests_change_nothing(
+    server: RunningServer, factory: tuple[str, str], body: bytes | None, content_type: str,
+    status: int, code: str,
+) -> None:
+    if body is None:
+        body = base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "d"))
+    response = _enroll(server, body, _basic(*factory), content_type)
+    assert response.status == status, response.body
+    assert response.json()["error"] == code
+    assert _counts(server) == (0, 0)
+
+
+def test_csr_breaking_the_policy_is_refused_with_reason(
+    server: RunningServer, factory: tuple[str, str]
+) -> None:
+    key = ec.generate_private_key(ec.SECP384R1())
+    response = _enroll(server, base64.b64encode(est_csr(key, "d")), _basic(*factory))  # type: ignore[arg-type]
+    assert response.status == 400
+    assert "curve secp384r1 is not allowed" in response.json()["message"]
+    assert _counts(server) == (0, 0)
+
+
+def test_second_enrollment_of_a_device_is_a_conflict(
+    server: RunningServer, factory: tuple[str, str], tmp_path: Path
+) -> None:
+    server.enroll("dev-1", factory, tmp_path)
+    response = _enroll(server, base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "dev-1")),
+                       _basic(*factory))
+    assert response.status == 409
+    assert _counts(server) == (1, 1)
+
+
+def test_chunked_request_body_is_accepted(server: RunningServer, factory: tuple[str, str]) -> None:
+    import http.client
+
+    body = base64.encodebytes(est_csr(ec.generate_private_key(ec.SECP256R1()), "chunky"))
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=server.client_context())
+    conn.putrequest("POST", "/.well-known/est/simpleenroll")
+    conn.putheader("Content-Type", "application/pkcs10")
+    conn.putheader("Authorization", _basic(*factory))
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    for i in range(0, len(body), 100):
+        chunk = body[i : i + 100]
+        conn.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+    conn.send(b"0\r\n\r\n")
+    response = conn.getresponse()
+    assert response.status == 200, response.read()
+    conn.close()
+
+
+def test_reenroll_with_a_new_key_and_same_device(
+    server: RunningServer, factory: tuple[str, str], tmp_path: Path
+) -> None:
+    device = server.enroll("dev-1", factory, tmp_path)
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    response = server.request(
+        "POST", "/.well-known/est/simplereenroll", base64.b64encode(est_csr(new_key, "dev-1")),
+        headers={"Content-Type": "application/pkcs10"}, device=device,
+    )
+    assert response.status == 200, response.body
+    (cert,) = certs_from_pkcs7(response.body)
+    assert cert.public_key() == new_key.public_key()
+
+
+def test_reenroll_cannot_take_another_device_name(
+    server: RunningServer, factory: tuple[str, str], tmp_path: Path
+) -> None:
+    device = server.enroll("dev-1", factory, tmp_path)
+    response = server.request(
+        "POST", "/.well-known/est/simplereenroll",
+        base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "dev-2")),
+        headers={"Content-Type": "application/pkcs10"}, device=device,
+    )
+    assert response.status == 400
+    assert "names device 'dev-2' but the request is for 'dev-1'" in response.json()["message"]
+
+
+def test_reenroll_needs_a_client_certificate(server: RunningServer) -> None:
+    response = server.request(
+        "POST", "/.well-known/est/simplereenroll",
+        base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "dev-1")),
+        headers={"Content-Type": "application/pkcs10"},
+    )
+    assert response.status == 401
+    assert response.json()["error"] == "client_certificate_required"
+
