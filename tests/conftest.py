@@ -81,14 +81,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def clock() -> "Clock":
+def clock() -> Clock:
     from tests.harness import Clock
 
     return Clock()
 
 
 @pytest.fixture
-def server(tmp_path: Path, db_url: str, clock: "Clock", monkeypatch: pytest.MonkeyPatch) -> Iterator["RunningServer"]:
+def server(
+    tmp_path: Path, db_url: str, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RunningServer]:
     """A home server on loopback over a fresh data directory (made at the real now)."""
     from datetime import UTC, datetime
 
@@ -105,7 +107,7 @@ def server(tmp_path: Path, db_url: str, clock: "Clock", monkeypatch: pytest.Monk
 
 
 @pytest.fixture
-def factory(server: "RunningServer") -> tuple[str, str]:
+def factory(server: RunningServer) -> tuple[str, str]:
     from datetime import UTC, datetime
 
     from homing.server import operations

@@ -26,7 +26,9 @@ from homing.server.app import build_app
 from homing.server.config import ServerConfig
 from homing.server.state import ServerState
 
-PG_ADMIN_URL = os.environ.get("HOMING_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "HOMING_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def postgres_required() -> bool:
@@ -40,11 +42,16 @@ def postgres_database() -> Iterator[str]:
 
     name = f"homing_t_{uuid.uuid4().hex[:12]}"
     try:
-        admin = psycopg.connect(PG_ADMIN_URL.replace("postgresql://", "postgresql://", 1), autocommit=True,
-                                connect_timeout=5)
+        admin = psycopg.connect(
+            PG_ADMIN_URL.replace("postgresql://", "postgresql://", 1),
+            autocommit=True,
+            connect_timeout=5,
+        )
     except psycopg.OperationalError as e:
         if postgres_required():
-            raise AssertionError(f"HOMING_TEST_POSTGRES=1 but PostgreSQL is unreachable: {e}") from e
+            raise AssertionError(
+                f"HOMING_TEST_POSTGRES=1 but PostgreSQL is unreachable: {e}"
+            ) from e
         pytest.skip(f"PostgreSQL not reachable (set HOMING_TEST_POSTGRES=1 to require it): {e}")
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -116,7 +123,7 @@ class RunningServer:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=self.state.ssl_context)
         await site.start()
-        server = site._server  # noqa: SLF001 - the port the kernel chose
+        server = site._server
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -165,15 +172,22 @@ class RunningServer:
         finally:
             conn.close()
 
-    def enroll(self, device_id: str, factory: tuple[str, str], tmp: Path,
-               key: ec.EllipticCurvePrivateKey | None = None) -> DeviceCredentials:
+    def enroll(
+        self,
+        device_id: str,
+        factory: tuple[str, str],
+        tmp: Path,
+        key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> DeviceCredentials:
         import base64
 
         key = key or ec.generate_private_key(ec.SECP256R1())
         csr = est_csr(key, device_id)
         token = base64.b64encode(f"{factory[0]}:{factory[1]}".encode()).decode()
         response = self.request(
-            "POST", "/.well-known/est/simpleenroll", base64.b64encode(csr),
+            "POST",
+            "/.well-known/est/simpleenroll",
+            base64.b64encode(csr),
             headers={"Content-Type": "application/pkcs10", "Authorization": f"Basic {token}"},
         )
         assert response.status == 200, response.body
@@ -204,15 +218,20 @@ def certs_from_pkcs7(body: bytes) -> list[x509.Certificate]:
     return pkcs7.load_der_pkcs7_certificates(base64.b64decode(body))
 
 
-def save_device(tmp: Path, device_id: str, key: ec.EllipticCurvePrivateKey,
-                cert: x509.Certificate) -> DeviceCredentials:
+def save_device(
+    tmp: Path, device_id: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
+) -> DeviceCredentials:
     directory = tmp / f"device-{device_id}-{uuid.uuid4().hex[:6]}"
     directory.mkdir(parents=True)
     key_file = directory / "key.pem"
     cert_file = directory / "cert.pem"
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     cert_file.write_bytes(cert_pem)
     return DeviceCredentials(device_id, key, cert_pem, key_file, cert_file)

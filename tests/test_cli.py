@@ -134,3 +134,25 @@ def test_encrypted_data_dir_needs_the_passphrase(tmp_path: Path) -> None:
         "wrong passphrase",
     )
     assert homing("rotate", "server-cert", "--data", str(data), env=env).returncode == 0
+
+
+def test_fleet_commands(cli_data: Path, tmp_path: Path) -> None:
+    result = homing("factory", "add", "line-1", "--data", str(cli_data))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("line-1:")
+    _assert_one_line_error(
+        homing("factory", "add", "line-1", "--data", str(cli_data)), "exists already"
+    )
+    _assert_one_line_error(homing("factory", "add", "../x", "--data", str(cli_data)), "invalid")
+    token = homing("token", "add", "ops", "--role", "operator", "--data", str(cli_data))
+    assert token.returncode == 0
+    assert token.stdout.strip().splitlines()[-1].startswith("hom_")
+    status = homing("status", "--json", "--data", str(cli_data))
+    assert status.returncode == 0, status.stderr
+    assert "metadata_versions" in json.loads(status.stdout)
+    assert homing("devices", "list", "--data", str(cli_data)).returncode == 0
+    _assert_one_line_error(homing("revoke", "ghost", "--data", str(cli_data)), "no device 'ghost'")
+    _assert_one_line_error(
+        homing("serve", "--data", str(cli_data), "--listen", "nonsense"),
+        "--listen must be HOST:PORT",
+    )

@@ -17,8 +17,11 @@ from homing.server import operations
 from homing.store.schema import certificates, checkins, devices
 from tests.harness import DeviceCredentials, RunningServer, est_csr, save_device
 
-CHECKIN = {"firmware_version": "1.0.0", "trust": {"root": 1, "timestamp": 1, "targets": 1},
-           "health": {"uptime": 5}}
+CHECKIN = {
+    "firmware_version": "1.0.0",
+    "trust": {"root": 1, "timestamp": 1, "targets": 1},
+    "health": {"uptime": 5},
+}
 
 
 def _checkin_count(server: RunningServer) -> int:
@@ -45,7 +48,9 @@ def test_checkin_is_recorded_and_answered(server: RunningServer, device: DeviceC
     assert row.last_seen is not None
 
 
-def test_checkin_says_when_metadata_is_newer(server: RunningServer, device: DeviceCredentials) -> None:
+def test_checkin_says_when_metadata_is_newer(
+    server: RunningServer, device: DeviceCredentials
+) -> None:
     ceremonies.rotate_root(server.data, datetime.now(UTC))
     answer = server.request("POST", "/v1/device/checkin", CHECKIN, device=device).json()
     assert answer["refresh_metadata"] is True
@@ -78,7 +83,9 @@ def test_certificate_of_an_unenrolled_device_is_refused(
 ) -> None:
     """A certificate from the right CA that the server never enrolled (offline issuance)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    chain = ceremonies.issue_certificate(server.data, est_csr(key, "ghost"), "device", datetime.now(UTC))
+    chain = ceremonies.issue_certificate(
+        server.data, est_csr(key, "ghost"), "device", datetime.now(UTC)
+    )
     ghost = save_device(tmp_path, "ghost", key, chain[0])
     response = server.request("POST", "/v1/device/checkin", CHECKIN, device=ghost)
     assert response.status == 403
@@ -89,8 +96,9 @@ def test_revocation_takes_effect_on_the_next_request(
     server: RunningServer, device: DeviceCredentials
 ) -> None:
     assert server.request("POST", "/v1/device/checkin", CHECKIN, device=device).status == 200
-    operations.revoke_device(server.state.dd, server.state.db, "test", datetime.now(UTC), "dev-1",
-                             "stolen")
+    operations.revoke_device(
+        server.state.dd, server.state.db, "test", datetime.now(UTC), "dev-1", "stolen"
+    )
     response = server.request("POST", "/v1/device/checkin", CHECKIN, device=device)
     assert response.status == 403
     assert response.json()["error"] == "revoked"
@@ -124,25 +132,37 @@ def test_expired_certificate_is_pointed_to_recovery(
 def test_malformed_checkins_change_nothing(
     server: RunningServer, device: DeviceCredentials, body: bytes, content_type: str, status: int
 ) -> None:
-    response = server.request("POST", "/v1/device/checkin", body,
-                              headers={"Content-Type": content_type}, device=device)
+    response = server.request(
+        "POST", "/v1/device/checkin", body, headers={"Content-Type": content_type}, device=device
+    )
     assert response.status == status, response.body
     assert set(response.json()) == {"error", "message"}
     assert _checkin_count(server) == 0
 
 
-def _recover(server: RunningServer, device_id: str, key: ec.EllipticCurvePrivateKey,
-             csr_key: ec.EllipticCurvePrivateKey | None = None, nonce: str | None = None):  # type: ignore[no-untyped-def]
+def _recover(
+    server: RunningServer,
+    device_id: str,
+    key: ec.EllipticCurvePrivateKey,
+    csr_key: ec.EllipticCurvePrivateKey | None = None,
+    nonce: str | None = None,
+):  # type: ignore[no-untyped-def]
     if nonce is None:
         challenge = server.request("POST", "/v1/recover/challenge", {"device_id": device_id})
         assert challenge.status == 200, challenge.body
         nonce = challenge.json()["nonce"]
     csr = est_csr(csr_key or key, device_id)
     proof = sign_recovery_proof(key, nonce, csr)
-    return nonce, server.request("POST", "/v1/recover", {
-        "device_id": device_id, "nonce": nonce,
-        "csr": base64.b64encode(csr).decode(), "signature": base64.b64encode(proof).decode(),
-    })
+    return nonce, server.request(
+        "POST",
+        "/v1/recover",
+        {
+            "device_id": device_id,
+            "nonce": nonce,
+            "csr": base64.b64encode(csr).decode(),
+            "signature": base64.b64encode(proof).decode(),
+        },
+    )
 
 
 def test_expired_device_recovers_by_key_proof(
@@ -159,7 +179,9 @@ def test_expired_device_recovers_by_key_proof(
     assert server.request("POST", "/v1/device/checkin", CHECKIN, device=renewed).status == 200
 
 
-def test_recovery_with_another_key_is_refused(server: RunningServer, device: DeviceCredentials) -> None:
+def test_recovery_with_another_key_is_refused(
+    server: RunningServer, device: DeviceCredentials
+) -> None:
     """Attack: someone who knows the device id but not its key asks for a certificate."""
     thief = ec.generate_private_key(ec.SECP256R1())
     _, response = _recover(server, "dev-1", thief)
@@ -169,8 +191,12 @@ def test_recovery_with_another_key_is_refused(server: RunningServer, device: Dev
         assert conn.execute(select(func.count()).select_from(certificates)).scalar_one() == 1
 
 
-def test_recovery_must_keep_the_registered_key(server: RunningServer, device: DeviceCredentials) -> None:
-    _, response = _recover(server, "dev-1", device.key, csr_key=ec.generate_private_key(ec.SECP256R1()))
+def test_recovery_must_keep_the_registered_key(
+    server: RunningServer, device: DeviceCredentials
+) -> None:
+    _, response = _recover(
+        server, "dev-1", device.key, csr_key=ec.generate_private_key(ec.SECP256R1())
+    )
     assert response.status == 400
     assert "registered key" in response.json()["message"]
 
@@ -192,7 +218,9 @@ def test_recovery_nonce_expires(server: RunningServer, device: DeviceCredentials
 
 
 def test_revoked_device_never_recovers(server: RunningServer, device: DeviceCredentials) -> None:
-    operations.revoke_device(server.state.dd, server.state.db, "test", datetime.now(UTC), "dev-1", "stolen")
+    operations.revoke_device(
+        server.state.dd, server.state.db, "test", datetime.now(UTC), "dev-1", "stolen"
+    )
     response = server.request("POST", "/v1/recover/challenge", {"device_id": "dev-1"})
     assert response.status == 403
     assert response.json()["error"] == "revoked"
@@ -205,10 +233,14 @@ def test_unknown_device_cannot_ask_for_a_nonce(server: RunningServer) -> None:
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_max_offline_policy(
-    tmp_path: Path, db_url: str, clock, factory_free_server_data: Path  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    db_url: str,
+    clock,
+    factory_free_server_data: Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    server = RunningServer(factory_free_server_data, db_url, clock,
-                           max_offline=timedelta(days=30)).start()
+    server = RunningServer(
+        factory_free_server_data, db_url, clock, max_offline=timedelta(days=30)
+    ).start()
     try:
         secret = operations.add_factory(server.state.db, "t", datetime.now(UTC), "s")
         device = server.enroll("dev-1", ("s", secret), tmp_path)

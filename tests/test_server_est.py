@@ -29,8 +29,13 @@ def _counts(server: RunningServer) -> tuple[int, int]:
         )
 
 
-def _enroll(server: RunningServer, body: bytes, auth: str | None, content_type: str = "application/pkcs10",
-            query: str = ""):  # type: ignore[no-untyped-def]
+def _enroll(
+    server: RunningServer,
+    body: bytes,
+    auth: str | None,
+    content_type: str = "application/pkcs10",
+    query: str = "",
+):  # type: ignore[no-untyped-def]
     headers = {"Content-Type": content_type}
     if auth:
         headers["Authorization"] = auth
@@ -45,7 +50,9 @@ def test_cacerts_is_certs_only_pkcs7_of_device_ca_and_root(server: RunningServer
     assert names == ["CN=homing device-issuing CA 1,O=homing", "CN=homing root CA,O=homing"]
 
 
-def test_enrollment_issues_a_device_certificate(server: RunningServer, factory: tuple[str, str]) -> None:
+def test_enrollment_issues_a_device_certificate(
+    server: RunningServer, factory: tuple[str, str]
+) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     # RFC 8951: base64 with line breaks is accepted.
     body = base64.encodebytes(est_csr(key, "dev-1"))
@@ -54,7 +61,9 @@ def test_enrollment_issues_a_device_certificate(server: RunningServer, factory: 
     assert response.headers["content-type"] == "application/pkcs7-mime; smime-type=certs-only"
     assert int(response.headers["content-length"]) == len(response.body)
     (cert,) = certs_from_pkcs7(response.body)
-    chain = verify_client_chain(cert, server.state.device_cas, [server.state.root_ca], datetime.now(UTC))
+    chain = verify_client_chain(
+        cert, server.state.device_cas, [server.state.root_ca], datetime.now(UTC)
+    )
     assert chain.subjects[0] == x509.UniformResourceIdentifier("urn:homing:device:dev-1")
     assert _counts(server) == (1, 1)
     with server.state.db.engine.connect() as conn:
@@ -64,8 +73,12 @@ def test_enrollment_issues_a_device_certificate(server: RunningServer, factory: 
         assert conn.execute(select(audit_log.c.action)).scalars().all() == ["add_factory", "enroll"]
 
 
-def test_no_credentials_get_401_with_basic_challenge(server: RunningServer, factory: tuple[str, str]) -> None:
-    response = _enroll(server, base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "d")), None)
+def test_no_credentials_get_401_with_basic_challenge(
+    server: RunningServer, factory: tuple[str, str]
+) -> None:
+    response = _enroll(
+        server, base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "d")), None
+    )
     assert response.status == 401
     assert response.headers["www-authenticate"].startswith("Basic ")
     assert _counts(server) == (0, 0)
@@ -76,12 +89,14 @@ def test_401_is_sent_before_the_body_with_expect_100_continue(
 ) -> None:
     """An EST client that waits for 100 Continue learns it must authenticate first."""
     context = server.client_context()
-    with socket.create_connection(("127.0.0.1", server.port)) as raw, context.wrap_socket(
-        raw, server_hostname="localhost"
-    ) as tls:
+    with (
+        socket.create_connection(("127.0.0.1", server.port)) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
         tls.sendall(
             b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n"
-            b"Content-Type: application/pkcs10\r\nContent-Length: 400\r\nExpect: 100-continue\r\n\r\n"
+            b"Content-Type: application/pkcs10\r\nContent-Length: 400\r\n"
+            b"Expect: 100-continue\r\n\r\n"
         )
         head = tls.recv(4096)
     assert head.startswith(b"HTTP/1.1 401")
@@ -96,8 +111,11 @@ def test_wrong_factory_credentials_are_refused(
     server: RunningServer, factory: tuple[str, str], secret_change, expected: int
 ) -> None:
     name, secret = secret_change(*factory)
-    response = _enroll(server, base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "d")),
-                       _basic(name, secret))
+    response = _enroll(
+        server,
+        base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "d")),
+        _basic(name, secret),
+    )
     assert response.status == expected
     assert response.json()["error"] == "authentication_required"
     assert _counts(server) == (0, 0)
@@ -114,8 +132,12 @@ def test_wrong_factory_credentials_are_refused(
     ],
 )
 def test_bad_requests_change_nothing(
-    server: RunningServer, factory: tuple[str, str], body: bytes | None, content_type: str,
-    status: int, code: str,
+    server: RunningServer,
+    factory: tuple[str, str],
+    body: bytes | None,
+    content_type: str,
+    status: int,
+    code: str,
 ) -> None:
     if body is None:
         body = base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "d"))
@@ -139,8 +161,11 @@ def test_second_enrollment_of_a_device_is_a_conflict(
     server: RunningServer, factory: tuple[str, str], tmp_path: Path
 ) -> None:
     server.enroll("dev-1", factory, tmp_path)
-    response = _enroll(server, base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "dev-1")),
-                       _basic(*factory))
+    response = _enroll(
+        server,
+        base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "dev-1")),
+        _basic(*factory),
+    )
     assert response.status == 409
     assert _counts(server) == (1, 1)
 
@@ -170,8 +195,11 @@ def test_reenroll_with_a_new_key_and_same_device(
     device = server.enroll("dev-1", factory, tmp_path)
     new_key = ec.generate_private_key(ec.SECP256R1())
     response = server.request(
-        "POST", "/.well-known/est/simplereenroll", base64.b64encode(est_csr(new_key, "dev-1")),
-        headers={"Content-Type": "application/pkcs10"}, device=device,
+        "POST",
+        "/.well-known/est/simplereenroll",
+        base64.b64encode(est_csr(new_key, "dev-1")),
+        headers={"Content-Type": "application/pkcs10"},
+        device=device,
     )
     assert response.status == 200, response.body
     (cert,) = certs_from_pkcs7(response.body)
@@ -183,9 +211,11 @@ def test_reenroll_cannot_take_another_device_name(
 ) -> None:
     device = server.enroll("dev-1", factory, tmp_path)
     response = server.request(
-        "POST", "/.well-known/est/simplereenroll",
+        "POST",
+        "/.well-known/est/simplereenroll",
         base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "dev-2")),
-        headers={"Content-Type": "application/pkcs10"}, device=device,
+        headers={"Content-Type": "application/pkcs10"},
+        device=device,
     )
     assert response.status == 400
     assert "names device 'dev-2' but the request is for 'dev-1'" in response.json()["message"]
@@ -193,10 +223,10 @@ def test_reenroll_cannot_take_another_device_name(
 
 def test_reenroll_needs_a_client_certificate(server: RunningServer) -> None:
     response = server.request(
-        "POST", "/.well-known/est/simplereenroll",
+        "POST",
+        "/.well-known/est/simplereenroll",
         base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "dev-1")),
         headers={"Content-Type": "application/pkcs10"},
     )
     assert response.status == 401
     assert response.json()["error"] == "client_certificate_required"
-

@@ -18,9 +18,23 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl
 
 def _handshake(server: RunningServer, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-servername", "localhost",
-         "-CAfile", str(server.data / "pki" / "root-ca.pem"), "-verify_return_error", *args],
-        input="", capture_output=True, text=True, timeout=30, check=False,
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{server.port}",
+            "-servername",
+            "localhost",
+            "-CAfile",
+            str(server.data / "pki" / "root-ca.pem"),
+            "-verify_return_error",
+            *args,
+        ],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
 
 
@@ -37,8 +51,11 @@ def test_protocol_versions(server: RunningServer) -> None:
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_only_aead_forward_secret_suites_in_tls12(server: RunningServer) -> None:
-    for cipher in ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
-                   "ECDHE-ECDSA-CHACHA20-POLY1305"):
+    for cipher in (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+    ):
         assert _ok(_handshake(server, "-tls1_2", "-cipher", cipher)), cipher
     for cipher in ("ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA", "AES128-GCM-SHA256"):
         assert not _ok(_handshake(server, "-tls1_2", "-cipher", cipher)), cipher

@@ -335,8 +335,9 @@ def init(
 # -- rotations -------------------------------------------------------------
 
 
-def _open(data: Path) -> tuple[DataDir, Settings, FileKeyStore]:
-    dd = DataDir(data)
+def _open(data: Path | DataDir) -> tuple[DataDir, Settings, FileKeyStore]:
+    """Ceremonies take a path, or a DataDir bound to a particular database."""
+    dd = data if isinstance(data, DataDir) else DataDir(data)
     settings = dd.settings()
     return dd, settings, dd.keystore(settings)
 
@@ -347,7 +348,7 @@ def _online_signers(store: KeyStore, settings: Settings) -> tuple[Signer, Signer
 
 
 def rotate_root(
-    data: Path,
+    data: Path | DataDir,
     now: datetime,
     *,
     sign_with: Sequence[Path] = (),
@@ -409,7 +410,9 @@ def rotate_root(
     return version
 
 
-def rotate_online_keys(data: Path, now: datetime, *, sign_with: Sequence[Path] = ()) -> int:
+def rotate_online_keys(
+    data: Path | DataDir, now: datetime, *, sign_with: Sequence[Path] = ()
+) -> int:
     """Replace the snapshot and timestamp keys (a new root lists them); returns root version."""
     dd, settings, store = _open(data)
     repo = dd.repository(settings)
@@ -451,7 +454,7 @@ def pin_policy(dd: DataDir, settings: Settings, store: KeyStore) -> PinPolicy:
     )
 
 
-def rotate_issuing_ca(data: Path, kind: str, now: datetime) -> int:
+def rotate_issuing_ca(data: Path | DataDir, kind: str, now: datetime) -> int:
     """Promote the backup key of the ``kind`` issuing CA; returns the new generation.
 
     The backup's SPKI has been pinned since the previous rotation, so a
@@ -491,7 +494,7 @@ def rotate_issuing_ca(data: Path, kind: str, now: datetime) -> int:
     setattr(settings, attr, g)
     dd.save_settings(settings)
     if kind == "server":
-        rotate_server_cert(data, now)
+        rotate_server_cert(dd, now)
         _publish_pins(dd, settings, store, now)
     return g
 
@@ -508,7 +511,7 @@ def _publish_pins(dd: DataDir, settings: Settings, store: KeyStore, now: datetim
     )
 
 
-def rotate_server_cert(data: Path, now: datetime) -> x509.Certificate:
+def rotate_server_cert(data: Path | DataDir, now: datetime) -> x509.Certificate:
     """Issue the server a new key and certificate from the active server CA."""
     dd, settings, store = _open(data)
     authority = _authority(dd, settings, store, "server")
@@ -523,7 +526,9 @@ def rotate_server_cert(data: Path, now: datetime) -> x509.Certificate:
     return leaf
 
 
-def refresh_timestamp(data: Path, now: datetime, expires_in: timedelta | None = None) -> int:
+def refresh_timestamp(
+    data: Path | DataDir, now: datetime, expires_in: timedelta | None = None
+) -> int:
     """Re-sign the timestamp (online key); returns its new version."""
     dd, settings, store = _open(data)
     if expires_in is not None and expires_in <= timedelta(0):
@@ -546,7 +551,7 @@ def _authority(dd: DataDir, settings: Settings, store: KeyStore, kind: str) -> A
 
 
 def issue_certificate(
-    data: Path, csr: bytes, kind: str, now: datetime, *, device_id: str | None = None
+    data: Path | DataDir, csr: bytes, kind: str, now: datetime, *, device_id: str | None = None
 ) -> list[x509.Certificate]:
     """Issue a certificate from a CSR under the ``kind`` profile; returns leaf + issuer."""
     if kind not in ("server", "device"):
@@ -563,7 +568,7 @@ def issue_certificate(
 
 
 def revoke(
-    data: Path,
+    data: Path | DataDir,
     now: datetime,
     *,
     device_id: str | None = None,
@@ -586,11 +591,11 @@ def revoke(
         ledger.revoke(serial, now, reason)
         count = 1
     for kind in ("server", "device"):
-        write_crl(data, kind, now)
+        write_crl(dd, kind, now)
     return count
 
 
-def write_crl(data: Path, kind: str, now: datetime) -> Path:
+def write_crl(data: Path | DataDir, kind: str, now: datetime) -> Path:
     dd, settings, store = _open(data)
     authority = _authority(dd, settings, store, kind)
     crl = authority.crl(now)
@@ -599,7 +604,7 @@ def write_crl(data: Path, kind: str, now: datetime) -> Path:
     return path
 
 
-def refresh_snapshot(data: Path, now: datetime) -> int:
+def refresh_snapshot(data: Path | DataDir, now: datetime) -> int:
     """Re-sign the snapshot (and so the timestamp) with the online keys; returns its version."""
     dd, settings, store = _open(data)
     snapshot, timestamp = _online_signers(store, settings)

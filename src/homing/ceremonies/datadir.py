@@ -30,7 +30,7 @@ from homing.errors import ConfigError
 from homing.fsutil import atomic_write
 from homing.pki.keystore import FileKeyStore, passphrase_from_env
 from homing.pki.validate import load_certificates_pem
-from homing.store import Database
+from homing.store import Database, normalize_url
 from homing.trust.repository import TrustRepository
 
 from .ledger import DatabaseLedger
@@ -100,8 +100,9 @@ class Settings:
 class DataDir:
     """Paths and loaders for one data directory."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, db_url: str | None = None) -> None:
         self.root = root
+        self.db_url = db_url
         self.settings_path = root / "homing.json"
         self.keys_dir = root / "keys"
         self.pki_dir = root / "pki"
@@ -140,9 +141,10 @@ class DataDir:
 
     def database(self, url: str | None = None) -> Database:
         """The data directory's database (embedded SQLite unless ``url`` says otherwise)."""
-        if self._db is None or (url is not None and url != self._db.url):
+        url = url or self.db_url or os.environ.get("HOMING_DB") or self.default_db_url()
+        if self._db is None or normalize_url(url) != self._db.url:
             self.close()
-            self._db = Database(url or os.environ.get("HOMING_DB") or self.default_db_url())
+            self._db = Database(url)
             self._db.migrate()
         return self._db
 

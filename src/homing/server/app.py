@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 
@@ -85,7 +86,9 @@ def build_app(state: ServerState) -> web.Application:
                 conn.exec_driver_sql("SELECT 1")
 
         await state.run(ping)
-        return web.json_response({"status": "ok", "metadata": state.metadata_versions().to_json()})
+        return web.json_response(
+            {"status": "ok", "worker": os.getpid(), "metadata": state.metadata_versions().to_json()}
+        )
 
     async def metrics(request: web.Request) -> web.Response:
         body = request.app[METRICS].render()

@@ -22,23 +22,23 @@ __all__ = ["maintain"]
 log = logging.getLogger(__name__)
 
 
-def maintain(data: Path, now: datetime) -> list[str]:
+def maintain(data: Path | DataDir, now: datetime) -> list[str]:
     """Do whatever is due at ``now``; returns what was done, for logs and tests."""
     done: list[str] = []
-    dd = DataDir(data)
+    dd = data if isinstance(data, DataDir) else DataDir(data)
     settings = dd.settings()
     repo = dd.repository(settings)
     expiries = settings.expiries
     if repo.snapshot().signed.expires - now < expiries.snapshot / 2:
-        version = ceremonies.refresh_snapshot(data, now)
+        version = ceremonies.refresh_snapshot(dd, now)
         done.append(f"snapshot v{version}")
     elif repo.timestamp().signed.expires - now < expiries.timestamp / 2:
-        version = ceremonies.refresh_timestamp(data, now)
+        version = ceremonies.refresh_timestamp(dd, now)
         done.append(f"timestamp v{version}")
     leaf = dd.certificates("server-chain.pem")[0]
     lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
     if now >= leaf.not_valid_before_utc + lifetime * 2 / 3:
-        new = ceremonies.rotate_server_cert(data, now)
+        new = ceremonies.rotate_server_cert(dd, now)
         done.append(f"server certificate {new.serial_number:x}")
     crl_path = dd.pki_path("device-ca.crl.pem")
     due = True
@@ -47,9 +47,10 @@ def maintain(data: Path, now: datetime) -> list[str]:
         next_update = crl.next_update_utc
         due = next_update is None or next_update - now < (next_update - crl.last_update_utc) / 2
     if due:
-        ceremonies.write_crl(data, "device", now)
+        ceremonies.write_crl(dd, "device", now)
         done.append("device CRL")
-    dd.close()
+    if not isinstance(data, DataDir):
+        dd.close()
     for item in done:
         log.info("maintenance: re-signed %s", item)
     return done

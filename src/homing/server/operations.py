@@ -76,7 +76,7 @@ def revoke_device(
         audit.audit(
             conn, now, actor, "revoke_device", device_id, {"reason": reason, "certificates": count}
         )
-    ceremonies.write_crl(dd.root, "device", now)
+    ceremonies.write_crl(dd, "device", now)
     return count
 
 
@@ -122,8 +122,14 @@ def fleet_status(dd: DataDir, db: Database, actor: str, now: datetime) -> dict[s
             warnings.append(f"{role} metadata EXPIRED at {expires.isoformat()}")
         elif expires - now <= window:
             warnings.append(f"{role} metadata expires {expires.isoformat()}: plan its renewal")
-    if server_leaf.not_valid_after_utc - now <= CERTIFICATE_WARNING:
-        warnings.append(f"server certificate expires {server_leaf.not_valid_after_utc.isoformat()}")
+    # The server renews its certificate at two thirds of its lifetime; a quarter
+    # left means renewal has been failing.
+    lifetime = server_leaf.not_valid_after_utc - server_leaf.not_valid_before_utc
+    if server_leaf.not_valid_after_utc - now <= lifetime / 4:
+        warnings.append(
+            f"server certificate expires {server_leaf.not_valid_after_utc.isoformat()} "
+            "and was not renewed: is the server running?"
+        )
     if summary["device_certificates_expiring"]:
         warnings.append(
             f"{summary['device_certificates_expiring']} device certificates expire within 30 days"

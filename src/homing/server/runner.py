@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from homing.ceremonies import DataDir
 from homing.server.app import build_app
 from homing.server.config import ServerConfig
 from homing.server.maintenance import maintain
@@ -82,7 +83,9 @@ async def _serve_async(config: ServerConfig, maintenance: bool) -> None:
     async def maintain_loop() -> None:
         while True:
             try:
-                await loop.run_in_executor(None, maintain, config.data, datetime.now(UTC))
+                await loop.run_in_executor(
+                    None, maintain, DataDir(config.data, config.db_url), datetime.now(UTC)
+                )
             except Exception:
                 log.exception("maintenance failed; retrying")
             await asyncio.sleep(config.maintenance_interval)
@@ -103,7 +106,9 @@ def run_worker(config: ServerConfig, maintenance: bool = False) -> None:
 
 def serve(config: ServerConfig) -> None:
     """Run in the foreground until SIGINT or SIGTERM."""
-    maintain(config.data, datetime.now(UTC))  # fail fast on a broken data directory
+    maintain(
+        DataDir(config.data, config.db_url), datetime.now(UTC)
+    )  # fail fast on a broken data directory
     if config.workers == 1:
         run_worker(config, maintenance=True)
         return
@@ -140,7 +145,7 @@ def serve(config: ServerConfig) -> None:
                     workers[i] = start()
             if time.monotonic() >= next_maintenance:
                 try:
-                    maintain(config.data, datetime.now(UTC))
+                    maintain(DataDir(config.data, config.db_url), datetime.now(UTC))
                 except Exception:
                     log.exception("maintenance failed; retrying")
                 next_maintenance = time.monotonic() + config.maintenance_interval

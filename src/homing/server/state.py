@@ -63,10 +63,10 @@ class ServerState:
     def __init__(self, config: ServerConfig, clock: Callable[[], datetime] | None = None) -> None:
         self.config = config
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.dd = DataDir(config.data)
+        self.dd = DataDir(config.data, config.db_url)
         self.settings: Settings = self.dd.settings()
         self.store: FileKeyStore = self.dd.keystore(self.settings)
-        self.db: Database = self.dd.database(config.db_url)
+        self.db: Database = self.dd.database()
         self.executor = ThreadPoolExecutor(
             max_workers=config.executor_threads, thread_name_prefix="homing-db"
         )

@@ -1,0 +1,191 @@
+"""Real `homing serve` processes: several share one database; workers share a port."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import func, select
+
+from homing import ceremonies
+from homing.ceremonies import DataDir
+from homing.server import operations
+from homing.store.schema import certificates, checkins, devices
+from tests.harness import certs_from_pkcs7, est_csr, save_device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _serve(
+    data: Path, port: int, db_url: str, workers: int = 1
+) -> Iterator[subprocess.Popen[bytes]]:
+    env = {k: v for k, v in os.environ.items() if k != "HOMING_KEY_PASSPHRASE"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "homing.cli",
+            "serve",
+            "--data",
+            str(data),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--db",
+            db_url,
+            "--workers",
+            str(workers),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        context = _context(data)
+        while True:
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=2)
+            try:
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            finally:
+                conn.close()
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    process.stderr.read().decode() if process.stderr else "no output"
+                )
+            time.sleep(0.2)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+        except ValueError:
+            pass  # the test already read the pipes
+
+
+def _context(data: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(data / "pki" / "root-ca.pem"))
+    if cert is not None:
+        context.load_cert_chain(cert, key)
+    return context
+
+
+def _post(
+    port: int, context: ssl.SSLContext, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_several_processes_against_one_database_stay_consistent(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
+    data = tmp_path / "data"
+    ceremonies.init(data, datetime.now(UTC))
+    dd = DataDir(data, db_url)
+    db = dd.database()
+    name, secret = "line", operations.add_factory(db, "test", datetime.now(UTC), "line")
+    auth = "Basic " + base64.b64encode(f"{name}:{secret}".encode()).decode()
+    ports = [_free_port() for _ in range(3)]
+    devices_count, checkins_each = 45, 5
+    with (
+        _serve(data, ports[0], db_url),
+        _serve(data, ports[1], db_url),
+        _serve(data, ports[2], db_url),
+    ):
+
+        def enroll_and_check_in(i: int) -> int:
+            key = ec.generate_private_key(ec.SECP256R1())
+            port = ports[i % 3]
+            status, body = _post(
+                port,
+                _context(data),
+                "/.well-known/est/simpleenroll",
+                base64.b64encode(est_csr(key, f"dev-{i}")),
+                {"Content-Type": "application/pkcs10", "Authorization": auth},
+            )
+            assert status == 200, body
+            creds = save_device(tmp_path, f"dev-{i}", key, certs_from_pkcs7(body)[0])
+            context = _context(data, creds.cert_file, creds.key_file)
+            ok = 0
+            for j in range(checkins_each):
+                status, body = _post(
+                    ports[(i + j) % 3],
+                    context,
+                    "/v1/device/checkin",
+                    json.dumps({"firmware_version": f"1.{j}"}).encode(),
+                    {"Content-Type": "application/json"},
+                )
+                assert status == 200, body
+                ok += 1
+            return ok
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            answered = sum(pool.map(enroll_and_check_in, range(devices_count)))
+    with db.engine.connect() as conn:
+        serials = (
+            conn.execute(select(certificates.c.serial).where(certificates.c.kind == "device"))
+            .scalars()
+            .all()
+        )
+        assert len(serials) == len(set(serials)) == devices_count
+        assert conn.execute(select(func.count()).select_from(devices)).scalar_one() == devices_count
+        assert conn.execute(select(func.count()).select_from(checkins)).scalar_one() == answered
+        assert answered == devices_count * checkins_each
+        last = conn.execute(select(devices.c.firmware_version)).scalars().all()
+        assert set(last) == {f"1.{checkins_each - 1}"}
+    dd.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_workers_share_one_port(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
+    data = tmp_path / "data"
+    ceremonies.init(data, datetime.now(UTC))
+    port = _free_port()
+    with _serve(data, port, db_url, workers=2):
+        pids: set[int] = set()
+        deadline = time.monotonic() + 30
+        while len(pids) < 2 and time.monotonic() < deadline:
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=_context(data), timeout=5)
+            try:
+                conn.request("GET", "/healthz")
+                response = conn.getresponse()
+                assert response.status == 200
+                pids.add(json.loads(response.read())["worker"])
+            finally:
+                conn.close()
+    assert len(pids) == 2, pids
