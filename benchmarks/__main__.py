@@ -7,7 +7,7 @@ import json
 import platform
 from pathlib import Path
 
-from benchmarks import bench_issuance, bench_root_walk
+from benchmarks import bench_checkin, bench_issuance, bench_root_walk
 
 
 def main() -> None:
@@ -20,6 +20,7 @@ def main() -> None:
         "python": platform.python_version(),
         "issuance": bench_issuance.run(quick=args.quick),
         "root_walk": bench_root_walk.run(quick=args.quick),
+        "checkin": bench_checkin.run(quick=args.quick),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

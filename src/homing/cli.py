@@ -358,6 +358,7 @@ def _operator_actor() -> str:
     type=float,
     help="Recovery policy: refuse devices silent for longer (default: unlimited).",
 )
+@click.option("--access-log", is_flag=True, help="Log every request as a JSON line.")
 @click.option(
     "--init",
     "init_first",
@@ -371,6 +372,7 @@ def serve(
     workers: int,
     proxies: tuple[str, ...],
     max_offline_days: float | None,
+    access_log: bool,
     init_first: bool,
 ) -> None:
     """Run the home server (HTTPS with optional client certificates on one port)."""
@@ -389,6 +391,7 @@ def serve(
         workers=workers,
         trusted_proxies=proxies,
         max_offline=timedelta(days=max_offline_days) if max_offline_days else None,
+        access_log=access_log,
     )
     dd = DataDir(data)
     settings = dd.settings()

@@ -28,7 +28,14 @@ from homing.server.state import ServerState
 from homing.store import credentials
 from homing.store import devices as device_store
 
-__all__ = ["DeviceIdentity", "Operator", "authenticate_device", "authenticate_operator"]
+__all__ = [
+    "DeviceIdentity",
+    "Operator",
+    "authenticate_device",
+    "authenticate_operator",
+    "refusal_problem",
+    "verify_device_certificate",
+]
 
 _CACHE_LIMIT = 4096
 
@@ -128,24 +135,39 @@ def _verify(der: bytes, state: ServerState, now: datetime) -> tuple[x509.Certifi
     return cert, device_id
 
 
-async def authenticate_device(request: web.Request, state: ServerState) -> DeviceIdentity:
+def verify_device_certificate(request: web.Request, state: ServerState) -> DeviceIdentity:
+    """The validated device identity of the request, before its standing is checked.
+
+    Callers must still check standing: ``authenticate_device`` does it, and
+    the check-in path does it for a whole batch in the same transaction that
+    records the check-ins.
+    """
     der = _peer_certificate_der(request, state)
     if der is None:
         raise HTTPProblem(
             401, "client_certificate_required", "this endpoint needs a device client certificate"
         )
-    now = state.now()
-    cert, device_id = _verify(der, state, now)
+    cert, device_id = _verify(der, state, state.now())
+    return DeviceIdentity(device_id=device_id, serial=cert.serial_number, certificate=cert)
+
+
+def refusal_problem(reason: str) -> HTTPProblem:
+    status, code = (403, "revoked") if "revoked" in reason else (403, "forbidden")
+    return HTTPProblem(status, code, reason)
+
+
+async def authenticate_device(request: web.Request, state: ServerState) -> DeviceIdentity:
+    """A device in good standing: valid certificate, enrolled, not revoked (checked now)."""
+    identity = verify_device_certificate(request, state)
 
     def check() -> str | None:
         with state.db.engine.connect() as conn:
-            return device_store.authorise_certificate(conn, cert.serial_number, device_id)
+            return device_store.authorise_certificate(conn, identity.serial, identity.device_id)
 
     reason = await state.run(check)
     if reason is not None:
-        status, code = (403, "revoked") if "revoked" in reason else (403, "forbidden")
-        raise HTTPProblem(status, code, reason)
-    return DeviceIdentity(device_id=device_id, serial=cert.serial_number, certificate=cert)
+        raise refusal_problem(reason)
+    return identity
 
 
 async def authenticate_operator(request: web.Request, state: ServerState, need: str) -> Operator:

@@ -38,6 +38,8 @@ class ServerConfig:
     reload_interval: float = 2.0
     checkin_batch_max: int = 512
     executor_threads: int = 8
+    # One JSON line per request; off by default, as a fleet checks in often.
+    access_log: bool = False
     proxy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default=(), init=False
     )

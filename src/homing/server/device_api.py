@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from homing.server.auth import authenticate_device
+from homing.server.auth import refusal_problem, verify_device_certificate
 from homing.server.errors import HTTPProblem
 from homing.server.metrics import METRICS
 from homing.server.state import ServerState
@@ -29,7 +29,7 @@ _MAX_HEALTH_BYTES = 4096
 class CheckinWriter:
     def __init__(self, state: ServerState) -> None:
         self.state = state
-        self._pending: list[tuple[CheckIn, asyncio.Future[None]]] = []
+        self._pending: list[tuple[CheckIn, int, asyncio.Future[str | None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -42,15 +42,18 @@ class CheckinWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def record(self, checkin: CheckIn) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((checkin, future))
+    async def record(self, checkin: CheckIn, serial: int) -> str | None:
+        """Authorise and record; returns None, or why the certificate may not check in."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((checkin, serial, future))
         self._wake.set()
-        await future
+        return await future
 
-    def _write(self, batch: list[CheckIn]) -> None:
-        with self.state.db.engine.begin() as conn:
-            device_store.record_checkins(conn, batch)
+    def _write(self, batch: list[tuple[CheckIn, int]]) -> list[str | None]:
+        with self.state.db.write_lock(), self.state.db.engine.begin() as conn:
+            return device_store.record_checkins(
+                conn, [c for c, _ in batch], [serial for _, serial in batch]
+            )
 
     async def _run(self) -> None:
         limit = self.state.config.checkin_batch_max
@@ -60,15 +63,15 @@ class CheckinWriter:
             while self._pending:
                 batch, self._pending = self._pending[:limit], self._pending[limit:]
                 try:
-                    await self.state.run(self._write, [c for c, _ in batch])
+                    refusals = await self.state.run(self._write, [(c, n) for c, n, _ in batch])
                 except Exception as e:  # every waiting request learns the write failed
-                    for _, future in batch:
+                    for _, _, future in batch:
                         if not future.done():
                             future.set_exception(e)
                 else:
-                    for _, future in batch:
+                    for (_, _, future), refusal in zip(batch, refusals, strict=True):
                         if not future.done():
-                            future.set_result(None)
+                            future.set_result(refusal)
 
 
 def _opt_str(body: dict[str, Any], key: str, limit: int = 64) -> str | None:
@@ -104,7 +107,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
 
 def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
     async def checkin(request: web.Request) -> web.Response:
-        identity = await authenticate_device(request, state)
+        identity = verify_device_certificate(request, state)
         body = await json_body(request)
         trust = body.get("trust", {})
         if not isinstance(trust, dict):
@@ -127,7 +130,9 @@ def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
             health=health,
             hardware=_opt_str(body, "hardware"),
         )
-        await writer.record(record)
+        refusal = await writer.record(record, identity.serial)
+        if refusal is not None:
+            raise refusal_problem(refusal)
         request.app[METRICS].checkins.inc()
         current = state.metadata_versions()
         reported = (record.root_version, record.timestamp_version, record.targets_version)
