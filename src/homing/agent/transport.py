@@ -1,0 +1,136 @@
+"""Pinned transport: trust a TLS peer only after homing's own checks pass.
+
+A connection is trusted when, after the handshake and before any request
+byte is sent: the presented chain validates (cryptography's verifier) to a
+root CA from the verified pin policy at the device's `now`, for the host
+name dialled, and an SPKI in the validated chain matches a pin. Otherwise
+the socket is closed and ``ChainError``/``PinError`` raised.
+
+The *bootstrap* transport skips those checks and is used only to fetch TUF
+metadata, which authenticates itself; it never carries device data.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import logging
+import socket
+import ssl
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+
+from homing.config import Limits
+from homing.errors import ChainError, TransportError
+from homing.pki.validate import load_certificate, verify_pins, verify_server_chain
+from homing.server.tls import client_context
+from homing.trust.pins import PinPolicy
+
+__all__ = ["Endpoint", "PinnedConnection", "open_connection", "parse_endpoint"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+            return True
+        except ValueError:
+            return False
+
+
+def parse_endpoint(url: str) -> Endpoint:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise TransportError(f"server URL must be https://HOST[:PORT], not {url!r}")
+    return Endpoint(parts.hostname, parts.port or 443)
+
+
+def _peer_chain(tls: ssl.SSLSocket) -> list[bytes]:
+    """The chain the peer presented, leaf first (DER)."""
+    sslobj = getattr(tls, "_sslobj", None)
+    get_chain = getattr(sslobj, "get_unverified_chain", None)
+    if get_chain is not None:  # CPython >= 3.10 (public from 3.13)
+        return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in get_chain()]  # type: ignore[attr-defined]
+    leaf = tls.getpeercert(binary_form=True)
+    return [leaf] if leaf else []
+
+
+class PinnedConnection(http.client.HTTPSConnection):
+    """An HTTPS connection whose peer is checked against the pin policy first."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        policy: PinPolicy | None,
+        now: datetime,
+        client_cert: tuple[Path, Path] | None = None,
+        timeout: float = 15.0,
+        limits: Limits | None = None,
+    ) -> None:
+        context = client_context(
+            cert_file=client_cert[0] if client_cert else None,
+            key_file=client_cert[1] if client_cert else None,
+        )
+        super().__init__(endpoint.host, endpoint.port, timeout=timeout, context=context)
+        self.endpoint = endpoint
+        self.policy = policy
+        self.now = now
+        self.limits = limits or Limits()
+        self._tls_context = context
+        self.verified_chain: list[x509.Certificate] = []
+
+    def connect(self) -> None:
+        try:
+            raw = socket.create_connection((self.host, self.port), self.timeout)
+        except OSError as e:
+            raise TransportError(f"cannot reach {self.host}:{self.port}: {e}") from e
+        try:
+            server_name = None if self.endpoint.is_ip else self.host
+            tls = self._tls_context.wrap_socket(raw, server_hostname=server_name)
+        except (ssl.SSLError, OSError) as e:
+            raw.close()
+            raise TransportError(f"TLS handshake with {self.host}:{self.port} failed: {e}") from e
+        if self.policy is not None:
+            try:
+                self._check(tls)
+            except ChainError:
+                tls.close()
+                raise
+        self.sock = tls
+
+    def _check(self, tls: ssl.SSLSocket) -> None:
+        assert self.policy is not None
+        ders = _peer_chain(tls)
+        if not ders:
+            raise ChainError("the server presented no certificate")
+        leaf = load_certificate(ders[0], self.limits)
+        intermediates = [load_certificate(d, self.limits) for d in ders[1:]]
+        chain = verify_server_chain(
+            leaf, intermediates, self.policy.root_cas, self.host, self.now, self.limits
+        )
+        verify_pins(chain, self.policy.spki_pins)
+        self.verified_chain = list(chain.chain)
+
+
+def open_connection(
+    url: str,
+    *,
+    policy: PinPolicy | None,
+    now: datetime,
+    client_cert: tuple[Path, Path] | None = None,
+) -> PinnedConnection:
+    """A connection to ``url``'s host; ``policy=None`` is the unpinned bootstrap channel."""
+    return PinnedConnection(parse_endpoint(url), policy=policy, now=now, client_cert=client_cert)
