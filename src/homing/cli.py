@@ -541,6 +541,155 @@ def devices_list(
     out.print(table)
 
 
+@cli.group()
+def device() -> None:
+    """Factory-station operations on devices."""
+
+
+@device.command("provision")
+@_data_option
+@_db_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The device state directory to create.",
+)
+@click.option("--id", "device_id", help="Device id (default: a random dev-XXXXXXXXXXXX).")
+@click.option("--hardware", help="Hardware class of the device.")
+@click.option("--server", help="Home server URL the device uses instead of the published one.")
+def device_provision(
+    data: Path,
+    db_url: str | None,
+    out_dir: Path,
+    device_id: str | None,
+    hardware: str | None,
+    server: str | None,
+) -> None:
+    """Offline: make the device key, its certificate and its state directory."""
+    from homing.factory import provision
+
+    _ensure_passphrase(data)
+    state = provision(
+        DataDir(data, db_url),
+        out_dir,
+        _now(),
+        device_id=device_id,
+        hardware=hardware,
+        server=server,
+    )
+    config = state.config()
+    out.print(f"device {config.device_id!r} provisioned in {out_dir}")
+
+
+@cli.group()
+def agent() -> None:
+    """What runs on the device."""
+
+
+_state_option = click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The device state directory.",
+)
+
+
+@agent.command("enroll")
+@_state_option
+@click.option("--server", required=True, help="Home server URL, e.g. https://home.example.com")
+@click.option("--factory", "factory_cred", required=True, help="NAME:SECRET of the station.")
+@click.option(
+    "--root",
+    "root_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Root metadata the factory gives every device.",
+)
+@click.option("--id", "device_id", help="Device id (default: random).")
+@click.option("--hardware", help="Hardware class of the device.")
+def agent_enroll(
+    state_dir: Path,
+    server: str,
+    factory_cred: str,
+    root_file: Path,
+    device_id: str | None,
+    hardware: str | None,
+) -> None:
+    """Online: make the key on the device and enroll over EST."""
+    from homing.agent.enroll import enroll
+
+    try:
+        root = root_file.read_bytes()
+    except OSError as e:
+        _fail(f"cannot read {root_file}: {e.strerror}")
+    state = enroll(
+        state_dir, server, factory_cred, root, _now(), device_id=device_id, hardware=hardware
+    )
+    out.print(f"device {state.config().device_id!r} enrolled with {server}")
+
+
+@agent.command("run")
+@_state_option
+@click.option("--once", is_flag=True, help="One full cycle; exit 0 only if checked in.")
+@click.option("--server", help="Override the endpoints from the trust metadata (pins unchanged).")
+@click.option(
+    "--interval",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="Seconds between cycles (jittered).",
+)
+@click.option("--firmware-version", help="Version the device reports.")
+def agent_run(
+    state_dir: Path, once: bool, server: str | None, interval: float, firmware_version: str | None
+) -> None:
+    """Check in, keep trust fresh, renew or recover the certificate."""
+    from homing.agent.agent import Agent
+    from homing.agent.runner import run_forever
+    from homing.agent.state import DeviceState
+
+    agent_ = Agent(DeviceState(state_dir), server=server, firmware_version=firmware_version)
+    if once:
+        report = agent_.run_once()
+        for step in report.steps:
+            out.print(f"  {step}")
+        if not report.checked_in:
+            _fail(report.error or "not checked in")
+        out.print("checked in")
+        return
+    run_forever(agent_, interval)
+
+
+@agent.command("status")
+@_state_option
+@click.option("--json", "as_json", is_flag=True)
+def agent_status(state_dir: Path, as_json: bool) -> None:
+    """Device id, trust versions, certificate expiry, last result."""
+    import json as jsonlib
+
+    from homing.agent.state import DeviceState
+
+    state = DeviceState(state_dir)
+    config = state.config()
+    cert = state.certificate()
+    last = state.last_run()
+    doc = {
+        "device_id": config.device_id,
+        "hardware": config.hardware,
+        "certificate_expires": cert.not_valid_after_utc.isoformat() if cert else None,
+        "trust": last.get("trust", {}),
+        "last_run": last,
+    }
+    if as_json:
+        click.echo(jsonlib.dumps(doc, indent=2))
+        return
+    for key, value in doc.items():
+        out.print(f"{key}: {value}")
+
+
 def _guarded(entry: Callable[[], Any]) -> Callable[[], None]:
     @functools.wraps(entry)
     def run() -> None:

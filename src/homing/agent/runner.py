@@ -1,0 +1,36 @@
+"""The agent's loop: cycles at jittered intervals, exponential backoff on failure."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+from homing.agent.agent import Agent
+
+__all__ = ["next_delay", "run_forever"]
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 6 * 3600.0
+
+
+def next_delay(interval: float, failures: int, rng: random.Random) -> float:
+    """Jittered interval; after failures, exponential backoff (capped), also jittered.
+
+    Jitter keeps a fleet that lost power together from coming back in lockstep.
+    """
+    base = interval if failures == 0 else min(MAX_BACKOFF, 30.0 * 2 ** (failures - 1))
+    return base * rng.uniform(0.5, 1.5)
+
+
+def run_forever(agent: Agent, interval: float) -> None:
+    rng = random.Random()  # noqa: S311 - jitter, not a secret
+    failures = 0
+    while True:
+        report = agent.run_once()
+        if report.error and report.error.startswith("revoked"):
+            log.error("device revoked: stopping")
+            raise SystemExit(3)
+        failures = 0 if report.checked_in else failures + 1
+        time.sleep(next_delay(interval, failures, rng))

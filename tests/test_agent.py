@@ -1,0 +1,162 @@
+"""The device agent against a real server on loopback: catch-up, recovery, fail-closed."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from homing import ceremonies
+from homing.agent.agent import Agent
+from homing.agent.enroll import enroll
+from homing.agent.state import DeviceState
+from homing.factory import provision
+from homing.server import operations
+from homing.store.schema import checkins
+from tests.harness import RunningServer
+
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+def _url(server: RunningServer) -> str:
+    return f"https://127.0.0.1:{server.port}"
+
+
+def _checkins(server: RunningServer) -> int:
+    with server.state.db.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(checkins)).scalar_one())
+
+
+def _device(server: RunningServer, tmp_path: Path, name: str = "dev-1") -> DeviceState:
+    return provision(
+        server.state.dd,
+        tmp_path / name,
+        datetime.now(UTC),
+        device_id=name,
+        hardware="board-a",
+        server=_url(server),
+    )
+
+
+def _agent(state: DeviceState, server: RunningServer, offset: timedelta = timedelta()) -> Agent:
+    return Agent(
+        state,
+        server=_url(server),
+        clock=lambda: datetime.now(UTC) + offset,
+        firmware_version="1.0.0",
+    )
+
+
+def _settle(server: RunningServer) -> None:
+    """Give the running server a moment to load a rotated certificate."""
+    time.sleep(0.3)
+
+
+def test_provisioned_device_checks_in(server: RunningServer, tmp_path: Path) -> None:
+    state = _device(server, tmp_path)
+    report = _agent(state, server).run_once()
+    assert report.checked_in, report
+    assert report.trust["root"] == 1
+    assert _checkins(server) == 1
+    assert state.time_floor() is not None
+
+
+def test_online_enrollment_then_check_in(server: RunningServer, tmp_path: Path) -> None:
+    secret = operations.add_factory(server.state.db, "t", datetime.now(UTC), "line")
+    root = (server.data / "repository" / "metadata" / "1.root.json").read_bytes()
+    state = enroll(
+        tmp_path / "dev",
+        _url(server),
+        f"line:{secret}",
+        root,
+        datetime.now(UTC),
+        device_id="online-1",
+        hardware="board-b",
+    )
+    assert state.certificate() is not None
+    assert _agent(state, server).run_once().checked_in
+
+
+def test_long_offline_device_comes_back_by_itself(server: RunningServer, tmp_path: Path) -> None:
+    """Server cert rotated 10 times, server CA twice, root three times, device cert expired."""
+    state = _device(server, tmp_path)
+    start = datetime.now(UTC)
+    for i in range(10):
+        ceremonies.rotate_server_cert(server.state.dd, start + timedelta(days=20 * i))
+    ceremonies.rotate_issuing_ca(server.state.dd, "server", start + timedelta(days=150))
+    ceremonies.rotate_issuing_ca(server.state.dd, "server", start + timedelta(days=250))
+    for day in (100, 200, 300):
+        ceremonies.rotate_root(server.state.dd, start + timedelta(days=day))
+    later = timedelta(days=400)
+    ceremonies.rotate_server_cert(server.state.dd, start + later)
+    ceremonies.refresh_snapshot(server.state.dd, start + later)
+    server.clock.advance(later)
+    _settle(server)
+    report = _agent(state, server, later).run_once()
+    assert report.checked_in, report
+    assert "pins do not match" in " ".join(report.steps)
+    assert "certificate recovered by key proof" in report.steps
+    assert report.trust["root"] == 4
+    cert = state.certificate()
+    assert cert is not None
+    assert cert.not_valid_after_utc > start + later
+    # The next cycle is pinned from the start.
+    again = _agent(state, server, later).run_once()
+    assert again.checked_in
+    assert again.steps[0].startswith("trust refreshed over pinned TLS")
+
+
+def test_expired_timestamp_fails_closed_and_recovers_by_itself(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    state = _device(server, tmp_path)
+    assert _agent(state, server).run_once().checked_in
+    before = _checkins(server)
+    two_days = timedelta(days=2)
+    report = _agent(state, server, two_days).run_once()
+    assert not report.checked_in
+    assert "expired" in (report.error or "")
+    assert _checkins(server) == before  # nothing but metadata requests
+    ceremonies.refresh_snapshot(server.state.dd, datetime.now(UTC) + two_days)
+    assert _agent(state, server, two_days).run_once().checked_in
+
+
+def test_renewal_at_two_thirds_of_the_lifetime(server: RunningServer, tmp_path: Path) -> None:
+    state = _device(server, tmp_path)
+    first = state.certificate()
+    assert first is not None
+    offset = timedelta(days=250)
+    ceremonies.refresh_snapshot(server.state.dd, datetime.now(UTC) + offset)
+    ceremonies.rotate_server_cert(server.state.dd, datetime.now(UTC) + offset)
+    server.clock.advance(offset)
+    _settle(server)
+    report = _agent(state, server, offset).run_once()
+    assert report.checked_in, report
+    assert "certificate renewed (EST simplereenroll)" in report.steps
+    renewed = state.certificate()
+    assert renewed is not None
+    assert renewed.serial_number != first.serial_number
+    assert renewed.public_key() == first.public_key()
+
+
+def test_revoked_device_stops_and_says_so(server: RunningServer, tmp_path: Path) -> None:
+    state = _device(server, tmp_path)
+    operations.revoke_device(
+        server.state.dd, server.state.db, "t", datetime.now(UTC), "dev-1", "stolen"
+    )
+    report = _agent(state, server).run_once()
+    assert not report.checked_in
+    assert (report.error or "").startswith("revoked")
+    assert state.last_run()["error"].startswith("revoked")
+
+
+def test_clock_behind_the_floor_is_raised(server: RunningServer, tmp_path: Path) -> None:
+    state = _device(server, tmp_path)
+    assert _agent(state, server).run_once().checked_in
+    floor = state.time_floor()
+    assert floor is not None
+    behind = _agent(state, server, timedelta(days=-3000))
+    assert behind.now() == floor
