@@ -13,15 +13,16 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from homing import ceremonies
-from homing.ceremonies import DataDir, InitSummary
 from homing.errors import HomingError
+
+if TYPE_CHECKING:
+    from homing.ceremonies import InitSummary
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,6 +53,7 @@ def _data_option(f: F) -> F:
 
 def _ensure_passphrase(data: Path | None, *, required: bool = False) -> None:
     """Ask for the key passphrase on a terminal when it is needed and not in the environment."""
+    from homing.ceremonies import DataDir
     from homing.pki.keystore import PASSPHRASE_ENV
 
     if os.environ.get(PASSPHRASE_ENV):
@@ -109,6 +111,9 @@ def init(
     exist_ok: bool,
 ) -> None:
     """Create a data directory: CA hierarchy, keys and signed trust metadata."""
+    from homing import ceremonies
+    from homing.ceremonies import DataDir
+
     if exist_ok and DataDir(data).exists():
         _print_existing(data)
         return
@@ -156,6 +161,8 @@ def _print_summary(s: InitSummary) -> None:
 
 
 def _print_existing(data: Path) -> None:
+    from homing.ceremonies import DataDir
+
     dd = DataDir(data)
     settings = dd.settings()
     repo = dd.repository(settings)
@@ -193,6 +200,8 @@ def rotate_root(
     data: Path, sign_with: tuple[str, ...], new_keys: tuple[str, ...], threshold: int | None
 ) -> None:
     """Publish root N+1, signed by a threshold of N's keys and of its own."""
+    from homing import ceremonies
+
     _ensure_passphrase(data)
     version = ceremonies.rotate_root(
         data, _now(), sign_with=_paths(sign_with), new_keys=_paths(new_keys), threshold=threshold
@@ -204,6 +213,8 @@ def rotate_root(
 @_data_option
 def rotate_server_ca(data: Path) -> None:
     """Promote the server CA's backup key, re-issue the server certificate, publish pins."""
+    from homing import ceremonies
+
     _ensure_passphrase(data)
     generation = ceremonies.rotate_issuing_ca(data, "server", _now())
     out.print(f"server-issuing CA generation {generation} is active; new pins published")
@@ -213,6 +224,8 @@ def rotate_server_ca(data: Path) -> None:
 @_data_option
 def rotate_device_ca(data: Path) -> None:
     """Promote the device CA's backup key; devices of the old CA keep working."""
+    from homing import ceremonies
+
     _ensure_passphrase(data)
     generation = ceremonies.rotate_issuing_ca(data, "device", _now())
     out.print(f"device-issuing CA generation {generation} is active")
@@ -222,6 +235,8 @@ def rotate_device_ca(data: Path) -> None:
 @_data_option
 def rotate_server_cert(data: Path) -> None:
     """Issue the server a new key and certificate from the active server CA."""
+    from homing import ceremonies
+
     _ensure_passphrase(data)
     leaf = ceremonies.rotate_server_cert(data, _now())
     out.print(
@@ -235,6 +250,8 @@ def rotate_server_cert(data: Path) -> None:
 @_sign_with
 def rotate_online_keys(data: Path, sign_with: tuple[str, ...]) -> None:
     """Replace the snapshot and timestamp keys in a new root version."""
+    from homing import ceremonies
+
     _ensure_passphrase(data)
     version = ceremonies.rotate_online_keys(data, _now(), sign_with=_paths(sign_with))
     out.print(f"online keys replaced in root version {version}")
@@ -250,6 +267,8 @@ def timestamp() -> None:
 @click.option("--expires-in", type=float, help="Hours until the new timestamp expires.")
 def timestamp_refresh(data: Path, expires_in: float | None) -> None:
     """Re-sign the timestamp with a new version and expiry."""
+    from homing import ceremonies
+
     _ensure_passphrase(data)
     delta = timedelta(hours=expires_in) if expires_in is not None else None
     version = ceremonies.refresh_timestamp(data, _now(), delta)
@@ -271,6 +290,8 @@ def pki_issue(
     data: Path, profile: str, csr_path: Path, device_id: str | None, out_path: Path | None
 ) -> None:
     """Issue a certificate from a CSR (PEM or DER) under a profile."""
+    from homing import ceremonies
+
     _ensure_passphrase(data)
     from cryptography.hazmat.primitives import serialization
 
@@ -296,6 +317,8 @@ def pki_issue(
 @click.option("--reason", default="unspecified", show_default=True)
 def pki_revoke(data: Path, device_id: str | None, serial: str | None, reason: str) -> None:
     """Revoke by device id or serial and re-sign the CRLs."""
+    from homing import ceremonies
+
     _ensure_passphrase(data)
     number: int | None = None
     if serial is not None:
@@ -312,6 +335,8 @@ def pki_revoke(data: Path, device_id: str | None, serial: str | None, reason: st
 @click.option("--ca", "kind", type=click.Choice(["server", "device"]), required=True)
 def pki_crl(data: Path, kind: str) -> None:
     """Sign a fresh CRL for an issuing CA."""
+    from homing import ceremonies
+
     _ensure_passphrase(data)
     path = ceremonies.write_crl(data, kind, _now())
     out.print(f"CRL written to {path}")
@@ -326,6 +351,8 @@ def pins() -> None:
 @_data_option
 def pins_show(data: Path) -> None:
     """Print the published pin policy (JSON)."""
+    from homing.ceremonies import DataDir
+
     dd = DataDir(data)
     repo = dd.repository(dd.settings())
     click.echo(repo.target_bytes("pins.json").decode(), nl=False)
@@ -376,6 +403,8 @@ def serve(
     init_first: bool,
 ) -> None:
     """Run the home server (HTTPS with optional client certificates on one port)."""
+    from homing import ceremonies
+    from homing.ceremonies import DataDir
     from homing.server.config import ServerConfig, parse_listen
     from homing.server.runner import serve as run_server
 
@@ -417,6 +446,7 @@ def factory() -> None:
 @_db_option
 def factory_add(name: str, data: Path, db_url: str | None) -> None:
     """Create a station credential; the secret is printed once."""
+    from homing.ceremonies import DataDir
     from homing.server import operations
 
     db = DataDir(data).database(db_url)
@@ -439,6 +469,7 @@ def token() -> None:
 @_db_option
 def token_add(name: str, role: str, data: Path, db_url: str | None) -> None:
     """Create an operator token; it is printed once."""
+    from homing.ceremonies import DataDir
     from homing.server import operations
 
     db = DataDir(data).database(db_url)
@@ -454,6 +485,7 @@ def token_add(name: str, role: str, data: Path, db_url: str | None) -> None:
 @_db_option
 def revoke_cmd(device_id: str, reason: str, data: Path, db_url: str | None) -> None:
     """Revoke a device; running servers refuse it from its next request."""
+    from homing.ceremonies import DataDir
     from homing.server import operations
 
     _ensure_passphrase(data)
@@ -472,6 +504,7 @@ def status_cmd(data: Path, db_url: str | None, as_json: bool) -> None:
     """Fleet summary: devices by trust and firmware version, expiries, warnings."""
     import json as jsonlib
 
+    from homing.ceremonies import DataDir
     from homing.server import operations
 
     dd = DataDir(data)
@@ -516,6 +549,7 @@ def devices_list(
     search: str | None, status: str | None, limit: int, data: Path, db_url: str | None
 ) -> None:
     """List devices."""
+    from homing.ceremonies import DataDir
     from homing.server import operations
 
     rows = operations.list_devices(
@@ -568,6 +602,7 @@ def device_provision(
     server: str | None,
 ) -> None:
     """Offline: make the device key, its certificate and its state directory."""
+    from homing.ceremonies import DataDir
     from homing.factory import provision
 
     _ensure_passphrase(data)
@@ -688,6 +723,83 @@ def agent_status(state_dir: Path, as_json: bool) -> None:
         return
     for key, value in doc.items():
         out.print(f"{key}: {value}")
+
+
+@agent.command(
+    "tuf-client",
+    context_settings={"ignore_unknown_options": False},
+)
+@click.option("--metadata-dir", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--metadata-url")
+@click.option("--target-name", "target_names", multiple=True)
+@click.option("--target-dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--target-base-url")
+@click.argument("command", type=click.Choice(["init", "refresh", "download"]))
+@click.argument("root_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+def agent_tuf_client(
+    metadata_dir: Path,
+    metadata_url: str | None,
+    target_names: tuple[str, ...],
+    target_dir: Path | None,
+    target_base_url: str | None,
+    command: str,
+    root_file: Path | None,
+) -> None:
+    """The TUF conformance client protocol over homing's trust-update code (exit 0 or 1)."""
+    from homing.agent.fetcher import HTTPSFetcher
+    from homing.trust import conformance
+
+    fetcher = HTTPSFetcher(None, _now(), allow_plain_http=True)
+    if command == "init":
+        if root_file is None:
+            _fail("init needs ROOT_FILE", 1)
+        assert root_file is not None
+        try:
+            root = root_file.read_bytes()
+        except OSError as e:
+            _fail(f"cannot read {root_file}: {e.strerror}", 1)
+        conformance.init_metadata_dir(metadata_dir, root)
+        return
+    if not metadata_url:
+        _fail(f"{command} needs --metadata-url", 1)
+    assert metadata_url is not None
+    if command == "refresh":
+        conformance.refresh_metadata(metadata_dir, metadata_url, fetcher)
+        return
+    if not target_names or target_dir is None or not target_base_url:
+        _fail("download needs --target-name, --target-dir and --target-base-url", 1)
+    assert target_dir is not None
+    assert target_base_url is not None
+    conformance.download_targets(
+        metadata_dir, metadata_url, target_names, target_dir, target_base_url, fetcher
+    )
+
+
+@cli.command("recovery-bundle")
+@_data_option
+@click.option("--out", "out_file", type=click.Path(path_type=Path, dir_okay=False), required=True)
+def recovery_bundle(data: Path, out_file: Path) -> None:
+    """Write the metadata chain and the pin policy to one file, for devices reached by hand."""
+    from homing.ceremonies import DataDir
+    from homing.trust.bundle import write_bundle
+
+    count = write_bundle(DataDir(data).repository_dir, out_file)
+    out.print(f"recovery bundle with {count} files written to {out_file}")
+
+
+@agent.command("apply-bundle")
+@_state_option
+@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
+def agent_apply_bundle(state_dir: Path, bundle: Path) -> None:
+    """Verify and apply a recovery bundle: new roots and pins without any network."""
+    from homing.agent.agent import Agent
+    from homing.agent.state import DeviceState
+    from homing.trust.bundle import extracted
+
+    agent_ = Agent(DeviceState(state_dir))
+    with extracted(bundle) as directory:
+        trust = agent_.refresh_from_directory(directory.as_uri(), agent_.now())
+    out.print(f"trust updated to root v{trust.root_version}, targets v{trust.targets_version}")
 
 
 def _guarded(entry: Callable[[], Any]) -> Callable[[], None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 from collections.abc import Iterator
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -26,7 +27,12 @@ class HTTPSFetcher(FetcherInterface):
     "pins are stale" from "the network is down".
     """
 
-    def __init__(self, policy: PinPolicy | None, now: datetime) -> None:
+    def __init__(
+        self, policy: PinPolicy | None, now: datetime, *, allow_plain_http: bool = False
+    ) -> None:
+        # Plain HTTP only for `homing agent tuf-client` (the TUF conformance
+        # suite serves http://); the agent itself never enables it.
+        self.allow_plain_http = allow_plain_http
         self.policy = policy
         self.now = now
         self.pin_failure: HomingError | None = None
@@ -37,7 +43,13 @@ class HTTPSFetcher(FetcherInterface):
         base = f"{parts.scheme}://{parts.netloc}"
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         try:
-            conn = open_connection(base, policy=self.policy, now=self.now)
+            conn: http.client.HTTPConnection
+            if parts.scheme == "http" and self.allow_plain_http:
+                conn = http.client.HTTPConnection(
+                    parts.hostname or "", parts.port or 80, timeout=15
+                )
+            else:
+                conn = open_connection(base, policy=self.policy, now=self.now)
             conn.request("GET", path, headers={"Accept": "application/json, */*"})
             response = conn.getresponse()
         except HomingError as e:
@@ -53,8 +65,6 @@ class HTTPSFetcher(FetcherInterface):
 
     @staticmethod
     def _chunks(conn: object, response: object) -> Iterator[bytes]:
-        import http.client
-
         assert isinstance(response, http.client.HTTPResponse)
         try:
             while chunk := response.read(_CHUNK):

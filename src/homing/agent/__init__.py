@@ -1,0 +1,1 @@
+"""The device agent: state, pinned transport, trust catch-up, renewal and recovery."""

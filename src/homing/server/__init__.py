@@ -1,0 +1,1 @@
+"""The home server: TLS, HTTP routes, storage-backed operations and the runner."""
