@@ -7,7 +7,7 @@ import json
 import platform
 from pathlib import Path
 
-from benchmarks import bench_checkin, bench_issuance, bench_root_walk
+from benchmarks import bench_agent, bench_checkin, bench_issuance, bench_root_walk
 
 
 def main() -> None:
@@ -21,6 +21,7 @@ def main() -> None:
         "issuance": bench_issuance.run(quick=args.quick),
         "root_walk": bench_root_walk.run(quick=args.quick),
         "checkin": bench_checkin.run(quick=args.quick),
+        "agent": bench_agent.run(quick=args.quick),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

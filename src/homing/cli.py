@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from homing.errors import HomingError
 
@@ -27,8 +25,25 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_DATA = ".homing-data"
-out = Console()
-err = Console(stderr=True)
+
+
+class _Console:
+    """rich, imported on first use: the agent's commands run on small devices."""
+
+    def __init__(self, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Any = None
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr)
+        self._console.print(*args, **kwargs)
+
+
+out = _Console()
+err = _Console(stderr=True)
 
 
 def _now() -> datetime:
@@ -137,6 +152,8 @@ def init(
 
 
 def _print_summary(s: InitSummary) -> None:
+    from rich.table import Table
+
     for warning in s.warnings:
         err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     table = Table(title=f"homing data directory {s.data_dir}", show_header=False)
@@ -161,6 +178,8 @@ def _print_summary(s: InitSummary) -> None:
 
 
 def _print_existing(data: Path) -> None:
+    from rich.table import Table
+
     from homing.ceremonies import DataDir
 
     dd = DataDir(data)
@@ -504,6 +523,8 @@ def status_cmd(data: Path, db_url: str | None, as_json: bool) -> None:
     """Fleet summary: devices by trust and firmware version, expiries, warnings."""
     import json as jsonlib
 
+    from rich.table import Table
+
     from homing.ceremonies import DataDir
     from homing.server import operations
 
@@ -549,6 +570,8 @@ def devices_list(
     search: str | None, status: str | None, limit: int, data: Path, db_url: str | None
 ) -> None:
     """List devices."""
+    from rich.table import Table
+
     from homing.ceremonies import DataDir
     from homing.server import operations
 
@@ -746,10 +769,36 @@ def agent_tuf_client(
     root_file: Path | None,
 ) -> None:
     """The TUF conformance client protocol over homing's trust-update code (exit 0 or 1)."""
+    import contextlib
+
     from homing.agent.fetcher import HTTPSFetcher
-    from homing.trust import conformance
 
     fetcher = HTTPSFetcher(None, _now(), allow_plain_http=True)
+    with contextlib.closing(fetcher):
+        _tuf_client(
+            fetcher,
+            metadata_dir,
+            metadata_url,
+            target_names,
+            target_dir,
+            target_base_url,
+            command,
+            root_file,
+        )
+
+
+def _tuf_client(
+    fetcher: Any,
+    metadata_dir: Path,
+    metadata_url: str | None,
+    target_names: tuple[str, ...],
+    target_dir: Path | None,
+    target_base_url: str | None,
+    command: str,
+    root_file: Path | None,
+) -> None:
+    from homing.trust import conformance
+
     if command == "init":
         if root_file is None:
             _fail("init needs ROOT_FILE", 1)

@@ -136,6 +136,8 @@ class Agent:
             if fetcher.pin_failure is not None:
                 raise fetcher.pin_failure from e
             raise
+        finally:
+            fetcher.close()
 
     def refresh_trust(self, now: datetime, report: CycleReport) -> TrustState:
         """Newest verified trust: pinned first, then the bootstrap channel."""
