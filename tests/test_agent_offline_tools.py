@@ -125,7 +125,7 @@ def test_tuf_client_refuses_a_rollback(http_repo: tuple[Path, str], tmp_path: Pa
 def test_recovery_bundle_brings_a_stranded_device_back(
     server: RunningServer, tmp_path: Path
 ) -> None:
-    """A device that can reach nothing gets new roots and pins from a file, then checks in pinned."""
+    """A device that reaches nothing takes new roots and pins from a file, then checks in."""
     state = provision(server.state.dd, tmp_path / "dev", datetime.now(UTC), device_id="dev-1")
     now = datetime.now(UTC)
     ceremonies.rotate_root(server.state.dd, now)
