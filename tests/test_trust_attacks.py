@@ -293,3 +293,22 @@ def test_consistent_snapshot_keeps_every_version(data_dir: Path, now: datetime) 
     for target in (_repo(data_dir) / "targets").glob("*.pins.json"):
         digest = target.name.split(".", 1)[0]
         assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
+
+
+def test_device_walks_three_hundred_root_versions(
+    device: Device, data_dir: Path, now: datetime
+) -> None:
+    """Past python-tuf's 256-rotation limit: each refresh starts from the newest verified root."""
+    dd = DataDir(data_dir)
+    settings = dd.settings()
+    store = dd.keystore(settings)
+    repo = dd.repository(settings)
+    signers = [signer_for(store.load(name)) for name in settings.root_keys]
+    keys = [s.public_key for s in signers]
+    for _ in range(299):
+        repo.rotate_root(signers, keys, signers, 1, now)
+    assert repo.root_version() == 300
+    first = device.refresh(_repo(data_dir), now)
+    assert first.root_version == 257  # 1 + max_root_rotations
+    second = device.refresh(_repo(data_dir), now)
+    assert second.root_version == 300
