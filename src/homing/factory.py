@@ -10,15 +10,14 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 
 from homing import ceremonies
 from homing.agent.enroll import new_device_id
 from homing.agent.state import DeviceConfig, DeviceState
 from homing.ceremonies import DataDir
 from homing.pki.keys import generate_tls_key
-from homing.pki.profiles import device_uri
+from homing.pki.profiles import device_csr, device_uri
 from homing.store import audit
 from homing.store import devices as device_store
 from homing.trust.pins import PIN_POLICY_TARGET
@@ -38,16 +37,7 @@ def provision(
     device_id = device_id or new_device_id()
     device_uri(device_id)
     key = generate_tls_key()
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(device_uri(device_id))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.DER)
-    )
+    csr = device_csr(key, device_id)
     settings = data.settings()
     repo = data.repository(settings)
     newest_root = (data.metadata_dir / f"{repo.root_version()}.root.json").read_bytes()

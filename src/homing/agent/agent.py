@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from homing.agent.fetcher import HTTPSFetcher
@@ -39,7 +38,7 @@ from homing.errors import (
     RevokedError,
     TransportError,
 )
-from homing.pki.profiles import device_uri
+from homing.pki.profiles import device_csr
 from homing.pki.proof import sign_recovery_proof
 from homing.trust.client import DirectoryFetcher, TrustState, refresh_trust
 from homing.trust.pins import PinPolicy
@@ -200,19 +199,7 @@ class Agent:
         return (self.server_override or policy.primary).rstrip("/")
 
     def _csr(self) -> bytes:
-        key = self.state.key()
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([]))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.UniformResourceIdentifier(device_uri(self.config.device_id))]
-                ),
-                critical=False,
-            )
-            .sign(key, hashes.SHA256())
-        )
-        return csr.public_bytes(serialization.Encoding.DER)
+        return device_csr(self.state.key(), self.config.device_id)
 
     def _post(
         self,

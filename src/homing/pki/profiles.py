@@ -24,6 +24,7 @@ __all__ = [
     "ApprovedRequest",
     "Profile",
     "approve_csr",
+    "device_csr",
     "device_id_from_uri",
     "device_profile",
     "device_uri",
@@ -41,6 +42,22 @@ def device_uri(device_id: str) -> str:
             "starting with a letter or digit"
         )
     return DEVICE_URI_PREFIX + device_id
+
+
+def device_csr(key: ec.EllipticCurvePrivateKey, device_id: str) -> bytes:
+    """The DER CSR a device sends: its key, named by its device URI and nothing else."""
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(device_uri(device_id))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.DER)
 
 
 def device_id_from_uri(uri: str) -> str:

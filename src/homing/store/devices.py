@@ -201,6 +201,18 @@ def _driver_sql(conn: Connection, sql: str, params: Any) -> Any:
 _NAMED = re.compile(r":([a-z_][a-z0-9_]*)")
 
 
+def _checkin_params(conn: Connection, c: CheckIn) -> dict[str, Any]:
+    return {
+        "device_id": c.device_id,
+        "at": _db_time(conn, c.at),
+        "firmware_version": c.firmware_version,
+        "root_version": c.root_version,
+        "timestamp_version": c.timestamp_version,
+        "targets_version": c.targets_version,
+        "health": json.dumps(c.health) if c.health is not None else None,
+    }
+
+
 def _db_time(conn: Connection, value: datetime) -> Any:
     """A timestamp as the schema's UTCDateTime stores it on this backend."""
     value = value.astimezone(UTC)
@@ -245,18 +257,7 @@ def record_checkins(
         "INSERT INTO checkins (device_id, at, firmware_version, root_version, timestamp_version, "
         "targets_version, health) VALUES (:device_id, :at, :firmware_version, :root_version, "
         ":timestamp_version, :targets_version, :health)",
-        [
-            {
-                "device_id": c.device_id,
-                "at": _db_time(conn, c.at),
-                "firmware_version": c.firmware_version,
-                "root_version": c.root_version,
-                "timestamp_version": c.timestamp_version,
-                "targets_version": c.targets_version,
-                "health": json.dumps(c.health) if c.health is not None else None,
-            }
-            for c in accepted
-        ],
+        [_checkin_params(conn, c) for c in accepted],
     )
     latest: dict[str, CheckIn] = {}
     for c in accepted:
@@ -271,19 +272,7 @@ def record_checkins(
         "targets_version = :targets_version, health = :health, "
         "hardware = COALESCE(:hardware, hardware) "
         "WHERE device_id = :device_id AND (last_seen IS NULL OR last_seen <= :at)",
-        [
-            {
-                "device_id": c.device_id,
-                "at": _db_time(conn, c.at),
-                "firmware_version": c.firmware_version,
-                "root_version": c.root_version,
-                "timestamp_version": c.timestamp_version,
-                "targets_version": c.targets_version,
-                "health": json.dumps(c.health) if c.health is not None else None,
-                "hardware": c.hardware,
-            }
-            for c in ordered
-        ],
+        [{**_checkin_params(conn, c), "hardware": c.hardware} for c in ordered],
     )
     return refusals
 
