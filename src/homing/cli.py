@@ -851,6 +851,169 @@ def agent_apply_bundle(state_dir: Path, bundle: Path) -> None:
     out.print(f"trust updated to root v{trust.root_version}, targets v{trust.targets_version}")
 
 
+@cli.command("release")
+@click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--version", "version", required=True, help="Firmware version (PEP 440).")
+@click.option("--hardware", required=True, help="Hardware class the image is for.")
+@click.option("--sequence", type=int, help="Anti-rollback sequence (default: newest + 1).")
+@click.option("--notes", help="Release notes.")
+@click.option("--downgrade", is_flag=True, help="Release a lower version on purpose.")
+@_data_option
+@_db_option
+def release_cmd(
+    image: Path,
+    version: str,
+    hardware: str,
+    sequence: int | None,
+    notes: str | None,
+    downgrade: bool,
+    data: Path,
+    db_url: str | None,
+) -> None:
+    """Sign a firmware image into the firmware role (a TUF target) and record it."""
+    from homing.ceremonies import DataDir
+    from homing.ceremonies.releases import release
+
+    _ensure_passphrase(data)
+    rel = release(
+        DataDir(data, db_url),
+        image,
+        version,
+        hardware,
+        _now(),
+        sequence=sequence,
+        notes=notes,
+        downgrade=downgrade,
+        actor=_operator_actor(),
+    )
+    out.print(f"released {rel.target} (version {rel.version}, sequence {rel.sequence})")
+
+
+@cli.group()
+def rollout() -> None:
+    """Staged rollouts of released images."""
+
+
+def _stages(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"--stages must be comma-separated percentages, not {text!r}", 2)
+        return []
+
+
+@rollout.command("create")
+@click.option("--version", "version", required=True)
+@click.option("--hardware", required=True)
+@click.option("--stages", default="1,10,50,100", show_default=True)
+@click.option("--max-failure-ratio", type=float, default=0.1, show_default=True)
+@click.option("--success-ratio", type=float, default=0.9, show_default=True)
+@click.option("--soak-minutes", type=float, default=0.0, show_default=True)
+@click.option(
+    "--deadline-hours",
+    type=float,
+    default=24.0,
+    show_default=True,
+    help="A device in progress longer than this counts as stalled.",
+)
+@_data_option
+@_db_option
+def rollout_create(
+    version: str,
+    hardware: str,
+    stages: str,
+    max_failure_ratio: float,
+    success_ratio: float,
+    soak_minutes: float,
+    deadline_hours: float,
+    data: Path,
+    db_url: str | None,
+) -> None:
+    """Start a staged rollout of a released version to a hardware class."""
+    from homing.ceremonies import DataDir
+    from homing.server import rollouts
+
+    ro = rollouts.create(
+        DataDir(data, db_url).database(),
+        _operator_actor(),
+        _now(),
+        version,
+        hardware,
+        _stages(stages),
+        max_failure_ratio,
+        success_ratio,
+        timedelta(minutes=soak_minutes),
+        timedelta(hours=deadline_hours),
+    )
+    out.print(f"rollout {ro.id} of {ro.version} to {ro.hardware} started at {ro.percent}%")
+
+
+@rollout.command("pause")
+@click.argument("rollout_id", type=int)
+@_data_option
+@_db_option
+def rollout_pause(rollout_id: int, data: Path, db_url: str | None) -> None:
+    """Stop handing out the image (devices already updating finish)."""
+    from homing.ceremonies import DataDir
+    from homing.server import rollouts
+
+    rollouts.set_paused(
+        DataDir(data, db_url).database(), _operator_actor(), _now(), rollout_id, True
+    )
+    out.print(f"rollout {rollout_id} paused")
+
+
+@rollout.command("resume")
+@click.argument("rollout_id", type=int)
+@_data_option
+@_db_option
+def rollout_resume(rollout_id: int, data: Path, db_url: str | None) -> None:
+    """Resume a paused or halted rollout."""
+    from homing.ceremonies import DataDir
+    from homing.server import rollouts
+
+    rollouts.set_paused(
+        DataDir(data, db_url).database(), _operator_actor(), _now(), rollout_id, False
+    )
+    out.print(f"rollout {rollout_id} resumed")
+
+
+@rollout.command("status")
+@click.argument("rollout_id", type=int)
+@_data_option
+@_db_option
+def rollout_status(rollout_id: int, data: Path, db_url: str | None) -> None:
+    """Progress of a rollout: stage, successes, failures with reasons, stalled devices."""
+    import json as jsonlib
+
+    from homing.ceremonies import DataDir
+    from homing.server import rollouts
+
+    click.echo(
+        jsonlib.dumps(
+            rollouts.status(DataDir(data, db_url).database(), rollout_id, _now()),
+            indent=2,
+            default=str,
+        )
+    )
+
+
+@rollout.command("list")
+@_data_option
+@_db_option
+def rollout_list(data: Path, db_url: str | None) -> None:
+    """Every rollout and its state."""
+    from homing.ceremonies import DataDir
+    from homing.store import firmware
+
+    with DataDir(data, db_url).database().engine.connect() as conn:
+        for ro in firmware.list_rollouts(conn):
+            out.print(
+                f"{ro.id}: {ro.version} -> {ro.hardware} {ro.status} at {ro.percent}%"
+                + (f" ({ro.halt_reason})" if ro.halt_reason else "")
+            )
+
+
 def _guarded(entry: Callable[[], Any]) -> Callable[[], None]:
     @functools.wraps(entry)
     def run() -> None:

@@ -14,7 +14,11 @@ from typing import Any
 
 from aiohttp import web
 
-from homing.server.auth import refusal_problem, verify_device_certificate
+from homing.server.auth import (
+    authenticate_device,
+    refusal_problem,
+    verify_device_certificate,
+)
 from homing.server.errors import HTTPProblem
 from homing.server.metrics import METRICS
 from homing.server.state import ServerState
@@ -105,6 +109,27 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+async def _assignment(state: ServerState, record: CheckIn) -> dict[str, Any] | None:
+    """The assigned update; the database is asked only when a rollout could concern the device."""
+    from homing.server import rollouts
+    from homing.store import firmware
+
+    hardware = record.hardware
+    ro = state.rollouts_by_hardware().get(hardware) if hardware else None
+    if ro is None or record.firmware_version == ro.version:
+        return None
+    if firmware.bucket(record.device_id, ro.id) >= ro.percent:
+        return None
+
+    def assign() -> dict[str, Any] | None:
+        with state.db.engine.begin() as conn:
+            return rollouts.assignment(
+                conn, record.device_id, hardware, record.firmware_version, record.at
+            )
+
+    return await state.run(assign)
+
+
 def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
     async def checkin(request: web.Request) -> web.Response:
         identity = verify_device_certificate(request, state)
@@ -133,6 +158,7 @@ def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
         refusal = await writer.record(record, identity.serial)
         if refusal is not None:
             raise refusal_problem(refusal)
+        update = await _assignment(state, record)
         request.app[METRICS].checkins.inc()
         current = state.metadata_versions()
         reported = (record.root_version, record.timestamp_version, record.targets_version)
@@ -155,9 +181,38 @@ def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
                     "not_after": cert.not_valid_after_utc.isoformat(),
                     "renew_after": (cert.not_valid_before_utc + lifetime * 2 / 3).isoformat(),
                 },
-                # Filled in by rollouts (firmware issue); the field is part of the interface.
-                "update": None,
+                "update": update,
             }
         )
 
-    return [web.post("/v1/device/checkin", checkin)]
+    async def update_progress(request: web.Request) -> web.Response:
+        """A device reports where it is with its assigned image."""
+        from homing.server import rollouts
+        from homing.store import firmware
+
+        identity = await authenticate_device(request, state)
+        body = await json_body(request)
+        rollout_id = body.get("rollout")
+        progress = body.get("state")
+        if not isinstance(rollout_id, int) or progress not in firmware.STATES:
+            raise HTTPProblem(
+                400, "bad_request", f"'rollout' must be an id and 'state' one of {firmware.STATES}"
+            )
+        reason = _opt_str(body, "reason", 500)
+        version = _opt_str(body, "version")
+        now = state.now()
+
+        def record() -> dict[str, Any]:
+            with state.db.engine.begin() as conn:
+                firmware.rollout(conn, rollout_id)
+                firmware.record_progress(
+                    conn, rollout_id, identity.device_id, progress, now, reason, version
+                )
+                return rollouts.evaluate(conn, rollout_id, now).to_json()
+
+        return web.json_response({"rollout": await state.run(record)})
+
+    return [
+        web.post("/v1/device/checkin", checkin),
+        web.post("/v1/device/update", update_progress),
+    ]

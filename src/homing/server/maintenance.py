@@ -49,6 +49,15 @@ def maintain(data: Path | DataDir, now: datetime) -> list[str]:
     if due:
         ceremonies.write_crl(dd, "device", now)
         done.append("device CRL")
+    from homing.server import rollouts
+    from homing.store import firmware
+
+    with dd.database().engine.begin() as conn:
+        for ro in firmware.list_rollouts(conn):
+            if ro.status == "active":
+                after = rollouts.evaluate(conn, ro.id, now)
+                if (after.status, after.stage_index) != (ro.status, ro.stage_index):
+                    done.append(f"rollout {ro.id} {after.status} at stage {after.stage_index + 1}")
     if not isinstance(data, DataDir):
         dd.close()
     for item in done:

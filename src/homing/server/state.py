@@ -72,6 +72,7 @@ class ServerState:
         )
         self.root_ca = self.dd.certificate("root-ca.pem")
         self._versions: tuple[int, MetadataVersions] | None = None
+        self._rollouts: tuple[float, dict[str, Any]] | None = None
         self._file_marks: dict[str, int] = {}
         self.device_cas: list[x509.Certificate] = []
         self._device_ca: x509.Certificate | None = None
@@ -174,6 +175,19 @@ class ServerState:
             )
             self._versions = (mark, versions)
         return self._versions[1]
+
+    def rollouts_by_hardware(self) -> dict[str, Any]:
+        """Active rollouts, re-read every second: a new rollout takes effect without a restart."""
+        import time
+
+        from homing.store import firmware
+
+        now = time.monotonic()
+        if self._rollouts is None or now - self._rollouts[0] > 1.0:
+            with self.db.engine.connect() as conn:
+                active = [r for r in firmware.list_rollouts(conn) if r.status == "active"]
+            self._rollouts = (now, {r.hardware: r for r in active})
+        return self._rollouts[1]
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -34,6 +35,9 @@ __all__ = [
     "metadata",
     "operator_tokens",
     "recovery_nonces",
+    "releases",
+    "rollout_devices",
+    "rollouts",
 ]
 
 
@@ -151,4 +155,49 @@ recovery_nonces = Table(
     Column("device_id", String(64), nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
     Column("used_at", UTCDateTime),
+)
+
+releases = Table(
+    "releases",
+    metadata,
+    Column("target", String(255), primary_key=True),
+    Column("hardware", String(64), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("sequence", Integer, nullable=False),
+    Column("length", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("downgrade", Integer, nullable=False),
+    Column("notes", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ux_releases_hardware_sequence", "hardware", "sequence", unique=True),
+)
+
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("target", String(255), ForeignKey("releases.target"), nullable=False),
+    Column("hardware", String(64), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("stages", String(255), nullable=False),  # JSON list of percentages
+    Column("stage_index", Integer, nullable=False),
+    Column("stage_started_at", UTCDateTime, nullable=False),
+    Column("max_failure_ratio", Float, nullable=False),
+    Column("success_ratio", Float, nullable=False),
+    Column("soak_seconds", Integer, nullable=False),
+    Column("deadline_seconds", Integer, nullable=False),
+    Column("status", String(16), nullable=False),  # active | paused | halted | done
+    Column("halt_reason", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+rollout_devices = Table(
+    "rollout_devices",
+    metadata,
+    Column("rollout_id", Integer, ForeignKey("rollouts.id"), primary_key=True),
+    Column("device_id", String(64), ForeignKey("devices.device_id"), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("reason", Text),
+    Column("version", String(64)),
+    Column("updated_at", UTCDateTime, nullable=False),
 )

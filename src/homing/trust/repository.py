@@ -230,6 +230,39 @@ class TrustRepository:
         self._publish_snapshot(meta, snapshot_signer, timestamp_signer, now, root)
         return targets.signed.version
 
+    def publish_firmware(
+        self,
+        name: str,
+        data: bytes,
+        custom: Mapping[str, Any],
+        firmware_signer: Signer,
+        snapshot_signer: Signer,
+        timestamp_signer: Signer,
+        now: datetime,
+    ) -> int:
+        """Add an image to the delegated firmware role; returns the role's new version.
+
+        ``custom`` (version, hardware class, sequence, ...) is signed with the
+        hashes, so a device trusts it exactly as far as the image.
+        """
+        if not fnmatch_path(name):
+            raise CeremonyError(f"firmware target {name!r} must match {FIRMWARE_PATHS[0]}")
+        targets = self.targets()
+        firmware = self.targets(FIRMWARE_ROLE)
+        info = self._store_target(name, data)
+        info.unrecognized_fields["custom"] = dict(custom)
+        firmware.signed.targets[name] = info
+        firmware.signed.version += 1
+        firmware.signed.expires = now + self.expiries.delegations
+        firmware.signatures.clear()
+        _sign(firmware, [firmware_signer])
+        _check(targets, FIRMWARE_ROLE, firmware, "the firmware role")
+        self._write(f"{firmware.signed.version}.{FIRMWARE_ROLE}.json", firmware)
+        meta = {k: v.version for k, v in self.snapshot().signed.meta.items()}
+        meta[f"{FIRMWARE_ROLE}.json"] = firmware.signed.version
+        self._publish_snapshot(meta, snapshot_signer, timestamp_signer, now, self.root())
+        return firmware.signed.version
+
     def rotate_root(
         self,
         old_signers: Sequence[Signer],
@@ -383,6 +416,12 @@ def _check(delegator: Metadata[Any], role: str, delegate: Metadata[Any], what: s
         delegator.verify_delegate(role, delegate)
     except UnsignedMetadataError as e:
         raise CeremonyError(f"{what} is not signed by enough valid keys: {e}") from e
+
+
+def fnmatch_path(name: str) -> bool:
+    """Whether ``name`` falls in the firmware role's delegated paths (TUF spec 5.6.7.2)."""
+    parts = name.split("/")
+    return len(parts) == 2 and parts[0] == "firmware" and bool(parts[1])
 
 
 def _check_target_name(name: str) -> None:

@@ -1,0 +1,128 @@
+"""Rollouts: which device gets which image, in stages, halting by itself on failures.
+
+- Membership of a stage is a fixed hash of device and rollout
+  (``homing.store.firmware.bucket``): a device never flips in and out.
+- Success counts only when a device has booted the new image and committed
+  it, never at download or install.
+- A stage advances when its committed share reaches the success ratio (and
+  its soak time has passed); the rollout halts by itself when failed,
+  rolled-back and stalled devices pass the failure ratio of the stage's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection
+
+from homing.errors import ConflictError, PolicyError
+from homing.store import Database, audit
+from homing.store import firmware as store
+
+__all__ = ["assignment", "create", "evaluate", "set_paused", "status"]
+
+FINISHED = ("committed", *store.FAILED)
+
+
+def create(
+    db: Database,
+    actor: str,
+    now: datetime,
+    version: str,
+    hardware: str,
+    stages: Sequence[int] = (1, 10, 50, 100),
+    max_failure_ratio: float = 0.1,
+    success_ratio: float = 0.9,
+    soak: timedelta = timedelta(0),
+    deadline: timedelta = timedelta(hours=24),
+) -> store.Rollout:
+    if not stages or any(not 0 < s <= 100 for s in stages) or list(stages) != sorted(set(stages)):
+        raise PolicyError("stages must be increasing percentages in (0, 100], e.g. 1,10,50,100")
+    if stages[-1] != 100:
+        raise PolicyError("the last stage must be 100 (%)")
+    if not 0 <= max_failure_ratio < 1 or not 0 < success_ratio <= 1:
+        raise PolicyError("ratios must be in [0, 1)")
+    with db.engine.begin() as conn:
+        rel = store.release(conn, hardware, version)
+        if store.active_rollout(conn, hardware) is not None:
+            raise ConflictError(f"a rollout for {hardware} is active: pause or finish it first")
+        rollout_id = store.add_rollout(
+            conn, rel, stages, max_failure_ratio, success_ratio, soak, deadline, now
+        )
+        audit.audit(
+            conn,
+            now,
+            actor,
+            "rollout_create",
+            str(rollout_id),
+            {"version": version, "hardware": hardware, "stages": list(stages)},
+        )
+        return store.rollout(conn, rollout_id)
+
+
+def set_paused(db: Database, actor: str, now: datetime, rollout_id: int, paused: bool) -> None:
+    with db.engine.begin() as conn:
+        ro = store.rollout(conn, rollout_id)
+        wanted, allowed = ("paused", ("active",)) if paused else ("active", ("paused", "halted"))
+        if ro.status not in allowed:
+            raise ConflictError(f"rollout {rollout_id} is {ro.status}")
+        store.set_rollout_status(conn, rollout_id, wanted)
+        audit.audit(
+            conn, now, actor, "rollout_pause" if paused else "rollout_resume", str(rollout_id)
+        )
+
+
+def evaluate(conn: Connection, rollout_id: int, now: datetime) -> store.Rollout:
+    """Apply the halt rule, then the advance rule, to the current stage."""
+    ro = store.rollout(conn, rollout_id)
+    if ro.status != "active":
+        return ro
+    counts = store.stage_counts(conn, ro, now)
+    size = counts["size"]
+    bad = counts["failed"] + counts["stalled"]
+    if size and bad / size > ro.max_failure_ratio:
+        reason = (
+            f"halted at stage {ro.stage_index + 1} ({ro.percent}%): {counts['failed']} failed and "
+            f"{counts['stalled']} stalled of {size} devices, above the allowed "
+            f"{ro.max_failure_ratio:.0%}"
+        )
+        if counts["reasons"]:
+            reason += "; reasons: " + "; ".join(counts["reasons"])
+        store.set_rollout_status(conn, rollout_id, "halted", reason=reason)
+        audit.audit(conn, now, "rollouts", "rollout_halt", str(rollout_id), {"reason": reason})
+    elif (not size or counts["committed"] / size >= ro.success_ratio) and (
+        now - ro.stage_started_at >= ro.soak
+    ):
+        if ro.stage_index + 1 < len(ro.stages):
+            store.set_rollout_status(
+                conn, rollout_id, "active", stage_index=ro.stage_index + 1, now=now
+            )
+        else:
+            store.set_rollout_status(conn, rollout_id, "done")
+    return store.rollout(conn, rollout_id)
+
+
+def assignment(
+    conn: Connection, device_id: str, hardware: str | None, running: str | None, now: datetime
+) -> dict[str, Any] | None:
+    """The update a checking-in device should install, or None."""
+    if hardware is None:
+        return None
+    ro = store.active_rollout(conn, hardware)
+    if ro is None or store.bucket(device_id, ro.id) >= ro.percent or running == ro.version:
+        return None
+    state = store.device_state(conn, ro.id, device_id)
+    if state in FINISHED:
+        return None
+    if state is None:
+        store.record_progress(conn, ro.id, device_id, "assigned", now)
+    rel = store.release(conn, hardware, ro.version)
+    return {"rollout": ro.id, "target": ro.target, "version": ro.version, "sequence": rel.sequence}
+
+
+def status(db: Database, rollout_id: int, now: datetime) -> dict[str, Any]:
+    with db.engine.connect() as conn:
+        ro = store.rollout(conn, rollout_id)
+        return {**ro.to_json(), "stage_progress": store.stage_counts(conn, ro, now)}
