@@ -293,8 +293,11 @@ class Agent:
         health: dict[str, Any] = {}
         if self.clock_skew is not None:
             health["clock_skew_seconds"] = self.clock_skew
+        from homing.agent.update import installer_for
+
+        running = installer_for(self).active_version() or self.firmware_version
         body = {
-            "firmware_version": self.firmware_version,
+            "firmware_version": running,
             "hardware": self.config.hardware,
             "trust": report.trust,
             "health": health,
@@ -355,13 +358,19 @@ class Agent:
                     report.steps.append("certificate renewed (EST simplereenroll)")
                 except TransportError as e:
                     report.steps.append(f"renewal postponed: {e}")
+        from homing.agent import update
+
+        update.finish_pending(self, policy, now, report)
         try:
-            self.check_in(policy, now, report)
+            answer = self.check_in(policy, now, report)
         except TransportError as e:
             if "certificate_expired" not in str(e):
                 raise
             self.recover(policy, now)
             report.steps.append("certificate recovered by key proof")
-            self.check_in(policy, now, report)
+            answer = self.check_in(policy, now, report)
         report.checked_in = True
         report.steps.append("checked in")
+        assigned = answer.get("update")
+        if isinstance(assigned, dict):
+            update.apply_update(self, policy, now, assigned, report)

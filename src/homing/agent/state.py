@@ -44,6 +44,10 @@ class DeviceConfig:
     hardware: str | None
     released_at: str
     server: str | None = None
+    # Firmware updates: a command that must exit 0 after a new slot boots, and
+    # an optional system installer (e.g. "rauc install {path}").
+    health_command: str | None = None
+    install_command: str | None = None
 
     def to_json(self) -> bytes:
         return json.dumps({"schema": SCHEMA, **asdict(self)}, indent=2).encode() + b"\n"

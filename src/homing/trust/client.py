@@ -24,14 +24,14 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Metadata
+from tuf.api.metadata import Metadata, TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from homing.config import Limits
 from homing.errors import ConfigError, MetadataError, TransportError
 from homing.trust.pins import PIN_POLICY_TARGET, PinPolicy
 
-__all__ = ["DirectoryFetcher", "TrustState", "refresh_trust"]
+__all__ = ["DirectoryFetcher", "TrustState", "refresh_trust", "target_info"]
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +187,39 @@ def refresh_trust(
         raise MetadataError(f"trust metadata is malformed: {e}") from e
     except OSError as e:
         raise ConfigError(f"cannot write trust state in {metadata_dir}: {e}") from e
+
+
+def target_info(
+    metadata_dir: Path,
+    metadata_url: str,
+    name: str,
+    now: datetime,
+    *,
+    fetcher: FetcherInterface,
+    bootstrap_root: bytes | None = None,
+    limits: Limits | None = None,
+) -> TargetFile:
+    """The verified TargetFile for ``name``, following delegations (TUF spec 5.6.7)."""
+    limits = limits or Limits()
+    try:
+        updater = Updater(
+            str(metadata_dir),
+            metadata_url,
+            str(metadata_dir / "targets"),
+            None,
+            fetcher=fetcher,
+            config=_updater_config(limits),
+            bootstrap=_choose_bootstrap(metadata_dir, bootstrap_root),
+        )
+        updater._trusted_set.reference_time = now
+        updater.refresh()
+        info = updater.get_targetinfo(name)
+    except tuf_errors.RepositoryError as e:
+        raise MetadataError(f"trust metadata refused: {e}") from e
+    except tuf_errors.DownloadError as e:
+        raise TransportError(f"cannot fetch trust metadata: {e}") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise MetadataError(f"trust metadata is malformed: {e}") from e
+    if info is None:
+        raise MetadataError(f"no signed target {name!r}")
+    return info
