@@ -116,9 +116,9 @@ def _download(agent: Agent, policy: PinPolicy, now: datetime, info: TargetFile) 
 def _healthy(agent: Agent, policy: PinPolicy, now: datetime, report: CycleReport) -> str | None:
     """None when healthy, or why not: the health command, then a pinned check-in."""
     command = agent.config.health_command
+    if command:
         # The command comes from the device's own configuration, never from the network.
         result = subprocess.run(  # noqa: S603
-        result = subprocess.run(
             shlex.split(command), capture_output=True, text=True, timeout=600, check=False
         )
         if result.returncode != 0:
