@@ -734,11 +734,19 @@ def agent_status(state_dir: Path, as_json: bool) -> None:
     config = state.config()
     cert = state.certificate()
     last = state.last_run()
+    from homing.agent.installer import SlotInstaller
+
+    slots = SlotInstaller(state.root / "slots")
     doc = {
         "device_id": config.device_id,
         "hardware": config.hardware,
         "certificate_expires": cert.not_valid_after_utc.isoformat() if cert else None,
         "trust": last.get("trust", {}),
+        "slots": slots.slots(),
+        "active_slot": slots.active_slot(),
+        "active_version": slots.active_version(),
+        "update_pending_commit": slots.pending(),
+        "last_update": [s for s in last.get("steps", []) if "firmware" in s or "update" in s],
         "last_run": last,
     }
     if as_json:

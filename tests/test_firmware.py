@@ -1,0 +1,249 @@
+"""Firmware releases, rollouts and installs with real agents on loopback."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from homing.agent.agent import Agent, CycleReport
+from homing.agent.state import DeviceState
+from homing.agent.update import apply_update, installer_for
+from homing.ceremonies.releases import release
+from homing.errors import CeremonyError, ConflictError
+from homing.factory import provision
+from homing.server import rollouts
+from homing.store import firmware
+from homing.store.schema import rollout_devices
+from tests.harness import RunningServer
+
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+IMAGE = b"\x7fELF homing firmware image " * 4000
+
+
+def _image(tmp_path: Path, payload: bytes = IMAGE, name: str = "fw.img") -> Path:
+    path = tmp_path / name
+    path.write_bytes(payload)
+    return path
+
+
+def _device(
+    server: RunningServer,
+    tmp_path: Path,
+    name: str,
+    hardware: str = "board-a",
+    health: str | None = None,
+) -> DeviceState:
+    state = provision(
+        server.state.dd,
+        tmp_path / name,
+        datetime.now(UTC),
+        device_id=name,
+        hardware=hardware,
+        server=f"https://127.0.0.1:{server.port}",
+    )
+    if health:
+        config = state.config()
+        config.health_command = health
+        from homing.fsutil import atomic_write
+
+        atomic_write(state.config_path, config.to_json())
+    return state
+
+
+def _agent(state: DeviceState) -> Agent:
+    return Agent(state, firmware_version="1.0.0")
+
+
+def _rollout(
+    server: RunningServer,
+    version: str = "2.0.0",
+    stages: tuple[int, ...] = (100,),
+    ratio: float = 0.2,
+) -> int:
+    ro = rollouts.create(
+        server.state.db, "test", datetime.now(UTC), version, "board-a", stages, ratio
+    )
+    time.sleep(1.1)  # the server re-reads active rollouts every second
+    return ro.id
+
+
+def _states(server: RunningServer, rollout_id: int) -> dict[str, str]:
+    with server.state.db.engine.connect() as conn:
+        return dict(
+            conn.execute(
+                select(rollout_devices.c.device_id, rollout_devices.c.state).where(
+                    rollout_devices.c.rollout_id == rollout_id
+                )
+            ).all()
+        )
+
+
+def test_release_rules(server: RunningServer, tmp_path: Path) -> None:
+    dd, now = server.state.dd, datetime.now(UTC)
+    first = release(dd, _image(tmp_path), "2.0.0", "board-a", now)
+    assert first.sequence == 1
+    with pytest.raises(CeremonyError, match=r"not newer than 2\.0\.0"):
+        release(dd, _image(tmp_path, b"x"), "1.9.0", "board-a", now)
+    with pytest.raises(CeremonyError, match="not above 1"):
+        release(dd, _image(tmp_path, b"y"), "2.1.0", "board-a", now, sequence=1)
+    # Versions compare as versions: 2.10.0 is newer than 2.9.0.
+    assert release(dd, _image(tmp_path, b"z"), "2.9.0", "board-a", now).sequence == 2
+    assert release(dd, _image(tmp_path, b"w"), "2.10.0", "board-a", now).sequence == 3
+    downgrade = release(dd, _image(tmp_path, b"v"), "2.0.1", "board-a", now, downgrade=True)
+    assert downgrade.sequence == 4
+    assert downgrade.downgrade
+    with pytest.raises(CeremonyError, match="not a version"):
+        release(dd, _image(tmp_path, b"u"), "two", "board-a", now)
+    with pytest.raises(CeremonyError, match="invalid hardware"):
+        release(dd, _image(tmp_path, b"t"), "3.0", "../x", now)
+    repo = dd.repository(dd.settings())
+    custom = repo.targets("firmware").signed.targets[first.target].custom
+    assert custom["sequence"] == 1
+    assert custom["hardware"] == "board-a"
+
+
+def test_rollout_installs_commits_and_reports(server: RunningServer, tmp_path: Path) -> None:
+    state = _device(server, tmp_path, "dev-1")
+    release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
+    rollout_id = _rollout(server)
+    report = _agent(state).run_once()
+    assert report.checked_in, report
+    assert "firmware 2.0.0 committed" in report.steps
+    installer = installer_for(_agent(state))
+    assert installer.active_version() == "2.0.0"
+    assert (state.root / "slots" / installer.active_slot() / "image").read_bytes() == IMAGE
+    assert _states(server, rollout_id) == {"dev-1": "committed"}
+    with server.state.db.engine.connect() as conn:
+        assert firmware.rollout(conn, rollout_id).status == "done"
+    # Next cycle: the device runs 2.0.0 and gets nothing more.
+    again = _agent(state).run_once()
+    assert again.checked_in
+    assert not [s for s in again.steps if "firmware" in s]
+
+
+def test_failed_health_check_rolls_back_and_is_reported(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    state = _device(server, tmp_path, "dev-1", health="false")
+    release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
+    rollout_id = _rollout(server, ratio=0.5)
+    report = _agent(state).run_once()
+    assert any(
+        s.startswith("firmware 2.0.0 rolled back: health check failed") for s in report.steps
+    )
+    installer = installer_for(_agent(state))
+    assert installer.active_version() is None  # back on the factory slot
+    assert not installer.pending()
+    assert _states(server, rollout_id) == {"dev-1": "rolled_back"}
+
+
+def _assignment(server: RunningServer, target: str, version: str) -> dict[str, object]:
+    with server.state.db.engine.begin() as conn:
+        rel = firmware.release(conn, "board-a", version)
+        ro = firmware.add_rollout(
+            conn,
+            rel,
+            [100],
+            0.5,
+            0.9,
+            timedelta(0),
+            timedelta(hours=1),
+            datetime.now(UTC),
+        )
+    return {"rollout": ro, "target": target, "version": version}
+
+
+def _apply(state: DeviceState, assignment: dict[str, object]) -> CycleReport:
+    agent = _agent(state)
+    report = CycleReport()
+    trust = agent.refresh_trust(datetime.now(UTC), report)
+    apply_update(agent, trust.pin_policy, datetime.now(UTC), assignment, report)
+    return report
+
+
+def test_image_for_another_hardware_is_refused(server: RunningServer, tmp_path: Path) -> None:
+    state = _device(server, tmp_path, "dev-b", hardware="board-b")
+    rel = release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
+    report = _apply(state, _assignment(server, rel.target, "2.0.0"))
+    assert any("image is for hardware 'board-a'" in s for s in report.steps)
+    assert installer_for(_agent(state)).active_version() is None
+
+
+def test_lower_sequence_is_refused(server: RunningServer, tmp_path: Path) -> None:
+    state = _device(server, tmp_path, "dev-1")
+    old = release(server.state.dd, _image(tmp_path, b"old"), "2.0.0", "board-a", datetime.now(UTC))
+    new = release(server.state.dd, _image(tmp_path, b"new"), "3.0.0", "board-a", datetime.now(UTC))
+    assert (
+        "firmware 3.0.0 committed" in _apply(state, _assignment(server, new.target, "3.0.0")).steps
+    )
+    report = _apply(state, _assignment(server, old.target, "2.0.0"))
+    assert any("anti-rollback" in s for s in report.steps)
+    assert installer_for(_agent(state)).active_version() == "3.0.0"
+
+
+def test_tampered_image_is_refused(server: RunningServer, tmp_path: Path) -> None:
+    """Attack: the image on the server is replaced after it was signed."""
+    state = _device(server, tmp_path, "dev-1")
+    rel = release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
+    (stored,) = (server.data / "repository" / "targets" / "firmware").glob(f"{rel.sha256}.*")
+    stored.write_bytes(b"\x00" * len(IMAGE))
+    report = _apply(state, _assignment(server, rel.target, "2.0.0"))
+    assert any("does not match its signed hashes" in s for s in report.steps)
+    assert installer_for(_agent(state)).active_version() is None
+    assert not list((state.root / "downloads").glob("*"))
+
+
+def test_truncated_download_resumes(server: RunningServer, tmp_path: Path) -> None:
+    state = _device(server, tmp_path, "dev-1")
+    rel = release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
+    downloads = state.root / "downloads"
+    downloads.mkdir()
+    (downloads / f"{rel.sha256}.partial").write_bytes(IMAGE[: len(IMAGE) // 3])
+    report = _apply(state, _assignment(server, rel.target, "2.0.0"))
+    assert "firmware 2.0.0 committed" in report.steps
+    assert installer_for(_agent(state)).active_version() == "2.0.0"
+
+
+def test_rollout_of_twenty_agents_halts_on_failures(server: RunningServer, tmp_path: Path) -> None:
+    states = [_device(server, tmp_path, f"dev-{i:02d}", health="false") for i in range(20)]
+    release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
+    rollout_id = _rollout(server, stages=(25, 100), ratio=0.2)
+    in_stage = {
+        s.config().device_id
+        for s in states
+        if firmware.bucket(s.config().device_id, rollout_id) < 25
+    }
+    assert in_stage, "the seed must put some devices in the first stage"
+    for state in states:
+        assert _agent(state).run_once().checked_in
+    with server.state.db.engine.connect() as conn:
+        ro = firmware.rollout(conn, rollout_id)
+    assert ro.status == "halted"
+    assert "health check failed" in (ro.halt_reason or "")
+    touched = _states(server, rollout_id)
+    # Only first-stage devices were ever offered the image; the rest were never updated.
+    assert set(touched) <= in_stage
+    assert 2 <= len([s for s in touched.values() if s == "rolled_back"]) <= len(in_stage)
+    for state in states:
+        assert installer_for(_agent(state)).active_version() is None
+
+
+def test_pause_and_resume(server: RunningServer, tmp_path: Path) -> None:
+    state = _device(server, tmp_path, "dev-1")
+    release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
+    rollout_id = _rollout(server)
+    rollouts.set_paused(server.state.db, "test", datetime.now(UTC), rollout_id, True)
+    time.sleep(1.1)
+    report = _agent(state).run_once()
+    assert report.checked_in
+    assert installer_for(_agent(state)).active_version() is None
+    with pytest.raises(ConflictError):
+        rollouts.set_paused(server.state.db, "test", datetime.now(UTC), rollout_id, True)
+    rollouts.set_paused(server.state.db, "test", datetime.now(UTC), rollout_id, False)
+    time.sleep(1.1)
+    assert "firmware 2.0.0 committed" in _agent(state).run_once().steps
