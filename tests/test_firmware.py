@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -247,3 +248,44 @@ def test_pause_and_resume(server: RunningServer, tmp_path: Path) -> None:
     rollouts.set_paused(server.state.db, "test", datetime.now(UTC), rollout_id, False)
     time.sleep(1.1)
     assert "firmware 2.0.0 committed" in _agent(state).run_once().steps
+
+
+def test_power_cuts_during_download_and_install(server: RunningServer, tmp_path: Path) -> None:
+    """Cut the power anywhere in an update: a bootable slot always, the job done on restart."""
+    import random
+
+    from tests.test_agent_power_cuts import RUNS, PowerCut, power_cut_at
+
+    release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
+    rollout_id = _rollout(server, stages=(100,), ratio=1.0 - 1e-9)
+    probe = _device(server, tmp_path, "probe")
+    with power_cut_at(None, False) as counter:
+        assert "firmware 2.0.0 committed" in _agent(probe).run_once().steps
+    operations = counter[0]
+    rng = random.Random(5)
+    for run in range(RUNS):
+        state = _device(server, tmp_path, f"cut-{run}")
+        index, after = rng.randint(1, operations), rng.random() < 0.5
+        with power_cut_at(index, after), contextlib.suppress(PowerCut):
+            _agent(state).run_once()
+        installer = installer_for(_agent(state))
+        active = installer.active_slot()
+        version = installer.active_version()
+        # Bootable: the factory slot, or a slot holding the whole verified image.
+        assert version is None or (state.root / "slots" / active / "image").read_bytes() == IMAGE
+        report = _agent(state).run_once()
+        assert report.checked_in, (run, index, after, report)
+        if installer_for(_agent(state)).active_version() != "2.0.0":
+            report = _agent(state).run_once()
+        final = installer_for(_agent(state))
+        assert final.active_version() == "2.0.0", (
+            run,
+            index,
+            after,
+            report,
+            _states(server, rollout_id).get(f"cut-{run}"),
+            (state.root / "update.json").exists(),
+            final.slots(),
+        )
+        assert not final.pending()
+        assert _states(server, rollout_id)[f"cut-{run}"] == "committed"

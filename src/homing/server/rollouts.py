@@ -46,7 +46,8 @@ def create(
         raise PolicyError("ratios must be in [0, 1)")
     with db.engine.begin() as conn:
         rel = store.release(conn, hardware, version)
-        if store.active_rollout(conn, hardware) is not None:
+        current = store.active_rollout(conn, hardware)
+        if current is not None and current.status == "active":
             raise ConflictError(f"a rollout for {hardware} is active: pause or finish it first")
         rollout_id = store.add_rollout(
             conn, rel, stages, max_failure_ratio, success_ratio, soak, deadline, now

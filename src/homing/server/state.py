@@ -185,7 +185,7 @@ class ServerState:
         now = time.monotonic()
         if self._rollouts is None or now - self._rollouts[0] > 1.0:
             with self.db.engine.connect() as conn:
-                active = [r for r in firmware.list_rollouts(conn) if r.status == "active"]
+                active = [r for r in firmware.list_rollouts(conn) if r.status in ("active", "done")]
             self._rollouts = (now, {r.hardware: r for r in active})
         return self._rollouts[1]
 

@@ -207,10 +207,14 @@ def list_rollouts(conn: Connection) -> list[Rollout]:
 
 
 def active_rollout(conn: Connection, hardware: str) -> Rollout | None:
-    """The newest rollout for a hardware class that is handing out its image."""
+    """The newest rollout for a hardware class that is handing out its image.
+
+    A finished ("done") rollout keeps handing it out: a device that was off,
+    or enrolled later, still catches up.
+    """
     r = conn.execute(
         select(rollouts)
-        .where(rollouts.c.hardware == hardware, rollouts.c.status == "active")
+        .where(rollouts.c.hardware == hardware, rollouts.c.status.in_(("active", "done")))
         .order_by(rollouts.c.id.desc())
         .limit(1)
     ).first()
