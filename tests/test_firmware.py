@@ -289,3 +289,35 @@ def test_power_cuts_during_download_and_install(server: RunningServer, tmp_path:
         )
         assert not final.pending()
         assert _states(server, rollout_id)[f"cut-{run}"] == "committed"
+
+
+def test_rollouts_in_the_admin_api(server: RunningServer, tmp_path: Path) -> None:
+    from homing.server import operations
+
+    release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
+    reader = {
+        "Authorization": "Bearer "
+        + operations.add_token(server.state.db, "t", datetime.now(UTC), "reader", "read-only")
+    }
+    operator = {
+        "Authorization": "Bearer "
+        + operations.add_token(server.state.db, "t", datetime.now(UTC), "ops", "operator")
+    }
+    body = {"version": "2.0.0", "hardware": "board-a", "stages": [10, 100]}
+    assert server.request("POST", "/v1/admin/rollouts", body, headers=reader).status == 403
+    created = server.request("POST", "/v1/admin/rollouts", body, headers=operator)
+    assert created.status == 201, created.body
+    rollout_id = created.json()["id"]
+    assert server.request("POST", "/v1/admin/rollouts", body, headers=operator).status == 409
+    bad = {"version": "9.9.9", "hardware": "board-a"}
+    assert server.request("POST", "/v1/admin/rollouts", bad, headers=operator).status == 404
+    path = f"/v1/admin/rollouts/{rollout_id}"
+    assert server.request("POST", f"{path}/pause", {}, headers=operator).status == 200
+    shown = server.request("GET", path, headers=reader).json()
+    assert shown["status"] == "paused"
+    assert "stage_progress" in shown
+    assert server.request("POST", f"{path}/resume", {}, headers=operator).status == 200
+    listed = server.request("GET", "/v1/admin/rollouts", headers=reader).json()["rollouts"]
+    assert [r["status"] for r in listed] == ["active"]
+    status = server.request("GET", "/v1/admin/status", headers=reader).json()
+    assert status["rollouts"][0]["version"] == "2.0.0"

@@ -25,6 +25,13 @@ def _int_query(request: web.Request, key: str, default: int, maximum: int) -> in
     return int(raw)
 
 
+def _rollout_id(request: web.Request) -> int:
+    raw = request.match_info["rollout_id"]
+    if not raw.isdigit():
+        raise HTTPProblem(404, "not_found", "no such rollout")
+    return int(raw)
+
+
 def routes(state: ServerState) -> list[web.RouteDef]:
     async def devices(request: web.Request) -> web.Response:
         op = await authenticate_operator(request, state, "read-only")
@@ -101,7 +108,77 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         )
         return web.json_response({"name": name, "secret": secret}, status=201)
 
+    async def rollout_list(request: web.Request) -> web.Response:
+        await authenticate_operator(request, state, "read-only")
+
+        def read() -> list[dict[str, Any]]:
+            from homing.store import firmware
+
+            with state.db.engine.connect() as conn:
+                return [r.to_json() for r in firmware.list_rollouts(conn)]
+
+        return web.json_response({"rollouts": await state.run(read)})
+
+    async def rollout_create(request: web.Request) -> web.Response:
+        from datetime import timedelta
+
+        from homing.server import rollouts
+
+        op = await authenticate_operator(request, state, "operator")
+        body = await json_body(request)
+        version, hardware = body.get("version"), body.get("hardware")
+        stages = body.get("stages", [1, 10, 50, 100])
+        ratio = body.get("max_failure_ratio", 0.1)
+        if not isinstance(version, str) or not isinstance(hardware, str):
+            raise HTTPProblem(400, "bad_request", "'version' and 'hardware' are required strings")
+        if not isinstance(stages, list) or not all(isinstance(s, int) for s in stages):
+            raise HTTPProblem(400, "bad_request", "'stages' must be a list of percentages")
+        if not isinstance(ratio, int | float):
+            raise HTTPProblem(400, "bad_request", "'max_failure_ratio' must be a number")
+        ro = await state.run(
+            lambda: rollouts.create(
+                state.db,
+                f"token:{op.name}",
+                state.now(),
+                version,
+                hardware,
+                stages,
+                float(ratio),
+                0.9,
+                timedelta(0),
+                timedelta(hours=24),
+            )
+        )
+        return web.json_response(ro.to_json(), status=201)
+
+    async def rollout_show(request: web.Request) -> web.Response:
+        from homing.server import rollouts
+
+        await authenticate_operator(request, state, "read-only")
+        rollout_id = _rollout_id(request)
+        return web.json_response(
+            await state.run(rollouts.status, state.db, rollout_id, state.now())
+        )
+
+    def pause_or_resume(paused: bool) -> Any:
+        async def handler(request: web.Request) -> web.Response:
+            from homing.server import rollouts
+
+            op = await authenticate_operator(request, state, "operator")
+            rollout_id = _rollout_id(request)
+            await state.run(
+                rollouts.set_paused, state.db, f"token:{op.name}", state.now(), rollout_id, paused
+            )
+            return web.json_response({"rollout": rollout_id, "paused": paused})
+
+        return handler
+
     return [
+        web.get("/v1/admin/rollouts", rollout_list),
+        web.post("/v1/admin/rollouts", rollout_create),
+        web.get("/v1/admin/rollouts/{rollout_id}", rollout_show),
+        web.post("/v1/admin/rollouts/{rollout_id}/pause", pause_or_resume(True)),
+        web.post("/v1/admin/rollouts/{rollout_id}/resume", pause_or_resume(False)),
         web.get("/v1/admin/devices", devices),
         web.get("/v1/admin/devices/{device_id}", device),
         web.post("/v1/admin/devices/{device_id}/revoke", revoke),

@@ -134,8 +134,18 @@ def fleet_status(dd: DataDir, db: Database, actor: str, now: datetime) -> dict[s
         warnings.append(
             f"{summary['device_certificates_expiring']} device certificates expire within 30 days"
         )
+    from homing.server import rollouts as rollout_ops
+    from homing.store import firmware
+
+    with db.engine.connect() as conn:
+        listed = firmware.list_rollouts(conn)
+    rollout_view = [rollout_ops.status(db, r.id, now) for r in listed if r.status != "done"]
+    for r in listed:
+        if r.status == "halted":
+            warnings.append(f"rollout {r.id} halted: {r.halt_reason}")
     return {
         **summary,
+        "rollouts": rollout_view,
         "metadata_versions": {
             "root": repo.root_version(),
             "timestamp": repo.timestamp().signed.version,
