@@ -7,7 +7,13 @@ import json
 import platform
 from pathlib import Path
 
-from benchmarks import bench_agent, bench_checkin, bench_issuance, bench_root_walk
+from benchmarks import (
+    bench_agent,
+    bench_checkin,
+    bench_firmware,
+    bench_issuance,
+    bench_root_walk,
+)
 
 
 def main() -> None:
@@ -22,6 +28,7 @@ def main() -> None:
         "root_walk": bench_root_walk.run(quick=args.quick),
         "checkin": bench_checkin.run(quick=args.quick),
         "agent": bench_agent.run(quick=args.quick),
+        "firmware": bench_firmware.run(quick=args.quick),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
