@@ -321,3 +321,162 @@ def test_rollouts_in_the_admin_api(server: RunningServer, tmp_path: Path) -> Non
     assert [r["status"] for r in listed] == ["active"]
     status = server.request("GET", "/v1/admin/status", headers=reader).json()
     assert status["rollouts"][0]["version"] == "2.0.0"
+
+
+def test_ceremony_mode_release_signed_offline_and_imported(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from homing.ceremonies.releases import import_signed, sign_offline
+
+    offline = tmp_path / "offline-metadata"
+    shutil.copytree(server.data / "repository" / "metadata", offline)
+    key = server.data / "keys" / "firmware.key.pem"  # in ceremony mode: on removable media
+    signed = tmp_path / "signed"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "homing.cli",
+            "release",
+            str(_image(tmp_path)),
+            "--version",
+            "2.0.0",
+            "--hardware",
+            "board-a",
+            "--offline-metadata",
+            str(offline),
+            "--release-key",
+            str(key),
+            "--out",
+            str(signed),
+            "--data",
+            str(tmp_path / "no-data-needed"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rel = import_signed(server.state.dd, signed, datetime.now(UTC))
+    assert rel.sequence == 1
+    state = _device(server, tmp_path, "dev-1")
+    _rollout(server)
+    assert "firmware 2.0.0 committed" in _agent(state).run_once().steps
+    # A stale offline signature (the role moved on) and a wrong key are refused.
+    with pytest.raises(CeremonyError, match="expects"):
+        import_signed(server.state.dd, signed, datetime.now(UTC))
+    offline2 = tmp_path / "offline2"
+    shutil.copytree(server.data / "repository" / "metadata", offline2)
+    wrong_key = server.data / "keys" / "targets.key.pem"
+    sign_offline(
+        offline2,
+        _image(tmp_path, b"v3"),
+        "3.0.0",
+        "board-a",
+        wrong_key,
+        tmp_path / "wrong",
+        datetime.now(UTC),
+    )
+    with pytest.raises(CeremonyError, match="not signed by enough valid keys"):
+        import_signed(server.state.dd, tmp_path / "wrong", datetime.now(UTC))
+    sign_offline(
+        offline2,
+        _image(tmp_path, b"v3"),
+        "3.0.0",
+        "board-a",
+        key,
+        tmp_path / "tampered",
+        datetime.now(UTC),
+    )
+    (tmp_path / "tampered" / "image").write_bytes(b"evil")
+    with pytest.raises(CeremonyError, match="does not match"):
+        import_signed(server.state.dd, tmp_path / "tampered", datetime.now(UTC))
+
+
+def test_update_applied_by_hand_from_a_bundle_is_reported(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from homing.store import devices as device_store
+
+    state = _device(server, tmp_path, "dev-1")
+    rel = release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
+    bundle = tmp_path / "bundle.tar"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "homing.cli",
+            "recovery-bundle",
+            "--data",
+            str(server.data),
+            "--out",
+            str(bundle),
+            "--image",
+            rel.target,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    applied = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "homing.cli",
+            "agent",
+            "apply-bundle",
+            "--state",
+            str(state.root),
+            str(bundle),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert "firmware 2.0.0 installed by hand and committed" in " ".join(applied.stdout.split())
+    assert _agent(state).run_once().checked_in
+    with server.state.db.engine.connect() as conn:
+        row = device_store.device(conn, "dev-1")
+    assert row is not None
+    assert row.firmware_version == "2.0.0"
+    assert row.health is not None
+    assert row.health["manual_update"]["version"] == "2.0.0"
+    assert not (state.root / "manual-update.json").exists()
+
+
+def test_maintenance_window_and_bandwidth_cap(server: RunningServer, tmp_path: Path) -> None:
+    from homing.agent.update import in_window
+    from homing.fsutil import atomic_write
+
+    local = datetime(2026, 11, 28, 3, 30).astimezone()
+    assert in_window("2-5", local)
+    assert not in_window("6-8", local)
+    assert in_window("22-4", local)
+    assert in_window(None, local)
+    state = _device(server, tmp_path, "dev-1")
+    config = state.config()
+    hour = datetime.now().astimezone().hour
+    config.maintenance_window = f"{(hour + 2) % 24}-{(hour + 3) % 24}"
+    config.bandwidth_kib_s = 1024
+    atomic_write(state.config_path, config.to_json())
+    release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
+    _rollout(server)
+    started = time.monotonic()
+    report = _agent(state).run_once()
+    elapsed = time.monotonic() - started
+    assert any("waits for the maintenance window" in s for s in report.steps)
+    assert installer_for(_agent(state)).active_version() is None
+    # 108,000 bytes at 1 MiB/s take about 0.1 s.
+    assert elapsed >= len(IMAGE) / (1024 * 1024) * 0.9

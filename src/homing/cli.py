@@ -835,12 +835,18 @@ def _tuf_client(
 @cli.command("recovery-bundle")
 @_data_option
 @click.option("--out", "out_file", type=click.Path(path_type=Path, dir_okay=False), required=True)
-def recovery_bundle(data: Path, out_file: Path) -> None:
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    help="A firmware target devices should install from the bundle (repeatable).",
+)
+def recovery_bundle(data: Path, out_file: Path, images: tuple[str, ...]) -> None:
     """Write the metadata chain and the pin policy to one file, for devices reached by hand."""
     from homing.ceremonies import DataDir
     from homing.trust.bundle import write_bundle
 
-    count = write_bundle(DataDir(data).repository_dir, out_file)
+    count = write_bundle(DataDir(data).repository_dir, out_file, list(images))
     out.print(f"recovery bundle with {count} files written to {out_file}")
 
 
@@ -854,9 +860,16 @@ def agent_apply_bundle(state_dir: Path, bundle: Path) -> None:
     from homing.trust.bundle import extracted
 
     agent_ = Agent(DeviceState(state_dir))
+    from homing.agent.update import install_from_bundle
+    from homing.trust.bundle import bundle_images
+
     with extracted(bundle) as directory:
-        trust = agent_.refresh_from_directory(directory.as_uri(), agent_.now())
-    out.print(f"trust updated to root v{trust.root_version}, targets v{trust.targets_version}")
+        now = agent_.now()
+        trust = agent_.refresh_from_directory(directory.as_uri(), now)
+        out.print(f"trust updated to root v{trust.root_version}, targets v{trust.targets_version}")
+        images = bundle_images(directory)
+        if images:
+            out.print(install_from_bundle(agent_, directory, images, now))
 
 
 @cli.command("release")
@@ -866,6 +879,22 @@ def agent_apply_bundle(state_dir: Path, bundle: Path) -> None:
 @click.option("--sequence", type=int, help="Anti-rollback sequence (default: newest + 1).")
 @click.option("--notes", help="Release notes.")
 @click.option("--downgrade", is_flag=True, help="Release a lower version on purpose.")
+@click.option(
+    "--offline-metadata",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Ceremony mode: a copy of the repository metadata to sign against.",
+)
+@click.option(
+    "--release-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Ceremony mode: the release key file.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Ceremony mode: where to write the signed role and image.",
+)
 @_data_option
 @_db_option
 def release_cmd(
@@ -875,13 +904,43 @@ def release_cmd(
     sequence: int | None,
     notes: str | None,
     downgrade: bool,
+    offline_metadata: Path | None,
+    release_key: Path | None,
+    out_dir: Path | None,
     data: Path,
     db_url: str | None,
 ) -> None:
-    """Sign a firmware image into the firmware role (a TUF target) and record it."""
-    from homing.ceremonies import DataDir
-    from homing.ceremonies.releases import release
+    """Sign a firmware image into the firmware role (a TUF target) and record it.
 
+    With --offline-metadata, --release-key and --out, sign on a machine off the
+    network; the server then publishes it with `homing release-import`.
+    """
+    from homing.ceremonies import DataDir
+    from homing.ceremonies.releases import release, sign_offline
+
+    if offline_metadata or release_key or out_dir:
+        if not (offline_metadata and release_key and out_dir):
+            _fail("ceremony mode needs --offline-metadata, --release-key and --out", 2)
+        assert offline_metadata
+        assert release_key
+        assert out_dir
+        sign_offline(
+            offline_metadata,
+            image,
+            version,
+            hardware,
+            release_key,
+            out_dir,
+            _now(),
+            sequence=sequence,
+            notes=notes,
+            downgrade=downgrade,
+        )
+        out.print(
+            f"signed firmware role written to {out_dir}: import it with "
+            f"`homing release-import {out_dir}` on the server"
+        )
+        return
     _ensure_passphrase(data)
     rel = release(
         DataDir(data, db_url),
@@ -895,6 +954,20 @@ def release_cmd(
         actor=_operator_actor(),
     )
     out.print(f"released {rel.target} (version {rel.version}, sequence {rel.sequence})")
+
+
+@cli.command("release-import")
+@click.argument("signed", type=click.Path(path_type=Path, file_okay=False))
+@_data_option
+@_db_option
+def release_import(signed: Path, data: Path, db_url: str | None) -> None:
+    """Verify an offline-signed firmware role and publish it (ceremony mode)."""
+    from homing.ceremonies import DataDir
+    from homing.ceremonies.releases import import_signed
+
+    _ensure_passphrase(data)
+    rel = import_signed(DataDir(data, db_url), signed, _now(), actor=_operator_actor())
+    out.print(f"imported {rel.target} (version {rel.version}, sequence {rel.sequence})")
 
 
 @cli.group()

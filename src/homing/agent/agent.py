@@ -17,6 +17,7 @@ One cycle (``Agent.run_once``):
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -293,6 +294,10 @@ class Agent:
         health: dict[str, Any] = {}
         if self.clock_skew is not None:
             health["clock_skew_seconds"] = self.clock_skew
+        manual = self.state.root / "manual-update.json"
+        if manual.exists():
+            with contextlib.suppress(ValueError):
+                health["manual_update"] = json.loads(manual.read_bytes())
         from homing.agent.update import installer_for
 
         running = installer_for(self).active_version() or self.firmware_version
@@ -315,6 +320,8 @@ class Agent:
         if status != 200:
             raise TransportError(f"check-in refused: HTTP {status} {raw[:200]!r}")
         answer: dict[str, Any] = json.loads(raw)
+        # The server has recorded the manual update with this check-in.
+        manual.unlink(missing_ok=True)
         # Evidence for the time floor: the server's certificate was valid now.
         newest = max((c.not_valid_before_utc for c in chain), default=None)
         self.state.raise_time_floor(max(filter(None, [now, newest])))

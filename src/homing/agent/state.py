@@ -48,6 +48,10 @@ class DeviceConfig:
     # an optional system installer (e.g. "rauc install {path}").
     health_command: str | None = None
     install_command: str | None = None
+    # Optional: download at most this many KiB/s; install only in these local
+    # hours, "START-END" (e.g. "2-5", wrapping past midnight as "22-4").
+    bandwidth_kib_s: int | None = None
+    maintenance_window: str | None = None
 
     def to_json(self) -> bytes:
         return json.dumps({"schema": SCHEMA, **asdict(self)}, indent=2).encode() + b"\n"

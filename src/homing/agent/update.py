@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import subprocess
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,13 @@ from homing.trust.pins import PinPolicy
 if TYPE_CHECKING:
     from homing.agent.agent import Agent, CycleReport
 
-__all__ = ["apply_update", "finish_pending", "installer_for"]
+__all__ = [
+    "apply_update",
+    "finish_pending",
+    "in_window",
+    "install_from_bundle",
+    "installer_for",
+]
 
 log = logging.getLogger(__name__)
 _CHUNK = 256 * 1024
@@ -95,6 +102,8 @@ def _download(agent: Agent, policy: PinPolicy, now: datetime, info: TargetFile) 
                 partial.unlink()
             elif response.status not in (200, 206):
                 raise TransportError(f"image download refused: HTTP {response.status}")
+            limit = agent.config.bandwidth_kib_s
+            started, start_have = time.monotonic(), have
             with partial.open("ab") as out:
                 while have < info.length:
                     chunk = response.read(min(_CHUNK, info.length - have))
@@ -102,6 +111,11 @@ def _download(agent: Agent, policy: PinPolicy, now: datetime, info: TargetFile) 
                         break
                     out.write(chunk)
                     have += len(chunk)
+                    if limit:
+                        # Sleep until the average rate is back under the cap.
+                        ahead = (have - start_have) / (limit * 1024) - (time.monotonic() - started)
+                        if ahead > 0:
+                            time.sleep(ahead)
                 out.flush()
                 os.fsync(out.fileno())
         except OSError as e:
@@ -152,6 +166,19 @@ def finish_pending(agent: Agent, policy: PinPolicy, now: datetime, report: Cycle
         report.steps.append(f"firmware {version} rolled back: {reason}")
         _report(agent, policy, now, rollout, "rolled_back", reason, installer.active_version())
     _progress_path(agent).unlink(missing_ok=True)
+
+
+def in_window(window: str | None, now: datetime) -> bool:
+    """Whether the device's local hour is inside ``START-END`` (no window: always)."""
+    if not window:
+        return True
+    try:
+        start, end = (int(x) for x in window.split("-"))
+    except ValueError:
+        log.warning("ignoring malformed maintenance window %r", window)
+        return True
+    hour = now.astimezone().hour
+    return start <= hour < end if start <= end else hour >= start or hour < end
 
 
 def _read_progress(agent: Agent) -> dict[str, Any]:
@@ -214,6 +241,12 @@ def apply_update(
         report.steps.append(f"update refused: {reason}")
         _progress_path(agent).unlink(missing_ok=True)
         return
+    if not in_window(agent.config.maintenance_window, now):
+        report.steps.append(
+            f"firmware {version} downloaded and verified; installing waits for the "
+            f"maintenance window {agent.config.maintenance_window}"
+        )
+        return
     installer.install(path, version, sequence)
     _report(agent, policy, now, rollout, "installed", version=version)
     installer.boot_new()
@@ -221,3 +254,57 @@ def apply_update(
     _report(agent, policy, now, rollout, "booted", version=version)
     report.steps.append(f"firmware {version} installed and booted")
     finish_pending(agent, policy, now, report)
+
+
+def install_from_bundle(agent: Agent, directory: Path, names: list[str], now: datetime) -> str:
+    """Install, by hand, an image carried in a recovery bundle; returns what happened.
+
+    Trust has just been refreshed from the same bundle, so the image is
+    checked against signed metadata exactly as an online update is. The
+    result is reported at the next check-in.
+    """
+    from homing.trust.client import DirectoryFetcher
+
+    installer = installer_for(agent)
+    candidates = []
+    for name in names:
+        info = target_info(
+            agent.state.trust_dir,
+            (directory / "metadata").as_uri() + "/",
+            name,
+            now,
+            fetcher=DirectoryFetcher(),
+            bootstrap_root=agent.state.factory_root(),
+            limits=agent.limits,
+        )
+        custom = info.custom if isinstance(info.custom, dict) else {}
+        if custom.get("hardware") == agent.config.hardware:
+            candidates.append((int(custom.get("sequence", 0)), str(custom.get("version")), info))
+    if not candidates:
+        return f"the bundle holds no image for hardware {agent.config.hardware!r}"
+    sequence, version, info = max(candidates, key=lambda c: c[0])
+    if sequence <= installer.active_sequence():
+        return f"anti-rollback: sequence {sequence} is not above {installer.active_sequence()}"
+    sub, _, base = info.path.rpartition("/")
+    image = directory / "targets" / sub / f"{info.hashes['sha256']}.{base}"
+    try:
+        with image.open("rb") as f:
+            info.verify_length_and_hashes(f)
+    except (OSError, tuf_errors.LengthOrHashMismatchError) as e:
+        return f"the image in the bundle does not match its signed hashes: {e}"
+    installer.install(image, version, sequence)
+    installer.boot_new()
+    command = agent.config.health_command
+    if command:
+        result = subprocess.run(  # noqa: S603 - the device's own configuration
+            shlex.split(command), capture_output=True, text=True, timeout=600, check=False
+        )
+        if result.returncode != 0:
+            installer.rollback()
+            return f"firmware {version} rolled back: health check failed"
+    installer.commit()
+    atomic_write(
+        agent.state.root / "manual-update.json",
+        json.dumps({"version": version, "sequence": sequence, "at": now.isoformat()}).encode(),
+    )
+    return f"firmware {version} installed by hand and committed"

@@ -14,6 +14,7 @@ import hashlib
 import re
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
@@ -23,7 +24,7 @@ from homing.errors import CeremonyError
 from homing.store import audit
 from homing.store import firmware as store
 
-__all__ = ["parse_version", "release"]
+__all__ = ["import_signed", "parse_version", "release", "sign_offline"]
 
 _HARDWARE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_IMAGE_BYTES = 4 * 1024**3
@@ -114,4 +115,140 @@ def release(
             name,
             {"version": str(new_version), "sequence": sequence, "downgrade": downgrade},
         )
+    return rel
+
+
+def _latest_signed(firmware_md: Any, hardware: str) -> tuple[int, str | None]:
+    """Newest sequence and its version for ``hardware`` in signed firmware metadata."""
+    best, version = 0, None
+    for info in firmware_md.signed.targets.values():
+        custom = info.custom if isinstance(info.custom, dict) else {}
+        if custom.get("hardware") == hardware and int(custom.get("sequence", 0)) > best:
+            best, version = int(custom["sequence"]), str(custom.get("version"))
+    return best, version
+
+
+def sign_offline(
+    metadata_dir: Path,
+    image: Path,
+    version: str,
+    hardware: str,
+    release_key: Path,
+    out: Path,
+    now: datetime,
+    *,
+    sequence: int | None = None,
+    notes: str | None = None,
+    downgrade: bool = False,
+    expires_in: Any = None,
+) -> Path:
+    """Ceremony mode: sign the next firmware role version on a machine off the network.
+
+    ``metadata_dir`` is a copy of the repository's metadata; the release key
+    never leaves this machine. ``out`` receives the signed role metadata and
+    the image, for ``import_signed`` on the server.
+    """
+    import json
+    import shutil
+
+    from tuf.api.metadata import Metadata, TargetFile, Targets
+
+    from homing.ceremonies.ceremonies import _read_offline_key
+    from homing.config import Expiries
+    from homing.trust.repository import FIRMWARE_ROLE
+    from homing.trust.signing import signer_for
+
+    if not _HARDWARE.fullmatch(hardware):
+        raise CeremonyError(f"invalid hardware class {hardware!r}")
+    new_version = parse_version(version)
+    snapshot_files = sorted(
+        metadata_dir.glob("*.snapshot.json"), key=lambda p: int(p.name.split(".")[0])
+    )
+    if not snapshot_files:
+        raise CeremonyError(f"no repository metadata in {metadata_dir}")
+    snapshot = json.loads(snapshot_files[-1].read_bytes())
+    current = snapshot["signed"]["meta"][f"{FIRMWARE_ROLE}.json"]["version"]
+    firmware = Metadata[Targets].from_bytes(
+        (metadata_dir / f"{current}.{FIRMWARE_ROLE}.json").read_bytes()
+    )
+    latest, latest_version = _latest_signed(firmware, hardware)
+    sequence = sequence if sequence is not None else latest + 1
+    if sequence <= latest:
+        raise CeremonyError(f"sequence {sequence} is not above {latest}, the newest for {hardware}")
+    if latest_version and new_version <= parse_version(latest_version) and not downgrade:
+        raise CeremonyError(
+            f"version {version} is not newer than {latest_version}: pass --downgrade"
+        )
+    payload = image.read_bytes()
+    name = f"firmware/{hardware}-{new_version}-{sequence}.img"
+    info = TargetFile.from_data(name, payload, ["sha256"])
+    info.unrecognized_fields["custom"] = {
+        "version": str(new_version),
+        "hardware": hardware,
+        "sequence": sequence,
+        "downgrade": bool(downgrade),
+        "notes": notes or "",
+    }
+    firmware.signed.targets[name] = info
+    firmware.signed.version += 1
+    firmware.signed.expires = now + (expires_in or Expiries().delegations)
+    firmware.signatures.clear()
+    firmware.sign(signer_for(_read_offline_key(release_key)))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{firmware.signed.version}.{FIRMWARE_ROLE}.json").write_bytes(firmware.to_bytes())
+    shutil.copyfile(image, out / "image")
+    return out
+
+
+def import_signed(
+    data: Path | DataDir, signed: Path, now: datetime, actor: str = "cli"
+) -> store.Release:
+    """Server side of ceremony mode: verify the offline-signed firmware role and publish it."""
+    from tuf.api.metadata import Metadata, Targets
+
+    from homing.trust.repository import FIRMWARE_ROLE, _check
+
+    dd, settings, keys = _open(data)
+    repo = dd.repository(settings)
+    files = sorted(signed.glob(f"*.{FIRMWARE_ROLE}.json"))
+    if len(files) != 1 or not (signed / "image").is_file():
+        raise CeremonyError(f"{signed} must hold one N.{FIRMWARE_ROLE}.json and the image")
+    firmware = Metadata[Targets].from_bytes(files[0].read_bytes())
+    current = repo.targets(FIRMWARE_ROLE)
+    if firmware.signed.version != current.signed.version + 1:
+        raise CeremonyError(
+            f"signed firmware role is version {firmware.signed.version}; the repository expects "
+            f"{current.signed.version + 1} (sign again from current metadata)"
+        )
+    _check(repo.targets(), FIRMWARE_ROLE, firmware, "the offline-signed firmware role")
+    new = set(firmware.signed.targets) - set(current.signed.targets)
+    if len(new) != 1:
+        raise CeremonyError("the signed firmware role must add exactly one image")
+    (name,) = new
+    info = firmware.signed.targets[name]
+    payload = (signed / "image").read_bytes()
+    import io
+
+    try:
+        info.verify_length_and_hashes(io.BytesIO(payload))
+    except Exception as e:
+        raise CeremonyError(f"the image does not match the signed target: {e}") from e
+    custom = info.custom
+    rel = store.Release(
+        target=name,
+        hardware=str(custom["hardware"]),
+        version=str(custom["version"]),
+        sequence=int(custom["sequence"]),
+        length=len(payload),
+        sha256=hashlib.sha256(payload).hexdigest(),
+        downgrade=bool(custom.get("downgrade")),
+        notes=str(custom.get("notes") or "") or None,
+        created_at=now,
+    )
+    db = dd.database()
+    snapshot, timestamp = _online_signers(keys, settings)
+    with db.engine.begin() as conn:
+        store.add_release(conn, rel)
+        repo.import_firmware(firmware, name, payload, snapshot, timestamp, now)
+        audit.audit(conn, now, actor, "release_import", name, {"sequence": rel.sequence})
     return rel

@@ -6,6 +6,8 @@ the TUF workflow, exactly as if it came from the server.
 
 from __future__ import annotations
 
+import io
+import json
 import shutil
 import tarfile
 import tempfile
@@ -15,14 +17,17 @@ from pathlib import Path
 
 from homing.errors import ConfigError, TrustError
 
-__all__ = ["MAX_BUNDLE_BYTES", "extracted", "write_bundle"]
+__all__ = ["MAX_BUNDLE_BYTES", "bundle_images", "extracted", "write_bundle"]
 
 MAX_BUNDLE_BYTES = 2 * 1024**3
 MAX_MEMBERS = 100_000
 
 
-def write_bundle(repository: Path, out: Path) -> int:
-    """Write metadata/ and targets/ of ``repository`` to the tar file ``out``."""
+def write_bundle(repository: Path, out: Path, images: list[str] | None = None) -> int:
+    """Write metadata/ and targets/ of ``repository`` to the tar file ``out``.
+
+    ``images`` names firmware targets a device should install from the bundle.
+    """
     if not (repository / "metadata").is_dir():
         raise ConfigError(f"no repository at {repository}")
     tmp = out.with_name(f".{out.name}.tmp")
@@ -33,6 +38,10 @@ def write_bundle(repository: Path, out: Path) -> int:
                 if path.is_file():
                     tar.add(path, arcname=str(path.relative_to(repository)), recursive=False)
                     count += 1
+        manifest = json.dumps({"images": images or []}).encode()
+        info = tarfile.TarInfo("metadata/bundle.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
     tmp.replace(out)
     return count
 
@@ -66,3 +75,13 @@ def extracted(bundle: Path) -> Iterator[Path]:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def bundle_images(directory: Path) -> list[str]:
+    """The firmware targets an extracted bundle asks to install (unsigned hint only)."""
+    try:
+        doc = json.loads((directory / "metadata" / "bundle.json").read_bytes())
+    except (FileNotFoundError, ValueError):
+        return []
+    images = doc.get("images") if isinstance(doc, dict) else None
+    return [i for i in images if isinstance(i, str)] if isinstance(images, list) else []

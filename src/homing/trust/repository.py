@@ -263,6 +263,24 @@ class TrustRepository:
         self._publish_snapshot(meta, snapshot_signer, timestamp_signer, now, self.root())
         return firmware.signed.version
 
+    def import_firmware(
+        self,
+        firmware: Metadata[Targets],
+        name: str,
+        data: bytes,
+        snapshot_signer: Signer,
+        timestamp_signer: Signer,
+        now: datetime,
+    ) -> int:
+        """Publish a firmware role version signed elsewhere (ceremony mode)."""
+        _check(self.targets(), FIRMWARE_ROLE, firmware, "the firmware role")
+        self._store_target(name, data)
+        self._write(f"{firmware.signed.version}.{FIRMWARE_ROLE}.json", firmware)
+        meta = {k: v.version for k, v in self.snapshot().signed.meta.items()}
+        meta[f"{FIRMWARE_ROLE}.json"] = firmware.signed.version
+        self._publish_snapshot(meta, snapshot_signer, timestamp_signer, now, self.root())
+        return firmware.signed.version
+
     def rotate_root(
         self,
         old_signers: Sequence[Signer],
