@@ -9,6 +9,7 @@ from pathlib import Path
 
 from benchmarks import (
     bench_agent,
+    bench_assignment,
     bench_checkin,
     bench_firmware,
     bench_issuance,
@@ -29,6 +30,7 @@ def main() -> None:
         "checkin": bench_checkin.run(quick=args.quick),
         "agent": bench_agent.run(quick=args.quick),
         "firmware": bench_firmware.run(quick=args.quick),
+        "assignment": bench_assignment.run(quick=args.quick),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
