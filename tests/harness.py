@@ -129,7 +129,7 @@ class RunningServer:
 
     def start(self) -> RunningServer:
         self._thread.start()
-        assert self._ready.wait(10)
+        assert self._ready.wait(60), "the test server did not start"
         return self
 
     def stop(self) -> None:
