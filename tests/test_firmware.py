@@ -480,3 +480,23 @@ def test_maintenance_window_and_bandwidth_cap(server: RunningServer, tmp_path: P
     assert installer_for(_agent(state)).active_version() is None
     # 108,000 bytes at 1 MiB/s take about 0.1 s.
     assert elapsed >= len(IMAGE) / (1024 * 1024) * 0.9
+
+
+def test_rollout_to_a_named_group(server: RunningServer, tmp_path: Path) -> None:
+    states = [_device(server, tmp_path, f"dev-{i}") for i in range(4)]
+    release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
+    with server.state.db.engine.begin() as conn:
+        firmware.set_group(conn, "lab", ["dev-1", "dev-3"])
+    ro = rollouts.create(
+        server.state.db, "test", datetime.now(UTC), "2.0.0", "board-a", group="lab"
+    )
+    time.sleep(1.1)
+    for state in states:
+        assert _agent(state).run_once().checked_in
+    versions = {s.config().device_id: installer_for(_agent(s)).active_version() for s in states}
+    assert versions == {"dev-0": None, "dev-1": "2.0.0", "dev-2": None, "dev-3": "2.0.0"}
+    assert _states(server, ro.id) == {"dev-1": "committed", "dev-3": "committed"}
+    with pytest.raises(Exception, match="empty or unknown"):
+        rollouts.create(
+            server.state.db, "test", datetime.now(UTC), "2.0.0", "board-a", group="nobody"
+        )

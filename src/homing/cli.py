@@ -552,6 +552,15 @@ def status_cmd(data: Path, db_url: str | None, as_json: bool) -> None:
     table.add_row("devices never seen", str(summary["devices_never_seen"]))
     table.add_row("last check-in", summary["last_check_in"] or "never")
     table.add_row("server certificate expires", summary["server_certificate_expires"])
+    for ro in summary.get("rollouts", []):
+        progress = ro["stage_progress"]
+        table.add_row(
+            f"rollout {ro['id']} ({ro['version']} -> {ro['hardware']})",
+            f"{ro['status']} at stage {ro['stage'] + 1} ({ro['percent']}%): "
+            f"{progress['committed']} committed, {progress['failed']} failed, "
+            f"{progress['stalled']} stalled of {progress['size']}"
+            + (f"; {ro['halt_reason']}" if ro.get("halt_reason") else ""),
+        )
     out.print(table)
 
 
@@ -639,6 +648,27 @@ def device_provision(
     )
     config = state.config()
     out.print(f"device {config.device_id!r} provisioned in {out_dir}")
+
+
+@devices.command("group")
+@click.argument("name")
+@click.argument("device_ids", nargs=-1)
+@_data_option
+@_db_option
+def devices_group(name: str, device_ids: tuple[str, ...], data: Path, db_url: str | None) -> None:
+    """Make the named device group exactly these devices (for rollouts with --group)."""
+    from homing.ceremonies import DataDir
+    from homing.fsutil import safe_name
+    from homing.store import audit, firmware
+
+    safe_name(name, "group name")
+    db = DataDir(data, db_url).database()
+    with db.engine.begin() as conn:
+        firmware.set_group(conn, name, list(device_ids))
+        audit.audit(
+            conn, _now(), _operator_actor(), "set_group", name, {"devices": list(device_ids)}
+        )
+    out.print(f"group {name!r}: {len(device_ids)} device(s)")
 
 
 @cli.group()
@@ -1007,10 +1037,11 @@ def rollout_create(
     success_ratio: float,
     soak_minutes: float,
     deadline_hours: float,
+    group: str | None,
     data: Path,
     db_url: str | None,
 ) -> None:
-    """Start a staged rollout of a released version to a hardware class."""
+    """Start a staged rollout of a released version to a hardware class (or a group)."""
     from homing.ceremonies import DataDir
     from homing.server import rollouts
 
@@ -1025,8 +1056,10 @@ def rollout_create(
         success_ratio,
         timedelta(minutes=soak_minutes),
         timedelta(hours=deadline_hours),
+        group,
     )
-    out.print(f"rollout {ro.id} of {ro.version} to {ro.hardware} started at {ro.percent}%")
+    where = f"group {group!r}" if group else f"{ro.percent}%"
+    out.print(f"rollout {ro.id} of {ro.version} to {ro.hardware} started at {where}")
 
 
 @rollout.command("pause")

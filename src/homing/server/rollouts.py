@@ -37,7 +37,11 @@ def create(
     success_ratio: float = 0.9,
     soak: timedelta = timedelta(0),
     deadline: timedelta = timedelta(hours=24),
+    group: str | None = None,
 ) -> store.Rollout:
+    """A rollout in stages of the hardware class, or (``group``) to one named device group."""
+    if group is not None:
+        stages = (100,)
     if not stages or any(not 0 < s <= 100 for s in stages) or list(stages) != sorted(set(stages)):
         raise PolicyError("stages must be increasing percentages in (0, 100], e.g. 1,10,50,100")
     if stages[-1] != 100:
@@ -49,8 +53,10 @@ def create(
         current = store.active_rollout(conn, hardware)
         if current is not None and current.status == "active":
             raise ConflictError(f"a rollout for {hardware} is active: pause or finish it first")
+        if group is not None and not store.groups_members(conn, group):
+            raise PolicyError(f"device group {group!r} is empty or unknown")
         rollout_id = store.add_rollout(
-            conn, rel, stages, max_failure_ratio, success_ratio, soak, deadline, now
+            conn, rel, stages, max_failure_ratio, success_ratio, soak, deadline, now, group
         )
         audit.audit(
             conn,
@@ -112,7 +118,9 @@ def assignment(
     if hardware is None:
         return None
     ro = store.active_rollout(conn, hardware)
-    if ro is None or store.bucket(device_id, ro.id) >= ro.percent or running == ro.version:
+    if ro is None or running == ro.version:
+        return None
+    if not ro.covers(device_id, store.groups_of(conn, device_id) if ro.group else frozenset()):
         return None
     state = store.device_state(conn, ro.id, device_id)
     if state in FINISHED:

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from homing.errors import ConflictError, NotFoundError
-from homing.store.schema import devices, releases, rollout_devices, rollouts
+from homing.store.schema import device_groups, devices, releases, rollout_devices, rollouts
 
 __all__ = [
     "FAILED",
@@ -67,6 +67,13 @@ class Rollout:
     status: str
     halt_reason: str | None
     created_at: datetime
+    group: str | None = None
+
+    def covers(self, device_id: str, groups: frozenset[str] = frozenset()) -> bool:
+        """Whether the device is in the current stage (or in the rollout's group)."""
+        if self.group is not None:
+            return self.group in groups
+        return bucket(device_id, self.id) < self.percent
 
     @property
     def percent(self) -> int:
@@ -84,6 +91,7 @@ class Rollout:
             "status": self.status,
             "halt_reason": self.halt_reason,
             "max_failure_ratio": self.max_failure_ratio,
+            "group": self.group,
         }
 
 
@@ -116,6 +124,7 @@ def _rollout(r: Any) -> Rollout:
         status=m["status"],
         halt_reason=m["halt_reason"],
         created_at=m["created_at"],
+        group=m.get("group_name"),
     )
 
 
@@ -173,6 +182,7 @@ def add_rollout(
     soak: timedelta,
     deadline: timedelta,
     now: datetime,
+    group: str | None = None,
 ) -> int:
     result = conn.execute(
         insert(rollouts).values(
@@ -188,6 +198,7 @@ def add_rollout(
             deadline_seconds=int(deadline.total_seconds()),
             status="active",
             created_at=now,
+            group_name=group,
         )
     )
     key = result.inserted_primary_key
@@ -276,6 +287,7 @@ def record_progress(
 
 def stage_counts(conn: Connection, ro: Rollout, now: datetime) -> dict[str, Any]:
     """Size of the current stage and how its devices fared (stalled ones count as failed)."""
+    grouped = set(groups_members(conn, ro.group)) if ro.group else set()
     members = [
         d
         for d in conn.execute(
@@ -283,7 +295,7 @@ def stage_counts(conn: Connection, ro: Rollout, now: datetime) -> dict[str, Any]
                 devices.c.hardware == ro.hardware, devices.c.status == "active"
             )
         ).scalars()
-        if bucket(d, ro.id) < ro.percent
+        if (d in grouped if ro.group else bucket(d, ro.id) < ro.percent)
     ]
     states = dict(
         conn.execute(
@@ -324,3 +336,36 @@ def stage_counts(conn: Connection, ro: Rollout, now: datetime) -> dict[str, Any]
         "stalled": stalled,
         "reasons": reasons,
     }
+
+
+def set_group(conn: Connection, name: str, device_ids: Sequence[str]) -> None:
+    """Make ``name`` exactly these devices."""
+    from sqlalchemy import delete
+
+    known = set(
+        conn.execute(
+            select(devices.c.device_id).where(devices.c.device_id.in_(list(device_ids)))
+        ).scalars()
+    )
+    missing = sorted(set(device_ids) - known)
+    if missing:
+        raise NotFoundError(f"no devices {', '.join(missing)}")
+    conn.execute(delete(device_groups).where(device_groups.c.name == name))
+    if device_ids:
+        conn.execute(insert(device_groups), [{"name": name, "device_id": d} for d in device_ids])
+
+
+def groups_members(conn: Connection, name: str) -> list[str]:
+    return list(
+        conn.execute(
+            select(device_groups.c.device_id).where(device_groups.c.name == name)
+        ).scalars()
+    )
+
+
+def groups_of(conn: Connection, device_id: str) -> frozenset[str]:
+    return frozenset(
+        conn.execute(
+            select(device_groups.c.name).where(device_groups.c.device_id == device_id)
+        ).scalars()
+    )

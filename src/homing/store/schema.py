@@ -30,6 +30,7 @@ __all__ = [
     "audit_log",
     "certificates",
     "checkins",
+    "device_groups",
     "devices",
     "factory_credentials",
     "metadata",
@@ -189,6 +190,15 @@ rollouts = Table(
     Column("status", String(16), nullable=False),  # active | paused | halted | done
     Column("halt_reason", Text),
     Column("created_at", UTCDateTime, nullable=False),
+    # Aimed at a named device group instead of stages of the whole class.
+    Column("group_name", String(64)),
+)
+
+device_groups = Table(
+    "device_groups",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("device_id", String(64), ForeignKey("devices.device_id"), primary_key=True),
 )
 
 rollout_devices = Table(
