@@ -115,6 +115,23 @@ def run(quick: bool = False) -> dict[str, float]:
 
         file_buffered = _rate(lambda: homing_file(False), count)
         file_fsync = _rate(lambda: homing_file(True), count, rounds=1)
+
+        from homing.ceremonies.ledger import DatabaseLedger
+        from homing.store import Database
+
+        def homing_database(batch: int) -> None:
+            """The server's record: SQLite, one transaction per `batch` certificates."""
+            db = Database(f"sqlite:///{Path(tmp) / f'ledger-{time.perf_counter_ns()}.db'}")
+            db.migrate()
+            for start in range(0, len(csrs), batch):
+                with db.engine.begin() as conn:
+                    authority = Authority(ca, key, DatabaseLedger(db, conn, now))
+                    for data in csrs[start : start + batch]:
+                        authority.issue_csr(data, profile, now)
+            db.dispose()
+
+        database_each = _rate(lambda: homing_database(1), count, rounds=1)
+        database_batched = _rate(lambda: homing_database(100), count, rounds=1)
     results = {
         "raw_cryptography_per_s": raw,
         "homing_memory_ledger_per_s": memory,
@@ -123,10 +140,19 @@ def run(quick: bool = False) -> dict[str, float]:
         "ratio_memory_ledger": memory / raw,
         "ratio_file_ledger": file_buffered / raw,
         "ratio_file_ledger_fsync": file_fsync / raw,
+        "homing_database_per_s": database_each,
+        "homing_database_batched_per_s": database_batched,
+        "ratio_database": database_each / raw,
+        "ratio_database_batched": database_batched / raw,
     }
     print("issuance from CSRs (one core, higher is better; goal ratio >= 0.5)")
     print(f"  raw cryptography            {raw:8.0f}/s")
     print(f"  homing, memory ledger       {memory:8.0f}/s  ratio {memory / raw:.2f}")
     print(f"  homing, file ledger         {file_buffered:8.0f}/s  ratio {file_buffered / raw:.2f}")
     print(f"  homing, file ledger + fsync {file_fsync:8.0f}/s  ratio {file_fsync / raw:.2f}")
+    print(f"  homing, SQLite, 1 per commit {database_each:7.0f}/s  ratio {database_each / raw:.2f}")
+    print(
+        f"  homing, SQLite, 100 per commit {database_batched:5.0f}/s  "
+        f"ratio {database_batched / raw:.2f}"
+    )
     return results

@@ -663,7 +663,7 @@ def devices_group(name: str, device_ids: tuple[str, ...], data: Path, db_url: st
 
     safe_name(name, "group name")
     db = DataDir(data, db_url).database()
-    with db.engine.begin() as conn:
+    with db.begin() as conn:
         firmware.set_group(conn, name, list(device_ids))
         audit.audit(
             conn, _now(), _operator_actor(), "set_group", name, {"devices": list(device_ids)}

@@ -42,7 +42,7 @@ def provision(
     repo = data.repository(settings)
     newest_root = (data.metadata_dir / f"{repo.root_version()}.root.json").read_bytes()
     db = data.database()
-    with db.engine.begin() as conn:
+    with db.begin() as conn:
         if device_store.device(conn, device_id) is not None:
             from homing.errors import ConflictError
 
@@ -64,7 +64,7 @@ def provision(
     from homing.fsutil import atomic_write
 
     atomic_write(out / "pins.json", repo.target_bytes(PIN_POLICY_TARGET))
-    with db.engine.begin() as conn:
+    with db.begin() as conn:
         device_store.enroll_device(conn, device_id, spki, now, "provision", hardware)
         audit.audit(
             conn,

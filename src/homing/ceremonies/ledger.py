@@ -46,11 +46,12 @@ class DatabaseLedger:
         if self._conn is not None:
             yield self._conn
         else:
-            with self._db.engine.begin() as conn:
+            with self._db.begin() as conn:
                 yield conn
 
     def contains(self, serial: int) -> bool:
-        return self.get(serial) is not None
+        with self._tx() as conn:
+            return certs.serial_exists(conn, serial)
 
     def get(self, serial: int) -> IssuedRecord | None:
         with self._tx() as conn:

@@ -102,7 +102,7 @@ def release(
         notes=notes,
         created_at=now,
     )
-    with db.engine.begin() as conn:
+    with db.begin() as conn:
         store.add_release(conn, rel)
         repo.publish_firmware(
             name, payload, custom, _signer(keys, "firmware"), snapshot, timestamp, now
@@ -247,7 +247,7 @@ def import_signed(
     )
     db = dd.database()
     snapshot, timestamp = _online_signers(keys, settings)
-    with db.engine.begin() as conn:
+    with db.begin() as conn:
         store.add_release(conn, rel)
         repo.import_firmware(firmware, name, payload, snapshot, timestamp, now)
         audit.audit(conn, now, actor, "release_import", name, {"sequence": rel.sequence})

@@ -129,6 +129,9 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         version, hardware = body.get("version"), body.get("hardware")
         stages = body.get("stages", [1, 10, 50, 100])
         ratio = body.get("max_failure_ratio", 0.1)
+        group = body.get("group")
+        if group is not None and not isinstance(group, str):
+            raise HTTPProblem(400, "bad_request", "'group' must be a string")
         if not isinstance(version, str) or not isinstance(hardware, str):
             raise HTTPProblem(400, "bad_request", "'version' and 'hardware' are required strings")
         if not isinstance(stages, list) or not all(isinstance(s, int) for s in stages):
@@ -147,6 +150,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                 0.9,
                 timedelta(0),
                 timedelta(hours=24),
+                group,
             )
         )
         return web.json_response(ro.to_json(), status=201)

@@ -54,7 +54,7 @@ class CheckinWriter:
         return await future
 
     def _write(self, batch: list[tuple[CheckIn, int]]) -> list[str | None]:
-        with self.state.db.write_lock(), self.state.db.engine.begin() as conn:
+        with self.state.db.write_lock(), self.state.db.begin() as conn:
             return device_store.record_checkins(
                 conn, [c for c, _ in batch], [serial for _, serial in batch]
             )
@@ -122,7 +122,7 @@ async def _assignment(state: ServerState, record: CheckIn) -> dict[str, Any] | N
         return None
 
     def assign() -> dict[str, Any] | None:
-        with state.db.engine.begin() as conn:
+        with state.db.begin() as conn:
             return rollouts.assignment(
                 conn, record.device_id, hardware, record.firmware_version, record.at
             )
@@ -203,7 +203,7 @@ def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
         now = state.now()
 
         def record() -> dict[str, Any]:
-            with state.db.engine.begin() as conn:
+            with state.db.begin() as conn:
                 firmware.rollout(conn, rollout_id)
                 firmware.record_progress(
                     conn, rollout_id, identity.device_id, progress, now, reason, version

@@ -127,7 +127,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         now = state.now()
 
         def enroll() -> x509.Certificate:
-            with state.db.engine.begin() as conn:
+            with state.db.begin() as conn:
                 try:
                     credentials.verify_factory(conn, name, secret)
                 except AuthError as e:
@@ -169,7 +169,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         now = state.now()
 
         def reenroll() -> x509.Certificate:
-            with state.db.engine.begin() as conn:
+            with state.db.begin() as conn:
                 approved = approve_csr(
                     csr_der,
                     device_profile(state.settings.validity.device),

@@ -52,7 +52,7 @@ def maintain(data: Path | DataDir, now: datetime) -> list[str]:
     from homing.server import rollouts
     from homing.store import firmware
 
-    with dd.database().engine.begin() as conn:
+    with dd.database().begin() as conn:
         for ro in firmware.list_rollouts(conn):
             if ro.status == "active":
                 after = rollouts.evaluate(conn, ro.id, now)

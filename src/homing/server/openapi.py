@@ -207,6 +207,70 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "responses": {"200": {"description": "metadata"}, "404": _error()},
                 }
             },
+            "/v1/device/update": {
+                "post": {
+                    "summary": "Report update progress (mutual TLS)",
+                    "security": [{"device": []}],
+                    "responses": {"200": {"description": "recorded"}, **errors},
+                }
+            },
+            "/v1/admin/rollouts": {
+                "get": {
+                    "summary": "List rollouts",
+                    "security": admin,
+                    "responses": {"200": {"description": "rollouts"}, **errors},
+                },
+                "post": {
+                    "summary": "Create a rollout (operator role)",
+                    "security": admin,
+                    "responses": {"201": {"description": "created"}, **errors},
+                },
+            },
+            "/v1/admin/rollouts/{rollout_id}": {
+                "get": {
+                    "summary": "Rollout progress",
+                    "security": admin,
+                    "parameters": [
+                        {
+                            "name": "rollout_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer"},
+                        }
+                    ],
+                    "responses": {"200": {"description": "progress"}, **errors},
+                }
+            },
+            "/v1/admin/rollouts/{rollout_id}/pause": {
+                "post": {
+                    "summary": "Pause a rollout (operator role)",
+                    "security": admin,
+                    "parameters": [
+                        {
+                            "name": "rollout_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer"},
+                        }
+                    ],
+                    "responses": {"200": {"description": "paused"}, **errors},
+                }
+            },
+            "/v1/admin/rollouts/{rollout_id}/resume": {
+                "post": {
+                    "summary": "Resume a rollout (operator role)",
+                    "security": admin,
+                    "parameters": [
+                        {
+                            "name": "rollout_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer"},
+                        }
+                    ],
+                    "responses": {"200": {"description": "resumed"}, **errors},
+                }
+            },
             "/healthz": {
                 "get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}
             },

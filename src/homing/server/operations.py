@@ -39,7 +39,7 @@ def list_devices(
     limit: int = 100,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
-    with db.engine.begin() as conn:
+    with db.begin() as conn:
         rows = device_store.list_devices(
             conn, search=search, status=status, limit=limit, offset=offset
         )
@@ -48,7 +48,7 @@ def list_devices(
 
 
 def device_detail(db: Database, actor: str, now: datetime, device_id: str) -> dict[str, Any]:
-    with db.engine.begin() as conn:
+    with db.begin() as conn:
         row = device_store.device(conn, device_id)
         if row is None:
             raise NotFoundError(f"no device {device_id!r}")
@@ -71,7 +71,7 @@ def revoke_device(
     dd: DataDir, db: Database, actor: str, now: datetime, device_id: str, reason: str
 ) -> int:
     """Revoke a device and its certificates, then re-sign the device CA's CRL."""
-    with db.engine.begin() as conn:
+    with db.begin() as conn:
         count = device_store.revoke_device(conn, device_id, now, reason)
         audit.audit(
             conn, now, actor, "revoke_device", device_id, {"reason": reason, "certificates": count}
@@ -84,7 +84,7 @@ def add_factory(db: Database, actor: str, now: datetime, name: str) -> str:
     from homing.fsutil import safe_name
 
     safe_name(name, "factory station name")
-    with db.engine.begin() as conn:
+    with db.begin() as conn:
         secret = credentials.add_factory(conn, name, now)
         audit.audit(conn, now, actor, "add_factory", name)
     return secret
@@ -94,7 +94,7 @@ def add_token(db: Database, actor: str, now: datetime, name: str, role: str) -> 
     from homing.fsutil import safe_name
 
     safe_name(name, "token name")
-    with db.engine.begin() as conn:
+    with db.begin() as conn:
         token = credentials.add_token(conn, name, role, now)
         audit.audit(conn, now, actor, "add_token", name, {"role": role})
     return token
@@ -104,7 +104,7 @@ def fleet_status(dd: DataDir, db: Database, actor: str, now: datetime) -> dict[s
     """Devices by trust and firmware version, what expires soon, and warnings."""
     settings = dd.settings()
     repo = dd.repository(settings)
-    with db.engine.begin() as conn:
+    with db.begin() as conn:
         summary = device_store.fleet_summary(conn, now, CERTIFICATE_WARNING)
         audit.audit(conn, now, actor, "status")
     expiries = {

@@ -77,7 +77,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         now = state.now()
 
         def issue() -> str:
-            with state.db.engine.begin() as conn:
+            with state.db.begin() as conn:
                 _eligible(conn, device_id)
                 return nonces.issue_nonce(conn, device_id, now, state.config.nonce_ttl)
 
@@ -98,13 +98,13 @@ def routes(state: ServerState) -> list[web.RouteDef]:
 
         def run() -> x509.Certificate:
             # The nonce is spent first, in its own transaction: a failed proof burns it.
-            with state.db.engine.begin() as conn:
+            with state.db.begin() as conn:
                 _eligible(conn, device_id)
                 try:
                     nonces.consume_nonce(conn, nonce, device_id, now)
                 except AuthError as e:
                     raise HTTPProblem(403, "bad_nonce", str(e)) from e
-            with state.db.engine.begin() as conn:
+            with state.db.begin() as conn:
                 row = _eligible(conn, device_id)
                 try:
                     verify_recovery_proof(row.key_spki, nonce, csr_der, signature)

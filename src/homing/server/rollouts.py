@@ -48,7 +48,7 @@ def create(
         raise PolicyError("the last stage must be 100 (%)")
     if not 0 <= max_failure_ratio < 1 or not 0 < success_ratio <= 1:
         raise PolicyError("ratios must be in [0, 1)")
-    with db.engine.begin() as conn:
+    with db.begin() as conn:
         rel = store.release(conn, hardware, version)
         current = store.active_rollout(conn, hardware)
         if current is not None and current.status == "active":
@@ -70,7 +70,7 @@ def create(
 
 
 def set_paused(db: Database, actor: str, now: datetime, rollout_id: int, paused: bool) -> None:
-    with db.engine.begin() as conn:
+    with db.begin() as conn:
         ro = store.rollout(conn, rollout_id)
         wanted, allowed = ("paused", ("active",)) if paused else ("active", ("paused", "halted"))
         if ro.status not in allowed:

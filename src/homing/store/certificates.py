@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
 
 from homing.errors import ConflictError
 from homing.store.schema import certificates
+from homing.store.sql import db_time, driver_sql
 
 __all__ = [
     "CertificateRow",
@@ -18,6 +19,7 @@ __all__ = [
     "insert_certificate",
     "revoke_certificate",
     "revoked_by_issuer",
+    "serial_exists",
 ]
 
 
@@ -48,22 +50,37 @@ def _row(r: object) -> CertificateRow:
 
 
 def insert_certificate(conn: Connection, row: CertificateRow) -> None:
+    """Record an issued certificate; the serial is the primary key (RFC 5280 4.1.2.2).
+
+    A duplicate fails the whole transaction, so nothing of the request that
+    drew it is kept.
+    """
     try:
-        with conn.begin_nested():
-            conn.execute(
-                insert(certificates).values(
-                    serial=format(row.serial, "x"),
-                    kind=row.kind,
-                    subject_id=row.subject_id,
-                    issuer_pin=row.issuer_pin,
-                    issued_at=row.issued_at,
-                    not_after=row.not_after,
-                    revoked_at=row.revoked_at,
-                    reason=row.reason,
-                )
-            )
+        driver_sql(
+            conn,
+            "INSERT INTO certificates (serial, kind, subject_id, issuer_pin, issued_at, "
+            "not_after, revoked_at, reason) VALUES (:serial, :kind, :subject_id, :issuer_pin, "
+            ":issued_at, :not_after, :revoked_at, :reason)",
+            {
+                "serial": format(row.serial, "x"),
+                "kind": row.kind,
+                "subject_id": row.subject_id,
+                "issuer_pin": row.issuer_pin,
+                "issued_at": db_time(conn, row.issued_at),
+                "not_after": db_time(conn, row.not_after),
+                "revoked_at": db_time(conn, row.revoked_at) if row.revoked_at else None,
+                "reason": row.reason,
+            },
+        )
     except IntegrityError as e:
         raise ConflictError(f"serial {row.serial:x} was already issued") from e
+
+
+def serial_exists(conn: Connection, serial: int) -> bool:
+    found = driver_sql(
+        conn, "SELECT 1 FROM certificates WHERE serial = :serial", {"serial": format(serial, "x")}
+    ).first()
+    return found is not None
 
 
 def certificate(conn: Connection, serial: int) -> CertificateRow | None:

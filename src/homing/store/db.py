@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -55,6 +55,7 @@ class Database:
         self._lock_path: str | None = None
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
             database = parsed.database
             if database and database != ":memory:":
                 self._lock_path = database + ".write-lock"
@@ -79,6 +80,17 @@ class Database:
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A write transaction: atomic on both backends, the write lock taken up front on SQLite.
+
+        Reads go through ``engine.connect()`` and begin deferred; a write
+        transaction that read first and then found another process had
+        written meanwhile would fail on SQLite, so writes begin IMMEDIATE.
+        """
+        with self.engine.connect().execution_options(homing_write=True) as conn, conn.begin():
+            yield conn
+
     def migrate(self) -> None:
         """Bring the schema to the newest migration (Alembic)."""
         from alembic import command
@@ -87,7 +99,7 @@ class Database:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         try:
-            with self.engine.begin() as connection:
+            with self.begin() as connection:
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
         except SQLAlchemyError as e:
@@ -98,6 +110,10 @@ class Database:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling issues BEGIN only before DML and lets
+    # a SAVEPOINT commit on release; homing emits BEGIN itself (the recipe in
+    # SQLAlchemy's SQLite dialect documentation) so every transaction is one.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL lets readers proceed during writes; synchronous=FULL makes every
     # commit durable across a power cut; foreign keys are off by default.
@@ -106,3 +122,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    mode = "IMMEDIATE" if conn.get_execution_options().get("homing_write") else "DEFERRED"
+    conn.exec_driver_sql(f"BEGIN {mode}")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
@@ -14,6 +13,8 @@ from sqlalchemy.exc import IntegrityError
 
 from homing.errors import ConflictError, NotFoundError
 from homing.store.schema import certificates, checkins, devices
+from homing.store.sql import db_time as _db_time
+from homing.store.sql import driver_sql as _driver_sql
 
 __all__ = [
     "CheckIn",
@@ -185,22 +186,6 @@ def _standing(conn: Connection, serials: Sequence[int]) -> dict[str, Any]:
     return {r.serial: r for r in rows}
 
 
-def _driver_sql(conn: Connection, sql: str, params: Any) -> Any:
-    """Run hand-written SQL on the hot check-in path, skipping SQL compilation.
-
-    Statements use ``:name`` parameters (SQLite's own style) and are turned
-    into ``%(name)s`` for PostgreSQL drivers. Only used where a check-in
-    batch pays for every microsecond; everything else goes through the
-    SQLAlchemy expressions above.
-    """
-    if conn.dialect.name != "sqlite":
-        sql = _NAMED.sub(r"%(\1)s", sql)
-    return conn.exec_driver_sql(sql, params)
-
-
-_NAMED = re.compile(r":([a-z_][a-z0-9_]*)")
-
-
 def _checkin_params(conn: Connection, c: CheckIn) -> dict[str, Any]:
     return {
         "device_id": c.device_id,
@@ -211,14 +196,6 @@ def _checkin_params(conn: Connection, c: CheckIn) -> dict[str, Any]:
         "targets_version": c.targets_version,
         "health": json.dumps(c.health) if c.health is not None else None,
     }
-
-
-def _db_time(conn: Connection, value: datetime) -> Any:
-    """A timestamp as the schema's UTCDateTime stores it on this backend."""
-    value = value.astimezone(UTC)
-    if conn.dialect.name == "sqlite":
-        return value.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return value
 
 
 def authorise_certificate(conn: Connection, serial: int, device_id: str) -> str | None:
