@@ -120,3 +120,28 @@ def test_naive_datetimes_are_refused(db: Database) -> None:
 
     with pytest.raises(StatementError), db.engine.begin() as conn:
         device_store.enroll_device(conn, "d1", b"k", datetime(2026, 1, 1), "f")
+
+
+def test_a_failed_write_transaction_leaves_nothing(db: Database) -> None:
+    """Issuance and enrollment commit together or not at all (savepoints included)."""
+    from homing.store import certificates as certs
+
+    row = certs.CertificateRow(
+        0x5EED, "device", "d1", "pin", NOW, NOW + timedelta(days=1), None, None
+    )
+
+    def enroll_then_fail() -> None:
+        with db.begin() as conn:
+            certs.insert_certificate(conn, row)
+            device_store.enroll_device(conn, "d1", b"k", NOW, "f")  # uses a savepoint
+            raise RuntimeError("power cut between the two")
+
+    with pytest.raises(RuntimeError):
+        enroll_then_fail()
+    with db.engine.connect() as conn:
+        assert certs.certificate(conn, 0x5EED) is None
+        assert device_store.device(conn, "d1") is None
+    with db.begin() as conn:
+        certs.insert_certificate(conn, row)
+    with pytest.raises(ConflictError), db.begin() as conn:
+        certs.insert_certificate(conn, row)
