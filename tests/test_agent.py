@@ -160,3 +160,41 @@ def test_clock_behind_the_floor_is_raised(server: RunningServer, tmp_path: Path)
     assert floor is not None
     behind = _agent(state, server, timedelta(days=-3000))
     assert behind.now() == floor
+
+
+def test_agent_run_keeps_running_and_checks_in(server: RunningServer, tmp_path: Path) -> None:
+    """`homing agent run` re-executes into the lean daemon, which cycles on its own."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    state = _device(server, tmp_path)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "homing.cli",
+            "agent",
+            "run",
+            "--state",
+            str(state.root),
+            "--server",
+            _url(server),
+            "--interval",
+            "3600",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not state.last_run_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert json.loads(state.last_run_path.read_bytes())["checked_in"] is True
+        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"homing.agent.daemon" in cmdline
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)

@@ -735,20 +735,36 @@ def agent_run(
     state_dir: Path, once: bool, server: str | None, interval: float, firmware_version: str | None
 ) -> None:
     """Check in, keep trust fresh, renew or recover the certificate."""
+    if not once:
+        # The resident process carries only the agent: re-execute into the
+        # lean entry point instead of keeping the operator CLI loaded for ever.
+        argv = [
+            sys.executable,
+            "-m",
+            "homing.agent.daemon",
+            "--state",
+            str(state_dir),
+            "--interval",
+            str(interval),
+        ]
+        if server:
+            argv += ["--server", server]
+        if firmware_version:
+            argv += ["--firmware-version", firmware_version]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module
     from homing.agent.agent import Agent
-    from homing.agent.runner import run_forever
     from homing.agent.state import DeviceState
 
-    agent_ = Agent(DeviceState(state_dir), server=server, firmware_version=firmware_version)
-    if once:
-        report = agent_.run_once()
-        for step in report.steps:
-            out.print(f"  {step}")
-        if not report.checked_in:
-            _fail(report.error or "not checked in")
-        out.print("checked in")
-        return
-    run_forever(agent_, interval)
+    report = Agent(
+        DeviceState(state_dir), server=server, firmware_version=firmware_version
+    ).run_once()
+    for step in report.steps:
+        out.print(f"  {step}")
+    if not report.checked_in:
+        _fail(report.error or "not checked in")
+    out.print("checked in")
 
 
 @agent.command("status")

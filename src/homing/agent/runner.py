@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import sys
 import time
 
 from homing.agent.agent import Agent
@@ -47,7 +48,12 @@ def _release_memory() -> None:
     import ctypes
     import ctypes.util
     import gc
+    import linecache
+    import re
 
+    re.purge()
+    linecache.clearcache()
+    sys._clear_type_cache()
     gc.collect()
     name = ctypes.util.find_library("c")
     if name:
