@@ -57,6 +57,8 @@ class CycleReport:
     steps: list[str] = field(default_factory=list)
     error: str | None = None
     trust: dict[str, int] = field(default_factory=dict)
+    # Seconds the server asked the device to wait (HTTP Retry-After).
+    retry_after: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +86,7 @@ class Agent:
         self.limits = limits or Limits()
         self.firmware_version = firmware_version
         self.clock_skew: float | None = None
+        self.retry_after: float | None = None
 
     # -- time ----------------------------------------------------------------
 
@@ -224,6 +227,9 @@ class Agent:
                 "POST", path, body=body, headers={"Content-Type": content_type, **(headers or {})}
             )
             response = conn.getresponse()
+            retry_after = response.getheader("Retry-After")
+            if response.status in (429, 503) and retry_after:
+                self.retry_after = _retry_after_seconds(retry_after, now)
             return response.status, response.read(), conn.verified_chain
         except OSError as e:
             raise TransportError(f"request to {path} failed: {e}") from e
@@ -336,6 +342,7 @@ class Agent:
 
     def run_once(self) -> CycleReport:
         report = CycleReport()
+        self.retry_after = None
         try:
             self._cycle(report)
         except RevokedError as e:
@@ -344,6 +351,7 @@ class Agent:
         except HomingError as e:
             report.error = str(e)
             log.warning("cycle incomplete: %s", e)
+        report.retry_after = self.retry_after
         self.state.save_last_run({"at": self.clock().isoformat(), **report.to_json()})
         return report
 
@@ -381,3 +389,17 @@ class Agent:
         assigned = answer.get("update")
         if isinstance(assigned, dict):
             update.apply_update(self, policy, now, assigned, report)
+
+
+def _retry_after_seconds(value: str, now: datetime) -> float | None:
+    """RFC 9110 10.2.3: delay-seconds or an HTTP-date; capped at a day."""
+    from email.utils import parsedate_to_datetime
+
+    try:
+        seconds = float(int(value.strip()))
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - now).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, min(seconds, 86400.0))

@@ -36,7 +36,13 @@ def run_forever(agent: Agent, interval: float) -> None:
             raise SystemExit(3)
         failures = 0 if report.checked_in else failures + 1
         _release_memory()
-        time.sleep(next_delay(interval, failures, rng))
+        delay = next_delay(interval, failures, rng)
+        if report.retry_after is not None:
+            # The server asked for this pause; jitter only lengthens it.
+            delay = max(
+                delay if report.checked_in else 0.0, report.retry_after * rng.uniform(1.0, 1.2)
+            )
+        time.sleep(delay)
 
 
 def _release_memory() -> None:
