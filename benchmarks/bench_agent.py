@@ -26,7 +26,7 @@ from typing import Any
 import urllib3
 from tuf.ngclient import FetcherInterface, Updater
 
-from benchmarks.bench_checkin import _free_port, _wait
+from benchmarks._server import homing_server
 from homing import ceremonies
 from homing.agent.agent import Agent
 from homing.agent.state import DeviceState
@@ -72,25 +72,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         ceremonies.rotate_issuing_ca(dd, "server", start)
         ceremonies.rotate_issuing_ca(dd, "server", start)
         dd.close()
-        port = _free_port()
-        log = (work / "server.log").open("wb")
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "homing.cli",
-                "serve",
-                "--data",
-                str(data),
-                "--listen",
-                f"127.0.0.1:{port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-        try:
-            _wait(port, server)
-            url = f"https://127.0.0.1:{port}"
+        with homing_server(data) as url:
             homing_times, tuf_times = [], []
             for i in range(ROUNDS):
                 state_dir = work / f"dev-{i}"
@@ -145,10 +127,6 @@ def run(quick: bool = False) -> dict[str, Any]:
             results["idle_rss_mb"] = _rss_mb(agent.pid)
             agent.send_signal(signal.SIGTERM)
             agent.wait(10)
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(30)
-            log.close()
     print("agent catch-up, 3 root versions and 2 server-CA rotations behind (lower is better)")
     print(f"  python-tuf refresh alone   {results['python_tuf_refresh_ms']:7.1f} ms")
     print(

@@ -19,7 +19,6 @@ import base64
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from benchmarks._server import free_port, homing_server, wait_for_port
 from homing import ceremonies
 from homing.ceremonies import DataDir
 from homing.server import operations
@@ -41,26 +41,6 @@ from homing.server.tls import TLS12_CIPHERS
 CONCURRENCY = 16
 _BODY = '{"firmware_version":"1.0","trust":{"root":1,"timestamp":1,"targets":1}}'
 _CURL_BODY = '"' + _BODY.replace('"', '\\"') + '"'
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with status {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                time.sleep(1.0)  # let every worker bind
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("server did not start")
 
 
 def _ensure_nginx() -> str | None:
@@ -245,27 +225,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         data = work / "data"
         os.environ.pop("HOMING_KEY_PASSPHRASE", None)
         ceremonies.init(data, datetime.now(UTC))
-        port = _free_port()
-        server_log = (work / "server.log").open("wb")
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "homing.cli",
-                "serve",
-                "--data",
-                str(data),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--workers",
-                "2",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=server_log,
-        )
         nginx_proc = None
+        server = homing_server(data, workers=2)
+        url = server.__enter__()
+        port = int(url.rsplit(":", 1)[1])
         try:
-            _wait(port, server)
             started = time.perf_counter()
             enrolled = 50 if quick else 200
             devices = _enroll(port, data, enrolled, work)[:CONCURRENCY]
@@ -279,14 +243,14 @@ def run(quick: bool = False) -> dict[str, Any]:
             recorded = _count_checkins(data) - before
             results["homing_checkins_recorded"] = recorded
             if nginx:
-                nginx_port = _free_port()
+                nginx_port = free_port()
                 (work / "nginx").mkdir()
                 conf = _nginx_conf(work / "nginx", nginx_port, data)
                 nginx_proc = subprocess.Popen(
                     [nginx, "-c", str(conf), "-p", str(work / "nginx"), "-g", "daemon off;"],
                     stderr=subprocess.DEVNULL,
                 )
-                _wait(nginx_port, nginx_proc)
+                wait_for_port(nginx_port, nginx_proc)
                 results["nginx_new_connection"] = _load(
                     nginx_port, ca, devices, new_conn_requests, False, work
                 )
@@ -302,9 +266,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                     / results["nginx_keepalive"]["rate_per_s"]
                 )
         finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
-            server_log.close()
+            server.__exit__(None, None, None)
             if nginx_proc is not None:
                 nginx_proc.send_signal(signal.SIGQUIT)
                 nginx_proc.wait(timeout=30)

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_checkin import _free_port, _wait
+from benchmarks._server import homing_server
 from homing import ceremonies
 from homing.agent.agent import Agent, CycleReport
 from homing.agent.fetcher import HTTPSFetcher
@@ -46,25 +44,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         rel = release(dd, image, "2.0.0", "board-a", now)
         state = provision(dd, work / "dev", now, device_id="bench", hardware="board-a")
         dd.close()
-        port = _free_port()
-        log = (work / "server.log").open("wb")
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "homing.cli",
-                "serve",
-                "--data",
-                str(data),
-                "--listen",
-                f"127.0.0.1:{port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-        try:
-            _wait(port, server)
-            url = f"https://127.0.0.1:{port}"
+        with homing_server(data) as url:
             agent = Agent(state, server=url)
             policy = agent.refresh_trust(datetime.now(UTC), CycleReport()).pin_policy
             fetcher = HTTPSFetcher(policy, datetime.now(UTC))
@@ -104,10 +84,6 @@ def run(quick: bool = False) -> dict[str, Any]:
             ).stdout.split()[0]
             baseline_s = time.perf_counter() - t0
             assert digest == rel.sha256
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(30)
-            log.close()
     results = {
         "image_mb": size / 1024 / 1024,
         "homing_s": homing_s,
