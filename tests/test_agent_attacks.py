@@ -35,7 +35,7 @@ class _Recorder(SimpleHTTPRequestHandler):
     seen: list[tuple[str, str, bytes]]
 
     def log_message(self, format: str, *args: object) -> None:
-        pass
+        """Keep test output clean: this server logs nothing."""
 
     def translate_path(self, path: str) -> str:
         # /tuf/metadata/x -> DIR/metadata/x, as the home server lays it out.

@@ -26,7 +26,7 @@ from tests.harness import RunningServer
 
 class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
-        pass
+        """Keep test output clean: this server logs nothing."""
 
 
 @pytest.fixture

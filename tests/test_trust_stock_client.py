@@ -19,7 +19,7 @@ from homing.trust import PinPolicy
 
 class _QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
-        pass
+        """Keep test output clean: this server logs nothing."""
 
 
 @pytest.fixture

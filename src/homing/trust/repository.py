@@ -224,11 +224,7 @@ class TrustRepository:
         targets.signatures.clear()
         _sign(targets, [targets_signer])
         _check(root, Targets.type, targets, "targets")
-        self._write(f"{targets.signed.version}.targets.json", targets)
-        meta = {k: v.version for k, v in self.snapshot().signed.meta.items()}
-        meta["targets.json"] = targets.signed.version
-        self._publish_snapshot(meta, snapshot_signer, timestamp_signer, now, root)
-        return targets.signed.version
+        return self._publish_role(Targets.type, targets, snapshot_signer, timestamp_signer, now)
 
     def publish_firmware(
         self,
@@ -257,11 +253,7 @@ class TrustRepository:
         firmware.signatures.clear()
         _sign(firmware, [firmware_signer])
         _check(targets, FIRMWARE_ROLE, firmware, "the firmware role")
-        self._write(f"{firmware.signed.version}.{FIRMWARE_ROLE}.json", firmware)
-        meta = {k: v.version for k, v in self.snapshot().signed.meta.items()}
-        meta[f"{FIRMWARE_ROLE}.json"] = firmware.signed.version
-        self._publish_snapshot(meta, snapshot_signer, timestamp_signer, now, self.root())
-        return firmware.signed.version
+        return self._publish_role(FIRMWARE_ROLE, firmware, snapshot_signer, timestamp_signer, now)
 
     def import_firmware(
         self,
@@ -275,11 +267,22 @@ class TrustRepository:
         """Publish a firmware role version signed elsewhere (ceremony mode)."""
         _check(self.targets(), FIRMWARE_ROLE, firmware, "the firmware role")
         self._store_target(name, data)
-        self._write(f"{firmware.signed.version}.{FIRMWARE_ROLE}.json", firmware)
+        return self._publish_role(FIRMWARE_ROLE, firmware, snapshot_signer, timestamp_signer, now)
+
+    def _publish_role(
+        self,
+        role: str,
+        md: Metadata[Targets],
+        snapshot_signer: Signer,
+        timestamp_signer: Signer,
+        now: datetime,
+    ) -> int:
+        """Write a checked targets-type role, then a snapshot and timestamp that name it."""
+        self._write(f"{md.signed.version}.{role}.json", md)
         meta = {k: v.version for k, v in self.snapshot().signed.meta.items()}
-        meta[f"{FIRMWARE_ROLE}.json"] = firmware.signed.version
+        meta[f"{role}.json"] = md.signed.version
         self._publish_snapshot(meta, snapshot_signer, timestamp_signer, now, self.root())
-        return firmware.signed.version
+        return md.signed.version
 
     def rotate_root(
         self,
