@@ -1144,6 +1144,22 @@ def rollout_list(data: Path, db_url: str | None) -> None:
             )
 
 
+@cli.command("demo")
+def demo() -> None:
+    """The story homing answers, on loopback in under a minute: nothing bricks."""
+    from rich.table import Table
+
+    from homing.fleet.demo import run_demo
+
+    rows = run_demo(lambda line: out.print(f"- {line}", highlight=False, soft_wrap=True))
+    table = Table(title="the fleet at the end")
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    out.print(table)
+
+
 def _guarded(entry: Callable[[], Any]) -> Callable[[], None]:
     @functools.wraps(entry)
     def run() -> None:

@@ -1,0 +1,1 @@
+"""Fleet-level tools: the demo (and, later, the simulator)."""
