@@ -201,7 +201,8 @@ def init(
     staging = Path(tempfile.mkdtemp(prefix=f".{data.name}.init-", dir=data.parent))
     try:
         dd = DataDir(staging)
-        store = FileKeyStore(dd.keys_dir, passphrase, unsafe_plaintext=not passphrase)
+        # The summary warns about plaintext keys once, naming the final path.
+        store = FileKeyStore(dd.keys_dir, passphrase, unsafe_plaintext=not passphrase, warn=False)
         root_keys = [generate_signing_key() for _ in range(n_root)]
         if ceremony:
             root_key_names = [str(p.resolve()) for p in ceremony_root_keys]

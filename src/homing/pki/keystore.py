@@ -66,6 +66,7 @@ class FileKeyStore:
         passphrase: bytes | None,
         *,
         unsafe_plaintext: bool = False,
+        warn: bool = True,
     ) -> None:
         if not passphrase and not unsafe_plaintext:
             raise KeyStoreError(
@@ -75,7 +76,7 @@ class FileKeyStore:
         self.directory = directory
         self._passphrase = passphrase or None
         self.unsafe_plaintext = unsafe_plaintext and not passphrase
-        if self.unsafe_plaintext:
+        if self.unsafe_plaintext and warn:
             log.warning(
                 "UNSAFE: key store %s holds UNENCRYPTED private keys (development mode)",
                 directory,
