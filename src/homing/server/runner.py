@@ -101,9 +101,6 @@ async def _serve_async(config: ServerConfig, maintenance: bool) -> None:
 
 def run_worker(config: ServerConfig, maintenance: bool = False) -> None:
     """Entry point of one server process."""
-    # Database work runs in threads; a shorter GIL switch interval keeps the
-    # event loop's latency low while they hold the interpreter.
-    sys.setswitchinterval(0.0005)
     configure_logging(access_log=config.access_log)
     try:
         # uvloop's event loop and TLS transport, written in Cython over libuv,
