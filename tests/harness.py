@@ -7,6 +7,8 @@ import http.client
 import json
 import os
 import ssl
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -235,3 +237,19 @@ def save_device(
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     cert_file.write_bytes(cert_pem)
     return DeviceCredentials(device_id, key, cert_pem, key_file, cert_file)
+
+
+def run_homing(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess, without the caller's key passphrase unless given."""
+    full_env = {k: v for k, v in os.environ.items() if k != "HOMING_KEY_PASSPHRASE"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "homing.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )

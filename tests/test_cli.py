@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import device_csr
-
-
-def homing(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "HOMING_KEY_PASSPHRASE"}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "homing.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=120,
-        check=False,
-    )
+from tests.harness import run_homing as homing
 
 
 def _assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from homing.fleet.demo import run_demo
+from tests.harness import run_homing
 
 
 def test_demo_story(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,12 +26,6 @@ def test_demo_story(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_demo_command_runs_in_under_a_minute() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "homing.cli", "demo"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_homing("demo", timeout=60)
     assert result.returncode == 0, result.stderr
     assert "the fleet at the end" in result.stdout

@@ -19,7 +19,7 @@ from homing.factory import provision
 from homing.server import rollouts
 from homing.store import firmware
 from homing.store.schema import rollout_devices
-from tests.harness import RunningServer
+from tests.harness import RunningServer, run_homing
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -327,8 +327,6 @@ def test_ceremony_mode_release_signed_offline_and_imported(
     server: RunningServer, tmp_path: Path
 ) -> None:
     import shutil
-    import subprocess
-    import sys
 
     from homing.ceremonies.releases import import_signed, sign_offline
 
@@ -336,30 +334,22 @@ def test_ceremony_mode_release_signed_offline_and_imported(
     shutil.copytree(server.data / "repository" / "metadata", offline)
     key = server.data / "keys" / "firmware.key.pem"  # in ceremony mode: on removable media
     signed = tmp_path / "signed"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "homing.cli",
-            "release",
-            str(_image(tmp_path)),
-            "--version",
-            "2.0.0",
-            "--hardware",
-            "board-a",
-            "--offline-metadata",
-            str(offline),
-            "--release-key",
-            str(key),
-            "--out",
-            str(signed),
-            "--data",
-            str(tmp_path / "no-data-needed"),
-        ],
-        capture_output=True,
-        text=True,
+    result = run_homing(
+        "release",
+        str(_image(tmp_path)),
+        "--version",
+        "2.0.0",
+        "--hardware",
+        "board-a",
+        "--offline-metadata",
+        str(offline),
+        "--release-key",
+        str(key),
+        "--out",
+        str(signed),
+        "--data",
+        str(tmp_path / "no-data-needed"),
         timeout=60,
-        check=False,
     )
     assert result.returncode == 0, result.stderr
     rel = import_signed(server.state.dd, signed, datetime.now(UTC))
@@ -401,48 +391,25 @@ def test_ceremony_mode_release_signed_offline_and_imported(
 def test_update_applied_by_hand_from_a_bundle_is_reported(
     server: RunningServer, tmp_path: Path
 ) -> None:
-    import subprocess
-    import sys
 
     from homing.store import devices as device_store
 
     state = _device(server, tmp_path, "dev-1")
     rel = release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
     bundle = tmp_path / "bundle.tar"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "homing.cli",
-            "recovery-bundle",
-            "--data",
-            str(server.data),
-            "--out",
-            str(bundle),
-            "--image",
-            rel.target,
-        ],
-        capture_output=True,
-        text=True,
+    result = run_homing(
+        "recovery-bundle",
+        "--data",
+        str(server.data),
+        "--out",
+        str(bundle),
+        "--image",
+        rel.target,
         timeout=60,
-        check=False,
     )
     assert result.returncode == 0, result.stderr
-    applied = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "homing.cli",
-            "agent",
-            "apply-bundle",
-            "--state",
-            str(state.root),
-            str(bundle),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    applied = run_homing(
+        "agent", "apply-bundle", "--state", str(state.root), str(bundle), timeout=60
     )
     assert applied.returncode == 0, applied.stderr
     assert "firmware 2.0.0 installed by hand and committed" in " ".join(applied.stdout.split())

@@ -68,7 +68,7 @@ def _serve(
                 if conn.getresponse().status == 200:
                     break
             except OSError:
-                pass
+                pass  # not listening yet: poll again
             finally:
                 conn.close()
             if process.poll() is not None or time.monotonic() > deadline:

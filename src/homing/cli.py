@@ -1084,13 +1084,7 @@ def rollout_create(
 @_db_option
 def rollout_pause(rollout_id: int, data: Path, db_url: str | None) -> None:
     """Stop handing out the image (devices already updating finish)."""
-    from homing.ceremonies import DataDir
-    from homing.server import rollouts
-
-    rollouts.set_paused(
-        DataDir(data, db_url).database(), _operator_actor(), _now(), rollout_id, True
-    )
-    out.print(f"rollout {rollout_id} paused")
+    _set_paused(rollout_id, data, db_url, paused=True)
 
 
 @rollout.command("resume")
@@ -1099,13 +1093,16 @@ def rollout_pause(rollout_id: int, data: Path, db_url: str | None) -> None:
 @_db_option
 def rollout_resume(rollout_id: int, data: Path, db_url: str | None) -> None:
     """Resume a paused or halted rollout."""
+    _set_paused(rollout_id, data, db_url, paused=False)
+
+
+def _set_paused(rollout_id: int, data: Path, db_url: str | None, *, paused: bool) -> None:
     from homing.ceremonies import DataDir
     from homing.server import rollouts
 
-    rollouts.set_paused(
-        DataDir(data, db_url).database(), _operator_actor(), _now(), rollout_id, False
-    )
-    out.print(f"rollout {rollout_id} resumed")
+    db = DataDir(data, db_url).database()
+    rollouts.set_paused(db, _operator_actor(), _now(), rollout_id, paused)
+    out.print(f"rollout {rollout_id} {'paused' if paused else 'resumed'}")
 
 
 @rollout.command("status")

@@ -236,6 +236,13 @@ class Agent:
         finally:
             conn.close()
 
+    def _expect_ok(self, status: int, body: bytes, what: str) -> None:
+        """A 200, or the one error that says why not (a revoked device stops for good)."""
+        if status == 403 and b'"revoked"' in body:
+            raise RevokedError(f"device {self.config.device_id} is revoked")
+        if status != 200:
+            raise TransportError(f"{what} refused: HTTP {status} {body[:200]!r}")
+
     def renew(self, policy: PinPolicy, now: datetime) -> None:
         """EST simplereenroll (RFC 7030 4.2.2) with the same key, over pinned mTLS."""
         status, body, _ = self._post(
@@ -246,8 +253,7 @@ class Agent:
             "application/pkcs10",
             mutual=True,
         )
-        if status != 200:
-            raise TransportError(f"re-enrollment refused: HTTP {status} {body[:200]!r}")
+        self._expect_ok(status, body, "re-enrollment")
         certs = pkcs7.load_der_pkcs7_certificates(base64.b64decode(body))
         self._save_certificate(certs[0], policy)
 
@@ -261,10 +267,7 @@ class Agent:
             "application/json",
             mutual=False,
         )
-        if status == 403 and b'"revoked"' in body:
-            raise RevokedError(f"device {self.config.device_id} is revoked")
-        if status != 200:
-            raise TransportError(f"recovery challenge refused: HTTP {status} {body[:200]!r}")
+        self._expect_ok(status, body, "recovery challenge")
         nonce = json.loads(body)["nonce"]
         csr = self._csr()
         proof = sign_recovery_proof(self.state.key(), nonce, csr)
@@ -283,8 +286,7 @@ class Agent:
             "application/json",
             mutual=False,
         )
-        if status != 200:
-            raise TransportError(f"recovery refused: HTTP {status} {body[:200]!r}")
+        self._expect_ok(status, body, "recovery")
         answer = json.loads(body)
         cert = x509.load_pem_x509_certificate(answer["certificate"].encode())
         self._save_certificate(cert, policy)
@@ -321,10 +323,7 @@ class Agent:
             "application/json",
             mutual=True,
         )
-        if status == 403 and b'"revoked"' in raw:
-            raise RevokedError(f"device {self.config.device_id} is revoked")
-        if status != 200:
-            raise TransportError(f"check-in refused: HTTP {status} {raw[:200]!r}")
+        self._expect_ok(status, raw, "check-in")
         answer: dict[str, Any] = json.loads(raw)
         # The server has recorded the manual update with this check-in.
         manual.unlink(missing_ok=True)

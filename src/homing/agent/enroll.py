@@ -67,8 +67,7 @@ def enroll(
         mutual=False,
         headers={"Authorization": f"Basic {auth}"},
     )
-    if status != 200:
-        raise TransportError(f"enrollment refused: HTTP {status} {body[:300]!r}")
+    agent._expect_ok(status, body, "enrollment")
     cert = pkcs7.load_der_pkcs7_certificates(base64.b64decode(body))[0]
     if cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
