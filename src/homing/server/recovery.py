@@ -133,7 +133,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         cert = await state.run(run)
         request.app[METRICS].recoveries.inc()
         pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-        issuer = state.device_authority(DatabaseLedger(state.db)).certificate
+        issuer = state.device_ca
         return web.json_response(
             {
                 "certificate": pem,

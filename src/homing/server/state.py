@@ -152,6 +152,12 @@ class ServerState:
             raise ConfigError("the device CA key must be an ECDSA key")
         self._device_ca, self._device_key = cert, key
 
+    @property
+    def device_ca(self) -> x509.Certificate:
+        """The active device-issuing CA certificate."""
+        assert self._device_ca is not None
+        return self._device_ca
+
     def device_authority(self, ledger: DatabaseLedger) -> Authority:
         assert self._device_ca is not None
         assert self._device_key is not None
