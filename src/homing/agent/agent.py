@@ -44,7 +44,7 @@ from homing.pki.proof import sign_recovery_proof
 from homing.trust.client import DirectoryFetcher, TrustState, refresh_trust
 from homing.trust.pins import PinPolicy
 
-__all__ = ["Agent", "CycleReport"]
+__all__ = ["Agent", "CycleReport", "certificate_action"]
 
 log = logging.getLogger(__name__)
 
@@ -360,18 +360,16 @@ class Agent:
         # and nothing but metadata requests has been sent.
         trust = self.refresh_trust(now, report)
         policy = trust.pin_policy
-        cert = self.state.certificate()
-        if cert is None or now >= cert.not_valid_after_utc:
+        action = certificate_action(self.state.certificate(), now)
+        if action == "recover":
             self.recover(policy, now)
             report.steps.append("certificate recovered by key proof")
-        else:
-            lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-            if now >= cert.not_valid_before_utc + lifetime * 2 / 3:
-                try:
-                    self.renew(policy, now)
-                    report.steps.append("certificate renewed (EST simplereenroll)")
-                except TransportError as e:
-                    report.steps.append(f"renewal postponed: {e}")
+        elif action == "renew":
+            try:
+                self.renew(policy, now)
+                report.steps.append("certificate renewed (EST simplereenroll)")
+            except TransportError as e:
+                report.steps.append(f"renewal postponed: {e}")
         from homing.agent import update
 
         update.finish_pending(self, policy, now, report)
@@ -388,6 +386,21 @@ class Agent:
         assigned = answer.get("update")
         if isinstance(assigned, dict):
             update.apply_update(self, policy, now, assigned, report)
+
+
+def certificate_action(cert: x509.Certificate | None, now: datetime) -> str | None:
+    """What a cycle does with the device certificate: "recover", "renew" or nothing.
+
+    Missing or expired: key-proof recovery. From two thirds of its lifetime:
+    renewal, early enough that a device online now and then renews in time.
+    The fleet simulator applies this same rule.
+    """
+    if cert is None or now >= cert.not_valid_after_utc:
+        return "recover"
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    if now >= cert.not_valid_before_utc + lifetime * 2 / 3:
+        return "renew"
+    return None
 
 
 def _retry_after_seconds(value: str, now: datetime) -> float | None:

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from securesystemslib.signer import Signer
 
@@ -34,7 +34,7 @@ from homing.pki.keystore import (
     load_private_key_pem,
     passphrase_from_env,
 )
-from homing.pki.profiles import device_profile, server_profile, split_hosts
+from homing.pki.profiles import device_profile, server_csr, server_profile, split_hosts
 from homing.trust.pins import PIN_POLICY_TARGET, PinPolicy
 from homing.trust.repository import RoleKeys, TrustRepository
 from homing.trust.signing import signer_for, tuf_key
@@ -122,21 +122,6 @@ def _root_signers(
             f"pass them with --sign-with (got {len(sign_with)})"
         )
     return [signer_for(_read_offline_key(p)) for p in sign_with]
-
-
-def _server_csr(key: ec.EllipticCurvePrivateKey, hosts: Sequence[str]) -> bytes:
-    dns, ips = split_hosts(list(hosts))
-    import ipaddress
-
-    names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-    names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.DER)
 
 
 def _pem(*certs: x509.Certificate) -> bytes:
@@ -249,7 +234,7 @@ def init(
         ledger_dd = dd.ledger()
         authority = Authority(server_ca, names["server-ca-g1"], ledger_dd, validity)
         leaf = authority.issue_csr(
-            _server_csr(names["server-tls"], hosts), server_profile(hosts, validity), now
+            server_csr(names["server-tls"], hosts), server_profile(hosts, validity), now
         )
         atomic_write(dd.pki_path("root-ca.pem"), _pem(root_ca))
         atomic_write(dd.pki_path("server-ca.pem"), _pem(server_ca))
@@ -518,7 +503,7 @@ def rotate_server_cert(data: Path | DataDir, now: datetime) -> x509.Certificate:
     authority = _authority(dd, settings, store, "server")
     key = generate_tls_key()
     leaf = authority.issue_csr(
-        _server_csr(key, settings.hosts), server_profile(settings.hosts, settings.validity), now
+        server_csr(key, settings.hosts), server_profile(settings.hosts, settings.validity), now
     )
     # Key first, then the chain: a crash between leaves the old chain, which
     # a restart detects as not matching the key and re-issues.
@@ -610,3 +595,14 @@ def refresh_snapshot(data: Path | DataDir, now: datetime) -> int:
     dd, settings, store = _open(data)
     snapshot, timestamp = _online_signers(store, settings)
     return dd.repository(settings).refresh_snapshot(snapshot, timestamp, now)
+
+
+def refresh_targets(data: Path | DataDir, now: datetime) -> int:
+    """Re-sign targets with the current pins before the offline targets metadata expires.
+
+    Targets live two years by default; a fleet whose targets expire fails
+    closed, so this belongs in the operator's calendar (the simulator does it
+    yearly). Returns the new targets version.
+    """
+    dd, settings, store = _open(data)
+    return _publish_pins(dd, settings, store, now)

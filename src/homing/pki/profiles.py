@@ -28,6 +28,7 @@ __all__ = [
     "device_id_from_uri",
     "device_profile",
     "device_uri",
+    "server_csr",
     "server_profile",
 ]
 
@@ -86,6 +87,22 @@ class Profile:
         if self.kind == "server":
             return ExtendedKeyUsageOID.SERVER_AUTH
         return ExtendedKeyUsageOID.CLIENT_AUTH
+
+
+def server_csr(key: ec.EllipticCurvePrivateKey, hosts: list[str] | tuple[str, ...]) -> bytes:
+    """The DER CSR for a server key, naming the server's hosts."""
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    dns, ips = split_hosts(list(hosts))
+    names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.DER)
 
 
 def server_profile(hosts: list[str] | tuple[str, ...], validity: Validity | None = None) -> Profile:

@@ -1,0 +1,123 @@
+"""Who is online when: the fleet's devices as arrays, one entry per device.
+
+A simulated week is one tick. Each device has a few drawn parameters
+(assembly day, shipping day, end of life, its pattern's settings) and
+``online(tick)`` answers, for every device at once, whether it reaches the
+network at some point in that week. Everything is drawn from the scenario's
+seed, so a run is reproducible to the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from homing.fleet.scenario import PATTERNS, Scenario
+
+__all__ = ["DAYS_PER_TICK", "DAYS_PER_YEAR", "Fleet", "make_fleet"]
+
+DAYS_PER_TICK = 7
+DAYS_PER_YEAR = 365.25
+
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+Bools = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Per-device parameters, all in days from the start of the run."""
+
+    seed: int
+    made: Floats
+    shipped: Floats
+    ends: Floats
+    pattern: Ints
+    population: Ints
+    online_probability: Floats
+    season_start: Floats
+    season_days: Floats
+    outage_start: Floats
+    outage_end: Floats
+    population_names: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return int(self.made.shape[0])
+
+    def made_tick(self) -> Ints:
+        return np.floor(self.made / DAYS_PER_TICK).astype(np.int64)
+
+    def deployed(self, tick: int) -> Bools:
+        """Shipped and not yet at end of life during this tick."""
+        start, end = tick * DAYS_PER_TICK, (tick + 1) * DAYS_PER_TICK
+        return (self.shipped < end) & (self.ends > start)
+
+    def online(self, tick: int) -> Bools:
+        """Whether each device reaches the network at some point in this tick."""
+        start, end = tick * DAYS_PER_TICK, (tick + 1) * DAYS_PER_TICK
+        online = self.deployed(tick)
+        code = {name: i for i, name in enumerate(PATTERNS)}
+        daily = self.pattern == code["daily"]
+        if daily.any():
+            draw = np.random.default_rng([self.seed, tick]).random(self.size)
+            week = 1.0 - (1.0 - self.online_probability) ** DAYS_PER_TICK
+            online &= ~daily | (draw < week)
+        seasonal = self.pattern == code["seasonal"]
+        if seasonal.any():
+            doy = start % DAYS_PER_YEAR
+            into = (doy - self.season_start) % DAYS_PER_YEAR
+            ahead = (self.season_start - doy) % DAYS_PER_YEAR
+            in_season = (into < self.season_days) | (ahead < DAYS_PER_TICK)
+            online &= ~seasonal | in_season
+        outage = self.pattern == code["outage"]
+        if outage.any():
+            inside = (self.outage_start <= start) & (end <= self.outage_end)
+            online &= ~outage | ~inside
+        return online
+
+
+def make_fleet(scenario: Scenario) -> Fleet:
+    """Draw every device's parameters from the scenario's seed."""
+    n = scenario.fleet.devices
+    total_days = scenario.fleet.years * DAYS_PER_YEAR
+    rng = np.random.default_rng(scenario.fleet.seed)
+    counts = [int(p.share * n) for p in scenario.populations]
+    counts[int(np.argmax([p.share for p in scenario.populations]))] += n - sum(counts)
+    population = rng.permutation(np.repeat(np.arange(len(counts)), counts)).astype(np.int64)
+    code = {name: i for i, name in enumerate(PATTERNS)}
+    pops = scenario.populations
+
+    def per_device(values: list[float]) -> Floats:
+        return np.asarray(values, dtype=np.float64)[population]
+
+    def uniform_years(ranges: list[tuple[float, float]]) -> Floats:
+        low = per_device([r[0] for r in ranges])
+        high = per_device([r[1] for r in ranges])
+        out: Floats = rng.uniform(low, high) * DAYS_PER_YEAR
+        return out
+
+    pattern = per_device([float(code[p.pattern]) for p in pops]).astype(np.int64)
+    made: Floats = rng.uniform(0.0, scenario.fleet.manufacture_years * DAYS_PER_YEAR, n)
+    delay = uniform_years([p.warehouse_years for p in pops])
+    shipped = made + np.where(pattern == code["warehouse"], delay, 0.0)
+    life = uniform_years([p.lifetime_years for p in pops])
+    ends = np.where(pattern == code["dead"], made + life, np.inf)
+    outage_start: Floats = shipped + rng.uniform(0.0, total_days / 2, n)
+    outage_end = outage_start + uniform_years([p.outage_years for p in pops])
+    return Fleet(
+        seed=scenario.fleet.seed,
+        made=made,
+        shipped=shipped,
+        ends=ends,
+        pattern=pattern,
+        population=population,
+        online_probability=per_device([p.online_probability for p in pops]),
+        season_start=per_device([float(p.season_start_day) for p in pops]),
+        season_days=per_device([float(p.season_days) for p in pops]),
+        outage_start=outage_start,
+        outage_end=outage_end,
+        population_names=tuple(p.name for p in pops),
+    )

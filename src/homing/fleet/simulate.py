@@ -1,0 +1,373 @@
+"""The simulation loop: every device, every week, every strategy.
+
+Devices are arrays (one entry each), their trust state an id into each
+strategy's table of distinct states. Each week, the devices that are online
+are grouped by state; each distinct state meets the server once through
+the strategy's real checks, and the answer is applied to every device in
+that state. Device certificates follow the agent's own renewal rule
+(``homing.agent.agent.certificate_action``), evaluated on real
+certificates. A device makes its week's contact at the start of the week.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from homing.agent.agent import certificate_action
+from homing.errors import ConfigError
+from homing.fleet.population import DAYS_PER_TICK, Fleet, make_fleet
+from homing.fleet.scenario import Scenario
+from homing.fleet.strategies import (
+    CAUGHT_UP,
+    CUT_OFF,
+    MANUAL,
+    NEVER,
+    OK,
+    STRATEGIES,
+    Homing,
+    Strategy,
+    make,
+)
+from homing.fleet.world import World, build_world, tick_time
+from homing.pki.keys import generate_tls_key
+
+__all__ = ["Results", "StrategyResult", "simulate"]
+
+CERT_EXPIRED = "device certificate expired while it was offline, and there is no key-proof recovery"
+
+
+@dataclass
+class StrategyResult:
+    name: str
+    summary: str
+    bricked: int = 0
+    manual_recoveries: int = 0
+    cut_off_devices: int = 0
+    exposed_devices: int = 0
+    exposure_device_days: float = 0.0
+    exposure_max_days: float = 0.0
+    caught_up: int = 0
+    catch_up_ms: float = 0.0
+    catch_up_requests: float = 0.0
+    returned_days: list[float] = field(default_factory=list)
+    requests: int = 0
+    key_proof_recoveries: int = 0
+    certificate_renewals: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    connected: list[float] = field(default_factory=list)
+
+    @property
+    def why(self) -> str:
+        """The one line that explains this strategy's failures."""
+        if not self.reasons:
+            return "never cut off"
+        reason = self.reasons.most_common(1)[0][0]
+        return reason if len(self.reasons) == 1 else f"{reason} (and {len(self.reasons) - 1} more)"
+
+    def to_json(self) -> dict[str, Any]:
+        returned = sorted(self.returned_days)
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "bricked": self.bricked,
+            "manual_recoveries": self.manual_recoveries,
+            "devices_ever_cut_off": self.cut_off_devices,
+            "compromise": {
+                "exposed_devices": self.exposed_devices,
+                "exposed_device_days": round(self.exposure_device_days, 2),
+                "longest_exposure_days": _finite(self.exposure_max_days),
+            },
+            "catch_up": {
+                "automatic": self.caught_up,
+                "mean_walk_ms": round(self.catch_up_ms / self.caught_up, 2)
+                if self.caught_up
+                else 0,
+                "mean_requests": (
+                    round(self.catch_up_requests / self.caught_up, 2) if self.caught_up else 0
+                ),
+                "after_cut_off": len(returned),
+                "median_days_cut_off": returned[len(returned) // 2] if returned else 0,
+                "max_days_cut_off": returned[-1] if returned else 0,
+            },
+            "server_requests": self.requests,
+            "key_proof_recoveries": self.key_proof_recoveries,
+            "certificate_renewals": self.certificate_renewals,
+            "reasons": dict(self.reasons.most_common()),
+            "why": self.why,
+        }
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isinf(value) else round(value, 2)
+
+
+@dataclass
+class Results:
+    scenario: Scenario
+    devices: int
+    years: float
+    ticks: int
+    events: list[tuple[int, str]]
+    strategies: list[StrategyResult]
+    compromise_day: float | None
+    timestamp_expiry_days: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario.name,
+            "devices": self.devices,
+            "years": self.years,
+            "seed": self.scenario.fleet.seed,
+            "weeks": self.ticks,
+            "compromise_day": self.compromise_day,
+            "timestamp_expiry_days": self.timestamp_expiry_days,
+            "events": [{"day": t * DAYS_PER_TICK, "event": e} for t, e in self.events],
+            "strategies": [s.to_json() for s in self.strategies],
+            "connected_share": {
+                s.name: [round(v, 5) for v in s.connected] for s in self.strategies
+            },
+        }
+
+
+class _States:
+    """Interned device states of one strategy, with per-state lookup tables."""
+
+    def __init__(self) -> None:
+        self.ids: dict[Hashable, int] = {}
+        self.values: list[Hashable] = []
+
+    def intern(self, state: Hashable) -> int:
+        found = self.ids.get(state)
+        if found is None:
+            found = self.ids[state] = len(self.values)
+            self.values.append(state)
+        return found
+
+
+def _certificate_ticks(days: int) -> tuple[int, int]:
+    """(renew after, expired after) in ticks, found by the agent's rule on a real certificate."""
+    key = generate_tls_key()
+    issued = tick_time(0)
+    name = x509.Name([])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(issued)
+        .not_valid_after(issued + timedelta(days=days))
+        .sign(key, hashes.SHA256())
+    )
+    renew = expire = None
+    tick = 0
+    while expire is None:
+        action = certificate_action(cert, tick_time(tick))
+        if action == "renew" and renew is None:
+            renew = tick
+        if action == "recover":
+            expire = tick
+        tick += 1
+    return (renew if renew is not None else expire), expire
+
+
+class _Run:
+    """One strategy's devices through the run."""
+
+    def __init__(self, strategy: Strategy, fleet: Fleet) -> None:
+        n = fleet.size
+        self.strategy = strategy
+        self.states = _States()
+        self.ids = np.full(n, -1, np.int64)
+        self.status = np.full(n, OK, np.int8)
+        self.cert_expiry = np.zeros(n, np.int64)
+        self.renew_at = np.zeros(n, np.int64)
+        self.cut_since = np.full(n, -1, np.int64)
+        self.ever_cut = np.zeros(n, np.bool_)
+        self.exposure_end = np.full(n, -math.inf)
+        self.renew_ticks, self.life_ticks = _certificate_ticks(strategy.device_cert_days)
+        self.result = StrategyResult(strategy.name, strategy.summary)
+
+    def assemble(self, devices: npt.NDArray[np.int64], tick: int) -> None:
+        self.ids[devices] = self.states.intern(self.strategy.factory(tick))
+        self.cert_expiry[devices] = tick + self.life_ticks
+        self.renew_at[devices] = tick + self.renew_ticks
+
+    def start_exposure(self, deployed: npt.NDArray[np.int64]) -> None:
+        ends = self._per_state(self.ids[deployed], self.strategy.exposed_until, np.float64)
+        self.exposure_end[deployed] = ends
+
+    def _per_state(
+        self, ids: npt.NDArray[np.int64], answer: Callable[[Hashable], Any], dtype: Any
+    ) -> npt.NDArray[Any]:
+        unique, inverse = np.unique(ids, return_inverse=True)
+        values = np.array([answer(self.states.values[u]) for u in unique], dtype=dtype)
+        return values[inverse]
+
+    def week(self, online: npt.NDArray[np.int64], tick: int, manual_days: int) -> None:
+        if online.size == 0:
+            return
+        s, r = self.strategy, self.result
+        st = self.ids[online]
+        unique, inverse = np.unique(st, return_inverse=True)
+        contacts = [s.contact(self.states.values[u], tick) for u in unique]
+        new = np.array([self.states.intern(c.state) for c in contacts], np.int64)[inverse]
+        out = np.array([c.outcome for c in contacts], np.int8)[inverse]
+        req = np.array([c.requests for c in contacts], np.int64)[inverse]
+        walk_ms = np.array([c.walk_ms for c in contacts])[inverse]
+        reasons = [c.reason for c in contacts]
+        reason_of = np.arange(len(contacts))[inverse]
+
+        connected = out != CUT_OFF
+        expired = self.cert_expiry[online] <= tick
+        if s.recovers_expired_certificate:
+            recovered = expired & connected
+            r.key_proof_recoveries += int(recovered.sum())
+            req += 2 * recovered  # challenge, then the proof
+        else:
+            recovered = np.zeros_like(expired)
+            lost = expired & connected
+            out[lost] = CUT_OFF
+            new[lost] = st[lost]
+            reason_of[lost] = len(reasons)
+            reasons.append(CERT_EXPIRED)
+            connected &= ~lost
+        renew = connected & ~expired & (tick >= self.renew_at[online])
+        r.certificate_renewals += int(renew.sum())
+        req += renew
+        fresh = online[renew | recovered]
+        self.cert_expiry[fresh] = tick + self.life_ticks
+        self.renew_at[fresh] = tick + self.renew_ticks
+
+        was_cut = self.status[online] == CUT_OFF
+        now_cut = out == CUT_OFF
+        newly = now_cut & ~was_cut
+        self.cut_since[online[newly]] = tick
+        first = (newly | (out == MANUAL)) & ~self.ever_cut[online]
+        self.ever_cut[online[first]] = True
+        for index, count in zip(*np.unique(reason_of[first], return_counts=True), strict=True):
+            r.reasons[reasons[int(index)]] += int(count)
+        back = was_cut & ~now_cut
+        r.returned_days.extend(((tick - self.cut_since[online[back]]) * DAYS_PER_TICK).tolist())
+        manual = out == MANUAL
+        r.manual_recoveries += int(manual.sum())
+        r.returned_days.extend([float(manual_days)] * int(manual.sum()))
+        caught = out == CAUGHT_UP
+        r.caught_up += int(caught.sum())
+        r.catch_up_ms += float(walk_ms[caught].sum())
+        r.catch_up_requests += float(req[caught].sum())
+        r.requests += int(req.sum())
+        self.status[online] = out
+        self.ids[online] = new
+
+    def end_exposure(self, online: npt.NDArray[np.int64], tick: int) -> None:
+        """Exposed devices that met the server this week: does their new state trust the key?"""
+        watch = online[self.exposure_end[online] > tick * DAYS_PER_TICK]
+        if watch.size == 0:
+            return
+        moment = tick_time(tick)
+        accepts = self._per_state(
+            self.ids[watch], lambda state: self.strategy.accepts_stolen(state, moment), np.bool_
+        )
+        stop = watch[~accepts]
+        self.exposure_end[stop] = np.minimum(self.exposure_end[stop], tick * DAYS_PER_TICK)
+
+    def finish(self, fleet: Fleet, compromise_day: float | None, run_days: float) -> None:
+        r = self.result
+        made = self.ids >= 0
+        r.bricked = int(((self.status == CUT_OFF) & made).sum())
+        r.cut_off_devices = int((self.ever_cut & made).sum())
+        if compromise_day is not None:
+            ends = np.minimum(np.minimum(self.exposure_end, fleet.ends), run_days)
+            exposure = np.clip(ends - compromise_day, 0.0, None)
+            r.exposed_devices = int((exposure > 0).sum())
+            r.exposure_device_days = float(exposure.sum())
+            longest = float(exposure.max()) if exposure.size else 0.0
+            never = (self.exposure_end == NEVER) & (fleet.ends > run_days) & (exposure > 0)
+            r.exposure_max_days = math.inf if never.any() else longest
+
+
+def simulate(
+    scenario: Scenario,
+    strategies: Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    workdir: Path | None = None,
+) -> Results:
+    """Run the scenario for the named strategies (all by default); deterministic per seed."""
+    names = list(strategies or STRATEGIES)
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise ConfigError(f"unknown strategy {unknown[0]!r}: choose from {', '.join(STRATEGIES)}")
+    names = list(dict.fromkeys(names))
+    scratch = Path(tempfile.mkdtemp(prefix="homing-world-", dir=workdir))
+    try:
+        world = build_world(scenario, scratch)
+        fleet = make_fleet(scenario)
+        return _run(scenario, world, fleet, names, progress)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(
+    scenario: Scenario,
+    world: World,
+    fleet: Fleet,
+    names: list[str],
+    progress: Callable[[int, int], None] | None,
+) -> Results:
+    runs = [_Run(make(name, world, scenario), fleet) for name in names]
+    made_tick = fleet.made_tick()
+    compromise = world.compromise_tick
+    compromise_day = compromise * DAYS_PER_TICK if compromise is not None else None
+    run_days = world.ticks * DAYS_PER_TICK
+    try:
+        for tick in range(world.ticks):
+            assembled = np.flatnonzero(made_tick == tick)
+            deployed_mask = fleet.deployed(tick) & (made_tick <= tick)
+            online = np.flatnonzero(fleet.online(tick) & (made_tick <= tick))
+            deployed_count = max(1, int(deployed_mask.sum()))
+            for run in runs:
+                if assembled.size:
+                    run.assemble(assembled, tick)
+                if tick == compromise:
+                    run.start_exposure(np.flatnonzero(deployed_mask))
+                run.week(online, tick, scenario.policy.manual_update_days)
+                if compromise is not None and tick >= compromise:
+                    run.end_exposure(online, tick)
+                cut = int(((run.status == CUT_OFF) & deployed_mask).sum())
+                run.result.connected.append(1.0 - cut / deployed_count)
+            if progress is not None:
+                progress(tick + 1, world.ticks)
+        for run in runs:
+            run.finish(fleet, compromise_day, run_days)
+        ts_days = 1.0
+        homing = next((r.strategy for r in runs if isinstance(r.strategy, Homing)), None)
+        if homing is not None and compromise is not None:
+            ts_days = (homing.replay_expires() - tick_time(compromise)).total_seconds() / 86400
+    finally:
+        for run in runs:
+            if isinstance(run.strategy, Homing):
+                run.strategy.close()
+    return Results(
+        scenario=scenario,
+        devices=fleet.size,
+        years=scenario.fleet.years,
+        ticks=world.ticks,
+        events=world.events,
+        strategies=[run.result for run in runs],
+        compromise_day=compromise_day,
+        timestamp_expiry_days=ts_days,
+    )
