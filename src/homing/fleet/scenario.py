@@ -173,8 +173,9 @@ class Scenario:
 
 
 def _check_year(what: str, year: float, years: float) -> None:
-    if not 0 < year < years:
-        raise ConfigError(f"{what}: year {year:g} is outside the simulated {years:g} years")
+    """Events after the end of the run simply do not happen (``--years`` shortens a run)."""
+    if year <= 0:
+        raise ConfigError(f"{what}: year {year:g} must be after the start of the run")
 
 
 def _check_population(p: Population) -> None:

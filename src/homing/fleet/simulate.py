@@ -55,6 +55,7 @@ class StrategyResult:
     summary: str
     bricked: int = 0
     manual_recoveries: int = 0
+    manual_recovery_events: int = 0
     cut_off_devices: int = 0
     exposed_devices: int = 0
     exposure_device_days: float = 0.0
@@ -84,6 +85,7 @@ class StrategyResult:
             "summary": self.summary,
             "bricked": self.bricked,
             "manual_recoveries": self.manual_recoveries,
+            "manual_recovery_events": self.manual_recovery_events,
             "devices_ever_cut_off": self.cut_off_devices,
             "compromise": {
                 "exposed_devices": self.exposed_devices,
@@ -197,6 +199,7 @@ class _Run:
         self.renew_at = np.zeros(n, np.int64)
         self.cut_since = np.full(n, -1, np.int64)
         self.ever_cut = np.zeros(n, np.bool_)
+        self.ever_manual = np.zeros(n, np.bool_)
         self.exposure_end = np.full(n, -math.inf)
         self.renew_ticks, self.life_ticks = _certificate_ticks(strategy.device_cert_days)
         self.result = StrategyResult(strategy.name, strategy.summary)
@@ -263,7 +266,8 @@ class _Run:
         back = was_cut & ~now_cut
         r.returned_days.extend(((tick - self.cut_since[online[back]]) * DAYS_PER_TICK).tolist())
         manual = out == MANUAL
-        r.manual_recoveries += int(manual.sum())
+        r.manual_recovery_events += int(manual.sum())
+        self.ever_manual[online[manual]] = True
         r.returned_days.extend([float(manual_days)] * int(manual.sum()))
         caught = out == CAUGHT_UP
         r.caught_up += int(caught.sum())
@@ -290,6 +294,7 @@ class _Run:
         made = self.ids >= 0
         r.bricked = int(((self.status == CUT_OFF) & made).sum())
         r.cut_off_devices = int((self.ever_cut & made).sum())
+        r.manual_recoveries = int(self.ever_manual.sum())
         if compromise_day is not None:
             ends = np.minimum(np.minimum(self.exposure_end, fleet.ends), run_days)
             exposure = np.clip(ends - compromise_day, 0.0, None)

@@ -194,6 +194,8 @@ def _build(scenario: Scenario, workdir: Path) -> World:
     key_ticks = max(1, round(srv.key_days / DAYS_PER_TICK))
     leaf_days = leaf_ticks * DAYS_PER_TICK + DAYS_PER_TICK
     compromise = year_tick(ev.key_compromise) if ev.key_compromise is not None else None
+    if compromise is not None and compromise >= ticks:
+        compromise = None
     world = World(ticks=ticks, keys=[generate_tls_key(), generate_tls_key()])
 
     # -- the schedule ------------------------------------------------------

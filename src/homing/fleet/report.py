@@ -1,0 +1,108 @@
+"""What a simulation leaves behind: a table, results.json and PNG plots.
+
+matplotlib is imported here only, with its file-only backend, so a run on a
+headless machine (CI, a server) never looks for a display.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from homing.errors import ConfigError
+from homing.fleet.population import DAYS_PER_TICK, DAYS_PER_YEAR
+from homing.fleet.simulate import Results, StrategyResult
+from homing.fsutil import atomic_write
+
+__all__ = ["table_rows", "write_outputs"]
+
+HEADERS = ("strategy", "bricked", "manual", "exposed device-days", "catch-up", "requests")
+
+
+def _exposure(s: StrategyResult) -> str:
+    if s.exposed_devices == 0:
+        return "0"
+    longest = "never ends" if math.isinf(s.exposure_max_days) else f"≤{s.exposure_max_days:g} d"
+    return f"{s.exposure_device_days:,.0f} ({longest})"
+
+
+def _catch_up(s: StrategyResult) -> str:
+    if s.caught_up:
+        return f"{s.caught_up:,} by itself, {s.catch_up_ms / s.caught_up:.1f} ms each"
+    if s.returned_days:
+        ordered = sorted(s.returned_days)
+        return f"{len(ordered):,} after {ordered[len(ordered) // 2]:g} d cut off (median)"
+    return "-"
+
+
+def table_rows(results: Results) -> list[tuple[str, ...]]:
+    """One row per strategy, in the order they ran."""
+    return [
+        (
+            s.name,
+            f"{s.bricked:,}",
+            f"{s.manual_recoveries:,}",
+            _exposure(s),
+            _catch_up(s),
+            f"{s.requests:,}",
+        )
+        for s in results.strategies
+    ]
+
+
+def write_outputs(results: Results, out: Path) -> list[Path]:
+    """Write results.json and the plots into ``out``; returns the files written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create output directory {out}: {e.strerror}") from e
+    written = [out / "results.json"]
+    atomic_write(written[0], json.dumps(results.to_json(), indent=2).encode() + b"\n")
+    written += _plots(results, out)
+    return written
+
+
+def _plots(results: Results, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    years = [(t + 1) * DAYS_PER_TICK / DAYS_PER_YEAR for t in range(results.ticks)]
+    fig, ax = plt.subplots(figsize=(10, 5.5), dpi=110)
+    for s in results.strategies:
+        width = 2.6 if s.name == "homing" else 1.4
+        ax.plot(years, [100 * v for v in s.connected], label=s.name, linewidth=width)
+    for tick, event in results.events:
+        if "stolen" in event or "expires" in event:
+            ax.axvline(tick * DAYS_PER_TICK / DAYS_PER_YEAR, color="grey", linestyle=":")
+    ax.set_xlabel("years")
+    ax.set_ylabel("deployed devices that can reach home (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"{results.scenario.name}: {results.devices:,} devices")
+    ax.legend(loc="lower left", fontsize="small")
+    ax.grid(alpha=0.3)
+    connected = out / "connected.png"
+    fig.tight_layout()
+    fig.savefig(connected)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
+    names = [s.name for s in results.strategies]
+    ax.bar(names, [s.bricked for s in results.strategies], label="bricked")
+    ax.bar(
+        names,
+        [s.manual_recoveries for s in results.strategies],
+        bottom=[s.bricked for s in results.strategies],
+        label="manual recoveries",
+    )
+    ax.set_ylabel("devices")
+    ax.set_title("devices bricked or recovered by hand")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3, axis="y")
+    bricked = out / "bricked.png"
+    fig.tight_layout()
+    fig.savefig(bricked)
+    plt.close(fig)
+    return [connected, bricked]

@@ -1,0 +1,195 @@
+"""The fleet simulator: real checks, each strategy's real failures, and none for homing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from tuf.api.metadata import Metadata
+
+from homing.errors import ConfigError
+from homing.fleet.scenario import Scenario, load_scenario, scenario_from_dict
+from homing.fleet.simulate import CERT_EXPIRED, Results, simulate
+from homing.fleet.strategies import CAUGHT_UP, CUT_OFF, OK, Homing, PrivateCA
+from homing.fleet.world import build_world
+from tests.harness import run_homing
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "docs" / "scenarios"
+# Enough devices for every population and pattern to appear, quick enough for CI.
+DEVICES = 1500
+
+
+@pytest.fixture(scope="module")
+def default_run() -> Results:
+    return simulate(Scenario().with_fleet(devices=DEVICES))
+
+
+def _by_name(results: Results) -> dict[str, dict[str, object]]:
+    return {s.name: s.to_json() for s in results.strategies}
+
+
+def test_homing_bricks_nothing_on_the_default_ten_years(default_run: Results) -> None:
+    homing = _by_name(default_run)["homing"]
+    assert homing["bricked"] == 0
+    assert homing["manual_recoveries"] == 0
+    assert homing["devices_ever_cut_off"] == 0
+    # It did have work to do: stale devices caught up, expired certificates recovered.
+    assert homing["catch_up"]["automatic"] > 0  # type: ignore[index]
+    assert homing["key_proof_recoveries"] > 0  # type: ignore[operator]
+
+
+def test_every_other_strategy_shows_its_failure_with_a_reason(default_run: Results) -> None:
+    results = _by_name(default_run)
+    for name in ("leaf-fingerprint", "announce-next", "public-ca", "hpkp", "private-ca"):
+        assert results[name]["bricked"] > 0, name  # type: ignore[operator]
+        assert results[name]["reasons"], name
+    assert results["firmware-pins"]["manual_recoveries"] > 0  # type: ignore[operator]
+    assert "update window" in str(results["firmware-pins"]["why"])
+    assert "fingerprint" in str(results["leaf-fingerprint"]["why"])
+    assert "root" in str(results["private-ca"]["why"])
+
+
+def test_homing_exposure_to_a_stolen_key_is_bounded_by_the_timestamp_expiry(
+    default_run: Results,
+) -> None:
+    results = _by_name(default_run)
+    homing = results["homing"]["compromise"]
+    assert default_run.timestamp_expiry_days == pytest.approx(1.0)
+    assert homing["exposed_devices"] > 0  # type: ignore[index]
+    assert homing["longest_exposure_days"] <= default_run.timestamp_expiry_days  # type: ignore[index]
+    # The baselines that validate certificates stay exposed until the stolen one expires.
+    assert results["private-ca"]["compromise"]["longest_exposure_days"] > 30  # type: ignore[index]
+
+
+def test_same_seed_same_run_and_another_seed_another(default_run: Results) -> None:
+    def stable(results: Results) -> dict[str, object]:
+        doc = results.to_json()
+        for s in doc["strategies"]:
+            s["catch_up"].pop("mean_walk_ms")  # wall-clock time, measured
+        return doc
+
+    again = simulate(Scenario().with_fleet(devices=DEVICES))
+    assert stable(again) == stable(default_run)
+    other = simulate(Scenario().with_fleet(devices=DEVICES, seed=2), ["leaf-fingerprint"])
+    assert other.strategies[0].connected != default_run.strategies[0].connected
+
+
+@pytest.mark.parametrize(
+    ("scenario", "strategy", "reason"),
+    [
+        ("pinned-intermediate.toml", "private-ca", "issuing CA was replaced"),
+        ("root-expiry.toml", "private-ca", "private root expired"),
+        ("update-channel.toml", "public-ca", "never received"),
+        ("update-channel.toml", "firmware-pins", "update window"),
+        ("short-device-certs.toml", "private-ca", CERT_EXPIRED),
+    ],
+)
+def test_documented_scenarios_replay_their_failure(
+    scenario: str, strategy: str, reason: str
+) -> None:
+    loaded = load_scenario(SCENARIOS / scenario).with_fleet(devices=800)
+    results = _by_name(simulate(loaded, [strategy, "homing"]))
+    assert any(reason in r for r in results[strategy]["reasons"]), results[strategy]["reasons"]  # type: ignore[attr-defined]
+    assert results["homing"]["bricked"] == 0
+    assert results["homing"]["manual_recoveries"] == 0
+
+
+def test_short_device_certificates_are_recovered_by_key_proof() -> None:
+    loaded = load_scenario(SCENARIOS / "short-device-certs.toml").with_fleet(devices=800)
+    homing = simulate(loaded, ["homing"]).strategies[0]
+    assert homing.bricked == 0
+    assert homing.key_proof_recoveries > 100
+
+
+def test_homing_devices_really_verify_the_metadata(tmp_path: Path) -> None:
+    """Tamper with the newest published root: a stale device's real chain walk refuses it."""
+    scenario = Scenario().with_fleet(devices=10)
+    world = build_world(scenario, tmp_path)
+    homing = Homing(world, scenario)
+    try:
+        newest = world.homing_states[-1]
+        tick = world.ticks - 1
+        assert homing.contact(0, tick).outcome == CAUGHT_UP
+        assert homing.contact(newest.index, tick).outcome == OK
+        metadata = newest.directory / "metadata"
+        version = max(int(p.name.split(".")[0]) for p in metadata.glob("*.root.json"))
+        path = metadata / f"{version}.root.json"
+        root = Metadata.from_file(str(path))
+        root.signed.expires = root.signed.expires.replace(year=root.signed.expires.year + 1)
+        path.write_bytes(root.to_bytes())  # signatures no longer match
+        stale = next(s.index for s in world.homing_states if s.index > 0 and s.tick > 0)
+        homing._walks.clear()
+        verdict = homing.contact(stale, tick)
+        assert verdict.outcome == CUT_OFF
+        assert "trust refresh refused" in verdict.reason
+    finally:
+        homing.close()
+
+
+def test_private_ca_check_is_real_path_validation(tmp_path: Path) -> None:
+    """A device holding another company's root cannot validate the server's chain."""
+    scenario = Scenario().with_fleet(devices=10)
+    world = build_world(scenario, tmp_path)
+    strategy = PrivateCA(world, scenario)
+    assert strategy.contact(strategy.factory(0), 0).outcome == OK
+    other = build_world(scenario, tmp_path / "other")
+    world.private_anchor_sets.append(other.private_anchor_sets[0])
+    assert strategy.contact(len(world.private_anchor_sets) - 1, 0).outcome == CUT_OFF
+    shutil.rmtree(tmp_path / "other")
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"fleet": {"devices": 0}}, "fleet.devices"),
+        ({"fleet": {"devcies": 5}}, "unknown key fleet.devcies"),
+        ({"fleet": {"years": "ten"}}, "fleet.years must be a number"),
+        ({"flet": {}}, "unknown table"),
+        ({"population": [{"pattern": "always-on", "share": 0.5}]}, "add up to 1"),
+        ({"population": [{"pattern": "sometimes", "share": 1.0}]}, "pattern must be one of"),
+        ({"population": [{"share": 1.0}]}, "needs a pattern and a share"),
+        ({"events": {"key_compromise": -1}}, "after the start"),
+        ({"policy": {"private_ca_pins": "leaf"}}, "'root' or 'issuing'"),
+        ({"server": {"announce_days": 120}}, "announce_days"),
+    ],
+)
+def test_bad_scenarios_are_refused_with_the_field_named(
+    doc: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        scenario_from_dict(doc)
+
+
+def test_every_documented_scenario_parses() -> None:
+    files = sorted(SCENARIOS.glob("*.toml"))
+    assert len(files) >= 4
+    for path in files:
+        assert load_scenario(path).name
+
+
+def test_cli_writes_table_json_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "sim"
+    result = run_homing(
+        "simulate", "--devices", "300", "--years", "3", "--seed", "5", "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("leaf-fingerprint", "homing", "firmware-pins"):
+        assert name in result.stdout
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["devices"] == 300
+    assert doc["seed"] == 5
+    assert {s["name"] for s in doc["strategies"]} >= {"homing", "hpkp"}
+    for png in ("connected.png", "bricked.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_refuses_a_bad_scenario_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[fleet]\ndevices = -3\n")
+    result = run_homing("simulate", "--scenario", str(bad), "--out", str(tmp_path / "o"))
+    assert result.returncode == 1
+    assert "fleet.devices" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
