@@ -14,6 +14,7 @@ from benchmarks import (
     bench_firmware,
     bench_issuance,
     bench_root_walk,
+    bench_simulate,
 )
 
 
@@ -31,6 +32,7 @@ def main() -> None:
         "agent": bench_agent.run(quick=args.quick),
         "firmware": bench_firmware.run(quick=args.quick),
         "assignment": bench_assignment.run(quick=args.quick),
+        "simulate": bench_simulate.run(quick=args.quick),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
