@@ -48,6 +48,7 @@ def test_rotations_and_timestamp(cli_data: Path) -> None:
         (("rotate", "device-ca"), "generation 2 is active"),
         (("rotate", "server-cert"), "new server certificate"),
         (("timestamp", "refresh", "--expires-in", "2"), "timestamp version"),
+        (("targets", "refresh"), "targets version"),
     ]:
         result = homing(*args, "--data", str(cli_data))
         assert result.returncode == 0, result.stderr

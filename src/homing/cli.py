@@ -298,6 +298,22 @@ def timestamp_refresh(data: Path, expires_in: float | None) -> None:
 
 
 @cli.group()
+def targets() -> None:
+    """The offline targets role (the pin policy lives in it)."""
+
+
+@targets.command("refresh")
+@_data_option
+def targets_refresh(data: Path) -> None:
+    """Re-sign targets with the current pins before they expire (yearly: they live two years)."""
+    from homing import ceremonies
+
+    _ensure_passphrase(data)
+    version = ceremonies.refresh_targets(data, _now())
+    out.print(f"targets version {version} published")
+
+
+@cli.group()
 def pki() -> None:
     """Issue certificates from CSRs, revoke, and sign CRLs."""
 
