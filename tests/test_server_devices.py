@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import sqlite3
 import ssl
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from homing import ceremonies
 from homing.pki.proof import sign_recovery_proof
 from homing.server import operations
 from homing.store.schema import certificates, checkins, devices
-from tests.harness import DeviceCredentials, RunningServer, est_csr, save_device
+from tests.harness import Clock, DeviceCredentials, RunningServer, est_csr, save_device
 
 CHECKIN = {
     "firmware_version": "1.0.0",
@@ -259,3 +262,45 @@ def factory_free_server_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     data = tmp_path / "policy-data"
     ceremonies.init(data, datetime.now(UTC))
     return data
+
+
+def test_checkins_wait_for_a_busy_sqlite_database_without_stalling_the_server(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds SQLite's write lock: the check-in waits on a thread and is kept.
+
+    Meanwhile the event loop keeps answering other requests, and the batch
+    is counted as written on a thread (it is written on the loop only when
+    the database is free).
+    """
+    monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
+    data = tmp_path / "server-data"
+    ceremonies.init(data, datetime.now(UTC))
+    database = tmp_path / "busy.db"
+    server = RunningServer(data, f"sqlite:///{database}", clock).start()
+    try:
+        secret = operations.add_factory(server.state.db, "test", datetime.now(UTC), "station-1")
+        device = server.enroll("dev-busy", ("station-1", secret), tmp_path)
+        holder = sqlite3.connect(database, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # what another writer would hold
+        answers: list[int] = []
+        sender = threading.Thread(
+            target=lambda: answers.append(
+                server.request("POST", "/v1/device/checkin", CHECKIN, device=device).status
+            )
+        )
+        sender.start()
+        time.sleep(0.3)
+        assert answers == [], "the check-in was answered before it could be recorded"
+        started = time.perf_counter()
+        assert server.request("GET", "/openapi.json").status == 200
+        assert time.perf_counter() - started < 0.25, "the event loop was blocked"
+        holder.execute("COMMIT")
+        holder.close()
+        sender.join(10)
+        assert answers == [200]
+        assert _checkin_count(server) == 1
+        metrics = server.request("GET", "/metrics").body.decode()
+        assert 'homing_checkin_batches_total{path="thread"} 1.0' in metrics
+    finally:
+        server.stop()

@@ -77,7 +77,7 @@ def build_app(state: ServerState) -> web.Application:
         client_max_size=state.config.max_body_bytes, middlewares=[_errors_and_metrics]
     )
     app[METRICS] = Metrics()
-    writer = device_api.CheckinWriter(state)
+    writer = device_api.CheckinWriter(state, app[METRICS])
     document = openapi_document(__version__)
 
     async def healthz(request: web.Request) -> web.Response:

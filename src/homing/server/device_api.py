@@ -13,6 +13,8 @@ import json
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy import Connection
+from sqlalchemy.exc import OperationalError
 
 from homing.server.auth import (
     authenticate_device,
@@ -20,7 +22,7 @@ from homing.server.auth import (
     verify_device_certificate,
 )
 from homing.server.errors import HTTPProblem
-from homing.server.metrics import METRICS
+from homing.server.metrics import METRICS, Metrics
 from homing.server.state import ServerState
 from homing.store import devices as device_store
 from homing.store.devices import CheckIn
@@ -30,14 +32,37 @@ __all__ = ["CheckinWriter", "routes"]
 _MAX_HEALTH_BYTES = 4096
 
 
+# How long a check-in batch written on the event loop may wait for a busy
+# SQLite database before it hands the batch to a thread instead.
+_INLINE_WAIT_MS = 20
+_INLINE_ATTEMPTS = 5
+_INLINE_RETRY_S = 0.0005
+
+
 class CheckinWriter:
-    def __init__(self, state: ServerState) -> None:
+    """Records check-ins in batches, one transaction each.
+
+    On SQLite, a batch is written on the event loop thread when the database
+    is free at that moment: the write is local and takes about a millisecond,
+    while on a thread it would wait for the interpreter lock with the
+    database's write lock held, so every other server process would wait
+    too (measured: 1.9k check-ins/s on a thread, 2.4k inline). When the
+    database is busy, or on PostgreSQL (a network round trip), the batch
+    goes to a thread as every other database call does.
+    """
+
+    def __init__(self, state: ServerState, metrics: Metrics) -> None:
         self.state = state
+        self._inline_batches = metrics.checkin_batches.labels("inline")
+        self._thread_batches = metrics.checkin_batches.labels("thread")
         self._pending: list[tuple[CheckIn, int, asyncio.Future[str | None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._inline: Connection | None = None
 
     def start(self) -> None:
+        if self.state.db.dialect == "sqlite":
+            self._inline = self.state.db.impatient_writer(_INLINE_WAIT_MS)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -45,6 +70,26 @@ class CheckinWriter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
+
+    def _write_inline(self, batch: list[tuple[CheckIn, int]]) -> list[str | None] | None:
+        """The batch written right now on SQLite, or None when the database is busy."""
+        conn = self._inline
+        if conn is None:
+            return None
+        with self.state.db.write_lock_if_free() as held:
+            if not held:
+                return None
+            try:
+                transaction = conn.begin()
+            except OperationalError:
+                return None  # another writer holds the database: use a thread
+            with transaction:
+                return device_store.record_checkins(
+                    conn, [c for c, _ in batch], [serial for _, serial in batch]
+                )
 
     async def record(self, checkin: CheckIn, serial: int) -> str | None:
         """Authorise and record; returns None, or why the certificate may not check in."""
@@ -59,6 +104,23 @@ class CheckinWriter:
                 conn, [c for c, _ in batch], [serial for _, serial in batch]
             )
 
+    async def _write_soon(self, work: list[tuple[CheckIn, int]]) -> list[str | None]:
+        """Inline when the database frees up within a few loop turns, else on a thread.
+
+        Another process's batch holds the lock for about a millisecond, so a
+        short wait (serving other requests meanwhile) usually beats the thread.
+        """
+        for _ in range(_INLINE_ATTEMPTS):
+            refusals = self._write_inline(work)
+            if refusals is not None:
+                self._inline_batches.inc()
+                return refusals
+            if self._inline is None:
+                break
+            await asyncio.sleep(_INLINE_RETRY_S)
+        self._thread_batches.inc()
+        return await self.state.run(self._write, work)
+
     async def _run(self) -> None:
         limit = self.state.config.checkin_batch_max
         while True:
@@ -66,8 +128,9 @@ class CheckinWriter:
             self._wake.clear()
             while self._pending:
                 batch, self._pending = self._pending[:limit], self._pending[limit:]
+                work = [(c, n) for c, n, _ in batch]
                 try:
-                    refusals = await self.state.run(self._write, [(c, n) for c, n, _ in batch])
+                    refusals = await self._write_soon(work)
                 except Exception as e:  # every waiting request learns the write failed
                     for _, _, future in batch:
                         if not future.done():

@@ -37,6 +37,12 @@ class Metrics:
             registry=self.registry,
         )
         self.checkins = Counter("homing_checkins", "Check-ins recorded", registry=self.registry)
+        self.checkin_batches = Counter(
+            "homing_checkin_batches",
+            "Check-in batches written, on the event loop (inline) or on a thread",
+            ["path"],
+            registry=self.registry,
+        )
         self.enrollments = Counter(
             "homing_enrollments", "Certificates issued over EST", registry=self.registry
         )

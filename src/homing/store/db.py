@@ -81,6 +81,47 @@ class Database:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     @contextmanager
+    def write_lock_if_free(self) -> Iterator[bool]:
+        """The SQLite write lock if no one holds it right now; yields whether it is held.
+
+        For a caller that must not wait (the event loop): it never blocks.
+        """
+        if self._lock_path is None:
+            yield False
+            return
+        if not self._thread_lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            with open(self._lock_path, "a+b") as handle:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False
+                    return
+                try:
+                    yield True
+                finally:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def impatient_writer(self, wait_ms: int) -> Connection:
+        """A dedicated SQLite write connection that gives up after ``wait_ms`` on a busy database.
+
+        It is detached from the pool, so its short busy timeout never
+        reaches another caller; close it when done.
+        """
+        if self.dialect != "sqlite":
+            raise StoreError("an impatient writer is for SQLite only")
+        conn = self.engine.connect().execution_options(homing_write=True)
+        conn.connection.detach()
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        raw.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
+        return conn
+
+    @contextmanager
     def begin(self) -> Iterator[Connection]:
         """A write transaction: atomic on both backends, the write lock taken up front on SQLite.
 
