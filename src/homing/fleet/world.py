@@ -184,190 +184,275 @@ def _quiet() -> Iterator[None]:
 def build_world(scenario: Scenario, workdir: Path) -> World:
     """Build every artifact of the run under ``workdir`` (a scratch directory)."""
     with _quiet():
-        return _build(scenario, workdir)
+        return _Builder(scenario, workdir).build()
 
 
-def _build(scenario: Scenario, workdir: Path) -> World:
-    ev, srv = scenario.events, scenario.server
-    ticks = max(1, int(np.ceil(scenario.fleet.years * DAYS_PER_YEAR / DAYS_PER_TICK)))
-    leaf_ticks = max(1, round(srv.leaf_days / DAYS_PER_TICK))
-    key_ticks = max(1, round(srv.key_days / DAYS_PER_TICK))
-    leaf_days = leaf_ticks * DAYS_PER_TICK + DAYS_PER_TICK
-    compromise = year_tick(ev.key_compromise) if ev.key_compromise is not None else None
-    if compromise is not None and compromise >= ticks:
-        compromise = None
-    world = World(ticks=ticks, keys=[generate_tls_key(), generate_tls_key()])
+@dataclass(frozen=True)
+class _Schedule:
+    """The ticks on which each kind of event happens."""
 
-    # -- the schedule ------------------------------------------------------
-    public_expiry = year_tick(ev.public_root_expiry)
-    public_successor = max(0, year_tick(ev.public_root_expiry - ev.public_new_root_lead_years))
-    private_expiry = year_tick(ev.private_root_years)
-    private_successor = year_tick(ev.private_root_years - 1.0)
-    ca_rotations = {year_tick(y) for y in ev.issuing_ca_rotations}
-    intermediate_changes = {year_tick(y) for y in ev.public_intermediate_changes}
-    root_rotations = {year_tick(y) for y in ev.root_rotations}
-    key_changes = {t for t in range(key_ticks, ticks, key_ticks)}
-    if compromise is not None:
-        key_changes.add(compromise)
-    scheduled = set(range(0, ticks, leaf_ticks)) | key_changes | ca_rotations
-    scheduled |= intermediate_changes | {public_expiry, private_expiry}
-    renewals = sorted(t for t in scheduled if 0 <= t < ticks)
+    ticks: int
+    leaf_ticks: int
+    leaf_days: int
+    compromise: int | None
+    public_expiry: int
+    public_successor: int
+    private_expiry: int
+    private_successor: int
+    ca_rotations: frozenset[int]
+    intermediate_changes: frozenset[int]
+    root_rotations: frozenset[int]
+    key_changes: frozenset[int]
+    release_ticks: int
+    renewals: tuple[int, ...]
 
-    # -- public and baseline private PKI -----------------------------------
-    public_ca = _CA("Example Public Trust", 0, ev.public_root_expiry, backdate_years=6.0)
-    world.public_roots.append((public_ca.root, 0))
-    public_ca.new_issuing(0)
-    public_next: _CA | None = None
-    private_ca = _CA("Example Devices Inc", 0, ev.private_root_years)
-    private_ca.new_issuing(0)
-    private_next: _CA | None = None
-    anchor_sets: dict[tuple[bytes, ...], int] = {}
-
-    def anchors(*certs: x509.Certificate) -> int:
-        key = tuple(c.public_bytes(serialization.Encoding.DER) for c in certs)
-        if key not in anchor_sets:
-            anchor_sets[key] = len(world.private_anchor_sets)
-            world.private_anchor_sets.append(certs)
-        return anchor_sets[key]
-
-    # -- homing ------------------------------------------------------------
-    data = workdir / "homing-data"
-    ceremonies.init(data, START, hosts=[HOST], validity=Validity(server=timedelta(days=leaf_days)))
-    states_dir = workdir / "homing-states"
-    world.homing_root_ca.append(ceremonies.DataDir(data).certificate("root-ca.pem"))
-
-    def snapshot_homing(tick: int) -> None:
-        index = len(world.homing_states)
-        target = states_dir / str(index)
-        shutil.copytree(data / "repository", target)
-        world.homing_states.append(HomingState(index, tick, target))
-
-    def homing_chain(key_index: int) -> Chain:
-        certs = x509.load_pem_x509_certificates((data / "pki" / "server-chain.pem").read_bytes())
-        return Chain(certs[0], tuple(certs[1:]), key_index)
-
-    snapshot_homing(0)
-    world.homing.append(homing_chain(0))
-
-    arrays = {
-        name: np.zeros(ticks, np.int64)
-        for name in (
-            "public_at",
-            "private_at",
-            "homing_at",
-            "key_at",
-            "release_at",
-            "anchors_at",
-            "homing_state_at",
+    @classmethod
+    def of(cls, scenario: Scenario) -> _Schedule:
+        ev, srv = scenario.events, scenario.server
+        ticks = max(1, int(np.ceil(scenario.fleet.years * DAYS_PER_YEAR / DAYS_PER_TICK)))
+        leaf_ticks = max(1, round(srv.leaf_days / DAYS_PER_TICK))
+        key_ticks = max(1, round(srv.key_days / DAYS_PER_TICK))
+        compromise = year_tick(ev.key_compromise) if ev.key_compromise is not None else None
+        if compromise is not None and compromise >= ticks:
+            compromise = None  # after the end of the run: it does not happen
+        key_changes = set(range(key_ticks, ticks, key_ticks))
+        if compromise is not None:
+            key_changes.add(compromise)
+        ca_rotations = frozenset(year_tick(y) for y in ev.issuing_ca_rotations)
+        intermediate_changes = frozenset(year_tick(y) for y in ev.public_intermediate_changes)
+        public_expiry = year_tick(ev.public_root_expiry)
+        private_expiry = year_tick(ev.private_root_years)
+        # Every chain change is a leaf renewal too: a new intermediate issues a new leaf.
+        scheduled = set(range(0, ticks, leaf_ticks)) | key_changes | ca_rotations
+        scheduled |= intermediate_changes | {public_expiry, private_expiry}
+        return cls(
+            ticks=ticks,
+            leaf_ticks=leaf_ticks,
+            # Valid until the next renewal, with a week to spare.
+            leaf_days=(leaf_ticks + 1) * DAYS_PER_TICK,
+            compromise=compromise,
+            public_expiry=public_expiry,
+            public_successor=max(
+                0, year_tick(ev.public_root_expiry - ev.public_new_root_lead_years)
+            ),
+            private_expiry=private_expiry,
+            private_successor=year_tick(ev.private_root_years - 1.0),
+            ca_rotations=ca_rotations,
+            intermediate_changes=intermediate_changes,
+            root_rotations=frozenset(year_tick(y) for y in ev.root_rotations),
+            key_changes=frozenset(key_changes),
+            release_ticks=max(1, round(ev.firmware_release_days / DAYS_PER_TICK)),
+            renewals=tuple(sorted(t for t in scheduled if 0 <= t < ticks)),
         )
-    }
-    key_index = 0
-    release_ticks = max(1, round(ev.firmware_release_days / DAYS_PER_TICK))
-    renewal_set = set(renewals)
-    for tick in range(ticks):
-        now = tick_time(tick)
-        homing_changed = False
-        homing_renewed = False
-        if tick == public_successor and public_next is None and tick < ticks:
-            public_next = _CA("Example Public Trust G2", tick, 25.0)
-            world.public_roots.append((public_next.root, tick))
-            public_next.new_issuing(tick)
-            world.events.append((tick, "public CA publishes a new root"))
-        if tick == private_successor and private_next is None and tick > 0:
-            private_next = _CA("Example Devices Inc G2", tick, 20.0)
-            private_next.new_issuing(tick)
-            world.events.append((tick, "company makes a successor private root"))
-        if tick == public_expiry and public_next is not None:
-            public_ca = public_next
-            world.events.append((tick, "old public root expires; chains move to the new root"))
-        elif tick in intermediate_changes:
-            public_ca.new_issuing(tick)
-            world.events.append((tick, "public CA replaces its intermediate"))
-        if tick == private_expiry and private_next is not None:
-            private_ca = private_next
-            world.events.append((tick, "private root expires; server moves to its successor"))
-        elif tick in ca_rotations:
-            private_ca.new_issuing(tick)
-        if compromise is not None and tick == compromise:
-            world.stolen = {
-                "public": world.public[-1],
-                "private": world.private[-1],
-                "homing": world.homing[-1],
-            }
-            # What the server re-signs on its own (snapshot weekly, timestamp daily).
-            ceremonies.refresh_snapshot(data, now)
-            world.replay_dir = workdir / "replay"
-            shutil.copytree(data / "repository", world.replay_dir)
-            ceremonies.rotate_issuing_ca(data, "server", now)
-            homing_changed = homing_renewed = True
-            world.events.append((tick, "the server's TLS key is stolen; keys and CAs rotate"))
-        if tick in key_changes:
-            key_index += 1
-            world.keys.append(generate_tls_key())
-            if tick != compromise:
-                world.events.append((tick, "server TLS key rotated to the pre-announced backup"))
-        if tick in ca_rotations and not homing_renewed:
-            ceremonies.rotate_issuing_ca(data, "server", now)
-            homing_changed = homing_renewed = True
-            world.events.append((tick, "issuing CA rotated (homing promotes its backup key)"))
-        if tick in root_rotations:
-            ceremonies.rotate_root(data, now)
-            homing_changed = True
-            world.events.append((tick, "homing root keys rotated (root N+1 signed by N)"))
-        if tick > 0 and tick % year_tick(1.0) == 0 and not homing_changed:
-            ceremonies.refresh_targets(data, now)
-            homing_changed = True
-        if tick in renewal_set:
-            key = world.keys[key_index]
-            world.public.append(public_ca.chain(key, key_index, tick, leaf_days))
-            world.private.append(private_ca.chain(key, key_index, tick, leaf_days))
-            if not homing_renewed:
-                ceremonies.rotate_server_cert(data, now)
-            world.homing.append(homing_chain(key_index))
-        if homing_changed:
-            snapshot_homing(tick)
-        if tick % release_ticks == 0 or tick == compromise:
-            roots = tuple(
-                cert
-                for cert, since in world.public_roots
-                if since <= tick and cert.not_valid_after_utc > now
-            )
-            pins = frozenset({world.key_pin(key_index), world.key_pin(key_index + 1)})
-            world.releases.append(Release(tick, roots, pins))
-        arrays["public_at"][tick] = len(world.public) - 1
-        arrays["private_at"][tick] = len(world.private) - 1
-        arrays["homing_at"][tick] = len(world.homing) - 1
-        arrays["key_at"][tick] = key_index
-        arrays["release_at"][tick] = len(world.releases) - 1
-        arrays["homing_state_at"][tick] = len(world.homing_states) - 1
-        if scenario.policy.private_ca_pins == "root":
-            shipped = [private_ca.root]
-            if private_next is not None and private_next is not private_ca:
-                shipped.append(private_next.root)
-            arrays["anchors_at"][tick] = anchors(*shipped)
+
+
+_PER_TICK = (
+    "public_at",
+    "private_at",
+    "homing_at",
+    "key_at",
+    "release_at",
+    "anchors_at",
+    "homing_state_at",
+)
+
+
+class _Builder:
+    """Walks the schedule week by week, making each event happen for real."""
+
+    def __init__(self, scenario: Scenario, workdir: Path) -> None:
+        self.scenario = scenario
+        self.workdir = workdir
+        self.plan = _Schedule.of(scenario)
+        self.world = World(ticks=self.plan.ticks, keys=[generate_tls_key(), generate_tls_key()])
+        self.key_index = 0
+        ev = scenario.events
+        self.public_ca = _CA("Example Public Trust", 0, ev.public_root_expiry, backdate_years=6.0)
+        self.world.public_roots.append((self.public_ca.root, 0))
+        self.public_ca.new_issuing(0)
+        self.public_next: _CA | None = None
+        self.private_ca = _CA("Example Devices Inc", 0, ev.private_root_years)
+        self.private_ca.new_issuing(0)
+        self.private_next: _CA | None = None
+        self.anchor_sets: dict[tuple[bytes, ...], int] = {}
+        self.per_tick = {name: np.zeros(self.plan.ticks, np.int64) for name in _PER_TICK}
+        self.data = workdir / "homing-data"
+        ceremonies.init(
+            self.data,
+            START,
+            hosts=[HOST],
+            validity=Validity(server=timedelta(days=self.plan.leaf_days)),
+        )
+        self.world.homing_root_ca.append(ceremonies.DataDir(self.data).certificate("root-ca.pem"))
+        self._snapshot_homing(0)
+        self.world.homing.append(self._homing_chain())
+
+    def build(self) -> World:
+        for tick in range(self.plan.ticks):
+            self._public_pki(tick)
+            self._private_pki(tick)
+            changed, renewed = self._steal(tick)
+            self._server_key(tick)
+            changed_too, renewed_too = self._homing_ceremonies(tick, changed, renewed)
+            self._renew_leaves(tick, renewed or renewed_too)
+            if changed or changed_too:
+                self._snapshot_homing(tick)
+            self._release(tick)
+            self._record(tick)
+        world = self.world
+        for name, values in self.per_tick.items():
+            setattr(world, name, values)
+        world.compromise_tick = self.plan.compromise
+        _announcements(world, self.plan, self.scenario.server.announce_days)
+        ceremonies.DataDir(self.data).close()
+        return world
+
+    # -- the public and the baseline private PKI ---------------------------------
+
+    def _public_pki(self, tick: int) -> None:
+        plan, events = self.plan, self.world.events
+        if tick == plan.public_successor and self.public_next is None:
+            self.public_next = _CA("Example Public Trust G2", tick, 25.0)
+            self.world.public_roots.append((self.public_next.root, tick))
+            self.public_next.new_issuing(tick)
+            events.append((tick, "public CA publishes a new root"))
+        if tick == plan.public_expiry and self.public_next is not None:
+            self.public_ca = self.public_next
+            events.append((tick, "old public root expires; chains move to the new root"))
+        elif tick in plan.intermediate_changes:
+            self.public_ca.new_issuing(tick)
+            events.append((tick, "public CA replaces its intermediate"))
+
+    def _private_pki(self, tick: int) -> None:
+        plan, events = self.plan, self.world.events
+        if tick == plan.private_successor and self.private_next is None and tick > 0:
+            self.private_next = _CA("Example Devices Inc G2", tick, 20.0)
+            self.private_next.new_issuing(tick)
+            events.append((tick, "company makes a successor private root"))
+        if tick == plan.private_expiry and self.private_next is not None:
+            self.private_ca = self.private_next
+            events.append((tick, "private root expires; server moves to its successor"))
+        elif tick in plan.ca_rotations:
+            self.private_ca.new_issuing(tick)
+
+    # -- the server's key and homing's ceremonies --------------------------------
+
+    def _steal(self, tick: int) -> tuple[bool, bool]:
+        """The key in service is stolen; homing rotates its issuing CA at once."""
+        if tick != self.plan.compromise:
+            return False, False
+        world, now = self.world, tick_time(tick)
+        world.stolen = {
+            "public": world.public[-1],
+            "private": world.private[-1],
+            "homing": world.homing[-1],
+        }
+        # What the server re-signs on its own (snapshot weekly, timestamp daily):
+        # the freshest metadata an attacker can replay.
+        ceremonies.refresh_snapshot(self.data, now)
+        world.replay_dir = self.workdir / "replay"
+        shutil.copytree(self.data / "repository", world.replay_dir)
+        ceremonies.rotate_issuing_ca(self.data, "server", now)
+        world.events.append((tick, "the server's TLS key is stolen; keys and CAs rotate"))
+        return True, True
+
+    def _server_key(self, tick: int) -> None:
+        if tick not in self.plan.key_changes:
+            return
+        self.key_index += 1
+        self.world.keys.append(generate_tls_key())  # the next key, announced from now on
+        if tick != self.plan.compromise:
+            self.world.events.append((tick, "server TLS key rotated to the pre-announced backup"))
+
+    def _homing_ceremonies(self, tick: int, changed: bool, renewed: bool) -> tuple[bool, bool]:
+        """Returns whether homing's metadata changed and whether its leaf was renewed."""
+        plan, now, events = self.plan, tick_time(tick), self.world.events
+        if tick in plan.ca_rotations and not renewed:
+            ceremonies.rotate_issuing_ca(self.data, "server", now)
+            changed = renewed = True
+            events.append((tick, "issuing CA rotated (homing promotes its backup key)"))
+        if tick in plan.root_rotations:
+            ceremonies.rotate_root(self.data, now)
+            changed = True
+            events.append((tick, "homing root keys rotated (root N+1 signed by N)"))
+        if tick > 0 and tick % year_tick(1.0) == 0 and not changed:
+            ceremonies.refresh_targets(self.data, now)  # targets live two years
+            changed = True
+        return changed, renewed
+
+    def _renew_leaves(self, tick: int, homing_renewed: bool) -> None:
+        if tick not in self.plan.renewals:
+            return
+        key, days = self.world.keys[self.key_index], self.plan.leaf_days
+        self.world.public.append(self.public_ca.chain(key, self.key_index, tick, days))
+        self.world.private.append(self.private_ca.chain(key, self.key_index, tick, days))
+        if not homing_renewed:
+            ceremonies.rotate_server_cert(self.data, tick_time(tick))
+        self.world.homing.append(self._homing_chain())
+
+    def _homing_chain(self) -> Chain:
+        pem = (self.data / "pki" / "server-chain.pem").read_bytes()
+        certs = x509.load_pem_x509_certificates(pem)
+        return Chain(certs[0], tuple(certs[1:]), self.key_index)
+
+    def _snapshot_homing(self, tick: int) -> None:
+        index = len(self.world.homing_states)
+        target = self.workdir / "homing-states" / str(index)
+        shutil.copytree(self.data / "repository", target)
+        self.world.homing_states.append(HomingState(index, tick, target))
+
+    # -- firmware and the per-tick record --------------------------------------
+
+    def _release(self, tick: int) -> None:
+        if tick % self.plan.release_ticks and tick != self.plan.compromise:
+            return
+        now, world = tick_time(tick), self.world
+        roots = tuple(
+            cert
+            for cert, since in world.public_roots
+            if since <= tick and cert.not_valid_after_utc > now
+        )
+        pins = frozenset({world.key_pin(self.key_index), world.key_pin(self.key_index + 1)})
+        world.releases.append(Release(tick, roots, pins))
+
+    def _anchors(self, *certs: x509.Certificate) -> int:
+        """The index of this set of trust anchors, interned."""
+        key = tuple(c.public_bytes(serialization.Encoding.DER) for c in certs)
+        if key not in self.anchor_sets:
+            self.anchor_sets[key] = len(self.world.private_anchor_sets)
+            self.world.private_anchor_sets.append(certs)
+        return self.anchor_sets[key]
+
+    def _record(self, tick: int) -> None:
+        world, at = self.world, self.per_tick
+        at["public_at"][tick] = len(world.public) - 1
+        at["private_at"][tick] = len(world.private) - 1
+        at["homing_at"][tick] = len(world.homing) - 1
+        at["key_at"][tick] = self.key_index
+        at["release_at"][tick] = len(world.releases) - 1
+        at["homing_state_at"][tick] = len(world.homing_states) - 1
+        if self.scenario.policy.private_ca_pins == "root":
+            # The factory ships every private root that is in use or about to be.
+            shipped = [self.private_ca.root]
+            if self.private_next is not None and self.private_next is not self.private_ca:
+                shipped.append(self.private_next.root)
+            at["anchors_at"][tick] = self._anchors(*shipped)
         else:
-            assert private_ca.authority is not None
-            arrays["anchors_at"][tick] = anchors(private_ca.authority.certificate)
-    for name, values in arrays.items():
-        setattr(world, name, values)
-    world.compromise_tick = compromise
-    _announcements(world, renewals, leaf_ticks, srv.announce_days, compromise)
-    ceremonies.DataDir(data).close()
-    return world
+            assert self.private_ca.authority is not None
+            at["anchors_at"][tick] = self._anchors(self.private_ca.authority.certificate)
 
 
-def _announcements(
-    world: World, renewals: list[int], leaf_ticks: int, announce_days: int, compromise: int | None
-) -> None:
+def _announcements(world: World, plan: _Schedule, announce_days: int) -> None:
     """announce-next: before each scheduled renewal, the next fingerprint is announced.
 
     An emergency renewal (the stolen key) cannot be announced in advance.
     """
     window = max(1, round(announce_days / DAYS_PER_TICK))
+    compromise = plan.compromise
     world.announce_at = np.full(world.ticks, -1, np.int64)
     world.announce_from = np.full(world.ticks, -1, np.int64)
     for tick in range(world.ticks):
-        upcoming = [r for r in renewals if r > tick and r - tick <= window and r != compromise]
+        upcoming = [r for r in plan.renewals if tick < r <= tick + window and r != compromise]
         if not upcoming:
             continue
         r = upcoming[0]
