@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,11 +26,22 @@ from cryptography import x509
 
 from homing.config import Limits
 from homing.errors import ChainError, TransportError
-from homing.pki.validate import load_certificate, verify_pins, verify_server_chain
+from homing.pki.validate import (
+    VerifiedChain,
+    load_certificate,
+    verify_pins,
+    verify_server_chain,
+)
 from homing.server.tls import client_context
 from homing.trust.pins import PinPolicy
 
-__all__ = ["Endpoint", "PinnedConnection", "open_connection", "parse_endpoint"]
+__all__ = [
+    "Endpoint",
+    "PinnedConnection",
+    "open_connection",
+    "parse_endpoint",
+    "verify_pinned_chain",
+]
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +130,30 @@ class PinnedConnection(http.client.HTTPSConnection):
             raise ChainError("the server presented no certificate")
         leaf = load_certificate(ders[0], self.limits)
         intermediates = [load_certificate(d, self.limits) for d in ders[1:]]
-        chain = verify_server_chain(
-            leaf, intermediates, self.policy.root_cas, self.host, self.now, self.limits
+        chain = verify_pinned_chain(
+            leaf, intermediates, self.policy, self.host, self.now, self.limits
         )
-        verify_pins(chain, self.policy.spki_pins)
         self.verified_chain = list(chain.chain)
+
+
+def verify_pinned_chain(
+    leaf: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    policy: PinPolicy,
+    host: str,
+    now: datetime,
+    limits: Limits | None = None,
+) -> VerifiedChain:
+    """The pinned connection's rule, before any request byte is sent.
+
+    The chain must validate to one of the policy's roots for ``host`` at
+    ``now``, and a certificate in the *validated* chain must carry a pinned
+    SPKI (RFC 7469 §2.6). Raises ChainError (PinError for the pin). The
+    fleet simulator applies this same function to its devices.
+    """
+    chain = verify_server_chain(leaf, intermediates, policy.root_cas, host, now, limits)
+    verify_pins(chain, policy.spki_pins)
+    return chain
 
 
 def open_connection(

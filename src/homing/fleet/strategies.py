@@ -24,12 +24,13 @@ from pathlib import Path
 
 from tuf.api.metadata import Metadata, Root, Targets, Timestamp
 
-from homing.errors import ChainError, MetadataError, PinError
+from homing.agent.transport import verify_pinned_chain
+from homing.errors import ChainError, MetadataError
 from homing.fleet.population import DAYS_PER_TICK
 from homing.fleet.scenario import Scenario
 from homing.fleet.world import HOST, START, Chain, HomingState, World, tick_time
 from homing.pki.keys import spki_pin
-from homing.pki.validate import verify_pins, verify_server_chain
+from homing.pki.validate import verify_server_chain
 from homing.trust.client import DirectoryFetcher, TrustState, refresh_trust
 from homing.trust.pins import PinPolicy
 
@@ -413,13 +414,11 @@ class Homing(Strategy):
 
     def _pinned_ok(self, policy_index: int, chain: Chain, moment: datetime) -> bool:
         """homing's pinned-connection check: the chain validates to a pinned root, a pin matches."""
-        policy = self._policy(policy_index)
         try:
-            verified = verify_server_chain(
-                chain.leaf, chain.intermediates, list(policy.root_cas), HOST, moment
+            verify_pinned_chain(
+                chain.leaf, chain.intermediates, self._policy(policy_index), HOST, moment
             )
-            verify_pins(verified, policy.spki_pins)
-        except (ChainError, PinError):
+        except ChainError:  # PinError included
             return False
         return True
 
