@@ -193,3 +193,13 @@ def test_cli_refuses_a_bad_scenario_in_one_line(tmp_path: Path) -> None:
     assert "fleet.devices" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_shorter_run_shortens_assembly_and_drops_later_events() -> None:
+    short = Scenario().with_fleet(years=1.0, devices=200)
+    assert short.fleet.manufacture_years == 1.0
+    results = simulate(short, ["homing", "private-ca"])
+    assert results.compromise_day is None  # the default theft is in year 5.5
+    assert all(tick < results.ticks for tick, _ in results.events)
+    with pytest.raises(ConfigError, match="manufacture_years"):
+        scenario_from_dict({"fleet": {"years": 2, "manufacture_years": 3}})

@@ -119,7 +119,13 @@ class Scenario:
     policy: Policy = field(default_factory=Policy)
 
     def with_fleet(self, **changes: Any) -> Scenario:
-        """The same scenario with command-line overrides (devices, years, seed)."""
+        """The same scenario with command-line overrides (devices, years, seed).
+
+        A shorter run also shortens the assembly period, so ``--years 1``
+        works on any scenario.
+        """
+        if "years" in changes and "manufacture_years" not in changes:
+            changes["manufacture_years"] = min(self.fleet.manufacture_years, changes["years"])
         scenario = replace(self, fleet=replace(self.fleet, **changes))
         scenario.check()
         return scenario
