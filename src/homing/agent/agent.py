@@ -78,7 +78,11 @@ class Agent:
         clock: Callable[[], datetime] | None = None,
         limits: Limits | None = None,
         firmware_version: str | None = None,
+        fetcher: Callable[[PinPolicy | None, datetime], HTTPSFetcher] = HTTPSFetcher,
     ) -> None:
+        """``fetcher`` makes the metadata fetcher for a source (pinned or bootstrap);
+        the fleet simulator passes one that serves its simulated network."""
+        self._fetcher = fetcher
         self.state = state
         self.config = state.config()
         self.server_override = server or self.config.server
@@ -124,7 +128,7 @@ class Agent:
         return list(dict.fromkeys(urls))
 
     def _refresh_from(self, url: str, policy: PinPolicy | None, now: datetime) -> TrustState:
-        fetcher = HTTPSFetcher(policy, now)
+        fetcher = self._fetcher(policy, now)
         try:
             return refresh_trust(
                 self.state.trust_dir,

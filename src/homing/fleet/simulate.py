@@ -159,6 +159,22 @@ class _States:
         return found
 
 
+def _group(
+    ids: npt.NDArray[np.int64], count: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The distinct state ids present, and for each device the position of its id among them.
+
+    What ``np.unique(..., return_inverse=True)`` returns, without sorting:
+    ids are small integers, so a table does it in linear time.
+    """
+    present = np.zeros(count, np.bool_)
+    present[ids] = True
+    unique = np.flatnonzero(present)
+    position = np.zeros(count, np.int64)
+    position[unique] = np.arange(unique.size)
+    return unique, position[ids]
+
+
 def _certificate_ticks(days: int) -> tuple[int, int]:
     """(renew after, expired after) in ticks, found by the agent's rule on a real certificate."""
     key = generate_tls_key()
@@ -216,7 +232,7 @@ class _Run:
     def _per_state(
         self, ids: npt.NDArray[np.int64], answer: Callable[[Hashable], Any], dtype: Any
     ) -> npt.NDArray[Any]:
-        unique, inverse = np.unique(ids, return_inverse=True)
+        unique, inverse = _group(ids, len(self.states.values))
         values = np.array([answer(self.states.values[u]) for u in unique], dtype=dtype)
         return values[inverse]
 
@@ -225,14 +241,14 @@ class _Run:
             return
         s, r = self.strategy, self.result
         st = self.ids[online]
-        unique, inverse = np.unique(st, return_inverse=True)
+        unique, inverse = _group(st, len(self.states.values))
         contacts = [s.contact(self.states.values[u], tick) for u in unique]
         new = np.array([self.states.intern(c.state) for c in contacts], np.int64)[inverse]
         out = np.array([c.outcome for c in contacts], np.int8)[inverse]
         req = np.array([c.requests for c in contacts], np.int64)[inverse]
         walk_ms = np.array([c.walk_ms for c in contacts])[inverse]
         reasons = [c.reason for c in contacts]
-        reason_of = np.arange(len(contacts))[inverse]
+        reason_of = inverse.copy()
 
         connected = out != CUT_OFF
         expired = self.cert_expiry[online] <= tick

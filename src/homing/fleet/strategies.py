@@ -21,15 +21,22 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+from cryptography import x509
+from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Root, Targets, Timestamp
 
+from homing.agent.agent import Agent, CycleReport
+from homing.agent.fetcher import HTTPSFetcher
+from homing.agent.state import DeviceConfig, DeviceState
 from homing.agent.transport import verify_pinned_chain
-from homing.errors import ChainError, MetadataError
+from homing.errors import ChainError, MetadataError, TransportError
 from homing.fleet.population import DAYS_PER_TICK
 from homing.fleet.scenario import Scenario
 from homing.fleet.world import HOST, START, Chain, HomingState, World, tick_time
-from homing.pki.keys import spki_pin
+from homing.fsutil import atomic_write
+from homing.pki.keys import generate_tls_key, spki_pin
 from homing.pki.validate import verify_server_chain
 from homing.trust.client import DirectoryFetcher, TrustState, refresh_trust
 from homing.trust.pins import PinPolicy
@@ -67,7 +74,7 @@ class Strategy:
         self.world = world
         self.scenario = scenario
         self.device_cert_days = scenario.policy.baseline_device_cert_days
-        self._valid: dict[tuple[Hashable, int, str, int], bool] = {}
+        self._windows = _ValidityWindows()
 
     def factory(self, tick: int) -> Hashable:
         raise NotImplementedError
@@ -107,18 +114,67 @@ class Strategy:
         family: str,
         tick: int,
     ) -> bool:
-        key = (anchors_key, id(chain), family, tick)
-        if key not in self._valid:
-            self._valid[key] = _chain_valid(chain, anchors, tick_time(tick))
-        return self._valid[key]
+        return self._windows.holds(
+            (anchors_key, id(chain), family),
+            tick_time(tick),
+            lambda moment: _validated(chain, anchors, moment),
+        )
+
+
+def _validated(
+    chain: Chain, anchors: tuple[object, ...], moment: datetime
+) -> tuple[x509.Certificate, ...] | None:
+    """The validated path (leaf to anchor), or None when the chain does not validate."""
+    try:
+        verified = verify_server_chain(
+            chain.leaf,
+            chain.intermediates,
+            list(anchors),  # type: ignore[arg-type]
+            HOST,
+            moment,
+        )
+    except ChainError:
+        return None
+    return verified.chain
 
 
 def _chain_valid(chain: Chain, anchors: tuple[object, ...], moment: datetime) -> bool:
-    try:
-        verify_server_chain(chain.leaf, chain.intermediates, list(anchors), HOST, moment)  # type: ignore[arg-type]
-    except ChainError:
-        return False
-    return True
+    return _validated(chain, anchors, moment) is not None
+
+
+class _ValidityWindows:
+    """Caches path validation by the validity window of the path it found.
+
+    Given the same chain and anchors, cryptography's verifier can only change
+    its answer when the time crosses a certificate's notBefore or notAfter:
+    so a path that validated at one moment validates at every moment inside
+    the intersection of its certificates' validity periods, and is checked
+    again outside it. Refusals are cached per moment only.
+    """
+
+    def __init__(self) -> None:
+        self._valid: dict[Hashable, list[tuple[datetime, datetime]]] = {}
+        self._refused: set[tuple[Hashable, datetime]] = set()
+
+    def holds(
+        self,
+        key: Hashable,
+        moment: datetime,
+        check: Callable[[datetime], tuple[x509.Certificate, ...] | None],
+    ) -> bool:
+        for start, end in self._valid.get(key, ()):
+            if start <= moment <= end:
+                return True
+        if (key, moment) in self._refused:
+            return False
+        path = check(moment)
+        if path is None:
+            self._refused.add((key, moment))
+            return False
+        start = max(c.not_valid_before_utc for c in path)
+        end = min(c.not_valid_after_utc for c in path)
+        self._valid.setdefault(key, []).append((start, end))
+        return True
 
 
 class LeafFingerprint(Strategy):
@@ -334,12 +390,60 @@ class _CountingFetcher(DirectoryFetcher):
         return super()._fetch(url)
 
 
+class _SimulatedHome(HTTPSFetcher):
+    """The network, simulated: the home server as the world publishes it at one moment.
+
+    It is the agent's own fetcher with the socket replaced: a pinned fetch
+    first puts the server's real chain through the agent's pinned-connection
+    rule (``verify_pinned_chain``) and fails the way a real handshake check
+    fails; then files come from the published repository copy.
+    """
+
+    def __init__(
+        self, policy: PinPolicy | None, now: datetime, chain: Chain, repository: Path
+    ) -> None:
+        super().__init__(policy, now)
+        self._chain = chain
+        self._repository = repository
+        self._checked = False
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        parts = urlsplit(url)
+        if self.policy is not None and not self._checked:
+            try:
+                verify_pinned_chain(
+                    self._chain.leaf,
+                    self._chain.intermediates,
+                    self.policy,
+                    parts.hostname or "",
+                    self.now,
+                )
+            except ChainError as e:
+                self.pin_failure = e
+                raise tuf_errors.DownloadError(str(e)) from e
+            self._checked = True
+        prefix = "/tuf/"
+        if not parts.path.startswith(prefix):
+            raise tuf_errors.DownloadHTTPError(f"{url}: HTTP 404", 404)
+        path = self._repository.joinpath(*unquote(parts.path[len(prefix) :]).split("/"))
+        self.requests += 1  # a 404 (python-tuf probing for the next root) is a request too
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as e:
+            raise tuf_errors.DownloadHTTPError(f"{url}: HTTP 404", 404) from e
+        return iter([data])
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class _Walk:
     trust: TrustState | None
     requests: int
     walk_ms: float
     error: str = ""
+    pinned: bool = True
 
 
 class Homing(Strategy):
@@ -354,9 +458,10 @@ class Homing(Strategy):
         self.device_cert_days = scenario.policy.homing_device_cert_days
         self._scratch = Path(tempfile.mkdtemp(prefix="homing-sim-"))
         self._device_dirs: dict[int, Path] = {}
-        self._walks: dict[tuple[int, int], _Walk] = {}
+        self._walks: dict[tuple[tuple[int, int], int], _Walk] = {}
+        self._versions: dict[int, tuple[int, int]] = {}
         self._pins: dict[int, PinPolicy] = {}
-        self._pinned: dict[tuple[int, int, int], bool] = {}
+        self._device_states: dict[int, Path] = {}
         self._expired: dict[tuple[int, int], str] = {}
         self._replay_expires: datetime | None = None
 
@@ -398,29 +503,79 @@ class Homing(Strategy):
                 raise MetadataError(f"homing state {index} does not verify: {walk.error}")
             self._device_dirs[index] = device
             self._pins[index] = walk.trust.pin_policy
+            self._versions[index] = (walk.trust.root_version, walk.trust.targets_version)
         return self._device_dirs[index]
 
     def _policy(self, index: int) -> PinPolicy:
         self._device_dir(index)
         return self._pins[index]
 
+    def _device_state(self, index: int) -> Path:
+        """A device state directory as a device fully up to date with state ``index`` keeps it."""
+        if index not in self._device_states:
+            root = self._scratch / f"device-{index}"
+            state = DeviceState.create(
+                root,
+                DeviceConfig(device_id="simulated", hardware=None, released_at=START.isoformat()),
+                generate_tls_key(),
+                (self._state(0).directory / "metadata" / "1.root.json").read_bytes(),
+            )
+            shutil.copytree(self._device_dir(index), state.trust_dir, dirs_exist_ok=True)
+            atomic_write(root / "pins.json", self._policy(index).to_bytes())
+            self._device_states[index] = root
+        return self._device_states[index]
+
     def _walk(self, held: int, current: int) -> _Walk:
-        key = (held, current)
+        """The agent's own trust refresh, from what the device held to what is published.
+
+        The world copies the repository whenever the server's certificate
+        changes, so the chain in service when a copy was published is the
+        one every device meets until the next copy: the result holds for
+        the whole period.
+        """
+        # Devices holding the same root and targets versions hold the same pins
+        # and walk the same way: one walk answers for all of them.
+        self._device_dir(held)
+        key = (self._versions[held], current)
         if key not in self._walks:
-            state = self._state(current)
-            _, walk = self._refresh(self._device_dir(held), state.directory, tick_time(state.tick))
+            published = self._state(current)
+            device = Path(tempfile.mkdtemp(dir=self._scratch))
+            shutil.copytree(self._device_state(held), device, dirs_exist_ok=True)
+            now = tick_time(published.tick)
+            chain = self.world.homing[int(self.world.homing_at[published.tick])]
+            fetchers: list[_SimulatedHome] = []
+
+            def network(policy: PinPolicy | None, at: datetime) -> HTTPSFetcher:
+                fetchers.append(_SimulatedHome(policy, at, chain, published.directory))
+                return fetchers[-1]
+
+            agent = Agent(DeviceState(device), clock=lambda: now, fetcher=network)
+            report = CycleReport()
+            started = time.perf_counter()
+            try:
+                trust = agent.refresh_trust(now, report)
+            except (MetadataError, TransportError) as e:
+                walk = _Walk(None, sum(f.requests for f in fetchers), 0.0, str(e))
+            else:
+                pinned = not any("bootstrap" in step for step in report.steps)
+                elapsed = (time.perf_counter() - started) * 1e3
+                walk = _Walk(trust, sum(f.requests for f in fetchers), elapsed, pinned=pinned)
             self._walks[key] = walk
+            shutil.rmtree(device, ignore_errors=True)
         return self._walks[key]
 
     def _pinned_ok(self, policy_index: int, chain: Chain, moment: datetime) -> bool:
         """homing's pinned-connection check: the chain validates to a pinned root, a pin matches."""
-        try:
-            verify_pinned_chain(
-                chain.leaf, chain.intermediates, self._policy(policy_index), HOST, moment
-            )
-        except ChainError:  # PinError included
-            return False
-        return True
+        policy = self._policy(policy_index)
+
+        def check(at: datetime) -> tuple[x509.Certificate, ...] | None:
+            try:
+                verified = verify_pinned_chain(chain.leaf, chain.intermediates, policy, HOST, at)
+            except ChainError:  # PinError included
+                return None
+            return verified.chain
+
+        return self._windows.holds(("pinned", policy_index, id(chain)), moment, check)
 
     def _still_valid(self, current: int, tick: int) -> str:
         """Root and targets must not be expired at the device's time (python-tuf's rule)."""
@@ -453,21 +608,17 @@ class Homing(Strategy):
         w = self.world
         current = int(w.homing_state_at[tick])
         chain_index = int(w.homing_at[tick])
-        key = (state, chain_index, tick)
-        if key not in self._pinned:
-            self._pinned[key] = self._pinned_ok(state, w.homing[chain_index], tick_time(tick))
-        pinned = self._pinned[key]
         expired = self._still_valid(current, tick)
         if expired:
             return Contact(state, CUT_OFF, 2, expired)
         walk = self._walk(state, current)
         if walk.trust is None:
             return Contact(state, CUT_OFF, walk.requests, f"trust refresh refused: {walk.error}")
-        # The pinned attempt failed: one more connection, over the bootstrap channel.
-        requests = walk.requests + 1 + (0 if pinned else 1)
+        requests = walk.requests + 1  # and the check-in
+        # Before the check-in: the pinned connection's rule with the pins just verified.
         if not self._pinned_ok(current, w.homing[chain_index], tick_time(tick)):
             return Contact(current, CUT_OFF, requests, "pins from fresh metadata do not match")
-        caught_up = not pinned or walk.trust.root_version != self._root_version(state)
+        caught_up = not walk.pinned or walk.trust.root_version != self._root_version(state)
         return Contact(current, CAUGHT_UP if caught_up else OK, requests, walk_ms=walk.walk_ms)
 
     def _root_version(self, index: int) -> int:

@@ -294,7 +294,12 @@ class _Builder:
             changed, renewed = self._steal(tick)
             self._server_key(tick)
             changed_too, renewed_too = self._homing_ceremonies(tick, changed, renewed)
-            self._renew_leaves(tick, renewed or renewed_too)
+            if self._renew_leaves(tick, renewed or renewed_too) and not (changed or changed_too):
+                # The server re-signs snapshot and timestamp on its own; a copy per
+                # certificate means a device's refresh always meets the chain it
+                # would meet in that period, with fresh metadata.
+                ceremonies.refresh_snapshot(self.data, tick_time(tick))
+                changed_too = True
             if changed or changed_too:
                 self._snapshot_homing(tick)
             self._release(tick)
@@ -380,15 +385,17 @@ class _Builder:
             changed = True
         return changed, renewed
 
-    def _renew_leaves(self, tick: int, homing_renewed: bool) -> None:
+    def _renew_leaves(self, tick: int, homing_renewed: bool) -> bool:
+        """Returns whether the server's certificates were renewed this tick."""
         if tick not in self.plan.renewals:
-            return
+            return False
         key, days = self.world.keys[self.key_index], self.plan.leaf_days
         self.world.public.append(self.public_ca.chain(key, self.key_index, tick, days))
         self.world.private.append(self.private_ca.chain(key, self.key_index, tick, days))
         if not homing_renewed:
             ceremonies.rotate_server_cert(self.data, tick_time(tick))
         self.world.homing.append(self._homing_chain())
+        return True
 
     def _homing_chain(self) -> Chain:
         pem = (self.data / "pki" / "server-chain.pem").read_bytes()
