@@ -71,9 +71,18 @@ def _plots(results: Results, out: Path) -> list[Path]:
 
     years = [(t + 1) * DAYS_PER_TICK / DAYS_PER_YEAR for t in range(results.ticks)]
     fig, ax = plt.subplots(figsize=(10, 5.5), dpi=110)
-    for s in results.strategies:
-        width = 2.6 if s.name == "homing" else 1.4
-        ax.plot(years, [100 * v for v in s.connected], label=s.name, linewidth=width)
+    # Strategies that fail alike draw the same line: styles keep each visible.
+    styles = ["-", "--", "-.", ":"]
+    for i, s in enumerate(results.strategies):
+        homing = s.name == "homing"
+        ax.plot(
+            years,
+            [100 * v for v in s.connected],
+            label=s.name,
+            linewidth=3.0 if homing else 1.6,
+            linestyle="-" if homing else styles[i % len(styles)],
+            zorder=1 if homing else 2,
+        )
     for tick, event in results.events:
         if "stolen" in event or "expires" in event:
             ax.axvline(tick * DAYS_PER_TICK / DAYS_PER_YEAR, color="grey", linestyle=":")
