@@ -462,7 +462,7 @@ class Homing(Strategy):
         self._versions: dict[int, tuple[int, int]] = {}
         self._pins: dict[int, PinPolicy] = {}
         self._device_states: dict[int, Path] = {}
-        self._expired: dict[tuple[int, int], str] = {}
+        self._expiries: dict[int, tuple[datetime, datetime]] = {}
         self._replay_expires: datetime | None = None
 
     def close(self) -> None:
@@ -504,6 +504,10 @@ class Homing(Strategy):
             self._device_dirs[index] = device
             self._pins[index] = walk.trust.pin_policy
             self._versions[index] = (walk.trust.root_version, walk.trust.targets_version)
+            # python-tuf's own cache of what it just verified.
+            root = Metadata[Root].from_file(str(device / "root.json"))
+            targets = Metadata[Targets].from_file(str(device / "targets.json"))
+            self._expiries[index] = (root.signed.expires, targets.signed.expires)
         return self._device_dirs[index]
 
     def _policy(self, index: int) -> PinPolicy:
@@ -579,26 +583,14 @@ class Homing(Strategy):
 
     def _still_valid(self, current: int, tick: int) -> str:
         """Root and targets must not be expired at the device's time (python-tuf's rule)."""
-        key = (current, tick)
-        if key not in self._expired:
-            metadata = self._state(current).directory / "metadata"
-            moment = tick_time(tick)
-            problem = ""
-            root_files = sorted(
-                metadata.glob("*.root.json"), key=lambda p: int(p.name.split(".")[0])
-            )
-            root = Metadata[Root].from_file(str(root_files[-1]))
-            timestamp = Metadata[Timestamp].from_file(str(metadata / "timestamp.json"))
-            snapshot_version = timestamp.signed.snapshot_meta.version
-            snapshot = Metadata.from_file(str(metadata / f"{snapshot_version}.snapshot.json"))
-            targets_version = snapshot.signed.meta["targets.json"].version  # type: ignore[attr-defined]
-            targets = Metadata[Targets].from_file(str(metadata / f"{targets_version}.targets.json"))
-            if root.signed.is_expired(moment):
-                problem = "root metadata expired: a root ceremony was missed"
-            elif targets.signed.is_expired(moment):
-                problem = "targets metadata expired: the yearly re-signing was missed"
-            self._expired[key] = problem
-        return self._expired[key]
+        self._device_dir(current)
+        root_expires, targets_expires = self._expiries[current]
+        moment = tick_time(tick)
+        if moment >= root_expires:
+            return "root metadata expired: a root ceremony was missed"
+        if moment >= targets_expires:
+            return "targets metadata expired: the yearly re-signing was missed"
+        return ""
 
     def factory(self, tick: int) -> Hashable:
         return int(self.world.homing_state_at[tick])
@@ -618,12 +610,8 @@ class Homing(Strategy):
         # Before the check-in: the pinned connection's rule with the pins just verified.
         if not self._pinned_ok(current, w.homing[chain_index], tick_time(tick)):
             return Contact(current, CUT_OFF, requests, "pins from fresh metadata do not match")
-        caught_up = not walk.pinned or walk.trust.root_version != self._root_version(state)
+        caught_up = not walk.pinned or walk.trust.root_version != self._versions[state][0]
         return Contact(current, CAUGHT_UP if caught_up else OK, requests, walk_ms=walk.walk_ms)
-
-    def _root_version(self, index: int) -> int:
-        root = self._device_dir(index) / "root.json"
-        return int(Metadata[Root].from_file(str(root)).signed.version)
 
     # -- the stolen key ---------------------------------------------------------
 

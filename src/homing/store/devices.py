@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from homing.errors import ConflictError, NotFoundError
 from homing.store.schema import certificates, checkins, devices
 from homing.store.sql import db_time as _db_time
-from homing.store.sql import driver_sql as _driver_sql
+from homing.store.sql import driver_executemany, driver_rows
 
 __all__ = [
     "CheckIn",
@@ -173,21 +173,6 @@ def _refusal(row: Any, device_id: str) -> str | None:
     return None
 
 
-def _standing(conn: Connection, serials: Sequence[int]) -> dict[str, Any]:
-    keys = sorted({format(s, "x") for s in serials})
-    # Only generated placeholder names are put into the text; values are bound.
-    marks = ", ".join(f":s{i}" for i in range(len(keys)))
-    sql = (
-        "SELECT c.serial, c.revoked_at, c.subject_id, d.status FROM certificates AS c "  # noqa: S608
-        f"LEFT OUTER JOIN devices AS d ON d.device_id = c.subject_id WHERE c.serial IN ({marks})"
-    )
-    params = {f"s{i}": key for i, key in enumerate(keys)}
-    if conn.dialect.name == "sqlite":
-        rows = conn.connection.dbapi_connection.execute(sql, params).fetchall()  # type: ignore[union-attr]
-        return {r[0]: _Standing(*r) for r in rows}
-    return {r.serial: r for r in _driver_sql(conn, sql, params)}
-
-
 class _Standing(NamedTuple):
     serial: str
     revoked_at: Any
@@ -195,16 +180,17 @@ class _Standing(NamedTuple):
     status: str | None
 
 
-def _executemany(conn: Connection, sql: str, rows: list[dict[str, Any]]) -> None:
-    """The check-in batch's writes: on SQLite straight to the driver, in the open transaction.
-
-    SQLAlchemy's statement handling costs more than SQLite's own work for
-    these two statements, and the batch runs with the write lock held.
-    """
-    if conn.dialect.name == "sqlite":
-        conn.connection.dbapi_connection.executemany(sql, rows)  # type: ignore[union-attr]
-    else:
-        _driver_sql(conn, sql, rows)
+def _standing(conn: Connection, serials: Sequence[int]) -> dict[str, _Standing]:
+    keys = sorted({format(s, "x") for s in serials})
+    # Only generated placeholder names are put into the text; values are bound.
+    marks = ", ".join(f":s{i}" for i in range(len(keys)))
+    rows = driver_rows(
+        conn,
+        "SELECT c.serial, c.revoked_at, c.subject_id, d.status FROM certificates AS c "  # noqa: S608
+        f"LEFT OUTER JOIN devices AS d ON d.device_id = c.subject_id WHERE c.serial IN ({marks})",
+        {f"s{i}": key for i, key in enumerate(keys)},
+    )
+    return {r[0]: _Standing(*r) for r in rows}
 
 
 def _checkin_params(conn: Connection, c: CheckIn) -> dict[str, Any]:
@@ -251,7 +237,7 @@ def record_checkins(
     if not accepted:
         return refusals
     params = {id(c): _checkin_params(conn, c) for c in accepted}
-    _executemany(
+    driver_executemany(
         conn,
         "INSERT INTO checkins (device_id, at, firmware_version, root_version, timestamp_version, "
         "targets_version, health) VALUES (:device_id, :at, :firmware_version, :root_version, "
@@ -264,7 +250,7 @@ def record_checkins(
             latest[c.device_id] = c
     # One lock order for every writer: concurrent batches never deadlock.
     ordered = sorted(latest.values(), key=lambda c: c.device_id)
-    _executemany(
+    driver_executemany(
         conn,
         "UPDATE devices SET last_seen = :at, firmware_version = :firmware_version, "
         "root_version = :root_version, timestamp_version = :timestamp_version, "
