@@ -300,7 +300,11 @@ def test_checkins_wait_for_a_busy_sqlite_database_without_stalling_the_server(
         sender.join(10)
         assert answers == [200]
         assert _checkin_count(server) == 1
+        # With the database free again, the next batch is written on the loop.
+        assert server.request("POST", "/v1/device/checkin", CHECKIN, device=device).status == 200
+        assert _checkin_count(server) == 2
         metrics = server.request("GET", "/metrics").body.decode()
         assert 'homing_checkin_batches_total{path="thread"} 1.0' in metrics
+        assert 'homing_checkin_batches_total{path="inline"} 1.0' in metrics
     finally:
         server.stop()
