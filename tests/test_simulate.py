@@ -10,9 +10,10 @@ import pytest
 from tuf.api.metadata import Metadata
 
 from homing.errors import ConfigError
+from homing.fleet import STRATEGY_NAMES
 from homing.fleet.scenario import Scenario, load_scenario, scenario_from_dict
 from homing.fleet.simulate import CERT_EXPIRED, Results, simulate
-from homing.fleet.strategies import CAUGHT_UP, CUT_OFF, OK, Homing, PrivateCA
+from homing.fleet.strategies import CAUGHT_UP, CUT_OFF, OK, STRATEGIES, Homing, PrivateCA
 from homing.fleet.world import build_world
 from tests.harness import run_homing
 
@@ -160,6 +161,10 @@ def test_bad_scenarios_are_refused_with_the_field_named(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         scenario_from_dict(doc)
+
+
+def test_the_cli_offers_exactly_the_registered_strategies() -> None:
+    assert tuple(STRATEGIES) == STRATEGY_NAMES
 
 
 def test_every_documented_scenario_parses() -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from homing.errors import HomingError
+from homing.fleet import STRATEGY_NAMES
 
 if TYPE_CHECKING:
     from homing.ceremonies import InitSummary
@@ -1176,17 +1177,6 @@ def demo() -> None:
     out.print(table)
 
 
-_STRATEGY_NAMES = (
-    "leaf-fingerprint",
-    "announce-next",
-    "public-ca",
-    "hpkp",
-    "private-ca",
-    "firmware-pins",
-    "homing",
-)
-
-
 @cli.command("simulate")
 @click.option("--devices", type=click.IntRange(1, 10_000_000), help="Fleet size (default 100,000).")
 @click.option("--years", type=click.FloatRange(0, 50, min_open=True), help="Simulated years.")
@@ -1195,7 +1185,7 @@ _STRATEGY_NAMES = (
     "--strategy",
     "strategies",
     multiple=True,
-    type=click.Choice(_STRATEGY_NAMES),
+    type=click.Choice(STRATEGY_NAMES),
     help="Strategy to compare (repeat; default: all).",
 )
 @click.option(
