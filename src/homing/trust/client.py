@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -147,21 +148,17 @@ def refresh_trust(
     target_dir.mkdir(exist_ok=True)
     if target_url is None:
         target_url = metadata_url.rstrip("/").rsplit("/", 1)[0] + "/targets/"
-    try:
-        bootstrap = _choose_bootstrap(metadata_dir, bootstrap_root)
-        updater = Updater(
-            str(metadata_dir),
+    with _python_tuf_errors(metadata_dir):
+        updater = _updater(
+            metadata_dir,
             metadata_url,
-            str(target_dir),
+            target_dir,
             target_url,
-            fetcher=fetcher or DirectoryFetcher(),
-            config=_updater_config(limits),
-            bootstrap=bootstrap,
+            fetcher or DirectoryFetcher(),
+            _choose_bootstrap(metadata_dir, bootstrap_root),
+            now,
+            limits,
         )
-        # TUF spec §5.3.1: one fixed reference time for the whole update. The
-        # Updater takes the wall clock; homing's agents use their secure time
-        # floor instead, so the reference time is set before anything loads.
-        updater._trusted_set.reference_time = now
         updater.refresh()
         info = updater.get_targetinfo(PIN_POLICY_TARGET)
         if info is None:
@@ -177,6 +174,40 @@ def refresh_trust(
             targets_version=trusted.targets.version,
             timestamp_expires=trusted.timestamp.expires,
         )
+
+
+def _updater(
+    metadata_dir: Path,
+    metadata_url: str,
+    target_dir: Path,
+    target_url: str | None,
+    fetcher: FetcherInterface,
+    bootstrap: bytes,
+    now: datetime,
+    limits: Limits,
+) -> Updater:
+    """python-tuf's Updater with homing's limits and a fixed reference time."""
+    updater = Updater(
+        str(metadata_dir),
+        metadata_url,
+        str(target_dir),
+        target_url,
+        fetcher=fetcher,
+        config=_updater_config(limits),
+        bootstrap=bootstrap,
+    )
+    # TUF spec §5.3.1: one fixed reference time for the whole update. The
+    # Updater takes the wall clock; homing's agents use their secure time
+    # floor instead, so the reference time is set before anything loads.
+    updater._trusted_set.reference_time = now
+    return updater
+
+
+@contextmanager
+def _python_tuf_errors(metadata_dir: Path) -> Iterator[None]:
+    """Every python-tuf failure as the one homing error that says what went wrong."""
+    try:
+        yield
     except tuf_errors.ExpiredMetadataError as e:
         raise MetadataError(f"trust metadata has expired: {e}") from e
     except tuf_errors.RepositoryError as e:
@@ -201,25 +232,19 @@ def target_info(
 ) -> TargetFile:
     """The verified TargetFile for ``name``, following delegations (TUF spec 5.6.7)."""
     limits = limits or Limits()
-    try:
-        updater = Updater(
-            str(metadata_dir),
+    with _python_tuf_errors(metadata_dir):
+        updater = _updater(
+            metadata_dir,
             metadata_url,
-            str(metadata_dir / "targets"),
+            metadata_dir / "targets",
             None,
-            fetcher=fetcher,
-            config=_updater_config(limits),
-            bootstrap=_choose_bootstrap(metadata_dir, bootstrap_root),
+            fetcher,
+            _choose_bootstrap(metadata_dir, bootstrap_root),
+            now,
+            limits,
         )
-        updater._trusted_set.reference_time = now
         updater.refresh()
         info = updater.get_targetinfo(name)
-    except tuf_errors.RepositoryError as e:
-        raise MetadataError(f"trust metadata refused: {e}") from e
-    except tuf_errors.DownloadError as e:
-        raise TransportError(f"cannot fetch trust metadata: {e}") from e
-    except (ValueError, KeyError, TypeError) as e:
-        raise MetadataError(f"trust metadata is malformed: {e}") from e
     if info is None:
         raise MetadataError(f"no signed target {name!r}")
     return info
