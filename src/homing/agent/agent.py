@@ -240,6 +240,13 @@ class Agent:
         finally:
             conn.close()
 
+    def _post_json(
+        self, policy: PinPolicy, now: datetime, path: str, doc: dict[str, Any], *, mutual: bool
+    ) -> tuple[int, bytes, list[x509.Certificate]]:
+        """POST a JSON object; fields that are None are left out."""
+        body = json.dumps({k: v for k, v in doc.items() if v is not None}).encode()
+        return self._post(policy, now, path, body, "application/json", mutual=mutual)
+
     def _expect_ok(self, status: int, body: bytes, what: str) -> None:
         """A 200, or the one error that says why not (a revoked device stops for good)."""
         if status == 403 and b'"revoked"' in body:
@@ -263,31 +270,23 @@ class Agent:
 
     def recover(self, policy: PinPolicy, now: datetime) -> None:
         """Key-proof recovery: prove the registered key over a fresh nonce (no client cert)."""
-        status, body, _ = self._post(
-            policy,
-            now,
-            "/v1/recover/challenge",
-            json.dumps({"device_id": self.config.device_id}).encode(),
-            "application/json",
-            mutual=False,
+        status, body, _ = self._post_json(
+            policy, now, "/v1/recover/challenge", {"device_id": self.config.device_id}, mutual=False
         )
         self._expect_ok(status, body, "recovery challenge")
         nonce = json.loads(body)["nonce"]
         csr = self._csr()
         proof = sign_recovery_proof(self.state.key(), nonce, csr)
-        status, body, _ = self._post(
+        status, body, _ = self._post_json(
             policy,
             now,
             "/v1/recover",
-            json.dumps(
-                {
-                    "device_id": self.config.device_id,
-                    "nonce": nonce,
-                    "csr": base64.b64encode(csr).decode(),
-                    "signature": base64.b64encode(proof).decode(),
-                }
-            ).encode(),
-            "application/json",
+            {
+                "device_id": self.config.device_id,
+                "nonce": nonce,
+                "csr": base64.b64encode(csr).decode(),
+                "signature": base64.b64encode(proof).decode(),
+            },
             mutual=False,
         )
         self._expect_ok(status, body, "recovery")
@@ -319,14 +318,7 @@ class Agent:
             "trust": report.trust,
             "health": health,
         }
-        status, raw, chain = self._post(
-            policy,
-            now,
-            "/v1/device/checkin",
-            json.dumps({k: v for k, v in body.items() if v is not None}).encode(),
-            "application/json",
-            mutual=True,
-        )
+        status, raw, chain = self._post_json(policy, now, "/v1/device/checkin", body, mutual=True)
         self._expect_ok(status, raw, "check-in")
         answer: dict[str, Any] = json.loads(raw)
         # The server has recorded the manual update with this check-in.

@@ -66,14 +66,7 @@ def _report(
 ) -> None:
     body = {"rollout": rollout, "state": state, "reason": reason, "version": version}
     try:
-        status, raw, _ = agent._post(
-            policy,
-            now,
-            "/v1/device/update",
-            json.dumps({k: v for k, v in body.items() if v is not None}).encode(),
-            "application/json",
-            mutual=True,
-        )
+        status, raw, _ = agent._post_json(policy, now, "/v1/device/update", body, mutual=True)
         if status != 200:
             log.warning("progress report refused: HTTP %s %r", status, raw[:200])
     except HomingError as e:
