@@ -84,7 +84,7 @@ def test_issue_revoke_and_crl(cli_data: Path, tmp_path: Path) -> None:
     ("args", "expected"),
     [
         (("rotate", "root", "--data", "/nonexistent/homing"), "no homing data directory"),
-        (("pki", "revoke", "--device", "ghost"), "no certificate was issued to device 'ghost'"),
+        (("pki", "revoke", "--device", "ghost"), "no device 'ghost'"),
         (("pki", "revoke", "--serial", "xyz"), "not hexadecimal"),
         (("pki", "revoke"), "exactly one of a device id or a serial"),
         (("init", "--ceremony"), "--ceremony needs at least one --root-key"),

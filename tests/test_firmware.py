@@ -67,7 +67,12 @@ def _rollout(
     ratio: float = 0.2,
 ) -> int:
     ro = rollouts.create(
-        server.state.db, "test", datetime.now(UTC), version, "board-a", stages, ratio
+        server.state.db,
+        "test",
+        datetime.now(UTC),
+        version,
+        "board-a",
+        rollouts.RolloutPlan(stages=stages, max_failure_ratio=ratio),
     )
     time.sleep(1.1)  # the server re-reads active rollouts every second
     return ro.id
@@ -455,7 +460,12 @@ def test_rollout_to_a_named_group(server: RunningServer, tmp_path: Path) -> None
     with server.state.db.engine.begin() as conn:
         firmware.set_group(conn, "lab", ["dev-1", "dev-3"])
     ro = rollouts.create(
-        server.state.db, "test", datetime.now(UTC), "2.0.0", "board-a", group="lab"
+        server.state.db,
+        "test",
+        datetime.now(UTC),
+        "2.0.0",
+        "board-a",
+        rollouts.RolloutPlan(group="lab"),
     )
     time.sleep(1.1)
     for state in states:
@@ -465,5 +475,10 @@ def test_rollout_to_a_named_group(server: RunningServer, tmp_path: Path) -> None
     assert _states(server, ro.id) == {"dev-1": "committed", "dev-3": "committed"}
     with pytest.raises(Exception, match="empty or unknown"):
         rollouts.create(
-            server.state.db, "test", datetime.now(UTC), "2.0.0", "board-a", group="nobody"
+            server.state.db,
+            "test",
+            datetime.now(UTC),
+            "2.0.0",
+            "board-a",
+            rollouts.RolloutPlan(group="nobody"),
         )

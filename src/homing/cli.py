@@ -227,7 +227,12 @@ def rotate_root(
 
     _ensure_passphrase(data)
     version = ceremonies.rotate_root(
-        data, _now(), sign_with=_paths(sign_with), new_keys=_paths(new_keys), threshold=threshold
+        data,
+        _now(),
+        sign_with=_paths(sign_with),
+        new_keys=_paths(new_keys),
+        threshold=threshold,
+        actor=_operator_actor(),
     )
     out.print(f"published root version {version}")
 
@@ -239,7 +244,7 @@ def rotate_server_ca(data: Path) -> None:
     from homing import ceremonies
 
     _ensure_passphrase(data)
-    generation = ceremonies.rotate_issuing_ca(data, "server", _now())
+    generation = ceremonies.rotate_issuing_ca(data, "server", _now(), actor=_operator_actor())
     out.print(f"server-issuing CA generation {generation} is active; new pins published")
 
 
@@ -250,7 +255,7 @@ def rotate_device_ca(data: Path) -> None:
     from homing import ceremonies
 
     _ensure_passphrase(data)
-    generation = ceremonies.rotate_issuing_ca(data, "device", _now())
+    generation = ceremonies.rotate_issuing_ca(data, "device", _now(), actor=_operator_actor())
     out.print(f"device-issuing CA generation {generation} is active")
 
 
@@ -261,7 +266,7 @@ def rotate_server_cert(data: Path) -> None:
     from homing import ceremonies
 
     _ensure_passphrase(data)
-    leaf = ceremonies.rotate_server_cert(data, _now())
+    leaf = ceremonies.rotate_server_cert(data, _now(), actor=_operator_actor())
     out.print(
         f"new server certificate {leaf.serial_number:x}, valid until "
         f"{leaf.not_valid_after_utc.isoformat()}"
@@ -276,7 +281,9 @@ def rotate_online_keys(data: Path, sign_with: tuple[str, ...]) -> None:
     from homing import ceremonies
 
     _ensure_passphrase(data)
-    version = ceremonies.rotate_online_keys(data, _now(), sign_with=_paths(sign_with))
+    version = ceremonies.rotate_online_keys(
+        data, _now(), sign_with=_paths(sign_with), actor=_operator_actor()
+    )
     out.print(f"online keys replaced in root version {version}")
 
 
@@ -294,7 +301,7 @@ def timestamp_refresh(data: Path, expires_in: float | None) -> None:
 
     _ensure_passphrase(data)
     delta = timedelta(hours=expires_in) if expires_in is not None else None
-    version = ceremonies.refresh_timestamp(data, _now(), delta)
+    version = ceremonies.refresh_timestamp(data, _now(), delta, actor=_operator_actor())
     out.print(f"timestamp version {version} published")
 
 
@@ -310,7 +317,7 @@ def targets_refresh(data: Path) -> None:
     from homing import ceremonies
 
     _ensure_passphrase(data)
-    version = ceremonies.refresh_targets(data, _now())
+    version = ceremonies.refresh_targets(data, _now(), actor=_operator_actor())
     out.print(f"targets version {version} published")
 
 
@@ -338,7 +345,9 @@ def pki_issue(
         csr = csr_path.read_bytes()
     except OSError as e:
         _fail(f"cannot read {csr_path}: {e.strerror}")
-    chain = ceremonies.issue_certificate(data, csr, profile, _now(), device_id=device_id)
+    chain = ceremonies.issue_certificate(
+        data, csr, profile, _now(), device_id=device_id, actor=_operator_actor()
+    )
     pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
     if out_path:
         from homing.fsutil import atomic_write
@@ -365,7 +374,14 @@ def pki_revoke(data: Path, device_id: str | None, serial: str | None, reason: st
             number = int(serial.replace(":", ""), 16)
         except ValueError:
             _fail(f"serial {serial!r} is not hexadecimal", 2)
-    count = ceremonies.revoke(data, _now(), device_id=device_id, serial=number, reason=reason)
+    count = ceremonies.revoke(
+        data,
+        _now(),
+        device_id=device_id,
+        serial=number,
+        reason=reason,
+        actor=_operator_actor(),
+    )
     out.print(f"revoked {count} certificate(s); CRLs re-signed")
 
 
@@ -528,9 +544,9 @@ def revoke_cmd(device_id: str, reason: str, data: Path, db_url: str | None) -> N
     from homing.server import operations
 
     _ensure_passphrase(data)
-    dd = DataDir(data)
+    dd = DataDir(data, db_url)
     count = operations.revoke_device(
-        dd, dd.database(db_url), _operator_actor(), _now(), device_id, reason
+        dd, dd.database(), _operator_actor(), _now(), device_id, reason
     )
     out.print(f"device {device_id!r} revoked ({count} certificate(s)); CRL re-signed")
 
@@ -1063,6 +1079,7 @@ def _stages(text: str) -> list[int]:
     show_default=True,
     help="A device in progress longer than this counts as stalled.",
 )
+@click.option("--group", help="Roll out to this named device group at once (no stages).")
 @_data_option
 @_db_option
 def rollout_create(
@@ -1087,12 +1104,14 @@ def rollout_create(
         _now(),
         version,
         hardware,
-        _stages(stages),
-        max_failure_ratio,
-        success_ratio,
-        timedelta(minutes=soak_minutes),
-        timedelta(hours=deadline_hours),
-        group,
+        rollouts.RolloutPlan(
+            stages=tuple(_stages(stages)),
+            max_failure_ratio=max_failure_ratio,
+            success_ratio=success_ratio,
+            soak=timedelta(minutes=soak_minutes),
+            deadline=timedelta(hours=deadline_hours),
+            group=group,
+        ),
     )
     where = f"group {group!r}" if group else f"{ro.percent}%"
     out.print(f"rollout {ro.id} of {ro.version} to {ro.hardware} started at {where}")

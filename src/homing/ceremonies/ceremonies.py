@@ -34,12 +34,15 @@ from homing.pki.keystore import (
     load_private_key_pem,
     passphrase_from_env,
 )
-from homing.pki.profiles import device_profile, server_csr, server_profile, split_hosts
+from homing.pki.profiles import device_profile, device_uri, server_csr, server_profile, split_hosts
 from homing.trust.pins import PIN_POLICY_TARGET, PinPolicy
 from homing.trust.repository import RoleKeys, TrustRepository
 from homing.trust.signing import signer_for, tuf_key
 
 from .datadir import DataDir, Settings
+
+# The actor a ceremony is audited under when the caller names none.
+OPERATOR = "operator"
 
 __all__ = [
     "InitSummary",
@@ -122,6 +125,21 @@ def _root_signers(
             f"pass them with --sign-with (got {len(sign_with)})"
         )
     return [signer_for(_read_offline_key(p)) for p in sign_with]
+
+
+def _audit(
+    dd: DataDir,
+    now: datetime,
+    actor: str,
+    action: str,
+    subject: str | None = None,
+    detail: dict[str, object] | None = None,
+) -> None:
+    """Every ceremony leaves a line in the audit log of the data directory's database."""
+    from homing.store import audit
+
+    with dd.database().begin() as conn:
+        audit.audit(conn, now, actor, action, subject, detail)
 
 
 def _pem(*certs: x509.Certificate) -> bytes:
@@ -340,6 +358,7 @@ def rotate_root(
     sign_with: Sequence[Path] = (),
     new_keys: Sequence[Path] = (),
     threshold: int | None = None,
+    actor: str = OPERATOR,
 ) -> int:
     """Publish root N+1 with fresh root keys; returns the new version.
 
@@ -393,11 +412,12 @@ def rotate_root(
     dd.save_settings(settings)
     snapshot, timestamp = _online_signers(store, settings)
     repo.refresh_snapshot(snapshot, timestamp, now)
+    _audit(dd, now, actor, "rotate_root", f"root v{version}", {"threshold": k})
     return version
 
 
 def rotate_online_keys(
-    data: Path | DataDir, now: datetime, *, sign_with: Sequence[Path] = ()
+    data: Path | DataDir, now: datetime, *, sign_with: Sequence[Path] = (), actor: str = OPERATOR
 ) -> int:
     """Replace the snapshot and timestamp keys (a new root lists them); returns root version."""
     dd, settings, store = _open(data)
@@ -424,6 +444,7 @@ def rotate_online_keys(
     settings.online_key_generation = g
     dd.save_settings(settings)
     repo.refresh_snapshot(signer_for(snapshot_key), signer_for(timestamp_key), now)
+    _audit(dd, now, actor, "rotate_online_keys", f"root v{root.signed.version}", {"generation": g})
     return root.signed.version
 
 
@@ -440,7 +461,9 @@ def pin_policy(dd: DataDir, settings: Settings, store: KeyStore) -> PinPolicy:
     )
 
 
-def rotate_issuing_ca(data: Path | DataDir, kind: str, now: datetime) -> int:
+def rotate_issuing_ca(
+    data: Path | DataDir, kind: str, now: datetime, *, actor: str = OPERATOR
+) -> int:
     """Promote the backup key of the ``kind`` issuing CA; returns the new generation.
 
     The backup's SPKI has been pinned since the previous rotation, so a
@@ -477,11 +500,14 @@ def rotate_issuing_ca(data: Path | DataDir, kind: str, now: datetime) -> int:
         atomic_write(dd.pki_path("device-ca.pem"), _pem(cert))
     else:
         atomic_write(dd.pki_path("server-ca.pem"), _pem(cert))
+    # The settings are written last: they are the commit point a running
+    # server reloads the rotation by (trust bundle, certificate, then key).
     setattr(settings, attr, g)
     dd.save_settings(settings)
     if kind == "server":
-        rotate_server_cert(dd, now)
+        rotate_server_cert(dd, now, actor=actor)
         _publish_pins(dd, settings, store, now)
+    _audit(dd, now, actor, f"rotate_{kind}_ca", f"generation {g}")
     return g
 
 
@@ -497,7 +523,9 @@ def _publish_pins(dd: DataDir, settings: Settings, store: KeyStore, now: datetim
     )
 
 
-def rotate_server_cert(data: Path | DataDir, now: datetime) -> x509.Certificate:
+def rotate_server_cert(
+    data: Path | DataDir, now: datetime, *, actor: str = OPERATOR
+) -> x509.Certificate:
     """Issue the server a new key and certificate from the active server CA."""
     dd, settings, store = _open(data)
     authority = _authority(dd, settings, store, "server")
@@ -509,18 +537,25 @@ def rotate_server_cert(data: Path | DataDir, now: datetime) -> x509.Certificate:
     # a restart detects as not matching the key and re-issues.
     store.store("server-tls", key)
     atomic_write(dd.pki_path("server-chain.pem"), _pem(leaf, authority.certificate))
+    _audit(dd, now, actor, "rotate_server_cert", f"serial {leaf.serial_number:x}")
     return leaf
 
 
 def refresh_timestamp(
-    data: Path | DataDir, now: datetime, expires_in: timedelta | None = None
+    data: Path | DataDir,
+    now: datetime,
+    expires_in: timedelta | None = None,
+    *,
+    actor: str = OPERATOR,
 ) -> int:
     """Re-sign the timestamp (online key); returns its new version."""
     dd, settings, store = _open(data)
     if expires_in is not None and expires_in <= timedelta(0):
         raise CeremonyError("the timestamp expiry must be positive")
     _, timestamp = _online_signers(store, settings)
-    return dd.repository(settings).refresh_timestamp(timestamp, now, expires_in).signed.version
+    signed = dd.repository(settings).refresh_timestamp(timestamp, now, expires_in).signed
+    _audit(dd, now, actor, "refresh_timestamp", f"timestamp v{signed.version}")
+    return signed.version
 
 
 # -- issuance and revocation ----------------------------------------------
@@ -537,7 +572,13 @@ def _authority(dd: DataDir, settings: Settings, store: KeyStore, kind: str) -> A
 
 
 def issue_certificate(
-    data: Path | DataDir, csr: bytes, kind: str, now: datetime, *, device_id: str | None = None
+    data: Path | DataDir,
+    csr: bytes,
+    kind: str,
+    now: datetime,
+    *,
+    device_id: str | None = None,
+    actor: str = OPERATOR,
 ) -> list[x509.Certificate]:
     """Issue a certificate from a CSR under the ``kind`` profile; returns leaf + issuer."""
     if kind not in ("server", "device"):
@@ -550,6 +591,14 @@ def issue_certificate(
         else device_profile(settings.validity.device)
     )
     leaf = authority.issue_csr(csr, profile, now, device_id=device_id)
+    _audit(
+        dd,
+        now,
+        actor,
+        f"issue_{kind}_certificate",
+        device_id,
+        {"serial": f"{leaf.serial_number:x}"},
+    )
     return [leaf, authority.certificate]
 
 
@@ -560,22 +609,32 @@ def revoke(
     device_id: str | None = None,
     serial: int | None = None,
     reason: str = "unspecified",
+    actor: str = OPERATOR,
 ) -> int:
-    """Revoke by device id or serial and re-sign the CRLs; returns how many were revoked."""
-    if (device_id is None) == (serial is None):
-        raise CeremonyError("name exactly one of a device id or a serial")
-    dd, settings, store = _open(data)
-    ledger = dd.ledger()
+    """Revoke by device id or serial and re-sign the CRLs; returns how many were revoked.
+
+    Every path that revokes (``homing revoke``, ``homing pki revoke``, the
+    admin API) comes here, so a revocation means one thing: see
+    ``homing.store.devices.revoke``.
+    """
+    from homing.store import audit
+    from homing.store import devices as device_store
+
     if device_id is not None:
-        authority = _authority(dd, settings, store, "device")
-        count = authority.revoke_device(device_id, now, reason)
-    else:
-        assert serial is not None
-        entry = ledger.get(serial)
-        if entry is None:
-            raise CeremonyError(f"no certificate with serial {serial:x} was issued here")
-        ledger.revoke(serial, now, reason)
-        count = 1
+        device_uri(device_id)  # refuse malformed ids with a clear reason
+    dd, _, _ = _open(data)
+    with dd.database().begin() as conn:
+        count, revoked_device = device_store.revoke(
+            conn, now, reason, device_id=device_id, serial=serial
+        )
+        audit.audit(
+            conn,
+            now,
+            actor,
+            "revoke_device" if revoked_device else "revoke_certificate",
+            revoked_device or f"serial {serial:x}",
+            {"reason": reason, "certificates": count},
+        )
     for kind in ("server", "device"):
         write_crl(dd, kind, now)
     return count
@@ -590,14 +649,16 @@ def write_crl(data: Path | DataDir, kind: str, now: datetime) -> Path:
     return path
 
 
-def refresh_snapshot(data: Path | DataDir, now: datetime) -> int:
+def refresh_snapshot(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR) -> int:
     """Re-sign the snapshot (and so the timestamp) with the online keys; returns its version."""
     dd, settings, store = _open(data)
     snapshot, timestamp = _online_signers(store, settings)
-    return dd.repository(settings).refresh_snapshot(snapshot, timestamp, now)
+    version = dd.repository(settings).refresh_snapshot(snapshot, timestamp, now)
+    _audit(dd, now, actor, "refresh_snapshot", f"snapshot v{version}")
+    return version
 
 
-def refresh_targets(data: Path | DataDir, now: datetime) -> int:
+def refresh_targets(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR) -> int:
     """Re-sign targets with the current pins before the offline targets metadata expires.
 
     Targets live two years by default; a fleet whose targets expire fails
@@ -605,4 +666,6 @@ def refresh_targets(data: Path | DataDir, now: datetime) -> int:
     yearly). Returns the new targets version.
     """
     dd, settings, store = _open(data)
-    return _publish_pins(dd, settings, store, now)
+    version = _publish_pins(dd, settings, store, now)
+    _audit(dd, now, actor, "refresh_targets", f"targets v{version}")
+    return version

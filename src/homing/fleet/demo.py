@@ -158,7 +158,14 @@ def run_demo(say: Callable[[str], None], workdir: Path | None = None) -> list[di
             image = work / "fw-2.0.0.img"
             image.write_bytes(b"homing demo firmware 2.0.0\n" * 1000)
             release(dd, image, "2.0.0", "board-a", clock())
-            rollouts.create(state.db, "demo", clock(), "2.0.0", "board-a", (100,), 0.5)
+            rollouts.create(
+                state.db,
+                "demo",
+                clock(),
+                "2.0.0",
+                "board-a",
+                rollouts.RolloutPlan(stages=(100,), max_failure_ratio=0.5),
+            )
             time.sleep(1.1)
             everyone_else()
             say(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
@@ -24,12 +25,15 @@ __all__ = [
     "ApprovedRequest",
     "Profile",
     "approve_csr",
+    "check_public_key",
+    "check_signature_hash",
     "device_csr",
     "device_id_from_uri",
     "device_profile",
     "device_uri",
     "server_csr",
     "server_profile",
+    "verify_leaf",
 ]
 
 DEVICE_URI_PREFIX = "urn:homing:device:"
@@ -161,6 +165,13 @@ def approve_csr(
     if len(csr_data) > limits.max_csr_bytes:
         raise PolicyError(f"CSR is {len(csr_data)} bytes; the limit is {limits.max_csr_bytes}")
     csr = _parse_csr(csr_data)
+    # The algorithm is judged before the signature, so a weak hash is named as
+    # such and never reported as a failed proof of possession.
+    try:
+        algorithm = csr.signature_hash_algorithm
+    except Exception as e:  # an unknown signature algorithm OID raises here
+        raise PolicyError("CSR signature algorithm is not supported") from e
+    check_signature_hash(algorithm, "CSR")
     # RFC 2986 §3: the signature proves the requester holds the private key.
     try:
         valid_signature = csr.is_signature_valid
@@ -168,7 +179,11 @@ def approve_csr(
         raise PolicyError("CSR signature cannot be checked") from e
     if not valid_signature:
         raise PolicyError("CSR signature does not verify: proof of possession failed")
-    public_key = _check_key(csr, profile)
+    try:
+        requested_key = csr.public_key()
+    except ValueError as e:
+        raise PolicyError(f"CSR public key is not supported: {e}") from e
+    public_key = check_public_key(requested_key, profile)
     sans = _requested_sans(csr)
     if profile.kind == "device":
         subject_id, san = _device_names(sans, device_id)
@@ -186,13 +201,46 @@ def _parse_csr(data: bytes) -> x509.CertificateSigningRequest:
         raise PolicyError(f"CSR cannot be parsed: {e}") from e
 
 
-def _check_key(
-    csr: x509.CertificateSigningRequest, profile: Profile
-) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
+# Ed25519 and Ed448 sign without a separate hash; homing keys never use them.
+_ALLOWED_HASHES = frozenset({"sha256", "sha384", "sha512"})
+
+
+def check_signature_hash(algorithm: hashes.HashAlgorithm | None, what: str) -> None:
+    """Refuse SHA-1 and other weak or unknown hashes (CA/B Forum BR §7.1.3.2).
+
+    No hash at all means an Ed25519/Ed448 signature: the key rule names that.
+    """
+    if algorithm is None:
+        return
+    name = algorithm.name
+    if name not in _ALLOWED_HASHES:
+        raise PolicyError(
+            f"{what} is signed with {name.upper()}, which is not accepted: use SHA-256 or stronger"
+        )
+
+
+def verify_leaf(cert: x509.Certificate, profile: Profile) -> None:
+    """The profile's key and signature rules, applied to a certificate someone presents.
+
+    Issuance applies them to the CSR; every path that accepts a certificate
+    (the TLS layer and a trusted proxy alike) applies them again here, so a
+    certificate from another issuer under the same CA, or from before a
+    policy change, is held to today's profile. Raises PolicyError.
+    """
     try:
-        key = csr.public_key()
+        algorithm = cert.signature_hash_algorithm
+    except Exception as e:
+        raise PolicyError("certificate signature algorithm is not supported") from e
+    check_signature_hash(algorithm, "the certificate")
+    try:
+        key = cert.public_key()
     except ValueError as e:
-        raise PolicyError(f"CSR public key is not supported: {e}") from e
+        raise PolicyError(f"certificate public key is not supported: {e}") from e
+    check_public_key(key, profile)
+
+
+def check_public_key(key: object, profile: Profile) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
+    """The key types and sizes a profile allows; PolicyError naming the rule otherwise."""
     if isinstance(key, ec.EllipticCurvePublicKey):
         if key.curve.name not in profile.curves:
             raise PolicyError(

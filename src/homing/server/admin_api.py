@@ -120,37 +120,17 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         return web.json_response({"rollouts": await state.run(read)})
 
     async def rollout_create(request: web.Request) -> web.Response:
-        from datetime import timedelta
-
         from homing.server import rollouts
 
         op = await authenticate_operator(request, state, "operator")
         body = await json_body(request)
         version, hardware = body.get("version"), body.get("hardware")
-        stages = body.get("stages", [1, 10, 50, 100])
-        ratio = body.get("max_failure_ratio", 0.1)
-        group = body.get("group")
-        if group is not None and not isinstance(group, str):
-            raise HTTPProblem(400, "bad_request", "'group' must be a string")
         if not isinstance(version, str) or not isinstance(hardware, str):
             raise HTTPProblem(400, "bad_request", "'version' and 'hardware' are required strings")
-        if not isinstance(stages, list) or not all(isinstance(s, int) for s in stages):
-            raise HTTPProblem(400, "bad_request", "'stages' must be a list of percentages")
-        if not isinstance(ratio, int | float):
-            raise HTTPProblem(400, "bad_request", "'max_failure_ratio' must be a number")
+        plan = rollouts.plan_from_json(body)
         ro = await state.run(
             lambda: rollouts.create(
-                state.db,
-                f"token:{op.name}",
-                state.now(),
-                version,
-                hardware,
-                stages,
-                float(ratio),
-                0.9,
-                timedelta(0),
-                timedelta(hours=24),
-                group,
+                state.db, f"token:{op.name}", state.now(), version, hardware, plan
             )
         )
         return web.json_response(ro.to_json(), status=201)

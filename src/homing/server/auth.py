@@ -15,13 +15,15 @@ import ipaddress
 import ssl
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 from urllib.parse import unquote
 
 from aiohttp import web
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from homing.errors import AuthError, ChainError, PolicyError
-from homing.pki.profiles import device_id_from_uri
+from homing.pki.profiles import device_id_from_uri, verify_leaf
 from homing.pki.validate import load_certificate, verify_client_chain
 from homing.server.errors import HTTPProblem
 from homing.server.state import ServerState
@@ -45,6 +47,12 @@ class DeviceIdentity:
     device_id: str
     serial: int
     certificate: x509.Certificate
+    key_spki: bytes
+
+    @property
+    def presented(self) -> device_store.Presented:
+        """Serial and key, the two things a device's standing is checked by."""
+        return device_store.Presented(self.serial, self.key_spki)
 
 
 @dataclass(frozen=True)
@@ -70,8 +78,6 @@ def _peer_certificate_der(request: web.Request, state: ServerState) -> bytes | N
                     cert = load_certificate(unquote(header).encode("ascii"))
                 except (ChainError, UnicodeEncodeError) as e:
                     raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
-                from cryptography.hazmat.primitives import serialization
-
                 return cert.public_bytes(serialization.Encoding.DER)
             return None
     # A header from anyone else is ignored: only the TLS layer speaks for them.
@@ -82,16 +88,22 @@ def _peer_certificate_der(request: web.Request, state: ServerState) -> bytes | N
     return der or None
 
 
+class _Verified(NamedTuple):
+    certificate: x509.Certificate
+    device_id: str
+    key_spki: bytes
+
+
 class _VerifiedCache:
     """Chain validation results per certificate, valid until the certificate expires."""
 
     def __init__(self) -> None:
-        self._entries: dict[bytes, tuple[x509.Certificate, str]] = {}
+        self._entries: dict[bytes, _Verified] = {}
 
-    def get(self, der: bytes) -> tuple[x509.Certificate, str] | None:
+    def get(self, der: bytes) -> _Verified | None:
         return self._entries.get(hashlib.sha256(der).digest())
 
-    def put(self, der: bytes, value: tuple[x509.Certificate, str]) -> None:
+    def put(self, der: bytes, value: _Verified) -> None:
         if len(self._entries) >= _CACHE_LIMIT:
             self._entries.clear()
         self._entries[hashlib.sha256(der).digest()] = value
@@ -100,10 +112,10 @@ class _VerifiedCache:
 _cache = _VerifiedCache()
 
 
-def _verify(der: bytes, state: ServerState, now: datetime) -> tuple[x509.Certificate, str]:
+def _verify(der: bytes, state: ServerState, now: datetime) -> _Verified:
     cached = _cache.get(der)
     if cached is not None:
-        cert, device_id = cached
+        cert = cached.certificate
         if cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             return cached
     try:
@@ -118,6 +130,11 @@ def _verify(der: bytes, state: ServerState, now: datetime) -> tuple[x509.Certifi
         chain = verify_client_chain(cert, state.device_cas, [state.root_ca], when)
     except ChainError as e:
         raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
+    try:
+        # The same leaf profile as issuance, on the TLS path and the proxy path.
+        verify_leaf(cert, state.device_leaf_profile)
+    except PolicyError as e:
+        raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
     if expired:
         raise HTTPProblem(
             401,
@@ -131,8 +148,12 @@ def _verify(der: bytes, state: ServerState, now: datetime) -> tuple[x509.Certifi
         device_id = device_id_from_uri(uris[0])
     except PolicyError as e:
         raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
-    _cache.put(der, (cert, device_id))
-    return cert, device_id
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    verified = _Verified(cert, device_id, spki)
+    _cache.put(der, verified)
+    return verified
 
 
 def verify_device_certificate(request: web.Request, state: ServerState) -> DeviceIdentity:
@@ -147,8 +168,10 @@ def verify_device_certificate(request: web.Request, state: ServerState) -> Devic
         raise HTTPProblem(
             401, "client_certificate_required", "this endpoint needs a device client certificate"
         )
-    cert, device_id = _verify(der, state, state.now())
-    return DeviceIdentity(device_id=device_id, serial=cert.serial_number, certificate=cert)
+    cert, device_id, spki = _verify(der, state, state.now())
+    return DeviceIdentity(
+        device_id=device_id, serial=cert.serial_number, certificate=cert, key_spki=spki
+    )
 
 
 def refusal_problem(reason: str) -> HTTPProblem:
@@ -162,7 +185,7 @@ async def authenticate_device(request: web.Request, state: ServerState) -> Devic
 
     def check() -> str | None:
         with state.db.engine.connect() as conn:
-            return device_store.authorise_certificate(conn, identity.serial, identity.device_id)
+            return device_store.authorise_certificate(conn, identity.presented, identity.device_id)
 
     reason = await state.run(check)
     if reason is not None:

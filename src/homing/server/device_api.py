@@ -25,7 +25,7 @@ from homing.server.errors import HTTPProblem
 from homing.server.metrics import METRICS, Metrics
 from homing.server.state import ServerState
 from homing.store import devices as device_store
-from homing.store.devices import CheckIn
+from homing.store.devices import CheckIn, Presented
 
 __all__ = ["CheckinWriter", "routes"]
 
@@ -56,7 +56,7 @@ class CheckinWriter:
         self.state = state
         self._inline_batches = metrics.checkin_batches.labels("inline")
         self._thread_batches = metrics.checkin_batches.labels("thread")
-        self._pending: list[tuple[CheckIn, int, asyncio.Future[str | None]]] = []
+        self._pending: list[tuple[CheckIn, Presented, asyncio.Future[str | None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inline: Connection | None = None
@@ -75,7 +75,7 @@ class CheckinWriter:
             self._inline.close()
             self._inline = None
 
-    def _write_inline(self, batch: list[tuple[CheckIn, int]]) -> list[str | None] | None:
+    def _write_inline(self, batch: list[tuple[CheckIn, Presented]]) -> list[str | None] | None:
         """The batch written right now on SQLite, or None when the database is busy."""
         conn = self._inline
         if conn is None:
@@ -89,23 +89,21 @@ class CheckinWriter:
                 return None  # another writer holds the database: use a thread
             with transaction:
                 return device_store.record_checkins(
-                    conn, [c for c, _ in batch], [serial for _, serial in batch]
+                    conn, [c for c, _ in batch], [p for _, p in batch]
                 )
 
-    async def record(self, checkin: CheckIn, serial: int) -> str | None:
+    async def record(self, checkin: CheckIn, presented: Presented) -> str | None:
         """Authorise and record; returns None, or why the certificate may not check in."""
         future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._pending.append((checkin, serial, future))
+        self._pending.append((checkin, presented, future))
         self._wake.set()
         return await future
 
-    def _write(self, batch: list[tuple[CheckIn, int]]) -> list[str | None]:
+    def _write(self, batch: list[tuple[CheckIn, Presented]]) -> list[str | None]:
         with self.state.db.write_lock(), self.state.db.begin() as conn:
-            return device_store.record_checkins(
-                conn, [c for c, _ in batch], [serial for _, serial in batch]
-            )
+            return device_store.record_checkins(conn, [c for c, _ in batch], [p for _, p in batch])
 
-    async def _write_soon(self, work: list[tuple[CheckIn, int]]) -> list[str | None]:
+    async def _write_soon(self, work: list[tuple[CheckIn, Presented]]) -> list[str | None]:
         """Inline when the database frees up within a few loop turns, else on a thread.
 
         Another process's batch holds the lock for about a millisecond, so a
@@ -219,7 +217,7 @@ def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
             health=health,
             hardware=_opt_str(body, "hardware"),
         )
-        refusal = await writer.record(record, identity.serial)
+        refusal = await writer.record(record, identity.presented)
         if refusal is not None:
             raise refusal_problem(refusal)
         update = await _assignment(state, record)

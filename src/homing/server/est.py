@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from homing.ceremonies.ledger import DatabaseLedger
 from homing.errors import AuthError, ConflictError
-from homing.pki.profiles import approve_csr, device_profile
+from homing.pki.profiles import approve_csr
 from homing.server.auth import authenticate_device
 from homing.server.errors import HTTPProblem
 from homing.server.metrics import METRICS
@@ -136,7 +136,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                     ) from e
                 approved = approve_csr(
                     csr_der,
-                    device_profile(state.settings.validity.device),
+                    state.device_leaf_profile,
                     device_id=_cn_device_id(csr_der),
                 )
                 if device_store.device(conn, approved.subject_id) is not None:
@@ -172,12 +172,25 @@ def routes(state: ServerState) -> list[web.RouteDef]:
             with state.db.begin() as conn:
                 approved = approve_csr(
                     csr_der,
-                    device_profile(state.settings.validity.device),
+                    state.device_leaf_profile,
                     device_id=identity.device_id,
                 )
+                # A new key supersedes the old one before the new certificate
+                # exists: every certificate of the old key is revoked with it.
+                new_key = approved.public_key.public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+                superseded = device_store.set_device_key(conn, identity.device_id, new_key, now)
                 authority = state.device_authority(DatabaseLedger(state.db, conn, now))
                 cert = authority.issue(approved, now)
-                device_store.set_device_key(conn, identity.device_id, _spki(cert))
+                audit.audit(
+                    conn,
+                    now,
+                    f"device:{identity.device_id}",
+                    "reenroll",
+                    identity.device_id,
+                    {"serial": format(cert.serial_number, "x"), "superseded": superseded},
+                )
                 return cert
 
         cert = await state.run(reenroll)

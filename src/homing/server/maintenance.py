@@ -21,6 +21,9 @@ __all__ = ["maintain"]
 
 log = logging.getLogger(__name__)
 
+# What the audit log names as the actor of the server's own re-signing.
+ACTOR = "server:maintenance"
+
 
 def maintain(data: Path | DataDir, now: datetime) -> list[str]:
     """Do whatever is due at ``now``; returns what was done, for logs and tests."""
@@ -30,15 +33,15 @@ def maintain(data: Path | DataDir, now: datetime) -> list[str]:
     repo = dd.repository(settings)
     expiries = settings.expiries
     if repo.snapshot().signed.expires - now < expiries.snapshot / 2:
-        version = ceremonies.refresh_snapshot(dd, now)
+        version = ceremonies.refresh_snapshot(dd, now, actor=ACTOR)
         done.append(f"snapshot v{version}")
     elif repo.timestamp().signed.expires - now < expiries.timestamp / 2:
-        version = ceremonies.refresh_timestamp(dd, now)
+        version = ceremonies.refresh_timestamp(dd, now, actor=ACTOR)
         done.append(f"timestamp v{version}")
     leaf = dd.certificates("server-chain.pem")[0]
     lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
     if now >= leaf.not_valid_before_utc + lifetime * 2 / 3:
-        new = ceremonies.rotate_server_cert(dd, now)
+        new = ceremonies.rotate_server_cert(dd, now, actor=ACTOR)
         done.append(f"server certificate {new.serial_number:x}")
     crl_path = dd.pki_path("device-ca.crl.pem")
     due = True

@@ -70,14 +70,8 @@ def device_detail(db: Database, actor: str, now: datetime, device_id: str) -> di
 def revoke_device(
     dd: DataDir, db: Database, actor: str, now: datetime, device_id: str, reason: str
 ) -> int:
-    """Revoke a device and its certificates, then re-sign the device CA's CRL."""
-    with db.begin() as conn:
-        count = device_store.revoke_device(conn, device_id, now, reason)
-        audit.audit(
-            conn, now, actor, "revoke_device", device_id, {"reason": reason, "certificates": count}
-        )
-    ceremonies.write_crl(dd, "device", now)
-    return count
+    """Revoke a device and its certificates, then re-sign the CRLs (``ceremonies.revoke``)."""
+    return ceremonies.revoke(dd, now, device_id=device_id, reason=reason, actor=actor)
 
 
 def add_factory(db: Database, actor: str, now: datetime, name: str) -> str:

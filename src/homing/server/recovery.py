@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from homing.ceremonies.ledger import DatabaseLedger
 from homing.errors import AuthError, PolicyError
-from homing.pki.profiles import approve_csr, device_profile
+from homing.pki.profiles import approve_csr
 from homing.pki.proof import verify_recovery_proof
 from homing.server.device_api import json_body
 from homing.server.errors import HTTPProblem
@@ -110,9 +110,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                     verify_recovery_proof(row.key_spki, nonce, csr_der, signature)
                 except AuthError as e:
                     raise HTTPProblem(403, "bad_proof", str(e)) from e
-                approved = approve_csr(
-                    csr_der, device_profile(state.settings.validity.device), device_id=device_id
-                )
+                approved = approve_csr(csr_der, state.device_leaf_profile, device_id=device_id)
                 spki = approved.public_key.public_bytes(
                     serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
                 )

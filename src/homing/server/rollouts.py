@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,9 +22,73 @@ from homing.errors import ConflictError, PolicyError
 from homing.store import Database, audit
 from homing.store import firmware as store
 
-__all__ = ["assignment", "create", "evaluate", "set_paused", "status"]
+__all__ = [
+    "RolloutPlan",
+    "assignment",
+    "create",
+    "evaluate",
+    "plan_from_json",
+    "set_paused",
+    "status",
+]
 
 FINISHED = ("committed", *store.FAILED)
+
+# The request fields of POST /v1/admin/rollouts beyond version and hardware.
+_PLAN_FIELDS = {
+    "stages",
+    "max_failure_ratio",
+    "success_ratio",
+    "soak_minutes",
+    "deadline_hours",
+    "group",
+}
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """How a rollout proceeds: the same defaults for the CLI and the admin API."""
+
+    stages: tuple[int, ...] = (1, 10, 50, 100)
+    max_failure_ratio: float = 0.1
+    success_ratio: float = 0.9
+    soak: timedelta = timedelta(0)
+    deadline: timedelta = timedelta(hours=24)
+    group: str | None = None
+
+
+def _number(body: dict[str, Any], key: str, default: float) -> float:
+    value = body.get(key, default)
+    # bool is an int to Python, never a ratio or a duration to an operator.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PolicyError(f"{key!r} must be a number")
+    if value != value or value in (float("inf"), float("-inf")) or value < 0:
+        raise PolicyError(f"{key!r} must be a finite number >= 0")
+    return float(value)
+
+
+def plan_from_json(body: dict[str, Any]) -> RolloutPlan:
+    """The plan of an admin API request; unknown fields are refused, not ignored."""
+    unknown = set(body) - _PLAN_FIELDS - {"version", "hardware"}
+    if unknown:
+        raise PolicyError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    default = RolloutPlan()
+    stages = body.get("stages", list(default.stages))
+    if not isinstance(stages, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) for s in stages
+    ):
+        raise PolicyError("'stages' must be a list of percentages")
+    group = body.get("group")
+    if group is not None and not isinstance(group, str):
+        raise PolicyError("'group' must be a string")
+    return RolloutPlan(
+        stages=tuple(stages),
+        max_failure_ratio=_number(body, "max_failure_ratio", default.max_failure_ratio),
+        success_ratio=_number(body, "success_ratio", default.success_ratio),
+        soak=timedelta(minutes=_number(body, "soak_minutes", 0.0)),
+        deadline=timedelta(hours=_number(body, "deadline_hours", 24.0)),
+        group=group,
+    )
 
 
 def create(
@@ -32,14 +97,13 @@ def create(
     now: datetime,
     version: str,
     hardware: str,
-    stages: Sequence[int] = (1, 10, 50, 100),
-    max_failure_ratio: float = 0.1,
-    success_ratio: float = 0.9,
-    soak: timedelta = timedelta(0),
-    deadline: timedelta = timedelta(hours=24),
-    group: str | None = None,
+    plan: RolloutPlan | None = None,
 ) -> store.Rollout:
     """A rollout in stages of the hardware class, or (``group``) to one named device group."""
+    plan = plan or RolloutPlan()
+    stages: Sequence[int] = plan.stages
+    max_failure_ratio, success_ratio = plan.max_failure_ratio, plan.success_ratio
+    soak, deadline, group = plan.soak, plan.deadline, plan.group
     if group is not None:
         stages = (100,)
     if not stages or any(not 0 < s <= 100 for s in stages) or list(stages) != sorted(set(stages)):
@@ -47,7 +111,9 @@ def create(
     if stages[-1] != 100:
         raise PolicyError("the last stage must be 100 (%)")
     if not 0 <= max_failure_ratio < 1 or not 0 < success_ratio <= 1:
-        raise PolicyError("ratios must be in [0, 1)")
+        raise PolicyError("max failure ratio must be in [0, 1) and success ratio in (0, 1]")
+    if deadline <= timedelta(0):
+        raise PolicyError("the stall deadline must be positive")
     with db.begin() as conn:
         rel = store.release(conn, hardware, version)
         current = store.active_rollout(conn, hardware)
@@ -64,7 +130,16 @@ def create(
             actor,
             "rollout_create",
             str(rollout_id),
-            {"version": version, "hardware": hardware, "stages": list(stages)},
+            {
+                "version": version,
+                "hardware": hardware,
+                "stages": list(stages),
+                "group": group,
+                "max_failure_ratio": max_failure_ratio,
+                "success_ratio": success_ratio,
+                "soak_minutes": soak.total_seconds() / 60,
+                "deadline_hours": deadline.total_seconds() / 3600,
+            },
         )
         return store.rollout(conn, rollout_id)
 

@@ -26,6 +26,7 @@ from homing.ceremonies.ledger import DatabaseLedger
 from homing.errors import ConfigError, KeyStoreError
 from homing.pki import Authority
 from homing.pki.keystore import FileKeyStore, passphrase_from_env
+from homing.pki.profiles import Profile, device_profile
 from homing.server import tls
 from homing.server.config import ServerConfig
 from homing.store import Database
@@ -125,7 +126,13 @@ class ServerState:
         if marks == self._file_marks:
             return False
         try:
-            self.settings = self.dd.settings()
+            # A rotation is taken as one unit, or not at all: the settings name
+            # the generation, its key must match the issuing certificate, and
+            # the trust bundle must hold that certificate. Only then is the
+            # TLS layer taught to trust it, and only after that does issuance
+            # switch, so no device holds a certificate the server refuses.
+            settings = self.dd.settings()
+            device_cas, device_ca, device_key = self._read_device_ca(settings)
             if marks["chain"] != self._file_marks.get("chain") or marks[
                 "key"
             ] != self._file_marks.get("key"):
@@ -133,9 +140,10 @@ class ServerState:
                 self.ssl_context.load_cert_chain(
                     self._watched()["chain"], self._watched()["key"], password=passphrase_from_env()
                 )
-            if marks["device-cas"] != self._file_marks.get("device-cas"):
-                self.ssl_context.load_verify_locations(cadata=self._client_ca_bundle().decode())
-            self._load_device_ca()
+            self.ssl_context.load_verify_locations(cadata=self._client_ca_bundle().decode())
+            self.settings = settings
+            self.device_cas = device_cas
+            self._device_ca, self._device_key = device_ca, device_key
         except (ssl.SSLError, OSError, ConfigError, KeyStoreError) as e:
             # A half-written rotation: keep serving with what we have, retry later.
             log.warning("reload postponed: %s", e)
@@ -145,18 +153,35 @@ class ServerState:
         return True
 
     def _load_device_ca(self) -> None:
-        self.device_cas = self.dd.certificates("device-cas.pem")
+        device_cas, cert, key = self._read_device_ca(self.settings)
+        self.device_cas = device_cas
+        self._device_ca, self._device_key = cert, key
+
+    def _read_device_ca(
+        self, settings: Settings
+    ) -> tuple[list[x509.Certificate], x509.Certificate, ec.EllipticCurvePrivateKey]:
+        """The device CAs as one consistent unit; ConfigError while a rotation is half-written."""
+        device_cas = self.dd.certificates("device-cas.pem")
         cert = self.dd.certificate("device-ca.pem")
-        key = self.store.load(f"device-ca-g{self.settings.device_ca_generation}")
+        key = self.store.load(f"device-ca-g{settings.device_ca_generation}")
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError("the device CA key must be an ECDSA key")
-        self._device_ca, self._device_key = cert, key
+        if cert.public_key() != key.public_key():
+            raise ConfigError("device-ca.pem does not match the active device CA key yet")
+        if cert not in device_cas:
+            raise ConfigError("device-cas.pem does not hold the active device CA yet")
+        return device_cas, cert, key
 
     @property
     def device_ca(self) -> x509.Certificate:
         """The active device-issuing CA certificate."""
         assert self._device_ca is not None
         return self._device_ca
+
+    @property
+    def device_leaf_profile(self) -> Profile:
+        """The profile every device certificate is held to, at issuance and when presented."""
+        return device_profile(self.settings.validity.device)
 
     def device_authority(self, ledger: DatabaseLedger) -> Authority:
         assert self._device_ca is not None

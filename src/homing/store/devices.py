@@ -11,22 +11,35 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from homing.errors import ConflictError, NotFoundError
+from homing.errors import ConflictError, NotFoundError, PolicyError
 from homing.store.schema import certificates, checkins, devices
 from homing.store.sql import db_time as _db_time
 from homing.store.sql import driver_executemany, driver_rows
 
 __all__ = [
+    "SUPERSEDED",
     "CheckIn",
     "DeviceRow",
+    "Presented",
     "authorise_certificate",
     "device",
     "enroll_device",
     "list_devices",
     "record_checkins",
+    "revoke",
     "revoke_device",
     "set_device_key",
 ]
+
+# RFC 5280 §5.3.1 reason for a certificate whose key the device replaced.
+SUPERSEDED = "superseded"
+
+
+class Presented(NamedTuple):
+    """What a client presented: its certificate's serial and public key (DER SPKI)."""
+
+    serial: int
+    key_spki: bytes
 
 
 @dataclass(frozen=True)
@@ -113,8 +126,33 @@ def device(conn: Connection, device_id: str) -> DeviceRow | None:
     return _device(r) if r else None
 
 
-def set_device_key(conn: Connection, device_id: str, key_spki: bytes) -> None:
+def set_device_key(conn: Connection, device_id: str, key_spki: bytes, when: datetime) -> int:
+    """Register a device's new key; every certificate of the old key is superseded.
+
+    A re-key replaces the device's identity: the old certificate and key can
+    neither check in, nor re-enroll, nor recover. Returns how many
+    certificates were revoked as superseded.
+    """
+    row = device(conn, device_id)
+    if row is None:
+        raise NotFoundError(f"no device {device_id!r}")
+    if row.key_spki == key_spki:
+        return 0
     conn.execute(update(devices).where(devices.c.device_id == device_id).values(key_spki=key_spki))
+    return _revoke_certificates_of(conn, device_id, when, SUPERSEDED)
+
+
+def _revoke_certificates_of(conn: Connection, device_id: str, when: datetime, reason: str) -> int:
+    result = conn.execute(
+        update(certificates)
+        .where(
+            certificates.c.subject_id == device_id,
+            certificates.c.kind == "device",
+            certificates.c.revoked_at.is_(None),
+        )
+        .values(revoked_at=when, reason=reason)
+    )
+    return int(result.rowcount)
 
 
 def list_devices(
@@ -141,34 +179,96 @@ def list_devices(
 
 
 def revoke_device(conn: Connection, device_id: str, when: datetime, reason: str) -> int:
-    """Revoke a device and every certificate it holds; returns certificates revoked."""
-    result = conn.execute(
-        update(devices)
-        .where(devices.c.device_id == device_id)
-        .values(status="revoked", revoked_at=when, revoke_reason=reason)
-    )
-    if not result.rowcount:
-        raise NotFoundError(f"no device {device_id!r}")
-    result = conn.execute(
-        update(certificates)
-        .where(
-            certificates.c.subject_id == device_id,
-            certificates.c.kind == "device",
-            certificates.c.revoked_at.is_(None),
+    """Revoke a device and every certificate it holds; returns certificates revoked.
+
+    This is the one meaning of revocation for a device, whichever command or
+    endpoint asks: the device row says revoked, so it can neither check in,
+    re-enroll, recover by key proof nor be enrolled again. A device that
+    only ever had certificates from ``homing pki issue`` (no device row) has
+    those revoked; the device id is then kept as a revoked tombstone so no
+    factory can enroll it afresh.
+    """
+    row = device(conn, device_id)
+    if row is None:
+        found = conn.execute(
+            select(func.count())
+            .select_from(certificates)
+            .where(certificates.c.subject_id == device_id, certificates.c.kind == "device")
+        ).scalar_one()
+        if not found:
+            raise NotFoundError(f"no device {device_id!r} and no certificate issued to it")
+        conn.execute(
+            insert(devices).values(
+                device_id=device_id,
+                status="revoked",
+                key_spki=b"",
+                enrolled_at=when,
+                enrolled_by="revocation",
+                revoked_at=when,
+                revoke_reason=reason,
+            )
         )
-        .values(revoked_at=when, reason=reason)
-    )
-    return int(result.rowcount)
+    else:
+        conn.execute(
+            update(devices)
+            .where(devices.c.device_id == device_id)
+            .values(status="revoked", revoked_at=when, revoke_reason=reason)
+        )
+    return _revoke_certificates_of(conn, device_id, when, reason)
 
 
-def _refusal(row: Any, device_id: str) -> str | None:
+def revoke(
+    conn: Connection,
+    when: datetime,
+    reason: str,
+    *,
+    device_id: str | None = None,
+    serial: int | None = None,
+) -> tuple[int, str | None]:
+    """Revoke by device id or by certificate serial; returns (count, device id revoked).
+
+    A device certificate names its device's key, and "a device is its key":
+    revoking one by serial revokes its device (every certificate of an older
+    key was already superseded at the re-key). A server certificate is
+    revoked alone.
+    """
+    if (device_id is None) == (serial is None):
+        raise PolicyError("name exactly one of a device id or a serial")
+    if serial is not None:
+        cert = conn.execute(
+            select(certificates.c.kind, certificates.c.subject_id).where(
+                certificates.c.serial == format(serial, "x")
+            )
+        ).first()
+        if cert is None:
+            raise NotFoundError(f"no certificate with serial {serial:x} was issued here")
+        if cert.kind != "device":
+            conn.execute(
+                update(certificates)
+                .where(
+                    certificates.c.serial == format(serial, "x"),
+                    certificates.c.revoked_at.is_(None),
+                )
+                .values(revoked_at=when, reason=reason)
+            )
+            return 1, None
+        device_id = str(cert.subject_id)
+    assert device_id is not None
+    return revoke_device(conn, device_id, when, reason), device_id
+
+
+def _refusal(row: Any, presented: Presented, device_id: str) -> str | None:
     if row is None:
         return "certificate is not known to this server"
     if row.subject_id != device_id:
         return "certificate does not belong to this device"
     if row.status is None:
         return "device is not enrolled"
-    if row.status != "active" or row.revoked_at is not None:
+    if row.status != "active":
+        return "device is revoked"
+    if row.reason == SUPERSEDED or (row.revoked_at is None and row.key_spki != presented.key_spki):
+        return "certificate superseded: the device has registered a newer key"
+    if row.revoked_at is not None:
         return "device is revoked"
     return None
 
@@ -176,21 +276,26 @@ def _refusal(row: Any, device_id: str) -> str | None:
 class _Standing(NamedTuple):
     serial: str
     revoked_at: Any
+    reason: str | None
     subject_id: str
     status: str | None
+    key_spki: bytes | None
 
 
-def _standing(conn: Connection, serials: Sequence[int]) -> dict[str, _Standing]:
-    keys = sorted({format(s, "x") for s in serials})
+def _standing(conn: Connection, presented: Sequence[Presented]) -> dict[str, _Standing]:
+    keys = sorted({format(p.serial, "x") for p in presented})
     # Only generated placeholder names are put into the text; values are bound.
     marks = ", ".join(f":s{i}" for i in range(len(keys)))
     rows = driver_rows(
         conn,
-        "SELECT c.serial, c.revoked_at, c.subject_id, d.status FROM certificates AS c "  # noqa: S608
-        f"LEFT OUTER JOIN devices AS d ON d.device_id = c.subject_id WHERE c.serial IN ({marks})",
+        "SELECT c.serial, c.revoked_at, c.reason, c.subject_id, d.status, d.key_spki "  # noqa: S608
+        "FROM certificates AS c LEFT OUTER JOIN devices AS d ON d.device_id = c.subject_id "
+        f"WHERE c.serial IN ({marks})",
         {f"s{i}": key for i, key in enumerate(keys)},
     )
-    return {r[0]: _Standing(*r) for r in rows}
+    return {
+        r[0]: _Standing(r[0], r[1], r[2], r[3], r[4], bytes(r[5]) if r[5] else None) for r in rows
+    }
 
 
 def _checkin_params(conn: Connection, c: CheckIn) -> dict[str, Any]:
@@ -205,21 +310,24 @@ def _checkin_params(conn: Connection, c: CheckIn) -> dict[str, Any]:
     }
 
 
-def authorise_certificate(conn: Connection, serial: int, device_id: str) -> str | None:
+def authorise_certificate(conn: Connection, presented: Presented, device_id: str) -> str | None:
     """Why a verified client certificate may not act, or None when it may.
 
-    One indexed query per request, so a revocation takes effect on the
-    device's very next request in every server process.
+    Standing is the certificate's serial *and* its key: the device must be
+    active, the certificate not revoked, and its key the device's registered
+    key. One indexed query per request, so a revocation or re-key takes
+    effect on the next request in every server process.
     """
-    return _refusal(_standing(conn, [serial]).get(format(serial, "x")), device_id)
+    standing = _standing(conn, [presented]).get(format(presented.serial, "x"))
+    return _refusal(standing, presented, device_id)
 
 
 def record_checkins(
-    conn: Connection, batch: Sequence[CheckIn], serials: Sequence[int] | None = None
+    conn: Connection, batch: Sequence[CheckIn], presented: Sequence[Presented] | None = None
 ) -> list[str | None]:
     """Record check-ins and update each device's last known state, in one transaction.
 
-    With ``serials`` (the client certificate of each check-in), each is first
+    With ``presented`` (the client certificate of each check-in), each is first
     authorised exactly as ``authorise_certificate`` would, in one query for
     the batch; refused check-ins are not recorded. Returns, per check-in,
     None when recorded or the reason it was refused.
@@ -227,11 +335,11 @@ def record_checkins(
     if not batch:
         return []
     refusals: list[str | None] = [None] * len(batch)
-    if serials is not None:
-        standing = _standing(conn, serials)
+    if presented is not None:
+        standing = _standing(conn, presented)
         refusals = [
-            _refusal(standing.get(format(serial, "x")), c.device_id)
-            for c, serial in zip(batch, serials, strict=True)
+            _refusal(standing.get(format(p.serial, "x")), p, c.device_id)
+            for c, p in zip(batch, presented, strict=True)
         ]
     accepted = [c for c, refusal in zip(batch, refusals, strict=True) if refusal is None]
     if not accepted:

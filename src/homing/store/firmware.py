@@ -91,6 +91,9 @@ class Rollout:
             "status": self.status,
             "halt_reason": self.halt_reason,
             "max_failure_ratio": self.max_failure_ratio,
+            "success_ratio": self.success_ratio,
+            "soak_minutes": self.soak.total_seconds() / 60,
+            "deadline_hours": self.deadline.total_seconds() / 3600,
             "group": self.group,
         }
 
