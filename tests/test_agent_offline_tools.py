@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import json
 import io
 import shutil
 import subprocess
 import tarfile
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import pytest
 
 from homing import ceremonies
 from homing.agent.agent import Agent
-from homing.errors import TrustError
+from homing.agent.update import apply_bundle
+from homing.errors import CeremonyError, MetadataExpiredError, TrustError
 from homing.factory import provision
-from homing.trust.bundle import extracted, write_bundle
+from homing.trust.bundle import extracted
 from tests.harness import RunningServer, run_homing
 
 
@@ -125,7 +127,7 @@ def test_recovery_bundle_brings_a_stranded_device_back(
     ceremonies.rotate_issuing_ca(server.state.dd, "server", now)
     ceremonies.rotate_issuing_ca(server.state.dd, "server", now)
     bundle = tmp_path / "bundle.tar"
-    assert write_bundle(server.data / "repository", bundle) > 5
+    assert ceremonies.recovery_bundle(server.state.dd, bundle, now).files > 5
     result = run_homing(
         "agent", "apply-bundle", "--state", str(state.root), str(bundle), timeout=60
     )
@@ -160,3 +162,68 @@ def test_bundle_with_a_link_is_refused(tmp_path: Path) -> None:
         tar.addfile(info)
     with pytest.raises(TrustError, match="unsafe"), extracted(bundle):
         pass  # opening the bundle is what must fail
+
+
+def test_a_recovery_bundle_is_valid_for_the_time_chosen_at_creation(
+    data_dir: Path, tmp_path: Path, now: datetime
+) -> None:
+    """Carried by hand for ten days, the bundle still brings the device to today's root."""
+    state = provision(ceremonies.DataDir(data_dir), tmp_path / "dev", now, device_id="dev-far")
+    ceremonies.rotate_root(data_dir, now)
+    bundle = tmp_path / "bundle.tar"
+    summary = ceremonies.recovery_bundle(data_dir, bundle, now, valid_for=timedelta(days=30))
+    assert summary.valid_until == now + timedelta(days=30)
+    repo = ceremonies.DataDir(data_dir).repository(ceremonies.DataDir(data_dir).settings())
+    with extracted(bundle) as directory:
+        bundled = json.loads((directory / "metadata" / "timestamp.json").read_bytes())["signed"]
+    # The live repository is already past the bundle's versions, with its usual short expiry.
+    assert repo.timestamp().signed.version == bundled["version"] + 1
+    assert repo.timestamp().signed.expires - now <= timedelta(days=1)
+    ten_days_later = Agent(state, clock=lambda: now + timedelta(days=10))
+    lines = apply_bundle(ten_days_later, bundle)
+    assert "root v2" in lines[0]
+
+
+def test_an_expired_recovery_bundle_is_refused_saying_when_it_expired(
+    data_dir: Path, tmp_path: Path, now: datetime
+) -> None:
+    state = provision(ceremonies.DataDir(data_dir), tmp_path / "dev", now, device_id="dev-late")
+    ceremonies.rotate_root(data_dir, now)
+    bundle = tmp_path / "bundle.tar"
+    summary = ceremonies.recovery_bundle(data_dir, bundle, now, valid_for=timedelta(days=30))
+    pins_before = (state.root / "pins.json").read_bytes()
+    late = Agent(state, clock=lambda: now + timedelta(days=31))
+    with pytest.raises(MetadataExpiredError, match="recovery bundle expired on") as refused:
+        apply_bundle(late, bundle)
+    assert summary.valid_until.isoformat() in str(refused.value)
+    assert "--valid-days" in str(refused.value)
+    # Refused: the device adopted nothing from it (python-tuf may keep the
+    # verified root, which is signed by the one before and safe to keep).
+    assert (state.root / "pins.json").read_bytes() == pins_before
+
+
+def test_a_bundle_cannot_outlive_the_offline_metadata(
+    data_dir: Path, tmp_path: Path, now: datetime
+) -> None:
+    with pytest.raises(CeremonyError, match="targets metadata expires"):
+        ceremonies.recovery_bundle(
+            data_dir, tmp_path / "b.tar", now, valid_for=timedelta(days=3 * 365)
+        )
+    assert not (tmp_path / "b.tar").exists()
+
+
+def test_recovery_bundle_cli_prints_its_validity_and_refuses_a_bad_one(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "b.tar"
+    made = run_homing(
+        "recovery-bundle", "--data", str(data_dir), "--out", str(bundle), "--valid-days", "14"
+    )
+    assert made.returncode == 0, made.stderr
+    assert "valid until" in made.stdout
+    refused = run_homing(
+        "recovery-bundle", "--data", str(data_dir), "--out", str(bundle), "--valid-days", "2000"
+    )
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr
+    assert "a bundle can be valid until" in refused.stderr

@@ -923,13 +923,32 @@ def _tuf_client(
     multiple=True,
     help="A firmware target devices should install from the bundle (repeatable).",
 )
-def recovery_bundle(data: Path, out_file: Path, images: tuple[str, ...]) -> None:
+@click.option(
+    "--valid-days",
+    type=click.FloatRange(0, min_open=True),
+    help="How long the bundle stays valid (default 30 days; at most until targets or root expire).",
+)
+def recovery_bundle(
+    data: Path, out_file: Path, images: tuple[str, ...], valid_days: float | None
+) -> None:
     """Write the metadata chain and the pin policy to one file, for devices reached by hand."""
-    from homing.ceremonies import DataDir
-    from homing.trust.bundle import write_bundle
+    from homing import ceremonies
 
-    count = write_bundle(DataDir(data).repository_dir, out_file, list(images))
-    out.print(f"recovery bundle with {count} files written to {out_file}")
+    _ensure_passphrase(data)
+    summary = ceremonies.recovery_bundle(
+        data,
+        out_file,
+        _now(),
+        images=images,
+        valid_for=timedelta(days=valid_days) if valid_days is not None else None,
+        actor=_operator_actor(),
+    )
+    out.print(
+        f"recovery bundle with {summary.files} files written to {out_file}; "
+        f"valid until {summary.valid_until.isoformat()}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @agent.command("apply-bundle")
@@ -939,19 +958,10 @@ def agent_apply_bundle(state_dir: Path, bundle: Path) -> None:
     """Verify and apply a recovery bundle: new roots and pins without any network."""
     from homing.agent.agent import Agent
     from homing.agent.state import DeviceState
-    from homing.trust.bundle import extracted
+    from homing.agent.update import apply_bundle
 
-    agent_ = Agent(DeviceState(state_dir))
-    from homing.agent.update import install_from_bundle
-    from homing.trust.bundle import bundle_images
-
-    with extracted(bundle) as directory:
-        now = agent_.now()
-        trust = agent_.refresh_from_directory(directory.as_uri(), now)
-        out.print(f"trust updated to root v{trust.root_version}, targets v{trust.targets_version}")
-        images = bundle_images(directory)
-        if images:
-            out.print(install_from_bundle(agent_, directory, images, now))
+    for line in apply_bundle(Agent(DeviceState(state_dir)), bundle):
+        out.print(line, highlight=False, soft_wrap=True)
 
 
 @cli.command("release")

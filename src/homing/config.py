@@ -48,6 +48,9 @@ class Expiries:
     delegations: timedelta = timedelta(days=2 * 365)
     snapshot: timedelta = timedelta(days=7)
     timestamp: timedelta = timedelta(days=1)
+    # An offline recovery bundle's own snapshot and timestamp: long enough to
+    # carry it to a device by hand, short enough to bound a replay of it.
+    recovery_bundle: timedelta = timedelta(days=30)
 
 
 @dataclass(frozen=True)

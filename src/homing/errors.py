@@ -15,7 +15,8 @@ exceptions are translated at the seam with ``raise ... from e``, so callers
     │       └── PinError     the chain validates but no SPKI matches a pin
     ├── TrustError           trust metadata is unusable
     │   ├── MetadataError    metadata failed TUF verification (rollback,
-    │   │                    threshold, freeze, mix-and-match, tampering)
+    │   │   │                threshold, freeze, mix-and-match, tampering)
+    │   │   └── MetadataExpiredError  verified, but past its expiry
     │   └── CeremonyError    a ceremony cannot be carried out as asked
     ├── TransportError       the metadata source could not be reached
     ├── StoreError           the database refused or lost a write
@@ -35,6 +36,7 @@ __all__ = [
     "HomingError",
     "KeyStoreError",
     "MetadataError",
+    "MetadataExpiredError",
     "NotFoundError",
     "PKIError",
     "PinError",
@@ -84,6 +86,10 @@ class TrustError(HomingError):
 
 class MetadataError(TrustError):
     """Trust metadata failed verification (TUF client workflow)."""
+
+
+class MetadataExpiredError(MetadataError):
+    """Metadata verified but is past its expiry: a freeze attack, or a lapse to renew."""
 
 
 class CeremonyError(TrustError):

@@ -25,7 +25,7 @@ from tuf.api.metadata import TargetFile
 from homing.agent.fetcher import HTTPSFetcher
 from homing.agent.installer import MAX_BOOT_ATTEMPTS, CommandInstaller, SlotInstaller
 from homing.agent.transport import open_connection
-from homing.errors import HomingError, TransportError
+from homing.errors import HomingError, MetadataExpiredError, TransportError
 from homing.fsutil import atomic_write
 from homing.trust.client import target_info
 from homing.trust.pins import PinPolicy
@@ -301,3 +301,33 @@ def install_from_bundle(agent: Agent, directory: Path, names: list[str], now: da
         json.dumps({"version": version, "sequence": sequence, "at": now.isoformat()}).encode(),
     )
     return f"firmware {version} installed by hand and committed"
+
+
+def apply_bundle(agent: Agent, bundle: Path) -> list[str]:
+    """Verify and apply an offline recovery bundle; returns what happened, line by line.
+
+    A bundle past the validity chosen at its creation is refused with that
+    date and what to do, not python-tuf's bare "timestamp.json is expired".
+    """
+    from homing.trust.bundle import bundle_images, bundle_valid_until, extracted
+
+    lines = []
+    with extracted(bundle) as directory:
+        now = agent.now()
+        try:
+            trust = agent.refresh_from_directory(directory.as_uri(), now)
+        except MetadataExpiredError as e:
+            until = bundle_valid_until(directory)
+            when = f" on {until.isoformat()}" if until else ""
+            raise MetadataExpiredError(
+                f"this recovery bundle expired{when} (the device's time is {now.isoformat()}): "
+                "ask the operator for a new one, made with 'homing recovery-bundle "
+                "--valid-days N' for the time it takes to reach the device"
+            ) from e
+        lines.append(
+            f"trust updated to root v{trust.root_version}, targets v{trust.targets_version}"
+        )
+        images = bundle_images(directory)
+        if images:
+            lines.append(install_from_bundle(agent, directory, images, now))
+    return lines

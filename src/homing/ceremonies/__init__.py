@@ -1,10 +1,12 @@
 """Operator ceremonies over a data directory: init, rotations, issuance, revocation."""
 
 from homing.ceremonies.ceremonies import (
+    BundleSummary,
     InitSummary,
     init,
     issue_certificate,
     pin_policy,
+    recovery_bundle,
     refresh_snapshot,
     refresh_targets,
     refresh_timestamp,
@@ -18,12 +20,14 @@ from homing.ceremonies.ceremonies import (
 from homing.ceremonies.datadir import DataDir, Settings
 
 __all__ = [
+    "BundleSummary",
     "DataDir",
     "InitSummary",
     "Settings",
     "init",
     "issue_certificate",
     "pin_policy",
+    "recovery_bundle",
     "refresh_snapshot",
     "refresh_targets",
     "refresh_timestamp",

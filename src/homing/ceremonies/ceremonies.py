@@ -669,3 +669,57 @@ def refresh_targets(data: Path | DataDir, now: datetime, *, actor: str = OPERATO
     version = _publish_pins(dd, settings, store, now)
     _audit(dd, now, actor, "refresh_targets", f"targets v{version}")
     return version
+
+
+@dataclass(frozen=True)
+class BundleSummary:
+    files: int
+    valid_until: datetime
+
+
+def recovery_bundle(
+    data: Path | DataDir,
+    out: Path,
+    now: datetime,
+    *,
+    images: Sequence[str] = (),
+    valid_for: timedelta | None = None,
+    actor: str = OPERATOR,
+) -> BundleSummary:
+    """Write an offline recovery bundle valid for ``valid_for`` (default: the config's).
+
+    The bundle carries its own snapshot and timestamp signed for that long
+    (``TrustRepository.sign_bundle_state``): a device reached by hand weeks
+    later still accepts it, and after ``valid_until`` it is refused as expired.
+    """
+    from homing.trust.bundle import write_bundle
+
+    dd, settings, store = _open(data)
+    valid_for = valid_for if valid_for is not None else settings.expiries.recovery_bundle
+    if valid_for <= timedelta(0):
+        raise CeremonyError("a recovery bundle's validity must be positive")
+    valid_until = now + valid_for
+    repo = dd.repository(settings)
+    snapshot_signer, timestamp_signer = _online_signers(store, settings)
+    snapshot, timestamp = repo.sign_bundle_state(
+        snapshot_signer, timestamp_signer, now, valid_until
+    )
+    files = write_bundle(
+        dd.repository_dir,
+        out,
+        list(images),
+        metadata={
+            f"{snapshot.signed.version}.snapshot.json": repo.serialize(snapshot),
+            "timestamp.json": repo.serialize(timestamp),
+        },
+        valid_until=valid_until,
+    )
+    _audit(
+        dd,
+        now,
+        actor,
+        "recovery_bundle",
+        str(out),
+        {"valid_until": valid_until.isoformat(), "images": list(images)},
+    )
+    return BundleSummary(files, valid_until)

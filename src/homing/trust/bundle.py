@@ -11,39 +11,74 @@ import json
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 from homing.errors import ConfigError, TrustError
 
-__all__ = ["MAX_BUNDLE_BYTES", "bundle_images", "extracted", "write_bundle"]
+__all__ = [
+    "MAX_BUNDLE_BYTES",
+    "bundle_images",
+    "bundle_valid_until",
+    "extracted",
+    "write_bundle",
+]
+
+MANIFEST = "bundle.json"
 
 MAX_BUNDLE_BYTES = 2 * 1024**3
 MAX_MEMBERS = 100_000
 
 
-def write_bundle(repository: Path, out: Path, images: list[str] | None = None) -> int:
+def write_bundle(
+    repository: Path,
+    out: Path,
+    images: list[str] | None = None,
+    *,
+    metadata: Mapping[str, bytes] | None = None,
+    valid_until: datetime | None = None,
+) -> int:
     """Write metadata/ and targets/ of ``repository`` to the tar file ``out``.
 
-    ``images`` names firmware targets a device should install from the bundle.
+    ``images`` names firmware targets a device should install from the bundle;
+    ``metadata`` holds files that replace or join the repository's metadata
+    (the bundle's own long-lived snapshot and timestamp). ``valid_until`` is
+    written to the manifest so an expired bundle is named as such; the
+    signed timestamp is what enforces it.
     """
     if not (repository / "metadata").is_dir():
         raise ConfigError(f"no repository at {repository}")
+    extra = dict(metadata or {})
     tmp = out.with_name(f".{out.name}.tmp")
     count = 0
     with tarfile.open(tmp, "w") as tar:
         for top in ("metadata", "targets"):
             for path in sorted((repository / top).rglob("*")):
-                if path.is_file():
+                if path.is_file() and not (top == "metadata" and path.name in extra):
                     tar.add(path, arcname=str(path.relative_to(repository)), recursive=False)
                     count += 1
-        manifest = json.dumps({"images": images or []}).encode()
-        info = tarfile.TarInfo("metadata/bundle.json")
-        info.size = len(manifest)
-        tar.addfile(info, io.BytesIO(manifest))
+        manifest: dict[str, object] = {"images": images or []}
+        if valid_until is not None:
+            manifest["valid_until"] = valid_until.isoformat()
+        extra[MANIFEST] = json.dumps(manifest).encode()
+        for name, data in sorted(extra.items()):
+            info = tarfile.TarInfo(f"metadata/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            count += 1
     tmp.replace(out)
-    return count
+    return count - 1
+
+
+def bundle_valid_until(directory: Path) -> datetime | None:
+    """The validity an extracted bundle claims (unsigned: for messages only)."""
+    try:
+        doc = json.loads((directory / "metadata" / MANIFEST).read_bytes())
+        return datetime.fromisoformat(doc["valid_until"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
 
 
 @contextmanager
@@ -80,7 +115,7 @@ def extracted(bundle: Path) -> Iterator[Path]:
 def bundle_images(directory: Path) -> list[str]:
     """The firmware targets an extracted bundle asks to install (unsigned hint only)."""
     try:
-        doc = json.loads((directory / "metadata" / "bundle.json").read_bytes())
+        doc = json.loads((directory / "metadata" / MANIFEST).read_bytes())
     except (FileNotFoundError, ValueError):
         return []
     images = doc.get("images") if isinstance(doc, dict) else None

@@ -29,7 +29,7 @@ from tuf.api.metadata import Metadata, TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from homing.config import Limits
-from homing.errors import ConfigError, MetadataError, TransportError
+from homing.errors import ConfigError, MetadataError, MetadataExpiredError, TransportError
 from homing.trust.pins import PIN_POLICY_TARGET, PinPolicy
 
 __all__ = ["DirectoryFetcher", "TrustState", "refresh_trust", "target_info"]
@@ -209,7 +209,7 @@ def _python_tuf_errors(metadata_dir: Path) -> Iterator[None]:
     try:
         yield
     except tuf_errors.ExpiredMetadataError as e:
-        raise MetadataError(f"trust metadata has expired: {e}") from e
+        raise MetadataExpiredError(f"trust metadata has expired: {e}") from e
     except tuf_errors.RepositoryError as e:
         raise MetadataError(f"trust metadata refused: {e}") from e
     except tuf_errors.DownloadError as e:

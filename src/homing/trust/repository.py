@@ -365,6 +365,77 @@ class TrustRepository:
         self._write("timestamp.json", ts)
         return ts
 
+    def sign_bundle_state(
+        self,
+        snapshot_signer: Signer,
+        timestamp_signer: Signer,
+        now: datetime,
+        valid_until: datetime,
+    ) -> tuple[Metadata[Snapshot], Metadata[Timestamp]]:
+        """A snapshot and timestamp for an offline recovery bundle, valid until ``valid_until``.
+
+        They take versions S+1 and T+1 and are never published; the live
+        repository moves on to S+2 and T+2 (with the usual short expiry) at
+        once, so every online device is past the bundle's versions and no two
+        different files ever share a version. The bundle's long expiry is the
+        window in which it could be replayed to a device older than it: the
+        operator chooses it, and it ends before any offline role expires.
+        """
+        root = self.root()
+        targets_roles = {"targets": self.targets().signed.expires}
+        snapshot = self.snapshot()
+        for name in snapshot.signed.meta:
+            role = name.removesuffix(".json")
+            targets_roles[role] = self.targets(role).signed.expires
+        limits = {"root": root.signed.expires, **targets_roles}
+        role, first = min(limits.items(), key=lambda item: item[1])
+        if valid_until > first:
+            raise CeremonyError(
+                f"a bundle can be valid until {first.isoformat()} at most, when {role} metadata "
+                "expires: renew it first (homing targets refresh / rotate root) or choose a "
+                "shorter validity"
+            )
+        if valid_until <= now:
+            raise CeremonyError("a recovery bundle's validity must be positive")
+        s_version = snapshot.signed.version + 1
+        t_version = self.timestamp().signed.version + 1
+        bundle_snapshot = Metadata(
+            Snapshot(
+                version=s_version,
+                expires=valid_until,
+                meta={k: MetaFile(version=v.version) for k, v in snapshot.signed.meta.items()},
+            )
+        )
+        bundle_snapshot.signed.spec_version = SPEC_VERSION
+        _sign(bundle_snapshot, [snapshot_signer])
+        _check(root, Snapshot.type, bundle_snapshot, "bundle snapshot")
+        bundle_timestamp = Metadata(
+            Timestamp(
+                version=t_version,
+                expires=valid_until,
+                snapshot_meta=MetaFile(version=s_version),
+            )
+        )
+        bundle_timestamp.signed.spec_version = SPEC_VERSION
+        _sign(bundle_timestamp, [timestamp_signer])
+        _check(root, Timestamp.type, bundle_timestamp, "bundle timestamp")
+        meta = {k: v.version for k, v in snapshot.signed.meta.items()}
+        self._publish_snapshot(
+            meta,
+            snapshot_signer,
+            timestamp_signer,
+            now,
+            root,
+            snapshot_version=s_version + 1,
+            timestamp_version=t_version + 1,
+        )
+        return bundle_snapshot, bundle_timestamp
+
+    @staticmethod
+    def serialize(md: Metadata[Any]) -> bytes:
+        """Metadata bytes exactly as this repository writes them."""
+        return md.to_bytes(_SERIALIZER)
+
     # -- internals -------------------------------------------------------
 
     def _publish_snapshot(
@@ -376,6 +447,7 @@ class TrustRepository:
         root: Metadata[Root],
         *,
         snapshot_version: int | None = None,
+        timestamp_version: int | None = None,
     ) -> int:
         if snapshot_version is None:
             snapshot_version = self.snapshot().signed.version + 1
@@ -390,10 +462,13 @@ class TrustRepository:
         _sign(snapshot, [snapshot_signer])
         _check(root, Snapshot.type, snapshot, "snapshot")
         self._write(f"{snapshot_version}.snapshot.json", snapshot)
-        try:
-            ts_version = self.timestamp().signed.version + 1
-        except ConfigError:
-            ts_version = 1
+        if timestamp_version is not None:
+            ts_version = timestamp_version
+        else:
+            try:
+                ts_version = self.timestamp().signed.version + 1
+            except ConfigError:
+                ts_version = 1
         timestamp = Metadata(
             Timestamp(
                 version=ts_version,
