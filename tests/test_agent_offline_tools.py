@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-import json
 import io
+import json
 import shutil
 import subprocess
 import tarfile

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import ssl
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 _CACHE_LIMIT = 4096
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,14 @@ def verify_device_certificate(request: web.Request, state: ServerState) -> Devic
         raise HTTPProblem(
             401, "client_certificate_required", "this endpoint needs a device client certificate"
         )
-    cert, device_id, spki = _verify(der, state, state.now())
+    try:
+        cert, device_id, spki = _verify(der, state, state.now())
+    except HTTPProblem as e:
+        # Every refusal of a client certificate is decided here, so it is logged here.
+        log.warning(
+            "refused a client certificate from %s (%s): %s", request.remote, e.code, e.message
+        )
+        raise
     return DeviceIdentity(
         device_id=device_id, serial=cert.serial_number, certificate=cert, key_spki=spki
     )

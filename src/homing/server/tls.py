@@ -81,6 +81,48 @@ def _set_groups(context: ssl.SSLContext) -> None:
     context.set_ecdh_curve("prime256v1")
 
 
+# OpenSSL's verify callback: int (*)(int preverify_ok, X509_STORE_CTX *ctx).
+_VERIFY_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+_SSL_VERIFY_PEER = 0x01
+
+
+def _defer_client_chain(_preverify_ok: int, _store: int | None) -> int:
+    """Accept any client chain at the TLS layer; the application validates it.
+
+    The handshake still proves the client holds the certificate's key
+    (CertificateVerify, RFC 8446 §4.4.3); only the chain decision moves up.
+    """
+    return 1
+
+
+# Kept referenced for the life of the process: OpenSSL holds the raw pointer.
+_DEFER_CALLBACK = _VERIFY_CALLBACK(_defer_client_chain)
+
+
+def _defer_client_verification(context: ssl.SSLContext) -> bool:
+    """Request client certificates but leave every verdict on them to the application.
+
+    A chain OpenSSL refused ended the handshake without an alert (the
+    event loop closes the transport before the alert is flushed) and
+    without a log line, so a device, or an operator, never learned why.
+    Deferred, every refusal is an HTTP 401 naming the reason, logged, and
+    decided by one verifier (``homing.server.auth``: cryptography's path
+    validation at the server's time, the device leaf profile, standing).
+    Python keeps a callback set this way when ``verify_mode`` changes.
+    """
+    pointer = _ssl_ctx_pointer(context)
+    if pointer is None:
+        return False
+    lib = ctypes.CDLL(_ssl.__file__)
+    set_verify = getattr(lib, "SSL_CTX_set_verify", None)
+    if set_verify is None:
+        return False
+    set_verify.argtypes = [ctypes.c_void_p, ctypes.c_int, _VERIFY_CALLBACK]
+    set_verify.restype = None
+    set_verify(pointer, _SSL_VERIFY_PEER, _DEFER_CALLBACK)
+    return context.verify_mode == ssl.CERT_OPTIONAL
+
+
 def _harden(context: ssl.SSLContext) -> None:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)
@@ -109,6 +151,12 @@ def server_context(
         except (ssl.SSLError, ValueError) as e:
             raise ConfigError(f"cannot load the device CAs: {e}") from e
         context.verify_mode = ssl.CERT_OPTIONAL
+        if _defer_client_verification(context):
+            return context
+        log.warning(
+            "cannot defer client certificate checks to the application here: "
+            "refused device chains end the handshake without a reason"
+        )
         # The TLS layer checks that a client certificate chains to a device CA
         # but not its dates: an expired device must reach the application,
         # which validates the chain again at its own `now` (cryptography's
