@@ -51,8 +51,8 @@ def _agent(state: DeviceState, server: RunningServer, offset: timedelta = timede
 
 
 def _settle(server: RunningServer) -> None:
-    """Give the running server a moment to load a rotated certificate."""
-    time.sleep(0.3)
+    """Have the running server load a rotated certificate before the device connects."""
+    server.settle()
 
 
 def test_provisioned_device_checks_in(server: RunningServer, tmp_path: Path) -> None:

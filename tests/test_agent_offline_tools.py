@@ -133,9 +133,7 @@ def test_recovery_bundle_brings_a_stranded_device_back(
     )
     assert result.returncode == 0, result.stderr
     assert "root v2" in result.stdout
-    import time
-
-    time.sleep(0.3)
+    server.settle()
     report = Agent(state, server=f"https://127.0.0.1:{server.port}").run_once()
     assert report.checked_in, report
     assert report.steps[0].startswith("trust refreshed over pinned TLS")

@@ -130,7 +130,7 @@ def test_power_cuts_during_a_trust_update(server: RunningServer, tmp_path: Path)
     ceremonies.rotate_issuing_ca(server.state.dd, "server", now)
     ceremonies.rotate_issuing_ca(server.state.dd, "server", now)
     ceremonies.rotate_root(server.state.dd, now)
-    time.sleep(0.3)
+    server.settle()
     _power_cut_runs(template, server, tmp_path, timedelta(), "bootstrap channel")
 
 
@@ -142,7 +142,7 @@ def test_power_cuts_during_a_certificate_renewal(server: RunningServer, tmp_path
     ceremonies.refresh_snapshot(server.state.dd, datetime.now(UTC) + offset)
     ceremonies.rotate_server_cert(server.state.dd, datetime.now(UTC) + offset)
     server.clock.advance(offset)
-    time.sleep(0.3)
+    server.settle()
     _power_cut_runs(template, server, tmp_path, offset, "renewed")
 
 
@@ -153,7 +153,7 @@ def test_sigkill_at_random_moments(server: RunningServer, tmp_path: Path) -> Non
     )
     ceremonies.rotate_issuing_ca(server.state.dd, "server", datetime.now(UTC))
     ceremonies.rotate_issuing_ca(server.state.dd, "server", datetime.now(UTC))
-    time.sleep(0.3)
+    server.settle()
     rng = random.Random(7)
     command = [
         sys.executable,

@@ -74,7 +74,7 @@ def _rollout(
         "board-a",
         rollouts.RolloutPlan(stages=stages, max_failure_ratio=ratio),
     )
-    time.sleep(1.1)  # the server re-reads active rollouts every second
+    server.settle()  # the server re-reads active rollouts every second; now, here
     return ro.id
 
 
@@ -244,14 +244,14 @@ def test_pause_and_resume(server: RunningServer, tmp_path: Path) -> None:
     release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
     rollout_id = _rollout(server)
     rollouts.set_paused(server.state.db, "test", datetime.now(UTC), rollout_id, True)
-    time.sleep(1.1)
+    server.settle()
     report = _agent(state).run_once()
     assert report.checked_in
     assert installer_for(_agent(state)).active_version() is None
     with pytest.raises(ConflictError):
         rollouts.set_paused(server.state.db, "test", datetime.now(UTC), rollout_id, True)
     rollouts.set_paused(server.state.db, "test", datetime.now(UTC), rollout_id, False)
-    time.sleep(1.1)
+    server.settle()
     assert "firmware 2.0.0 committed" in _agent(state).run_once().steps
 
 
@@ -467,7 +467,7 @@ def test_rollout_to_a_named_group(server: RunningServer, tmp_path: Path) -> None
         "board-a",
         rollouts.RolloutPlan(group="lab"),
     )
-    time.sleep(1.1)
+    server.settle()
     for state in states:
         assert _agent(state).run_once().checked_in
     versions = {s.config().device_id: installer_for(_agent(s)).active_version() for s in states}

@@ -510,9 +510,63 @@ def factory_add(name: str, data: Path, db_url: str | None) -> None:
     click.echo(f"{name}:{secret}")
 
 
+@factory.command("list")
+@_data_option
+@_db_option
+def factory_list(data: Path, db_url: str | None) -> None:
+    """Every factory station and whether it is disabled."""
+    from homing.ceremonies import DataDir
+    from homing.server import operations
+
+    rows = operations.list_factories(DataDir(data, db_url).database(), _operator_actor(), _now())
+    for row in rows:
+        state = f"disabled {row['disabled_at']}" if row["disabled_at"] else "active"
+        out.print(f"{row['name']}: {state} (created {row['created_at']})", highlight=False)
+
+
+@factory.command("disable")
+@click.argument("name")
+@_data_option
+@_db_option
+def factory_disable(name: str, data: Path, db_url: str | None) -> None:
+    """Disable a station's credential for good (a lost or retired station)."""
+    from homing.ceremonies import DataDir
+    from homing.server import operations
+
+    operations.disable_factory(DataDir(data, db_url).database(), _operator_actor(), _now(), name)
+    out.print(f"factory station {name!r} disabled; its secret enrolls nothing from now on")
+
+
 @cli.group()
 def token() -> None:
     """Operator tokens for the admin API."""
+
+
+@token.command("list")
+@_data_option
+@_db_option
+def token_list(data: Path, db_url: str | None) -> None:
+    """Every operator token by name and role (never the token itself)."""
+    from homing.ceremonies import DataDir
+    from homing.server import operations
+
+    rows = operations.list_tokens(DataDir(data, db_url).database(), _operator_actor(), _now())
+    for row in rows:
+        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+        out.print(f"{row['name']}: {row['role']}, {state}", highlight=False)
+
+
+@token.command("revoke")
+@click.argument("name")
+@_data_option
+@_db_option
+def token_revoke(name: str, data: Path, db_url: str | None) -> None:
+    """Revoke an operator token; the admin API refuses it at its next request."""
+    from homing.ceremonies import DataDir
+    from homing.server import operations
+
+    operations.revoke_token(DataDir(data, db_url).database(), _operator_actor(), _now(), name)
+    out.print(f"token {name!r} revoked")
 
 
 @token.command("add")

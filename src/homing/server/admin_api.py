@@ -108,6 +108,39 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         )
         return web.json_response({"name": name, "secret": secret}, status=201)
 
+    async def list_factories(request: web.Request) -> web.Response:
+        op = await authenticate_operator(request, state, "read-only")
+        rows = await state.run(operations.list_factories, state.db, f"token:{op.name}", state.now())
+        return web.json_response({"factories": rows})
+
+    async def disable_factory(request: web.Request) -> web.Response:
+        op = await authenticate_operator(request, state, "operator")
+        name = request.match_info["name"]
+        await state.run(operations.disable_factory, state.db, f"token:{op.name}", state.now(), name)
+        return web.json_response({"name": name, "disabled": True})
+
+    async def list_tokens(request: web.Request) -> web.Response:
+        op = await authenticate_operator(request, state, "operator")
+        rows = await state.run(operations.list_tokens, state.db, f"token:{op.name}", state.now())
+        return web.json_response({"tokens": rows})
+
+    async def add_token(request: web.Request) -> web.Response:
+        op = await authenticate_operator(request, state, "operator")
+        body = await json_body(request)
+        name, role = body.get("name"), body.get("role", "read-only")
+        if not isinstance(name, str) or not isinstance(role, str):
+            raise HTTPProblem(400, "bad_request", "'name' and 'role' must be strings")
+        token = await state.run(
+            operations.add_token, state.db, f"token:{op.name}", state.now(), name, role
+        )
+        return web.json_response({"name": name, "role": role, "token": token}, status=201)
+
+    async def revoke_token(request: web.Request) -> web.Response:
+        op = await authenticate_operator(request, state, "operator")
+        name = request.match_info["name"]
+        await state.run(operations.revoke_token, state.db, f"token:{op.name}", state.now(), name)
+        return web.json_response({"name": name, "revoked": True})
+
     async def rollout_list(request: web.Request) -> web.Response:
         await authenticate_operator(request, state, "read-only")
 
@@ -168,5 +201,10 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         web.post("/v1/admin/devices/{device_id}/revoke", revoke),
         web.get("/v1/admin/status", status),
         web.get("/v1/admin/audit", audit_log),
+        web.get("/v1/admin/factories", list_factories),
         web.post("/v1/admin/factories", add_factory),
+        web.post("/v1/admin/factories/{name}/disable", disable_factory),
+        web.get("/v1/admin/tokens", list_tokens),
+        web.post("/v1/admin/tokens", add_token),
+        web.post("/v1/admin/tokens/{name}/revoke", revoke_token),
     ]

@@ -1,10 +1,18 @@
-"""The OpenAPI description of the device, recovery, EST and admin APIs."""
+"""The OpenAPI description of the device, recovery, EST, trust and admin APIs.
+
+Every route the server answers is described here, and every JSON request
+body has a schema; ``tests/test_openapi.py`` walks the application's router
+so a new route without its entry fails.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 __all__ = ["openapi_document"]
+
+_ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
+_DEVICE: list[dict[str, list[str]]] = [{"device": []}]
 
 
 def _error() -> dict[str, Any]:
@@ -18,9 +26,265 @@ def _json(schema: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
 
 
+def _path_param(name: str, kind: str = "string") -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
+
+
+def _operation(
+    summary: str,
+    ok: str,
+    *,
+    status: str = "200",
+    security: list[dict[str, list[str]]] | None = None,
+    body: str | None = None,
+    params: list[dict[str, Any]] | None = None,
+    errors: bool = True,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {status: {"description": ok}}}
+    if errors:
+        for code in (400, 401, 403, 404, 409, 413, 415):
+            op["responses"][str(code)] = _error()
+    if security is not None:
+        op["security"] = security
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": _json(body)}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _object(
+    properties: dict[str, Any], required: tuple[str, ...] = (), *, closed: bool = False
+) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+_STRING = {"type": "string"}
+_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+
+_SCHEMAS: dict[str, Any] = {
+    "Problem": _object({"error": _STRING, "message": _STRING}, ("error", "message")),
+    "CheckIn": _object(
+        {
+            "firmware_version": {"type": "string", "maxLength": 64},
+            "hardware": {"type": "string", "maxLength": 64},
+            "trust": _object(
+                {
+                    k: {"type": "integer", "minimum": 0}
+                    for k in ("root", "timestamp", "snapshot", "targets")
+                }
+            ),
+            "health": {"type": "object"},
+        }
+    ),
+    "CheckInAnswer": _object(
+        {
+            "device_id": _STRING,
+            "server_time": {"type": "string", "format": "date-time"},
+            "metadata": {"type": "object"},
+            "refresh_metadata": {"type": "boolean"},
+            "certificate": {"type": "object"},
+            "update": {"type": ["object", "null"]},
+        },
+        ("device_id", "server_time", "metadata", "refresh_metadata"),
+    ),
+    "UpdateProgress": _object(
+        {
+            "rollout": {"type": "integer"},
+            "state": {"type": "string"},
+            "reason": {"type": "string", "maxLength": 500},
+            "version": {"type": "string", "maxLength": 64},
+        },
+        ("rollout", "state"),
+    ),
+    "Challenge": _object({"device_id": _NAME}, ("device_id",)),
+    "Recover": _object(
+        {
+            "device_id": _NAME,
+            "nonce": {"type": "string", "minLength": 64, "maxLength": 64},
+            "csr": {"type": "string", "contentEncoding": "base64"},
+            "signature": {"type": "string", "contentEncoding": "base64"},
+        },
+        ("device_id", "nonce", "csr", "signature"),
+    ),
+    "Revoke": _object({"reason": {"type": "string", "maxLength": 256}}),
+    "FactoryCreate": _object({"name": _NAME}, ("name",)),
+    "TokenCreate": _object(
+        {"name": _NAME, "role": {"type": "string", "enum": ["read-only", "operator"]}},
+        ("name",),
+    ),
+    "RolloutCreate": _object(
+        {
+            "version": _STRING,
+            "hardware": _STRING,
+            "stages": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 100}},
+            "max_failure_ratio": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+            "success_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "soak_minutes": {"type": "number", "minimum": 0},
+            "deadline_hours": {"type": "number", "exclusiveMinimum": 0},
+            "group": _NAME,
+        },
+        ("version", "hardware"),
+        closed=True,
+    ),
+}
+
+
 def openapi_document(version: str) -> dict[str, Any]:
-    errors = {str(code): _error() for code in (400, 401, 403, 404, 409, 413, 415)}
-    admin: list[dict[str, list[str]]] = [{"bearer": []}]
+    rollout_id = [_path_param("rollout_id", "integer")]
+    device_id = [_path_param("device_id")]
+    name = [_path_param("name")]
+    query = [
+        {"name": n, "in": "query", "schema": {"type": t}}
+        for n, t in (
+            ("search", "string"),
+            ("status", "string"),
+            ("limit", "integer"),
+            ("offset", "integer"),
+        )
+    ]
+    paths: dict[str, Any] = {
+        "/v1/device/checkin": {
+            "post": {
+                **_operation(
+                    "Device check-in (mutual TLS)", "recorded", security=_DEVICE, body="CheckIn"
+                ),
+            }
+        },
+        "/v1/device/update": {
+            "post": _operation(
+                "Report update progress (mutual TLS)",
+                "recorded",
+                security=_DEVICE,
+                body="UpdateProgress",
+            )
+        },
+        "/v1/recover/challenge": {
+            "post": _operation("Get a single-use recovery nonce", "nonce", body="Challenge")
+        },
+        "/v1/recover": {
+            "post": _operation(
+                "Recover an expired certificate by proving the registered key",
+                "new certificate",
+                body="Recover",
+            )
+        },
+        "/.well-known/est/cacerts": {
+            "get": _operation(
+                "EST CA certificates (RFC 7030 4.1)", "application/pkcs7-mime", errors=False
+            )
+        },
+        "/.well-known/est/simpleenroll": {
+            "post": _operation(
+                "EST enrollment with factory credentials (RFC 7030 4.2); body: base64 PKCS#10",
+                "certs-only PKCS#7",
+                security=[{"factory": []}],
+            )
+        },
+        "/.well-known/est/simplereenroll": {
+            "post": _operation(
+                "EST re-enrollment (mutual TLS); a new key supersedes the old certificates",
+                "certs-only PKCS#7",
+                security=_DEVICE,
+            )
+        },
+        "/tuf/metadata/{name}": {
+            "get": _operation(
+                "TUF metadata (static, cacheable)", "metadata", params=[_path_param("name")]
+            )
+        },
+        "/tuf/targets/{path}": {
+            "get": _operation(
+                "TUF target file by consistent-snapshot name (hash-prefixed, immutable)",
+                "target bytes",
+                params=[_path_param("path")],
+            )
+        },
+        "/v1/admin/devices": {
+            "get": _operation("List and search devices", "devices", security=_ADMIN, params=query)
+        },
+        "/v1/admin/devices/{device_id}": {
+            "get": _operation(
+                "One device and its certificates", "device", security=_ADMIN, params=device_id
+            )
+        },
+        "/v1/admin/devices/{device_id}/revoke": {
+            "post": _operation(
+                "Revoke a device and its certificates (operator role)",
+                "revoked",
+                security=_ADMIN,
+                params=device_id,
+                body="Revoke",
+            )
+        },
+        "/v1/admin/status": {"get": _operation("Fleet summary", "summary", security=_ADMIN)},
+        "/v1/admin/audit": {"get": _operation("Audit log", "entries", security=_ADMIN)},
+        "/v1/admin/factories": {
+            "get": _operation("Factory stations", "stations", security=_ADMIN),
+            "post": _operation(
+                "Create a factory station credential (operator role)",
+                "secret, shown once",
+                status="201",
+                security=_ADMIN,
+                body="FactoryCreate",
+            ),
+        },
+        "/v1/admin/factories/{name}/disable": {
+            "post": _operation(
+                "Disable a factory station for good (operator role)",
+                "disabled",
+                security=_ADMIN,
+                params=name,
+            )
+        },
+        "/v1/admin/tokens": {
+            "get": _operation("Operator tokens (operator role)", "tokens", security=_ADMIN),
+            "post": _operation(
+                "Create an operator token (operator role)",
+                "token, shown once",
+                status="201",
+                security=_ADMIN,
+                body="TokenCreate",
+            ),
+        },
+        "/v1/admin/tokens/{name}/revoke": {
+            "post": _operation(
+                "Revoke an operator token (operator role)", "revoked", security=_ADMIN, params=name
+            )
+        },
+        "/v1/admin/rollouts": {
+            "get": _operation("List rollouts", "rollouts", security=_ADMIN),
+            "post": _operation(
+                "Create a rollout (operator role)",
+                "created",
+                status="201",
+                security=_ADMIN,
+                body="RolloutCreate",
+            ),
+        },
+        "/v1/admin/rollouts/{rollout_id}": {
+            "get": _operation("Rollout progress", "progress", security=_ADMIN, params=rollout_id)
+        },
+        "/v1/admin/rollouts/{rollout_id}/pause": {
+            "post": _operation(
+                "Pause a rollout (operator role)", "paused", security=_ADMIN, params=rollout_id
+            )
+        },
+        "/v1/admin/rollouts/{rollout_id}/resume": {
+            "post": _operation(
+                "Resume a rollout (operator role)", "resumed", security=_ADMIN, params=rollout_id
+            )
+        },
+        "/healthz": {"get": _operation("Liveness", "ok", errors=False)},
+        "/metrics": {"get": _operation("Prometheus metrics", "text format", errors=False)},
+        "/openapi.json": {"get": _operation("This document", "OpenAPI 3.1", errors=False)},
+    }
+    paths["/v1/device/checkin"]["post"]["responses"]["200"]["content"] = _json("CheckInAnswer")
     return {
         "openapi": "3.1.0",
         "info": {"title": "homing home server", "version": version},
@@ -30,255 +294,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "factory": {"type": "http", "scheme": "basic"},
                 "device": {"type": "mutualTLS"},
             },
-            "schemas": {
-                "Problem": {
-                    "type": "object",
-                    "required": ["error", "message"],
-                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
-                },
-                "CheckIn": {
-                    "type": "object",
-                    "properties": {
-                        "firmware_version": {"type": "string", "maxLength": 64},
-                        "hardware": {"type": "string", "maxLength": 64},
-                        "trust": {
-                            "type": "object",
-                            "properties": {
-                                k: {"type": "integer", "minimum": 0}
-                                for k in ("root", "timestamp", "snapshot", "targets")
-                            },
-                        },
-                        "health": {"type": "object"},
-                    },
-                },
-                "CheckInAnswer": {
-                    "type": "object",
-                    "required": ["device_id", "server_time", "metadata", "refresh_metadata"],
-                    "properties": {
-                        "device_id": {"type": "string"},
-                        "server_time": {"type": "string", "format": "date-time"},
-                        "metadata": {"type": "object"},
-                        "refresh_metadata": {"type": "boolean"},
-                        "certificate": {"type": "object"},
-                        "update": {"type": ["object", "null"]},
-                    },
-                },
-                "Challenge": {
-                    "type": "object",
-                    "required": ["device_id"],
-                    "properties": {"device_id": {"type": "string"}},
-                },
-                "Recover": {
-                    "type": "object",
-                    "required": ["device_id", "nonce", "csr", "signature"],
-                    "properties": {
-                        "device_id": {"type": "string"},
-                        "nonce": {"type": "string"},
-                        "csr": {"type": "string", "contentEncoding": "base64"},
-                        "signature": {"type": "string", "contentEncoding": "base64"},
-                    },
-                },
-            },
+            "schemas": _SCHEMAS,
         },
-        "paths": {
-            "/v1/device/checkin": {
-                "post": {
-                    "summary": "Device check-in (mutual TLS)",
-                    "security": [{"device": []}],
-                    "requestBody": {"required": True, "content": _json("CheckIn")},
-                    "responses": {
-                        "200": {"description": "recorded", "content": _json("CheckInAnswer")},
-                        **errors,
-                    },
-                }
-            },
-            "/v1/recover/challenge": {
-                "post": {
-                    "summary": "Get a single-use recovery nonce",
-                    "requestBody": {"required": True, "content": _json("Challenge")},
-                    "responses": {"200": {"description": "nonce"}, **errors},
-                }
-            },
-            "/v1/recover": {
-                "post": {
-                    "summary": "Recover an expired certificate by proving the registered key",
-                    "requestBody": {"required": True, "content": _json("Recover")},
-                    "responses": {"200": {"description": "new certificate"}, **errors},
-                }
-            },
-            "/.well-known/est/cacerts": {
-                "get": {
-                    "summary": "EST CA certificates (RFC 7030 4.1)",
-                    "responses": {"200": {"description": "application/pkcs7-mime"}},
-                }
-            },
-            "/.well-known/est/simpleenroll": {
-                "post": {
-                    "summary": "EST enrollment with factory credentials (RFC 7030 4.2)",
-                    "security": [{"factory": []}],
-                    "responses": {"200": {"description": "certs-only PKCS#7"}, **errors},
-                }
-            },
-            "/.well-known/est/simplereenroll": {
-                "post": {
-                    "summary": "EST re-enrollment (mutual TLS)",
-                    "security": [{"device": []}],
-                    "responses": {"200": {"description": "certs-only PKCS#7"}, **errors},
-                }
-            },
-            "/v1/admin/devices": {
-                "get": {
-                    "summary": "List and search devices",
-                    "security": admin,
-                    "parameters": [
-                        {"name": n, "in": "query", "schema": {"type": t}}
-                        for n, t in (
-                            ("search", "string"),
-                            ("status", "string"),
-                            ("limit", "integer"),
-                            ("offset", "integer"),
-                        )
-                    ],
-                    "responses": {"200": {"description": "devices"}, **errors},
-                }
-            },
-            "/v1/admin/devices/{device_id}": {
-                "get": {
-                    "summary": "One device and its certificates",
-                    "security": admin,
-                    "parameters": [
-                        {
-                            "name": "device_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                    "responses": {"200": {"description": "device"}, **errors},
-                }
-            },
-            "/v1/admin/devices/{device_id}/revoke": {
-                "post": {
-                    "summary": "Revoke a device (operator role)",
-                    "security": admin,
-                    "parameters": [
-                        {
-                            "name": "device_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                    "responses": {"200": {"description": "revoked"}, **errors},
-                }
-            },
-            "/v1/admin/status": {
-                "get": {
-                    "summary": "Fleet summary",
-                    "security": admin,
-                    "responses": {"200": {"description": "summary"}, **errors},
-                }
-            },
-            "/v1/admin/audit": {
-                "get": {
-                    "summary": "Audit log",
-                    "security": admin,
-                    "responses": {"200": {"description": "entries"}, **errors},
-                }
-            },
-            "/v1/admin/factories": {
-                "post": {
-                    "summary": "Create a factory station credential (operator role)",
-                    "security": admin,
-                    "responses": {"201": {"description": "secret, shown once"}, **errors},
-                }
-            },
-            "/tuf/metadata/{name}": {
-                "get": {
-                    "summary": "TUF metadata (static, cacheable)",
-                    "parameters": [
-                        {
-                            "name": "name",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                    "responses": {"200": {"description": "metadata"}, "404": _error()},
-                }
-            },
-            "/v1/device/update": {
-                "post": {
-                    "summary": "Report update progress (mutual TLS)",
-                    "security": [{"device": []}],
-                    "responses": {"200": {"description": "recorded"}, **errors},
-                }
-            },
-            "/v1/admin/rollouts": {
-                "get": {
-                    "summary": "List rollouts",
-                    "security": admin,
-                    "responses": {"200": {"description": "rollouts"}, **errors},
-                },
-                "post": {
-                    "summary": "Create a rollout (operator role)",
-                    "security": admin,
-                    "responses": {"201": {"description": "created"}, **errors},
-                },
-            },
-            "/v1/admin/rollouts/{rollout_id}": {
-                "get": {
-                    "summary": "Rollout progress",
-                    "security": admin,
-                    "parameters": [
-                        {
-                            "name": "rollout_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "integer"},
-                        }
-                    ],
-                    "responses": {"200": {"description": "progress"}, **errors},
-                }
-            },
-            "/v1/admin/rollouts/{rollout_id}/pause": {
-                "post": {
-                    "summary": "Pause a rollout (operator role)",
-                    "security": admin,
-                    "parameters": [
-                        {
-                            "name": "rollout_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "integer"},
-                        }
-                    ],
-                    "responses": {"200": {"description": "paused"}, **errors},
-                }
-            },
-            "/v1/admin/rollouts/{rollout_id}/resume": {
-                "post": {
-                    "summary": "Resume a rollout (operator role)",
-                    "security": admin,
-                    "parameters": [
-                        {
-                            "name": "rollout_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "integer"},
-                        }
-                    ],
-                    "responses": {"200": {"description": "resumed"}, **errors},
-                }
-            },
-            "/healthz": {
-                "get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text format"}},
-                }
-            },
-        },
+        "paths": paths,
     }

@@ -18,9 +18,13 @@ __all__ = [
     "add_factory",
     "add_token",
     "device_detail",
+    "disable_factory",
     "fleet_status",
     "list_devices",
+    "list_factories",
+    "list_tokens",
     "revoke_device",
+    "revoke_token",
 ]
 
 # Offline-signed roles need a ceremony to renew: warn this far ahead.
@@ -92,6 +96,32 @@ def add_token(db: Database, actor: str, now: datetime, name: str, role: str) -> 
         token = credentials.add_token(conn, name, role, now)
         audit.audit(conn, now, actor, "add_token", name, {"role": role})
     return token
+
+
+def list_tokens(db: Database, actor: str, now: datetime) -> list[dict[str, Any]]:
+    with db.begin() as conn:
+        rows = credentials.list_tokens(conn)
+        audit.audit(conn, now, actor, "list_tokens")
+    return rows
+
+
+def revoke_token(db: Database, actor: str, now: datetime, name: str) -> None:
+    with db.begin() as conn:
+        credentials.revoke_token(conn, name, now)
+        audit.audit(conn, now, actor, "revoke_token", name)
+
+
+def list_factories(db: Database, actor: str, now: datetime) -> list[dict[str, Any]]:
+    with db.begin() as conn:
+        rows = credentials.list_factories(conn)
+        audit.audit(conn, now, actor, "list_factories")
+    return rows
+
+
+def disable_factory(db: Database, actor: str, now: datetime, name: str) -> None:
+    with db.begin() as conn:
+        credentials.disable_factory(conn, name, now)
+        audit.audit(conn, now, actor, "disable_factory", name)
 
 
 def fleet_status(dd: DataDir, db: Database, actor: str, now: datetime) -> dict[str, Any]:

@@ -220,6 +220,10 @@ class ServerState:
             self._rollouts = (now, {r.hardware: r for r in active})
         return self._rollouts[1]
 
+    def forget_rollouts(self) -> None:
+        """Re-read active rollouts at the next check-in instead of within a second."""
+        self._rollouts = None
+
     def close(self) -> None:
         self.executor.shutdown(wait=True)
         self.db.dispose()

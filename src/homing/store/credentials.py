@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -23,6 +24,9 @@ __all__ = [
     "add_factory",
     "add_token",
     "disable_factory",
+    "list_factories",
+    "list_tokens",
+    "revoke_token",
     "verify_factory",
     "verify_token",
 ]
@@ -50,13 +54,38 @@ def add_factory(conn: Connection, name: str, when: datetime) -> str:
 
 
 def disable_factory(conn: Connection, name: str, when: datetime) -> None:
-    result = conn.execute(
+    """Disable a station for good: its secret enrolls nothing from now on."""
+    row = conn.execute(
+        select(factory_credentials.c.disabled_at).where(factory_credentials.c.name == name)
+    ).first()
+    if row is None:
+        raise NotFoundError(f"no factory station {name!r}")
+    if row.disabled_at is not None:
+        raise ConflictError(f"factory station {name!r} is disabled already")
+    conn.execute(
         update(factory_credentials)
         .where(factory_credentials.c.name == name)
         .values(disabled_at=when)
     )
-    if not result.rowcount:
-        raise NotFoundError(f"no factory station {name!r}")
+
+
+def list_factories(conn: Connection) -> list[dict[str, Any]]:
+    """Every station, without its secret hash."""
+    rows = conn.execute(
+        select(
+            factory_credentials.c.name,
+            factory_credentials.c.created_at,
+            factory_credentials.c.disabled_at,
+        ).order_by(factory_credentials.c.name)
+    )
+    return [
+        {
+            "name": r.name,
+            "created_at": r.created_at.isoformat(),
+            "disabled_at": r.disabled_at.isoformat() if r.disabled_at else None,
+        }
+        for r in rows
+    ]
 
 
 def verify_factory(conn: Connection, name: str, secret: str) -> None:
@@ -86,6 +115,41 @@ def add_token(conn: Connection, name: str, role: str, when: datetime) -> str:
     except IntegrityError as e:
         raise ConflictError(f"operator token {name!r} exists already") from e
     return token
+
+
+def list_tokens(conn: Connection) -> list[dict[str, Any]]:
+    """Every operator token by name and role, never the token or its hash."""
+    rows = conn.execute(
+        select(
+            operator_tokens.c.name,
+            operator_tokens.c.role,
+            operator_tokens.c.created_at,
+            operator_tokens.c.revoked_at,
+        ).order_by(operator_tokens.c.name)
+    )
+    return [
+        {
+            "name": r.name,
+            "role": r.role,
+            "created_at": r.created_at.isoformat(),
+            "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+        }
+        for r in rows
+    ]
+
+
+def revoke_token(conn: Connection, name: str, when: datetime) -> None:
+    """Revoke a token for good; the next request that sends it is refused."""
+    row = conn.execute(
+        select(operator_tokens.c.revoked_at).where(operator_tokens.c.name == name)
+    ).first()
+    if row is None:
+        raise NotFoundError(f"no operator token {name!r}")
+    if row.revoked_at is not None:
+        raise ConflictError(f"operator token {name!r} is revoked already")
+    conn.execute(
+        update(operator_tokens).where(operator_tokens.c.name == name).values(revoked_at=when)
+    )
 
 
 def verify_token(conn: Connection, token: str) -> tuple[str, str]:
