@@ -208,3 +208,23 @@ def test_a_shorter_run_shortens_assembly_and_drops_later_events() -> None:
     assert all(tick < results.ticks for tick, _ in results.events)
     with pytest.raises(ConfigError, match="manufacture_years"):
         scenario_from_dict({"fleet": {"years": 2, "manufacture_years": 3}})
+
+
+@pytest.mark.parametrize("years", [20, 50])
+def test_the_simulator_runs_to_every_year_it_accepts(years: int) -> None:
+    """It crashed at 13 years (the TUF root expired) and 19 (an issuing CA expired)."""
+    scenario = Scenario().with_fleet(devices=100, years=years)
+    results = simulate(scenario, ["homing", "private-ca"])
+    homing, private = results.strategies
+    assert homing.bricked == 0
+    assert homing.why == "never cut off"
+    assert homing.caught_up > 0
+    assert homing.cut_off_devices == 0
+    # The baseline still fails for its own reason across the longer run.
+    assert private.bricked > 0
+
+
+def test_the_cli_accepts_no_more_years_than_the_simulator_runs() -> None:
+    result = run_homing("simulate", "--years", "51", "--devices", "10")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr

@@ -162,6 +162,14 @@ class _CA:
 
     def chain(self, key: ec.EllipticCurvePrivateKey, index: int, tick: int, days: int) -> Chain:
         assert self.authority is not None
+        # Like any CA, renew the intermediate a year before it expires, when
+        # the root lives long enough for a longer one.
+        expires = self.authority.certificate.not_valid_after_utc
+        if (
+            expires - tick_time(tick) < timedelta(days=DAYS_PER_YEAR)
+            and self.root.not_valid_after_utc > expires
+        ):
+            self.new_issuing(tick)
         leaf = _leaf(self.authority, key, tick, days)
         return Chain(leaf, (self.authority.certificate,), index)
 
@@ -277,12 +285,20 @@ class _Builder:
         self.anchor_sets: dict[tuple[bytes, ...], int] = {}
         self.per_tick = {name: np.zeros(self.plan.ticks, np.int64) for name in _PER_TICK}
         self.data = workdir / "homing-data"
+        # The X.509 root CA is made to outlive the run: homing has no ceremony
+        # to replace it yet, so a fleet planned for longer than its default 20
+        # years chooses a longer root at init, as this simulated company does.
+        root_years = max(20.0, scenario.fleet.years + 1.0)
         ceremonies.init(
             self.data,
             START,
             hosts=[HOST],
-            validity=Validity(server=timedelta(days=self.plan.leaf_days)),
+            validity=Validity(
+                server=timedelta(days=self.plan.leaf_days),
+                root_ca=timedelta(days=root_years * DAYS_PER_YEAR),
+            ),
         )
+        self.renew_by = self._renewal_dates()
         self.world.homing_root_ca.append(ceremonies.DataDir(self.data).certificate("root-ca.pem"))
         self._snapshot_homing(0)
         self.world.homing.append(self._homing_chain())
@@ -317,7 +333,9 @@ class _Builder:
     def _public_pki(self, tick: int) -> None:
         plan, events = self.plan, self.world.events
         if tick == plan.public_successor and self.public_next is None:
-            self.public_next = _CA("Example Public Trust G2", tick, 25.0)
+            # Successor roots outlive the run (each real one is followed by another).
+            lifetime = max(25.0, self.scenario.fleet.years + 1.0)
+            self.public_next = _CA("Example Public Trust G2", tick, lifetime)
             self.world.public_roots.append((self.public_next.root, tick))
             self.public_next.new_issuing(tick)
             events.append((tick, "public CA publishes a new root"))
@@ -331,7 +349,8 @@ class _Builder:
     def _private_pki(self, tick: int) -> None:
         plan, events = self.plan, self.world.events
         if tick == plan.private_successor and self.private_next is None and tick > 0:
-            self.private_next = _CA("Example Devices Inc G2", tick, 20.0)
+            lifetime = max(20.0, self.scenario.fleet.years + 1.0)
+            self.private_next = _CA("Example Devices Inc G2", tick, lifetime)
             self.private_next.new_issuing(tick)
             events.append((tick, "company makes a successor private root"))
         if tick == plan.private_expiry and self.private_next is not None:
@@ -372,6 +391,7 @@ class _Builder:
     def _homing_ceremonies(self, tick: int, changed: bool, renewed: bool) -> tuple[bool, bool]:
         """Returns whether homing's metadata changed and whether its leaf was renewed."""
         plan, now, events = self.plan, tick_time(tick), self.world.events
+        renewed_device_ca = False
         if tick in plan.ca_rotations and not renewed:
             ceremonies.rotate_issuing_ca(self.data, "server", now)
             changed = renewed = True
@@ -380,15 +400,44 @@ class _Builder:
             ceremonies.rotate_root(self.data, now)
             changed = True
             events.append((tick, "homing root keys rotated (root N+1 signed by N)"))
+        # The operator's calendar: whatever would expire within a year is
+        # renewed now, exactly as docs/ceremonies.md asks of a real operator.
+        if now >= self.renew_by["root"]:
+            ceremonies.rotate_root(self.data, now)
+            changed = True
+            events.append((tick, "homing root renewed before it expires"))
+        if now >= self.renew_by["server-ca"] and not renewed:
+            ceremonies.rotate_issuing_ca(self.data, "server", now)
+            changed = renewed = True
+            events.append((tick, "issuing CA rotated before it expires"))
+        if now >= self.renew_by["device-ca"]:
+            ceremonies.rotate_issuing_ca(self.data, "device", now)
+            renewed_device_ca = True
         if tick > 0 and tick % year_tick(1.0) == 0 and not changed:
             ceremonies.refresh_targets(self.data, now)  # targets live two years
             changed = True
+        if changed or renewed or renewed_device_ca:
+            self.renew_by = self._renewal_dates()
         return changed, renewed
+
+    def _renewal_dates(self) -> dict[str, datetime]:
+        """When the TUF root and each issuing CA must be renewed: a year before they expire."""
+        dd = ceremonies.DataDir(self.data)
+        margin = timedelta(days=DAYS_PER_YEAR)
+        root = dd.repository(dd.settings()).root().signed.expires
+        return {
+            "root": root - margin,
+            "server-ca": dd.certificate("server-ca.pem").not_valid_after_utc - margin,
+            "device-ca": dd.certificate("device-ca.pem").not_valid_after_utc - margin,
+        }
 
     def _renew_leaves(self, tick: int, homing_renewed: bool) -> bool:
         """Returns whether the server's certificates were renewed this tick."""
         if tick not in self.plan.renewals:
-            return False
+            if homing_renewed:
+                # An unscheduled CA rotation re-issued homing's leaf: serve it.
+                self.world.homing.append(self._homing_chain())
+            return homing_renewed
         key, days = self.world.keys[self.key_index], self.plan.leaf_days
         self.world.public.append(self.public_ca.chain(key, self.key_index, tick, days))
         self.world.private.append(self.private_ca.chain(key, self.key_index, tick, days))
