@@ -252,14 +252,21 @@ def save_device(
     return DeviceCredentials(device_id, key, cert_pem, key_file, cert_file)
 
 
+def homing_entry_point() -> str:
+    """The installed ``homing`` console script, as an operator runs it."""
+    script = Path(sys.executable).with_name("homing")
+    assert script.exists(), f"the homing entry point is not installed next to {sys.executable}"
+    return str(script)
+
+
 def run_homing(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """The real CLI in a subprocess, without the caller's key passphrase unless given."""
+    """The installed CLI in a subprocess, without the caller's key passphrase unless given."""
     full_env = {k: v for k, v in os.environ.items() if k != "HOMING_KEY_PASSPHRASE"}
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "homing.cli", *args],
+        [homing_entry_point(), *args],
         capture_output=True,
         text=True,
         env=full_env,

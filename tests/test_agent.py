@@ -16,7 +16,7 @@ from homing.agent.state import DeviceState
 from homing.factory import provision
 from homing.server import operations
 from homing.store.schema import checkins
-from tests.harness import RunningServer
+from tests.harness import RunningServer, homing_entry_point
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -167,14 +167,11 @@ def test_agent_run_keeps_running_and_checks_in(server: RunningServer, tmp_path: 
     import json
     import signal
     import subprocess
-    import sys
 
     state = _device(server, tmp_path)
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "homing.cli",
+            homing_entry_point(),
             "agent",
             "run",
             "--state",

@@ -15,7 +15,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ from homing.agent.agent import Agent
 from homing.agent.state import DeviceState
 from homing.factory import provision
 from homing.trust.pins import PinPolicy
-from tests.harness import RunningServer
+from tests.harness import RunningServer, homing_entry_point
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -156,9 +155,7 @@ def test_sigkill_at_random_moments(server: RunningServer, tmp_path: Path) -> Non
     server.settle()
     rng = random.Random(7)
     command = [
-        sys.executable,
-        "-m",
-        "homing.cli",
+        homing_entry_point(),
         "agent",
         "run",
         "--once",

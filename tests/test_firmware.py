@@ -357,8 +357,11 @@ def test_ceremony_mode_release_signed_offline_and_imported(
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    rel = import_signed(server.state.dd, signed, datetime.now(UTC))
-    assert rel.sequence == 1
+    imported = run_homing(
+        "release-import", str(signed), "--data", str(server.data), "--db", server.state.db.url
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert "sequence 1" in imported.stdout
     state = _device(server, tmp_path, "dev-1")
     _rollout(server)
     assert "firmware 2.0.0 committed" in _agent(state).run_once().steps

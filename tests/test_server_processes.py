@@ -9,7 +9,6 @@ import os
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from homing import ceremonies
 from homing.ceremonies import DataDir
 from homing.server import operations
 from homing.store.schema import certificates, checkins, devices
-from tests.harness import certs_from_pkcs7, est_csr, save_device
+from tests.harness import certs_from_pkcs7, est_csr, homing_entry_point, save_device
 
 
 def _free_port() -> int:
@@ -41,9 +40,7 @@ def _serve(
     env = {k: v for k, v in os.environ.items() if k != "HOMING_KEY_PASSPHRASE"}
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "homing.cli",
+            homing_entry_point(),
             "serve",
             "--data",
             str(data),

@@ -1354,9 +1354,21 @@ def _guarded(entry: Callable[[], Any]) -> Callable[[], None]:
     return run
 
 
+def _run_cli() -> None:
+    """click without its own error handling, so usage errors are one line like the rest."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.ClickException as e:
+        _fail(e.format_message(), e.exit_code)
+    except click.Abort:
+        _fail("aborted", 1)
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
+
+
 def main() -> None:
     """Console entry point."""
-    _guarded(cli)()
+    _guarded(_run_cli)()
 
 
 if __name__ == "__main__":

@@ -144,7 +144,9 @@ class Database:
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
         except SQLAlchemyError as e:
-            raise StoreError(f"cannot migrate the database: {e}") from e
+            # The driver's own words, first line only: the rest is SQLAlchemy's help link.
+            reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+            raise StoreError(f"cannot reach or migrate the database {self.url!r}: {reason}") from e
 
     def dispose(self) -> None:
         self.engine.dispose()
