@@ -30,8 +30,8 @@ from benchmarks._server import homing_server
 from homing import ceremonies
 from homing.agent.agent import Agent
 from homing.agent.state import DeviceState
-from homing.ceremonies import DataDir
-from homing.factory import provision
+from homing.operations.provisioning import provision
+from homing.site import DataDir
 
 ROUNDS = 5
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from homing.server import rollouts
+from homing.operations import rollouts
 from homing.store import Database, firmware
 from homing.store import devices as device_store
 from homing.store.schema import devices

@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from benchmarks._server import free_port, homing_server, wait_for_port
 from homing import ceremonies
-from homing.ceremonies import DataDir
-from homing.server import operations
-from homing.server.tls import TLS12_CIPHERS
+from homing.operations import fleet as operations
+from homing.site import DataDir
+from homing.tls import TLS12_CIPHERS
 
 CONCURRENCY = 16
 _BODY = '{"firmware_version":"1.0","trust":{"root":1,"timestamp":1,"targets":1}}'

@@ -20,10 +20,10 @@ from benchmarks._server import homing_server
 from homing import ceremonies
 from homing.agent.agent import Agent, CycleReport
 from homing.agent.fetcher import HTTPSFetcher
-from homing.agent.update import _download
-from homing.ceremonies import DataDir
+from homing.agent.update import download
 from homing.ceremonies.releases import release
-from homing.factory import provision
+from homing.operations.provisioning import provision
+from homing.site import DataDir
 from homing.trust.client import target_info
 
 
@@ -58,7 +58,9 @@ def run(quick: bool = False) -> dict[str, Any]:
             )
             fetcher.close()
             t0 = time.perf_counter()
-            path = _download(agent, policy, datetime.now(UTC), info)
+            report = CycleReport()
+            job = agent.firmware_job(agent.client(policy, datetime.now(UTC)), report)
+            path = download(job, info)
             with path.open("rb") as f:
                 info.verify_length_and_hashes(f)
             homing_s = time.perf_counter() - t0

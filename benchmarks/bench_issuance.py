@@ -116,7 +116,7 @@ def run(quick: bool = False) -> dict[str, float]:
         file_buffered = _rate(lambda: homing_file(False), count)
         file_fsync = _rate(lambda: homing_file(True), count, rounds=1)
 
-        from homing.ceremonies.ledger import DatabaseLedger
+        from homing.site.ledger import DatabaseLedger
         from homing.store import Database
 
         def homing_database(batch: int) -> None:

@@ -110,7 +110,7 @@ def server(
 def factory(server: RunningServer) -> tuple[str, str]:
     from datetime import UTC, datetime
 
-    from homing.server import operations
+    from homing.operations import fleet as operations
 
     secret = operations.add_factory(server.state.db, "test", datetime.now(UTC), "station-1")
     return "station-1", secret

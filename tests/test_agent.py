@@ -13,8 +13,8 @@ from homing import ceremonies
 from homing.agent.agent import Agent
 from homing.agent.enroll import enroll
 from homing.agent.state import DeviceState
-from homing.factory import provision
-from homing.server import operations
+from homing.operations import fleet as operations
+from homing.operations.provisioning import provision
 from homing.store.schema import checkins
 from tests.harness import RunningServer, homing_entry_point
 

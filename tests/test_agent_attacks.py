@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives import serialization
 from homing import ceremonies
 from homing.agent.agent import Agent
 from homing.agent.state import DeviceState
-from homing.ceremonies import DataDir
-from homing.factory import provision
+from homing.operations.provisioning import provision
 from homing.pki import Authority, MemoryLedger, generate_tls_key, make_issuing_ca
 from homing.pki.profiles import server_profile
+from homing.site import DataDir
 from tests.conftest import make_csr
 from tests.harness import RunningServer
 

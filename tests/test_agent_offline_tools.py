@@ -18,9 +18,10 @@ import pytest
 
 from homing import ceremonies
 from homing.agent.agent import Agent
-from homing.agent.update import apply_bundle
+from homing.agent.bundle import apply_bundle
 from homing.errors import CeremonyError, MetadataExpiredError, TrustError
-from homing.factory import provision
+from homing.operations.provisioning import provision
+from homing.site import DataDir
 from homing.trust.bundle import extracted
 from tests.harness import RunningServer, run_homing
 
@@ -166,12 +167,12 @@ def test_a_recovery_bundle_is_valid_for_the_time_chosen_at_creation(
     data_dir: Path, tmp_path: Path, now: datetime
 ) -> None:
     """Carried by hand for ten days, the bundle still brings the device to today's root."""
-    state = provision(ceremonies.DataDir(data_dir), tmp_path / "dev", now, device_id="dev-far")
+    state = provision(DataDir(data_dir), tmp_path / "dev", now, device_id="dev-far")
     ceremonies.rotate_root(data_dir, now)
     bundle = tmp_path / "bundle.tar"
     summary = ceremonies.recovery_bundle(data_dir, bundle, now, valid_for=timedelta(days=30))
     assert summary.valid_until == now + timedelta(days=30)
-    repo = ceremonies.DataDir(data_dir).repository(ceremonies.DataDir(data_dir).settings())
+    repo = DataDir(data_dir).repository(DataDir(data_dir).settings())
     with extracted(bundle) as directory:
         bundled = json.loads((directory / "metadata" / "timestamp.json").read_bytes())["signed"]
     # The live repository is already past the bundle's versions, with its usual short expiry.
@@ -185,7 +186,7 @@ def test_a_recovery_bundle_is_valid_for_the_time_chosen_at_creation(
 def test_an_expired_recovery_bundle_is_refused_saying_when_it_expired(
     data_dir: Path, tmp_path: Path, now: datetime
 ) -> None:
-    state = provision(ceremonies.DataDir(data_dir), tmp_path / "dev", now, device_id="dev-late")
+    state = provision(DataDir(data_dir), tmp_path / "dev", now, device_id="dev-late")
     ceremonies.rotate_root(data_dir, now)
     bundle = tmp_path / "bundle.tar"
     summary = ceremonies.recovery_bundle(data_dir, bundle, now, valid_for=timedelta(days=30))

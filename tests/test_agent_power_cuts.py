@@ -27,7 +27,7 @@ import pytest
 from homing import ceremonies
 from homing.agent.agent import Agent
 from homing.agent.state import DeviceState
-from homing.factory import provision
+from homing.operations.provisioning import provision
 from homing.trust.pins import PinPolicy
 from tests.harness import RunningServer, homing_entry_point
 

@@ -23,8 +23,9 @@ import pytest
 from homing import ceremonies
 from homing.ceremonies.releases import release
 from homing.cli import cli
-from homing.server import operations
-from homing.server import rollouts as rollout_ops
+from homing.operations import fleet as operations
+from homing.operations import rollouts as rollout_ops
+from homing.site import DataDir
 from tests.conftest import device_csr
 from tests.harness import Clock, RunningServer, run_homing
 
@@ -98,7 +99,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     data = tmp / "data"
     made = run_homing("init", "--data", str(data))
     assert made.returncode == 0, made.stderr
-    dd = ceremonies.DataDir(data)
+    dd = DataDir(data)
     server = RunningServer(data, dd.default_db_url(), Clock()).start()
     secret = operations.add_factory(server.state.db, "test", datetime.now(UTC), "line-1")
     try:

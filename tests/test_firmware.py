@@ -11,12 +11,13 @@ import pytest
 from sqlalchemy import select
 
 from homing.agent.agent import Agent, CycleReport
+from homing.agent.decide import Assignment
 from homing.agent.state import DeviceState
 from homing.agent.update import apply_update, installer_for
 from homing.ceremonies.releases import release
 from homing.errors import CeremonyError, ConflictError
-from homing.factory import provision
-from homing.server import rollouts
+from homing.operations import rollouts
+from homing.operations.provisioning import provision
 from homing.store import firmware
 from homing.store.schema import rollout_devices
 from tests.harness import RunningServer, run_homing
@@ -168,7 +169,8 @@ def _apply(state: DeviceState, assignment: dict[str, object]) -> CycleReport:
     agent = _agent(state)
     report = CycleReport()
     trust = agent.refresh_trust(datetime.now(UTC), report)
-    apply_update(agent, trust.pin_policy, datetime.now(UTC), assignment, report)
+    job = agent.firmware_job(agent.client(trust.pin_policy, datetime.now(UTC)), report)
+    apply_update(job, Assignment(int(assignment["rollout"]), str(assignment["target"])), report)
     return report
 
 
@@ -297,7 +299,7 @@ def test_power_cuts_during_download_and_install(server: RunningServer, tmp_path:
 
 
 def test_rollouts_in_the_admin_api(server: RunningServer, tmp_path: Path) -> None:
-    from homing.server import operations
+    from homing.operations import fleet as operations
 
     release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
     reader = {

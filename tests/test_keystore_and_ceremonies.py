@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from homing import ceremonies
-from homing.ceremonies import DataDir
 from homing.errors import CeremonyError, ConfigError, HomingError, KeyStoreError
 from homing.pki import FileKeyStore, FileLedger, generate_signing_key, generate_tls_key
 from homing.pki.ledger import IssuedRecord
+from homing.site import DataDir
 
 PASS = "correct horse battery staple"
 

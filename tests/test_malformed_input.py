@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from homing.ceremonies.datadir import Settings
 from homing.errors import HomingError
 from homing.pki.keystore import load_private_key_pem
 from homing.pki.profiles import approve_csr, device_profile, server_profile
 from homing.pki.validate import load_certificate, verify_crl
+from homing.site.datadir import Settings
 from homing.trust import PinPolicy, refresh_trust
 from tests.conftest import device_csr
 

@@ -23,13 +23,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from homing import ceremonies
-from homing.ceremonies.ledger import DatabaseLedger
 from homing.errors import PolicyError
+from homing.operations import fleet as operations
 from homing.pki.profiles import ApprovedRequest, approve_csr, device_profile, device_uri
 from homing.pki.proof import sign_recovery_proof
-from homing.server import operations
 from homing.server.config import ServerConfig
 from homing.server.state import ServerState
+from homing.site import DataDir
+from homing.site.ledger import DatabaseLedger
 from homing.store import audit
 from homing.store import devices as device_store
 from tests.harness import (
@@ -391,7 +392,7 @@ def test_every_ceremony_leaves_an_audit_line(data_dir: Path, tmp_path: Path) -> 
     from homing.ceremonies.releases import release
 
     now = datetime.now(UTC)
-    dd = ceremonies.DataDir(data_dir)
+    dd = DataDir(data_dir)
     ceremonies.rotate_root(dd, now, actor="cli:alice")
     ceremonies.rotate_online_keys(dd, now, actor="cli:alice")
     ceremonies.rotate_issuing_ca(dd, "server", now, actor="cli:alice")
@@ -472,7 +473,7 @@ def test_a_half_written_device_ca_rotation_is_not_served(
     state = ServerState(ServerConfig(data=data, port=0, db_url=f"sqlite:///{tmp_path / 'db'}"))
     try:
         before = state.device_ca
-        settings_file = ceremonies.DataDir(data).settings_path
+        settings_file = DataDir(data).settings_path
         old_settings = settings_file.read_bytes()
         ceremonies.rotate_issuing_ca(data, "device", datetime.now(UTC))
         new_settings = settings_file.read_bytes()

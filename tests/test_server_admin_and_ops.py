@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 
 from homing import ceremonies
-from homing.server import operations
+from homing.operations import fleet as operations
 from homing.server.maintenance import maintain
 from tests.harness import DeviceCredentials, RunningServer
 

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 
 from homing import ceremonies
+from homing.operations import fleet as operations
 from homing.pki.proof import sign_recovery_proof
-from homing.server import operations
 from homing.store.schema import certificates, checkins, devices
 from tests.harness import Clock, DeviceCredentials, RunningServer, est_csr, save_device
 

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 
 from homing import ceremonies
-from homing.ceremonies import DataDir
-from homing.server import operations
+from homing.operations import fleet as operations
+from homing.site import DataDir
 from homing.store.schema import certificates, checkins, devices
 from tests.harness import certs_from_pkcs7, est_csr, homing_entry_point, save_device
 

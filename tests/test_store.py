@@ -9,9 +9,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import select
 
-from homing.ceremonies.ledger import DatabaseLedger
 from homing.errors import AuthError, ConflictError, NotFoundError, PKIError
 from homing.pki.ledger import IssuedRecord
+from homing.site.ledger import DatabaseLedger
 from homing.store import Database, credentials, recovery
 from homing.store import devices as device_store
 from homing.store.schema import factory_credentials, metadata, operator_tokens

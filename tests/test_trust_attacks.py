@@ -16,9 +16,9 @@ import pytest
 from tuf.api.metadata import Metadata, Root, Timestamp
 
 from homing import ceremonies
-from homing.ceremonies import DataDir
 from homing.config import Limits
 from homing.errors import CeremonyError, ConfigError, MetadataError, TransportError
+from homing.site import DataDir
 from homing.trust import TrustState, refresh_trust
 from homing.trust.signing import signer_for
 

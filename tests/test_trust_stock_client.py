@@ -13,7 +13,7 @@ import pytest
 from tuf.ngclient import Updater
 
 from homing import ceremonies
-from homing.ceremonies import DataDir
+from homing.site import DataDir
 from homing.trust import PinPolicy
 
 

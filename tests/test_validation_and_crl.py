@@ -10,7 +10,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from homing import ceremonies
-from homing.ceremonies import DataDir
 from homing.config import Limits
 from homing.errors import ChainError, PinError, PKIError, RevokedError
 from homing.pki import (
@@ -28,6 +27,7 @@ from homing.pki import (
 )
 from homing.pki.profiles import ApprovedRequest, device_profile, server_profile
 from homing.pki.validate import load_certificate
+from homing.site import DataDir
 from tests.conftest import device_csr, make_csr
 
 

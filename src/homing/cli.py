@@ -72,8 +72,8 @@ def _data_option(f: F) -> F:
 
 def _ensure_passphrase(data: Path | None, *, required: bool = False) -> None:
     """Ask for the key passphrase on a terminal when it is needed and not in the environment."""
-    from homing.ceremonies import DataDir
     from homing.pki.keystore import PASSPHRASE_ENV
+    from homing.site import DataDir
 
     if os.environ.get(PASSPHRASE_ENV):
         return
@@ -131,7 +131,7 @@ def init(
 ) -> None:
     """Create a data directory: CA hierarchy, keys and signed trust metadata."""
     from homing import ceremonies
-    from homing.ceremonies import DataDir
+    from homing.site import DataDir
 
     if exist_ok and DataDir(data).exists():
         _print_existing(data)
@@ -184,7 +184,7 @@ def _print_summary(s: InitSummary) -> None:
 def _print_existing(data: Path) -> None:
     from rich.table import Table
 
-    from homing.ceremonies import DataDir
+    from homing.site import DataDir
 
     dd = DataDir(data)
     settings = dd.settings()
@@ -406,7 +406,7 @@ def pins() -> None:
 @_data_option
 def pins_show(data: Path) -> None:
     """Print the published pin policy (JSON)."""
-    from homing.ceremonies import DataDir
+    from homing.site import DataDir
 
     dd = DataDir(data)
     repo = dd.repository(dd.settings())
@@ -459,9 +459,9 @@ def serve(
 ) -> None:
     """Run the home server (HTTPS with optional client certificates on one port)."""
     from homing import ceremonies
-    from homing.ceremonies import DataDir
     from homing.server.config import ServerConfig, parse_listen
     from homing.server.runner import serve as run_server
+    from homing.site import DataDir
 
     if init_first and not DataDir(data).exists():
         _print_summary(ceremonies.init(data, _now()))
@@ -501,8 +501,8 @@ def factory() -> None:
 @_db_option
 def factory_add(name: str, data: Path, db_url: str | None) -> None:
     """Create a station credential; the secret is printed once."""
-    from homing.ceremonies import DataDir
-    from homing.server import operations
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
 
     db = DataDir(data).database(db_url)
     secret = operations.add_factory(db, _operator_actor(), _now(), name)
@@ -515,8 +515,8 @@ def factory_add(name: str, data: Path, db_url: str | None) -> None:
 @_db_option
 def factory_list(data: Path, db_url: str | None) -> None:
     """Every factory station and whether it is disabled."""
-    from homing.ceremonies import DataDir
-    from homing.server import operations
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
 
     rows = operations.list_factories(DataDir(data, db_url).database(), _operator_actor(), _now())
     for row in rows:
@@ -530,8 +530,8 @@ def factory_list(data: Path, db_url: str | None) -> None:
 @_db_option
 def factory_disable(name: str, data: Path, db_url: str | None) -> None:
     """Disable a station's credential for good (a lost or retired station)."""
-    from homing.ceremonies import DataDir
-    from homing.server import operations
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
 
     operations.disable_factory(DataDir(data, db_url).database(), _operator_actor(), _now(), name)
     out.print(f"factory station {name!r} disabled; its secret enrolls nothing from now on")
@@ -547,8 +547,8 @@ def token() -> None:
 @_db_option
 def token_list(data: Path, db_url: str | None) -> None:
     """Every operator token by name and role (never the token itself)."""
-    from homing.ceremonies import DataDir
-    from homing.server import operations
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
 
     rows = operations.list_tokens(DataDir(data, db_url).database(), _operator_actor(), _now())
     for row in rows:
@@ -562,8 +562,8 @@ def token_list(data: Path, db_url: str | None) -> None:
 @_db_option
 def token_revoke(name: str, data: Path, db_url: str | None) -> None:
     """Revoke an operator token; the admin API refuses it at its next request."""
-    from homing.ceremonies import DataDir
-    from homing.server import operations
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
 
     operations.revoke_token(DataDir(data, db_url).database(), _operator_actor(), _now(), name)
     out.print(f"token {name!r} revoked")
@@ -578,8 +578,8 @@ def token_revoke(name: str, data: Path, db_url: str | None) -> None:
 @_db_option
 def token_add(name: str, role: str, data: Path, db_url: str | None) -> None:
     """Create an operator token; it is printed once."""
-    from homing.ceremonies import DataDir
-    from homing.server import operations
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
 
     db = DataDir(data).database(db_url)
     value = operations.add_token(db, _operator_actor(), _now(), name, role)
@@ -594,8 +594,8 @@ def token_add(name: str, role: str, data: Path, db_url: str | None) -> None:
 @_db_option
 def revoke_cmd(device_id: str, reason: str, data: Path, db_url: str | None) -> None:
     """Revoke a device; running servers refuse it from its next request."""
-    from homing.ceremonies import DataDir
-    from homing.server import operations
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
 
     _ensure_passphrase(data)
     dd = DataDir(data, db_url)
@@ -615,8 +615,8 @@ def status_cmd(data: Path, db_url: str | None, as_json: bool) -> None:
 
     from rich.table import Table
 
-    from homing.ceremonies import DataDir
-    from homing.server import operations
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
 
     dd = DataDir(data)
     summary = operations.fleet_status(dd, dd.database(db_url), _operator_actor(), _now())
@@ -671,8 +671,8 @@ def devices_list(
     """List devices."""
     from rich.table import Table
 
-    from homing.ceremonies import DataDir
-    from homing.server import operations
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
 
     rows = operations.list_devices(
         DataDir(data).database(db_url),
@@ -724,8 +724,8 @@ def device_provision(
     server: str | None,
 ) -> None:
     """Offline: make the device key, its certificate and its state directory."""
-    from homing.ceremonies import DataDir
-    from homing.factory import provision
+    from homing.operations.provisioning import provision
+    from homing.site import DataDir
 
     _ensure_passphrase(data)
     state = provision(
@@ -747,8 +747,8 @@ def device_provision(
 @_db_option
 def devices_group(name: str, device_ids: tuple[str, ...], data: Path, db_url: str | None) -> None:
     """Make the named device group exactly these devices (for rollouts with --group)."""
-    from homing.ceremonies import DataDir
     from homing.fsutil import safe_name
+    from homing.site import DataDir
     from homing.store import audit, firmware
 
     safe_name(name, "group name")
@@ -1011,8 +1011,8 @@ def recovery_bundle(
 def agent_apply_bundle(state_dir: Path, bundle: Path) -> None:
     """Verify and apply a recovery bundle: new roots and pins without any network."""
     from homing.agent.agent import Agent
+    from homing.agent.bundle import apply_bundle
     from homing.agent.state import DeviceState
-    from homing.agent.update import apply_bundle
 
     for line in apply_bundle(Agent(DeviceState(state_dir)), bundle):
         out.print(line, highlight=False, soft_wrap=True)
@@ -1061,8 +1061,8 @@ def release_cmd(
     With --offline-metadata, --release-key and --out, sign on a machine off the
     network; the server then publishes it with `homing release-import`.
     """
-    from homing.ceremonies import DataDir
     from homing.ceremonies.releases import release, sign_offline
+    from homing.site import DataDir
 
     if offline_metadata or release_key or out_dir:
         if not (offline_metadata and release_key and out_dir):
@@ -1108,8 +1108,8 @@ def release_cmd(
 @_db_option
 def release_import(signed: Path, data: Path, db_url: str | None) -> None:
     """Verify an offline-signed firmware role and publish it (ceremony mode)."""
-    from homing.ceremonies import DataDir
     from homing.ceremonies.releases import import_signed
+    from homing.site import DataDir
 
     _ensure_passphrase(data)
     rel = import_signed(DataDir(data, db_url), signed, _now(), actor=_operator_actor())
@@ -1159,8 +1159,8 @@ def rollout_create(
     db_url: str | None,
 ) -> None:
     """Start a staged rollout of a released version to a hardware class (or a group)."""
-    from homing.ceremonies import DataDir
-    from homing.server import rollouts
+    from homing.operations import rollouts
+    from homing.site import DataDir
 
     ro = rollouts.create(
         DataDir(data, db_url).database(),
@@ -1200,8 +1200,8 @@ def rollout_resume(rollout_id: int, data: Path, db_url: str | None) -> None:
 
 
 def _set_paused(rollout_id: int, data: Path, db_url: str | None, *, paused: bool) -> None:
-    from homing.ceremonies import DataDir
-    from homing.server import rollouts
+    from homing.operations import rollouts
+    from homing.site import DataDir
 
     db = DataDir(data, db_url).database()
     rollouts.set_paused(db, _operator_actor(), _now(), rollout_id, paused)
@@ -1216,8 +1216,8 @@ def rollout_status(rollout_id: int, data: Path, db_url: str | None) -> None:
     """Progress of a rollout: stage, successes, failures with reasons, stalled devices."""
     import json as jsonlib
 
-    from homing.ceremonies import DataDir
-    from homing.server import rollouts
+    from homing.operations import rollouts
+    from homing.site import DataDir
 
     click.echo(
         jsonlib.dumps(
@@ -1233,7 +1233,7 @@ def rollout_status(rollout_id: int, data: Path, db_url: str | None) -> None:
 @_db_option
 def rollout_list(data: Path, db_url: str | None) -> None:
     """Every rollout and its state."""
-    from homing.ceremonies import DataDir
+    from homing.site import DataDir
     from homing.store import firmware
 
     with DataDir(data, db_url).database().engine.connect() as conn:

@@ -32,6 +32,15 @@ class Limits:
     max_snapshot_bytes: int = 2 * 1024 * 1024
     max_targets_bytes: int = 5 * 1024 * 1024
     max_pin_policy_bytes: int = 256 * 1024
+    # Answers of the home server API to the agent (check-in, recovery, EST);
+    # real ones are a few KiB.
+    max_answer_bytes: int = 1024 * 1024
+    # The body of a refusal or of a metadata 404: only a reason is read.
+    max_error_body_bytes: int = 4096
+    # One request to the home server, headers and body, from start to end.
+    request_deadline_seconds: float = 60.0
+    # One read from the network.
+    read_timeout_seconds: float = 15.0
 
 
 @dataclass(frozen=True)

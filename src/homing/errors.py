@@ -19,6 +19,7 @@ exceptions are translated at the seam with ``raise ... from e``, so callers
     │   │   └── MetadataExpiredError  verified, but past its expiry
     │   └── CeremonyError    a ceremony cannot be carried out as asked
     ├── TransportError       the metadata source could not be reached
+    │   └── RefusedError     the server answered, and refused (status and code)
     ├── StoreError           the database refused or lost a write
     │   ├── ConflictError    the row exists already
     │   └── NotFoundError    the row does not exist
@@ -41,6 +42,7 @@ __all__ = [
     "PKIError",
     "PinError",
     "PolicyError",
+    "RefusedError",
     "RevokedError",
     "StoreError",
     "TransportError",
@@ -98,6 +100,18 @@ class CeremonyError(TrustError):
 
 class TransportError(HomingError):
     """A source of metadata or targets could not be reached."""
+
+
+class RefusedError(TransportError):
+    """The home server answered and refused; ``code`` is its problem code, if any.
+
+    Callers decide on ``status`` and ``code``, never on the message text.
+    """
+
+    def __init__(self, message: str, status: int, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
 
 class StoreError(HomingError):

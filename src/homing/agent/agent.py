@@ -21,21 +21,30 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from homing.agent import update
+from homing.agent.client import Answer, HomeClient
+from homing.agent.decide import (
+    CertificateAction,
+    CheckInAnswer,
+    CycleReport,
+    certificate_action,
+    retry_after_seconds,
+)
 from homing.agent.fetcher import HTTPSFetcher
 from homing.agent.state import DeviceState
-from homing.agent.transport import open_connection
+from homing.agent.update import FirmwareJob, installer_for
 from homing.config import Limits
 from homing.errors import (
     ChainError,
     HomingError,
     MetadataError,
+    RefusedError,
     RevokedError,
     TransportError,
 )
@@ -44,29 +53,13 @@ from homing.pki.proof import sign_recovery_proof
 from homing.trust.client import DirectoryFetcher, TrustState, refresh_trust
 from homing.trust.pins import PinPolicy
 
-__all__ = ["Agent", "CycleReport", "certificate_action"]
+__all__ = ["Agent", "CycleReport", "certificate_action", "pkcs7_leaf"]
+# CycleReport and certificate_action live in the pure core (homing.agent.decide);
+# they are named here too because callers have always found them here.
 
 log = logging.getLogger(__name__)
 
 FAR_AHEAD = timedelta(days=1)
-
-
-@dataclass
-class CycleReport:
-    checked_in: bool = False
-    steps: list[str] = field(default_factory=list)
-    error: str | None = None
-    trust: dict[str, int] = field(default_factory=dict)
-    # Seconds the server asked the device to wait (HTTP Retry-After).
-    retry_after: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "checked_in": self.checked_in,
-            "steps": self.steps,
-            "error": self.error,
-            "trust": self.trust,
-        }
 
 
 class Agent:
@@ -198,88 +191,59 @@ class Agent:
         }
         return trust
 
-    # -- certificate ---------------------------------------------------------
+    # -- the seam home ----------------------------------------------------------
 
-    def _client_cert(self) -> tuple[Any, Any]:
-        return (self.state.cert_path, self.state.key_path)
-
-    def _server(self, policy: PinPolicy) -> str:
+    def server_url(self, policy: PinPolicy) -> str:
+        """The server this device talks to: the override, or the pin policy's primary."""
         return (self.server_override or policy.primary).rstrip("/")
+
+    def client(self, policy: PinPolicy, now: datetime) -> HomeClient:
+        """The one client seam to the home server, pinned by ``policy`` at ``now``."""
+        return HomeClient(
+            self.server_url(policy),
+            policy=policy,
+            now=now,
+            client_cert=(self.state.cert_path, self.state.key_path),
+            limits=self.limits,
+        )
+
+    def _remember_retry_after(self, answer: Answer, now: datetime) -> Answer:
+        if answer.status in (429, 503):
+            self.retry_after = retry_after_seconds(answer.retry_after, now)
+        return answer
+
+    # -- certificate ---------------------------------------------------------
 
     def _csr(self) -> bytes:
         return device_csr(self.state.key(), self.config.device_id)
 
-    def _post(
-        self,
-        policy: PinPolicy,
-        now: datetime,
-        path: str,
-        body: bytes,
-        content_type: str,
-        *,
-        mutual: bool,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, bytes, list[x509.Certificate]]:
-        conn = open_connection(
-            self._server(policy),
-            policy=policy,
-            now=now,
-            client_cert=self._client_cert() if mutual else None,
-        )
-        try:
-            conn.request(
-                "POST", path, body=body, headers={"Content-Type": content_type, **(headers or {})}
-            )
-            response = conn.getresponse()
-            retry_after = response.getheader("Retry-After")
-            if response.status in (429, 503) and retry_after:
-                self.retry_after = _retry_after_seconds(retry_after, now)
-            return response.status, response.read(), conn.verified_chain
-        except OSError as e:
-            raise TransportError(f"request to {path} failed: {e}") from e
-        finally:
-            conn.close()
-
-    def _post_json(
-        self, policy: PinPolicy, now: datetime, path: str, doc: dict[str, Any], *, mutual: bool
-    ) -> tuple[int, bytes, list[x509.Certificate]]:
-        """POST a JSON object; fields that are None are left out."""
-        body = json.dumps({k: v for k, v in doc.items() if v is not None}).encode()
-        return self._post(policy, now, path, body, "application/json", mutual=mutual)
-
-    def _expect_ok(self, status: int, body: bytes, what: str) -> None:
-        """A 200, or the one error that says why not (a revoked device stops for good)."""
-        if status == 403 and b'"revoked"' in body:
-            raise RevokedError(f"device {self.config.device_id} is revoked")
-        if status != 200:
-            raise TransportError(f"{what} refused: HTTP {status} {body[:200]!r}")
-
-    def renew(self, policy: PinPolicy, now: datetime) -> None:
+    def renew(self, client: HomeClient) -> None:
         """EST simplereenroll (RFC 7030 4.2.2) with the same key, over pinned mTLS."""
-        status, body, _ = self._post(
-            policy,
-            now,
+        answer = client.post(
             "/.well-known/est/simplereenroll",
             base64.b64encode(self._csr()),
             "application/pkcs10",
             mutual=True,
         )
-        self._expect_ok(status, body, "re-enrollment")
-        certs = pkcs7.load_der_pkcs7_certificates(base64.b64decode(body))
-        self._save_certificate(certs[0], policy)
+        self._remember_retry_after(answer, client.now).expect_ok("re-enrollment")
+        self._save_certificate(pkcs7_leaf(answer.body, "re-enrollment"))
 
-    def recover(self, policy: PinPolicy, now: datetime) -> None:
+    def recover(self, client: HomeClient) -> None:
         """Key-proof recovery: prove the registered key over a fresh nonce (no client cert)."""
-        status, body, _ = self._post_json(
-            policy, now, "/v1/recover/challenge", {"device_id": self.config.device_id}, mutual=False
+        challenge = client.post_json(
+            "/v1/recover/challenge", {"device_id": self.config.device_id}, mutual=False
         )
-        self._expect_ok(status, body, "recovery challenge")
-        nonce = json.loads(body)["nonce"]
+        nonce = (
+            self._remember_retry_after(challenge, client.now)
+            .expect_ok("recovery challenge")
+            .json("recovery challenge")
+            .get("nonce")
+        )
+        if not isinstance(nonce, str) or len(nonce) != 64:
+            raise TransportError("the recovery challenge answer has no valid 'nonce'")
         csr = self._csr()
         proof = sign_recovery_proof(self.state.key(), nonce, csr)
-        status, body, _ = self._post_json(
-            policy,
-            now,
+        answer = client.post_json(
             "/v1/recover",
             {
                 "device_id": self.config.device_id,
@@ -289,19 +253,25 @@ class Agent:
             },
             mutual=False,
         )
-        self._expect_ok(status, body, "recovery")
-        answer = json.loads(body)
-        cert = x509.load_pem_x509_certificate(answer["certificate"].encode())
-        self._save_certificate(cert, policy)
+        doc = self._remember_retry_after(answer, client.now).expect_ok("recovery").json("recovery")
+        pem = doc.get("certificate")
+        if not isinstance(pem, str):
+            raise TransportError("the recovery answer has no 'certificate'")
+        try:
+            cert = x509.load_pem_x509_certificate(pem.encode())
+        except ValueError as e:
+            raise TransportError(f"the recovery answer's certificate cannot be read: {e}") from e
+        self._save_certificate(cert)
 
-    def _save_certificate(self, cert: x509.Certificate, policy: PinPolicy) -> None:
+    def _save_certificate(self, cert: x509.Certificate) -> None:
         if cert.public_key() != self.state.key().public_key():
             raise TransportError("the server returned a certificate for another key")
         self.state.save_certificate([cert])
 
     # -- check-in ------------------------------------------------------------
 
-    def check_in(self, policy: PinPolicy, now: datetime, report: CycleReport) -> dict[str, Any]:
+    def check_in(self, client: HomeClient, report: CycleReport) -> CheckInAnswer:
+        now = client.now
         health: dict[str, Any] = {}
         if self.clock_skew is not None:
             health["clock_skew_seconds"] = self.clock_skew
@@ -309,8 +279,6 @@ class Agent:
         if manual.exists():
             with contextlib.suppress(ValueError):
                 health["manual_update"] = json.loads(manual.read_bytes())
-        from homing.agent.update import installer_for
-
         running = installer_for(self).active_version() or self.firmware_version
         body = {
             "firmware_version": running,
@@ -318,20 +286,33 @@ class Agent:
             "trust": report.trust,
             "health": health,
         }
-        status, raw, chain = self._post_json(policy, now, "/v1/device/checkin", body, mutual=True)
-        self._expect_ok(status, raw, "check-in")
-        answer: dict[str, Any] = json.loads(raw)
+        answer = self._remember_retry_after(
+            client.post_json("/v1/device/checkin", body, mutual=True), now
+        ).expect_ok("check-in")
+        parsed = CheckInAnswer.parse(answer.json("check-in"))
         # The server has recorded the manual update with this check-in.
         manual.unlink(missing_ok=True)
         # Evidence for the time floor: the server's certificate was valid now.
-        newest = max((c.not_valid_before_utc for c in chain), default=None)
+        newest = max((c.not_valid_before_utc for c in answer.chain), default=None)
         self.state.raise_time_floor(max(filter(None, [now, newest])))
-        server_time = datetime.fromisoformat(answer["server_time"])
-        skew = (self.clock() - server_time).total_seconds()
+        skew = (self.clock() - parsed.server_time).total_seconds()
         if abs(skew) > FAR_AHEAD.total_seconds():
             log.warning("device clock differs from the server's by %.0f s", skew)
             self.clock_skew = skew
-        return answer
+        return parsed
+
+    def firmware_job(self, client: HomeClient, report: CycleReport) -> FirmwareJob:
+        """What the firmware steps need of this cycle, handed down (update.py never sees us)."""
+        return FirmwareJob(
+            state=self.state,
+            config=self.config,
+            limits=self.limits,
+            client=client,
+            check_in=lambda: self._check_in_only(client, report),
+        )
+
+    def _check_in_only(self, client: HomeClient, report: CycleReport) -> None:
+        self.check_in(client, report)
 
     # -- the cycle -----------------------------------------------------------
 
@@ -342,6 +323,7 @@ class Agent:
             self._cycle(report)
         except RevokedError as e:
             report.error = f"revoked: {e}"
+            report.revoked = True
             log.error("%s: this device has been revoked and stops", e)
         except HomingError as e:
             report.error = str(e)
@@ -355,59 +337,39 @@ class Agent:
         # Fails closed: an expired timestamp or root raises MetadataError here,
         # and nothing but metadata requests has been sent.
         trust = self.refresh_trust(now, report)
-        policy = trust.pin_policy
+        client = self.client(trust.pin_policy, now)
         action = certificate_action(self.state.certificate(), now)
-        if action == "recover":
-            self.recover(policy, now)
+        if action is CertificateAction.RECOVER:
+            self.recover(client)
             report.steps.append("certificate recovered by key proof")
-        elif action == "renew":
+        elif action is CertificateAction.RENEW:
             try:
-                self.renew(policy, now)
+                self.renew(client)
                 report.steps.append("certificate renewed (EST simplereenroll)")
             except TransportError as e:
                 report.steps.append(f"renewal postponed: {e}")
-        from homing.agent import update
-
-        update.finish_pending(self, policy, now, report)
+        job = self.firmware_job(client, report)
+        update.finish_pending(job, report)
         try:
-            answer = self.check_in(policy, now, report)
-        except TransportError as e:
-            if "certificate_expired" not in str(e):
+            answer = self.check_in(client, report)
+        except RefusedError as e:
+            if e.code != "certificate_expired":
                 raise
-            self.recover(policy, now)
+            self.recover(client)
             report.steps.append("certificate recovered by key proof")
-            answer = self.check_in(policy, now, report)
+            answer = self.check_in(client, report)
         report.checked_in = True
         report.steps.append("checked in")
-        assigned = answer.get("update")
-        if isinstance(assigned, dict):
-            update.apply_update(self, policy, now, assigned, report)
+        if answer.assignment is not None:
+            update.apply_update(job, answer.assignment, report)
 
 
-def certificate_action(cert: x509.Certificate | None, now: datetime) -> str | None:
-    """What a cycle does with the device certificate: "recover", "renew" or nothing.
-
-    Missing or expired: key-proof recovery. From two thirds of its lifetime:
-    renewal, early enough that a device online now and then renews in time.
-    The fleet simulator applies this same rule.
-    """
-    if cert is None or now >= cert.not_valid_after_utc:
-        return "recover"
-    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    if now >= cert.not_valid_before_utc + lifetime * 2 / 3:
-        return "renew"
-    return None
-
-
-def _retry_after_seconds(value: str, now: datetime) -> float | None:
-    """RFC 9110 10.2.3: delay-seconds or an HTTP-date; capped at a day."""
-    from email.utils import parsedate_to_datetime
-
+def pkcs7_leaf(body: bytes, what: str) -> x509.Certificate:
+    """The first certificate of an EST certs-only answer (RFC 8951: base64 of DER)."""
     try:
-        seconds = float(int(value.strip()))
-    except ValueError:
-        try:
-            seconds = (parsedate_to_datetime(value) - now).total_seconds()
-        except (TypeError, ValueError):
-            return None
-    return max(0.0, min(seconds, 86400.0))
+        certs = pkcs7.load_der_pkcs7_certificates(base64.b64decode(body))
+    except ValueError as e:
+        raise TransportError(f"the {what} answer is not a PKCS#7 certificate bundle") from e
+    if not certs:
+        raise TransportError(f"the {what} answer holds no certificate")
+    return certs[0]

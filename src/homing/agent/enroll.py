@@ -8,9 +8,8 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.serialization import pkcs7
 
-from homing.agent.agent import Agent, CycleReport
+from homing.agent.agent import Agent, CycleReport, pkcs7_leaf
 from homing.agent.state import DeviceConfig, DeviceState
 from homing.errors import ConfigError, TransportError
 from homing.pki.keys import generate_tls_key
@@ -58,17 +57,14 @@ def enroll(
     csr = agent._csr()
     auth = base64.b64encode(f"{name}:{secret}".encode()).decode()
     path = "/.well-known/est/simpleenroll" + (f"?hardware={hardware}" if hardware else "")
-    status, body, _ = agent._post(
-        policy,
-        now,
+    answer = agent.client(policy, now).post(
         path,
         base64.b64encode(csr),
         "application/pkcs10",
         mutual=False,
         headers={"Authorization": f"Basic {auth}"},
     )
-    agent._expect_ok(status, body, "enrollment")
-    cert = pkcs7.load_der_pkcs7_certificates(base64.b64decode(body))[0]
+    cert = pkcs7_leaf(answer.expect_ok("enrollment").body, "enrollment")
     if cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ) != key.public_key().public_bytes(

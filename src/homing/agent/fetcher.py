@@ -11,6 +11,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import FetcherInterface
 
 from homing.agent.transport import open_connection
+from homing.config import Limits
 from homing.errors import HomingError
 from homing.trust.pins import PinPolicy
 
@@ -28,7 +29,12 @@ class HTTPSFetcher(FetcherInterface):
     """
 
     def __init__(
-        self, policy: PinPolicy | None, now: datetime, *, allow_plain_http: bool = False
+        self,
+        policy: PinPolicy | None,
+        now: datetime,
+        *,
+        allow_plain_http: bool = False,
+        limits: Limits | None = None,
     ) -> None:
         # Plain HTTP only for `homing agent tuf-client` (the TUF conformance
         # suite serves http://); the agent itself never enables it.
@@ -37,6 +43,7 @@ class HTTPSFetcher(FetcherInterface):
         self._conn_key: tuple[str, str] | None = None
         self.policy = policy
         self.now = now
+        self.limits = limits or Limits()
         self.pin_failure: HomingError | None = None
         self.requests = 0
 
@@ -81,7 +88,10 @@ class HTTPSFetcher(FetcherInterface):
                     raise tuf_errors.DownloadError(f"cannot fetch {url}: {e}") from e
         self.requests += 1
         if response.status != 200:
-            response.read()
+            # Only a reason is worth reading from a refusal, and on the bootstrap
+            # channel anyone may answer: read a little, then drop the connection.
+            response.read(self.limits.max_error_body_bytes)
+            self.close()
             raise tuf_errors.DownloadHTTPError(f"{url}: HTTP {response.status}", response.status)
         return self._chunks(response)
 

@@ -31,7 +31,7 @@ def run_forever(agent: Agent, interval: float) -> None:
     failures = 0
     while True:
         report = agent.run_once()
-        if report.error and report.error.startswith("revoked"):
+        if report.revoked:
             log.error("device revoked: stopping")
             raise SystemExit(3)
         failures = 0 if report.checked_in else failures + 1

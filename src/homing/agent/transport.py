@@ -32,7 +32,7 @@ from homing.pki.validate import (
     verify_pins,
     verify_server_chain,
 )
-from homing.server.tls import client_context
+from homing.tls import client_context
 from homing.trust.pins import PinPolicy
 
 __all__ = [

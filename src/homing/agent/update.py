@@ -3,8 +3,13 @@
 The image is a TUF target of the delegated firmware role: its length,
 hashes, hardware class and sequence number are signed, and python-tuf
 checks the file against them before anything is installed, whatever
-channel brought it. Progress is reported once per stage; every step is
-recorded atomically so a power cut resumes or rolls back.
+channel brought it. Whether to accept it is decided by
+``homing.agent.decide.accept_image``. Progress is reported once per stage;
+every step is recorded atomically so a power cut resumes or rolls back.
+
+This module knows nothing of the ``Agent``: the cycle hands it a
+``FirmwareJob`` (the device's state and configuration, the client seam to
+the home server, and how to check in), so the dependency points one way.
 """
 
 from __future__ import annotations
@@ -15,26 +20,53 @@ import os
 import shlex
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile
 
+from homing.agent.client import HomeClient
+from homing.agent.decide import Assignment, CycleReport, accept_image
 from homing.agent.fetcher import HTTPSFetcher
 from homing.agent.installer import MAX_BOOT_ATTEMPTS, CommandInstaller, SlotInstaller
-from homing.agent.transport import open_connection
-from homing.errors import HomingError, MetadataExpiredError, TransportError
+from homing.agent.state import DeviceConfig, DeviceState
+from homing.config import Limits
+from homing.errors import HomingError, PolicyError, TransportError
 from homing.fsutil import atomic_write
-from homing.trust.client import target_info
-from homing.trust.pins import PinPolicy
+from homing.trust.client import DirectoryFetcher, target_info
 
-if TYPE_CHECKING:
-    from homing.agent.agent import Agent, CycleReport
+
+class _Device(Protocol):
+    @property
+    def state(self) -> DeviceState: ...
+
+    @property
+    def config(self) -> DeviceConfig: ...
+
+
+@dataclass
+class FirmwareJob:
+    """What the firmware steps need of a cycle: the device, the seam home, a check-in."""
+
+    state: DeviceState
+    config: DeviceConfig
+    limits: Limits
+    client: HomeClient
+    check_in: Callable[[], None]
+
+    @property
+    def now(self) -> datetime:
+        return self.client.now
+
 
 __all__ = [
+    "FirmwareJob",
     "apply_update",
+    "download",
     "finish_pending",
     "in_window",
     "install_from_bundle",
@@ -45,20 +77,18 @@ log = logging.getLogger(__name__)
 _CHUNK = 256 * 1024
 
 
-def installer_for(agent: Agent) -> SlotInstaller:
-    root = agent.state.root / "slots"
-    command = agent.config.install_command
+def installer_for(device: _Device) -> SlotInstaller:
+    root = device.state.root / "slots"
+    command = device.config.install_command
     return CommandInstaller(root, command) if command else SlotInstaller(root)
 
 
-def _progress_path(agent: Agent) -> Path:
-    return agent.state.root / "update.json"
+def _progress_path(device: _Device) -> Path:
+    return device.state.root / "update.json"
 
 
 def _report(
-    agent: Agent,
-    policy: PinPolicy,
-    now: datetime,
+    job: FirmwareJob,
     rollout: int,
     state: str,
     reason: str | None = None,
@@ -66,18 +96,16 @@ def _report(
 ) -> None:
     body = {"rollout": rollout, "state": state, "reason": reason, "version": version}
     try:
-        status, raw, _ = agent._post_json(policy, now, "/v1/device/update", body, mutual=True)
-        if status != 200:
-            log.warning("progress report refused: HTTP %s %r", status, raw[:200])
+        job.client.post_json("/v1/device/update", body, mutual=True).expect_ok("progress report")
     except HomingError as e:
         log.warning("progress report not delivered: %s", e)
 
 
-def _download(agent: Agent, policy: PinPolicy, now: datetime, info: TargetFile) -> Path:
+def download(job: FirmwareJob, info: TargetFile) -> Path:
     """Download with resume (HTTP Range), bounded by the signed length."""
     digest = info.hashes["sha256"]
     directory, _, base = info.path.rpartition("/")
-    downloads = agent.state.root / "downloads"
+    downloads = job.state.root / "downloads"
     downloads.mkdir(exist_ok=True)
     partial = downloads / f"{digest}.partial"
     have = partial.stat().st_size if partial.exists() else 0
@@ -85,44 +113,41 @@ def _download(agent: Agent, policy: PinPolicy, now: datetime, info: TargetFile) 
         partial.unlink()
         have = 0
     if have < info.length:
-        conn = open_connection(agent._server(policy), policy=policy, now=now)
-        try:
-            headers = {"Range": f"bytes={have}-"} if have else {}
-            conn.request("GET", f"/tuf/targets/{directory}/{digest}.{base}", headers=headers)
-            response = conn.getresponse()
-            if response.status == 200 and have:
+        path = f"/tuf/targets/{directory}/{digest}.{base}"
+        with job.client.download(path, offset=have) as (status, read):
+            if status == 200 and have:
                 have = 0  # the server ignored the range: start again
                 partial.unlink()
-            elif response.status not in (200, 206):
-                raise TransportError(f"image download refused: HTTP {response.status}")
-            limit = agent.config.bandwidth_kib_s
+            elif status not in (200, 206):
+                raise TransportError(f"image download refused: HTTP {status}")
+            limit = job.config.bandwidth_kib_s
             started, start_have = time.monotonic(), have
-            with partial.open("ab") as out:
-                while have < info.length:
-                    chunk = response.read(min(_CHUNK, info.length - have))
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    have += len(chunk)
-                    if limit:
-                        # Sleep until the average rate is back under the cap.
-                        ahead = (have - start_have) / (limit * 1024) - (time.monotonic() - started)
-                        if ahead > 0:
-                            time.sleep(ahead)
-                out.flush()
-                os.fsync(out.fileno())
-        except OSError as e:
-            raise TransportError(f"image download interrupted: {e}") from e
-        finally:
-            conn.close()
+            try:
+                with partial.open("ab") as out:
+                    while have < info.length:
+                        chunk = read(min(_CHUNK, info.length - have))
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        have += len(chunk)
+                        if limit:
+                            # Sleep until the average rate is back under the cap.
+                            elapsed = time.monotonic() - started
+                            ahead = (have - start_have) / (limit * 1024) - elapsed
+                            if ahead > 0:
+                                time.sleep(ahead)
+                    out.flush()
+                    os.fsync(out.fileno())
+            except OSError as e:
+                raise TransportError(f"image download interrupted: {e}") from e
     if have < info.length:
         raise TransportError(f"image download incomplete ({have} of {info.length} bytes)")
     return partial
 
 
-def _healthy(agent: Agent, policy: PinPolicy, now: datetime, report: CycleReport) -> str | None:
+def _healthy(job: FirmwareJob) -> str | None:
     """None when healthy, or why not: the health command, then a pinned check-in."""
-    command = agent.config.health_command
+    command = job.config.health_command
     if command:
         # The command comes from the device's own configuration, never from the network.
         result = subprocess.run(  # noqa: S603
@@ -131,34 +156,35 @@ def _healthy(agent: Agent, policy: PinPolicy, now: datetime, report: CycleReport
         if result.returncode != 0:
             return f"health check failed ({result.returncode}): {result.stderr.strip()[-200:]}"
     try:
-        agent.check_in(policy, now, report)
+        job.check_in()
     except HomingError as e:
         return f"cannot check in after the update: {e}"
     return None
 
 
-def finish_pending(agent: Agent, policy: PinPolicy, now: datetime, report: CycleReport) -> None:
+def finish_pending(job: FirmwareJob, report: CycleReport) -> None:
     """After a restart: a booted, uncommitted slot is checked, then committed or rolled back."""
-    installer = installer_for(agent)
+    installer = installer_for(job)
     if not installer.pending():
         return
-    progress = _read_progress(agent)
-    rollout = int(progress.get("rollout", 0))
+    progress = _read_progress(job)
+    raw_rollout = progress.get("rollout", 0)
+    rollout = raw_rollout if isinstance(raw_rollout, int) else 0
     version = installer.active_version()
     reason: str | None
     if installer.count_boot() > MAX_BOOT_ATTEMPTS:
         reason = "the new slot did not come up healthy in time"
     else:
-        reason = _healthy(agent, policy, now, report)
+        reason = _healthy(job)
     if reason is None:
         installer.commit()
         report.steps.append(f"firmware {version} committed")
-        _report(agent, policy, now, rollout, "committed", version=version)
+        _report(job, rollout, "committed", version=version)
     else:
         installer.rollback()
         report.steps.append(f"firmware {version} rolled back: {reason}")
-        _report(agent, policy, now, rollout, "rolled_back", reason, installer.active_version())
-    _progress_path(agent).unlink(missing_ok=True)
+        _report(job, rollout, "rolled_back", reason, installer.active_version())
+    _progress_path(job).unlink(missing_ok=True)
 
 
 def in_window(window: str | None, now: datetime) -> bool:
@@ -174,120 +200,108 @@ def in_window(window: str | None, now: datetime) -> bool:
     return start <= hour < end if start <= end else hour >= start or hour < end
 
 
-def _read_progress(agent: Agent) -> dict[str, Any]:
+def _read_progress(device: _Device) -> dict[str, Any]:
     try:
-        doc = json.loads(_progress_path(agent).read_bytes())
+        doc = json.loads(_progress_path(device).read_bytes())
         return doc if isinstance(doc, dict) else {}
     except (FileNotFoundError, ValueError):
         return {}
 
 
-def apply_update(
-    agent: Agent, policy: PinPolicy, now: datetime, assignment: dict[str, Any], report: CycleReport
-) -> None:
-    rollout = int(assignment["rollout"])
-    name = str(assignment["target"])
-    installer = installer_for(agent)
-    fetcher = HTTPSFetcher(policy, now)
+def apply_update(job: FirmwareJob, assignment: Assignment, report: CycleReport) -> None:
+    """Take an assigned image: verify it is for us and newer, download, install, boot."""
+    rollout, name, now = assignment.rollout, assignment.target, job.now
+    installer = installer_for(job)
+    fetcher = HTTPSFetcher(job.client.policy, now, limits=job.limits)
     try:
         info = target_info(
-            agent.state.trust_dir,
-            f"{agent._server(policy)}/tuf/metadata/",
+            job.state.trust_dir,
+            f"{job.client.url}/tuf/metadata/",
             name,
             now,
             fetcher=fetcher,
-            bootstrap_root=agent.state.factory_root(),
-            limits=agent.limits,
+            bootstrap_root=job.state.factory_root(),
+            limits=job.limits,
         )
     finally:
         fetcher.close()
-    custom = info.custom if isinstance(info.custom, dict) else {}
-    version = str(custom.get("version", ""))
-    sequence = int(custom.get("sequence", 0))
-    if custom.get("hardware") != agent.config.hardware:
-        reason = f"image is for hardware {custom.get('hardware')!r}, not {agent.config.hardware!r}"
-        _report(agent, policy, now, rollout, "failed", reason)
-        report.steps.append(f"update refused: {reason}")
+    try:
+        image = accept_image(info.custom, job.config.hardware, installer.active_sequence())
+    except PolicyError as e:
+        _report(job, rollout, "failed", str(e))
+        report.steps.append(f"update refused: {e}")
         return
-    if sequence <= installer.active_sequence():
-        reason = (
-            f"anti-rollback: sequence {sequence} is not above the installed "
-            f"{installer.active_sequence()}"
-        )
-        _report(agent, policy, now, rollout, "failed", reason)
-        report.steps.append(f"update refused: {reason}")
-        return
-    progress = _read_progress(agent)
+    progress = _read_progress(job)
     if progress.get("target") != name:
-        atomic_write(
-            _progress_path(agent), json.dumps({"rollout": rollout, "target": name}).encode()
-        )
-        _report(agent, policy, now, rollout, "downloading")
-    path = _download(agent, policy, now, info)
+        atomic_write(_progress_path(job), json.dumps({"rollout": rollout, "target": name}).encode())
+        _report(job, rollout, "downloading")
+    path = download(job, info)
     try:
         with path.open("rb") as f:
             info.verify_length_and_hashes(f)
     except tuf_errors.LengthOrHashMismatchError as e:
         path.unlink(missing_ok=True)
         reason = f"image does not match its signed hashes: {e}"
-        _report(agent, policy, now, rollout, "failed", reason)
+        _report(job, rollout, "failed", reason)
         report.steps.append(f"update refused: {reason}")
-        _progress_path(agent).unlink(missing_ok=True)
+        _progress_path(job).unlink(missing_ok=True)
         return
-    if not in_window(agent.config.maintenance_window, now):
+    if not in_window(job.config.maintenance_window, now):
         report.steps.append(
-            f"firmware {version} downloaded and verified; installing waits for the "
-            f"maintenance window {agent.config.maintenance_window}"
+            f"firmware {image.version} downloaded and verified; installing waits for the "
+            f"maintenance window {job.config.maintenance_window}"
         )
         return
-    installer.install(path, version, sequence)
-    _report(agent, policy, now, rollout, "installed", version=version)
+    installer.install(path, image.version, image.sequence)
+    _report(job, rollout, "installed", version=image.version)
     installer.boot_new()
     path.unlink(missing_ok=True)
-    _report(agent, policy, now, rollout, "booted", version=version)
-    report.steps.append(f"firmware {version} installed and booted")
-    finish_pending(agent, policy, now, report)
+    _report(job, rollout, "booted", version=image.version)
+    report.steps.append(f"firmware {image.version} installed and booted")
+    finish_pending(job, report)
 
 
-def install_from_bundle(agent: Agent, directory: Path, names: list[str], now: datetime) -> str:
+def install_from_bundle(
+    device: _Device, limits: Limits, directory: Path, names: list[str], now: datetime
+) -> str:
     """Install, by hand, an image carried in a recovery bundle; returns what happened.
 
     Trust has just been refreshed from the same bundle, so the image is
     checked against signed metadata exactly as an online update is. The
     result is reported at the next check-in.
     """
-    from homing.trust.client import DirectoryFetcher
-
-    installer = installer_for(agent)
+    installer = installer_for(device)
     candidates = []
     for name in names:
         info = target_info(
-            agent.state.trust_dir,
+            device.state.trust_dir,
             (directory / "metadata").as_uri() + "/",
             name,
             now,
             fetcher=DirectoryFetcher(),
-            bootstrap_root=agent.state.factory_root(),
-            limits=agent.limits,
+            bootstrap_root=device.state.factory_root(),
+            limits=limits,
         )
-        custom = info.custom if isinstance(info.custom, dict) else {}
-        if custom.get("hardware") == agent.config.hardware:
-            candidates.append((int(custom.get("sequence", 0)), str(custom.get("version")), info))
+        try:
+            candidates.append((accept_image(info.custom, device.config.hardware, -1), info))
+        except PolicyError:
+            continue  # another device's image in a shared bundle
     if not candidates:
-        return f"the bundle holds no image for hardware {agent.config.hardware!r}"
-    sequence, version, info = max(candidates, key=lambda c: c[0])
+        return f"the bundle holds no image for hardware {device.config.hardware!r}"
+    image, info = max(candidates, key=lambda c: c[0].sequence)
+    version, sequence = image.version, image.sequence
     if sequence <= installer.active_sequence():
         return f"anti-rollback: sequence {sequence} is not above {installer.active_sequence()}"
     sub, _, base = info.path.rpartition("/")
-    image = directory / "targets" / sub / f"{info.hashes['sha256']}.{base}"
+    image_file = directory / "targets" / sub / f"{info.hashes['sha256']}.{base}"
     try:
-        with image.open("rb") as f:
+        with image_file.open("rb") as f:
             info.verify_length_and_hashes(f)
     except (OSError, tuf_errors.LengthOrHashMismatchError) as e:
         return f"the image in the bundle does not match its signed hashes: {e}"
-    installer.install(image, version, sequence)
+    installer.install(image_file, version, sequence)
     installer.boot_new()
-    command = agent.config.health_command
+    command = device.config.health_command
     if command:
         result = subprocess.run(  # noqa: S603 - the device's own configuration
             shlex.split(command), capture_output=True, text=True, timeout=600, check=False
@@ -297,37 +311,7 @@ def install_from_bundle(agent: Agent, directory: Path, names: list[str], now: da
             return f"firmware {version} rolled back: health check failed"
     installer.commit()
     atomic_write(
-        agent.state.root / "manual-update.json",
+        device.state.root / "manual-update.json",
         json.dumps({"version": version, "sequence": sequence, "at": now.isoformat()}).encode(),
     )
     return f"firmware {version} installed by hand and committed"
-
-
-def apply_bundle(agent: Agent, bundle: Path) -> list[str]:
-    """Verify and apply an offline recovery bundle; returns what happened, line by line.
-
-    A bundle past the validity chosen at its creation is refused with that
-    date and what to do, not python-tuf's bare "timestamp.json is expired".
-    """
-    from homing.trust.bundle import bundle_images, bundle_valid_until, extracted
-
-    lines = []
-    with extracted(bundle) as directory:
-        now = agent.now()
-        try:
-            trust = agent.refresh_from_directory(directory.as_uri(), now)
-        except MetadataExpiredError as e:
-            until = bundle_valid_until(directory)
-            when = f" on {until.isoformat()}" if until else ""
-            raise MetadataExpiredError(
-                f"this recovery bundle expired{when} (the device's time is {now.isoformat()}): "
-                "ask the operator for a new one, made with 'homing recovery-bundle "
-                "--valid-days N' for the time it takes to reach the device"
-            ) from e
-        lines.append(
-            f"trust updated to root v{trust.root_version}, targets v{trust.targets_version}"
-        )
-        images = bundle_images(directory)
-        if images:
-            lines.append(install_from_bundle(agent, directory, images, now))
-    return lines

@@ -17,13 +17,10 @@ from homing.ceremonies.ceremonies import (
     rotate_server_cert,
     write_crl,
 )
-from homing.ceremonies.datadir import DataDir, Settings
 
 __all__ = [
     "BundleSummary",
-    "DataDir",
     "InitSummary",
-    "Settings",
     "init",
     "issue_certificate",
     "pin_policy",

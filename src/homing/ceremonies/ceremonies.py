@@ -35,11 +35,10 @@ from homing.pki.keystore import (
     passphrase_from_env,
 )
 from homing.pki.profiles import device_profile, device_uri, server_csr, server_profile, split_hosts
+from homing.site import DataDir, Settings
 from homing.trust.pins import PIN_POLICY_TARGET, PinPolicy
 from homing.trust.repository import RoleKeys, TrustRepository
 from homing.trust.signing import signer_for, tuf_key
-
-from .datadir import DataDir, Settings
 
 # The actor a ceremony is audited under when the caller names none.
 OPERATOR = "operator"

@@ -19,8 +19,8 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from homing.ceremonies.ceremonies import _online_signers, _open, _signer
-from homing.ceremonies.datadir import DataDir
 from homing.errors import CeremonyError
+from homing.site.datadir import DataDir
 from homing.store import audit
 from homing.store import firmware as store
 

@@ -25,12 +25,13 @@ from homing.agent.agent import Agent
 from homing.agent.enroll import enroll
 from homing.agent.state import DeviceState
 from homing.agent.update import installer_for
-from homing.ceremonies import DataDir
 from homing.ceremonies.releases import release
-from homing.server import operations, rollouts
+from homing.operations import fleet as operations
+from homing.operations import rollouts
 from homing.server.app import build_app
 from homing.server.config import ServerConfig
 from homing.server.state import ServerState
+from homing.site import DataDir
 
 __all__ = ["run_demo"]
 

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from homing.agent.agent import certificate_action
+from homing.agent.decide import CertificateAction, certificate_action
 from homing.errors import ConfigError
 from homing.fleet.population import DAYS_PER_TICK, Fleet, make_fleet
 from homing.fleet.scenario import Scenario
@@ -194,9 +194,9 @@ def _certificate_ticks(days: int) -> tuple[int, int]:
     tick = 0
     while expire is None:
         action = certificate_action(cert, tick_time(tick))
-        if action == "renew" and renew is None:
+        if action is CertificateAction.RENEW and renew is None:
             renew = tick
-        if action == "recover":
+        if action is CertificateAction.RECOVER:
             expire = tick
         tick += 1
     return (renew if renew is not None else expire), expire

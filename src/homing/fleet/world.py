@@ -37,6 +37,7 @@ from homing.pki.authority import Authority, make_issuing_ca, make_root_ca
 from homing.pki.keys import generate_tls_key, spki_pin
 from homing.pki.ledger import MemoryLedger
 from homing.pki.profiles import server_csr, server_profile
+from homing.site import DataDir
 
 __all__ = ["HOST", "START", "Chain", "HomingState", "Release", "World", "build_world", "tick_time"]
 
@@ -299,7 +300,7 @@ class _Builder:
             ),
         )
         self.renew_by = self._renewal_dates()
-        self.world.homing_root_ca.append(ceremonies.DataDir(self.data).certificate("root-ca.pem"))
+        self.world.homing_root_ca.append(DataDir(self.data).certificate("root-ca.pem"))
         self._snapshot_homing(0)
         self.world.homing.append(self._homing_chain())
 
@@ -325,7 +326,7 @@ class _Builder:
             setattr(world, name, values)
         world.compromise_tick = self.plan.compromise
         _announcements(world, self.plan, self.scenario.server.announce_days)
-        ceremonies.DataDir(self.data).close()
+        DataDir(self.data).close()
         return world
 
     # -- the public and the baseline private PKI ---------------------------------
@@ -422,7 +423,7 @@ class _Builder:
 
     def _renewal_dates(self) -> dict[str, datetime]:
         """When the TUF root and each issuing CA must be renewed: a year before they expire."""
-        dd = ceremonies.DataDir(self.data)
+        dd = DataDir(self.data)
         margin = timedelta(days=DAYS_PER_YEAR)
         root = dd.repository(dd.settings()).root().signed.expires
         return {

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from homing.server import operations
+from homing.operations import fleet as operations
 from homing.server.auth import authenticate_operator
 from homing.server.device_api import json_body
 from homing.server.errors import HTTPProblem
@@ -153,7 +153,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         return web.json_response({"rollouts": await state.run(read)})
 
     async def rollout_create(request: web.Request) -> web.Response:
-        from homing.server import rollouts
+        from homing.operations import rollouts
 
         op = await authenticate_operator(request, state, "operator")
         body = await json_body(request)
@@ -169,7 +169,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         return web.json_response(ro.to_json(), status=201)
 
     async def rollout_show(request: web.Request) -> web.Response:
-        from homing.server import rollouts
+        from homing.operations import rollouts
 
         await authenticate_operator(request, state, "read-only")
         rollout_id = _rollout_id(request)
@@ -179,7 +179,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
 
     def pause_or_resume(paused: bool) -> Any:
         async def handler(request: web.Request) -> web.Response:
-            from homing.server import rollouts
+            from homing.operations import rollouts
 
             op = await authenticate_operator(request, state, "operator")
             rollout_id = _rollout_id(request)

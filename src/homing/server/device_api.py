@@ -173,7 +173,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
 
 async def _assignment(state: ServerState, record: CheckIn) -> dict[str, Any] | None:
     """The assigned update; the database is asked only when a rollout could concern the device."""
-    from homing.server import rollouts
+    from homing.operations import rollouts
     from homing.store import firmware
 
     hardware = record.hardware
@@ -249,7 +249,7 @@ def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
 
     async def update_progress(request: web.Request) -> web.Response:
         """A device reports where it is with its assigned image."""
-        from homing.server import rollouts
+        from homing.operations import rollouts
         from homing.store import firmware
 
         identity = await authenticate_device(request, state)

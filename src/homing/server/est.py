@@ -20,13 +20,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-from homing.ceremonies.ledger import DatabaseLedger
 from homing.errors import AuthError, ConflictError
 from homing.pki.profiles import approve_csr
 from homing.server.auth import authenticate_device
 from homing.server.errors import HTTPProblem
 from homing.server.metrics import METRICS
 from homing.server.state import ServerState
+from homing.site.ledger import DatabaseLedger
 from homing.store import audit, credentials
 from homing.store import devices as device_store
 

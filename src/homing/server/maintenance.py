@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography import x509
 
 from homing import ceremonies
-from homing.ceremonies import DataDir
+from homing.site import DataDir
 
 __all__ = ["maintain"]
 
@@ -52,7 +52,7 @@ def maintain(data: Path | DataDir, now: datetime) -> list[str]:
     if due:
         ceremonies.write_crl(dd, "device", now)
         done.append("device CRL")
-    from homing.server import rollouts
+    from homing.operations import rollouts
     from homing.store import firmware
 
     with dd.database().begin() as conn:

@@ -21,7 +21,6 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from homing.ceremonies.ledger import DatabaseLedger
 from homing.errors import AuthError, PolicyError
 from homing.pki.profiles import approve_csr
 from homing.pki.proof import verify_recovery_proof
@@ -29,6 +28,7 @@ from homing.server.device_api import json_body
 from homing.server.errors import HTTPProblem
 from homing.server.metrics import METRICS
 from homing.server.state import ServerState
+from homing.site.ledger import DatabaseLedger
 from homing.store import audit
 from homing.store import devices as device_store
 from homing.store import recovery as nonces

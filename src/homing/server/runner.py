@@ -20,11 +20,11 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from homing.ceremonies import DataDir
 from homing.server.app import build_app
 from homing.server.config import ServerConfig
 from homing.server.maintenance import maintain
 from homing.server.state import ServerState
+from homing.site import DataDir
 
 __all__ = ["configure_logging", "run_worker", "serve"]
 

@@ -21,14 +21,14 @@ from typing import Any, TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from homing.ceremonies import DataDir, Settings
-from homing.ceremonies.ledger import DatabaseLedger
+from homing import tls
 from homing.errors import ConfigError, KeyStoreError
 from homing.pki import Authority
 from homing.pki.keystore import FileKeyStore, passphrase_from_env
 from homing.pki.profiles import Profile, device_profile
-from homing.server import tls
 from homing.server.config import ServerConfig
+from homing.site import DataDir, Settings
+from homing.site.ledger import DatabaseLedger
 from homing.store import Database
 
 __all__ = ["MetadataVersions", "ServerState"]

@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Metadata, TargetFile
+from tuf.api.metadata import Metadata, Root, Snapshot, TargetFile, Targets, Timestamp
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from homing.config import Limits
@@ -165,14 +165,20 @@ def refresh_trust(
             raise MetadataError(f"trust metadata carries no {PIN_POLICY_TARGET} target")
         path = updater.find_cached_target(info) or updater.download_target(info)
         policy = PinPolicy.from_bytes(Path(path).read_bytes(), limits)
-        trusted = updater._trusted_set
+        # python-tuf persists only metadata that passed verification, so the
+        # files it just wrote are the trusted state (read, not re-verified).
+        timestamp = Metadata[Timestamp].from_file(str(metadata_dir / "timestamp.json")).signed
         return TrustState(
             pin_policy=policy,
-            root_version=trusted.root.version,
-            timestamp_version=trusted.timestamp.version,
-            snapshot_version=trusted.snapshot.version,
-            targets_version=trusted.targets.version,
-            timestamp_expires=trusted.timestamp.expires,
+            root_version=Metadata[Root].from_file(str(metadata_dir / "root.json")).signed.version,
+            timestamp_version=timestamp.version,
+            snapshot_version=Metadata[Snapshot]
+            .from_file(str(metadata_dir / "snapshot.json"))
+            .signed.version,
+            targets_version=Metadata[Targets]
+            .from_file(str(metadata_dir / "targets.json"))
+            .signed.version,
+            timestamp_expires=timestamp.expires,
         )
 
 
@@ -197,8 +203,11 @@ def _updater(
         bootstrap=bootstrap,
     )
     # TUF spec §5.3.1: one fixed reference time for the whole update. The
-    # Updater takes the wall clock; homing's agents use their secure time
-    # floor instead, so the reference time is set before anything loads.
+    # Updater takes the wall clock and has no public way to take another;
+    # homing's agents use their secure time floor instead, so the reference
+    # time is set before anything loads. This is the one place homing reaches
+    # into python-tuf; tests/test_trust_attacks.py's expired-timestamp tests
+    # fail if python-tuf ever stops honouring it.
     updater._trusted_set.reference_time = now
     return updater
 

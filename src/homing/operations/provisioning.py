@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from homing import ceremonies
 from homing.agent.enroll import new_device_id
 from homing.agent.state import DeviceConfig, DeviceState
-from homing.ceremonies import DataDir
 from homing.pki.keys import generate_tls_key
 from homing.pki.profiles import device_csr, device_uri
+from homing.site import DataDir
 from homing.store import audit
 from homing.store import devices as device_store
 from homing.trust.pins import PIN_POLICY_TARGET

@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from homing import ceremonies
-from homing.ceremonies import DataDir
 from homing.errors import NotFoundError
+from homing.site import DataDir
 from homing.store import Database, audit, credentials
 from homing.store import certificates as certs
 from homing.store import devices as device_store
@@ -158,7 +158,7 @@ def fleet_status(dd: DataDir, db: Database, actor: str, now: datetime) -> dict[s
         warnings.append(
             f"{summary['device_certificates_expiring']} device certificates expire within 30 days"
         )
-    from homing.server import rollouts as rollout_ops
+    from homing.operations import rollouts as rollout_ops
     from homing.store import firmware
 
     with db.engine.connect() as conn:

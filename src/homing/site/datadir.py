@@ -30,10 +30,9 @@ from homing.errors import ConfigError
 from homing.fsutil import atomic_write
 from homing.pki.keystore import FileKeyStore, passphrase_from_env
 from homing.pki.validate import load_certificates_pem
+from homing.site.ledger import DatabaseLedger
 from homing.store import Database, normalize_url
 from homing.trust.repository import TrustRepository
-
-from .ledger import DatabaseLedger
 
 __all__ = ["DataDir", "Settings"]
 

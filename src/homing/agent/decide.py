@@ -1,0 +1,164 @@
+"""The agent's decisions, without I/O: given state, time and the server's answers, what next.
+
+Everything here takes plain values and an explicit ``now`` and returns a
+typed decision or raises a ``homing.errors`` type; the agent's shell
+(``homing.agent.agent``) does the I/O around it, and the fleet simulator
+applies the same rules to its devices.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from cryptography import x509
+
+from homing.errors import PolicyError, TransportError
+
+__all__ = [
+    "Assignment",
+    "CertificateAction",
+    "CheckInAnswer",
+    "CycleReport",
+    "Image",
+    "accept_image",
+    "certificate_action",
+    "retry_after_seconds",
+]
+
+# A server cannot ask a device to stay silent for longer than this.
+MAX_RETRY_AFTER_SECONDS = 86400.0
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did, step by step, and how it ended."""
+
+    checked_in: bool = False
+    steps: list[str] = field(default_factory=list)
+    error: str | None = None
+    # The cycle ended because the device is revoked: it stops for good.
+    revoked: bool = False
+    trust: dict[str, int] = field(default_factory=dict)
+    # Seconds the server asked the device to wait (HTTP Retry-After).
+    retry_after: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checked_in": self.checked_in,
+            "steps": self.steps,
+            "error": self.error,
+            "revoked": self.revoked,
+            "trust": self.trust,
+        }
+
+
+class CertificateAction(enum.Enum):
+    """What a cycle does with the device certificate."""
+
+    KEEP = "keep"
+    RENEW = "renew"
+    RECOVER = "recover"
+
+
+def certificate_action(cert: x509.Certificate | None, now: datetime) -> CertificateAction:
+    """Missing or expired: key-proof recovery. From two thirds of its lifetime: renewal.
+
+    Two thirds leaves a device that is online now and then enough time to
+    renew before expiry; the fleet simulator applies this same rule.
+    """
+    if cert is None or now >= cert.not_valid_after_utc:
+        return CertificateAction.RECOVER
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    if now >= cert.not_valid_before_utc + lifetime * 2 / 3:
+        return CertificateAction.RENEW
+    return CertificateAction.KEEP
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """An update the server assigns: a rollout and a signed target name."""
+
+    rollout: int
+    target: str
+
+
+@dataclass(frozen=True)
+class CheckInAnswer:
+    """The check-in answer, its shape and types checked."""
+
+    server_time: datetime
+    assignment: Assignment | None
+
+    @classmethod
+    def parse(cls, doc: dict[str, Any]) -> CheckInAnswer:
+        """Raises TransportError naming the field a malformed answer gets wrong."""
+        raw_time = doc.get("server_time")
+        if not isinstance(raw_time, str) or len(raw_time) > 64:
+            raise TransportError("the check-in answer has no valid 'server_time'")
+        try:
+            server_time = datetime.fromisoformat(raw_time)
+        except ValueError as e:
+            raise TransportError("the check-in answer's 'server_time' is not a date") from e
+        if server_time.tzinfo is None:
+            raise TransportError("the check-in answer's 'server_time' has no time zone")
+        update = doc.get("update")
+        assignment = None
+        if update is not None:
+            if not isinstance(update, dict):
+                raise TransportError("the check-in answer's 'update' is not an object")
+            rollout, target = update.get("rollout"), update.get("target")
+            if not isinstance(rollout, int) or isinstance(rollout, bool) or rollout < 0:
+                raise TransportError("the check-in answer's update has no valid 'rollout'")
+            if not isinstance(target, str) or not 0 < len(target) <= 512:
+                raise TransportError("the check-in answer's update has no valid 'target'")
+            assignment = Assignment(rollout, target)
+        return cls(server_time, assignment)
+
+
+@dataclass(frozen=True)
+class Image:
+    """A firmware image the device accepts to install."""
+
+    version: str
+    sequence: int
+
+
+def accept_image(custom: Any, hardware: str | None, installed_sequence: int) -> Image:
+    """Whether a signed target may be installed here; PolicyError saying why not.
+
+    ``custom`` is the target's signed custom metadata: it must name this
+    device's hardware class and a sequence above the installed one
+    (anti-rollback).
+    """
+    fields = custom if isinstance(custom, dict) else {}
+    if fields.get("hardware") != hardware:
+        raise PolicyError(f"image is for hardware {fields.get('hardware')!r}, not {hardware!r}")
+    sequence = fields.get("sequence", 0)
+    version = fields.get("version", "")
+    if not isinstance(sequence, int) or isinstance(sequence, bool):
+        raise PolicyError("image has no valid sequence number")
+    if not isinstance(version, str):
+        raise PolicyError("image has no valid version")
+    if sequence <= installed_sequence:
+        raise PolicyError(
+            f"anti-rollback: sequence {sequence} is not above the installed {installed_sequence}"
+        )
+    return Image(version, sequence)
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """RFC 9110 §10.2.3: delay-seconds or an HTTP-date; capped at a day."""
+    if value is None:
+        return None
+    try:
+        seconds = float(int(value.strip()))
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - now).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, min(seconds, MAX_RETRY_AFTER_SECONDS))
