@@ -9,7 +9,8 @@ so here:
 - every body read is bounded (``Limits.max_answer_bytes``, and for refusals
   ``Limits.max_error_body_bytes``), enforced while streaming;
 - every request has an overall deadline (``Limits.request_deadline_seconds``)
-  besides the per-read timeout, so a slow drip of headers or body ends;
+  besides the per-read timeout, so a slow drip of headers or body ends
+  (``_DeadlineReader``: each read waits only for the time that is left);
 - every failure of the transport or of HTTP parsing (``OSError``,
   ``ssl.SSLError``, ``http.client.HTTPException``, too many or too long
   headers) becomes a ``TransportError``; a refusal becomes a
@@ -24,11 +25,10 @@ module is only the wire.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
+import io
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -118,36 +118,58 @@ def read_bounded(
     return b"".join(parts)
 
 
-@contextmanager
-def _deadline(conn: PinnedConnection, seconds: float, what: str) -> Iterator[None]:
-    """Cut the connection when the whole request takes longer than ``seconds``.
+class _DeadlineReader(io.RawIOBase):
+    """The socket as http.client reads it, every read bounded by one overall deadline.
 
     The per-read timeout alone cannot end a server that sends one byte just
-    before each timeout; closing the socket from a timer makes the blocked
-    read fail, and the failure is reported as the deadline.
+    before each timeout, in the headers or in the body; here each read may
+    only wait for what is left of the request's time, and none is made after.
     """
-    expired = threading.Event()
 
-    def cut() -> None:
-        expired.set()
-        sock = conn.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):  # already closed: nothing left to cut
-                sock.shutdown(socket.SHUT_RDWR)
+    def __init__(self, sock: socket.socket, deadline: float, read_timeout: float) -> None:
+        super().__init__()
+        self._sock = sock
+        # A socket file keeps the socket open while the answer is read, even
+        # after http.client closes the connection (as for its own reader).
+        self._raw = sock.makefile("rb", buffering=0)
+        self._deadline = deadline
+        self._read_timeout = read_timeout
 
-    timer = threading.Timer(seconds, cut)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    except (TransportError, OSError, http.client.HTTPException) as e:
-        if expired.is_set():
-            raise TransportError(f"the {what} took longer than {seconds:g} s") from e
-        raise
-    finally:
-        timer.cancel()
-    if expired.is_set():
-        raise TransportError(f"the {what} took longer than {seconds:g} s")
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request's deadline has passed")
+        self._sock.settimeout(min(self._read_timeout, remaining))
+        count = self._raw.readinto(buffer)
+        return count or 0
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineSocket:
+    """What http.client.HTTPResponse needs of a socket: ``makefile``, with the deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float, read_timeout: float) -> None:
+        self._reader = _DeadlineReader(sock, deadline, read_timeout)
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(self._reader)
+
+
+def _with_deadline(conn: PinnedConnection, seconds: float, read_timeout: float) -> None:
+    """Make every answer on ``conn`` read under one deadline from now."""
+    deadline = time.monotonic() + seconds
+
+    class _Response(http.client.HTTPResponse):
+        def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+            super().__init__(_DeadlineSocket(sock, deadline, read_timeout), *args, **kwargs)  # type: ignore[arg-type]
+
+    conn.response_class = _Response
 
 
 class HomeClient:
@@ -194,21 +216,25 @@ class HomeClient:
         conn = self._connection(mutual=mutual)
         what = f"request to {path}"
         sent = {"Content-Type": content_type, **(headers or {})}
+        _with_deadline(conn, self.limits.request_deadline_seconds, self.limits.read_timeout_seconds)
         try:
-            with _deadline(conn, self.limits.request_deadline_seconds, what):
-                conn.request("POST", path, body=body, headers=sent)
-                response = conn.getresponse()
-                limit = (
-                    self.limits.max_answer_bytes
-                    if response.status == 200
-                    else self.limits.max_error_body_bytes
-                )
-                data = read_bounded(response, limit, path, truncate=response.status != 200)
+            conn.request("POST", path, body=body, headers=sent)
+            response = conn.getresponse()
+            limit = (
+                self.limits.max_answer_bytes
+                if response.status == 200
+                else self.limits.max_error_body_bytes
+            )
+            data = read_bounded(response, limit, path, truncate=response.status != 200)
             return Answer(
                 response.status, data, response.getheader("Retry-After"), conn.verified_chain
             )
         except HomingError:
             raise
+        except TimeoutError as e:
+            raise TransportError(
+                f"{what} took longer than {self.limits.request_deadline_seconds:g} s"
+            ) from e
         except (OSError, http.client.HTTPException) as e:
             raise TransportError(f"{what} failed: {type(e).__name__}: {e}") from e
         finally:
