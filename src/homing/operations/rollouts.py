@@ -27,7 +27,9 @@ __all__ = [
     "assignment",
     "create",
     "evaluate",
+    "list_rollouts",
     "plan_from_json",
+    "set_group",
     "set_paused",
     "status",
 ]
@@ -210,3 +212,21 @@ def status(db: Database, rollout_id: int, now: datetime) -> dict[str, Any]:
     with db.engine.connect() as conn:
         ro = store.rollout(conn, rollout_id)
         return {**ro.to_json(), "stage_progress": store.stage_counts(conn, ro, now)}
+
+
+def list_rollouts(db: Database) -> list[store.Rollout]:
+    """Every rollout and its state."""
+    with db.engine.connect() as conn:
+        return store.list_rollouts(conn)
+
+
+def set_group(
+    db: Database, actor: str, now: datetime, name: str, device_ids: Sequence[str]
+) -> None:
+    """Make the named device group exactly these devices (for rollouts to a group)."""
+    from homing.fsutil import safe_name
+
+    safe_name(name, "group name")
+    with db.begin() as conn:
+        store.set_group(conn, name, list(device_ids))
+        audit.audit(conn, now, actor, "set_group", name, {"devices": list(device_ids)})

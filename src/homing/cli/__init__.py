@@ -1,0 +1,19 @@
+"""The operator CLI, by audience: parses arguments and calls the library; nothing else.
+
+Every ``HomingError`` becomes one line on stderr and exit status 1; usage
+errors are one line too and exit 2. No traceback reaches the operator.
+Commands open no transaction and write no audit line themselves: the
+ceremonies and ``homing.operations`` do.
+
+- ``trust``: init, rotations, timestamp/targets, pins, recovery bundles
+- ``pki``: issue, revoke, CRLs
+- ``operators``: serve, tokens, factory stations, revoke, status, devices
+- ``fleet``: provisioning, device groups, releases, rollouts
+- ``agent``: the device's commands
+- ``simulation``: demo and simulate
+"""
+
+from homing.cli import agent, fleet, operators, pki, simulation, trust
+from homing.cli._base import cli, main
+
+__all__ = ["agent", "cli", "fleet", "main", "operators", "pki", "simulation", "trust"]

@@ -1,0 +1,142 @@
+"""The CLI's root group, its console and the helpers every command shares.
+
+Every ``HomingError`` becomes one line on stderr and exit status 1; usage
+errors exit 2 (click's convention). No traceback reaches the operator.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from homing.errors import HomingError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_DATA = ".homing-data"
+
+
+class _Console:
+    """rich, imported on first use: the agent's commands run on small devices."""
+
+    def __init__(self, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Any = None
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr)
+        self._console.print(*args, **kwargs)
+
+
+out = _Console()
+err = _Console(stderr=True)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fail(message: str, status: int = 1) -> None:
+    from rich.markup import escape
+
+    # Messages quote user input and TOML tables ("[fleet]"): never markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise SystemExit(status)
+
+
+def _data_option(f: F) -> F:
+    return click.option(
+        "--data",
+        "data",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=lambda: os.environ.get("HOMING_DATA", DEFAULT_DATA),
+        show_default=f"$HOMING_DATA or {DEFAULT_DATA}",
+        help="The operator's data directory.",
+    )(f)
+
+
+def _ensure_passphrase(data: Path | None, *, required: bool = False) -> None:
+    """Ask for the key passphrase on a terminal when it is needed and not in the environment."""
+    from homing.pki.keystore import PASSPHRASE_ENV
+    from homing.site import DataDir
+
+    if os.environ.get(PASSPHRASE_ENV):
+        return
+    if not required and data is not None:
+        dd = DataDir(data)
+        required = dd.exists() and dd.settings().encrypted
+    if required and sys.stdin.isatty():
+        os.environ[PASSPHRASE_ENV] = click.prompt(
+            "Key passphrase", hide_input=True, confirmation_prompt=data is None
+        )
+
+
+def _paths(values: tuple[str, ...]) -> list[Path]:
+    return [Path(v) for v in values]
+
+
+@click.group()
+@click.version_option(package_name="homing")
+@click.option("-v", "--verbose", is_flag=True, help="Log more detail.")
+def cli(verbose: bool) -> None:
+    """homing: devices that always find their way home."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+_db_option = click.option(
+    "--db", "db_url", help="Database URL (default: SQLite in the data directory, or $HOMING_DB)."
+)
+
+
+def _operator_actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+def _guarded(entry: Callable[[], Any]) -> Callable[[], None]:
+    @functools.wraps(entry)
+    def run() -> None:
+        try:
+            entry()
+        except HomingError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except OSError as e:
+            _fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
+
+    return run
+
+
+def _run_cli() -> None:
+    """click without its own error handling, so usage errors are one line like the rest."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.ClickException as e:
+        _fail(e.format_message(), e.exit_code)
+    except click.Abort:
+        _fail("aborted", 1)
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
+
+
+def main() -> None:
+    """Console entry point."""
+    _guarded(_run_cli)()

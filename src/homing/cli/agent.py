@@ -1,0 +1,240 @@
+"""What runs on the device: enroll, run, status, the TUF conformance client, bundles."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from homing.cli._base import (
+    _fail,
+    _now,
+    cli,
+    out,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+@cli.group()
+def agent() -> None:
+    """What runs on the device."""
+
+
+_state_option = click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The device state directory.",
+)
+
+
+@agent.command("enroll")
+@_state_option
+@click.option("--server", required=True, help="Home server URL, e.g. https://home.example.com")
+@click.option("--factory", "factory_cred", required=True, help="NAME:SECRET of the station.")
+@click.option(
+    "--root",
+    "root_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Root metadata the factory gives every device.",
+)
+@click.option("--id", "device_id", help="Device id (default: random).")
+@click.option("--hardware", help="Hardware class of the device.")
+def agent_enroll(
+    state_dir: Path,
+    server: str,
+    factory_cred: str,
+    root_file: Path,
+    device_id: str | None,
+    hardware: str | None,
+) -> None:
+    """Online: make the key on the device and enroll over EST."""
+    from homing.agent.enroll import enroll
+
+    try:
+        root = root_file.read_bytes()
+    except OSError as e:
+        _fail(f"cannot read {root_file}: {e.strerror}")
+    state = enroll(
+        state_dir, server, factory_cred, root, _now(), device_id=device_id, hardware=hardware
+    )
+    out.print(f"device {state.config().device_id!r} enrolled with {server}")
+
+
+@agent.command("run")
+@_state_option
+@click.option("--once", is_flag=True, help="One full cycle; exit 0 only if checked in.")
+@click.option("--server", help="Override the endpoints from the trust metadata (pins unchanged).")
+@click.option(
+    "--interval",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="Seconds between cycles (jittered).",
+)
+@click.option("--firmware-version", help="Version the device reports.")
+def agent_run(
+    state_dir: Path, once: bool, server: str | None, interval: float, firmware_version: str | None
+) -> None:
+    """Check in, keep trust fresh, renew or recover the certificate."""
+    if not once:
+        # The resident process carries only the agent: re-execute into the
+        # lean entry point instead of keeping the operator CLI loaded for ever.
+        argv = [
+            sys.executable,
+            "-m",
+            "homing.agent.daemon",
+            "--state",
+            str(state_dir),
+            "--interval",
+            str(interval),
+        ]
+        if server:
+            argv += ["--server", server]
+        if firmware_version:
+            argv += ["--firmware-version", firmware_version]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module
+    from homing.agent.agent import Agent
+    from homing.agent.state import DeviceState
+
+    report = Agent(
+        DeviceState(state_dir), server=server, firmware_version=firmware_version
+    ).run_once()
+    for step in report.steps:
+        out.print(f"  {step}")
+    if not report.checked_in:
+        _fail(report.error or "not checked in")
+    out.print("checked in")
+
+
+@agent.command("status")
+@_state_option
+@click.option("--json", "as_json", is_flag=True)
+def agent_status(state_dir: Path, as_json: bool) -> None:
+    """Device id, trust versions, certificate expiry, last result."""
+    import json as jsonlib
+
+    from homing.agent.state import DeviceState
+
+    state = DeviceState(state_dir)
+    config = state.config()
+    cert = state.certificate()
+    last = state.last_run()
+    from homing.agent.installer import SlotInstaller
+
+    slots = SlotInstaller(state.root / "slots")
+    doc = {
+        "device_id": config.device_id,
+        "hardware": config.hardware,
+        "certificate_expires": cert.not_valid_after_utc.isoformat() if cert else None,
+        "trust": last.get("trust", {}),
+        "slots": slots.slots(),
+        "active_slot": slots.active_slot(),
+        "active_version": slots.active_version(),
+        "update_pending_commit": slots.pending(),
+        "last_update": [s for s in last.get("steps", []) if "firmware" in s or "update" in s],
+        "last_run": last,
+    }
+    if as_json:
+        click.echo(jsonlib.dumps(doc, indent=2))
+        return
+    for key, value in doc.items():
+        out.print(f"{key}: {value}")
+
+
+@agent.command(
+    "tuf-client",
+    context_settings={"ignore_unknown_options": False},
+)
+@click.option("--metadata-dir", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--metadata-url")
+@click.option("--target-name", "target_names", multiple=True)
+@click.option("--target-dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--target-base-url")
+@click.argument("command", type=click.Choice(["init", "refresh", "download"]))
+@click.argument("root_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+def agent_tuf_client(
+    metadata_dir: Path,
+    metadata_url: str | None,
+    target_names: tuple[str, ...],
+    target_dir: Path | None,
+    target_base_url: str | None,
+    command: str,
+    root_file: Path | None,
+) -> None:
+    """The TUF conformance client protocol over homing's trust-update code (exit 0 or 1)."""
+    import contextlib
+
+    from homing.agent.fetcher import HTTPSFetcher
+
+    fetcher = HTTPSFetcher(None, _now(), allow_plain_http=True)
+    with contextlib.closing(fetcher):
+        _tuf_client(
+            fetcher,
+            metadata_dir,
+            metadata_url,
+            target_names,
+            target_dir,
+            target_base_url,
+            command,
+            root_file,
+        )
+
+
+def _tuf_client(
+    fetcher: Any,
+    metadata_dir: Path,
+    metadata_url: str | None,
+    target_names: tuple[str, ...],
+    target_dir: Path | None,
+    target_base_url: str | None,
+    command: str,
+    root_file: Path | None,
+) -> None:
+    from homing.trust import conformance
+
+    if command == "init":
+        if root_file is None:
+            _fail("init needs ROOT_FILE", 1)
+        assert root_file is not None
+        try:
+            root = root_file.read_bytes()
+        except OSError as e:
+            _fail(f"cannot read {root_file}: {e.strerror}", 1)
+        conformance.init_metadata_dir(metadata_dir, root)
+        return
+    if not metadata_url:
+        _fail(f"{command} needs --metadata-url", 1)
+    assert metadata_url is not None
+    if command == "refresh":
+        conformance.refresh_metadata(metadata_dir, metadata_url, fetcher)
+        return
+    if not target_names or target_dir is None or not target_base_url:
+        _fail("download needs --target-name, --target-dir and --target-base-url", 1)
+    assert target_dir is not None
+    assert target_base_url is not None
+    conformance.download_targets(
+        metadata_dir, metadata_url, target_names, target_dir, target_base_url, fetcher
+    )
+
+
+@agent.command("apply-bundle")
+@_state_option
+@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
+def agent_apply_bundle(state_dir: Path, bundle: Path) -> None:
+    """Verify and apply a recovery bundle: new roots and pins without any network."""
+    from homing.agent.agent import Agent
+    from homing.agent.bundle import apply_bundle
+    from homing.agent.state import DeviceState
+
+    for line in apply_bundle(Agent(DeviceState(state_dir)), bundle):
+        out.print(line, highlight=False, soft_wrap=True)

@@ -1,0 +1,297 @@
+"""The server and its operators: serve, tokens, factory stations, revocation, status, devices."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from homing.cli._base import (
+    _data_option,
+    _db_option,
+    _ensure_passphrase,
+    _now,
+    _operator_actor,
+    cli,
+    err,
+    out,
+)
+from homing.cli.trust import _print_summary
+
+if TYPE_CHECKING:
+    pass
+
+
+@cli.command()
+@_data_option
+@click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT")
+@_db_option
+@click.option("--workers", type=int, default=1, show_default=True, help="Server processes.")
+@click.option(
+    "--trusted-proxy",
+    "proxies",
+    multiple=True,
+    help="CIDR of a TLS-terminating proxy allowed to pass X-Client-Cert (repeatable).",
+)
+@click.option(
+    "--max-offline-days",
+    type=float,
+    help="Recovery policy: refuse devices silent for longer (default: unlimited).",
+)
+@click.option("--access-log", is_flag=True, help="Log every request as a JSON line.")
+@click.option(
+    "--init",
+    "init_first",
+    is_flag=True,
+    help="Create a development data directory first if there is none.",
+)
+def serve(
+    data: Path,
+    listen: str,
+    db_url: str | None,
+    workers: int,
+    proxies: tuple[str, ...],
+    max_offline_days: float | None,
+    access_log: bool,
+    init_first: bool,
+) -> None:
+    """Run the home server (HTTPS with optional client certificates on one port)."""
+    from homing import ceremonies
+    from homing.server.config import ServerConfig, parse_listen
+    from homing.server.runner import serve as run_server
+    from homing.site import DataDir
+
+    if init_first and not DataDir(data).exists():
+        _print_summary(ceremonies.init(data, _now()))
+    _ensure_passphrase(data)
+    host, port = parse_listen(listen)
+    config = ServerConfig(
+        data=data,
+        host=host,
+        port=port,
+        db_url=db_url,
+        workers=workers,
+        trusted_proxies=proxies,
+        max_offline=timedelta(days=max_offline_days) if max_offline_days else None,
+        access_log=access_log,
+    )
+    dd = DataDir(data)
+    settings = dd.settings()
+    policy = ceremonies.pin_policy(dd, settings, dd.keystore(settings))
+    url = f"https://{'[' + host + ']' if ':' in host else host}:{port}"
+    out.print(f"[bold]homing[/] home server on {url} ({workers} worker(s))")
+    out.print(f"  pinned SPKIs: {', '.join(policy.spki_pins)}")
+    out.print(f"  trust metadata: {url}/tuf/metadata/  health: {url}/healthz")
+    out.print("  next: create a factory credential and enroll a device:")
+    out.print(f"    homing factory add station-1 --data {data}")
+    out.print("    (see docs/est-with-curl.md for enrolling with curl and openssl)")
+    run_server(config)
+
+
+@cli.group()
+def factory() -> None:
+    """Factory station credentials for EST enrollment."""
+
+
+@factory.command("add")
+@click.argument("name")
+@_data_option
+@_db_option
+def factory_add(name: str, data: Path, db_url: str | None) -> None:
+    """Create a station credential; the secret is printed once."""
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
+
+    db = DataDir(data).database(db_url)
+    secret = operations.add_factory(db, _operator_actor(), _now(), name)
+    out.print(f"factory station {name!r} created; its secret (shown once):")
+    click.echo(f"{name}:{secret}")
+
+
+@factory.command("list")
+@_data_option
+@_db_option
+def factory_list(data: Path, db_url: str | None) -> None:
+    """Every factory station and whether it is disabled."""
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
+
+    rows = operations.list_factories(DataDir(data, db_url).database(), _operator_actor(), _now())
+    for row in rows:
+        state = f"disabled {row['disabled_at']}" if row["disabled_at"] else "active"
+        out.print(f"{row['name']}: {state} (created {row['created_at']})", highlight=False)
+
+
+@factory.command("disable")
+@click.argument("name")
+@_data_option
+@_db_option
+def factory_disable(name: str, data: Path, db_url: str | None) -> None:
+    """Disable a station's credential for good (a lost or retired station)."""
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
+
+    operations.disable_factory(DataDir(data, db_url).database(), _operator_actor(), _now(), name)
+    out.print(f"factory station {name!r} disabled; its secret enrolls nothing from now on")
+
+
+@cli.group()
+def token() -> None:
+    """Operator tokens for the admin API."""
+
+
+@token.command("list")
+@_data_option
+@_db_option
+def token_list(data: Path, db_url: str | None) -> None:
+    """Every operator token by name and role (never the token itself)."""
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
+
+    rows = operations.list_tokens(DataDir(data, db_url).database(), _operator_actor(), _now())
+    for row in rows:
+        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+        out.print(f"{row['name']}: {row['role']}, {state}", highlight=False)
+
+
+@token.command("revoke")
+@click.argument("name")
+@_data_option
+@_db_option
+def token_revoke(name: str, data: Path, db_url: str | None) -> None:
+    """Revoke an operator token; the admin API refuses it at its next request."""
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
+
+    operations.revoke_token(DataDir(data, db_url).database(), _operator_actor(), _now(), name)
+    out.print(f"token {name!r} revoked")
+
+
+@token.command("add")
+@click.argument("name")
+@click.option(
+    "--role", type=click.Choice(["read-only", "operator"]), default="read-only", show_default=True
+)
+@_data_option
+@_db_option
+def token_add(name: str, role: str, data: Path, db_url: str | None) -> None:
+    """Create an operator token; it is printed once."""
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
+
+    db = DataDir(data).database(db_url)
+    value = operations.add_token(db, _operator_actor(), _now(), name, role)
+    out.print(f"token {name!r} ({role}) created; send it as 'Authorization: Bearer ...':")
+    click.echo(value)
+
+
+@cli.command("revoke")
+@click.argument("device_id")
+@click.option("--reason", default="unspecified", show_default=True)
+@_data_option
+@_db_option
+def revoke_cmd(device_id: str, reason: str, data: Path, db_url: str | None) -> None:
+    """Revoke a device; running servers refuse it from its next request."""
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
+
+    _ensure_passphrase(data)
+    dd = DataDir(data, db_url)
+    count = operations.revoke_device(
+        dd, dd.database(), _operator_actor(), _now(), device_id, reason
+    )
+    out.print(f"device {device_id!r} revoked ({count} certificate(s)); CRL re-signed")
+
+
+@cli.command("status")
+@_data_option
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status_cmd(data: Path, db_url: str | None, as_json: bool) -> None:
+    """Fleet summary: devices by trust and firmware version, expiries, warnings."""
+    import json as jsonlib
+
+    from rich.table import Table
+
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
+
+    dd = DataDir(data)
+    summary = operations.fleet_status(dd, dd.database(db_url), _operator_actor(), _now())
+    if as_json:
+        click.echo(jsonlib.dumps(summary, indent=2))
+        return
+    for warning in summary["warnings"]:
+        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    table = Table(title="homing fleet", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    for key in (
+        "devices_by_status",
+        "devices_by_root_version",
+        "devices_by_firmware",
+        "metadata_versions",
+        "metadata_expires",
+    ):
+        table.add_row(
+            key.replace("_", " "), ", ".join(f"{k}: {v}" for k, v in summary[key].items()) or "none"
+        )
+    table.add_row("device certs expiring (30 d)", str(summary["device_certificates_expiring"]))
+    table.add_row("devices never seen", str(summary["devices_never_seen"]))
+    table.add_row("last check-in", summary["last_check_in"] or "never")
+    table.add_row("server certificate expires", summary["server_certificate_expires"])
+    for ro in summary.get("rollouts", []):
+        progress = ro["stage_progress"]
+        table.add_row(
+            f"rollout {ro['id']} ({ro['version']} -> {ro['hardware']})",
+            f"{ro['status']} at stage {ro['stage'] + 1} ({ro['percent']}%): "
+            f"{progress['committed']} committed, {progress['failed']} failed, "
+            f"{progress['stalled']} stalled of {progress['size']}"
+            + (f"; {ro['halt_reason']}" if ro.get("halt_reason") else ""),
+        )
+    out.print(table)
+
+
+@cli.group()
+def devices() -> None:
+    """The device registry."""
+
+
+@devices.command("list")
+@click.option("--search", help="Substring of id, firmware version or hardware class.")
+@click.option("--status", type=click.Choice(["active", "revoked"]))
+@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@_data_option
+@_db_option
+def devices_list(
+    search: str | None, status: str | None, limit: int, data: Path, db_url: str | None
+) -> None:
+    """List devices."""
+    from rich.table import Table
+
+    from homing.operations import fleet as operations
+    from homing.site import DataDir
+
+    rows = operations.list_devices(
+        DataDir(data).database(db_url),
+        _operator_actor(),
+        _now(),
+        search=search,
+        status=status,
+        limit=limit,
+    )
+    table = Table(title=f"{len(rows)} device(s)")
+    for column in ("device", "status", "hardware", "firmware", "root", "last seen"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            r["device_id"],
+            r["status"],
+            r["hardware"] or "",
+            r["firmware_version"] or "",
+            str(r["trust"]["root"] or ""),
+            r["last_seen"] or "never",
+        )
+    out.print(table)

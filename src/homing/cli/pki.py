@@ -1,0 +1,97 @@
+"""The private PKI by hand: issue, revoke, CRLs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from homing.cli._base import (
+    _data_option,
+    _ensure_passphrase,
+    _fail,
+    _now,
+    _operator_actor,
+    cli,
+    out,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+@cli.group()
+def pki() -> None:
+    """Issue certificates from CSRs, revoke, and sign CRLs."""
+
+
+@pki.command("issue")
+@_data_option
+@click.option("--profile", type=click.Choice(["server", "device"]), required=True)
+@click.option("--csr", "csr_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--device-id", help="Device id the certificate is for (device profile).")
+@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False))
+def pki_issue(
+    data: Path, profile: str, csr_path: Path, device_id: str | None, out_path: Path | None
+) -> None:
+    """Issue a certificate from a CSR (PEM or DER) under a profile."""
+    from homing import ceremonies
+
+    _ensure_passphrase(data)
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        csr = csr_path.read_bytes()
+    except OSError as e:
+        _fail(f"cannot read {csr_path}: {e.strerror}")
+    chain = ceremonies.issue_certificate(
+        data, csr, profile, _now(), device_id=device_id, actor=_operator_actor()
+    )
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+    if out_path:
+        from homing.fsutil import atomic_write
+
+        atomic_write(out_path, pem)
+        out.print(f"issued {chain[0].serial_number:x} to {out_path}")
+    else:
+        click.echo(pem.decode(), nl=False)
+
+
+@pki.command("revoke")
+@_data_option
+@click.option("--device", "device_id", help="Revoke every certificate of this device.")
+@click.option("--serial", help="Revoke one certificate by serial (hex).")
+@click.option("--reason", default="unspecified", show_default=True)
+def pki_revoke(data: Path, device_id: str | None, serial: str | None, reason: str) -> None:
+    """Revoke by device id or serial and re-sign the CRLs."""
+    from homing import ceremonies
+
+    _ensure_passphrase(data)
+    number: int | None = None
+    if serial is not None:
+        try:
+            number = int(serial.replace(":", ""), 16)
+        except ValueError:
+            _fail(f"serial {serial!r} is not hexadecimal", 2)
+    count = ceremonies.revoke(
+        data,
+        _now(),
+        device_id=device_id,
+        serial=number,
+        reason=reason,
+        actor=_operator_actor(),
+    )
+    out.print(f"revoked {count} certificate(s); CRLs re-signed")
+
+
+@pki.command("crl")
+@_data_option
+@click.option("--ca", "kind", type=click.Choice(["server", "device"]), required=True)
+def pki_crl(data: Path, kind: str) -> None:
+    """Sign a fresh CRL for an issuing CA."""
+    from homing import ceremonies
+
+    _ensure_passphrase(data)
+    path = ceremonies.write_crl(data, kind, _now())
+    out.print(f"CRL written to {path}")

@@ -1,0 +1,295 @@
+"""Trust ceremonies: init, rotations, timestamp and targets re-signing, pins, recovery bundles."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from homing.cli._base import (
+    _data_option,
+    _ensure_passphrase,
+    _fail,
+    _now,
+    _operator_actor,
+    _paths,
+    cli,
+    err,
+    out,
+)
+
+if TYPE_CHECKING:
+    from homing.ceremonies import InitSummary
+
+
+@cli.command()
+@_data_option
+@click.option("--host", "hosts", multiple=True, help="Server host name or IP (repeatable).")
+@click.option("--primary", help="Primary home server URL (default https://HOST:8443).")
+@click.option("--mirror", "mirrors", multiple=True, help="Mirror URL (repeatable).")
+@click.option("--organization", default="homing", show_default=True)
+@click.option("--ceremony", is_flag=True, help="Keep TUF root keys off this machine.")
+@click.option(
+    "--root-key",
+    "root_keys",
+    multiple=True,
+    help="Ceremony mode: a path for one root key, e.g. on removable media (repeatable).",
+)
+@click.option("--threshold", type=int, help="Root keys needed to sign a root (k of n).")
+@click.option("--exist-ok", is_flag=True, help="Print the summary if DIR is already set up.")
+def init(
+    data: Path,
+    hosts: tuple[str, ...],
+    primary: str | None,
+    mirrors: tuple[str, ...],
+    organization: str,
+    ceremony: bool,
+    root_keys: tuple[str, ...],
+    threshold: int | None,
+    exist_ok: bool,
+) -> None:
+    """Create a data directory: CA hierarchy, keys and signed trust metadata."""
+    from homing import ceremonies
+    from homing.site import DataDir
+
+    if exist_ok and DataDir(data).exists():
+        _print_existing(data)
+        return
+    if ceremony and not root_keys:
+        _fail("--ceremony needs at least one --root-key PATH (one per key holder)", 2)
+    if root_keys and not ceremony:
+        _fail("--root-key is only used with --ceremony", 2)
+    if ceremony:
+        _ensure_passphrase(None, required=True)
+    summary = ceremonies.init(
+        data,
+        _now(),
+        hosts=hosts or ceremonies.ceremonies.DEFAULT_HOSTS,
+        primary=primary,
+        mirrors=mirrors,
+        ceremony_root_keys=_paths(root_keys),
+        threshold=threshold,
+        organization=organization,
+    )
+    _print_summary(summary)
+
+
+def _print_summary(s: InitSummary) -> None:
+    from rich.table import Table
+
+    for warning in s.warnings:
+        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    table = Table(title=f"homing data directory {s.data_dir}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("mode", f"{s.mode} ({'encrypted keys' if s.encrypted else 'UNENCRYPTED keys'})")
+    table.add_row("root keys", f"{s.root_threshold} of {len(s.root_key_locations)}")
+    for location in s.root_key_locations:
+        table.add_row("  root key", location)
+    table.add_row("root CA pin", s.root_ca_pin)
+    table.add_row("server CA pin", s.server_ca_pin)
+    table.add_row("server CA backup pin", s.server_ca_backup_pin)
+    table.add_row("device CA pin", s.device_ca_pin)
+    table.add_row("server hosts", ", ".join(s.hosts))
+    table.add_row("home server", s.primary)
+    table.add_row("trust metadata", f"{s.metadata_dir} (root v{s.root_version})")
+    out.print(table)
+    out.print(
+        "Devices are provisioned with "
+        f"{s.metadata_dir / '1.root.json'}; they learn pins and endpoints from it."
+    )
+
+
+def _print_existing(data: Path) -> None:
+    from rich.table import Table
+
+    from homing.site import DataDir
+
+    dd = DataDir(data)
+    settings = dd.settings()
+    repo = dd.repository(settings)
+    table = Table(title=f"homing data directory {data} (already set up)", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("mode", settings.mode)
+    table.add_row("root version", str(repo.root_version()))
+    table.add_row("timestamp version", str(repo.timestamp().signed.version))
+    table.add_row("timestamp expires", repo.timestamp().signed.expires.isoformat())
+    table.add_row("server CA generation", str(settings.server_ca_generation))
+    table.add_row("home server", settings.primary)
+    out.print(table)
+
+
+@cli.group()
+def rotate() -> None:
+    """Trust transitions: root, issuing CAs, server certificate, online keys."""
+
+
+_sign_with = click.option(
+    "--sign-with",
+    "sign_with",
+    multiple=True,
+    help="A current root key file (repeatable; ceremony mode needs a threshold).",
+)
+
+
+@rotate.command("root")
+@_data_option
+@_sign_with
+@click.option("--new-key", "new_keys", multiple=True, help="Path for a new root key (repeatable).")
+@click.option("--threshold", type=int, help="Threshold of the new root.")
+def rotate_root(
+    data: Path, sign_with: tuple[str, ...], new_keys: tuple[str, ...], threshold: int | None
+) -> None:
+    """Publish root N+1, signed by a threshold of N's keys and of its own."""
+    from homing import ceremonies
+
+    _ensure_passphrase(data)
+    version = ceremonies.rotate_root(
+        data,
+        _now(),
+        sign_with=_paths(sign_with),
+        new_keys=_paths(new_keys),
+        threshold=threshold,
+        actor=_operator_actor(),
+    )
+    out.print(f"published root version {version}")
+
+
+@rotate.command("server-ca")
+@_data_option
+def rotate_server_ca(data: Path) -> None:
+    """Promote the server CA's backup key, re-issue the server certificate, publish pins."""
+    from homing import ceremonies
+
+    _ensure_passphrase(data)
+    generation = ceremonies.rotate_issuing_ca(data, "server", _now(), actor=_operator_actor())
+    out.print(f"server-issuing CA generation {generation} is active; new pins published")
+
+
+@rotate.command("device-ca")
+@_data_option
+def rotate_device_ca(data: Path) -> None:
+    """Promote the device CA's backup key; devices of the old CA keep working."""
+    from homing import ceremonies
+
+    _ensure_passphrase(data)
+    generation = ceremonies.rotate_issuing_ca(data, "device", _now(), actor=_operator_actor())
+    out.print(f"device-issuing CA generation {generation} is active")
+
+
+@rotate.command("server-cert")
+@_data_option
+def rotate_server_cert(data: Path) -> None:
+    """Issue the server a new key and certificate from the active server CA."""
+    from homing import ceremonies
+
+    _ensure_passphrase(data)
+    leaf = ceremonies.rotate_server_cert(data, _now(), actor=_operator_actor())
+    out.print(
+        f"new server certificate {leaf.serial_number:x}, valid until "
+        f"{leaf.not_valid_after_utc.isoformat()}"
+    )
+
+
+@rotate.command("online-keys")
+@_data_option
+@_sign_with
+def rotate_online_keys(data: Path, sign_with: tuple[str, ...]) -> None:
+    """Replace the snapshot and timestamp keys in a new root version."""
+    from homing import ceremonies
+
+    _ensure_passphrase(data)
+    version = ceremonies.rotate_online_keys(
+        data, _now(), sign_with=_paths(sign_with), actor=_operator_actor()
+    )
+    out.print(f"online keys replaced in root version {version}")
+
+
+@cli.group()
+def timestamp() -> None:
+    """The online timestamp role."""
+
+
+@timestamp.command("refresh")
+@_data_option
+@click.option("--expires-in", type=float, help="Hours until the new timestamp expires.")
+def timestamp_refresh(data: Path, expires_in: float | None) -> None:
+    """Re-sign the timestamp with a new version and expiry."""
+    from homing import ceremonies
+
+    _ensure_passphrase(data)
+    delta = timedelta(hours=expires_in) if expires_in is not None else None
+    version = ceremonies.refresh_timestamp(data, _now(), delta, actor=_operator_actor())
+    out.print(f"timestamp version {version} published")
+
+
+@cli.group()
+def targets() -> None:
+    """The offline targets role (the pin policy lives in it)."""
+
+
+@targets.command("refresh")
+@_data_option
+def targets_refresh(data: Path) -> None:
+    """Re-sign targets with the current pins before they expire (yearly: they live two years)."""
+    from homing import ceremonies
+
+    _ensure_passphrase(data)
+    version = ceremonies.refresh_targets(data, _now(), actor=_operator_actor())
+    out.print(f"targets version {version} published")
+
+
+@cli.group()
+def pins() -> None:
+    """The pin policy devices receive."""
+
+
+@pins.command("show")
+@_data_option
+def pins_show(data: Path) -> None:
+    """Print the published pin policy (JSON)."""
+    from homing.site import DataDir
+
+    dd = DataDir(data)
+    repo = dd.repository(dd.settings())
+    click.echo(repo.target_bytes("pins.json").decode(), nl=False)
+
+
+@cli.command("recovery-bundle")
+@_data_option
+@click.option("--out", "out_file", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    help="A firmware target devices should install from the bundle (repeatable).",
+)
+@click.option(
+    "--valid-days",
+    type=click.FloatRange(0, min_open=True),
+    help="How long the bundle stays valid (default 30 days; at most until targets or root expire).",
+)
+def recovery_bundle(
+    data: Path, out_file: Path, images: tuple[str, ...], valid_days: float | None
+) -> None:
+    """Write the metadata chain and the pin policy to one file, for devices reached by hand."""
+    from homing import ceremonies
+
+    _ensure_passphrase(data)
+    summary = ceremonies.recovery_bundle(
+        data,
+        out_file,
+        _now(),
+        images=images,
+        valid_for=timedelta(days=valid_days) if valid_days is not None else None,
+        actor=_operator_actor(),
+    )
+    out.print(
+        f"recovery bundle with {summary.files} files written to {out_file}; "
+        f"valid until {summary.valid_until.isoformat()}",
+        highlight=False,
+        soft_wrap=True,
+    )
