@@ -28,6 +28,7 @@ from homing.pki import (
 from homing.pki.profiles import ApprovedRequest, device_profile, server_profile
 from homing.pki.validate import load_certificate
 from homing.site import DataDir
+from homing.trust.pins import PinPolicy
 from tests.conftest import device_csr, make_csr
 
 
@@ -35,7 +36,7 @@ def _server_chain(data: Path) -> list[x509.Certificate]:
     return DataDir(data).certificates("server-chain.pem")
 
 
-def _policy(data: Path) -> ceremonies.ceremonies.PinPolicy:
+def _policy(data: Path) -> PinPolicy:
     dd = DataDir(data)
     settings = dd.settings()
     return ceremonies.pin_policy(dd, settings, dd.keystore(settings))

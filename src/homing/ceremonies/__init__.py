@@ -1,24 +1,21 @@
 """Operator ceremonies over a data directory: init, rotations, issuance, revocation."""
 
-from homing.ceremonies.ceremonies import (
-    BundleSummary,
-    InitSummary,
-    init,
-    issue_certificate,
+from homing.ceremonies.bundles import BundleSummary, recovery_bundle
+from homing.ceremonies.creation import DEFAULT_HOSTS, InitSummary, init
+from homing.ceremonies.issuance import issue_certificate, revoke, write_crl
+from homing.ceremonies.rotations import (
     pin_policy,
-    recovery_bundle,
     refresh_snapshot,
     refresh_targets,
     refresh_timestamp,
-    revoke,
     rotate_issuing_ca,
     rotate_online_keys,
     rotate_root,
     rotate_server_cert,
-    write_crl,
 )
 
 __all__ = [
+    "DEFAULT_HOSTS",
     "BundleSummary",
     "InitSummary",
     "init",

@@ -18,7 +18,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from homing.ceremonies.ceremonies import _online_signers, _open, _signer
+from homing.ceremonies._common import _online_signers, _open, _signer
 from homing.errors import CeremonyError
 from homing.site.datadir import DataDir
 from homing.store import audit
@@ -153,7 +153,7 @@ def sign_offline(
 
     from tuf.api.metadata import Metadata, TargetFile, Targets
 
-    from homing.ceremonies.ceremonies import _read_offline_key
+    from homing.ceremonies._common import _read_offline_key
     from homing.config import Expiries
     from homing.trust.repository import FIRMWARE_ROLE
     from homing.trust.signing import signer_for

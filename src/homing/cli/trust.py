@@ -66,7 +66,7 @@ def init(
     summary = ceremonies.init(
         data,
         _now(),
-        hosts=hosts or ceremonies.ceremonies.DEFAULT_HOSTS,
+        hosts=hosts or ceremonies.DEFAULT_HOSTS,
         primary=primary,
         mirrors=mirrors,
         ceremony_root_keys=_paths(root_keys),

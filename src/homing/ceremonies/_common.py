@@ -1,0 +1,117 @@
+"""What every ceremony shares: keys from the store, the audit line, PEM output."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from securesystemslib.signer import Signer
+
+from homing.errors import CeremonyError, KeyStoreError
+from homing.fsutil import atomic_write
+from homing.pki.authority import Authority
+from homing.pki.keys import private_key_pem
+from homing.pki.keystore import (
+    FileKeyStore,
+    KeyStore,
+    PrivateKey,
+    load_private_key_pem,
+    passphrase_from_env,
+)
+from homing.site import DataDir, Settings
+from homing.trust.signing import signer_for
+
+__all__ = ["OPERATOR"]
+
+
+# The actor a ceremony is audited under when the caller names none.
+OPERATOR = "operator"
+
+
+# -- key helpers ----------------------------------------------------------
+
+
+def _ca_key(store: KeyStore, name: str) -> ec.EllipticCurvePrivateKey:
+    key = store.load(name)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise KeyStoreError(f"key {name!r} must be an ECDSA key")
+    return key
+
+
+def _signer(store: KeyStore, name: str) -> Signer:
+    return signer_for(store.load(name))
+
+
+def _write_offline_key(path: Path, key: PrivateKey, passphrase: bytes) -> None:
+    if path.exists():
+        raise CeremonyError(f"refusing to overwrite an existing key file {path}")
+    atomic_write(path, private_key_pem(key, passphrase), mode=0o600)
+
+
+def _read_offline_key(path: Path) -> PrivateKey:
+    passphrase = passphrase_from_env()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise KeyStoreError(f"cannot read root key {path}: {e.strerror}") from e
+    return load_private_key_pem(data, passphrase, str(path))
+
+
+def _root_signers(
+    dd: DataDir, settings: Settings, store: KeyStore, sign_with: Sequence[Path]
+) -> list[Signer]:
+    if settings.mode == "dev":
+        if sign_with:
+            return [signer_for(_read_offline_key(p)) for p in sign_with]
+        return [_signer(store, name) for name in settings.root_keys]
+    if len(sign_with) < settings.root_threshold:
+        raise CeremonyError(
+            f"this ceremony needs {settings.root_threshold} of the root keys: "
+            f"pass them with --sign-with (got {len(sign_with)})"
+        )
+    return [signer_for(_read_offline_key(p)) for p in sign_with]
+
+
+def _audit(
+    dd: DataDir,
+    now: datetime,
+    actor: str,
+    action: str,
+    subject: str | None = None,
+    detail: dict[str, object] | None = None,
+) -> None:
+    """Every ceremony leaves a line in the audit log of the data directory's database."""
+    from homing.store import audit
+
+    with dd.database().begin() as conn:
+        audit.audit(conn, now, actor, action, subject, detail)
+
+
+def _pem(*certs: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def _open(data: Path | DataDir) -> tuple[DataDir, Settings, FileKeyStore]:
+    """Ceremonies take a path, or a DataDir bound to a particular database."""
+    dd = data if isinstance(data, DataDir) else DataDir(data)
+    settings = dd.settings()
+    return dd, settings, dd.keystore(settings)
+
+
+def _online_signers(store: KeyStore, settings: Settings) -> tuple[Signer, Signer]:
+    g = settings.online_key_generation
+    return _signer(store, f"snapshot-{g}"), _signer(store, f"timestamp-{g}")
+
+
+def _authority(dd: DataDir, settings: Settings, store: KeyStore, kind: str) -> Authority:
+    g = int(getattr(settings, f"{kind}_ca_generation"))
+    return Authority(
+        dd.certificate(f"{kind}-ca.pem"),
+        _ca_key(store, f"{kind}-ca-g{g}"),
+        dd.ledger(),
+        settings.validity,
+    )

@@ -1,0 +1,281 @@
+"""Trust transitions and re-signing.
+
+Root and online keys, issuing CAs, the server certificate, and the
+timestamp, snapshot and targets roles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from securesystemslib.signer import Signer
+
+from homing.ceremonies._common import (
+    OPERATOR,
+    _audit,
+    _authority,
+    _ca_key,
+    _online_signers,
+    _open,
+    _pem,
+    _root_signers,
+    _signer,
+    _write_offline_key,
+)
+from homing.errors import CeremonyError
+from homing.fsutil import atomic_write
+from homing.pki.authority import make_issuing_ca
+from homing.pki.keys import generate_signing_key, generate_tls_key, spki_pin
+from homing.pki.keystore import (
+    PASSPHRASE_ENV,
+    KeyStore,
+    PrivateKey,
+    passphrase_from_env,
+)
+from homing.pki.profiles import server_csr, server_profile
+from homing.site import DataDir, Settings
+from homing.trust.pins import PIN_POLICY_TARGET, PinPolicy
+from homing.trust.signing import signer_for, tuf_key
+
+__all__ = [
+    "pin_policy",
+    "refresh_snapshot",
+    "refresh_targets",
+    "refresh_timestamp",
+    "rotate_issuing_ca",
+    "rotate_online_keys",
+    "rotate_root",
+    "rotate_server_cert",
+]
+
+
+def rotate_root(
+    data: Path | DataDir,
+    now: datetime,
+    *,
+    sign_with: Sequence[Path] = (),
+    new_keys: Sequence[Path] = (),
+    threshold: int | None = None,
+    actor: str = OPERATOR,
+) -> int:
+    """Publish root N+1 with fresh root keys; returns the new version.
+
+    Development repositories generate the new keys in the key store. In
+    ceremony mode ``sign_with`` names at least a threshold of the current
+    root key files and ``new_keys`` the paths the new keys are written to;
+    without ``new_keys`` the same keys sign a new version (an expiry renewal).
+    """
+    dd, settings, store = _open(data)
+    repo = dd.repository(settings)
+    old_signers = _root_signers(dd, settings, store, sign_with)
+    version = repo.root_version() + 1
+    passphrase = passphrase_from_env()
+    if settings.mode == "dev" and not new_keys:
+        count = len(settings.root_keys)
+        keys: list[PrivateKey] = [generate_signing_key() for _ in range(count)]
+        new_names = [f"tuf-root-{version}-{i + 1}" for i in range(count)]
+        new_signers: list[Signer] = [signer_for(key) for key in keys]
+    elif new_keys:
+        if settings.mode == "ceremony" and not passphrase:
+            raise CeremonyError(f"ceremony mode encrypts every key: set {PASSPHRASE_ENV}")
+        keys = [generate_signing_key() for _ in new_keys]
+        new_names = [str(p.resolve()) for p in new_keys]
+        new_signers = [signer_for(key) for key in keys]
+        for path in new_keys:
+            if path.exists():
+                raise CeremonyError(f"refusing to overwrite an existing key file {path}")
+    else:
+        keys = []
+        new_names = list(settings.root_keys)
+        new_signers = old_signers
+    new_public = (
+        [tuf_key(key.public_key()) for key in keys] if keys else [s.public_key for s in old_signers]
+    )
+    k = threshold if threshold is not None else settings.root_threshold
+    if not keys and len(new_public) < len(settings.root_keys):
+        # Renewing with the same keys: keep every key listed, sign with those given.
+        current = repo.root().signed
+        new_public = [current.get_key(kid) for kid in current.roles["root"].keyids]
+    repo.rotate_root(old_signers, new_public, new_signers, k, now)
+    if keys:
+        if settings.mode == "dev" and not new_keys:
+            for name, key in zip(new_names, keys, strict=True):
+                store.store(name, key)
+        else:
+            assert passphrase is not None or settings.mode == "dev"
+            for path, key in zip(new_keys, keys, strict=True):
+                _write_offline_key(path, key, passphrase or b"")
+    settings.root_keys = new_names
+    settings.root_threshold = k
+    dd.save_settings(settings)
+    snapshot, timestamp = _online_signers(store, settings)
+    repo.refresh_snapshot(snapshot, timestamp, now)
+    _audit(dd, now, actor, "rotate_root", f"root v{version}", {"threshold": k})
+    return version
+
+
+def rotate_online_keys(
+    data: Path | DataDir, now: datetime, *, sign_with: Sequence[Path] = (), actor: str = OPERATOR
+) -> int:
+    """Replace the snapshot and timestamp keys (a new root lists them); returns root version."""
+    dd, settings, store = _open(data)
+    repo = dd.repository(settings)
+    signers = _root_signers(dd, settings, store, sign_with)
+    g = settings.online_key_generation + 1
+    snapshot_key = generate_signing_key()
+    timestamp_key = generate_signing_key()
+    current = repo.root().signed
+    root_keys = [current.get_key(kid) for kid in current.roles["root"].keyids]
+    root = repo.rotate_root(
+        signers,
+        root_keys,
+        signers,
+        settings.root_threshold,
+        now,
+        role_keys={
+            "snapshot": tuf_key(snapshot_key.public_key()),
+            "timestamp": tuf_key(timestamp_key.public_key()),
+        },
+    )
+    store.store(f"snapshot-{g}", snapshot_key)
+    store.store(f"timestamp-{g}", timestamp_key)
+    settings.online_key_generation = g
+    dd.save_settings(settings)
+    repo.refresh_snapshot(signer_for(snapshot_key), signer_for(timestamp_key), now)
+    _audit(dd, now, actor, "rotate_online_keys", f"root v{root.signed.version}", {"generation": g})
+    return root.signed.version
+
+
+def pin_policy(dd: DataDir, settings: Settings, store: KeyStore) -> PinPolicy:
+    """The pin policy the data directory's current state implies."""
+    server_ca = dd.certificate("server-ca.pem")
+    backup = store.load(f"server-ca-g{settings.server_ca_generation + 1}")
+    return PinPolicy(
+        root_cas=(dd.certificate("root-ca.pem"),),
+        spki_pins=(spki_pin(server_ca), spki_pin(backup.public_key())),
+        hosts=tuple(settings.hosts),
+        primary=settings.primary,
+        mirrors=tuple(settings.mirrors),
+    )
+
+
+def rotate_issuing_ca(
+    data: Path | DataDir, kind: str, now: datetime, *, actor: str = OPERATOR
+) -> int:
+    """Promote the backup key of the ``kind`` issuing CA; returns the new generation.
+
+    The backup's SPKI has been pinned since the previous rotation, so a
+    device that slept through this one still trusts the new CA. For the
+    server CA a new server certificate is issued and the new pins (the new
+    active key and a freshly generated backup) are published.
+    """
+    if kind not in ("server", "device"):
+        raise CeremonyError(f"unknown issuing CA {kind!r}: use 'server' or 'device'")
+    dd, settings, store = _open(data)
+    attr = f"{kind}_ca_generation"
+    g = int(getattr(settings, attr)) + 1
+    root_ca = dd.certificate("root-ca.pem")
+    root_key = _ca_key(store, "root-ca")
+    active_key = _ca_key(store, f"{kind}-ca-g{g}")
+    cert = make_issuing_ca(
+        kind,
+        active_key.public_key(),
+        root_ca,
+        root_key,
+        now,
+        hosts=settings.hosts,
+        generation=g,
+        validity=settings.validity,
+    )
+    store.store(f"{kind}-ca-g{g + 1}", generate_tls_key())
+    old = dd.certificate(f"{kind}-ca.pem")
+    atomic_write(dd.pki_path("retired") / f"{kind}-ca-g{g - 1}.pem", _pem(old))
+    if kind == "device":
+        # Keep trusting the device CAs that are still valid, so devices
+        # issued by the old CA keep working until they renew.
+        still_valid = [c for c in dd.certificates("device-cas.pem") if c.not_valid_after_utc > now]
+        atomic_write(dd.pki_path("device-cas.pem"), _pem(cert, *still_valid))
+        atomic_write(dd.pki_path("device-ca.pem"), _pem(cert))
+    else:
+        atomic_write(dd.pki_path("server-ca.pem"), _pem(cert))
+    # The settings are written last: they are the commit point a running
+    # server reloads the rotation by (trust bundle, certificate, then key).
+    setattr(settings, attr, g)
+    dd.save_settings(settings)
+    if kind == "server":
+        rotate_server_cert(dd, now, actor=actor)
+        _publish_pins(dd, settings, store, now)
+    _audit(dd, now, actor, f"rotate_{kind}_ca", f"generation {g}")
+    return g
+
+
+def _publish_pins(dd: DataDir, settings: Settings, store: KeyStore, now: datetime) -> int:
+    repo = dd.repository(settings)
+    snapshot, timestamp = _online_signers(store, settings)
+    return repo.publish_targets(
+        {PIN_POLICY_TARGET: pin_policy(dd, settings, store).to_bytes()},
+        _signer(store, "targets"),
+        snapshot,
+        timestamp,
+        now,
+    )
+
+
+def rotate_server_cert(
+    data: Path | DataDir, now: datetime, *, actor: str = OPERATOR
+) -> x509.Certificate:
+    """Issue the server a new key and certificate from the active server CA."""
+    dd, settings, store = _open(data)
+    authority = _authority(dd, settings, store, "server")
+    key = generate_tls_key()
+    leaf = authority.issue_csr(
+        server_csr(key, settings.hosts), server_profile(settings.hosts, settings.validity), now
+    )
+    # Key first, then the chain: a crash between leaves the old chain, which
+    # a restart detects as not matching the key and re-issues.
+    store.store("server-tls", key)
+    atomic_write(dd.pki_path("server-chain.pem"), _pem(leaf, authority.certificate))
+    _audit(dd, now, actor, "rotate_server_cert", f"serial {leaf.serial_number:x}")
+    return leaf
+
+
+def refresh_timestamp(
+    data: Path | DataDir,
+    now: datetime,
+    expires_in: timedelta | None = None,
+    *,
+    actor: str = OPERATOR,
+) -> int:
+    """Re-sign the timestamp (online key); returns its new version."""
+    dd, settings, store = _open(data)
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise CeremonyError("the timestamp expiry must be positive")
+    _, timestamp = _online_signers(store, settings)
+    signed = dd.repository(settings).refresh_timestamp(timestamp, now, expires_in).signed
+    _audit(dd, now, actor, "refresh_timestamp", f"timestamp v{signed.version}")
+    return signed.version
+
+
+def refresh_snapshot(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR) -> int:
+    """Re-sign the snapshot (and so the timestamp) with the online keys; returns its version."""
+    dd, settings, store = _open(data)
+    snapshot, timestamp = _online_signers(store, settings)
+    version = dd.repository(settings).refresh_snapshot(snapshot, timestamp, now)
+    _audit(dd, now, actor, "refresh_snapshot", f"snapshot v{version}")
+    return version
+
+
+def refresh_targets(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR) -> int:
+    """Re-sign targets with the current pins before the offline targets metadata expires.
+
+    Targets live two years by default; a fleet whose targets expire fails
+    closed, so this belongs in the operator's calendar (the simulator does it
+    yearly). Returns the new targets version.
+    """
+    dd, settings, store = _open(data)
+    version = _publish_pins(dd, settings, store, now)
+    _audit(dd, now, actor, "refresh_targets", f"targets v{version}")
+    return version
