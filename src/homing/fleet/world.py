@@ -14,14 +14,13 @@ Time is counted in ticks of one simulated week from ``START``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -31,42 +30,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from homing import ceremonies
 from homing.config import Validity
+from homing.fleet.clock import HOST, START, tick_time, year_tick
 from homing.fleet.population import DAYS_PER_TICK, DAYS_PER_YEAR
 from homing.fleet.scenario import Scenario
-from homing.pki.authority import Authority, make_issuing_ca, make_root_ca
+from homing.fleet.simulated_cas import Chain, SimulatedCA
 from homing.pki.keys import generate_tls_key, spki_pin
-from homing.pki.ledger import MemoryLedger
-from homing.pki.profiles import server_csr, server_profile
 from homing.site import DataDir
 
 __all__ = ["HOST", "START", "Chain", "HomingState", "Release", "World", "build_world", "tick_time"]
 
 log = logging.getLogger(__name__)
-
-START = datetime(2027, 1, 1, tzinfo=UTC)
-HOST = "home.example.com"
-
-
-def tick_time(tick: int) -> datetime:
-    return START + timedelta(days=DAYS_PER_TICK * tick)
-
-
-def year_tick(years: float) -> int:
-    return round(years * DAYS_PER_YEAR / DAYS_PER_TICK)
-
-
-@dataclass(frozen=True)
-class Chain:
-    """What the server presents: leaf first, then the intermediates."""
-
-    leaf: x509.Certificate
-    intermediates: tuple[x509.Certificate, ...]
-    key_index: int
-
-    @property
-    def fingerprint(self) -> str:
-        """SHA-256 of the leaf's DER: what a fingerprint-pinning device stores."""
-        return hashlib.sha256(self.leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -117,62 +90,6 @@ class World:
 
     def key_pin(self, index: int) -> str:
         return spki_pin(self.keys[index].public_key())
-
-
-def _leaf(
-    authority: Authority, key: ec.EllipticCurvePrivateKey, tick: int, days: int
-) -> x509.Certificate:
-    validity = Validity(server=timedelta(days=days))
-    return authority.issue_csr(
-        server_csr(key, [HOST]), server_profile([HOST], validity), tick_time(tick)
-    )
-
-
-class _CA:
-    """A root and its current issuing CA, issuing the server's leaves."""
-
-    def __init__(self, name: str, created: int, years: float, backdate_years: float = 0.0) -> None:
-        self.name = name
-        self.root_key = generate_tls_key()
-        born = tick_time(created) - timedelta(days=backdate_years * DAYS_PER_YEAR)
-        lifetime = timedelta(days=(years + backdate_years) * DAYS_PER_YEAR)
-        self.root = make_root_ca(
-            self.root_key,
-            born,
-            organization=name,
-            common_name=f"{name} root",
-            validity=Validity(root_ca=lifetime),
-        )
-        self.generation = 0
-        self.authority: Authority | None = None
-
-    def new_issuing(self, tick: int) -> x509.Certificate:
-        self.generation += 1
-        key = generate_tls_key()
-        cert = make_issuing_ca(
-            "server",
-            key.public_key(),
-            self.root,
-            self.root_key,
-            tick_time(tick),
-            hosts=[HOST],
-            generation=self.generation,
-        )
-        self.authority = Authority(cert, key, MemoryLedger())
-        return cert
-
-    def chain(self, key: ec.EllipticCurvePrivateKey, index: int, tick: int, days: int) -> Chain:
-        assert self.authority is not None
-        # Like any CA, renew the intermediate a year before it expires, when
-        # the root lives long enough for a longer one.
-        expires = self.authority.certificate.not_valid_after_utc
-        if (
-            expires - tick_time(tick) < timedelta(days=DAYS_PER_YEAR)
-            and self.root.not_valid_after_utc > expires
-        ):
-            self.new_issuing(tick)
-        leaf = _leaf(self.authority, key, tick, days)
-        return Chain(leaf, (self.authority.certificate,), index)
 
 
 @contextmanager
@@ -276,13 +193,15 @@ class _Builder:
         self.world = World(ticks=self.plan.ticks, keys=[generate_tls_key(), generate_tls_key()])
         self.key_index = 0
         ev = scenario.events
-        self.public_ca = _CA("Example Public Trust", 0, ev.public_root_expiry, backdate_years=6.0)
+        self.public_ca = SimulatedCA(
+            "Example Public Trust", 0, ev.public_root_expiry, backdate_years=6.0
+        )
         self.world.public_roots.append((self.public_ca.root, 0))
         self.public_ca.new_issuing(0)
-        self.public_next: _CA | None = None
-        self.private_ca = _CA("Example Devices Inc", 0, ev.private_root_years)
+        self.public_next: SimulatedCA | None = None
+        self.private_ca = SimulatedCA("Example Devices Inc", 0, ev.private_root_years)
         self.private_ca.new_issuing(0)
-        self.private_next: _CA | None = None
+        self.private_next: SimulatedCA | None = None
         self.anchor_sets: dict[tuple[bytes, ...], int] = {}
         self.per_tick = {name: np.zeros(self.plan.ticks, np.int64) for name in _PER_TICK}
         self.data = workdir / "homing-data"
@@ -336,7 +255,7 @@ class _Builder:
         if tick == plan.public_successor and self.public_next is None:
             # Successor roots outlive the run (each real one is followed by another).
             lifetime = max(25.0, self.scenario.fleet.years + 1.0)
-            self.public_next = _CA("Example Public Trust G2", tick, lifetime)
+            self.public_next = SimulatedCA("Example Public Trust G2", tick, lifetime)
             self.world.public_roots.append((self.public_next.root, tick))
             self.public_next.new_issuing(tick)
             events.append((tick, "public CA publishes a new root"))
@@ -351,7 +270,7 @@ class _Builder:
         plan, events = self.plan, self.world.events
         if tick == plan.private_successor and self.private_next is None and tick > 0:
             lifetime = max(20.0, self.scenario.fleet.years + 1.0)
-            self.private_next = _CA("Example Devices Inc G2", tick, lifetime)
+            self.private_next = SimulatedCA("Example Devices Inc G2", tick, lifetime)
             self.private_next.new_issuing(tick)
             events.append((tick, "company makes a successor private root"))
         if tick == plan.private_expiry and self.private_next is not None:

@@ -1,0 +1,218 @@
+"""The six ways of pinning that homing is compared with, each with its real check."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from datetime import datetime
+
+from homing.fleet.population import DAYS_PER_TICK
+from homing.fleet.strategy_base import (
+    CUT_OFF,
+    MANUAL,
+    OK,
+    Contact,
+    Strategy,
+    _chain_valid,
+)
+from homing.fleet.world import Chain, tick_time
+from homing.pki.keys import spki_pin
+
+__all__ = ["HPKP", "AnnounceNext", "FirmwarePins", "LeafFingerprint", "PrivateCA", "PublicCA"]
+
+
+class LeafFingerprint(Strategy):
+    name = "leaf-fingerprint"
+    summary = "the server certificate's fingerprint, stored at assembly"
+    reason = (
+        "the server's certificate was renewed: the fingerprint stored at assembly no longer matches"
+    )
+
+    def factory(self, tick: int) -> Hashable:
+        return int(self.world.public_at[tick])
+
+    def _fingerprint(self, index: int) -> str:
+        return self.world.public[index].fingerprint
+
+    def contact(self, state: Hashable, tick: int) -> Contact:
+        assert isinstance(state, int)
+        presented = self.world.public[int(self.world.public_at[tick])]
+        if presented.fingerprint == self._fingerprint(state):
+            return Contact(state, OK, 1)
+        return Contact(state, CUT_OFF, 1, self.reason)
+
+    def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
+        assert isinstance(state, int)
+        return self.world.stolen["public"].fingerprint == self._fingerprint(state)
+
+    def _exposure_candidates(self, state: Hashable) -> list[datetime]:
+        return []  # a stored fingerprint never expires
+
+
+class AnnounceNext(Strategy):
+    name = "announce-next"
+    summary = "the server announces the next fingerprint and when it becomes valid"
+    reason = "offline while the next fingerprint was announced, so it never learned it"
+    emergency = "the stolen key forced a renewal that could not be announced in advance"
+
+    def factory(self, tick: int) -> Hashable:
+        w = self.world
+        return (int(w.public_at[tick]), int(w.announce_at[tick]), int(w.announce_from[tick]))
+
+    def contact(self, state: Hashable, tick: int) -> Contact:
+        assert isinstance(state, tuple)
+        pinned, upcoming, valid_from = state
+        w = self.world
+        presented = w.public[int(w.public_at[tick])].fingerprint
+        accepted = presented == w.public[pinned].fingerprint or (
+            upcoming >= 0 and tick >= valid_from and presented == w.public[upcoming].fingerprint
+        )
+        if not accepted:
+            stolen = w.compromise_tick
+            if stolen is not None and pinned == int(w.public_at[stolen - 1]) and tick >= stolen:
+                return Contact(state, CUT_OFF, 1, self.emergency)
+            return Contact(state, CUT_OFF, 1, self.reason)
+        if upcoming >= 0 and tick >= valid_from:
+            pinned, upcoming, valid_from = upcoming, -1, -1
+        if w.announce_at[tick] >= 0:
+            upcoming, valid_from = int(w.announce_at[tick]), int(w.announce_from[tick])
+        return Contact((pinned, upcoming, valid_from), OK, 1)
+
+    def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
+        assert isinstance(state, tuple)
+        stolen = self.world.stolen["public"].fingerprint
+        return any(i >= 0 and self.world.public[i].fingerprint == stolen for i in state[:2])
+
+    def _exposure_candidates(self, state: Hashable) -> list[datetime]:
+        return []
+
+
+class PublicCA(Strategy):
+    name = "public-ca"
+    summary = "a public CA bundle shipped in firmware, updated with firmware"
+    reason = (
+        "a public root in its firmware bundle expired and the server's chain moved to "
+        "a root it never received"
+    )
+
+    def factory(self, tick: int) -> Hashable:
+        return int(self.world.release_at[tick])
+
+    def _public_ok(self, release: int, tick: int, chain: Chain | None = None) -> bool:
+        w = self.world
+        chain = chain or w.public[int(w.public_at[tick])]
+        return self._validates(
+            ("release", release), w.releases[release].public_roots, chain, "public", tick
+        )
+
+    def _update(self, release: int, tick: int) -> tuple[int, int]:
+        """Take the newest firmware (its trust bundle) over the working connection."""
+        newest = int(self.world.release_at[tick])
+        return newest, 1 + (newest != release)
+
+    def contact(self, state: Hashable, tick: int) -> Contact:
+        assert isinstance(state, int)
+        if not self._public_ok(state, tick):
+            return Contact(state, CUT_OFF, 1, self.reason)
+        release, requests = self._update(state, tick)
+        return Contact(release, OK, requests)
+
+    def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
+        assert isinstance(state, int)
+        roots = self.world.releases[state].public_roots
+        return _chain_valid(self.world.stolen["public"], roots, moment)
+
+
+class HPKP(PublicCA):
+    name = "hpkp"
+    summary = "SPKI pins with a backup pin and max-age, falling back to the public PKI"
+    pin_reason = "every key it had pinned was replaced before its pins' max-age ran out"
+
+    def factory(self, tick: int) -> Hashable:
+        return (int(self.world.release_at[tick]), -1, 0)
+
+    def _pins(self, key_index: int) -> set[str]:
+        return {self.world.key_pin(key_index), self.world.key_pin(key_index + 1)}
+
+    def contact(self, state: Hashable, tick: int) -> Contact:
+        assert isinstance(state, tuple)
+        release, pinned_key, until = state
+        w = self.world
+        if not self._public_ok(release, tick):
+            return Contact(state, CUT_OFF, 1, self.reason)
+        chain = w.public[int(w.public_at[tick])]
+        if tick < until and spki_pin(chain.leaf) not in self._pins(pinned_key):
+            return Contact(state, CUT_OFF, 1, self.pin_reason)
+        release, requests = self._update(release, tick)
+        max_age = max(1, round(self.scenario.policy.hpkp_max_age_days / DAYS_PER_TICK))
+        return Contact((release, int(w.key_at[tick]), tick + max_age), OK, requests)
+
+    def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
+        assert isinstance(state, tuple)
+        release, pinned_key, until = state
+        stolen = self.world.stolen["public"]
+        if not _chain_valid(stolen, self.world.releases[release].public_roots, moment):
+            return False
+        active = moment < tick_time(until)
+        return not active or spki_pin(stolen.leaf) in self._pins(pinned_key)
+
+    def _exposure_candidates(self, state: Hashable) -> list[datetime]:
+        assert isinstance(state, tuple)
+        return sorted([*super()._exposure_candidates(state), tick_time(state[2])])
+
+
+class PrivateCA(Strategy):
+    name = "private-ca"
+    summary = "a private CA certificate pinned at assembly"
+
+    @property
+    def reason(self) -> str:
+        if self.scenario.policy.private_ca_pins == "issuing":
+            return "the pinned issuing CA was replaced by a new one it does not know"
+        return "the pinned private root expired and the server moved to a root it never received"
+
+    def factory(self, tick: int) -> Hashable:
+        return int(self.world.anchors_at[tick])
+
+    def contact(self, state: Hashable, tick: int) -> Contact:
+        assert isinstance(state, int)
+        w = self.world
+        chain = w.private[int(w.private_at[tick])]
+        if self._validates(
+            ("anchors", state), w.private_anchor_sets[state], chain, "private", tick
+        ):
+            return Contact(state, OK, 1)
+        return Contact(state, CUT_OFF, 1, self.reason)
+
+    def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
+        assert isinstance(state, int)
+        return _chain_valid(
+            self.world.stolen["private"], self.world.private_anchor_sets[state], moment
+        )
+
+
+class FirmwarePins(Strategy):
+    name = "firmware-pins"
+    summary = "key pins (current and next) shipped in signed firmware updates"
+    reason = "missed the firmware update window: the server's key moved past the pins it holds"
+    manual_path = True
+
+    def factory(self, tick: int) -> Hashable:
+        return int(self.world.release_at[tick])
+
+    def contact(self, state: Hashable, tick: int) -> Contact:
+        assert isinstance(state, int)
+        w = self.world
+        chain = w.public[int(w.public_at[tick])]
+        if spki_pin(chain.leaf) in w.releases[state].key_pins:
+            newest = int(w.release_at[tick])
+            return Contact(newest, OK, 1 + (newest != state))
+        # The update channel rides on the same pins: only a hand can install it.
+        return Contact(int(w.release_at[tick]), MANUAL, 0, self.reason)
+
+    def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
+        assert isinstance(state, int)
+        stolen = self.world.stolen["public"]
+        return spki_pin(stolen.leaf) in self.world.releases[state].key_pins
+
+    def _exposure_candidates(self, state: Hashable) -> list[datetime]:
+        return []  # a pinned key does not expire

@@ -1,0 +1,313 @@
+"""homing as a strategy: the agent's own trust refresh and pinned rule over a simulated network."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from cryptography import x509
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import Metadata, Root, Targets, Timestamp
+
+from homing.agent.agent import Agent, CycleReport
+from homing.agent.fetcher import HTTPSFetcher
+from homing.agent.state import DeviceConfig, DeviceState
+from homing.agent.transport import verify_pinned_chain
+from homing.errors import ChainError, MetadataError, TransportError
+from homing.fleet.scenario import Scenario
+from homing.fleet.strategy_base import (
+    CAUGHT_UP,
+    CUT_OFF,
+    OK,
+    Contact,
+    Strategy,
+)
+from homing.fleet.world import HOST, START, Chain, HomingState, World, tick_time
+from homing.fsutil import atomic_write
+from homing.pki.keys import generate_tls_key
+from homing.trust.client import DirectoryFetcher, TrustState, refresh_trust
+from homing.trust.pins import PinPolicy
+
+__all__ = ["Homing"]
+
+
+# -- homing --------------------------------------------------------------------
+
+
+class _CountingFetcher(DirectoryFetcher):
+    """The file fetcher, counting what a device would have requested from the server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests = 0
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        self.requests += 1
+        return super()._fetch(url)
+
+
+class _SimulatedHome(HTTPSFetcher):
+    """The network, simulated: the home server as the world publishes it at one moment.
+
+    It is the agent's own fetcher with the socket replaced: a pinned fetch
+    first puts the server's real chain through the agent's pinned-connection
+    rule (``verify_pinned_chain``) and fails the way a real handshake check
+    fails; then files come from the published repository copy.
+    """
+
+    def __init__(
+        self, policy: PinPolicy | None, now: datetime, chain: Chain, repository: Path
+    ) -> None:
+        super().__init__(policy, now)
+        self._chain = chain
+        self._repository = repository
+        self._checked = False
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        parts = urlsplit(url)
+        if self.policy is not None and not self._checked:
+            try:
+                verify_pinned_chain(
+                    self._chain.leaf,
+                    self._chain.intermediates,
+                    self.policy,
+                    parts.hostname or "",
+                    self.now,
+                )
+            except ChainError as e:
+                self.pin_failure = e
+                raise tuf_errors.DownloadError(str(e)) from e
+            self._checked = True
+        prefix = "/tuf/"
+        if not parts.path.startswith(prefix):
+            raise tuf_errors.DownloadHTTPError(f"{url}: HTTP 404", 404)
+        path = self._repository.joinpath(*unquote(parts.path[len(prefix) :]).split("/"))
+        self.requests += 1  # a 404 (python-tuf probing for the next root) is a request too
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as e:
+            raise tuf_errors.DownloadHTTPError(f"{url}: HTTP 404", 404) from e
+        return iter([data])
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class _Walk:
+    trust: TrustState | None
+    requests: int
+    walk_ms: float
+    error: str = ""
+    pinned: bool = True
+
+
+class Homing(Strategy):
+    """Pins in signed TUF metadata; catch-up over the bootstrap channel; key-proof recovery."""
+
+    name = "homing"
+    summary = "pins inside signed TUF metadata, walked forward root by root"
+    recovers_expired_certificate = True
+
+    def __init__(self, world: World, scenario: Scenario) -> None:
+        super().__init__(world, scenario)
+        self.device_cert_days = scenario.policy.homing_device_cert_days
+        self._scratch = Path(tempfile.mkdtemp(prefix="homing-sim-"))
+        self._device_dirs: dict[int, Path] = {}
+        self._walks: dict[tuple[tuple[int, int], int], _Walk] = {}
+        self._versions: dict[int, tuple[int, int]] = {}
+        self._pins: dict[int, PinPolicy] = {}
+        self._device_states: dict[int, Path] = {}
+        self._expiries: dict[int, tuple[datetime, datetime]] = {}
+        self._replay_expires: datetime | None = None
+
+    def close(self) -> None:
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def _state(self, index: int) -> HomingState:
+        return self.world.homing_states[index]
+
+    def _refresh(
+        self, held: Path | None, source: Path, moment: datetime, bootstrap: bytes | None = None
+    ) -> tuple[Path, _Walk]:
+        """A real python-tuf refresh of a device holding ``held`` against ``source``."""
+        device = Path(tempfile.mkdtemp(dir=self._scratch))
+        if held is not None:
+            shutil.copytree(held, device, dirs_exist_ok=True)
+        fetcher = _CountingFetcher()
+        started = time.perf_counter()
+        try:
+            trust = refresh_trust(
+                device,
+                (source / "metadata").as_uri() + "/",
+                moment,
+                fetcher=fetcher,
+                target_url=(source / "targets").as_uri() + "/",
+                bootstrap_root=bootstrap,
+            )
+        except MetadataError as e:
+            return device, _Walk(None, fetcher.requests, 0.0, str(e))
+        return device, _Walk(trust, fetcher.requests, (time.perf_counter() - started) * 1e3)
+
+    def _device_dir(self, index: int) -> Path:
+        """What a device fully up to date with state ``index`` holds (walked from root 1)."""
+        if index not in self._device_dirs:
+            state = self._state(index)
+            root1 = (state.directory / "metadata" / "1.root.json").read_bytes()
+            device, walk = self._refresh(None, state.directory, tick_time(state.tick), root1)
+            if walk.trust is None:
+                raise MetadataError(f"homing state {index} does not verify: {walk.error}")
+            self._device_dirs[index] = device
+            self._pins[index] = walk.trust.pin_policy
+            self._versions[index] = (walk.trust.root_version, walk.trust.targets_version)
+            # python-tuf's own cache of what it just verified.
+            root = Metadata[Root].from_file(str(device / "root.json"))
+            targets = Metadata[Targets].from_file(str(device / "targets.json"))
+            self._expiries[index] = (root.signed.expires, targets.signed.expires)
+        return self._device_dirs[index]
+
+    def _policy(self, index: int) -> PinPolicy:
+        self._device_dir(index)
+        return self._pins[index]
+
+    def _device_state(self, index: int) -> Path:
+        """A device state directory as a device fully up to date with state ``index`` keeps it."""
+        if index not in self._device_states:
+            root = self._scratch / f"device-{index}"
+            state = DeviceState.create(
+                root,
+                DeviceConfig(device_id="simulated", hardware=None, released_at=START.isoformat()),
+                generate_tls_key(),
+                (self._state(0).directory / "metadata" / "1.root.json").read_bytes(),
+            )
+            shutil.copytree(self._device_dir(index), state.trust_dir, dirs_exist_ok=True)
+            atomic_write(root / "pins.json", self._policy(index).to_bytes())
+            self._device_states[index] = root
+        return self._device_states[index]
+
+    def _walk(self, held: int, current: int) -> _Walk:
+        """The agent's own trust refresh, from what the device held to what is published.
+
+        The world copies the repository whenever the server's certificate
+        changes, so the chain in service when a copy was published is the
+        one every device meets until the next copy: the result holds for
+        the whole period.
+        """
+        # Devices holding the same root and targets versions hold the same pins
+        # and walk the same way: one walk answers for all of them.
+        self._device_dir(held)
+        key = (self._versions[held], current)
+        if key not in self._walks:
+            published = self._state(current)
+            device = Path(tempfile.mkdtemp(dir=self._scratch))
+            shutil.copytree(self._device_state(held), device, dirs_exist_ok=True)
+            now = tick_time(published.tick)
+            chain = self.world.homing[int(self.world.homing_at[published.tick])]
+            fetchers: list[_SimulatedHome] = []
+
+            def network(policy: PinPolicy | None, at: datetime) -> HTTPSFetcher:
+                fetchers.append(_SimulatedHome(policy, at, chain, published.directory))
+                return fetchers[-1]
+
+            agent = Agent(DeviceState(device), clock=lambda: now, fetcher=network)
+            report = CycleReport()
+            started = time.perf_counter()
+            try:
+                trust = agent.refresh_trust(now, report)
+            except (MetadataError, TransportError) as e:
+                walk = _Walk(None, sum(f.requests for f in fetchers), 0.0, str(e))
+            else:
+                pinned = not any("bootstrap" in step for step in report.steps)
+                elapsed = (time.perf_counter() - started) * 1e3
+                walk = _Walk(trust, sum(f.requests for f in fetchers), elapsed, pinned=pinned)
+            self._walks[key] = walk
+            shutil.rmtree(device, ignore_errors=True)
+        return self._walks[key]
+
+    def _pinned_ok(self, policy_index: int, chain: Chain, moment: datetime) -> bool:
+        """homing's pinned-connection check: the chain validates to a pinned root, a pin matches."""
+        policy = self._policy(policy_index)
+
+        def check(at: datetime) -> tuple[x509.Certificate, ...] | None:
+            try:
+                verified = verify_pinned_chain(chain.leaf, chain.intermediates, policy, HOST, at)
+            except ChainError:  # PinError included
+                return None
+            return verified.chain
+
+        return self._windows.holds(("pinned", policy_index, id(chain)), moment, check)
+
+    def _still_valid(self, current: int, tick: int) -> str:
+        """Root and targets must not be expired at the device's time (python-tuf's rule)."""
+        self._device_dir(current)
+        root_expires, targets_expires = self._expiries[current]
+        moment = tick_time(tick)
+        if moment >= root_expires:
+            return "root metadata expired: a root ceremony was missed"
+        if moment >= targets_expires:
+            return "targets metadata expired: the yearly re-signing was missed"
+        return ""
+
+    def factory(self, tick: int) -> Hashable:
+        return int(self.world.homing_state_at[tick])
+
+    def contact(self, state: Hashable, tick: int) -> Contact:
+        assert isinstance(state, int)
+        w = self.world
+        current = int(w.homing_state_at[tick])
+        chain_index = int(w.homing_at[tick])
+        expired = self._still_valid(current, tick)
+        if expired:
+            return Contact(state, CUT_OFF, 2, expired)
+        walk = self._walk(state, current)
+        if walk.trust is None:
+            return Contact(state, CUT_OFF, walk.requests, f"trust refresh refused: {walk.error}")
+        requests = walk.requests + 1  # and the check-in
+        # Before the check-in: the pinned connection's rule with the pins just verified.
+        if not self._pinned_ok(current, w.homing[chain_index], tick_time(tick)):
+            return Contact(current, CUT_OFF, requests, "pins from fresh metadata do not match")
+        caught_up = not walk.pinned or walk.trust.root_version != self._versions[state][0]
+        return Contact(current, CAUGHT_UP if caught_up else OK, requests, walk_ms=walk.walk_ms)
+
+    # -- the stolen key ---------------------------------------------------------
+
+    def replay_expires(self) -> datetime:
+        """When the attacker's freshest replay (signed just before the response) stops working.
+
+        Found and then checked with python-tuf: the replayed metadata is
+        accepted a minute before its timestamp expires and refused a second
+        after, so a device cannot be made to talk to the stolen key longer.
+        """
+        if self._replay_expires is None:
+            replay = self.world.replay_dir
+            assert replay is not None
+            expires = (
+                Metadata[Timestamp]
+                .from_file(str(replay / "metadata" / "timestamp.json"))
+                .signed.expires
+            )
+            held = self._device_dir(0)
+            _, before = self._refresh(held, replay, expires - timedelta(minutes=1))
+            _, after = self._refresh(held, replay, expires + timedelta(seconds=1))
+            if before.trust is None or after.trust is not None:
+                raise MetadataError(
+                    "replayed metadata did not expire when its timestamp did: "
+                    f"{before.error or after.trust}"
+                )
+            self._replay_expires = expires
+        return self._replay_expires
+
+    def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
+        assert isinstance(state, int)
+        if moment >= self.replay_expires():
+            return False
+        return self._pinned_ok(state, self.world.stolen["homing"], moment)
+
+    def _exposure_candidates(self, state: Hashable) -> list[datetime]:
+        return sorted([*super()._exposure_candidates(state), self.replay_expires()])

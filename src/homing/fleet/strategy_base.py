@@ -1,0 +1,161 @@
+"""How a device recognises its home server: the outcome of a contact and the strategy interface.
+
+Each strategy answers two questions for a device in a given state at a
+given tick: does a contact with the server succeed, and what does the device
+hold afterwards; and would the device accept the stolen key. The answers
+come from real checks on the world's real artifacts: SHA-256 fingerprints of
+real leaf certificates, RFC 7469 SPKI pins, ``cryptography``'s path
+validation at the simulated time, and for homing the python-tuf chain walk
+over the real published metadata followed by homing's pinned-chain check.
+Device states are small hashable values, so many devices share one answer;
+answers are cached per (state, situation), never invented.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+
+from homing.errors import ChainError
+from homing.fleet.scenario import Scenario
+from homing.fleet.world import HOST, START, Chain, World, tick_time
+from homing.pki.validate import verify_server_chain
+
+__all__ = ["CAUGHT_UP", "CUT_OFF", "MANUAL", "NEVER", "OK", "Contact", "Strategy", "days"]
+
+# Outcomes of one contact.
+OK, CAUGHT_UP, MANUAL, CUT_OFF = 0, 1, 2, 3
+
+NEVER = math.inf
+
+
+@dataclass(frozen=True)
+class Contact:
+    state: Hashable
+    outcome: int
+    requests: int
+    reason: str = ""
+    walk_ms: float = 0.0
+
+
+def days(moment: datetime) -> float:
+    return (moment - START).total_seconds() / 86400.0
+
+
+class Strategy:
+    """A way to pin the home server; subclasses hold the real checks."""
+
+    name = ""
+    summary = ""
+    recovers_expired_certificate = False
+    manual_path = False
+
+    def __init__(self, world: World, scenario: Scenario) -> None:
+        self.world = world
+        self.scenario = scenario
+        self.device_cert_days = scenario.policy.baseline_device_cert_days
+        self._windows = _ValidityWindows()
+
+    def factory(self, tick: int) -> Hashable:
+        raise NotImplementedError
+
+    def contact(self, state: Hashable, tick: int) -> Contact:
+        raise NotImplementedError
+
+    def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
+        raise NotImplementedError
+
+    def exposed_until(self, state: Hashable) -> float:
+        """Days from START until this state stops accepting the stolen key without a contact."""
+        tick = self.world.compromise_tick
+        assert tick is not None
+        start = tick_time(tick)
+        if not self.accepts_stolen(state, start):
+            return days(start)
+        for moment in self._exposure_candidates(state):
+            if moment > start and not self.accepts_stolen(state, moment):
+                return days(moment)
+        return NEVER
+
+    def _exposure_candidates(self, state: Hashable) -> list[datetime]:
+        """Moments the stolen key may stop working: when the stolen certificates expire."""
+        return sorted(
+            chain.leaf.not_valid_after_utc + timedelta(seconds=1)
+            for chain in self.world.stolen.values()
+        )
+
+    # -- real checks, cached --------------------------------------------------
+
+    def _validates(
+        self,
+        anchors_key: Hashable,
+        anchors: tuple[object, ...],
+        chain: Chain,
+        family: str,
+        tick: int,
+    ) -> bool:
+        return self._windows.holds(
+            (anchors_key, id(chain), family),
+            tick_time(tick),
+            lambda moment: _validated(chain, anchors, moment),
+        )
+
+
+def _validated(
+    chain: Chain, anchors: tuple[object, ...], moment: datetime
+) -> tuple[x509.Certificate, ...] | None:
+    """The validated path (leaf to anchor), or None when the chain does not validate."""
+    try:
+        verified = verify_server_chain(
+            chain.leaf,
+            chain.intermediates,
+            list(anchors),  # type: ignore[arg-type]
+            HOST,
+            moment,
+        )
+    except ChainError:
+        return None
+    return verified.chain
+
+
+def _chain_valid(chain: Chain, anchors: tuple[object, ...], moment: datetime) -> bool:
+    return _validated(chain, anchors, moment) is not None
+
+
+class _ValidityWindows:
+    """Caches path validation by the validity window of the path it found.
+
+    Given the same chain and anchors, cryptography's verifier can only change
+    its answer when the time crosses a certificate's notBefore or notAfter:
+    so a path that validated at one moment validates at every moment inside
+    the intersection of its certificates' validity periods, and is checked
+    again outside it. Refusals are cached per moment only.
+    """
+
+    def __init__(self) -> None:
+        self._valid: dict[Hashable, list[tuple[datetime, datetime]]] = {}
+        self._refused: set[tuple[Hashable, datetime]] = set()
+
+    def holds(
+        self,
+        key: Hashable,
+        moment: datetime,
+        check: Callable[[datetime], tuple[x509.Certificate, ...] | None],
+    ) -> bool:
+        for start, end in self._valid.get(key, ()):
+            if start <= moment <= end:
+                return True
+        if (key, moment) in self._refused:
+            return False
+        path = check(moment)
+        if path is None:
+            self._refused.add((key, moment))
+            return False
+        start = max(c.not_valid_before_utc for c in path)
+        end = min(c.not_valid_after_utc for c in path)
+        self._valid.setdefault(key, []).append((start, end))
+        return True
