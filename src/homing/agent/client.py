@@ -217,6 +217,7 @@ class HomeClient:
         what = f"request to {path}"
         sent = {"Content-Type": content_type, **(headers or {})}
         _with_deadline(conn, self.limits.request_deadline_seconds, self.limits.read_timeout_seconds)
+        response: http.client.HTTPResponse | None = None
         try:
             conn.request("POST", path, body=body, headers=sent)
             response = conn.getresponse()
@@ -238,6 +239,9 @@ class HomeClient:
         except (OSError, http.client.HTTPException) as e:
             raise TransportError(f"{what} failed: {type(e).__name__}: {e}") from e
         finally:
+            # The answer's reader holds the socket open: close both, whatever happened.
+            if response is not None:
+                response.close()
             conn.close()
 
     def post_json(self, path: str, doc: dict[str, Any], *, mutual: bool) -> Answer:
@@ -253,6 +257,7 @@ class HomeClient:
         deadline here is per chunk read, since a large image may take long.
         """
         conn = self._connection(mutual=False)
+        response: http.client.HTTPResponse | None = None
         try:
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             try:
@@ -277,4 +282,6 @@ class HomeClient:
                 read_bounded(response, self.limits.max_error_body_bytes, path, truncate=True)
             yield response.status, read
         finally:
+            if response is not None:
+                response.close()
             conn.close()

@@ -91,6 +91,7 @@ class HTTPSFetcher(FetcherInterface):
             # Only a reason is worth reading from a refusal, and on the bootstrap
             # channel anyone may answer: read a little, then drop the connection.
             response.read(self.limits.max_error_body_bytes)
+            response.close()
             self.close()
             raise tuf_errors.DownloadHTTPError(f"{url}: HTTP {response.status}", response.status)
         return self._chunks(response)
