@@ -19,6 +19,7 @@ import pytest
 from homing import ceremonies
 from homing.agent.agent import Agent
 from homing.agent.bundle import apply_bundle
+from homing.agent.state import DeviceState
 from homing.errors import CeremonyError, MetadataExpiredError, TrustError
 from homing.operations.provisioning import provision
 from homing.site import DataDir
@@ -163,14 +164,22 @@ def test_bundle_with_a_link_is_refused(tmp_path: Path) -> None:
         pass  # opening the bundle is what must fail
 
 
-def test_a_recovery_bundle_is_valid_for_the_time_chosen_at_creation(
+def _stranded_device_and_bundle(
     data_dir: Path, tmp_path: Path, now: datetime
-) -> None:
-    """Carried by hand for ten days, the bundle still brings the device to today's root."""
+) -> tuple[DeviceState, Path, ceremonies.BundleSummary]:
+    """A device on root 1 while the site moved to root 2, and a 30-day bundle for it."""
     state = provision(DataDir(data_dir), tmp_path / "dev", now, device_id="dev-far")
     ceremonies.rotate_root(data_dir, now)
     bundle = tmp_path / "bundle.tar"
     summary = ceremonies.recovery_bundle(data_dir, bundle, now, valid_for=timedelta(days=30))
+    return state, bundle, summary
+
+
+def test_a_recovery_bundle_is_valid_for_the_time_chosen_at_creation(
+    data_dir: Path, tmp_path: Path, now: datetime
+) -> None:
+    """Carried by hand for ten days, the bundle still brings the device to today's root."""
+    state, bundle, summary = _stranded_device_and_bundle(data_dir, tmp_path, now)
     assert summary.valid_until == now + timedelta(days=30)
     repo = DataDir(data_dir).repository(DataDir(data_dir).settings())
     with extracted(bundle) as directory:
@@ -186,10 +195,7 @@ def test_a_recovery_bundle_is_valid_for_the_time_chosen_at_creation(
 def test_an_expired_recovery_bundle_is_refused_saying_when_it_expired(
     data_dir: Path, tmp_path: Path, now: datetime
 ) -> None:
-    state = provision(DataDir(data_dir), tmp_path / "dev", now, device_id="dev-late")
-    ceremonies.rotate_root(data_dir, now)
-    bundle = tmp_path / "bundle.tar"
-    summary = ceremonies.recovery_bundle(data_dir, bundle, now, valid_for=timedelta(days=30))
+    state, bundle, summary = _stranded_device_and_bundle(data_dir, tmp_path, now)
     pins_before = (state.root / "pins.json").read_bytes()
     late = Agent(state, clock=lambda: now + timedelta(days=31))
     with pytest.raises(MetadataExpiredError, match="recovery bundle expired on") as refused:

@@ -35,6 +35,7 @@ from homing.store import audit
 from homing.store import devices as device_store
 from tests.harness import (
     DeviceCredentials,
+    Response,
     RunningServer,
     certs_from_pkcs7,
     est_csr,
@@ -84,6 +85,17 @@ def _recover(
     return response.status, response.json()
 
 
+def _simpleenroll(server: RunningServer, factory: tuple[str, str], csr: bytes) -> Response:
+    """EST enrollment by a factory station (RFC 7030 4.2.1, Basic credentials)."""
+    token = base64.b64encode(f"{factory[0]}:{factory[1]}".encode()).decode()
+    return server.request(
+        "POST",
+        "/.well-known/est/simpleenroll",
+        base64.b64encode(csr),
+        headers={"Content-Type": "application/pkcs10", "Authorization": f"Basic {token}"},
+    )
+
+
 # -- 2. one meaning of revocation ----------------------------------------------
 
 
@@ -112,15 +124,8 @@ def test_pki_revoke_of_a_device_stops_recovery_like_homing_revoke(
     assert server.request("POST", "/v1/device/checkin", CHECKIN, device=device).status == 403
     assert _reenroll(server, device, device.key)[0] == 403
     # A factory cannot enroll the revoked id afresh either.
-    again = server.request(
-        "POST",
-        "/.well-known/est/simpleenroll",
-        base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "dev-a2")),
-        headers={
-            "Content-Type": "application/pkcs10",
-            "Authorization": "Basic "
-            + base64.b64encode(f"{factory[0]}:{factory[1]}".encode()).decode(),
-        },
+    again = _simpleenroll(
+        server, factory, est_csr(ec.generate_private_key(ec.SECP256R1()), "dev-a2")
     )
     assert again.status == 409
 
@@ -144,16 +149,7 @@ def test_revoking_a_device_that_only_had_offline_certificates_keeps_a_tombstone(
         server.state.dd, est_csr(key, "dev-off"), "device", datetime.now(UTC)
     )
     ceremonies.revoke(server.state.dd, datetime.now(UTC), device_id="dev-off")
-    enroll = server.request(
-        "POST",
-        "/.well-known/est/simpleenroll",
-        base64.b64encode(est_csr(key, "dev-off")),
-        headers={
-            "Content-Type": "application/pkcs10",
-            "Authorization": "Basic "
-            + base64.b64encode(f"{factory[0]}:{factory[1]}".encode()).decode(),
-        },
-    )
+    enroll = _simpleenroll(server, factory, est_csr(key, "dev-off"))
     assert enroll.status == 409
 
 
@@ -317,16 +313,7 @@ def test_a_sha1_csr_is_refused_for_its_hash_not_as_a_failed_proof(tmp_path: Path
 def test_a_sha1_csr_over_est_is_answered_with_the_reason(
     server: RunningServer, factory: tuple[str, str], tmp_path: Path
 ) -> None:
-    response = server.request(
-        "POST",
-        "/.well-known/est/simpleenroll",
-        base64.b64encode(_sha1_csr("dev-sha1", tmp_path)),
-        headers={
-            "Content-Type": "application/pkcs10",
-            "Authorization": "Basic "
-            + base64.b64encode(f"{factory[0]}:{factory[1]}".encode()).decode(),
-        },
-    )
+    response = _simpleenroll(server, factory, _sha1_csr("dev-sha1", tmp_path))
     assert response.status == 400
     assert "SHA1" in response.json()["message"]
     assert "proof of possession" not in response.json()["message"]
@@ -371,15 +358,8 @@ def test_a_disabled_factory_station_enrolls_nothing(
     ]
     disabled = server.request("POST", "/v1/admin/factories/station-1/disable", headers=admin)
     assert disabled.status == 200
-    refused = server.request(
-        "POST",
-        "/.well-known/est/simpleenroll",
-        base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), "dev-f2")),
-        headers={
-            "Content-Type": "application/pkcs10",
-            "Authorization": "Basic "
-            + base64.b64encode(f"{factory[0]}:{factory[1]}".encode()).decode(),
-        },
+    refused = _simpleenroll(
+        server, factory, est_csr(ec.generate_private_key(ec.SECP256R1()), "dev-f2")
     )
     assert refused.status == 401
     assert "disabled" in refused.json()["message"]
