@@ -66,9 +66,11 @@ def test_missing_or_damaged_key_is_a_keystore_error(tmp_path: Path) -> None:
 def test_ceremony_init_keeps_root_keys_off_the_data_directory(
     tmp_path: Path, now: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HOMING_KEY_PASSPHRASE", PASS)
     media = [tmp_path / f"usb{i}" / "root.key" for i in range(3)]
-    summary = ceremonies.init(tmp_path / "data", now, ceremony_root_keys=media)
+    summary = ceremonies.init(
+        tmp_path / "data", now, ceremony_root_keys=media, passphrase=PASS.encode()
+    )
+    site = DataDir(tmp_path / "data", passphrase=PASS.encode())
     assert summary.mode == "ceremony"
     assert summary.root_threshold == 2
     assert summary.encrypted
@@ -78,13 +80,11 @@ def test_ceremony_init_keeps_root_keys_off_the_data_directory(
     for key_file in (tmp_path / "data" / "keys").iterdir():
         assert b"ENCRYPTED" in key_file.read_bytes()
     new_media = [tmp_path / f"new{i}" / "root.key" for i in range(3)]
-    assert (
-        ceremonies.rotate_root(tmp_path / "data", now, sign_with=media[1:], new_keys=new_media) == 2
-    )
+    assert ceremonies.rotate_root(site, now, sign_with=media[1:], new_keys=new_media) == 2
     # The old keys no longer count: a rotation signed with them is refused.
     with pytest.raises(CeremonyError, match="not signed by enough valid keys"):
-        ceremonies.rotate_root(tmp_path / "data", now, sign_with=media[:2])
-    assert ceremonies.rotate_root(tmp_path / "data", now, sign_with=new_media[:2]) == 3
+        ceremonies.rotate_root(site, now, sign_with=media[:2])
+    assert ceremonies.rotate_root(site, now, sign_with=new_media[:2]) == 3
 
 
 def test_ceremony_mode_requires_a_passphrase(

@@ -118,3 +118,26 @@ def test_the_device_agent_loads_nothing_of_the_server_side() -> None:
                  "homing.operations", "homing.fleet", "homing.cli")  # fmt: skip
     assert [m for m in loaded if m.startswith(forbidden)] == []
     assert "homing.agent.agent" in loaded
+
+
+# The edges: where a process starts (the CLI, the server's supervisor).
+ENVIRONMENT_EDGES = ("homing.cli", "homing.server.runner")
+
+
+def test_the_environment_is_read_only_at_the_edges() -> None:
+    """Settings reach the library as parameters: no module below the edges reads os.environ."""
+    readers = []
+    for path in (SRC / "homing").rglob("*.py"):
+        module = _module_name(path)
+        if module.startswith(ENVIRONMENT_EDGES):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"):
+                readers.append(f"{module}:{node.lineno}")
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module == "os"
+                and any(a.name in ("environ", "getenv") for a in node.names)
+            ):
+                readers.append(f"{module}:{node.lineno}")
+    assert readers == []

@@ -203,13 +203,14 @@ def test_threshold_not_met_is_refused(
     tmp_path: Path, now: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Attack: one holder of a 2-of-3 root signs a new root on their own."""
-    monkeypatch.setenv("HOMING_KEY_PASSPHRASE", "correct horse battery staple")
+    passphrase = b"correct horse battery staple"
     media = [tmp_path / f"usb{i}" / "root.key" for i in range(3)]
     data = tmp_path / "data"
-    ceremonies.init(data, now, ceremony_root_keys=media, threshold=2)
+    ceremonies.init(data, now, ceremony_root_keys=media, threshold=2, passphrase=passphrase)
+    site = DataDir(data, passphrase=passphrase)
     # The ceremony itself refuses to publish with one key...
     with pytest.raises(CeremonyError, match="needs 2 of the root keys"):
-        ceremonies.rotate_root(data, now, sign_with=media[:1])
+        ceremonies.rotate_root(site, now, sign_with=media[:1])
     # ...and a root signed by one key anyway is refused by the device.
     from homing.pki.keystore import load_private_key_pem
 
@@ -224,7 +225,7 @@ def test_threshold_not_met_is_refused(
         dev.refresh(_repo(data), now)
     # Negative control: two holders together can rotate.
     (data / "repository" / "metadata" / "2.root.json").unlink()
-    assert ceremonies.rotate_root(data, now, sign_with=media[:2]) == 2
+    assert ceremonies.rotate_root(site, now, sign_with=media[:2]) == 2
     assert dev.refresh(_repo(data), now).root_version == 2
 
 

@@ -20,7 +20,6 @@ from homing.pki.keystore import (
     KeyStore,
     PrivateKey,
     load_private_key_pem,
-    passphrase_from_env,
 )
 from homing.site import DataDir, Settings
 from homing.trust.signing import signer_for
@@ -52,8 +51,7 @@ def _write_offline_key(path: Path, key: PrivateKey, passphrase: bytes) -> None:
     atomic_write(path, private_key_pem(key, passphrase), mode=0o600)
 
 
-def _read_offline_key(path: Path) -> PrivateKey:
-    passphrase = passphrase_from_env()
+def _read_offline_key(path: Path, passphrase: bytes | None) -> PrivateKey:
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -66,14 +64,14 @@ def _root_signers(
 ) -> list[Signer]:
     if settings.mode == "dev":
         if sign_with:
-            return [signer_for(_read_offline_key(p)) for p in sign_with]
+            return [signer_for(_read_offline_key(p, dd.passphrase)) for p in sign_with]
         return [_signer(store, name) for name in settings.root_keys]
     if len(sign_with) < settings.root_threshold:
         raise CeremonyError(
             f"this ceremony needs {settings.root_threshold} of the root keys: "
             f"pass them with --sign-with (got {len(sign_with)})"
         )
-    return [signer_for(_read_offline_key(p)) for p in sign_with]
+    return [signer_for(_read_offline_key(p, dd.passphrase)) for p in sign_with]
 
 
 def _audit(

@@ -22,7 +22,6 @@ from homing.pki.keys import generate_signing_key, generate_tls_key, spki_pin
 from homing.pki.keystore import (
     PASSPHRASE_ENV,
     FileKeyStore,
-    passphrase_from_env,
 )
 from homing.pki.profiles import server_csr, server_profile, split_hosts
 from homing.site import DataDir, Settings
@@ -69,11 +68,12 @@ def init(
     organization: str = "homing",
     expiries: Expiries | None = None,
     validity: Validity | None = None,
+    passphrase: bytes | None = None,
 ) -> InitSummary:
     """Create a data directory: the CA hierarchy, every key, and trust metadata v1.
 
     Without ``ceremony_root_keys`` this is a development repository: every
-    key is in ``data/keys``, encrypted only when HOMING_KEY_PASSPHRASE is set.
+    key is in ``data/keys``, encrypted only when a ``passphrase`` is given.
     With them, the TUF root keys are written (encrypted, passphrase
     required) to those paths only, and ``threshold`` of them sign each root.
     """
@@ -85,7 +85,6 @@ def init(
     split_hosts(hosts)
     primary = primary or f"https://{hosts[0]}:{DEFAULT_PORT}"
     ceremony = bool(ceremony_root_keys)
-    passphrase = passphrase_from_env()
     warnings: list[str] = []
     if ceremony and not passphrase:
         raise CeremonyError(f"ceremony mode encrypts every key: set {PASSPHRASE_ENV}")
@@ -111,7 +110,7 @@ def init(
     data.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{data.name}.init-", dir=data.parent))
     try:
-        dd = DataDir(staging)
+        dd = DataDir(staging, passphrase=passphrase)
         # The summary warns about plaintext keys once, naming the final path.
         store = FileKeyStore(dd.keys_dir, passphrase, unsafe_plaintext=not passphrase, warn=False)
         root_keys = [generate_signing_key() for _ in range(n_root)]

@@ -141,6 +141,7 @@ def sign_offline(
     notes: str | None = None,
     downgrade: bool = False,
     expires_in: Any = None,
+    passphrase: bytes | None = None,
 ) -> Path:
     """Ceremony mode: sign the next firmware role version on a machine off the network.
 
@@ -193,7 +194,7 @@ def sign_offline(
     firmware.signed.version += 1
     firmware.signed.expires = now + (expires_in or Expiries().delegations)
     firmware.signatures.clear()
-    firmware.sign(signer_for(_read_offline_key(release_key)))
+    firmware.sign(signer_for(_read_offline_key(release_key, passphrase)))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{firmware.signed.version}.{FIRMWARE_ROLE}.json").write_bytes(firmware.to_bytes())
     shutil.copyfile(image, out / "image")

@@ -33,7 +33,6 @@ from homing.pki.keystore import (
     PASSPHRASE_ENV,
     KeyStore,
     PrivateKey,
-    passphrase_from_env,
 )
 from homing.pki.profiles import server_csr, server_profile
 from homing.site import DataDir, Settings
@@ -72,7 +71,7 @@ def rotate_root(
     repo = dd.repository(settings)
     old_signers = _root_signers(dd, settings, store, sign_with)
     version = repo.root_version() + 1
-    passphrase = passphrase_from_env()
+    passphrase = dd.passphrase
     if settings.mode == "dev" and not new_keys:
         count = len(settings.root_keys)
         keys: list[PrivateKey] = [generate_signing_key() for _ in range(count)]

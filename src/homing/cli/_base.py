@@ -13,11 +13,14 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from homing.errors import HomingError
+
+if TYPE_CHECKING:
+    from homing.site import DataDir
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,6 +83,22 @@ def _ensure_passphrase(data: Path | None, *, required: bool = False) -> None:
         os.environ[PASSPHRASE_ENV] = click.prompt(
             "Key passphrase", hide_input=True, confirmation_prompt=data is None
         )
+
+
+def _passphrase() -> bytes | None:
+    """The key store passphrase, read here at the edge (environment or terminal prompt)."""
+    from homing.pki.keystore import PASSPHRASE_ENV
+
+    value = os.environ.get(PASSPHRASE_ENV)
+    return value.encode("utf-8") if value else None
+
+
+def _site(data: Path, db_url: str | None = None) -> DataDir:
+    """The data directory with what only the edge reads: the database URL and the passphrase."""
+    from homing.site import DataDir
+
+    _ensure_passphrase(data)
+    return DataDir(data, db_url or os.environ.get("HOMING_DB"), passphrase=_passphrase())
 
 
 def _paths(values: tuple[str, ...]) -> list[Path]:

@@ -11,10 +11,10 @@ import click
 from homing.cli._base import (
     _data_option,
     _db_option,
-    _ensure_passphrase,
     _fail,
     _now,
     _operator_actor,
+    _site,
     cli,
     out,
 )
@@ -53,11 +53,9 @@ def device_provision(
 ) -> None:
     """Offline: make the device key, its certificate and its state directory."""
     from homing.operations.provisioning import provision
-    from homing.site import DataDir
 
-    _ensure_passphrase(data)
     state = provision(
-        DataDir(data, db_url),
+        _site(data, db_url),
         out_dir,
         _now(),
         device_id=device_id,
@@ -76,9 +74,8 @@ def device_provision(
 def devices_group(name: str, device_ids: tuple[str, ...], data: Path, db_url: str | None) -> None:
     """Make the named device group exactly these devices (for rollouts with --group)."""
     from homing.operations import rollouts
-    from homing.site import DataDir
 
-    db = DataDir(data, db_url).database()
+    db = _site(data, db_url).database()
     rollouts.set_group(db, _operator_actor(), _now(), name, list(device_ids))
     out.print(f"group {name!r}: {len(device_ids)} device(s)")
 
@@ -127,7 +124,6 @@ def release_cmd(
     network; the server then publishes it with `homing release-import`.
     """
     from homing.ceremonies.releases import release, sign_offline
-    from homing.site import DataDir
 
     if offline_metadata or release_key or out_dir:
         if not (offline_metadata and release_key and out_dir):
@@ -152,9 +148,8 @@ def release_cmd(
             f"`homing release-import {out_dir}` on the server"
         )
         return
-    _ensure_passphrase(data)
     rel = release(
-        DataDir(data, db_url),
+        _site(data, db_url),
         image,
         version,
         hardware,
@@ -174,10 +169,8 @@ def release_cmd(
 def release_import(signed: Path, data: Path, db_url: str | None) -> None:
     """Verify an offline-signed firmware role and publish it (ceremony mode)."""
     from homing.ceremonies.releases import import_signed
-    from homing.site import DataDir
 
-    _ensure_passphrase(data)
-    rel = import_signed(DataDir(data, db_url), signed, _now(), actor=_operator_actor())
+    rel = import_signed(_site(data, db_url), signed, _now(), actor=_operator_actor())
     out.print(f"imported {rel.target} (version {rel.version}, sequence {rel.sequence})")
 
 
@@ -225,10 +218,9 @@ def rollout_create(
 ) -> None:
     """Start a staged rollout of a released version to a hardware class (or a group)."""
     from homing.operations import rollouts
-    from homing.site import DataDir
 
     ro = rollouts.create(
-        DataDir(data, db_url).database(),
+        _site(data, db_url).database(),
         _operator_actor(),
         _now(),
         version,
@@ -266,9 +258,8 @@ def rollout_resume(rollout_id: int, data: Path, db_url: str | None) -> None:
 
 def _set_paused(rollout_id: int, data: Path, db_url: str | None, *, paused: bool) -> None:
     from homing.operations import rollouts
-    from homing.site import DataDir
 
-    db = DataDir(data, db_url).database()
+    db = _site(data, db_url).database()
     rollouts.set_paused(db, _operator_actor(), _now(), rollout_id, paused)
     out.print(f"rollout {rollout_id} {'paused' if paused else 'resumed'}")
 
@@ -282,11 +273,10 @@ def rollout_status(rollout_id: int, data: Path, db_url: str | None) -> None:
     import json as jsonlib
 
     from homing.operations import rollouts
-    from homing.site import DataDir
 
     click.echo(
         jsonlib.dumps(
-            rollouts.status(DataDir(data, db_url).database(), rollout_id, _now()),
+            rollouts.status(_site(data, db_url).database(), rollout_id, _now()),
             indent=2,
             default=str,
         )
@@ -299,9 +289,8 @@ def rollout_status(rollout_id: int, data: Path, db_url: str | None) -> None:
 def rollout_list(data: Path, db_url: str | None) -> None:
     """Every rollout and its state."""
     from homing.operations import rollouts
-    from homing.site import DataDir
 
-    for ro in rollouts.list_rollouts(DataDir(data, db_url).database()):
+    for ro in rollouts.list_rollouts(_site(data, db_url).database()):
         out.print(
             f"{ro.id}: {ro.version} -> {ro.hardware} {ro.status} at {ro.percent}%"
             + (f" ({ro.halt_reason})" if ro.halt_reason else "")

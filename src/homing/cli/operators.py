@@ -11,9 +11,10 @@ import click
 from homing.cli._base import (
     _data_option,
     _db_option,
-    _ensure_passphrase,
     _now,
     _operator_actor,
+    _passphrase,
+    _site,
     cli,
     err,
     out,
@@ -64,8 +65,7 @@ def serve(
     from homing.site import DataDir
 
     if init_first and not DataDir(data).exists():
-        _print_summary(ceremonies.init(data, _now()))
-    _ensure_passphrase(data)
+        _print_summary(ceremonies.init(data, _now(), passphrase=_passphrase()))
     host, port = parse_listen(listen)
     config = ServerConfig(
         data=data,
@@ -76,8 +76,9 @@ def serve(
         trusted_proxies=proxies,
         max_offline=timedelta(days=max_offline_days) if max_offline_days else None,
         access_log=access_log,
+        key_passphrase=_passphrase(),
     )
-    dd = DataDir(data)
+    dd = _site(data)
     settings = dd.settings()
     policy = ceremonies.pin_policy(dd, settings, dd.keystore(settings))
     url = f"https://{'[' + host + ']' if ':' in host else host}:{port}"
@@ -102,9 +103,8 @@ def factory() -> None:
 def factory_add(name: str, data: Path, db_url: str | None) -> None:
     """Create a station credential; the secret is printed once."""
     from homing.operations import fleet as operations
-    from homing.site import DataDir
 
-    db = DataDir(data).database(db_url)
+    db = _site(data, db_url).database()
     secret = operations.add_factory(db, _operator_actor(), _now(), name)
     out.print(f"factory station {name!r} created; its secret (shown once):")
     click.echo(f"{name}:{secret}")
@@ -116,9 +116,8 @@ def factory_add(name: str, data: Path, db_url: str | None) -> None:
 def factory_list(data: Path, db_url: str | None) -> None:
     """Every factory station and whether it is disabled."""
     from homing.operations import fleet as operations
-    from homing.site import DataDir
 
-    rows = operations.list_factories(DataDir(data, db_url).database(), _operator_actor(), _now())
+    rows = operations.list_factories(_site(data, db_url).database(), _operator_actor(), _now())
     for row in rows:
         state = f"disabled {row['disabled_at']}" if row["disabled_at"] else "active"
         out.print(f"{row['name']}: {state} (created {row['created_at']})", highlight=False)
@@ -131,9 +130,8 @@ def factory_list(data: Path, db_url: str | None) -> None:
 def factory_disable(name: str, data: Path, db_url: str | None) -> None:
     """Disable a station's credential for good (a lost or retired station)."""
     from homing.operations import fleet as operations
-    from homing.site import DataDir
 
-    operations.disable_factory(DataDir(data, db_url).database(), _operator_actor(), _now(), name)
+    operations.disable_factory(_site(data, db_url).database(), _operator_actor(), _now(), name)
     out.print(f"factory station {name!r} disabled; its secret enrolls nothing from now on")
 
 
@@ -148,9 +146,8 @@ def token() -> None:
 def token_list(data: Path, db_url: str | None) -> None:
     """Every operator token by name and role (never the token itself)."""
     from homing.operations import fleet as operations
-    from homing.site import DataDir
 
-    rows = operations.list_tokens(DataDir(data, db_url).database(), _operator_actor(), _now())
+    rows = operations.list_tokens(_site(data, db_url).database(), _operator_actor(), _now())
     for row in rows:
         state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
         out.print(f"{row['name']}: {row['role']}, {state}", highlight=False)
@@ -163,9 +160,8 @@ def token_list(data: Path, db_url: str | None) -> None:
 def token_revoke(name: str, data: Path, db_url: str | None) -> None:
     """Revoke an operator token; the admin API refuses it at its next request."""
     from homing.operations import fleet as operations
-    from homing.site import DataDir
 
-    operations.revoke_token(DataDir(data, db_url).database(), _operator_actor(), _now(), name)
+    operations.revoke_token(_site(data, db_url).database(), _operator_actor(), _now(), name)
     out.print(f"token {name!r} revoked")
 
 
@@ -179,9 +175,8 @@ def token_revoke(name: str, data: Path, db_url: str | None) -> None:
 def token_add(name: str, role: str, data: Path, db_url: str | None) -> None:
     """Create an operator token; it is printed once."""
     from homing.operations import fleet as operations
-    from homing.site import DataDir
 
-    db = DataDir(data).database(db_url)
+    db = _site(data, db_url).database()
     value = operations.add_token(db, _operator_actor(), _now(), name, role)
     out.print(f"token {name!r} ({role}) created; send it as 'Authorization: Bearer ...':")
     click.echo(value)
@@ -195,10 +190,8 @@ def token_add(name: str, role: str, data: Path, db_url: str | None) -> None:
 def revoke_cmd(device_id: str, reason: str, data: Path, db_url: str | None) -> None:
     """Revoke a device; running servers refuse it from its next request."""
     from homing.operations import fleet as operations
-    from homing.site import DataDir
 
-    _ensure_passphrase(data)
-    dd = DataDir(data, db_url)
+    dd = _site(data, db_url)
     count = operations.revoke_device(
         dd, dd.database(), _operator_actor(), _now(), device_id, reason
     )
@@ -216,9 +209,8 @@ def status_cmd(data: Path, db_url: str | None, as_json: bool) -> None:
     from rich.table import Table
 
     from homing.operations import fleet as operations
-    from homing.site import DataDir
 
-    dd = DataDir(data)
+    dd = _site(data)
     summary = operations.fleet_status(dd, dd.database(db_url), _operator_actor(), _now())
     if as_json:
         click.echo(jsonlib.dumps(summary, indent=2))
@@ -272,10 +264,9 @@ def devices_list(
     from rich.table import Table
 
     from homing.operations import fleet as operations
-    from homing.site import DataDir
 
     rows = operations.list_devices(
-        DataDir(data).database(db_url),
+        _site(data, db_url).database(),
         _operator_actor(),
         _now(),
         search=search,

@@ -9,10 +9,10 @@ import click
 
 from homing.cli._base import (
     _data_option,
-    _ensure_passphrase,
     _fail,
     _now,
     _operator_actor,
+    _site,
     cli,
     out,
 )
@@ -36,17 +36,16 @@ def pki_issue(
     data: Path, profile: str, csr_path: Path, device_id: str | None, out_path: Path | None
 ) -> None:
     """Issue a certificate from a CSR (PEM or DER) under a profile."""
-    from homing import ceremonies
-
-    _ensure_passphrase(data)
     from cryptography.hazmat.primitives import serialization
+
+    from homing import ceremonies
 
     try:
         csr = csr_path.read_bytes()
     except OSError as e:
         _fail(f"cannot read {csr_path}: {e.strerror}")
     chain = ceremonies.issue_certificate(
-        data, csr, profile, _now(), device_id=device_id, actor=_operator_actor()
+        _site(data), csr, profile, _now(), device_id=device_id, actor=_operator_actor()
     )
     pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
     if out_path:
@@ -67,7 +66,6 @@ def pki_revoke(data: Path, device_id: str | None, serial: str | None, reason: st
     """Revoke by device id or serial and re-sign the CRLs."""
     from homing import ceremonies
 
-    _ensure_passphrase(data)
     number: int | None = None
     if serial is not None:
         try:
@@ -75,7 +73,7 @@ def pki_revoke(data: Path, device_id: str | None, serial: str | None, reason: st
         except ValueError:
             _fail(f"serial {serial!r} is not hexadecimal", 2)
     count = ceremonies.revoke(
-        data,
+        _site(data),
         _now(),
         device_id=device_id,
         serial=number,
@@ -92,6 +90,5 @@ def pki_crl(data: Path, kind: str) -> None:
     """Sign a fresh CRL for an issuing CA."""
     from homing import ceremonies
 
-    _ensure_passphrase(data)
-    path = ceremonies.write_crl(data, kind, _now())
+    path = ceremonies.write_crl(_site(data), kind, _now())
     out.print(f"CRL written to {path}")

@@ -14,7 +14,9 @@ from homing.cli._base import (
     _fail,
     _now,
     _operator_actor,
+    _passphrase,
     _paths,
+    _site,
     cli,
     err,
     out,
@@ -72,6 +74,7 @@ def init(
         ceremony_root_keys=_paths(root_keys),
         threshold=threshold,
         organization=organization,
+        passphrase=_passphrase(),
     )
     _print_summary(summary)
 
@@ -105,9 +108,7 @@ def _print_summary(s: InitSummary) -> None:
 def _print_existing(data: Path) -> None:
     from rich.table import Table
 
-    from homing.site import DataDir
-
-    dd = DataDir(data)
+    dd = _site(data)
     settings = dd.settings()
     repo = dd.repository(settings)
     table = Table(title=f"homing data directory {data} (already set up)", show_header=False)
@@ -146,9 +147,8 @@ def rotate_root(
     """Publish root N+1, signed by a threshold of N's keys and of its own."""
     from homing import ceremonies
 
-    _ensure_passphrase(data)
     version = ceremonies.rotate_root(
-        data,
+        _site(data),
         _now(),
         sign_with=_paths(sign_with),
         new_keys=_paths(new_keys),
@@ -164,8 +164,9 @@ def rotate_server_ca(data: Path) -> None:
     """Promote the server CA's backup key, re-issue the server certificate, publish pins."""
     from homing import ceremonies
 
-    _ensure_passphrase(data)
-    generation = ceremonies.rotate_issuing_ca(data, "server", _now(), actor=_operator_actor())
+    generation = ceremonies.rotate_issuing_ca(
+        _site(data), "server", _now(), actor=_operator_actor()
+    )
     out.print(f"server-issuing CA generation {generation} is active; new pins published")
 
 
@@ -175,8 +176,9 @@ def rotate_device_ca(data: Path) -> None:
     """Promote the device CA's backup key; devices of the old CA keep working."""
     from homing import ceremonies
 
-    _ensure_passphrase(data)
-    generation = ceremonies.rotate_issuing_ca(data, "device", _now(), actor=_operator_actor())
+    generation = ceremonies.rotate_issuing_ca(
+        _site(data), "device", _now(), actor=_operator_actor()
+    )
     out.print(f"device-issuing CA generation {generation} is active")
 
 
@@ -186,8 +188,7 @@ def rotate_server_cert(data: Path) -> None:
     """Issue the server a new key and certificate from the active server CA."""
     from homing import ceremonies
 
-    _ensure_passphrase(data)
-    leaf = ceremonies.rotate_server_cert(data, _now(), actor=_operator_actor())
+    leaf = ceremonies.rotate_server_cert(_site(data), _now(), actor=_operator_actor())
     out.print(
         f"new server certificate {leaf.serial_number:x}, valid until "
         f"{leaf.not_valid_after_utc.isoformat()}"
@@ -201,9 +202,8 @@ def rotate_online_keys(data: Path, sign_with: tuple[str, ...]) -> None:
     """Replace the snapshot and timestamp keys in a new root version."""
     from homing import ceremonies
 
-    _ensure_passphrase(data)
     version = ceremonies.rotate_online_keys(
-        data, _now(), sign_with=_paths(sign_with), actor=_operator_actor()
+        _site(data), _now(), sign_with=_paths(sign_with), actor=_operator_actor()
     )
     out.print(f"online keys replaced in root version {version}")
 
@@ -220,9 +220,8 @@ def timestamp_refresh(data: Path, expires_in: float | None) -> None:
     """Re-sign the timestamp with a new version and expiry."""
     from homing import ceremonies
 
-    _ensure_passphrase(data)
     delta = timedelta(hours=expires_in) if expires_in is not None else None
-    version = ceremonies.refresh_timestamp(data, _now(), delta, actor=_operator_actor())
+    version = ceremonies.refresh_timestamp(_site(data), _now(), delta, actor=_operator_actor())
     out.print(f"timestamp version {version} published")
 
 
@@ -237,8 +236,7 @@ def targets_refresh(data: Path) -> None:
     """Re-sign targets with the current pins before they expire (yearly: they live two years)."""
     from homing import ceremonies
 
-    _ensure_passphrase(data)
-    version = ceremonies.refresh_targets(data, _now(), actor=_operator_actor())
+    version = ceremonies.refresh_targets(_site(data), _now(), actor=_operator_actor())
     out.print(f"targets version {version} published")
 
 
@@ -251,9 +249,8 @@ def pins() -> None:
 @_data_option
 def pins_show(data: Path) -> None:
     """Print the published pin policy (JSON)."""
-    from homing.site import DataDir
 
-    dd = DataDir(data)
+    dd = _site(data)
     repo = dd.repository(dd.settings())
     click.echo(repo.target_bytes("pins.json").decode(), nl=False)
 
@@ -278,9 +275,8 @@ def recovery_bundle(
     """Write the metadata chain and the pin policy to one file, for devices reached by hand."""
     from homing import ceremonies
 
-    _ensure_passphrase(data)
     summary = ceremonies.recovery_bundle(
-        data,
+        _site(data),
         out_file,
         _now(),
         images=images,

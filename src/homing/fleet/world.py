@@ -15,7 +15,6 @@ Time is counted in ticks of one simulated week from ``START``.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -98,13 +97,10 @@ def _quiet() -> Iterator[None]:
     logger = logging.getLogger("homing.pki.keystore")
     level = logger.level
     logger.setLevel(logging.ERROR)
-    saved = os.environ.pop("HOMING_KEY_PASSPHRASE", None)
     try:
         yield
     finally:
         logger.setLevel(level)
-        if saved is not None:
-            os.environ["HOMING_KEY_PASSPHRASE"] = saved
 
 
 def build_world(scenario: Scenario, workdir: Path) -> World:

@@ -9,7 +9,6 @@ implement cryptography's private-key interfaces and never expose the key.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -25,7 +24,6 @@ __all__ = [
     "FileKeyStore",
     "KeyStore",
     "PrivateKey",
-    "passphrase_from_env",
 ]
 
 log = logging.getLogger(__name__)
@@ -46,11 +44,6 @@ class KeyStore(Protocol):
     def exists(self, name: str) -> bool: ...
 
     def remove(self, name: str) -> None: ...
-
-
-def passphrase_from_env() -> bytes | None:
-    value = os.environ.get(PASSPHRASE_ENV)
-    return value.encode("utf-8") if value else None
 
 
 class FileKeyStore:

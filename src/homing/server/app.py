@@ -76,7 +76,7 @@ def build_app(state: ServerState) -> web.Application:
     app = web.Application(
         client_max_size=state.config.max_body_bytes, middlewares=[_errors_and_metrics]
     )
-    app[METRICS] = Metrics()
+    app[METRICS] = Metrics(state.config.metrics_dir)
     writer = device_api.CheckinWriter(state, app[METRICS])
     document = openapi_document(__version__)
 

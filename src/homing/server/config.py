@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from homing.errors import ConfigError
+from homing.site import DataDir
 
 __all__ = ["ServerConfig", "parse_listen"]
 
@@ -40,9 +41,17 @@ class ServerConfig:
     executor_threads: int = 8
     # One JSON line per request; off by default, as a fleet checks in often.
     access_log: bool = False
+    # The key store's passphrase, read by the CLI at its edge (never from here).
+    key_passphrase: bytes | None = field(default=None, repr=False)
+    # Where several workers share their metrics (set by the runner, not by hand).
+    metrics_dir: Path | None = None
     proxy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default=(), init=False
     )
+
+    def site(self) -> DataDir:
+        """The server's data directory, with the database and passphrase it was given."""
+        return DataDir(self.data, self.db_url, passphrase=self.key_passphrase)
 
     def __post_init__(self) -> None:
         if self.workers < 1:

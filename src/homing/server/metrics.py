@@ -1,12 +1,15 @@
 """Prometheus metrics; shared across worker processes when there are several.
 
-With several workers, ``PROMETHEUS_MULTIPROC_DIR`` is set by the supervisor
-before they start, and ``/metrics`` aggregates every worker's files.
+With several workers, the supervisor (``homing.server.runner``, the daemon's
+edge) makes a directory, names it in ``ServerConfig.metrics_dir`` and in
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's own interface, read by
+its value classes in each worker); ``/metrics`` aggregates every worker's
+files from the directory it is given here.
 """
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import (
@@ -21,7 +24,8 @@ __all__ = ["CONTENT_TYPE_LATEST", "METRICS", "Metrics"]
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "homing_http_requests",
@@ -51,12 +55,12 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        if directory:
+        directory = self.multiprocess_dir
+        if directory is not None:
             from prometheus_client import multiprocess
 
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+            multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
 

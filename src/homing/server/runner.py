@@ -8,6 +8,7 @@ server certificate, CRL) and restarts a worker that dies.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -24,7 +25,6 @@ from homing.server.app import build_app
 from homing.server.config import ServerConfig
 from homing.server.maintenance import maintain
 from homing.server.state import ServerState
-from homing.site import DataDir
 
 __all__ = ["configure_logging", "run_worker", "serve"]
 
@@ -84,9 +84,7 @@ async def _serve_async(config: ServerConfig, maintenance: bool) -> None:
     async def maintain_loop() -> None:
         while True:
             try:
-                await loop.run_in_executor(
-                    None, maintain, DataDir(config.data, config.db_url), datetime.now(UTC)
-                )
+                await loop.run_in_executor(None, maintain, config.site(), datetime.now(UTC))
             except Exception:
                 log.exception("maintenance failed; retrying")
             await asyncio.sleep(config.maintenance_interval)
@@ -114,16 +112,16 @@ def run_worker(config: ServerConfig, maintenance: bool = False) -> None:
 
 def serve(config: ServerConfig) -> None:
     """Run in the foreground until SIGINT or SIGTERM."""
-    maintain(
-        DataDir(config.data, config.db_url), datetime.now(UTC)
-    )  # fail fast on a broken data directory
+    maintain(config.site(), datetime.now(UTC))  # fail fast on a broken data directory
     if config.workers == 1:
         run_worker(config, maintenance=True)
         return
     metrics_dir = config.data / "run" / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
+    # prometheus_client's interface for worker processes is this variable.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    config = dataclasses.replace(config, metrics_dir=metrics_dir)
     context = multiprocessing.get_context("spawn")
     workers: list[multiprocessing.process.BaseProcess] = []
 
@@ -153,7 +151,7 @@ def serve(config: ServerConfig) -> None:
                     workers[i] = start()
             if time.monotonic() >= next_maintenance:
                 try:
-                    maintain(DataDir(config.data, config.db_url), datetime.now(UTC))
+                    maintain(config.site(), datetime.now(UTC))
                 except Exception:
                     log.exception("maintenance failed; retrying")
                 next_maintenance = time.monotonic() + config.maintenance_interval

@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from homing import tls
 from homing.errors import ConfigError, KeyStoreError
 from homing.pki import Authority
-from homing.pki.keystore import FileKeyStore, passphrase_from_env
+from homing.pki.keystore import FileKeyStore
 from homing.pki.profiles import Profile, device_profile
 from homing.server.config import ServerConfig
-from homing.site import DataDir, Settings
+from homing.site import Settings
 from homing.site.ledger import DatabaseLedger
 from homing.store import Database
 
@@ -64,7 +64,7 @@ class ServerState:
     def __init__(self, config: ServerConfig, clock: Callable[[], datetime] | None = None) -> None:
         self.config = config
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.dd = DataDir(config.data, config.db_url)
+        self.dd = config.site()
         self.settings: Settings = self.dd.settings()
         self.store: FileKeyStore = self.dd.keystore(self.settings)
         self.db: Database = self.dd.database()
@@ -102,7 +102,7 @@ class ServerState:
         context = tls.server_context(
             self.dd.pki_path("server-chain.pem"),
             self.store.path("server-tls"),
-            key_password=passphrase_from_env(),
+            key_password=self.dd.passphrase,
             client_cas=self._client_ca_bundle(),
         )
         self._remember_files()
@@ -138,7 +138,7 @@ class ServerState:
             ] != self._file_marks.get("key"):
                 # New handshakes use the new chain; open connections keep theirs.
                 self.ssl_context.load_cert_chain(
-                    self._watched()["chain"], self._watched()["key"], password=passphrase_from_env()
+                    self._watched()["chain"], self._watched()["key"], password=self.dd.passphrase
                 )
             self.ssl_context.load_verify_locations(cadata=self._client_ca_bundle().decode())
             self.settings = settings

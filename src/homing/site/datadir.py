@@ -7,7 +7,7 @@ Layout::
                              repository every key, unencrypted)
     DIR/pki/                 CA certificates, the server chain and CRLs
     DIR/homing.db            the embedded database (devices, the issuance
-                             record, credentials, audit); or $HOMING_DB / --db
+                             record, credentials, audit); or --db / $HOMING_DB
     DIR/repository/          TUF metadata/ and targets/, servable as static files
 
 In ceremony mode the TUF root keys are not in DIR at all: each lives in its
@@ -17,7 +17,6 @@ own file on removable media, and ceremonies are given their paths.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +27,7 @@ from cryptography import x509
 from homing.config import Expiries, Validity
 from homing.errors import ConfigError
 from homing.fsutil import atomic_write
-from homing.pki.keystore import FileKeyStore, passphrase_from_env
+from homing.pki.keystore import FileKeyStore
 from homing.pki.validate import load_certificates_pem
 from homing.site.ledger import DatabaseLedger
 from homing.store import Database, normalize_url
@@ -97,11 +96,19 @@ class Settings:
 
 
 class DataDir:
-    """Paths and loaders for one data directory."""
+    """Paths and loaders for one data directory.
 
-    def __init__(self, root: Path, db_url: str | None = None) -> None:
+    ``db_url`` and ``passphrase`` (of the key store) are given by the caller:
+    the CLI and the server read them from flags, the environment or a
+    terminal at their edge; nothing below reads the environment.
+    """
+
+    def __init__(
+        self, root: Path, db_url: str | None = None, *, passphrase: bytes | None = None
+    ) -> None:
         self.root = root
         self.db_url = db_url
+        self.passphrase = passphrase
         self.settings_path = root / "homing.json"
         self.keys_dir = root / "keys"
         self.pki_dir = root / "pki"
@@ -125,7 +132,7 @@ class DataDir:
         atomic_write(self.settings_path, settings.to_json())
 
     def keystore(self, settings: Settings) -> FileKeyStore:
-        passphrase = passphrase_from_env()
+        passphrase = self.passphrase
         if settings.encrypted and not passphrase:
             raise ConfigError(
                 "the keys of this data directory are encrypted: set HOMING_KEY_PASSPHRASE"
@@ -140,7 +147,7 @@ class DataDir:
 
     def database(self, url: str | None = None) -> Database:
         """The data directory's database (embedded SQLite unless ``url`` says otherwise)."""
-        url = url or self.db_url or os.environ.get("HOMING_DB") or self.default_db_url()
+        url = url or self.db_url or self.default_db_url()
         if self._db is None or normalize_url(url) != self._db.url:
             self.close()
             self._db = Database(url)
