@@ -106,7 +106,8 @@ class RunningServer:
     def __init__(self, data: Path, db_url: str, clock: Clock, **config: Any) -> None:
         self.data = data
         self.clock = clock
-        self.config = ServerConfig(data=data, port=0, db_url=db_url, reload_interval=0.05, **config)
+        settings: dict[str, Any] = {"reload_interval": 0.05, **config}
+        self.config = ServerConfig(data=data, port=0, db_url=db_url, **settings)
         self.state = ServerState(self.config, clock=clock)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()

@@ -500,3 +500,28 @@ def test_openapi_lists_every_route_and_every_json_body(server: RunningServer) ->
         assert name in document["components"]["schemas"]
     (target,) = (server.data / "repository" / "targets").glob("*.pins.json")
     assert server.request("GET", f"/tuf/targets/{target.name}").status == 200
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_certificate_from_a_device_ca_rotated_by_another_process_is_taken_at_once(
+    server: RunningServer,
+    tmp_path: Path,
+    clock,
+    db_url: str,  # type: ignore[no-untyped-def]
+) -> None:
+    """Another worker issues from the new device CA long before this one's reload watch fires."""
+    slow = RunningServer(server.data, db_url, clock, reload_interval=3600).start()
+    try:
+        ceremonies.rotate_issuing_ca(server.data, "device", datetime.now(UTC))
+        key = ec.generate_private_key(ec.SECP256R1())
+        chain = ceremonies.issue_certificate(
+            server.data, est_csr(key, "dev-new-ca"), "device", datetime.now(UTC)
+        )
+        newer = save_device(tmp_path, "dev-new-ca", key, chain[0])
+        response = slow.request("POST", "/v1/device/checkin", CHECKIN, device=newer)
+    finally:
+        slow.stop()
+    # The chain is accepted at once; the device is then judged on its standing
+    # (issued outside this server's database, so unknown here).
+    assert response.status == 403, response.body
+    assert response.json()["message"] == "certificate is not known to this server"

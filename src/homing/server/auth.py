@@ -132,7 +132,15 @@ def _verify(der: bytes, state: ServerState, now: datetime) -> _Verified:
     try:
         chain = verify_client_chain(cert, state.device_cas, [state.root_ca], when)
     except ChainError as e:
-        raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
+        # Another server process may have issued from a device CA this one has
+        # not reloaded yet (rotations are complete on disk before any process
+        # issues from them): look at the files once before refusing.
+        if not state.reload_if_changed():
+            raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
+        try:
+            chain = verify_client_chain(cert, state.device_cas, [state.root_ca], when)
+        except ChainError as again:
+            raise HTTPProblem(401, "bad_client_certificate", str(again)) from again
     try:
         # The same leaf profile as issuance, on the TLS path and the proxy path.
         verify_leaf(cert, state.device_leaf_profile)
