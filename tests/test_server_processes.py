@@ -24,7 +24,7 @@ from homing import ceremonies
 from homing.operations import fleet as operations
 from homing.site import DataDir
 from homing.store.schema import certificates, checkins, devices
-from tests.harness import certs_from_pkcs7, est_csr, homing_entry_point, save_device
+from tests.harness import certs_from_pkcs7, est_csr, homing_entry_point, run_homing, save_device
 
 
 def _free_port() -> int:
@@ -186,3 +186,46 @@ def test_workers_share_one_port(
             finally:
                 conn.close()
     assert len(pids) == 2, pids
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_second_unrelated_server_cannot_take_the_port(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two homing servers with different repositories on one port split the fleet: refused."""
+    monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
+    first, second = tmp_path / "first", tmp_path / "second"
+    ceremonies.init(first, datetime.now(UTC))
+    ceremonies.init(second, datetime.now(UTC))
+    port = _free_port()
+    with _serve(first, port, db_url, workers=2):
+        refused = run_homing(
+            "serve", "--data", str(second), "--listen", f"127.0.0.1:{port}", timeout=60
+        )
+        # The first server still answers, alone.
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=_context(first), timeout=5)
+        try:
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, refused.stderr
+    assert f"127.0.0.1:{port} is already in use by another server" in errors[0]
+
+
+def test_a_port_held_by_any_other_program_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
+    data = tmp_path / "data"
+    ceremonies.init(data, datetime.now(UTC))
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        refused = run_homing("serve", "--data", str(data), "--listen", f"127.0.0.1:{port}")
+    assert refused.returncode == 1
+    assert "already in use by another server" in refused.stderr

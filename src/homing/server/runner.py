@@ -15,12 +15,14 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from datetime import UTC, datetime
 
 from aiohttp import web
 
+from homing.errors import ConfigError
 from homing.server.app import build_app
 from homing.server.config import ServerConfig
 from homing.server.maintenance import maintain
@@ -110,9 +112,33 @@ def run_worker(config: ServerConfig, maintenance: bool = False) -> None:
         uvloop.run(_serve_async(config, maintenance))
 
 
+def ensure_port_is_free(host: str, port: int) -> None:
+    """Refuse a port another server already listens on (ConfigError naming it).
+
+    Workers bind with SO_REUSEPORT so the kernel spreads connections over
+    them; that same option would let a second, unrelated ``homing serve``
+    bind the port too and take half the requests with another repository.
+    A plain bind (SO_REUSEADDR only, for TIME_WAIT) fails on any listener,
+    so it is tried before the workers start.
+    """
+    if port == 0:
+        return  # the kernel picks a free port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise ConfigError(
+                f"{host}:{port} is already in use by another server ({e.strerror}): "
+                "stop it or choose another --listen"
+            ) from e
+
+
 def serve(config: ServerConfig) -> None:
     """Run in the foreground until SIGINT or SIGTERM."""
     maintain(config.site(), datetime.now(UTC))  # fail fast on a broken data directory
+    ensure_port_is_free(config.host, config.port)
     if config.workers == 1:
         run_worker(config, maintenance=True)
         return
