@@ -41,6 +41,13 @@ if TYPE_CHECKING:
     type=float,
     help="Recovery policy: refuse devices silent for longer (default: unlimited).",
 )
+@click.option(
+    "--checkin-retention-days",
+    type=click.FloatRange(0),
+    default=90.0,
+    show_default=True,
+    help="Prune check-in rows older than this (0: keep them all).",
+)
 @click.option("--access-log", is_flag=True, help="Log every request as a JSON line.")
 @click.option(
     "--init",
@@ -55,6 +62,7 @@ def serve(
     workers: int,
     proxies: tuple[str, ...],
     max_offline_days: float | None,
+    checkin_retention_days: float,
     access_log: bool,
     init_first: bool,
 ) -> None:
@@ -76,6 +84,9 @@ def serve(
         trusted_proxies=proxies,
         max_offline=timedelta(days=max_offline_days) if max_offline_days else None,
         access_log=access_log,
+        checkin_retention=(
+            timedelta(days=checkin_retention_days) if checkin_retention_days else None
+        ),
         key_passphrase=_passphrase(),
     )
     dd = _site(data)

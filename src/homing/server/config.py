@@ -43,6 +43,8 @@ class ServerConfig:
     access_log: bool = False
     # The key store's passphrase, read by the CLI at its edge (never from here).
     key_passphrase: bytes | None = field(default=None, repr=False)
+    # Check-in rows older than this are pruned by maintenance (None: kept).
+    checkin_retention: timedelta | None = timedelta(days=90)
     # Where several workers share their metrics (set by the runner, not by hand).
     metrics_dir: Path | None = None
     proxy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(

@@ -9,7 +9,7 @@ up the new files through their reload watch.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -25,8 +25,18 @@ log = logging.getLogger(__name__)
 ACTOR = "server:maintenance"
 
 
-def maintain(data: Path | DataDir, now: datetime) -> list[str]:
-    """Do whatever is due at ``now``; returns what was done, for logs and tests."""
+# Check-in rows deleted per transaction when pruning.
+PRUNE_BATCH = 5000
+
+
+def maintain(
+    data: Path | DataDir, now: datetime, *, checkin_retention: timedelta | None = None
+) -> list[str]:
+    """Do whatever is due at ``now``; returns what was done, for logs and tests.
+
+    ``checkin_retention``: check-in rows older than this are deleted (None
+    keeps them all); each device's last known state is kept in its own row.
+    """
     done: list[str] = []
     dd = data if isinstance(data, DataDir) else DataDir(data)
     settings = dd.settings()
@@ -61,6 +71,18 @@ def maintain(data: Path | DataDir, now: datetime) -> list[str]:
                 after = rollouts.evaluate(conn, ro.id, now)
                 if (after.status, after.stage_index) != (ro.status, ro.stage_index):
                     done.append(f"rollout {ro.id} {after.status} at stage {after.stage_index + 1}")
+    if checkin_retention is not None:
+        from homing.store import devices as device_store
+
+        pruned = 0
+        while True:
+            with dd.database().begin() as conn:
+                count = device_store.prune_checkins(conn, now - checkin_retention, PRUNE_BATCH)
+            pruned += count
+            if count < PRUNE_BATCH:
+                break
+        if pruned:
+            done.append(f"{pruned} check-ins older than {checkin_retention.days} days pruned")
     if not isinstance(data, DataDir):
         dd.close()
     for item in done:

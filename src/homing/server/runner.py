@@ -83,10 +83,15 @@ async def _serve_async(config: ServerConfig, maintenance: bool) -> None:
         loop.add_signal_handler(sig, stop.set)
     log.info(json.dumps({"event": "listening", "host": config.host, "port": config.port}))
 
+    data_dir = config.site()
+
+    def maintain_now() -> list[str]:
+        return maintain(data_dir, datetime.now(UTC), checkin_retention=config.checkin_retention)
+
     async def maintain_loop() -> None:
         while True:
             try:
-                await loop.run_in_executor(None, maintain, config.site(), datetime.now(UTC))
+                await loop.run_in_executor(None, maintain_now)
             except Exception:
                 log.exception("maintenance failed; retrying")
             await asyncio.sleep(config.maintenance_interval)
@@ -97,6 +102,7 @@ async def _serve_async(config: ServerConfig, maintenance: bool) -> None:
         task.cancel()
     await runner.cleanup()
     state.close()
+    data_dir.close()
 
 
 def run_worker(config: ServerConfig, maintenance: bool = False) -> None:
@@ -137,9 +143,11 @@ def ensure_port_is_free(host: str, port: int) -> None:
 
 def serve(config: ServerConfig) -> None:
     """Run in the foreground until SIGINT or SIGTERM."""
-    maintain(config.site(), datetime.now(UTC))  # fail fast on a broken data directory
+    data_dir = config.site()
+    maintain(data_dir, datetime.now(UTC))  # fail fast on a broken data directory
     ensure_port_is_free(config.host, config.port)
     if config.workers == 1:
+        data_dir.close()
         run_worker(config, maintenance=True)
         return
     metrics_dir = config.data / "run" / "metrics"
@@ -177,7 +185,9 @@ def serve(config: ServerConfig) -> None:
                     workers[i] = start()
             if time.monotonic() >= next_maintenance:
                 try:
-                    maintain(config.site(), datetime.now(UTC))
+                    maintain(
+                        data_dir, datetime.now(UTC), checkin_retention=config.checkin_retention
+                    )
                 except Exception:
                     log.exception("maintenance failed; retrying")
                 next_maintenance = time.monotonic() + config.maintenance_interval

@@ -25,6 +25,7 @@ __all__ = [
     "device",
     "enroll_device",
     "list_devices",
+    "prune_checkins",
     "record_checkins",
     "revoke",
     "revoke_device",
@@ -368,6 +369,19 @@ def record_checkins(
         [{**params[id(c)], "hardware": c.hardware} for c in ordered],
     )
     return refusals
+
+
+def prune_checkins(conn: Connection, before: datetime, limit: int) -> int:
+    """Delete at most ``limit`` check-in rows older than ``before``; returns how many.
+
+    Bounded so one maintenance pass never holds a long write lock; the
+    device's last known state stays in its own row.
+    """
+    from sqlalchemy import delete
+
+    oldest = select(checkins.c.id).where(checkins.c.at < before).limit(limit).scalar_subquery()
+    result = conn.execute(delete(checkins).where(checkins.c.id.in_(oldest)))
+    return int(result.rowcount)
 
 
 def count_checkins(conn: Connection, device_id: str | None = None) -> int:
