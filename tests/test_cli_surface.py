@@ -78,19 +78,12 @@ class Site:
         """An active rollout id (a fresh release each time so none is left active)."""
         version = f"3.0.{len(list(self.tmp.glob('fw-board-a-3.*')))}"
         self.released(version)
-        for ro in _rollouts(self):
+        for ro in rollout_ops.list_rollouts(self.server.state.db):
             if ro.status == "active":
                 rollout_ops.set_paused(self.server.state.db, "test", datetime.now(UTC), ro.id, True)
         return rollout_ops.create(
             self.server.state.db, "test", datetime.now(UTC), version, "board-a"
         ).id
-
-
-def _rollouts(site: Site) -> list:  # type: ignore[type-arg]
-    from homing.store import firmware
-
-    with site.server.state.db.engine.connect() as conn:
-        return firmware.list_rollouts(conn)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +193,7 @@ CASES: dict[str, Case] = {
         "BEGIN CERTIFICATE",
     ),
     "pki revoke": Case(
-        lambda s: ["pki", "revoke", "--device", "dev-issue", *_d(s)],
+        lambda s: ["pki", "revoke", "--device", _issued(s, "dev-revoked"), *_d(s)],
         lambda s: ["pki", "revoke", "--serial", "xyz", *_d(s)],
         "not hexadecimal",
         "revoked",
@@ -235,7 +228,7 @@ CASES: dict[str, Case] = {
         "line-1: active",
     ),
     "factory disable": Case(
-        lambda s: ["factory", "disable", "line-2", *_d(s)],
+        lambda s: ["factory", "disable", _station(s, "line-3"), *_d(s)],
         lambda s: ["factory", "disable", "ghost-line", *_d(s)],
         "no factory station 'ghost-line'",
         "disabled",
@@ -247,13 +240,13 @@ CASES: dict[str, Case] = {
         "hom_",
     ),
     "token list": Case(
-        lambda s: ["token", "list", *_d(s)],
+        lambda s: ["token", "list", *_d(s)] if _token(s, "ops-list") else [],
         lambda s: ["token", "list", "--db", "postgresql://nobody@127.0.0.1:1/none", *_d(s)],
         "cannot reach or migrate the database",
-        "ops: operator",
+        "ops-list: operator",
     ),
     "token revoke": Case(
-        lambda s: ["token", "revoke", "ops", *_d(s)],
+        lambda s: ["token", "revoke", _token(s, "ops-revoke"), *_d(s)],
         lambda s: ["token", "revoke", "ghost-token", *_d(s)],
         "no operator token 'ghost-token'",
         "revoked",
@@ -431,6 +424,23 @@ def _image(site: Site) -> str:
     return str(image)
 
 
+def _issued(site: Site, device_id: str) -> str:
+    """A device certificate issued by hand, so each case stands on its own."""
+    csr = device_csr(device_id)
+    ceremonies.issue_certificate(site.data, csr, "device", datetime.now(UTC))
+    return device_id
+
+
+def _station(site: Site, name: str) -> str:
+    operations.add_factory(site.server.state.db, "test", datetime.now(UTC), name)
+    return name
+
+
+def _token(site: Site, name: str) -> str:
+    operations.add_token(site.server.state.db, "test", datetime.now(UTC), name, "operator")
+    return name
+
+
 def _device(site: Site, device_id: str) -> str:
     site.provisioned(device_id)
     return device_id
@@ -441,8 +451,9 @@ def _rollout_create(site: Site) -> list[str]:
     from homing.store import firmware
 
     site.released("2.0.0", "board-r")
+    member = _device(site, "dev-a")  # provisioned before the transaction: another process
     with site.server.state.db.begin() as conn:
-        firmware.set_group(conn, "lab", [_device(site, "dev-a")])
+        firmware.set_group(conn, "lab", [member])
     return [
         "rollout", "create", "--version", "2.0.0", "--hardware", "board-r", "--group", "lab",
         "--deadline-hours", "6", *_d(site),
