@@ -88,6 +88,18 @@ def _slow_drip(handler: BaseHTTPRequestHandler) -> None:
         pass  # the device hung up, as it should
 
 
+def _header_drip(handler: BaseHTTPRequestHandler) -> None:
+    """Headers one byte at a time, each just inside the per-read timeout."""
+    handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+    try:
+        for byte in b"X-Slow: " + b"a" * 100_000:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            time.sleep(0.05)  # the attacker's pace, not the test's
+    except OSError:
+        pass  # the device hung up, as it should
+
+
 ATTACKS: dict[str, Behaviour] = {
     "not JSON": _answer(200, b"<html>surprise</html>"),
     "JSON array": _answer(200, b"[1, 2, 3]"),
@@ -100,6 +112,7 @@ ATTACKS: dict[str, Behaviour] = {
     "64 MiB body": _huge,
     "endless headers": _endless_headers,
     "slow drip": _slow_drip,
+    "slow header drip": _header_drip,
     "redirect elsewhere": _answer(302, b"", {"Location": "https://elsewhere.example/"}),
     "server error": _answer(500, b'{"error": "internal", "message": "boom"}'),
 }

@@ -186,6 +186,23 @@ def test_a_rekey_supersedes_the_old_certificate_and_key(
     assert crl.get_revoked_certificate_by_serial_number(old.certificate.serial_number)
 
 
+def test_a_certificate_for_another_key_of_an_enrolled_device_is_refused(
+    server: RunningServer, factory: tuple[str, str], tmp_path: Path
+) -> None:
+    """Attack: a certificate for the device's name but not its key (the device CA used by hand)."""
+    server.enroll("dev-k", factory, tmp_path)
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    chain = ceremonies.issue_certificate(
+        server.state.dd, est_csr(other_key, "dev-k"), "device", datetime.now(UTC)
+    )
+    impostor = save_device(tmp_path, "dev-k", other_key, chain[0])
+    refused = server.request("POST", "/v1/device/checkin", CHECKIN, device=impostor)
+    assert refused.status == 403
+    assert refused.json()["message"] == "certificate is not for the device's registered key"
+    with server.state.db.engine.connect() as conn:
+        assert device_store.count_checkins(conn, "dev-k") == 0
+
+
 def test_a_renewal_with_the_same_key_keeps_the_device_whole(
     server: RunningServer, factory: tuple[str, str], tmp_path: Path
 ) -> None:

@@ -39,8 +39,11 @@ def _operation(
     body: str | None = None,
     params: list[dict[str, Any]] | None = None,
     errors: bool = True,
+    answer: str | None = None,
 ) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {status: {"description": ok}}}
+    if answer is not None:
+        op["responses"][status]["content"] = _json(answer)
     if errors:
         for code in (400, 401, 403, 404, 409, 413, 415):
             op["responses"][str(code)] = _error()
@@ -150,11 +153,13 @@ def openapi_document(version: str) -> dict[str, Any]:
     ]
     paths: dict[str, Any] = {
         "/v1/device/checkin": {
-            "post": {
-                **_operation(
-                    "Device check-in (mutual TLS)", "recorded", security=_DEVICE, body="CheckIn"
-                ),
-            }
+            "post": _operation(
+                "Device check-in (mutual TLS)",
+                "recorded",
+                security=_DEVICE,
+                body="CheckIn",
+                answer="CheckInAnswer",
+            )
         },
         "/v1/device/update": {
             "post": _operation(
@@ -284,7 +289,6 @@ def openapi_document(version: str) -> dict[str, Any]:
         "/metrics": {"get": _operation("Prometheus metrics", "text format", errors=False)},
         "/openapi.json": {"get": _operation("This document", "OpenAPI 3.1", errors=False)},
     }
-    paths["/v1/device/checkin"]["post"]["responses"]["200"]["content"] = _json("CheckInAnswer")
     return {
         "openapi": "3.1.0",
         "info": {"title": "homing home server", "version": version},

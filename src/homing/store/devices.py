@@ -12,6 +12,8 @@ from sqlalchemy import Connection, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from homing.errors import ConflictError, NotFoundError, PolicyError
+from homing.store.certificates import certificate as certificate_row
+from homing.store.certificates import revoke_certificate
 from homing.store.schema import certificates, checkins, devices
 from homing.store.sql import db_time as _db_time
 from homing.store.sql import driver_executemany, driver_rows
@@ -236,24 +238,13 @@ def revoke(
     if (device_id is None) == (serial is None):
         raise PolicyError("name exactly one of a device id or a serial")
     if serial is not None:
-        cert = conn.execute(
-            select(certificates.c.kind, certificates.c.subject_id).where(
-                certificates.c.serial == format(serial, "x")
-            )
-        ).first()
+        cert = certificate_row(conn, serial)
         if cert is None:
             raise NotFoundError(f"no certificate with serial {serial:x} was issued here")
         if cert.kind != "device":
-            conn.execute(
-                update(certificates)
-                .where(
-                    certificates.c.serial == format(serial, "x"),
-                    certificates.c.revoked_at.is_(None),
-                )
-                .values(revoked_at=when, reason=reason)
-            )
+            revoke_certificate(conn, serial, when, reason)
             return 1, None
-        device_id = str(cert.subject_id)
+        device_id = cert.subject_id
     assert device_id is not None
     return revoke_device(conn, device_id, when, reason), device_id
 
@@ -267,10 +258,12 @@ def _refusal(row: Any, presented: Presented, device_id: str) -> str | None:
         return "device is not enrolled"
     if row.status != "active":
         return "device is revoked"
-    if row.reason == SUPERSEDED or (row.revoked_at is None and row.key_spki != presented.key_spki):
+    if row.reason == SUPERSEDED:
         return "certificate superseded: the device has registered a newer key"
     if row.revoked_at is not None:
         return "device is revoked"
+    if row.key_spki != presented.key_spki:
+        return "certificate is not for the device's registered key"
     return None
 
 
