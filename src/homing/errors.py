@@ -18,6 +18,7 @@ exceptions are translated at the seam with ``raise ... from e``, so callers
     │   │   │                threshold, freeze, mix-and-match, tampering)
     │   │   └── MetadataExpiredError  verified, but past its expiry
     │   └── CeremonyError    a ceremony cannot be carried out as asked
+    │       └── StrandingError  it would leave live devices with no pinned path home
     ├── TransportError       the metadata source could not be reached
     │   └── RefusedError     the server answered, and refused (status and code)
     ├── StoreError           the database refused or lost a write
@@ -45,6 +46,7 @@ __all__ = [
     "RefusedError",
     "RevokedError",
     "StoreError",
+    "StrandingError",
     "TransportError",
     "TrustError",
 ]
@@ -96,6 +98,18 @@ class MetadataExpiredError(MetadataError):
 
 class CeremonyError(TrustError):
     """A trust ceremony cannot be carried out as requested."""
+
+
+class StrandingError(CeremonyError):
+    """A rotation would retire the only key live devices are known to trust.
+
+    ``device_ids`` names them; the operator lets them check in first, or
+    forces the rotation with a reason (audited).
+    """
+
+    def __init__(self, message: str, device_ids: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.device_ids = device_ids
 
 
 class TransportError(HomingError):

@@ -20,7 +20,7 @@ import base64
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,6 +34,7 @@ from homing.agent.decide import (
     CheckInAnswer,
     CycleReport,
     certificate_action,
+    held_trust,
     retry_after_seconds,
 )
 from homing.agent.fetcher import HTTPSFetcher
@@ -280,12 +281,18 @@ class Agent:
             with contextlib.suppress(ValueError):
                 health["manual_update"] = json.loads(manual.read_bytes())
         running = installer_for(self).active_version() or self.firmware_version
-        body = {
-            "firmware_version": running,
-            "hardware": self.config.hardware,
-            "trust": report.trust,
-            "health": health,
-        }
+        policy = client.policy
+
+        def body(chain: Sequence[x509.Certificate]) -> dict[str, Any]:
+            # The trust this device holds, so the operator (and the retirement
+            # guard) can see who still depends on a key before it is retired.
+            return {
+                "firmware_version": running,
+                "hardware": self.config.hardware,
+                "trust": {**report.trust, **held_trust(policy, chain)},
+                "health": health,
+            }
+
         answer = self._remember_retry_after(
             client.post_json("/v1/device/checkin", body, mutual=True), now
         ).expect_ok("check-in")

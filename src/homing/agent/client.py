@@ -30,7 +30,7 @@ import io
 import json
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -204,19 +204,27 @@ class HomeClient:
     def post(
         self,
         path: str,
-        body: bytes,
+        body: bytes | Callable[[Sequence[x509.Certificate]], bytes],
         content_type: str,
         *,
         mutual: bool,
         headers: dict[str, str] | None = None,
     ) -> Answer:
-        """POST and read the whole (bounded) answer."""
+        """POST and read the whole (bounded) answer.
+
+        ``body`` may be a function of the chain this connection verified (a
+        check-in reports the pins that matched on the very connection it
+        travels on); it is called after the pin checks, before a byte is sent.
+        """
         conn = self._connection(mutual=mutual)
         what = f"request to {path}"
         sent = {"Content-Type": content_type, **(headers or {})}
         _with_deadline(conn, self.limits.request_deadline_seconds, self.limits.read_timeout_seconds)
         response: http.client.HTTPResponse | None = None
         try:
+            if callable(body):
+                conn.connect()
+                body = body(conn.verified_chain)
             conn.request("POST", path, body=body, headers=sent)
             response = conn.getresponse()
             limit = (
@@ -242,10 +250,24 @@ class HomeClient:
                 response.close()
             conn.close()
 
-    def post_json(self, path: str, doc: dict[str, Any], *, mutual: bool) -> Answer:
-        """POST a JSON object; fields that are None are left out."""
-        body = json.dumps({k: v for k, v in doc.items() if v is not None}).encode()
-        return self.post(path, body, "application/json", mutual=mutual)
+    def post_json(
+        self,
+        path: str,
+        doc: dict[str, Any] | Callable[[Sequence[x509.Certificate]], dict[str, Any]],
+        *,
+        mutual: bool,
+    ) -> Answer:
+        """POST a JSON object (or one made from the verified chain); None fields are left out."""
+
+        def encode(d: dict[str, Any]) -> bytes:
+            return json.dumps({k: v for k, v in d.items() if v is not None}).encode()
+
+        if callable(doc):
+            make = doc
+            return self.post(
+                path, lambda chain: encode(make(chain)), "application/json", mutual=mutual
+            )
+        return self.post(path, encode(doc), "application/json", mutual=mutual)
 
     @contextmanager
     def download(self, path: str, *, offset: int) -> Iterator[tuple[int, Callable[[int], bytes]]]:

@@ -9,6 +9,8 @@ applies the same rules to its devices.
 from __future__ import annotations
 
 import enum
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -17,6 +19,8 @@ from typing import Any
 from cryptography import x509
 
 from homing.errors import PolicyError, TransportError
+from homing.pki.keys import spki_pin
+from homing.trust.pins import PinPolicy
 
 __all__ = [
     "Assignment",
@@ -26,6 +30,7 @@ __all__ = [
     "Image",
     "accept_image",
     "certificate_action",
+    "held_trust",
     "retry_after_seconds",
 ]
 
@@ -162,3 +167,18 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
         except (TypeError, ValueError):
             return None
     return max(0.0, min(seconds, MAX_RETRY_AFTER_SECONDS))
+
+
+def held_trust(policy: PinPolicy, chain: Sequence[x509.Certificate]) -> dict[str, Any]:
+    """What this device trusts, as it reports it at check-in.
+
+    The SHA-256 of its pin policy names the whole policy (the server keeps
+    every one it published), and ``pins_matched`` the pins of ``chain`` (the
+    chain this connection verified) that the policy holds: which server-CA
+    generation the device reached home through.
+    """
+    held = set(policy.spki_pins)
+    return {
+        "pin_policy": hashlib.sha256(policy.to_bytes()).hexdigest(),
+        "pins_matched": sorted({spki_pin(c) for c in chain} & held),
+    }

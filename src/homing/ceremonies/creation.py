@@ -25,6 +25,7 @@ from homing.pki.keystore import (
 )
 from homing.pki.profiles import server_csr, server_profile, split_hosts
 from homing.site import DataDir, Settings
+from homing.store import pin_history
 from homing.trust.pins import PIN_POLICY_TARGET, PinPolicy
 from homing.trust.repository import RoleKeys, TrustRepository
 from homing.trust.signing import signer_for, tuf_key
@@ -195,6 +196,8 @@ def init(
             initial_targets={PIN_POLICY_TARGET: policy.to_bytes()},
             expiries=expiries,
         )
+        with dd.database().begin() as conn:
+            pin_history.record_policy(conn, policy.to_bytes(), policy.spki_pins, 1, now)
         settings = Settings(
             mode="ceremony" if ceremony else "dev",
             encrypted=bool(passphrase),

@@ -25,6 +25,11 @@ from homing.ceremonies._common import (
     _signer,
     _write_offline_key,
 )
+from homing.ceremonies.retirement import (
+    DEFAULT_LIVE_WINDOW,
+    check_pin_retirement,
+    record_published_pins,
+)
 from homing.errors import CeremonyError
 from homing.fsutil import atomic_write
 from homing.pki.authority import make_issuing_ca
@@ -162,14 +167,23 @@ def pin_policy(dd: DataDir, settings: Settings, store: KeyStore) -> PinPolicy:
 
 
 def rotate_issuing_ca(
-    data: Path | DataDir, kind: str, now: datetime, *, actor: str = OPERATOR
+    data: Path | DataDir,
+    kind: str,
+    now: datetime,
+    *,
+    actor: str = OPERATOR,
+    live_within: timedelta = DEFAULT_LIVE_WINDOW,
+    force_reason: str | None = None,
 ) -> int:
     """Promote the backup key of the ``kind`` issuing CA; returns the new generation.
 
     The backup's SPKI has been pinned since the previous rotation, so a
     device that slept through this one still trusts the new CA. For the
     server CA a new server certificate is issued and the new pins (the new
-    active key and a freshly generated backup) are published.
+    active key and a freshly generated backup) are published. Before that,
+    the retirement guard refuses when a device seen within ``live_within``
+    does not hold the promoted key's pin (``StrandingError``), unless
+    ``force_reason`` is given; a forced rotation is audited with it.
     """
     if kind not in ("server", "device"):
         raise CeremonyError(f"unknown issuing CA {kind!r}: use 'server' or 'device'")
@@ -179,6 +193,16 @@ def rotate_issuing_ca(
     root_ca = dd.certificate("root-ca.pem")
     root_key = _ca_key(store, "root-ca")
     active_key = _ca_key(store, f"{kind}-ca-g{g}")
+    verdict = None
+    if kind == "server":
+        # Device CA rotations keep trusting the old CA, so only this one can strand.
+        verdict = check_pin_retirement(
+            dd,
+            spki_pin(active_key.public_key()),
+            now,
+            live_within=live_within,
+            force_reason=force_reason,
+        )
     cert = make_issuing_ca(
         kind,
         active_key.public_key(),
@@ -207,20 +231,32 @@ def rotate_issuing_ca(
     if kind == "server":
         rotate_server_cert(dd, now, actor=actor)
         _publish_pins(dd, settings, store, now)
-    _audit(dd, now, actor, f"rotate_{kind}_ca", f"generation {g}")
+    detail: dict[str, object] | None = None
+    if verdict is not None and (verdict.stranded or verdict.unknown):
+        detail = {
+            "stranded": list(verdict.stranded),
+            "unknown_trust": len(verdict.unknown),
+            "live": verdict.live,
+        }
+        if force_reason is not None and verdict.stranded:
+            detail["forced"] = force_reason
+    _audit(dd, now, actor, f"rotate_{kind}_ca", f"generation {g}", detail)
     return g
 
 
 def _publish_pins(dd: DataDir, settings: Settings, store: KeyStore, now: datetime) -> int:
     repo = dd.repository(settings)
     snapshot, timestamp = _online_signers(store, settings)
-    return repo.publish_targets(
-        {PIN_POLICY_TARGET: pin_policy(dd, settings, store).to_bytes()},
+    policy_bytes = pin_policy(dd, settings, store).to_bytes()
+    version = repo.publish_targets(
+        {PIN_POLICY_TARGET: policy_bytes},
         _signer(store, "targets"),
         snapshot,
         timestamp,
         now,
     )
+    record_published_pins(dd, policy_bytes, settings.server_ca_generation, now)
+    return version
 
 
 def rotate_server_cert(

@@ -160,12 +160,35 @@ def rotate_root(
 
 @rotate.command("server-ca")
 @_data_option
-def rotate_server_ca(data: Path) -> None:
-    """Promote the server CA's backup key, re-issue the server certificate, publish pins."""
+@click.option(
+    "--live-within-days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30,
+    show_default=True,
+    help="Devices seen this recently must already hold the promoted key's pin.",
+)
+@click.option("--force", is_flag=True, help="Rotate even if live devices would be stranded.")
+@click.option("--reason", help="Why a forced rotation is worth stranding them (audited).")
+def rotate_server_ca(data: Path, live_within_days: float, force: bool, reason: str | None) -> None:
+    """Promote the server CA's backup key, re-issue the server certificate, publish pins.
+
+    Refused when a device seen within the live window holds pins that do not
+    include the promoted key (it would lose its pinned path home), unless
+    forced with a reason.
+    """
     from homing import ceremonies
 
+    if force and not (reason and reason.strip()):
+        _fail("--force needs --reason: a forced rotation is audited with why")
+    if reason is not None and not force:
+        _fail("--reason is only for --force")
     generation = ceremonies.rotate_issuing_ca(
-        _site(data), "server", _now(), actor=_operator_actor()
+        _site(data),
+        "server",
+        _now(),
+        actor=_operator_actor(),
+        live_within=timedelta(days=live_within_days),
+        force_reason=reason if force else None,
     )
     out.print(f"server-issuing CA generation {generation} is active; new pins published")
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from homing import ceremonies
 from homing.errors import NotFoundError
+from homing.operations.overview import (
+    CERTIFICATE_WARNING,
+    OFFLINE_ROLE_WARNING,
+    expiry_timeline,
+)
 from homing.site import DataDir
 from homing.store import Database, audit, credentials
 from homing.store import certificates as certs
 from homing.store import devices as device_store
-from homing.trust.repository import FIRMWARE_ROLE
 
 __all__ = [
     "OFFLINE_ROLE_WARNING",
@@ -26,11 +30,6 @@ __all__ = [
     "revoke_device",
     "revoke_token",
 ]
-
-# Offline-signed roles need a ceremony to renew: warn this far ahead.
-OFFLINE_ROLE_WARNING = timedelta(days=90)
-ONLINE_ROLE_WARNING = timedelta(hours=6)
-CERTIFICATE_WARNING = timedelta(days=30)
 
 
 def list_devices(
@@ -131,29 +130,12 @@ def fleet_status(dd: DataDir, db: Database, actor: str, now: datetime) -> dict[s
     with db.begin() as conn:
         summary = device_store.fleet_summary(conn, now, CERTIFICATE_WARNING)
         audit.audit(conn, now, actor, "status")
+    timeline = expiry_timeline(dd, now)
     expiries = {
-        "root": repo.root().signed.expires,
-        "targets": repo.targets().signed.expires,
-        FIRMWARE_ROLE: repo.targets(FIRMWARE_ROLE).signed.expires,
-        "snapshot": repo.snapshot().signed.expires,
-        "timestamp": repo.timestamp().signed.expires,
+        e.name.removesuffix(" metadata"): e.expires for e in timeline if e.kind == "metadata"
     }
     server_leaf = dd.certificates("server-chain.pem")[0]
-    warnings: list[str] = []
-    for role, expires in expiries.items():
-        window = ONLINE_ROLE_WARNING if role in ("snapshot", "timestamp") else OFFLINE_ROLE_WARNING
-        if expires <= now:
-            warnings.append(f"{role} metadata EXPIRED at {expires.isoformat()}")
-        elif expires - now <= window:
-            warnings.append(f"{role} metadata expires {expires.isoformat()}: plan its renewal")
-    # The server renews its certificate at two thirds of its lifetime; a quarter
-    # left means renewal has been failing.
-    lifetime = server_leaf.not_valid_after_utc - server_leaf.not_valid_before_utc
-    if server_leaf.not_valid_after_utc - now <= lifetime / 4:
-        warnings.append(
-            f"server certificate expires {server_leaf.not_valid_after_utc.isoformat()} "
-            "and was not renewed: is the server running?"
-        )
+    warnings = [e.warning for e in timeline if e.warning]
     if summary["device_certificates_expiring"]:
         warnings.append(
             f"{summary['device_certificates_expiring']} device certificates expire within 30 days"

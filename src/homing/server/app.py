@@ -14,7 +14,9 @@ from aiohttp import web
 from homing import __version__
 from homing.errors import HomingError
 from homing.server import admin_api, device_api, est, metadata, recovery
+from homing.server import web as fleet_view
 from homing.server.errors import HTTPProblem, problem_response, status_for
+from homing.server.fleet_gauges import FleetGauges
 from homing.server.metrics import CONTENT_TYPE_LATEST, METRICS, Metrics
 from homing.server.openapi import openapi_document
 from homing.server.state import ServerState
@@ -90,8 +92,11 @@ def build_app(state: ServerState) -> web.Application:
             {"status": "ok", "worker": os.getpid(), "metadata": state.metadata_versions().to_json()}
         )
 
+    gauges = FleetGauges(state.dd, state.db)
+
     async def metrics(request: web.Request) -> web.Response:
-        body = request.app[METRICS].render()
+        fleet = await state.run(gauges.render, state.now())
+        body = request.app[METRICS].render() + fleet
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def openapi(request: web.Request) -> web.Response:
@@ -123,6 +128,7 @@ def build_app(state: ServerState) -> web.Application:
             *device_api.routes(state, writer),
             *recovery.routes(state),
             *admin_api.routes(state),
+            *fleet_view.routes(state),
         ]
     )
     return app

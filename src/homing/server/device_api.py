@@ -30,6 +30,7 @@ from homing.store.devices import CheckIn, Presented
 __all__ = ["CheckinWriter", "routes"]
 
 _MAX_HEALTH_BYTES = 4096
+_MAX_PINS_MATCHED = 4
 
 
 # How long a check-in batch written on the event loop may wait for a busy
@@ -158,6 +159,29 @@ def _opt_int(doc: dict[str, Any], key: str) -> int | None:
     return value
 
 
+def _held_trust(trust: dict[str, Any]) -> tuple[str | None, tuple[str, ...]]:
+    """The pin policy digest and matched pins a device reports (both optional)."""
+    digest = trust.get("pin_policy")
+    if digest is not None and (
+        not isinstance(digest, str)
+        or len(digest) != 64
+        or any(ch not in "0123456789abcdef" for ch in digest)
+    ):
+        raise HTTPProblem(400, "bad_request", "trust.pin_policy must be a lower-case SHA-256 hex")
+    matched = trust.get("pins_matched", [])
+    if (
+        not isinstance(matched, list)
+        or len(matched) > _MAX_PINS_MATCHED
+        or not all(isinstance(p, str) and len(p) == 44 for p in matched)
+    ):
+        raise HTTPProblem(
+            400,
+            "bad_request",
+            f"trust.pins_matched must be a list of at most {_MAX_PINS_MATCHED} base64 SHA-256 pins",
+        )
+    return digest, tuple(matched)
+
+
 async def json_body(request: web.Request) -> dict[str, Any]:
     content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
@@ -192,6 +216,11 @@ async def _assignment(state: ServerState, record: CheckIn) -> dict[str, Any] | N
     return await state.run(assign)
 
 
+def _remember_failure(state: ServerState, device_id: str, reason: str) -> None:
+    with state.db.begin() as conn:
+        device_store.record_failure(conn, device_id, state.now(), reason)
+
+
 def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
     async def checkin(request: web.Request) -> web.Response:
         identity = verify_device_certificate(request, state)
@@ -207,6 +236,7 @@ def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
                 400, "bad_request", f"'health' must be an object under {_MAX_HEALTH_BYTES} bytes"
             )
         now = state.now()
+        pin_policy, pins_matched = _held_trust(trust)
         record = CheckIn(
             device_id=identity.device_id,
             at=now,
@@ -216,9 +246,12 @@ def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
             targets_version=_opt_int(trust, "targets"),
             health=health,
             hardware=_opt_str(body, "hardware"),
+            pin_policy_sha256=pin_policy,
+            pins_matched=pins_matched,
         )
         refusal = await writer.record(record, identity.presented)
         if refusal is not None:
+            await state.run(_remember_failure, state, identity.device_id, refusal)
             raise refusal_problem(refusal)
         update = await _assignment(state, record)
         request.app[METRICS].checkins.inc()

@@ -78,8 +78,16 @@ _SCHEMAS: dict[str, Any] = {
             "hardware": {"type": "string", "maxLength": 64},
             "trust": _object(
                 {
-                    k: {"type": "integer", "minimum": 0}
-                    for k in ("root", "timestamp", "snapshot", "targets")
+                    **{
+                        k: {"type": "integer", "minimum": 0}
+                        for k in ("root", "timestamp", "snapshot", "targets")
+                    },
+                    "pin_policy": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    "pins_matched": {
+                        "type": "array",
+                        "maxItems": 4,
+                        "items": {"type": "string", "minLength": 44, "maxLength": 44},
+                    },
                 }
             ),
             "health": {"type": "object"},
@@ -116,6 +124,11 @@ _SCHEMAS: dict[str, Any] = {
         ("device_id", "nonce", "csr", "signature"),
     ),
     "Revoke": _object({"reason": {"type": "string", "maxLength": 256}}),
+    "LoginForm": _object({"token": _STRING}, ("token",)),
+    "CsrfForm": _object({"csrf": _STRING}, ("csrf",)),
+    "RevokeForm": _object(
+        {"csrf": _STRING, "reason": {"type": "string", "maxLength": 256}}, ("csrf",)
+    ),
     "FactoryCreate": _object({"name": _NAME}, ("name",)),
     "TokenCreate": _object(
         {"name": _NAME, "role": {"type": "string", "enum": ["read-only", "operator"]}},
@@ -136,6 +149,76 @@ _SCHEMAS: dict[str, Any] = {
         closed=True,
     ),
 }
+
+
+def _page(
+    summary: str, *, form: str | None = None, params: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A page of the web fleet view: HTML, or a form POST answered with 303 See Other."""
+    op: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"session": []}],
+        "responses": {
+            "200": {"description": "HTML page", "content": {"text/html": {}}},
+            "303": {"description": "redirect (to the login page without a session)"},
+            "400": {"description": "bad input (HTML page)"},
+            "401": {"description": "not logged in (HTML page)"},
+            "403": {"description": "stale form, other origin or role too low (HTML page)"},
+        },
+    }
+    if form is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {"$ref": f"#/components/schemas/{form}"}
+                }
+            },
+        }
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _fleet_view_paths() -> dict[str, Any]:
+    device = [_path_param("device_id")]
+    rollout = [_path_param("rollout_id", "integer")]
+    public: dict[str, Any] = {"security": []}
+    return {
+        "/": {"get": {**_page("Redirect to the fleet view"), **public}},
+        "/ui/style.css": {"get": {**_page("The fleet view's style sheet"), **public}},
+        "/ui/login": {
+            "get": {**_page("Log-in form"), **public},
+            "post": {
+                **_page("Log in with an operator token; sets the session cookie", form="LoginForm"),
+                **public,
+            },
+        },
+        "/ui/logout": {"post": _page("Log out", form="CsrfForm")},
+        "/ui": {
+            "get": _page(
+                "Fleet overview: trust spread, firmware, expiries, warnings",
+                params=[{"name": "days", "in": "query", "schema": {"type": "number"}}],
+            )
+        },
+        "/ui/devices": {
+            "get": _page(
+                "Device list", params=[{"name": "search", "in": "query", "schema": _STRING}]
+            )
+        },
+        "/ui/devices/{device_id}": {"get": _page("One device", params=device)},
+        "/ui/devices/{device_id}/revoke": {
+            "post": _page("Revoke the device (operator role)", form="RevokeForm", params=device)
+        },
+        "/ui/rollouts": {"get": _page("Rollouts with stages and halt reasons")},
+        "/ui/rollouts/{rollout_id}/pause": {
+            "post": _page("Pause the rollout (operator role)", form="CsrfForm", params=rollout)
+        },
+        "/ui/rollouts/{rollout_id}/resume": {
+            "post": _page("Resume the rollout (operator role)", form="CsrfForm", params=rollout)
+        },
+        "/ui/audit": {"get": _page("The audit log")},
+    }
 
 
 def openapi_document(version: str) -> dict[str, Any]:
@@ -285,6 +368,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "Resume a rollout (operator role)", "resumed", security=_ADMIN, params=rollout_id
             )
         },
+        **_fleet_view_paths(),
         "/healthz": {"get": _operation("Liveness", "ok", errors=False)},
         "/metrics": {"get": _operation("Prometheus metrics", "text format", errors=False)},
         "/openapi.json": {"get": _operation("This document", "OpenAPI 3.1", errors=False)},
@@ -297,6 +381,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "factory": {"type": "http", "scheme": "basic"},
                 "device": {"type": "mutualTLS"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "homing_session"},
             },
             "schemas": _SCHEMAS,
         },

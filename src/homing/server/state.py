@@ -80,6 +80,24 @@ class ServerState:
         self._device_key: ec.EllipticCurvePrivateKey | None = None
         self.ssl_context = self._build_tls()
         self._load_device_ca()
+        self._record_published_pins()
+
+    def _record_published_pins(self) -> None:
+        """The pin policy published now is in this database's history (idempotent).
+
+        Ceremonies record what they publish in the site's database; this also
+        covers sites older than the history and a server pointed at another one.
+        """
+        from homing.store import pin_history
+        from homing.trust.pins import PIN_POLICY_TARGET, PinPolicy
+
+        repo = self.dd.repository(self.settings)
+        policy_bytes = repo.target_bytes(PIN_POLICY_TARGET)
+        pins = PinPolicy.from_bytes(policy_bytes).spki_pins
+        with self.db.begin() as conn:
+            pin_history.record_policy(
+                conn, policy_bytes, pins, self.settings.server_ca_generation, self.clock()
+            )
 
     # -- time and threads -------------------------------------------------
 

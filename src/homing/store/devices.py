@@ -29,6 +29,7 @@ __all__ = [
     "list_devices",
     "prune_checkins",
     "record_checkins",
+    "record_failure",
     "revoke",
     "revoke_device",
     "set_device_key",
@@ -61,6 +62,10 @@ class DeviceRow:
     health: dict[str, Any] | None
     revoked_at: datetime | None
     revoke_reason: str | None
+    pin_policy_sha256: str | None = None
+    pins_matched: tuple[str, ...] = ()
+    last_failure_at: datetime | None = None
+    last_failure: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,10 +80,14 @@ class DeviceRow:
                 "root": self.root_version,
                 "timestamp": self.timestamp_version,
                 "targets": self.targets_version,
+                "pin_policy": self.pin_policy_sha256,
+                "pins_matched": list(self.pins_matched),
             },
             "health": self.health,
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
             "revoke_reason": self.revoke_reason,
+            "last_failure_at": self.last_failure_at.isoformat() if self.last_failure_at else None,
+            "last_failure": self.last_failure,
         }
 
 
@@ -92,11 +101,14 @@ class CheckIn:
     targets_version: int | None
     health: dict[str, Any] | None
     hardware: str | None = None
+    pin_policy_sha256: str | None = None
+    pins_matched: tuple[str, ...] = ()
 
 
 def _device(r: Any) -> DeviceRow:
     m = dict(r._mapping)
     m["health"] = json.loads(m["health"]) if m["health"] else None
+    m["pins_matched"] = tuple(json.loads(m["pins_matched"])) if m["pins_matched"] else ()
     return DeviceRow(**m)
 
 
@@ -357,11 +369,29 @@ def record_checkins(
         "UPDATE devices SET last_seen = :at, firmware_version = :firmware_version, "
         "root_version = :root_version, timestamp_version = :timestamp_version, "
         "targets_version = :targets_version, health = :health, "
-        "hardware = COALESCE(:hardware, hardware) "
+        "hardware = COALESCE(:hardware, hardware), "
+        "pin_policy_sha256 = :pin_policy_sha256, pins_matched = :pins_matched "
         "WHERE device_id = :device_id AND (last_seen IS NULL OR last_seen <= :at)",
-        [{**params[id(c)], "hardware": c.hardware} for c in ordered],
+        [
+            {
+                **params[id(c)],
+                "hardware": c.hardware,
+                "pin_policy_sha256": c.pin_policy_sha256,
+                "pins_matched": json.dumps(list(c.pins_matched)) if c.pins_matched else None,
+            }
+            for c in ordered
+        ],
     )
     return refusals
+
+
+def record_failure(conn: Connection, device_id: str, when: datetime, reason: str) -> None:
+    """Remember that the server refused this device's contact (a gauge and the fleet view)."""
+    conn.execute(
+        update(devices)
+        .where(devices.c.device_id == device_id)
+        .values(last_failure_at=when, last_failure=reason[:256])
+    )
 
 
 def prune_checkins(conn: Connection, before: datetime, limit: int) -> int:

@@ -35,10 +35,12 @@ __all__ = [
     "factory_credentials",
     "metadata",
     "operator_tokens",
+    "pin_policies",
     "recovery_nonces",
     "releases",
     "rollout_devices",
     "rollouts",
+    "ui_sessions",
 ]
 
 
@@ -84,6 +86,13 @@ devices = Table(
     Column("health", Text),
     Column("revoked_at", UTCDateTime),
     Column("revoke_reason", String(256)),
+    # The trust the device last said it holds: the SHA-256 of its pin policy
+    # and the pins that matched the server's chain (JSON list).
+    Column("pin_policy_sha256", String(64)),
+    Column("pins_matched", Text),
+    # The last contact the server refused, and why (revoked, expired, ...).
+    Column("last_failure_at", UTCDateTime),
+    Column("last_failure", String(256)),
 )
 
 certificates = Table(
@@ -210,4 +219,26 @@ rollout_devices = Table(
     Column("reason", Text),
     Column("version", String(64)),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+pin_policies = Table(
+    "pin_policies",
+    metadata,
+    # Every pin policy ever published, so a device's reported SHA-256 names
+    # the pins it holds (the retirement guard and the fleet view read it).
+    Column("sha256", String(64), primary_key=True),
+    Column("version", Integer, nullable=False, unique=True),
+    Column("pins", Text, nullable=False),  # JSON list, active server-CA pin first
+    Column("server_ca_generation", Integer, nullable=False),
+    Column("published_at", UTCDateTime, nullable=False),
+)
+
+ui_sessions = Table(
+    "ui_sessions",
+    metadata,
+    Column("session_hash", String(64), primary_key=True),  # SHA-256 of the cookie value
+    Column("token_name", String(64), ForeignKey("operator_tokens.name"), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
 )
