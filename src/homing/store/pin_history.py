@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, func, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from homing.store.schema import devices, pin_policies
 
@@ -57,15 +58,23 @@ def record_policy(
         int(conn.execute(select(func.coalesce(func.max(pin_policies.c.version), 0))).scalar_one())
         + 1
     )
-    conn.execute(
-        insert(pin_policies).values(
-            sha256=digest,
-            version=version,
-            pins=json.dumps(list(pins)),
-            server_ca_generation=generation,
-            published_at=when,
-        )
-    )
+    try:
+        # Several server processes start at once and record the same policy.
+        with conn.begin_nested():
+            conn.execute(
+                insert(pin_policies).values(
+                    sha256=digest,
+                    version=version,
+                    pins=json.dumps(list(pins)),
+                    server_ca_generation=generation,
+                    published_at=when,
+                )
+            )
+    except IntegrityError:
+        again = policies(conn).get(digest)
+        if again is None:
+            raise
+        return again
     return PublishedPolicy(digest, version, pins, generation, when)
 
 

@@ -1,0 +1,298 @@
+"""The operator's view without a browser: trust reports, gauges, the retirement guard, deploy files.
+
+Gauges are parsed with prometheus_client's own parser and checked against
+the fleet the test built through real check-ins; the guard is attacked with
+a device that was enrolled and seen yesterday.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from homing import ceremonies
+from homing.errors import CeremonyError, StrandingError
+from homing.operations import fleet as operations
+from homing.pki.keys import spki_pin
+from homing.store import audit, pin_history
+from homing.store import devices as device_store
+from tests.fleet import QUIET_DAYS, build_fleet, check_in, device, device_context, move_server_clock
+from tests.harness import RunningServer, run_homing
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _gauges(server: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    answer = server.request("GET", "/metrics")
+    assert answer.status == 200
+    values = {}
+    for family in text_string_to_metric_families(answer.body.decode()):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+def test_check_in_records_the_trust_the_device_holds(server: RunningServer, tmp_path: Path) -> None:
+    state = device(server, tmp_path, "dev-1", "board-a")
+    check_in(server, state)
+    with server.state.db.engine.connect() as conn:
+        row = device_store.device(conn, "dev-1")
+        known = pin_history.policies(conn)
+    assert row is not None
+    held = json.loads((state.root / "pins.json").read_bytes())
+    (policy,) = [p for p in known.values() if p.sha256 == row.pin_policy_sha256]
+    assert list(policy.pins) == held["spki_pins"]
+    # The server's chain was validated through the active server CA's pin.
+    active = spki_pin(server.state.dd.certificate("server-ca.pem"))
+    assert row.pins_matched == (active,)
+
+
+@pytest.mark.parametrize(
+    ("trust", "why"),
+    [
+        ({"pin_policy": "ABC"}, "pin_policy"),
+        ({"pin_policy": "0" * 63 + "G"}, "pin_policy"),
+        ({"pin_policy": 5}, "pin_policy"),
+        ({"pins_matched": "x" * 44}, "pins_matched"),
+        ({"pins_matched": ["short"]}, "pins_matched"),
+        ({"pins_matched": ["A" * 44] * 5}, "pins_matched"),
+    ],
+)
+def test_malformed_trust_reports_are_refused_and_change_nothing(
+    server: RunningServer, tmp_path: Path, trust: dict[str, object], why: str
+) -> None:
+    state = device(server, tmp_path, "dev-1", "board-a")
+    answer = server.request(
+        "POST", "/v1/device/checkin", {"trust": trust}, context=device_context(server, state)
+    )
+    assert answer.status == 400
+    assert why in answer.json()["message"]
+    with server.state.db.engine.connect() as conn:
+        row = device_store.device(conn, "dev-1")
+    assert row is not None and row.last_seen is None and row.pin_policy_sha256 is None
+
+
+def test_gauges_match_the_fleet(server: RunningServer, tmp_path: Path) -> None:
+    fleet = build_fleet(server, tmp_path)
+    # A revoked device that tries again is a failed last contact.
+    operations.revoke_device(
+        server.state.dd, server.state.db, "test", server.clock(), "dev-a2", "stolen"
+    )
+    answer = server.request(
+        "POST",
+        "/v1/device/checkin",
+        {"trust": {}},
+        context=device_context(server, fleet.devices["dev-a2"]),
+    )
+    assert answer.status == 403
+    g = _gauges(server)
+    now = server.clock()
+    repo = server.state.dd.repository(server.state.dd.settings())
+    timestamp_left = (repo.timestamp().signed.expires - now).total_seconds()
+    got = g[("homing_metadata_expiry_seconds", (("role", "timestamp"),))]
+    assert abs(got - timestamp_left) < 120
+    root_left = (repo.root().signed.expires - now).total_seconds()
+    assert abs(g[("homing_metadata_expiry_seconds", (("role", "root"),))] - root_left) < 120
+    leaf = server.state.dd.certificates("server-chain.pem")[0]
+    server_left = g[
+        (
+            "homing_certificate_expiry_seconds",
+            (("certificate", "server certificate"), ("kind", "server")),
+        )
+    ]
+    assert abs(server_left - (leaf.not_valid_after_utc - now).total_seconds()) < 120
+    ca_names = {labels for name, labels in g if name == "homing_certificate_expiry_seconds"}
+    assert (("certificate", "homing root CA"), ("kind", "ca")) in ca_names
+    # Active devices: dev-a1 and dev-quiet on root 1, dev-b1 on root 2 (dev-a2 is revoked).
+    assert g[("homing_devices_active", ())] == 3
+    assert g[("homing_devices_revoked", ())] == 1
+    assert g[("homing_devices_by_root_version", (("root_version", "1"),))] == 2
+    assert g[("homing_devices_by_root_version", (("root_version", "2"),))] == 1
+    assert g[("homing_devices_by_pin_policy_version", (("pin_policy_version", "1"),))] == 3
+    assert g[("homing_devices_by_server_ca_generation", (("generation", "1"),))] == 3
+    assert g[("homing_devices_not_seen", (("days", "7"),))] == 1
+    # dev-a2 is revoked, so not counted among active devices that failed.
+    assert g[("homing_devices_last_contact_failed", ())] == 0
+    with server.state.db.engine.connect() as conn:
+        row = device_store.device(conn, "dev-a2")
+    assert row is not None and row.last_failure is not None and "revoked" in row.last_failure
+    halted = (("hardware", "board-b"), ("rollout", str(fleet.halted)), ("version", "2.0.0"))
+    rolling = (("hardware", "board-a"), ("rollout", str(fleet.rolling)), ("version", "2.0.0"))
+    assert g[("homing_rollout_halted", halted)] == 1
+    assert g[("homing_rollout_halted", rolling)] == 0
+    assert g[("homing_rollout_state", (*rolling[:2], ("state", "active"), rolling[2]))] == 1
+    assert g[("homing_rollout_stage_percent", rolling)] == 50
+
+
+def test_a_refused_device_in_good_standing_counts_as_failed(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A device re-keyed elsewhere presents its old certificate: refused, and counted."""
+    from cryptography.hazmat.primitives import serialization
+
+    from homing.pki.keys import generate_tls_key
+
+    state = device(server, tmp_path, "dev-1", "board-a")
+    check_in(server, state)
+    other = generate_tls_key().public_key()
+    spki = other.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with server.state.db.begin() as conn:
+        device_store.set_device_key(conn, "dev-1", spki, server.clock())
+    answer = server.request(
+        "POST", "/v1/device/checkin", {"trust": {}}, context=device_context(server, state)
+    )
+    assert answer.status == 403
+    assert _gauges(server)[("homing_devices_last_contact_failed", ())] == 1
+
+
+# -- the retirement guard -----------------------------------------------------------------------
+
+
+def test_guard_refuses_a_rotation_that_strands_a_device_seen_yesterday(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    state = device(server, tmp_path, "dev-1", "board-a")
+    check_in(server, state)  # holds pins v1: server CA 1 and its backup, 2
+    move_server_clock(server, timedelta(days=1))
+    dd = server.state.dd
+    # Promoting the backup (2) is safe: the device already pins it.
+    assert ceremonies.rotate_issuing_ca(dd, "server", server.clock()) == 2
+    before = dd.settings().server_ca_generation
+    pins_before = (dd.repository_dir / "metadata" / "timestamp.json").read_bytes()
+    # Promoting 3 would strand it: it was seen yesterday and holds only 1 and 2.
+    with pytest.raises(StrandingError) as refused:
+        ceremonies.rotate_issuing_ca(dd, "server", server.clock())
+    assert refused.value.device_ids == ("dev-1",)
+    assert "1 of 1 live devices" in str(refused.value)
+    assert "dev-1" in str(refused.value)
+    # Refused before anything changed.
+    assert dd.settings().server_ca_generation == before
+    assert (dd.repository_dir / "metadata" / "timestamp.json").read_bytes() == pins_before
+    # A window that excludes yesterday lets it through; a forced rotation is audited.
+    with pytest.raises(CeremonyError, match="reason"):
+        ceremonies.rotate_issuing_ca(dd, "server", server.clock(), force_reason="  ")
+    assert (
+        ceremonies.rotate_issuing_ca(
+            dd, "server", server.clock(), force_reason="server CA key 2 leaked"
+        )
+        == 3
+    )
+    with server.state.db.engine.connect() as conn:
+        (entry,) = [e for e in audit.audit_entries(conn) if e["target"] == "generation 3"]
+    assert entry["detail"]["forced"] == "server CA key 2 leaked"
+    assert entry["detail"]["stranded"] == ["dev-1"]
+
+
+def test_guard_lets_a_rotation_through_once_devices_caught_up(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    state = device(server, tmp_path, "dev-1", "board-a")
+    check_in(server, state)
+    dd = server.state.dd
+    ceremonies.rotate_issuing_ca(dd, "server", server.clock())
+    server.settle()
+    check_in(server, state)  # now holds pins v2: server CA 2 and its backup, 3
+    assert ceremonies.rotate_issuing_ca(dd, "server", server.clock()) == 3
+
+
+def test_guard_ignores_devices_outside_the_live_window(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    state = device(server, tmp_path, "dev-1", "board-a")
+    check_in(server, state)
+    move_server_clock(server, timedelta(days=QUIET_DAYS))
+    dd = server.state.dd
+    ceremonies.rotate_issuing_ca(dd, "server", server.clock())
+    with pytest.raises(StrandingError):
+        ceremonies.rotate_issuing_ca(dd, "server", server.clock(), live_within=timedelta(days=30))
+    assert (
+        ceremonies.rotate_issuing_ca(
+            dd, "server", server.clock(), live_within=timedelta(days=QUIET_DAYS - 1)
+        )
+        == 3
+    )
+
+
+def test_guard_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The installed CLI refuses in one line, then forces with a reason."""
+    from tests.harness import Clock
+
+    monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
+    data = tmp_path / "site"
+    ceremonies.init(data, datetime.now(UTC))
+    from homing.site import DataDir
+
+    running = RunningServer(data, DataDir(data).default_db_url(), Clock()).start()
+    try:
+        state = device(running, tmp_path, "dev-1", "board-a")
+        check_in(running, state)
+        first = run_homing("rotate", "server-ca", "--data", str(data))
+        assert first.returncode == 0, first.stderr
+        refused = run_homing("rotate", "server-ca", "--data", str(data))
+        assert refused.returncode != 0
+        assert "dev-1" in refused.stderr and "Traceback" not in refused.stderr
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "dev-1" in errors[0]
+        no_reason = run_homing("rotate", "server-ca", "--force", "--data", str(data))
+        assert no_reason.returncode != 0 and "--reason" in no_reason.stderr
+        forced = run_homing(
+            "rotate", "server-ca", "--force", "--reason", "drill", "--data", str(data)
+        )
+        assert forced.returncode == 0, forced.stderr
+        assert "generation 3" in forced.stdout
+    finally:
+        running.stop()
+
+
+# -- files shipped for operators -----------------------------------------------------------------
+
+
+def _tool(name: str) -> str:
+    from tests.harness import system_tool
+
+    return system_tool(name)
+
+
+def test_alert_rules_pass_promtool() -> None:
+    promtool = _tool("promtool")
+    rules = ROOT / "deploy" / "prometheus" / "homing-alerts.yml"
+    result = subprocess.run(
+        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 9 rules found" in result.stdout
+
+
+def test_alert_rules_name_only_gauges_the_server_exports(server: RunningServer) -> None:
+    import re
+
+    answer = server.request("GET", "/metrics")
+    exported = {f.name for f in text_string_to_metric_families(answer.body.decode())}
+    rules = (ROOT / "deploy" / "prometheus" / "homing-alerts.yml").read_text()
+    used = set(re.findall(r"\bhoming_[a-z_]+\b", rules))
+    assert used and used <= exported, used - exported
+
+
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    analyze = _tool("systemd-analyze")
+    entry = shutil.which("homing") or str(Path(__import__("sys").executable).with_name("homing"))
+    for unit in ("homing-serve.service", "homing-agent.service"):
+        text = (ROOT / "deploy" / "systemd" / unit).read_text()
+        assert "/opt/homing/venv/bin/homing" in text
+        # The unit names where a package installs homing; verify against this install.
+        (tmp_path / unit).write_text(text.replace("/opt/homing/venv/bin/homing", entry))
+    result = subprocess.run(
+        [analyze, "verify", *(str(p) for p in sorted(tmp_path.glob("*.service")))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
