@@ -75,7 +75,9 @@ def test_malformed_trust_reports_are_refused_and_change_nothing(
     assert why in answer.json()["message"]
     with server.state.db.engine.connect() as conn:
         row = device_store.device(conn, "dev-1")
-    assert row is not None and row.last_seen is None and row.pin_policy_sha256 is None
+    assert row is not None
+    assert row.last_seen is None
+    assert row.pin_policy_sha256 is None
 
 
 def test_gauges_match_the_fleet(server: RunningServer, tmp_path: Path) -> None:
@@ -121,7 +123,9 @@ def test_gauges_match_the_fleet(server: RunningServer, tmp_path: Path) -> None:
     assert g[("homing_devices_last_contact_failed", ())] == 0
     with server.state.db.engine.connect() as conn:
         row = device_store.device(conn, "dev-a2")
-    assert row is not None and row.last_failure is not None and "revoked" in row.last_failure
+    assert row is not None
+    assert row.last_failure is not None
+    assert "revoked" in row.last_failure
     halted = (("hardware", "board-b"), ("rollout", str(fleet.halted)), ("version", "2.0.0"))
     rolling = (("hardware", "board-a"), ("rollout", str(fleet.rolling)), ("version", "2.0.0"))
     assert g[("homing_rollout_halted", halted)] == 1
@@ -238,11 +242,14 @@ def test_guard_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         assert first.returncode == 0, first.stderr
         refused = run_homing("rotate", "server-ca", "--data", str(data))
         assert refused.returncode != 0
-        assert "dev-1" in refused.stderr and "Traceback" not in refused.stderr
+        assert "dev-1" in refused.stderr
+        assert "Traceback" not in refused.stderr
         errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1 and "dev-1" in errors[0]
+        assert len(errors) == 1
+        assert "dev-1" in errors[0]
         no_reason = run_homing("rotate", "server-ca", "--force", "--data", str(data))
-        assert no_reason.returncode != 0 and "--reason" in no_reason.stderr
+        assert no_reason.returncode != 0
+        assert "--reason" in no_reason.stderr
         forced = run_homing(
             "rotate", "server-ca", "--force", "--reason", "drill", "--data", str(data)
         )
@@ -278,7 +285,8 @@ def test_alert_rules_name_only_gauges_the_server_exports(server: RunningServer) 
     exported = {f.name for f in text_string_to_metric_families(answer.body.decode())}
     rules = (ROOT / "deploy" / "prometheus" / "homing-alerts.yml").read_text()
     used = set(re.findall(r"\bhoming_[a-z_]+\b", rules))
-    assert used and used <= exported, used - exported
+    assert used
+    assert used <= exported, used - exported
 
 
 def test_systemd_units_verify(tmp_path: Path) -> None:
@@ -295,4 +303,5 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
         text=True,
         check=False,
     )
-    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    assert result.returncode == 0, result.stderr
+    assert not result.stderr.strip(), result.stderr
