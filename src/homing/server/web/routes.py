@@ -48,12 +48,15 @@ _HEADERS = {
         "frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: with it, browsers send "Origin: null" on our own forms.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The checked form of a POST, handed from the session check to the handler.
+_FORM: web.RequestKey[dict[str, str]] = web.RequestKey("form", dict)
 SessionHandler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 
 
@@ -146,7 +149,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                         sent.encode(), session.csrf.encode()
                     ):
                         return page.error(403, "the form is stale or not from this site", session)
-                    request["form"] = fields
+                    request[_FORM] = fields
                 if role == "operator" and session.role != "operator":
                     return page.error(
                         403, f"role {session.role!r} may not do this; it needs 'operator'", session
@@ -305,7 +308,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
     @page_for("operator")
     async def device_revoke(request: web.Request, session: Session) -> web.Response:
         device_id = request.match_info["device_id"]
-        reason = request["form"].get("reason", "").strip() or "unspecified"
+        reason = request[_FORM].get("reason", "").strip() or "unspecified"
         if len(reason) > 256:
             return page.error(400, "the reason is longer than 256 characters", session)
         await state.run(

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The Debian tools homing's tests drive for real: headless Chromium (the web
+# fleet view), promtool (the shipped alert rules) and systemd-analyze (the
+# shipped units). Installs what is missing when run as root with apt; otherwise
+# names what is missing and exits 0, so a newcomer's `make test` still runs
+# (those tests then skip locally; CI sets HOMING_TEST_SYSTEM_TOOLS=1 and fails).
+set -euo pipefail
+
+declare -A package_of=(
+    [chromium]=chromium
+    [promtool]=prometheus
+    [systemd-analyze]=systemd
+)
+missing=()
+for tool in "${!package_of[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("${package_of[$tool]}")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing system tools for the tests: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+        || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
+    # Debian's prometheus package starts a server; the tests only need promtool.
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+    pkill -x prometheus >/dev/null 2>&1 || true
+else
+    echo "note: tests that drive ${missing[*]} will skip: install them (sudo apt-get install ${missing[*]})" >&2
+fi
