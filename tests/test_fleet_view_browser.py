@@ -256,6 +256,11 @@ def test_forged_and_foreign_forms_are_refused(
     # And the real form works, so the refusals above were about the forgery.
     assert page.request.post(target, form={"csrf": csrf}).status == 200  # after the redirect
     assert _status(server, fleet.rolling) == "paused"
+    # The halted rollout resumes from its own button.
+    page.goto(f"{url(server)}/ui/rollouts")
+    page.locator(f"#rollout-{fleet.halted} button", has_text="Resume").click()
+    page.wait_for_url(re.compile(r".*/ui/rollouts\?done=resumed$"))
+    assert _status(server, fleet.halted) == "active"
     page.context.close()
 
 
@@ -272,6 +277,8 @@ def test_pages_refuse_bad_input_in_one_clear_line(
         answer = page.goto(f"{url(server)}{path}")
         assert answer.status == status, path
         assert words in page.text_content("[role=alert]")
+    page.goto(f"{url(server)}/")
+    assert page.url == f"{url(server)}/ui"
     headers = page.goto(f"{url(server)}/ui").headers
     assert "default-src 'none'" in headers["content-security-policy"]
     assert headers["x-frame-options"] == "DENY"
