@@ -137,7 +137,29 @@ def _garbage(site: Site) -> str:
 
 NOWHERE = "/nonexistent/homing-data"
 
+_ACME = "tests/test_acme.py::test_acme_through_the_cli"
+
 CASES: dict[str, Case] = {
+    "acme setup": Case(
+        _ACME,
+        lambda s: [
+            "acme",
+            "setup",
+            *_d(s),
+            "--directory",
+            "http://acme.example/dir",
+            "--public-roots",
+            _garbage(s),
+        ],
+        "must be an https:// URL",
+    ),
+    "acme issue": Case(_ACME, lambda s: ["acme", "issue", *_d(s)], "ACME is not set up here"),
+    "acme roots": Case(
+        _ACME, lambda s: ["acme", "roots", *_d(s), _garbage(s)], "ACME is not set up here"
+    ),
+    "acme mode": Case(
+        _ACME, lambda s: ["acme", "mode", *_d(s), "public"], "ACME is not set up here"
+    ),
     "init": Case(
         lambda s: ["init", "--data", str(s.path("fresh"))],
         lambda s: ["init", "--ceremony", "--data", str(s.path("fresh2"))],

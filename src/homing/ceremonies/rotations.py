@@ -154,12 +154,30 @@ def rotate_online_keys(
 
 
 def pin_policy(dd: DataDir, settings: Settings, store: KeyStore) -> PinPolicy:
-    """The pin policy the data directory's current state implies."""
-    server_ca = dd.certificate("server-ca.pem")
-    backup = store.load(f"server-ca-g{settings.server_ca_generation + 1}")
+    """The pin policy the data directory's current state implies.
+
+    Private: the site's root, and the server CA's active and backup keys.
+    Public (ACME): the public roots devices accept, and the server's own
+    active and backup keys (a public CA can change its intermediates at any
+    time; our keys change only when we promote the backup). Mixed: both,
+    so a fleet migrates either way without a device cut off.
+    """
+    roots: list[x509.Certificate] = []
+    pins: list[str] = []
+    if settings.server_tls_mode in ("private", "mixed"):
+        server_ca = dd.certificate("server-ca.pem")
+        backup = store.load(f"server-ca-g{settings.server_ca_generation + 1}")
+        roots.append(dd.certificate("root-ca.pem"))
+        pins += [spki_pin(server_ca), spki_pin(backup.public_key())]
+    if settings.server_tls_mode in ("mixed", "public"):
+        from homing.ceremonies.acme import public_pins
+
+        public_roots, key_pins = public_pins(dd, settings, store)
+        roots += public_roots
+        pins += key_pins
     return PinPolicy(
-        root_cas=(dd.certificate("root-ca.pem"),),
-        spki_pins=(spki_pin(server_ca), spki_pin(backup.public_key())),
+        root_cas=tuple(roots),
+        spki_pins=tuple(pins),
         hosts=tuple(settings.hosts),
         primary=settings.primary,
         mirrors=tuple(settings.mirrors),
@@ -229,8 +247,9 @@ def rotate_issuing_ca(
     setattr(settings, attr, g)
     dd.save_settings(settings)
     if kind == "server":
-        rotate_server_cert(dd, now, actor=actor)
-        _publish_pins(dd, settings, store, now)
+        if settings.serving == "private":
+            rotate_server_cert(dd, now, actor=actor)
+        publish_pins(dd, settings, store, now)
     detail: dict[str, object] | None = None
     if verdict is not None and (verdict.stranded or verdict.unknown):
         detail = {
@@ -244,7 +263,7 @@ def rotate_issuing_ca(
     return g
 
 
-def _publish_pins(dd: DataDir, settings: Settings, store: KeyStore, now: datetime) -> int:
+def publish_pins(dd: DataDir, settings: Settings, store: KeyStore, now: datetime) -> int:
     repo = dd.repository(settings)
     snapshot, timestamp = _online_signers(store, settings)
     policy_bytes = pin_policy(dd, settings, store).to_bytes()
@@ -264,6 +283,11 @@ def rotate_server_cert(
 ) -> x509.Certificate:
     """Issue the server a new key and certificate from the active server CA."""
     dd, settings, store = _open(data)
+    if settings.serving == "acme":
+        raise CeremonyError(
+            "the server serves a certificate from its ACME CA: `homing acme issue` renews it "
+            "(`homing acme mode private` goes back to the private CA)"
+        )
     authority = _authority(dd, settings, store, "server")
     key = generate_tls_key()
     leaf = authority.issue_csr(
@@ -311,6 +335,6 @@ def refresh_targets(data: Path | DataDir, now: datetime, *, actor: str = OPERATO
     yearly). Returns the new targets version.
     """
     dd, settings, store = _open(data)
-    version = _publish_pins(dd, settings, store, now)
+    version = publish_pins(dd, settings, store, now)
     _audit(dd, now, actor, "refresh_targets", f"targets v{version}")
     return version

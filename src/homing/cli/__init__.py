@@ -11,9 +11,10 @@ ceremonies and ``homing.operations`` do.
 - ``fleet``: provisioning, device groups, releases, rollouts
 - ``agent``: the device's commands
 - ``simulation``: demo and simulate
+- ``acme``: a public-CA server certificate
 """
 
-from homing.cli import agent, fleet, operators, pki, simulation, trust
+from homing.cli import acme, agent, fleet, operators, pki, simulation, trust
 from homing.cli._base import cli, main
 
-__all__ = ["agent", "cli", "fleet", "main", "operators", "pki", "simulation", "trust"]
+__all__ = ["acme", "agent", "cli", "fleet", "main", "operators", "pki", "simulation", "trust"]

@@ -51,8 +51,21 @@ def maintain(
     leaf = dd.certificates("server-chain.pem")[0]
     lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
     if now >= leaf.not_valid_before_utc + lifetime * 2 / 3:
-        new = ceremonies.rotate_server_cert(dd, now, actor=ACTOR)
-        done.append(f"server certificate {new.serial_number:x}")
+        if settings.serving == "acme":
+            # The public CA may be unreachable for a while: the certificate
+            # still has a third of its life, so log and try again next pass.
+            from homing.ceremonies.acme import acme_issue
+            from homing.errors import HomingError
+
+            try:
+                new = acme_issue(dd, now, actor=ACTOR)
+            except HomingError as e:
+                log.warning("maintenance: ACME renewal failed, will retry: %s", e)
+            else:
+                done.append(f"server certificate {new.serial_number:x} (ACME)")
+        else:
+            new = ceremonies.rotate_server_cert(dd, now, actor=ACTOR)
+            done.append(f"server certificate {new.serial_number:x}")
     crl_path = dd.pki_path("device-ca.crl.pem")
     due = True
     if crl_path.exists():

@@ -60,6 +60,14 @@ class Settings:
     )
     server_validity_days: float = Validity().server.total_seconds() / 86400
     device_validity_days: float = Validity().device.total_seconds() / 86400
+    # Which server certificates devices accept (the pin policy): "private"
+    # (the site's server CA), "public" (an ACME CA's chain, pinned by key) or
+    # "mixed" (either, during a migration); and which one the server serves.
+    server_tls_mode: str = "private"
+    serving: str = "private"
+    # ACME: directory, identifiers, email, directory_ca, http_host, http_port,
+    # account_uri, key_generation (homing.ceremonies.acme).
+    acme: dict[str, Any] | None = None
 
     @property
     def expiries(self) -> Expiries:
@@ -92,6 +100,10 @@ class Settings:
             raise ConfigError(f"{where} has unknown or missing settings: {e}") from e
         if settings.mode not in ("dev", "ceremony"):
             raise ConfigError(f"{where}: mode must be 'dev' or 'ceremony'")
+        if settings.server_tls_mode not in ("private", "mixed", "public"):
+            raise ConfigError(f"{where}: server_tls_mode must be private, mixed or public")
+        if settings.serving not in ("private", "acme"):
+            raise ConfigError(f"{where}: serving must be 'private' or 'acme'")
         return settings
 
 
