@@ -8,6 +8,7 @@ perfectly valid certificate from the same public CA for another key.
 from __future__ import annotations
 
 import http.server
+import logging
 import ssl
 import threading
 from collections.abc import Iterator
@@ -337,3 +338,33 @@ def test_acme_through_the_cli(
         assert "still serves its private certificate" in refused.stderr
     finally:
         running.stop()
+
+
+@sqlite_only
+def test_the_server_renews_its_acme_certificate_by_itself(
+    server: RunningServer, pebble: Pebble, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cryptography import x509
+
+    from homing.server.maintenance import maintain
+
+    _setup(server, pebble)
+    leaf = _issue(server)
+    assert isinstance(leaf, x509.Certificate)
+    dd = server.state.dd
+    assert not any("ACME" in done for done in maintain(dd, server.clock()))
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    due = leaf.not_valid_before_utc + lifetime * 0.7
+    done = maintain(dd, due)
+    assert any("(ACME)" in d for d in done), done
+    renewed = dd.certificates("server-chain.pem")[0]
+    assert renewed.serial_number != leaf.serial_number
+    assert renewed.public_key() == leaf.public_key()
+    # The CA unreachable: the server logs and keeps serving what it has.
+    pebble.stop()
+    later = renewed.not_valid_before_utc + lifetime * 0.8
+    with caplog.at_level(logging.WARNING, logger="homing.server.maintenance"):
+        done = maintain(dd, later)
+    assert not any("ACME" in d for d in done)
+    assert dd.certificates("server-chain.pem")[0] == renewed
+    assert "ACME renewal failed, will retry" in caplog.text

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from homing.ceremonies._common import OPERATOR, _audit, _ca_key, _open, _pem
 from homing.errors import CeremonyError, ChainError
@@ -39,6 +40,7 @@ __all__ = [
     "AcmeSettings",
     "acme_issue",
     "acme_setup",
+    "install_certificate",
     "public_pins",
     "renewal_due",
     "set_public_roots",
@@ -199,6 +201,15 @@ def _verify_for_devices(
             ) from e
 
 
+def _require_public_pins(settings: Settings) -> AcmeSettings:
+    acme = AcmeSettings.of(settings)
+    if settings.server_tls_mode == "private":
+        raise CeremonyError(
+            "the pin policy accepts only the private server CA: `homing acme setup` first"
+        )
+    return acme
+
+
 def acme_issue(
     data: Path | DataDir,
     now: datetime,
@@ -211,14 +222,8 @@ def acme_issue(
     ``rotate_key`` promotes the backup key (pinned since the last change),
     orders for it, and publishes pins for it and a fresh backup.
     """
-    from homing.ceremonies.rotations import publish_pins
-
     dd, settings, store = _open(data)
-    acme = AcmeSettings.of(settings)
-    if settings.server_tls_mode == "private":
-        raise CeremonyError(
-            "the pin policy accepts only the private server CA: `homing acme setup` first"
-        )
+    acme = _require_public_pins(settings)
     generation = acme.key_generation + 1 if rotate_key else acme.key_generation
     key = _ca_key(store, acme.key_name(generation))
     account = AcmeAccount(
@@ -231,19 +236,52 @@ def acme_issue(
     order = order_certificate(
         account, key, acme.identifiers, http_host=acme.http_host, http_port=acme.http_port
     )
+    if order.account_uri != acme.account_uri:
+        settings.acme = AcmeSettings(
+            **{**acme.__dict__, "account_uri": order.account_uri}
+        ).to_json()
+        dd.save_settings(settings)
+    return install_certificate(
+        dd, now, order.fullchain_pem, rotate_key=rotate_key, actor=actor, action="acme_issue"
+    )
+
+
+def install_certificate(
+    data: Path | DataDir,
+    now: datetime,
+    chain_pem: bytes,
+    *,
+    rotate_key: bool = False,
+    next_backup: ec.EllipticCurvePrivateKey | None = None,
+    actor: str = OPERATOR,
+    action: str = "acme_install",
+) -> x509.Certificate:
+    """Serve a public-CA chain for the server's active key (or, rotating, its backup).
+
+    ``acme_issue`` ends here; a chain obtained by another ACME client comes
+    in here too. The chain must be for the pinned key and validate, for every
+    identifier, to the published public roots. Rotating promotes the backup,
+    makes ``next_backup`` (or a fresh key) the new backup and publishes pins.
+    """
+    from homing.ceremonies.rotations import publish_pins
+
+    dd, settings, store = _open(data)
+    acme = _require_public_pins(settings)
+    generation = acme.key_generation + 1 if rotate_key else acme.key_generation
+    key = _ca_key(store, acme.key_name(generation))
     try:
-        chain = load_certificates_pem(order.fullchain_pem)
+        chain = load_certificates_pem(chain_pem)
     except ChainError as e:
-        raise CeremonyError(f"the ACME server returned an unreadable chain: {e}") from e
+        raise CeremonyError(f"the certificate chain cannot be read: {e}") from e
     if not chain or chain[0].public_key() != key.public_key():
-        raise CeremonyError("the ACME server returned a certificate for another key")
+        raise CeremonyError(
+            f"the certificate is not for the server's {'backup' if rotate_key else 'active'} key"
+        )
     # Checked at the later of now and the leaf's start: a CA that does not
     # back-date issues certificates that start the second they are made.
     _verify_for_devices(chain, _public_roots(dd), acme, max(now, chain[0].not_valid_before_utc))
     if rotate_key:
-        store.store(acme.key_name(generation + 1), generate_tls_key())
-    acme = AcmeSettings(**{**acme.__dict__, "account_uri": order.account_uri})
-    if rotate_key:
+        store.store(acme.key_name(generation + 1), next_backup or generate_tls_key())
         acme = AcmeSettings(**{**acme.__dict__, "key_generation": generation})
     # Key first, then the chain (the server reloads on the chain), then settings.
     store.store("server-tls", key)
@@ -258,7 +296,7 @@ def acme_issue(
         dd,
         now,
         actor,
-        "acme_issue",
+        action,
         f"serial {leaf.serial_number:x}",
         {"key_generation": acme.key_generation, "rotated_key": rotate_key},
     )
