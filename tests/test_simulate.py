@@ -13,7 +13,15 @@ from homing.errors import ConfigError
 from homing.fleet import STRATEGY_NAMES
 from homing.fleet.scenario import Scenario, load_scenario, scenario_from_dict
 from homing.fleet.simulate import CERT_EXPIRED, Results, simulate
-from homing.fleet.strategies import CAUGHT_UP, CUT_OFF, OK, STRATEGIES, Homing, PrivateCA
+from homing.fleet.strategies import (
+    CAUGHT_UP,
+    CUT_OFF,
+    OK,
+    STRATEGIES,
+    Homing,
+    HomingPublicCA,
+    PrivateCA,
+)
 from homing.fleet.world import build_world
 from tests.harness import run_homing
 
@@ -39,6 +47,47 @@ def test_homing_bricks_nothing_on_the_default_ten_years(default_run: Results) ->
     # It did have work to do: stale devices caught up, expired certificates recovered.
     assert homing["catch_up"]["automatic"] > 0  # type: ignore[index]
     assert homing["key_proof_recoveries"] > 0  # type: ignore[operator]
+
+
+def test_homing_with_a_public_ca_certificate_bricks_nothing_either(default_run: Results) -> None:
+    """The public CA changes intermediates, roots and the server's key; pins are keys in TUF."""
+    results = _by_name(default_run)
+    public = results["homing-public-ca"]
+    assert public["bricked"] == 0
+    assert public["manual_recoveries"] == 0
+    assert public["devices_ever_cut_off"] == 0
+    assert public["catch_up"]["automatic"] > 0  # type: ignore[index]
+    # Same public PKI, same fleet: the baseline that trusts it through firmware bricks.
+    assert results["public-ca"]["bricked"] > 0  # type: ignore[operator]
+    exposure = public["compromise"]["longest_exposure_days"]  # type: ignore[index]
+    assert exposure <= default_run.timestamp_expiry_days
+
+
+def test_the_public_ca_site_is_driven_by_the_acme_ceremonies(tmp_path: Path) -> None:
+    """Every published pin policy of the public-CA site: public roots only, the server's keys."""
+    from homing.config import Expiries
+    from homing.trust.pins import PIN_POLICY_TARGET, PinPolicy
+    from homing.trust.repository import TrustRepository
+
+    scenario = Scenario().with_fleet(devices=10)
+    world = build_world(scenario, tmp_path)
+    pins_seen = set()
+    for state in world.homing_public_states:
+        published = TrustRepository(state.directory, Expiries()).target_bytes(PIN_POLICY_TARGET)
+        policy = PinPolicy.from_bytes(published)
+        public_roots = {cert for cert, _ in world.public_roots}
+        assert set(policy.root_cas) <= public_roots
+        pins_seen |= set(policy.spki_pins)
+    # Every key the server ever used was pinned before it was served.
+    assert {world.key_pin(i) for i in range(len(world.keys) - 1)} <= pins_seen
+    homing = HomingPublicCA(world, scenario)
+    try:
+        tick = world.ticks - 1
+        newest = world.homing_public_states[-1]
+        assert homing.contact(0, tick).outcome == CAUGHT_UP
+        assert homing.contact(newest.index, tick).outcome == OK
+    finally:
+        homing.close()
 
 
 def test_every_other_strategy_shows_its_failure_with_a_reason(default_run: Results) -> None:

@@ -11,6 +11,7 @@ STRATEGY_NAMES = (
     "private-ca",
     "firmware-pins",
     "homing",
+    "homing-public-ca",
 )
 
 __all__ = ["STRATEGY_NAMES"]

@@ -34,7 +34,7 @@ from homing.pki.keys import generate_tls_key
 from homing.trust.client import DirectoryFetcher, TrustState, refresh_trust
 from homing.trust.pins import PinPolicy
 
-__all__ = ["Homing"]
+__all__ = ["Homing", "HomingPublicCA"]
 
 
 # -- homing --------------------------------------------------------------------
@@ -130,8 +130,26 @@ class Homing(Strategy):
     def close(self) -> None:
         shutil.rmtree(self._scratch, ignore_errors=True)
 
+    # -- the site this strategy's devices trust (overridden by the public-CA variant)
+
+    def _states(self) -> list[HomingState]:
+        return self.world.homing_states
+
+    def _state_at(self, tick: int) -> int:
+        return int(self.world.homing_state_at[tick])
+
+    def _served(self, tick: int) -> Chain:
+        """The chain the server presents at ``tick``."""
+        return self.world.homing[int(self.world.homing_at[tick])]
+
+    def _stolen(self) -> Chain:
+        return self.world.stolen["homing"]
+
+    def _replay(self) -> Path | None:
+        return self.world.replay_dir
+
     def _state(self, index: int) -> HomingState:
-        return self.world.homing_states[index]
+        return self._states()[index]
 
     def _refresh(
         self, held: Path | None, source: Path, moment: datetime, bootstrap: bytes | None = None
@@ -208,7 +226,7 @@ class Homing(Strategy):
             device = Path(tempfile.mkdtemp(dir=self._scratch))
             shutil.copytree(self._device_state(held), device, dirs_exist_ok=True)
             now = tick_time(published.tick)
-            chain = self.world.homing[int(self.world.homing_at[published.tick])]
+            chain = self._served(published.tick)
             fetchers: list[_SimulatedHome] = []
 
             def network(policy: PinPolicy | None, at: datetime) -> HTTPSFetcher:
@@ -255,13 +273,11 @@ class Homing(Strategy):
         return ""
 
     def factory(self, tick: int) -> Hashable:
-        return int(self.world.homing_state_at[tick])
+        return self._state_at(tick)
 
     def contact(self, state: Hashable, tick: int) -> Contact:
         assert isinstance(state, int)
-        w = self.world
-        current = int(w.homing_state_at[tick])
-        chain_index = int(w.homing_at[tick])
+        current = self._state_at(tick)
         expired = self._still_valid(current, tick)
         if expired:
             return Contact(state, CUT_OFF, 2, expired)
@@ -270,7 +286,7 @@ class Homing(Strategy):
             return Contact(state, CUT_OFF, walk.requests, f"trust refresh refused: {walk.error}")
         requests = walk.requests + 1  # and the check-in
         # Before the check-in: the pinned connection's rule with the pins just verified.
-        if not self._pinned_ok(current, w.homing[chain_index], tick_time(tick)):
+        if not self._pinned_ok(current, self._served(tick), tick_time(tick)):
             return Contact(current, CUT_OFF, requests, "pins from fresh metadata do not match")
         caught_up = not walk.pinned or walk.trust.root_version != self._versions[state][0]
         return Contact(current, CAUGHT_UP if caught_up else OK, requests, walk_ms=walk.walk_ms)
@@ -285,7 +301,7 @@ class Homing(Strategy):
         after, so a device cannot be made to talk to the stolen key longer.
         """
         if self._replay_expires is None:
-            replay = self.world.replay_dir
+            replay = self._replay()
             assert replay is not None
             expires = (
                 Metadata[Timestamp]
@@ -307,7 +323,35 @@ class Homing(Strategy):
         assert isinstance(state, int)
         if moment >= self.replay_expires():
             return False
-        return self._pinned_ok(state, self.world.stolen["homing"], moment)
+        return self._pinned_ok(state, self._stolen(), moment)
 
     def _exposure_candidates(self, state: Hashable) -> list[datetime]:
         return sorted([*super()._exposure_candidates(state), self.replay_expires()])
+
+
+class HomingPublicCA(Homing):
+    """homing with the server's certificate from a public CA, pinned by the server's keys.
+
+    The same agent and the same rules; the site publishes a pin policy of
+    public roots and the server's active and backup keys (``homing acme``),
+    and the server presents the public CA's chain: renewals, new
+    intermediates and root changes happen whenever the public CA wants.
+    """
+
+    name = "homing-public-ca"
+    summary = "homing, with a public-CA server certificate pinned by the server's keys"
+
+    def _states(self) -> list[HomingState]:
+        return self.world.homing_public_states
+
+    def _state_at(self, tick: int) -> int:
+        return int(self.world.homing_public_state_at[tick])
+
+    def _served(self, tick: int) -> Chain:
+        return self.world.public[int(self.world.public_at[tick])]
+
+    def _stolen(self) -> Chain:
+        return self.world.stolen["public"]
+
+    def _replay(self) -> Path | None:
+        return self.world.public_replay_dir

@@ -16,7 +16,7 @@ from homing.fleet.baselines import (
     PrivateCA,
     PublicCA,
 )
-from homing.fleet.homing_strategy import Homing
+from homing.fleet.homing_strategy import Homing, HomingPublicCA
 from homing.fleet.scenario import Scenario
 from homing.fleet.strategy_base import CAUGHT_UP, CUT_OFF, MANUAL, NEVER, OK, Contact, Strategy
 from homing.fleet.world import World
@@ -30,6 +30,7 @@ __all__ = [
     "STRATEGIES",
     "Contact",
     "Homing",
+    "HomingPublicCA",
     "PrivateCA",
     "Strategy",
     "make",
@@ -37,7 +38,16 @@ __all__ = [
 
 STRATEGIES: dict[str, Callable[[World, Scenario], Strategy]] = {
     cls.name: cls
-    for cls in (LeafFingerprint, AnnounceNext, PublicCA, HPKP, PrivateCA, FirmwarePins, Homing)
+    for cls in (
+        LeafFingerprint,
+        AnnounceNext,
+        PublicCA,
+        HPKP,
+        PrivateCA,
+        FirmwarePins,
+        Homing,
+        HomingPublicCA,
+    )
 }
 
 

@@ -70,6 +70,8 @@ class World:
     private_anchor_sets: list[tuple[x509.Certificate, ...]] = field(default_factory=list)
     releases: list[Release] = field(default_factory=list)
     homing_states: list[HomingState] = field(default_factory=list)
+    # The same, for a homing site whose server certificate comes from the public CA.
+    homing_public_states: list[HomingState] = field(default_factory=list)
     homing_root_ca: list[x509.Certificate] = field(default_factory=list)
     # Per tick: which chain, key, release, announcement and homing state is current.
     public_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -81,10 +83,12 @@ class World:
     announce_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     announce_from: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     homing_state_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    homing_public_state_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     compromise_tick: int | None = None
     # The chains in service when the key was stolen, and the attacker's best replay.
     stolen: dict[str, Chain] = field(default_factory=dict)
     replay_dir: Path | None = None
+    public_replay_dir: Path | None = None
     events: list[tuple[int, str]] = field(default_factory=list)
 
     def key_pin(self, index: int) -> str:
@@ -176,6 +180,7 @@ _PER_TICK = (
     "release_at",
     "anchors_at",
     "homing_state_at",
+    "homing_public_state_at",
 )
 
 
@@ -218,6 +223,7 @@ class _Builder:
         self.world.homing_root_ca.append(DataDir(self.data).certificate("root-ca.pem"))
         self._snapshot_homing(0)
         self.world.homing.append(self._homing_chain())
+        self.public_site = _PublicSite(self, workdir / "homing-public-data", root_years)
 
     def build(self) -> World:
         for tick in range(self.plan.ticks):
@@ -234,6 +240,7 @@ class _Builder:
                 changed_too = True
             if changed or changed_too:
                 self._snapshot_homing(tick)
+            self.public_site.step(tick)
             self._release(tick)
             self._record(tick)
         world = self.world
@@ -242,6 +249,7 @@ class _Builder:
         world.compromise_tick = self.plan.compromise
         _announcements(world, self.plan, self.scenario.server.announce_days)
         DataDir(self.data).close()
+        self.public_site.close()
         return world
 
     # -- the public and the baseline private PKI ---------------------------------
@@ -292,6 +300,7 @@ class _Builder:
         ceremonies.refresh_snapshot(self.data, now)
         world.replay_dir = self.workdir / "replay"
         shutil.copytree(self.data / "repository", world.replay_dir)
+        world.public_replay_dir = self.public_site.replay(now)
         ceremonies.rotate_issuing_ca(self.data, "server", now)
         world.events.append((tick, "the server's TLS key is stolen; keys and CAs rotate"))
         return True, True
@@ -403,6 +412,7 @@ class _Builder:
         at["key_at"][tick] = self.key_index
         at["release_at"][tick] = len(world.releases) - 1
         at["homing_state_at"][tick] = len(world.homing_states) - 1
+        at["homing_public_state_at"][tick] = len(world.homing_public_states) - 1
         if self.scenario.policy.private_ca_pins == "root":
             # The factory ships every private root that is in use or about to be.
             shipped = [self.private_ca.root]
@@ -432,3 +442,103 @@ def _announcements(world: World, plan: _Schedule, announce_days: int) -> None:
             continue
         world.announce_at[tick] = world.public_at[r]
         world.announce_from[tick] = r
+
+
+class _PublicSite:
+    """A second homing site whose server serves the public CA's chain (``homing acme``).
+
+    The simulated operator runs the real ceremonies: ``acme_setup`` with the
+    public roots and the server's first two keys, ``install_certificate`` for
+    every chain the public CA issues (promoting the backup key when the
+    server's key changes), ``set_public_roots`` when the public CA publishes
+    a new root, and the same calendar as the private site (root a year
+    before it expires, targets yearly, snapshot with every new certificate).
+    """
+
+    def __init__(self, builder: _Builder, data: Path, root_years: float) -> None:
+        from homing.ceremonies import acme
+
+        self.builder = builder
+        self.data = data
+        self.served = 0  # how many public chains have been installed
+        ceremonies.init(
+            data,
+            START,
+            hosts=[HOST],
+            validity=Validity(
+                server=timedelta(days=builder.plan.leaf_days),
+                root_ca=timedelta(days=root_years * DAYS_PER_YEAR),
+            ),
+        )
+        dd = DataDir(data)
+        store = dd.keystore(dd.settings())
+        # The server's keys are the world's keys: the public CA certifies them.
+        store.store("server-acme-g1", builder.world.keys[0])
+        store.store("server-acme-g2", builder.world.keys[1])
+        acme.acme_setup(
+            dd,
+            START,
+            directory="https://acme.example.invalid/directory",
+            public_roots_pem=_pem_of(builder.public_ca.root),
+            identifiers=(HOST,),
+        )
+        self.renew_root_by = self._root_renewal()
+
+    def _root_renewal(self) -> datetime:
+        dd = DataDir(self.data)
+        return dd.repository(dd.settings()).root().signed.expires - timedelta(days=DAYS_PER_YEAR)
+
+    def replay(self, now: datetime) -> Path:
+        """The freshest metadata an attacker holding the stolen key can replay."""
+        ceremonies.refresh_snapshot(self.data, now)
+        target = self.builder.workdir / "public-replay"
+        shutil.copytree(self.data / "repository", target)
+        return target
+
+    def step(self, tick: int) -> None:
+        from homing.ceremonies import acme
+
+        b, now, world = self.builder, tick_time(tick), self.builder.world
+        changed = False  # the trust metadata
+        installed = False  # the served chain
+        if tick == b.plan.public_successor and b.public_next is not None:
+            roots = [cert for cert, _ in world.public_roots]
+            acme.set_public_roots(self.data, now, _pem_of(*roots))
+            changed = True
+        while self.served < len(world.public):
+            chain = world.public[self.served]
+            rotate = self.served > 0 and chain.key_index != world.public[self.served - 1].key_index
+            acme.install_certificate(
+                self.data,
+                now,
+                _pem_of(chain.leaf, *chain.intermediates),
+                rotate_key=rotate,
+                next_backup=world.keys[chain.key_index + 1] if rotate else None,
+            )
+            if self.served == 0:
+                acme.set_tls_mode(self.data, now, "public")
+            changed = changed or rotate or self.served == 0
+            self.served += 1
+            installed = True
+        if now >= self.renew_root_by:
+            ceremonies.rotate_root(self.data, now)
+            self.renew_root_by = self._root_renewal()
+            changed = True
+        if tick > 0 and tick % year_tick(1.0) == 0 and not changed:
+            ceremonies.refresh_targets(self.data, now)
+            changed = True
+        if installed and not changed:
+            # As the private site: fresh metadata with every certificate.
+            ceremonies.refresh_snapshot(self.data, now)
+        if changed or installed:
+            index = len(world.homing_public_states)
+            target = b.workdir / "homing-public-states" / str(index)
+            shutil.copytree(self.data / "repository", target)
+            world.homing_public_states.append(HomingState(index, tick, target))
+
+    def close(self) -> None:
+        DataDir(self.data).close()
+
+
+def _pem_of(*certs: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
