@@ -138,8 +138,60 @@ def _garbage(site: Site) -> str:
 NOWHERE = "/nonexistent/homing-data"
 
 _ACME = "tests/test_acme.py::test_acme_through_the_cli"
+_CEREMONY = (
+    "tests/test_threshold_ceremony.py"
+    "::test_two_of_three_root_rotation_by_three_holders_in_three_processes"
+)
 
 CASES: dict[str, Case] = {
+    "ceremony keygen": Case(
+        _CEREMONY,
+        lambda s: [
+            "ceremony",
+            "keygen",
+            "--out",
+            str(s.path("k.pem")),
+            "--public-out",
+            str(s.path("k.pub")),
+        ],
+        "set HOMING_HOLDER_PASSPHRASE",
+    ),
+    "ceremony propose-root": Case(
+        _CEREMONY,
+        lambda s: ["ceremony", "propose-root", "--data", NOWHERE, "--out", str(s.path("p.json"))],
+        "no homing data directory",
+    ),
+    "ceremony propose-targets": Case(
+        "tests/test_threshold_ceremony.py::test_targets_handed_to_a_holder_and_signed_apart",
+        lambda s: [
+            "ceremony",
+            "propose-targets",
+            "--data",
+            NOWHERE,
+            "--out",
+            str(s.path("t.json")),
+        ],
+        "no homing data directory",
+    ),
+    "ceremony sign": Case(
+        _CEREMONY,
+        lambda s: [
+            "ceremony",
+            "sign",
+            _garbage(s),
+            "--key",
+            _garbage(s),
+            "--out",
+            str(s.path("s.json")),
+            "--yes",
+        ],
+        "not JSON",
+    ),
+    "ceremony publish": Case(
+        _CEREMONY,
+        lambda s: ["ceremony", "publish", *_d(s), _garbage(s), _garbage(s)],
+        "not JSON",
+    ),
     "acme setup": Case(
         _ACME,
         lambda s: [

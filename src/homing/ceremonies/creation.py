@@ -70,6 +70,7 @@ def init(
     expiries: Expiries | None = None,
     validity: Validity | None = None,
     passphrase: bytes | None = None,
+    holder_passphrases: Sequence[bytes] | None = None,
 ) -> InitSummary:
     """Create a data directory: the CA hierarchy, every key, and trust metadata v1.
 
@@ -77,6 +78,9 @@ def init(
     key is in ``data/keys``, encrypted only when a ``passphrase`` is given.
     With them, the TUF root keys are written (encrypted, passphrase
     required) to those paths only, and ``threshold`` of them sign each root.
+    ``holder_passphrases`` encrypts each root key with its holder's own
+    passphrase (none may be the server's); without them the server's is used,
+    with a warning.
     """
     if data.exists() and (not data.is_dir() or any(data.iterdir())):
         raise CeremonyError(f"{data} already exists and is not empty")
@@ -98,6 +102,18 @@ def init(
     k = threshold if threshold is not None else (n_root // 2 + 1)
     if not 1 <= k <= n_root:
         raise CeremonyError(f"threshold {k} must be between 1 and the {n_root} root keys")
+    if holder_passphrases is not None:
+        if len(holder_passphrases) != len(ceremony_root_keys):
+            raise CeremonyError("give one holder passphrase per root key")
+        if any(len(p) < 8 for p in holder_passphrases):
+            raise CeremonyError("a key holder's passphrase must be at least 8 characters")
+        if passphrase is not None and passphrase in holder_passphrases:
+            raise CeremonyError("a key holder's passphrase must not be the server's")
+    elif ceremony:
+        warnings.append(
+            "the root keys are encrypted with the server's passphrase: give each holder "
+            "their own (HOMING_HOLDER_PASSPHRASE_1..N, or answer the prompts)"
+        )
     if len({p.resolve() for p in ceremony_root_keys}) != len(ceremony_root_keys):
         raise CeremonyError("each root key needs its own path")
     for path in ceremony_root_keys:
@@ -218,8 +234,9 @@ def init(
         # Root keys go to removable media last, once everything else worked.
         if ceremony:
             assert passphrase is not None
-            for path, key in zip(ceremony_root_keys, root_keys, strict=True):
-                _write_offline_key(path, key, passphrase)
+            secrets = holder_passphrases or [passphrase] * len(root_keys)
+            for path, key, secret in zip(ceremony_root_keys, root_keys, secrets, strict=True):
+                _write_offline_key(path, key, secret)
         if data.exists():
             data.rmdir()
         os.replace(staging, data)

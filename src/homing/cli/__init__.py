@@ -12,9 +12,21 @@ ceremonies and ``homing.operations`` do.
 - ``agent``: the device's commands
 - ``simulation``: demo and simulate
 - ``acme``: a public-CA server certificate
+- ``ceremony``: sign-then-combine threshold ceremonies
 """
 
-from homing.cli import acme, agent, fleet, operators, pki, simulation, trust
+from homing.cli import acme, agent, ceremony, fleet, operators, pki, simulation, trust
 from homing.cli._base import cli, main
 
-__all__ = ["acme", "agent", "cli", "fleet", "main", "operators", "pki", "simulation", "trust"]
+__all__ = [
+    "acme",
+    "agent",
+    "ceremony",
+    "cli",
+    "fleet",
+    "main",
+    "operators",
+    "pki",
+    "simulation",
+    "trust",
+]

@@ -63,8 +63,10 @@ def init(
         _fail("--ceremony needs at least one --root-key PATH (one per key holder)", 2)
     if root_keys and not ceremony:
         _fail("--root-key is only used with --ceremony", 2)
+    holders: list[bytes] | None = None
     if ceremony:
         _ensure_passphrase(None, required=True)
+        holders = _holder_passphrases(root_keys)
     summary = ceremonies.init(
         data,
         _now(),
@@ -75,8 +77,27 @@ def init(
         threshold=threshold,
         organization=organization,
         passphrase=_passphrase(),
+        holder_passphrases=holders,
     )
     _print_summary(summary)
+
+
+def _holder_passphrases(root_keys: tuple[str, ...]) -> list[bytes] | None:
+    """Each root key holder's own passphrase: HOMING_HOLDER_PASSPHRASE_<i>, or a prompt."""
+    import os
+    import sys
+
+    given = [os.environ.get(f"HOMING_HOLDER_PASSPHRASE_{i}") for i in range(1, len(root_keys) + 1)]
+    if all(given):
+        return [g.encode("utf-8") for g in given if g]
+    if sys.stdin.isatty():
+        return [
+            click.prompt(
+                f"Passphrase for the holder of {path}", hide_input=True, confirmation_prompt=True
+            ).encode("utf-8")
+            for path in root_keys
+        ]
+    return None
 
 
 def _print_summary(s: InitSummary) -> None:

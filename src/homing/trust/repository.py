@@ -330,6 +330,45 @@ class TrustRepository:
         self._write(f"{new.signed.version}.root.json", new)
         return new
 
+    def import_root(self, new: Metadata[Root]) -> None:
+        """Write root N+1 signed elsewhere (a sign-then-combine ceremony), checked first."""
+        old = self.root()
+        if new.signed.version != old.signed.version + 1:
+            raise CeremonyError(
+                f"root v{new.signed.version} cannot follow root v{old.signed.version}"
+            )
+        _check(
+            old,
+            Root.type,
+            new,
+            f"root {new.signed.version} by the keys of root {old.signed.version}",
+        )
+        _check(new, Root.type, new, f"root {new.signed.version} by its own keys")
+        self._write(f"{new.signed.version}.root.json", new)
+
+    def import_targets(
+        self,
+        md: Metadata[Targets],
+        files: Mapping[str, bytes],
+        snapshot_signer: Signer,
+        timestamp_signer: Signer,
+        now: datetime,
+    ) -> int:
+        """Publish a targets version signed elsewhere, with the files it names."""
+        if md.signed.version != self.targets().signed.version + 1:
+            raise CeremonyError(
+                f"targets v{md.signed.version} cannot follow v{self.targets().signed.version}"
+            )
+        _check(self.root(), Targets.type, md, "targets")
+        for name, data in files.items():
+            named = md.signed.targets.get(name)
+            info = TargetFile.from_data(name, data, ["sha256"])
+            if named is None or named.hashes != info.hashes or named.length != info.length:
+                raise CeremonyError(f"the file {name!r} is not the one targets names")
+        for name, data in files.items():
+            self._store_target(name, data)
+        return self._publish_role(Targets.type, md, snapshot_signer, timestamp_signer, now)
+
     def resign_targets(
         self,
         targets_signer: Signer,

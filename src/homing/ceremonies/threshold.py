@@ -1,0 +1,178 @@
+"""Sign-then-combine ceremonies over files: keygen, propose, sign, publish.
+
+The shell around ``homing.trust.proposal``. A key holder's commands
+(``holder_keygen``, ``sign``) touch only the holder's own key files and a
+proposal file: they need no data directory, no database and not the
+server's passphrase. The operator's commands (``propose_*``, ``publish``)
+need the data directory and the online keys only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from tuf.api.metadata import Metadata, Root, TargetFile, Targets
+
+from homing.ceremonies._common import (
+    OPERATOR,
+    _audit,
+    _online_signers,
+    _open,
+    _read_offline_key,
+    _write_offline_key,
+)
+from homing.errors import CeremonyError
+from homing.fsutil import atomic_write
+from homing.pki.keys import generate_signing_key, public_key_pem
+from homing.site import DataDir
+from homing.trust.pins import PIN_POLICY_TARGET
+from homing.trust.proposal import DetachedSignature, Proposal, combine, sign_proposal
+from homing.trust.signing import signer_for, tuf_key
+
+__all__ = [
+    "holder_keygen",
+    "propose_root",
+    "propose_targets",
+    "publish",
+    "sign",
+]
+
+
+def holder_keygen(out: Path, public_out: Path, passphrase: bytes) -> str:
+    """A key holder's new signing key, encrypted with their own passphrase; returns its keyid."""
+    if len(passphrase) < 8:
+        raise CeremonyError("a key holder's passphrase must be at least 8 characters")
+    if public_out.exists():
+        raise CeremonyError(f"refusing to overwrite {public_out}")
+    key = generate_signing_key()
+    _write_offline_key(out, key, passphrase)
+    atomic_write(public_out, public_key_pem(key.public_key()))
+    return str(tuf_key(key.public_key()).keyid)
+
+
+def _public_key(pem: bytes, where: str) -> ed25519.Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError as e:
+        raise CeremonyError(f"{where} is not a PEM public key") from e
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise CeremonyError(f"{where} is not an Ed25519 key (`homing ceremony keygen` makes one)")
+    return key
+
+
+def propose_root(
+    data: Path | DataDir,
+    now: datetime,
+    *,
+    new_keys: Sequence[tuple[str, bytes]] = (),
+    threshold: int | None = None,
+    targets_keys: Sequence[tuple[str, bytes]] = (),
+    targets_threshold: int | None = None,
+) -> Proposal:
+    """Root N+1: the given holders' public keys (``(where, PEM)``) and threshold.
+
+    Without new keys the same keys renew the root's expiry. ``targets_keys``
+    hands the targets role (which signs the pin policy) to key holders too,
+    so the server's key store no longer holds a key that can publish pins.
+    """
+    dd, settings, _ = _open(data)
+    repo = dd.repository(settings)
+    current = repo.root()
+    proposed = Metadata[Root].from_bytes(current.to_bytes())
+    proposed.signatures.clear()
+    proposed.signed.version += 1
+    proposed.signed.expires = now + settings.expiries.root
+    role = proposed.signed.roles[Root.type]
+    if new_keys:
+        keys = [tuf_key(_public_key(pem, where)) for where, pem in new_keys]
+        if len({k.keyid for k in keys}) != len(keys):
+            raise CeremonyError("the same public key is given twice")
+        for keyid in list(role.keyids):
+            proposed.signed.revoke_key(keyid, Root.type)
+        for key in keys:
+            proposed.signed.add_key(key, Root.type)
+    k = threshold if threshold is not None else role.threshold
+    count = len(proposed.signed.roles[Root.type].keyids)
+    if not 1 <= k <= count:
+        raise CeremonyError(f"the threshold must be between 1 and the {count} root keys")
+    proposed.signed.roles[Root.type].threshold = k
+    if targets_keys:
+        keys = [tuf_key(_public_key(pem, where)) for where, pem in targets_keys]
+        for keyid in list(proposed.signed.roles[Targets.type].keyids):
+            proposed.signed.revoke_key(keyid, Targets.type)
+        for key in keys:
+            proposed.signed.add_key(key, Targets.type)
+        t = targets_threshold if targets_threshold is not None else 1
+        if not 1 <= t <= len(keys):
+            raise CeremonyError(f"the targets threshold must be between 1 and {len(keys)}")
+        proposed.signed.roles[Targets.type].threshold = t
+    return Proposal(Root.type, current, proposed)
+
+
+def propose_targets(data: Path | DataDir, now: datetime) -> Proposal:
+    """Targets N+1 carrying the pin policy the site's state implies (or a re-signing)."""
+    from homing.ceremonies.rotations import pin_policy
+
+    dd, settings, store = _open(data)
+    repo = dd.repository(settings)
+    current = repo.targets()
+    proposed = Metadata[Targets].from_bytes(current.to_bytes())
+    proposed.signatures.clear()
+    proposed.signed.version += 1
+    proposed.signed.expires = now + settings.expiries.targets
+    policy = pin_policy(dd, settings, store).to_bytes()
+    proposed.signed.targets[PIN_POLICY_TARGET] = TargetFile.from_data(
+        PIN_POLICY_TARGET, policy, ["sha256"]
+    )
+    return Proposal(Targets.type, current, proposed, {PIN_POLICY_TARGET: policy})
+
+
+def sign(proposal: Proposal, keys: Sequence[Path], passphrase: bytes | None) -> DetachedSignature:
+    """A holder signs with their own key files (one passphrase: their own)."""
+    if not keys:
+        raise CeremonyError("name the key file(s) to sign with")
+    return sign_proposal(proposal, [signer_for(_read_offline_key(p, passphrase)) for p in keys])
+
+
+def publish(
+    data: Path | DataDir,
+    now: datetime,
+    proposal: Proposal,
+    signatures: Sequence[DetachedSignature],
+    *,
+    actor: str = OPERATOR,
+) -> int:
+    """Verify the threshold with python-tuf and publish; returns the new version."""
+    dd, settings, store = _open(data)
+    repo = dd.repository(settings)
+    md = combine(proposal, signatures, repo.root())
+    snapshot, timestamp = _online_signers(store, settings)
+    if proposal.role == Root.type:
+        repo.import_root(md)
+        role = md.signed.roles[Root.type]
+        settings.root_keys = sorted(role.keyids)
+        settings.root_threshold = role.threshold
+        dd.save_settings(settings)
+        repo.refresh_snapshot(snapshot, timestamp, now)
+    else:
+        from homing.ceremonies.retirement import record_published_pins
+
+        repo.import_targets(md, proposal.files, snapshot, timestamp, now)
+        if PIN_POLICY_TARGET in proposal.files:
+            record_published_pins(
+                dd, proposal.files[PIN_POLICY_TARGET], settings.server_ca_generation, now
+            )
+    version = int(md.signed.version)
+    _audit(
+        dd,
+        now,
+        actor,
+        f"publish_{proposal.role}",
+        f"{proposal.role} v{version}",
+        {"signatures": sorted(md.signatures), "sha256": proposal.digest},
+    )
+    return version
