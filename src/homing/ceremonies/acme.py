@@ -18,21 +18,26 @@ accept the chain being served.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from homing.ceremonies._common import OPERATOR, _audit, _ca_key, _open, _pem
+from homing.ceremonies._public_pins import (
+    ACCOUNT_KEY,
+    PUBLIC_ROOTS,
+    AcmeSettings,
+    public_pins,
+    public_roots,
+)
+from homing.ceremonies.rotations import publish_pins, rotate_server_cert
 from homing.errors import CeremonyError, ChainError
 from homing.fsutil import atomic_write
 from homing.pki.acme_order import AcmeAccount, order_certificate
-from homing.pki.keys import generate_tls_key, spki_pin
-from homing.pki.keystore import KeyStore
+from homing.pki.keys import generate_tls_key
 from homing.pki.validate import load_certificates_pem, verify_server_chain
 from homing.site import DataDir, Settings
 
@@ -46,54 +51,6 @@ __all__ = [
     "set_public_roots",
     "set_tls_mode",
 ]
-
-PUBLIC_ROOTS = "public-roots.pem"
-ACCOUNT_KEY = "acme-account"
-
-
-@dataclass(frozen=True)
-class AcmeSettings:
-    """The ACME part of the site's settings (``Settings.acme``)."""
-
-    directory: str
-    identifiers: tuple[str, ...]
-    email: str | None = None
-    directory_ca: str | None = None
-    http_host: str = ""
-    http_port: int = 80
-    account_uri: str | None = None
-    key_generation: int = 1
-
-    @classmethod
-    def of(cls, settings: Settings) -> AcmeSettings:
-        if settings.acme is None:
-            raise CeremonyError("ACME is not set up here: run `homing acme setup` first")
-        doc = dict(settings.acme)
-        doc["identifiers"] = tuple(doc["identifiers"])
-        return cls(**doc)
-
-    def to_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "identifiers": list(self.identifiers)}
-
-    def key_name(self, generation: int | None = None) -> str:
-        return f"server-acme-g{self.key_generation if generation is None else generation}"
-
-
-def _public_roots(dd: DataDir) -> list[x509.Certificate]:
-    path = dd.pki_path(PUBLIC_ROOTS)
-    if not path.exists():
-        raise CeremonyError("no public roots are set: `homing acme setup --public-roots FILE`")
-    return dd.certificates(PUBLIC_ROOTS)
-
-
-def public_pins(
-    dd: DataDir, settings: Settings, store: KeyStore
-) -> tuple[list[x509.Certificate], list[str]]:
-    """The public roots devices accept and the pins of the server's active and backup keys."""
-    acme = AcmeSettings.of(settings)
-    active = _ca_key(store, acme.key_name())
-    backup = _ca_key(store, acme.key_name(acme.key_generation + 1))
-    return _public_roots(dd), [spki_pin(active.public_key()), spki_pin(backup.public_key())]
 
 
 def _parse_roots(pem: bytes) -> list[x509.Certificate]:
@@ -144,7 +101,6 @@ def acme_setup(
     Nothing served changes: devices learn first that a public chain for
     these keys is home too; ``acme_issue`` then switches the served chain.
     """
-    from homing.ceremonies.rotations import publish_pins
 
     dd, settings, store = _open(data)
     parts = urlsplit(directory)
@@ -263,7 +219,6 @@ def install_certificate(
     identifier, to the published public roots. Rotating promotes the backup,
     makes ``next_backup`` (or a fresh key) the new backup and publishes pins.
     """
-    from homing.ceremonies.rotations import publish_pins
 
     dd, settings, store = _open(data)
     acme = _require_public_pins(settings)
@@ -279,7 +234,7 @@ def install_certificate(
         )
     # Checked at the later of now and the leaf's start: a CA that does not
     # back-date issues certificates that start the second they are made.
-    _verify_for_devices(chain, _public_roots(dd), acme, max(now, chain[0].not_valid_before_utc))
+    _verify_for_devices(chain, public_roots(dd), acme, max(now, chain[0].not_valid_before_utc))
     if rotate_key:
         store.store(acme.key_name(generation + 1), next_backup or generate_tls_key())
         acme = AcmeSettings(**{**acme.__dict__, "key_generation": generation})
@@ -318,7 +273,6 @@ def set_public_roots(
     Refused when the chain being served would not validate to the new set:
     add a new root before the CA switches to it, drop the old one after.
     """
-    from homing.ceremonies.rotations import publish_pins
 
     dd, settings, store = _open(data)
     acme = AcmeSettings.of(settings)
@@ -339,7 +293,6 @@ def set_tls_mode(data: Path | DataDir, now: datetime, mode: str, *, actor: str =
     - ``private``: only the site's server CA; the server goes back to a
       private certificate first (devices in mixed mode accept it).
     """
-    from homing.ceremonies.rotations import publish_pins, rotate_server_cert
 
     if mode not in ("private", "mixed", "public"):
         raise CeremonyError(f"unknown mode {mode!r}: use private, mixed or public")

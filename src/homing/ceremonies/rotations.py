@@ -25,6 +25,7 @@ from homing.ceremonies._common import (
     _signer,
     _write_offline_key,
 )
+from homing.ceremonies._public_pins import public_pins
 from homing.ceremonies.retirement import (
     DEFAULT_LIVE_WINDOW,
     check_pin_retirement,
@@ -170,8 +171,6 @@ def pin_policy(dd: DataDir, settings: Settings, store: KeyStore) -> PinPolicy:
         roots.append(dd.certificate("root-ca.pem"))
         pins += [spki_pin(server_ca), spki_pin(backup.public_key())]
     if settings.server_tls_mode in ("mixed", "public"):
-        from homing.ceremonies.acme import public_pins
-
         public_roots, key_pins = public_pins(dd, settings, store)
         roots += public_roots
         pins += key_pins
