@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Debian tools homing's tests drive for real: headless Chromium (the web
 # fleet view), promtool (the shipped alert rules), systemd-analyze (the
-# shipped units) and pebble with its challenge test server (ACME). Installs what is missing when run as root with apt; otherwise
+# shipped units), pebble with its challenge test server (ACME) and SoftHSM2
+# (PKCS#11 keys). Installs what is missing when run as root with apt; otherwise
 # names what is missing and exits 0, so a newcomer's `make test` still runs
 # (those tests then skip locally; CI sets HOMING_TEST_SYSTEM_TOOLS=1 and fails).
 set -euo pipefail
@@ -11,6 +12,7 @@ declare -A package_of=(
     [promtool]=prometheus
     [systemd-analyze]=systemd
     [pebble]=pebble
+    [softhsm2-util]=softhsm2
 )
 missing=()
 for tool in "${!package_of[@]}"; do

@@ -144,6 +144,22 @@ _CEREMONY = (
 )
 
 CASES: dict[str, Case] = {
+    "keystore pkcs11": Case(
+        "tests/test_pkcs11.py::test_keystore_pkcs11_through_the_cli",
+        lambda s: [
+            "keystore",
+            "pkcs11",
+            "--data",
+            NOWHERE,
+            "--module",
+            _garbage(s),
+            "--token",
+            "t",
+            "--key",
+            "timestamp-*",
+        ],
+        "no homing data directory",
+    ),
     "ceremony keygen": Case(
         _CEREMONY,
         lambda s: [

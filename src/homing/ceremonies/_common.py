@@ -16,7 +16,6 @@ from homing.fsutil import atomic_write
 from homing.pki.authority import Authority
 from homing.pki.keys import private_key_pem
 from homing.pki.keystore import (
-    FileKeyStore,
     KeyStore,
     PrivateKey,
     load_private_key_pem,
@@ -93,7 +92,7 @@ def _pem(*certs: x509.Certificate) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
-def _open(data: Path | DataDir) -> tuple[DataDir, Settings, FileKeyStore]:
+def _open(data: Path | DataDir) -> tuple[DataDir, Settings, KeyStore]:
     """Ceremonies take a path, or a DataDir bound to a particular database."""
     dd = data if isinstance(data, DataDir) else DataDir(data)
     settings = dd.settings()

@@ -130,8 +130,10 @@ def rotate_online_keys(
     repo = dd.repository(settings)
     signers = _root_signers(dd, settings, store, sign_with)
     g = settings.online_key_generation + 1
-    snapshot_key = generate_signing_key()
-    timestamp_key = generate_signing_key()
+    # Made where they will live (a PKCS#11 token, if the site routes them there);
+    # nothing uses generation g until the settings below name it.
+    snapshot_key = store.generate(f"snapshot-{g}", "signing")
+    timestamp_key = store.generate(f"timestamp-{g}", "signing")
     current = repo.root().signed
     root_keys = [current.get_key(kid) for kid in current.roles["root"].keyids]
     root = repo.rotate_root(
@@ -145,8 +147,6 @@ def rotate_online_keys(
             "timestamp": tuf_key(timestamp_key.public_key()),
         },
     )
-    store.store(f"snapshot-{g}", snapshot_key)
-    store.store(f"timestamp-{g}", timestamp_key)
     settings.online_key_generation = g
     dd.save_settings(settings)
     repo.refresh_snapshot(signer_for(snapshot_key), signer_for(timestamp_key), now)
@@ -230,7 +230,7 @@ def rotate_issuing_ca(
         generation=g,
         validity=settings.validity,
     )
-    store.store(f"{kind}-ca-g{g + 1}", generate_tls_key())
+    store.generate(f"{kind}-ca-g{g + 1}", "tls")
     old = dd.certificate(f"{kind}-ca.pem")
     atomic_write(dd.pki_path("retired") / f"{kind}-ca-g{g - 1}.pem", _pem(old))
     if kind == "device":

@@ -98,7 +98,18 @@ def _site(data: Path, db_url: str | None = None) -> DataDir:
     from homing.site import DataDir
 
     _ensure_passphrase(data)
-    return DataDir(data, db_url or os.environ.get("HOMING_DB"), passphrase=_passphrase())
+    dd = DataDir(
+        data,
+        db_url or os.environ.get("HOMING_DB"),
+        passphrase=_passphrase(),
+        pkcs11_pin=os.environ.get("HOMING_PKCS11_PIN"),
+    )
+    if dd.exists():
+        token = dd.settings().pkcs11
+        if token:
+            # securesystemslib's HSMSigner finds the PKCS#11 module through this variable.
+            os.environ.setdefault("PYKCS11LIB", token["module"])
+    return dd
 
 
 def _paths(values: tuple[str, ...]) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,6 +89,7 @@ def serve(
             timedelta(days=checkin_retention_days) if checkin_retention_days else None
         ),
         key_passphrase=_passphrase(),
+        pkcs11_pin=os.environ.get("HOMING_PKCS11_PIN"),
     )
     dd = _site(data)
     settings = dd.settings()

@@ -92,3 +92,31 @@ def pki_crl(data: Path, kind: str) -> None:
 
     path = ceremonies.write_crl(_site(data), kind, _now())
     out.print(f"CRL written to {path}")
+
+
+@cli.group()
+def keystore() -> None:
+    """Where the site's keys are made: files, or a PKCS#11 token (an HSM, SoftHSM2)."""
+
+
+@keystore.command("pkcs11")
+@_data_option
+@click.option(
+    "--module", type=click.Path(path_type=Path, dir_okay=False), required=True,
+    help="The token's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so.",
+)  # fmt: skip
+@click.option("--token", required=True, help="The token's label.")
+@click.option(
+    "--key", "patterns", multiple=True, required=True,
+    help="Names of keys made on the token from now on (repeat), e.g. 'timestamp-*'.",
+)  # fmt: skip
+def keystore_pkcs11(data: Path, module: Path, token: str, patterns: tuple[str, ...]) -> None:
+    """Make new keys matching the patterns on a PKCS#11 token (PIN in HOMING_PKCS11_PIN)."""
+    from homing.ceremonies.keystores import configure_pkcs11
+
+    configure_pkcs11(
+        _site(data), _now(), module=module, token=token, patterns=patterns,
+        actor=_operator_actor(),
+    )  # fmt: skip
+    out.print(f"new keys matching {', '.join(patterns)} are made on token {token!r}")
+    out.print("  they take over at the next rotation (rotate online-keys, rotate device-ca)")

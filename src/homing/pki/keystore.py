@@ -45,6 +45,10 @@ class KeyStore(Protocol):
 
     def remove(self, name: str) -> None: ...
 
+    def generate(self, name: str, kind: str = "tls") -> PrivateKey:
+        """A new key under ``name``: ``tls`` (ECDSA P-256) or ``signing`` (TUF roles)."""
+        ...
+
 
 class FileKeyStore:
     """PKCS#8 PEM files in one directory, encrypted with a passphrase.
@@ -86,6 +90,15 @@ class FileKeyStore:
 
     def remove(self, name: str) -> None:
         self.path(name).unlink(missing_ok=True)
+
+    def generate(self, name: str, kind: str = "tls") -> PrivateKey:
+        from homing.pki.keys import generate_signing_key, generate_tls_key
+
+        if kind not in ("tls", "signing"):
+            raise KeyStoreError(f"unknown key kind {kind!r}")
+        key: PrivateKey = generate_tls_key() if kind == "tls" else generate_signing_key()
+        self.store(name, key)
+        return key
 
     def load(self, name: str) -> PrivateKey:
         path = self.path(name)

@@ -43,6 +43,8 @@ class ServerConfig:
     access_log: bool = False
     # The key store's passphrase, read by the CLI at its edge (never from here).
     key_passphrase: bytes | None = field(default=None, repr=False)
+    # The PKCS#11 token's user PIN, likewise (HOMING_PKCS11_PIN at the edge).
+    pkcs11_pin: str | None = field(default=None, repr=False)
     # Check-in rows older than this are pruned by maintenance (None: kept).
     checkin_retention: timedelta | None = timedelta(days=90)
     # Where several workers share their metrics (set by the runner, not by hand).
@@ -53,7 +55,9 @@ class ServerConfig:
 
     def site(self) -> DataDir:
         """The server's data directory, with the database and passphrase it was given."""
-        return DataDir(self.data, self.db_url, passphrase=self.key_passphrase)
+        return DataDir(
+            self.data, self.db_url, passphrase=self.key_passphrase, pkcs11_pin=self.pkcs11_pin
+        )
 
     def __post_init__(self) -> None:
         if self.workers < 1:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from homing import tls
 from homing.errors import ConfigError, KeyStoreError
 from homing.pki import Authority
-from homing.pki.keystore import FileKeyStore
+from homing.pki.keystore import KeyStore
 from homing.pki.profiles import Profile, device_profile
 from homing.server.config import ServerConfig
 from homing.site import Settings
@@ -66,7 +66,9 @@ class ServerState:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.dd = config.site()
         self.settings: Settings = self.dd.settings()
-        self.store: FileKeyStore = self.dd.keystore(self.settings)
+        self.store: KeyStore = self.dd.keystore(self.settings)
+        # Python's ssl reads the TLS key from a file: it is always in the file store.
+        self.tls_key_path = self.dd.file_keystore(self.settings).path("server-tls")
         self.db: Database = self.dd.database()
         self.executor = ThreadPoolExecutor(
             max_workers=config.executor_threads, thread_name_prefix="homing-db"
@@ -119,7 +121,7 @@ class ServerState:
     def _build_tls(self) -> ssl.SSLContext:
         context = tls.server_context(
             self.dd.pki_path("server-chain.pem"),
-            self.store.path("server-tls"),
+            self.tls_key_path,
             key_password=self.dd.passphrase,
             client_cas=self._client_ca_bundle(),
         )
@@ -129,7 +131,7 @@ class ServerState:
     def _watched(self) -> dict[str, Path]:
         return {
             "chain": self.dd.pki_path("server-chain.pem"),
-            "key": self.store.path("server-tls"),
+            "key": self.tls_key_path,
             "device-cas": self.dd.pki_path("device-cas.pem"),
             "device-ca": self.dd.pki_path("device-ca.pem"),
             "settings": self.dd.settings_path,

@@ -27,7 +27,7 @@ from cryptography import x509
 from homing.config import Expiries, Validity
 from homing.errors import ConfigError
 from homing.fsutil import atomic_write
-from homing.pki.keystore import FileKeyStore
+from homing.pki.keystore import FileKeyStore, KeyStore
 from homing.pki.validate import load_certificates_pem
 from homing.site.ledger import DatabaseLedger
 from homing.store import Database, normalize_url
@@ -68,6 +68,8 @@ class Settings:
     # ACME: directory, identifiers, email, directory_ca, http_host, http_port,
     # account_uri, key_generation (homing.ceremonies.acme).
     acme: dict[str, Any] | None = None
+    # A PKCS#11 token for some keys: {"module", "token", "keys": [name patterns]}.
+    pkcs11: dict[str, Any] | None = None
 
     @property
     def expiries(self) -> Expiries:
@@ -116,11 +118,17 @@ class DataDir:
     """
 
     def __init__(
-        self, root: Path, db_url: str | None = None, *, passphrase: bytes | None = None
+        self,
+        root: Path,
+        db_url: str | None = None,
+        *,
+        passphrase: bytes | None = None,
+        pkcs11_pin: str | None = None,
     ) -> None:
         self.root = root
         self.db_url = db_url
         self.passphrase = passphrase
+        self.pkcs11_pin = pkcs11_pin
         self.settings_path = root / "homing.json"
         self.keys_dir = root / "keys"
         self.pki_dir = root / "pki"
@@ -143,7 +151,19 @@ class DataDir:
     def save_settings(self, settings: Settings) -> None:
         atomic_write(self.settings_path, settings.to_json())
 
-    def keystore(self, settings: Settings) -> FileKeyStore:
+    def keystore(self, settings: Settings) -> KeyStore:
+        """The site's keys: files, and a PKCS#11 token for the names its settings route there."""
+        files = self.file_keystore(settings)
+        if settings.pkcs11 is None:
+            return files
+        from homing.pki.pkcs11_store import LayeredKeyStore, Pkcs11KeyStore, TokenConfig
+
+        if not self.pkcs11_pin:
+            raise ConfigError("this site keeps keys on a PKCS#11 token: set HOMING_PKCS11_PIN")
+        config = TokenConfig(settings.pkcs11["module"], settings.pkcs11["token"], self.pkcs11_pin)
+        return LayeredKeyStore(files, Pkcs11KeyStore(config), settings.pkcs11["keys"])
+
+    def file_keystore(self, settings: Settings) -> FileKeyStore:
         passphrase = self.passphrase
         if settings.encrypted and not passphrase:
             raise ConfigError(

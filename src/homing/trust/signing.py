@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from securesystemslib.signer import CryptoSigner, SSlibKey
+from securesystemslib.signer import CryptoSigner, Signer, SSlibKey
 
 __all__ = ["signer_for", "tuf_key"]
 
@@ -13,5 +13,11 @@ def tuf_key(public_key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey) ->
     return SSlibKey.from_crypto(public_key)
 
 
-def signer_for(private_key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> CryptoSigner:
+def signer_for(private_key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> Signer:
+    """The TUF signer for a key; a key on a PKCS#11 token brings its own (HSMSigner)."""
+    own = getattr(private_key, "tuf_signer", None)
+    if callable(own):
+        signer = own()
+        assert isinstance(signer, Signer)
+        return signer
     return CryptoSigner(private_key, tuf_key(private_key.public_key()))
