@@ -246,6 +246,12 @@ CASES: dict[str, Case] = {
         "no homing data directory",
         "is active; new pins published",
     ),
+    "rotate root-ca": Case(
+        lambda s: ["rotate", "root-ca", *_d(s)],
+        lambda s: ["rotate", "root-ca", "--data", NOWHERE],
+        "no homing data directory",
+        "root CA generation",
+    ),
     "rotate device-ca": Case(
         lambda s: ["rotate", "device-ca", *_d(s)],
         lambda s: ["rotate", "device-ca", "--data", NOWHERE],

@@ -62,7 +62,7 @@ def test_enrollment_issues_a_device_certificate(
     assert int(response.headers["content-length"]) == len(response.body)
     (cert,) = certs_from_pkcs7(response.body)
     chain = verify_client_chain(
-        cert, server.state.device_cas, [server.state.root_ca], datetime.now(UTC)
+        cert, server.state.device_cas, server.state.root_cas, datetime.now(UTC)
     )
     assert chain.subjects[0] == x509.UniformResourceIdentifier("urn:homing:device:dev-1")
     assert _counts(server) == (1, 1)

@@ -11,6 +11,7 @@ from homing.ceremonies.rotations import (
     rotate_issuing_ca,
     rotate_online_keys,
     rotate_root,
+    rotate_root_ca,
     rotate_server_cert,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "rotate_issuing_ca",
     "rotate_online_keys",
     "rotate_root",
+    "rotate_root_ca",
     "rotate_server_cert",
     "write_crl",
 ]

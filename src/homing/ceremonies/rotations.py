@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from securesystemslib.signer import Signer
 
 from homing.ceremonies._common import (
@@ -33,7 +34,7 @@ from homing.ceremonies.retirement import (
 )
 from homing.errors import CeremonyError
 from homing.fsutil import atomic_write
-from homing.pki.authority import make_issuing_ca
+from homing.pki.authority import make_issuing_ca, make_root_ca
 from homing.pki.keys import generate_signing_key, generate_tls_key, spki_pin
 from homing.pki.keystore import (
     PASSPHRASE_ENV,
@@ -50,9 +51,11 @@ __all__ = [
     "refresh_snapshot",
     "refresh_targets",
     "refresh_timestamp",
+    "root_ca_key_name",
     "rotate_issuing_ca",
     "rotate_online_keys",
     "rotate_root",
+    "rotate_root_ca",
     "rotate_server_cert",
 ]
 
@@ -168,7 +171,7 @@ def pin_policy(dd: DataDir, settings: Settings, store: KeyStore) -> PinPolicy:
     if settings.server_tls_mode in ("private", "mixed"):
         server_ca = dd.certificate("server-ca.pem")
         backup = store.load(f"server-ca-g{settings.server_ca_generation + 1}")
-        roots.append(dd.certificate("root-ca.pem"))
+        roots += dd.certificates("root-ca.pem")
         pins += [spki_pin(server_ca), spki_pin(backup.public_key())]
     if settings.server_tls_mode in ("mixed", "public"):
         public_roots, key_pins = public_pins(dd, settings, store)
@@ -207,8 +210,6 @@ def rotate_issuing_ca(
     dd, settings, store = _open(data)
     attr = f"{kind}_ca_generation"
     g = int(getattr(settings, attr)) + 1
-    root_ca = dd.certificate("root-ca.pem")
-    root_key = _ca_key(store, "root-ca")
     active_key = _ca_key(store, f"{kind}-ca-g{g}")
     verdict = None
     if kind == "server":
@@ -220,27 +221,13 @@ def rotate_issuing_ca(
             live_within=live_within,
             force_reason=force_reason,
         )
-    cert = make_issuing_ca(
-        kind,
-        active_key.public_key(),
-        root_ca,
-        root_key,
-        now,
-        hosts=settings.hosts,
-        generation=g,
-        validity=settings.validity,
-    )
+    # Certified by the active root and by every older root still valid, so a
+    # device that holds only an older root keeps a path to the new CA.
+    cert, *also = _certify_issuing_ca(dd, settings, store, kind, active_key, g, now)
     store.generate(f"{kind}-ca-g{g + 1}", "tls")
     old = dd.certificate(f"{kind}-ca.pem")
     atomic_write(dd.pki_path("retired") / f"{kind}-ca-g{g - 1}.pem", _pem(old))
-    if kind == "device":
-        # Keep trusting the device CAs that are still valid, so devices
-        # issued by the old CA keep working until they renew.
-        still_valid = [c for c in dd.certificates("device-cas.pem") if c.not_valid_after_utc > now]
-        atomic_write(dd.pki_path("device-cas.pem"), _pem(cert, *still_valid))
-        atomic_write(dd.pki_path("device-ca.pem"), _pem(cert))
-    else:
-        atomic_write(dd.pki_path("server-ca.pem"), _pem(cert))
+    _install_issuing_ca(dd, kind, cert, also, now)
     # The settings are written last: they are the commit point a running
     # server reloads the rotation by (trust bundle, certificate, then key).
     setattr(settings, attr, g)
@@ -295,7 +282,8 @@ def rotate_server_cert(
     # Key first, then the chain: a crash between leaves the old chain, which
     # a restart detects as not matching the key and re-issues.
     store.store("server-tls", key)
-    atomic_write(dd.pki_path("server-chain.pem"), _pem(leaf, authority.certificate))
+    also = _also_certified(dd, "server", now)
+    atomic_write(dd.pki_path("server-chain.pem"), _pem(leaf, authority.certificate, *also))
     _audit(dd, now, actor, "rotate_server_cert", f"serial {leaf.serial_number:x}")
     return leaf
 
@@ -337,3 +325,123 @@ def refresh_targets(data: Path | DataDir, now: datetime, *, actor: str = OPERATO
     version = publish_pins(dd, settings, store, now)
     _audit(dd, now, actor, "refresh_targets", f"targets v{version}")
     return version
+
+
+def root_ca_key_name(generation: int) -> str:
+    return "root-ca" if generation == 1 else f"root-ca-g{generation}"
+
+
+def _roots_with_keys(
+    dd: DataDir, settings: Settings, store: KeyStore, now: datetime
+) -> list[tuple[x509.Certificate, ec.EllipticCurvePrivateKey]]:
+    """Every root still valid, active first, with its key (a root whose key is gone is skipped)."""
+    roots = [c for c in dd.certificates("root-ca.pem") if c.not_valid_after_utc > now]
+    found = []
+    for generation in range(settings.root_ca_generation, 0, -1):
+        name = root_ca_key_name(generation)
+        if not store.exists(name):
+            continue
+        key = _ca_key(store, name)
+        for root in roots:
+            if root.public_key() == key.public_key():
+                found.append((root, key))
+    if not found or found[0][0] != roots[0]:
+        raise CeremonyError("the active root CA's key is not in the key store")
+    return found
+
+
+def _certify_issuing_ca(
+    dd: DataDir,
+    settings: Settings,
+    store: KeyStore,
+    kind: str,
+    key: ec.EllipticCurvePrivateKey,
+    generation: int,
+    now: datetime,
+) -> list[x509.Certificate]:
+    """The issuing CA's certificate under each valid root, the active root's first."""
+    return [
+        make_issuing_ca(
+            kind,
+            key.public_key(),
+            root,
+            root_key,
+            now,
+            hosts=settings.hosts,
+            generation=generation,
+            validity=settings.validity,
+        )
+        for root, root_key in _roots_with_keys(dd, settings, store, now)
+    ]
+
+
+def _also_path(kind: str) -> str:
+    return f"{kind}-ca-also.pem"
+
+
+def _also_certified(dd: DataDir, kind: str, now: datetime) -> list[x509.Certificate]:
+    """The active issuing CA's certificates under older roots, still valid."""
+    path = dd.pki_path(_also_path(kind))
+    if not path.exists():
+        return []
+    return [c for c in dd.certificates(_also_path(kind)) if c.not_valid_after_utc > now]
+
+
+def _install_issuing_ca(
+    dd: DataDir,
+    kind: str,
+    cert: x509.Certificate,
+    also: list[x509.Certificate],
+    now: datetime,
+) -> None:
+    """Write an issuing CA's certificates: the active root's, and the others beside it."""
+    atomic_write(dd.pki_path(_also_path(kind)), _pem(*also))
+    if kind == "device":
+        # Keep trusting the device CAs that are still valid, so devices
+        # issued by the old CA keep working until they renew.
+        still_valid = [c for c in dd.certificates("device-cas.pem") if c.not_valid_after_utc > now]
+        atomic_write(dd.pki_path("device-cas.pem"), _pem(cert, *also, *still_valid))
+        atomic_write(dd.pki_path("device-ca.pem"), _pem(cert))
+    else:
+        atomic_write(dd.pki_path("server-ca.pem"), _pem(cert))
+
+
+def rotate_root_ca(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR) -> int:
+    """A new X.509 root CA beside the old one; returns its generation.
+
+    The active issuing CAs (same keys, so the same pins) are certified by the
+    new root too, and the server presents both certifications of its CA: a
+    device that holds only the old root still validates the server's chain
+    (leaf, issuing CA, old root: the old root's path length allows no root
+    cross-certificate below it), and takes the new root from the pin policy,
+    published here through TUF. The old root stays in the policy and keeps
+    certifying new issuing CAs until it expires.
+    """
+    dd, settings, store = _open(data)
+    g = settings.root_ca_generation + 1
+    old_roots = _roots_with_keys(dd, settings, store, now)
+    root_key = store.generate(root_ca_key_name(g), "tls")
+    assert isinstance(root_key, ec.EllipticCurvePrivateKey)
+    organization = settings.organization
+    root = make_root_ca(
+        root_key,
+        now,
+        organization=organization,
+        common_name=f"homing root CA {g}",
+        validity=settings.validity,
+    )
+    still_valid = [r for r, _ in old_roots]
+    atomic_write(dd.pki_path("root-ca.pem"), _pem(root, *still_valid))
+    settings.root_ca_generation = g
+    for kind in ("server", "device"):
+        generation = int(getattr(settings, f"{kind}_ca_generation"))
+        key = _ca_key(store, f"{kind}-ca-g{generation}")
+        cert, *also = _certify_issuing_ca(dd, settings, store, kind, key, generation, now)
+        _install_issuing_ca(dd, kind, cert, also, now)
+    # The settings last: the commit point a running server reloads by.
+    dd.save_settings(settings)
+    if settings.serving == "private":
+        rotate_server_cert(dd, now, actor=actor)
+    publish_pins(dd, settings, store, now)
+    _audit(dd, now, actor, "rotate_root_ca", f"generation {g}", {"roots": len(still_valid) + 1})
+    return g

@@ -214,6 +214,16 @@ def rotate_server_ca(data: Path, live_within_days: float, force: bool, reason: s
     out.print(f"server-issuing CA generation {generation} is active; new pins published")
 
 
+@rotate.command("root-ca")
+@_data_option
+def rotate_root_ca(data: Path) -> None:
+    """A new X.509 root CA beside the old one; the issuing CAs are certified by both."""
+    from homing import ceremonies
+
+    generation = ceremonies.rotate_root_ca(_site(data), _now(), actor=_operator_actor())
+    out.print(f"root CA generation {generation} is active; devices take it from the new pins")
+
+
 @rotate.command("device-ca")
 @_data_option
 def rotate_device_ca(data: Path) -> None:

@@ -136,7 +136,7 @@ def expiry_timeline(dd: DataDir, now: datetime) -> list[Expiry]:
             server_warning,
         )
     )
-    cas = [dd.certificate("root-ca.pem"), dd.certificate("server-ca.pem")]
+    cas = [*dd.certificates("root-ca.pem"), dd.certificate("server-ca.pem")]
     cas += dd.certificates("device-cas.pem")
     for ca in cas:
         name = _cn(ca)

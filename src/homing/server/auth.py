@@ -130,7 +130,7 @@ def _verify(der: bytes, state: ServerState, now: datetime) -> _Verified:
     # instant) before the answer points the device to recovery.
     when = cert.not_valid_after_utc if expired else now
     try:
-        chain = verify_client_chain(cert, state.device_cas, [state.root_ca], when)
+        chain = verify_client_chain(cert, state.device_cas, state.root_cas, when)
     except ChainError as e:
         # Another server process may have issued from a device CA this one has
         # not reloaded yet (rotations are complete on disk before any process
@@ -138,7 +138,7 @@ def _verify(der: bytes, state: ServerState, now: datetime) -> _Verified:
         if not state.reload_if_changed():
             raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
         try:
-            chain = verify_client_chain(cert, state.device_cas, [state.root_ca], when)
+            chain = verify_client_chain(cert, state.device_cas, state.root_cas, when)
         except ChainError as again:
             raise HTTPProblem(401, "bad_client_certificate", str(again)) from again
     try:

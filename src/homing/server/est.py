@@ -116,7 +116,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         return None
 
     async def cacerts(request: web.Request) -> web.Response:
-        return _pkcs7_response([*state.device_cas, state.root_ca], "application/pkcs7-mime")
+        return _pkcs7_response([*state.device_cas, *state.root_cas], "application/pkcs7-mime")
 
     async def simpleenroll(request: web.Request) -> web.Response:
         name, secret = _basic_credentials(request)

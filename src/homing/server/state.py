@@ -73,7 +73,8 @@ class ServerState:
         self.executor = ThreadPoolExecutor(
             max_workers=config.executor_threads, thread_name_prefix="homing-db"
         )
-        self.root_ca = self.dd.certificate("root-ca.pem")
+        # Every X.509 root the site still accepts, the active one first.
+        self.root_cas: list[x509.Certificate] = self.dd.certificates("root-ca.pem")
         self._versions: tuple[int, MetadataVersions] | None = None
         self._rollouts: tuple[float, dict[str, Any]] | None = None
         self._file_marks: dict[str, int] = {}
@@ -134,6 +135,7 @@ class ServerState:
             "key": self.tls_key_path,
             "device-cas": self.dd.pki_path("device-cas.pem"),
             "device-ca": self.dd.pki_path("device-ca.pem"),
+            "root-cas": self.dd.pki_path("root-ca.pem"),
             "settings": self.dd.settings_path,
         }
 
@@ -152,6 +154,7 @@ class ServerState:
             # TLS layer taught to trust it, and only after that does issuance
             # switch, so no device holds a certificate the server refuses.
             settings = self.dd.settings()
+            root_cas = self.dd.certificates("root-ca.pem")
             device_cas, device_ca, device_key = self._read_device_ca(settings)
             if marks["chain"] != self._file_marks.get("chain") or marks[
                 "key"
@@ -162,6 +165,7 @@ class ServerState:
                 )
             self.ssl_context.load_verify_locations(cadata=self._client_ca_bundle().decode())
             self.settings = settings
+            self.root_cas = root_cas
             self.device_cas = device_cas
             self._device_ca, self._device_key = device_ca, device_key
         except (ssl.SSLError, OSError, ConfigError, KeyStoreError) as e:

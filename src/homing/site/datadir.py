@@ -52,6 +52,8 @@ class Settings:
     root_threshold: int
     server_ca_generation: int = 1
     device_ca_generation: int = 1
+    # The X.509 root CA: generation 1's key is "root-ca", later ones "root-ca-gN".
+    root_ca_generation: int = 1
     online_key_generation: int = 1
     expiry_days: dict[str, float] = field(
         default_factory=lambda: {
