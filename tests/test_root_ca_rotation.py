@@ -1,4 +1,4 @@
-"""The X.509 root CA rotated: a device asleep through it comes home pinned, and takes the new root."""
+"""The X.509 root CA rotated: a device asleep through it comes home pinned, with the new root."""
 
 from __future__ import annotations
 
