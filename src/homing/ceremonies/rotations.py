@@ -382,7 +382,7 @@ def _also_path(kind: str) -> str:
 def _also_certified(dd: DataDir, kind: str, now: datetime) -> list[x509.Certificate]:
     """The active issuing CA's certificates under older roots, still valid."""
     path = dd.pki_path(_also_path(kind))
-    if not path.exists():
+    if not path.exists() or not path.read_bytes().strip():
         return []
     return [c for c in dd.certificates(_also_path(kind)) if c.not_valid_after_utc > now]
 
@@ -395,7 +395,10 @@ def _install_issuing_ca(
     now: datetime,
 ) -> None:
     """Write an issuing CA's certificates: the active root's, and the others beside it."""
-    atomic_write(dd.pki_path(_also_path(kind)), _pem(*also))
+    if also:
+        atomic_write(dd.pki_path(_also_path(kind)), _pem(*also))
+    else:
+        dd.pki_path(_also_path(kind)).unlink(missing_ok=True)
     if kind == "device":
         # Keep trusting the device CAs that are still valid, so devices
         # issued by the old CA keep working until they renew.
