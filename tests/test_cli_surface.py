@@ -144,6 +144,11 @@ _CEREMONY = (
 )
 
 CASES: dict[str, Case] = {
+    "keystore move-offline": Case(
+        "tests/test_custody.py::test_offline_keys_leave_the_server_and_serve_refuses_them",
+        lambda s: ["keystore", "move-offline", *_d(s), "--to", str(s.path("media"))],
+        "set HOMING_HOLDER_PASSPHRASE",
+    ),
     "keystore pkcs11": Case(
         "tests/test_pkcs11.py::test_keystore_pkcs11_through_the_cli",
         lambda s: [

@@ -339,7 +339,8 @@ def _roots_with_keys(
     found = []
     for generation in range(settings.root_ca_generation, 0, -1):
         name = root_ca_key_name(generation)
-        if not store.exists(name):
+        # The active root's key must be there (loading it says where it is kept).
+        if generation != settings.root_ca_generation and not store.exists(name):
             continue
         key = _ca_key(store, name)
         for root in roots:

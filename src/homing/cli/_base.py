@@ -98,11 +98,16 @@ def _site(data: Path, db_url: str | None = None) -> DataDir:
     from homing.site import DataDir
 
     _ensure_passphrase(data)
+    media = os.environ.get("HOMING_OFFLINE_KEYS")
+    holder = os.environ.get("HOMING_HOLDER_PASSPHRASE")
     dd = DataDir(
         data,
         db_url or os.environ.get("HOMING_DB"),
         passphrase=_passphrase(),
         pkcs11_pin=os.environ.get("HOMING_PKCS11_PIN"),
+        # The offline keys' media, mounted for a ceremony (never for `homing serve`).
+        offline_media=Path(media) if media else None,
+        holder_passphrase=holder.encode("utf-8") if holder else None,
     )
     if dd.exists():
         token = dd.settings().pkcs11

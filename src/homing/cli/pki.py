@@ -120,3 +120,29 @@ def keystore_pkcs11(data: Path, module: Path, token: str, patterns: tuple[str, .
     )  # fmt: skip
     out.print(f"new keys matching {', '.join(patterns)} are made on token {token!r}")
     out.print("  they take over at the next rotation (rotate online-keys, rotate device-ca)")
+
+
+@keystore.command("move-offline")
+@_data_option
+@click.option(
+    "--to", "media", type=click.Path(path_type=Path, file_okay=False), required=True,
+    help="A directory on removable media for the offline keys.",
+)  # fmt: skip
+def keystore_move_offline(data: Path, media: Path) -> None:
+    """Move the root CA, TUF root, targets and firmware keys off the server.
+
+    They are re-encrypted with the key holder's own passphrase
+    (HOMING_HOLDER_PASSPHRASE). Ceremonies then read them from the mounted
+    media (HOMING_OFFLINE_KEYS=DIR), and `homing serve` refuses to start if
+    any comes back into the server's key store.
+    """
+    import os
+
+    from homing.ceremonies.custody import move_offline
+
+    holder = os.environ.get("HOMING_HOLDER_PASSPHRASE")
+    if not holder:
+        _fail("set HOMING_HOLDER_PASSPHRASE: the offline keys' holder's own passphrase")
+    assert holder is not None
+    moved = move_offline(_site(data), _now(), media, holder.encode(), actor=_operator_actor())
+    out.print(f"moved {', '.join(moved) or 'nothing'} to {media}; unmount it and keep it offline")

@@ -27,6 +27,8 @@ from homing.server.app import build_app
 from homing.server.config import ServerConfig
 from homing.server.maintenance import maintain
 from homing.server.state import ServerState
+from homing.site import DataDir
+from homing.site.custody import offline_keys_in
 
 __all__ = ["configure_logging", "run_worker", "serve"]
 
@@ -141,9 +143,29 @@ def ensure_port_is_free(host: str, port: int) -> None:
             ) from e
 
 
+def refuse_offline_keys(data_dir: DataDir) -> None:
+    """A production server holds no offline key (root CA, TUF root, targets, firmware).
+
+    Refused by name; a development directory, which keeps every key on one
+    machine by design, only warns.
+    """
+    settings = data_dir.settings()
+    found = offline_keys_in(data_dir.file_keystore(settings))
+    if not found:
+        return
+    if settings.mode == "dev" and not settings.offline_custody:
+        log.warning("UNSAFE development directory: offline keys on the server: %s", found)
+        return
+    raise ConfigError(
+        f"refusing to serve: offline keys are in the server's key store: {', '.join(found)}; "
+        "move them to removable media with `homing keystore move-offline`"
+    )
+
+
 def serve(config: ServerConfig) -> None:
     """Run in the foreground until SIGINT or SIGTERM."""
     data_dir = config.site()
+    refuse_offline_keys(data_dir)
     maintain(data_dir, datetime.now(UTC))  # fail fast on a broken data directory
     ensure_port_is_free(config.host, config.port)
     if config.workers == 1:

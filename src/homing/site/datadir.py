@@ -72,6 +72,8 @@ class Settings:
     acme: dict[str, Any] | None = None
     # A PKCS#11 token for some keys: {"module", "token", "keys": [name patterns]}.
     pkcs11: dict[str, Any] | None = None
+    # True once the offline keys (homing.site.custody) left the server's store.
+    offline_custody: bool = False
 
     @property
     def expiries(self) -> Expiries:
@@ -126,11 +128,16 @@ class DataDir:
         *,
         passphrase: bytes | None = None,
         pkcs11_pin: str | None = None,
+        offline_media: Path | None = None,
+        holder_passphrase: bytes | None = None,
     ) -> None:
         self.root = root
         self.db_url = db_url
         self.passphrase = passphrase
         self.pkcs11_pin = pkcs11_pin
+        # The mounted media with the offline keys, for a ceremony (never on the server).
+        self.offline_media = offline_media
+        self.holder_passphrase = holder_passphrase
         self.settings_path = root / "homing.json"
         self.keys_dir = root / "keys"
         self.pki_dir = root / "pki"
@@ -154,16 +161,32 @@ class DataDir:
         atomic_write(self.settings_path, settings.to_json())
 
     def keystore(self, settings: Settings) -> KeyStore:
-        """The site's keys: files, and a PKCS#11 token for the names its settings route there."""
-        files = self.file_keystore(settings)
-        if settings.pkcs11 is None:
-            return files
-        from homing.pki.pkcs11_store import LayeredKeyStore, Pkcs11KeyStore, TokenConfig
+        """The site's keys: files, a PKCS#11 token for the names its settings route there,
+        and, once they are kept offline, the offline keys from mounted media only."""
+        store: KeyStore = self.file_keystore(settings)
+        if settings.pkcs11 is not None:
+            from homing.pki.pkcs11_store import LayeredKeyStore, Pkcs11KeyStore, TokenConfig
 
-        if not self.pkcs11_pin:
-            raise ConfigError("this site keeps keys on a PKCS#11 token: set HOMING_PKCS11_PIN")
-        config = TokenConfig(settings.pkcs11["module"], settings.pkcs11["token"], self.pkcs11_pin)
-        return LayeredKeyStore(files, Pkcs11KeyStore(config), settings.pkcs11["keys"])
+            if not self.pkcs11_pin:
+                raise ConfigError("this site keeps keys on a PKCS#11 token: set HOMING_PKCS11_PIN")
+            token = settings.pkcs11
+            config = TokenConfig(token["module"], token["token"], self.pkcs11_pin)
+            store = LayeredKeyStore(
+                self.file_keystore(settings), Pkcs11KeyStore(config), token["keys"]
+            )
+        if settings.offline_custody:
+            from homing.site.custody import OfflineAwareKeyStore
+
+            media = None
+            if self.offline_media is not None:
+                if not self.holder_passphrase:
+                    raise ConfigError(
+                        "the offline keys are encrypted with their holder's passphrase: "
+                        "set HOMING_HOLDER_PASSPHRASE"
+                    )
+                media = FileKeyStore(self.offline_media, self.holder_passphrase)
+            store = OfflineAwareKeyStore(store, media)
+        return store
 
     def file_keystore(self, settings: Settings) -> FileKeyStore:
         passphrase = self.passphrase
