@@ -247,3 +247,53 @@ def test_holder_passphrases_are_their_own(tmp_path: Path) -> None:
                    "--root-key", str(tmp_path / "r.pem"), env=env),
         "must not be the server's",
     )  # fmt: skip
+
+
+def test_a_promotion_leaves_the_new_pins_to_the_targets_holders(
+    site: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """Once targets is with its holders, a CA promotion defers the pins and says how."""
+    data, holders = site
+    h = holders[0]
+    _ok(
+        run_homing(
+            "ceremony", "keygen", "--out", str(h / "targets.pem"),
+            "--public-out", str(h / "targets.pub"), env=_holder(0),
+        )
+    )  # fmt: skip
+    proposal = tmp_path / "root.json"
+    _ok(
+        run_homing(
+            "ceremony", "propose-root", "--data", str(data), "--out", str(proposal),
+            "--targets-key", str(h / "targets.pub"), env=_server(),
+        )
+    )  # fmt: skip
+    sigs = []
+    for i in (0, 1):
+        sig = tmp_path / f"sig-{i}.json"
+        _ok(
+            run_homing(
+                "ceremony", "sign", str(proposal), "--key", str(holders[i] / "root-1.pem"),
+                "--out", str(sig), "--yes", env=_holder(i),
+            )
+        )  # fmt: skip
+        sigs.append(str(sig))
+    _ok(run_homing("ceremony", "publish", "--data", str(data), str(proposal), *sigs, env=_server()))
+    out = _ok(run_homing("rotate", "server-ca", "--data", str(data), env=_server()))
+    assert "publish the new pins with" in out
+    pins = tmp_path / "pins.json"
+    out = _ok(
+        run_homing("ceremony", "propose-targets", "--data", str(data), "--out", str(pins),
+                   env=_server())
+    )  # fmt: skip
+    assert "re-signing" not in out  # the new backup pin is in it
+    sig = tmp_path / "pins-sig.json"
+    _ok(
+        run_homing(
+            "ceremony", "sign", str(pins), "--key", str(h / "targets.pem"),
+            "--out", str(sig), "--yes", env=_holder(0),
+        )
+    )  # fmt: skip
+    _ok(run_homing("ceremony", "publish", "--data", str(data), str(pins), str(sig), env=_server()))
+    out = _ok(run_homing("rotate", "server-cert", "--data", str(data), env=_server()))
+    assert "new server certificate" in out

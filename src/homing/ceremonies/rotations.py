@@ -211,6 +211,7 @@ def rotate_issuing_ca(
     attr = f"{kind}_ca_generation"
     g = int(getattr(settings, attr)) + 1
     active_key = _ca_key(store, f"{kind}-ca-g{g}")
+    here = kind == "device" or targets_signed_here(dd, settings, store)
     verdict = None
     if kind == "server":
         # Device CA rotations keep trusting the old CA, so only this one can strand.
@@ -235,7 +236,7 @@ def rotate_issuing_ca(
     if kind == "server":
         if settings.serving == "private":
             rotate_server_cert(dd, now, actor=actor)
-        publish_pins(dd, settings, store, now)
+        _publish_pins_or_defer(dd, settings, store, now, here)
     detail: dict[str, object] | None = None
     if verdict is not None and (verdict.stranded or verdict.unknown):
         detail = {
@@ -247,6 +248,37 @@ def rotate_issuing_ca(
             detail["forced"] = force_reason
     _audit(dd, now, actor, f"rotate_{kind}_ca", f"generation {g}", detail)
     return g
+
+
+def targets_signed_here(dd: DataDir, settings: Settings, store: KeyStore) -> bool:
+    """Whether this site's targets key is the one root names (else holders sign targets).
+
+    Asking loads the key, so a key kept offline without its media mounted
+    fails here, before a ceremony changes anything.
+    """
+    repo = dd.repository(settings)
+    key = store.load("targets")
+    return tuf_key(key.public_key()).keyid in repo.root().signed.roles["targets"].keyids
+
+
+def pins_pending(dd: DataDir) -> bool:
+    """Whether the published pin policy is behind the site's state (publish it by ceremony)."""
+    settings = dd.settings()
+    store = dd.keystore(settings)
+    published = dd.repository(settings).target_bytes(PIN_POLICY_TARGET)
+    return published != pin_policy(dd, settings, store).to_bytes()
+
+
+def _publish_pins_or_defer(
+    dd: DataDir, settings: Settings, store: KeyStore, now: datetime, here: bool
+) -> None:
+    """Publish the pins now, or leave them for the holders (``homing ceremony propose-targets``).
+
+    Deferring is safe for a promotion: devices already pin the promoted key
+    (it was the backup); only the new backup waits for the holders.
+    """
+    if here:
+        publish_pins(dd, settings, store, now)
 
 
 def publish_pins(dd: DataDir, settings: Settings, store: KeyStore, now: datetime) -> int:
@@ -424,6 +456,7 @@ def rotate_root_ca(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR
     dd, settings, store = _open(data)
     g = settings.root_ca_generation + 1
     old_roots = _roots_with_keys(dd, settings, store, now)
+    here = targets_signed_here(dd, settings, store)
     root_key = store.generate(root_ca_key_name(g), "tls")
     assert isinstance(root_key, ec.EllipticCurvePrivateKey)
     organization = settings.organization
@@ -446,6 +479,6 @@ def rotate_root_ca(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR
     dd.save_settings(settings)
     if settings.serving == "private":
         rotate_server_cert(dd, now, actor=actor)
-    publish_pins(dd, settings, store, now)
+    _publish_pins_or_defer(dd, settings, store, now, here)
     _audit(dd, now, actor, "rotate_root_ca", f"generation {g}", {"roots": len(still_valid) + 1})
     return g

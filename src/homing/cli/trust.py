@@ -211,7 +211,19 @@ def rotate_server_ca(data: Path, live_within_days: float, force: bool, reason: s
         live_within=timedelta(days=live_within_days),
         force_reason=reason if force else None,
     )
-    out.print(f"server-issuing CA generation {generation} is active; new pins published")
+    _say_pins(data, f"server-issuing CA generation {generation} is active")
+
+
+def _say_pins(data: Path, done: str) -> None:
+    from homing.ceremonies.rotations import pins_pending
+
+    if pins_pending(_site(data)):
+        out.print(f"{done}; the targets key is with its holders: publish the new pins with")
+        out.print(
+            f"  homing ceremony propose-targets --data {data} --out PROPOSAL (then sign, publish)"
+        )
+    else:
+        out.print(f"{done}; new pins published")
 
 
 @rotate.command("root-ca")
@@ -221,7 +233,7 @@ def rotate_root_ca(data: Path) -> None:
     from homing import ceremonies
 
     generation = ceremonies.rotate_root_ca(_site(data), _now(), actor=_operator_actor())
-    out.print(f"root CA generation {generation} is active; devices take it from the new pins")
+    _say_pins(data, f"root CA generation {generation} is active")
 
 
 @rotate.command("device-ca")
