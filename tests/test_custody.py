@@ -117,7 +117,7 @@ def test_offline_keys_leave_the_server_and_serve_refuses_them(site: Path, tmp_pa
     # A ceremony that needs them refuses without the media, and works with it.
     _one_error(
         run_homing("rotate", "server-ca", "--data", str(site), env=server),
-        "key 'root-ca' is kept offline: mount its media and set HOMING_OFFLINE_KEYS",
+        "is kept offline: mount its media and set HOMING_OFFLINE_KEYS",
     )
     mounted = {**server, "HOMING_OFFLINE_KEYS": str(media), "HOMING_HOLDER_PASSPHRASE": HOLDER}
     rotated = run_homing("rotate", "server-ca", "--data", str(site), env=mounted)
