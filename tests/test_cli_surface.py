@@ -143,7 +143,44 @@ _CEREMONY = (
     "::test_two_of_three_root_rotation_by_three_holders_in_three_processes"
 )
 
+_TWO_HOMES = (
+    "tests/test_custody.py::test_two_homes_an_issuing_ca_promoted_without_a_root_key_on_the_server"
+)
+
 CASES: dict[str, Case] = {
+    "ceremony propose-ca": Case(
+        _TWO_HOMES,
+        lambda s: [
+            "ceremony",
+            "propose-ca",
+            "--data",
+            NOWHERE,
+            "--kind",
+            "server",
+            "--out",
+            str(s.path("r.json")),
+        ],
+        "no homing data directory",
+    ),  # fmt: skip
+    "ceremony sign-ca": Case(
+        _TWO_HOMES,
+        lambda s: [
+            "ceremony",
+            "sign-ca",
+            _garbage(s),
+            "--root-ca-key",
+            _garbage(s),
+            "--out",
+            str(s.path("c.pem")),
+            "--yes",
+        ],
+        "the CA request is not JSON",
+    ),  # fmt: skip
+    "ceremony import-ca": Case(
+        _TWO_HOMES,
+        lambda s: ["ceremony", "import-ca", *_d(s), _garbage(s), _garbage(s)],
+        "the CA request is not JSON",
+    ),  # fmt: skip
     "keystore move-offline": Case(
         "tests/test_custody.py::test_offline_keys_leave_the_server_and_serve_refuses_them",
         lambda s: ["keystore", "move-offline", *_d(s), "--to", str(s.path("media"))],

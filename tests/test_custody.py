@@ -155,3 +155,86 @@ def test_a_development_directory_only_warns(tmp_path: Path) -> None:
     data = tmp_path / "dev"
     assert run_homing("init", "--data", str(data)).returncode == 0
     assert _serves(data, {})
+
+
+def test_two_homes_an_issuing_ca_promoted_without_a_root_key_on_the_server(
+    site: Path, tmp_path: Path
+) -> None:
+    """Request on the server, certificates from the offline site, checked and promoted."""
+    from cryptography.hazmat.primitives import serialization
+
+    from homing.pki.authority import make_issuing_ca, make_root_ca
+    from homing.pki.keys import generate_tls_key
+    from homing.pki.validate import load_certificates_pem
+
+    server = {"HOMING_KEY_PASSPHRASE": SERVER}
+    holder = {"HOMING_HOLDER_PASSPHRASE": HOLDER}
+    media = tmp_path / "usb-stick"
+    moved = run_homing("keystore", "move-offline", "--data", str(site), "--to", str(media),
+                       env={**server, **holder})  # fmt: skip
+    assert moved.returncode == 0, moved.stderr
+    # The pins go to a targets holder, by a root ceremony (the root key is the holder's).
+    keygen = run_homing("ceremony", "keygen", "--out", str(tmp_path / "t.pem"),
+                        "--public-out", str(tmp_path / "t.pub"), env=holder)  # fmt: skip
+    assert keygen.returncode == 0, keygen.stderr
+    root_proposal, root_sig = tmp_path / "root.json", tmp_path / "root.sig"
+    steps = [
+        (["ceremony", "propose-root", "--data", str(site), "--out", str(root_proposal),
+          "--targets-key", str(tmp_path / "t.pub")], server),
+        (["ceremony", "sign", str(root_proposal), "--key", str(tmp_path / "holder" / "root.pem"),
+          "--out", str(root_sig), "--yes"], holder),
+        (["ceremony", "publish", "--data", str(site), str(root_proposal), str(root_sig)], server),
+    ]  # fmt: skip
+    for args, env in steps:
+        result = run_homing(*args, env=env)
+        assert result.returncode == 0, result.stderr
+
+    # 1. The server asks (no offline media in sight).
+    request = tmp_path / "server-ca.request.json"
+    asked = run_homing("ceremony", "propose-ca", "--data", str(site), "--kind", "server",
+                       "--out", str(request), env=server)  # fmt: skip
+    assert asked.returncode == 0, asked.stderr
+    assert "certify the server-issuing CA generation 2" in asked.stdout
+    # 2. The offline site certifies it with the root CA key from its medium.
+    certs = tmp_path / "server-ca.certs.pem"
+    root_ca_key = str(media / "root-ca.key.pem")
+    signed = run_homing("ceremony", "sign-ca", str(request), "--root-ca-key", root_ca_key,
+                        "--out", str(certs), "--yes", env=holder)  # fmt: skip
+    assert signed.returncode == 0, signed.stderr
+    # The attack: certificates from another root, for the same key, are refused.
+    stranger_key = generate_tls_key()
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    stranger = make_root_ca(stranger_key, now, common_name="homing root CA")
+    backup = load_certificates_pem(certs.read_bytes())[0].public_key()
+    forged = make_issuing_ca("server", backup, stranger, stranger_key, now, hosts=["localhost"])  # type: ignore[arg-type]
+    forged_file = tmp_path / "forged.pem"
+    forged_file.write_bytes(forged.public_bytes(serialization.Encoding.PEM))
+    _one_error(
+        run_homing("ceremony", "import-ca", "--data", str(site), str(request), str(forged_file),
+                   env=server),
+        "not signed by a root of this site",
+    )  # fmt: skip
+    # 3. The server checks and promotes; the pins await the targets holder.
+    imported = run_homing("ceremony", "import-ca", "--data", str(site), str(request), str(certs),
+                          env=server)  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    assert "server-issuing CA generation 2 is active" in imported.stdout
+    assert not (site / "keys" / "root-ca.key.pem").exists()
+    # A replayed request is refused: the site awaits the next generation now.
+    _one_error(
+        run_homing("ceremony", "import-ca", "--data", str(site), str(request), str(certs),
+                   env=server),
+        "now awaits generation 3",
+    )  # fmt: skip
+    pins, pins_sig = tmp_path / "pins.json", tmp_path / "pins.sig"
+    for args, env in (
+        (["ceremony", "propose-targets", "--data", str(site), "--out", str(pins)], server),
+        (["ceremony", "sign", str(pins), "--key", str(tmp_path / "t.pem"), "--out",
+          str(pins_sig), "--yes"], holder),
+        (["ceremony", "publish", "--data", str(site), str(pins), str(pins_sig)], server),
+    ):  # fmt: skip
+        result = run_homing(*args, env=env)
+        assert result.returncode == 0, result.stderr
+    assert _serves(site, server)

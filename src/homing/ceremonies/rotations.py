@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from securesystemslib.signer import Signer
 
@@ -194,8 +195,13 @@ def rotate_issuing_ca(
     actor: str = OPERATOR,
     live_within: timedelta = DEFAULT_LIVE_WINDOW,
     force_reason: str | None = None,
+    certified: Sequence[x509.Certificate] | None = None,
 ) -> int:
     """Promote the backup key of the ``kind`` issuing CA; returns the new generation.
+
+    ``certified``: the backup's CA certificates, signed at the offline site
+    (``homing ceremony sign-ca``) and checked here, instead of signing with a
+    root CA key on this machine.
 
     The backup's SPKI has been pinned since the previous rotation, so a
     device that slept through this one still trusts the new CA. For the
@@ -211,6 +217,8 @@ def rotate_issuing_ca(
     attr = f"{kind}_ca_generation"
     g = int(getattr(settings, attr)) + 1
     active_key = _ca_key(store, f"{kind}-ca-g{g}")
+    if certified is not None:
+        _check_offline_certification(dd, kind, active_key, certified, now)
     here = kind == "device" or targets_signed_here(dd, settings, store)
     verdict = None
     if kind == "server":
@@ -224,7 +232,10 @@ def rotate_issuing_ca(
         )
     # Certified by the active root and by every older root still valid, so a
     # device that holds only an older root keeps a path to the new CA.
-    cert, *also = _certify_issuing_ca(dd, settings, store, kind, active_key, g, now)
+    if certified is None:
+        cert, *also = _certify_issuing_ca(dd, settings, store, kind, active_key, g, now)
+    else:
+        cert, *also = certified
     store.generate(f"{kind}-ca-g{g + 1}", "tls")
     old = dd.certificate(f"{kind}-ca.pem")
     atomic_write(dd.pki_path("retired") / f"{kind}-ca-g{g - 1}.pem", _pem(old))
@@ -250,15 +261,50 @@ def rotate_issuing_ca(
     return g
 
 
+def _check_offline_certification(
+    dd: DataDir,
+    kind: str,
+    key: ec.EllipticCurvePrivateKey,
+    certified: Sequence[x509.Certificate],
+    now: datetime,
+) -> None:
+    """An offline-signed issuing CA: for this key, by a root the site holds, valid, a CA."""
+    if not certified:
+        raise CeremonyError("the offline site returned no certificate")
+    roots = [r for r in dd.certificates("root-ca.pem") if r.not_valid_after_utc > now]
+    for cert in certified:
+        if cert.public_key() != key.public_key():
+            raise CeremonyError("a returned CA certificate is not for the key being promoted")
+        issuers = [r for r in roots if r.subject == cert.issuer]
+        try:
+            if not issuers:
+                raise ValueError("unknown issuer")
+            cert.verify_directly_issued_by(issuers[0])
+        except (ValueError, TypeError, InvalidSignature) as e:
+            raise CeremonyError(
+                f"a returned CA certificate is not signed by a root of this site: {e}"
+            ) from e
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if not constraints.ca or not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+            raise CeremonyError("a returned CA certificate is not a CA valid now")
+    if certified[0].issuer != roots[0].subject:
+        raise CeremonyError("the first certificate must be the active root's")
+    expected = {r.subject for r in roots}
+    if {c.issuer for c in certified} != expected:
+        raise CeremonyError(f"the {kind} CA must be certified by every valid root of this site")
+
+
 def targets_signed_here(dd: DataDir, settings: Settings, store: KeyStore) -> bool:
-    """Whether this site's targets key is the one root names (else holders sign targets).
+    """Whether this site signs targets itself (else its holders do, by ceremony).
 
     Asking loads the key, so a key kept offline without its media mounted
     fails here, before a ceremony changes anything.
     """
-    repo = dd.repository(settings)
+    if settings.targets_by_holders:
+        return False
     key = store.load("targets")
-    return tuf_key(key.public_key()).keyid in repo.root().signed.roles["targets"].keyids
+    listed = dd.repository(settings).root().signed.roles["targets"].keyids
+    return tuf_key(key.public_key()).keyid in listed
 
 
 def pins_pending(dd: DataDir) -> bool:
@@ -282,6 +328,11 @@ def _publish_pins_or_defer(
 
 
 def publish_pins(dd: DataDir, settings: Settings, store: KeyStore, now: datetime) -> int:
+    if settings.targets_by_holders:
+        raise CeremonyError(
+            "the targets key is with its holders: publish the pins with "
+            "`homing ceremony propose-targets`, have them sign it, then `homing ceremony publish`"
+        )
     repo = dd.repository(settings)
     snapshot, timestamp = _online_signers(store, settings)
     policy_bytes = pin_policy(dd, settings, store).to_bytes()

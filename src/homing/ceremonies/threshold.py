@@ -156,6 +156,9 @@ def publish(
         role = md.signed.roles[Root.type]
         settings.root_keys = sorted(role.keyids)
         settings.root_threshold = role.threshold
+        before = set(proposal.current.signed.roles[Targets.type].keyids)
+        if set(md.signed.roles[Targets.type].keyids) != before:
+            settings.targets_by_holders = True
         dd.save_settings(settings)
         repo.refresh_snapshot(snapshot, timestamp, now)
     else:

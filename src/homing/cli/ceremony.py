@@ -143,3 +143,73 @@ def ceremony_publish(data: Path, proposal_file: Path, signature_files: tuple[Pat
     signatures = [DetachedSignature.from_bytes(_read(p, "signature")) for p in signature_files]
     version = publish(_site(data), _now(), proposal, signatures, actor=_operator_actor())
     out.print(f"published {proposal.role} version {version}")
+
+
+@ceremony.command("propose-ca")
+@_data_option
+@click.option("--kind", type=click.Choice(["server", "device"]), required=True)
+@click.option("--out", "out_path", type=_path, required=True, help="The request file.")
+def ceremony_propose_ca(data: Path, kind: str, out_path: Path) -> None:
+    """Ask the offline site to certify the issuing CA's backup key (server side)."""
+    from homing.ceremonies.offline_ca import propose_ca
+    from homing.fsutil import atomic_write
+
+    request = propose_ca(_site(data), kind, _now())
+    atomic_write(out_path, request.to_bytes())
+    for line in request.describe():
+        out.print(f"  {line}")
+    out.print(f"request written to {out_path}: carry it to the offline site")
+
+
+@ceremony.command("sign-ca")
+@click.argument("request_file", type=_path)
+@click.option("--root-ca-key", "keys", type=_path, multiple=True, required=True,
+              help="A root CA key file (one per root the request names).")  # fmt: skip
+@click.option("--out", "out_path", type=_path, required=True, help="The certificates file.")
+@click.option("--yes", is_flag=True, help="Sign without asking (after reading the request).")
+def ceremony_sign_ca(request_file: Path, keys: tuple[Path, ...], out_path: Path, yes: bool) -> None:
+    """At the offline site: read a CA request in words and certify it with the root CA keys."""
+    from cryptography.hazmat.primitives import serialization
+
+    from homing.ceremonies.offline_ca import sign_ca
+    from homing.fsutil import atomic_write
+    from homing.pki.ca_request import CaRequest
+
+    request = CaRequest.from_bytes(_read(request_file, "CA request"))
+    for line in request.describe():
+        out.print(f"  {line}")
+    if not yes and not click.confirm("Certify it?", default=False):
+        _fail("not signed")
+    certs = sign_ca(request, keys, _holder_passphrase(confirm=False), _now())
+    atomic_write(out_path, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
+    out.print(f"{len(certs)} certificate(s) written to {out_path}: carry them back to the server")
+
+
+@ceremony.command("import-ca")
+@_data_option
+@click.argument("request_file", type=_path)
+@click.argument("certificates_file", type=_path)
+@click.option("--force", is_flag=True, help="Promote even if live devices would be stranded.")
+@click.option("--reason", help="Why a forced promotion is worth stranding them (audited).")
+def ceremony_import_ca(
+    data: Path, request_file: Path, certificates_file: Path, force: bool, reason: str | None
+) -> None:
+    """Check the offline site's CA certificates and promote the issuing CA with them."""
+    from homing.ceremonies.offline_ca import import_ca
+    from homing.errors import ChainError
+    from homing.pki.ca_request import CaRequest
+    from homing.pki.validate import load_certificates_pem
+
+    if force and not (reason and reason.strip()):
+        _fail("--force needs --reason: a forced promotion is audited with why")
+    request = CaRequest.from_bytes(_read(request_file, "CA request"))
+    try:
+        certs = load_certificates_pem(_read(certificates_file, "certificates"))
+    except ChainError as e:
+        _fail(f"the certificates cannot be read: {e}")
+        raise AssertionError from e
+    generation = import_ca(
+        _site(data), _now(), request, certs, actor=_operator_actor(),
+        force_reason=reason if force else None,
+    )  # fmt: skip
+    out.print(f"{request.kind}-issuing CA generation {generation} is active")

@@ -74,6 +74,8 @@ class Settings:
     pkcs11: dict[str, Any] | None = None
     # True once the offline keys (homing.site.custody) left the server's store.
     offline_custody: bool = False
+    # True once a root handed the targets role to key holders (homing ceremony).
+    targets_by_holders: bool = False
 
     @property
     def expiries(self) -> Expiries:
