@@ -161,7 +161,7 @@ CASES: dict[str, Case] = {
             str(s.path("r.json")),
         ],
         "no homing data directory",
-    ),  # fmt: skip
+    ),
     "ceremony sign-ca": Case(
         _TWO_HOMES,
         lambda s: [
@@ -175,12 +175,12 @@ CASES: dict[str, Case] = {
             "--yes",
         ],
         "the CA request is not JSON",
-    ),  # fmt: skip
+    ),
     "ceremony import-ca": Case(
         _TWO_HOMES,
         lambda s: ["ceremony", "import-ca", *_d(s), _garbage(s), _garbage(s)],
         "the CA request is not JSON",
-    ),  # fmt: skip
+    ),
     "keystore move-offline": Case(
         "tests/test_custody.py::test_offline_keys_leave_the_server_and_serve_refuses_them",
         lambda s: ["keystore", "move-offline", *_d(s), "--to", str(s.path("media"))],
