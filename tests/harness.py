@@ -298,3 +298,12 @@ def system_tool(name: str) -> str:
             )
         pytest.skip(f"{name} is not installed (scripts/install-system-tools.sh installs it)")
     return path
+
+
+def assert_one_error(result: subprocess.CompletedProcess[str], words: str) -> None:
+    """A refusal as the CLI must give it: non-zero, one ``error:`` line saying ``words``."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert words in errors[0], errors[0]

@@ -22,7 +22,7 @@ import pytest
 
 from homing.errors import KeyStoreError
 from homing.pki.keystore import FileKeyStore
-from tests.harness import homing_entry_point, run_homing
+from tests.harness import assert_one_error, homing_entry_point, run_homing
 
 SERVER = "the server's own passphrase"
 HOLDER = "the key holder's passphrase"
@@ -32,14 +32,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _one_error(result: subprocess.CompletedProcess[str], words: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    assert words in errors[0], errors[0]
 
 
 def _serves(data: Path, env: dict[str, str]) -> bool:
@@ -93,12 +85,14 @@ def test_offline_keys_leave_the_server_and_serve_refuses_them(site: Path, tmp_pa
     refused = run_homing(
         "serve", "--data", str(site), "--listen", f"127.0.0.1:{_free_port()}", env=server
     )
-    _one_error(refused, "offline keys are in the server's key store: firmware, root-ca, targets")
+    assert_one_error(
+        refused, "offline keys are in the server's key store: firmware, root-ca, targets"
+    )
 
     media = tmp_path / "usb-stick"
     no_pass = run_homing("keystore", "move-offline", "--data", str(site), "--to", str(media),
                          env=server)  # fmt: skip
-    _one_error(no_pass, "set HOMING_HOLDER_PASSPHRASE")
+    assert_one_error(no_pass, "set HOMING_HOLDER_PASSPHRASE")
     moved = run_homing(
         "keystore", "move-offline", "--data", str(site), "--to", str(media),
         env={**server, "HOMING_HOLDER_PASSPHRASE": HOLDER},
@@ -115,7 +109,7 @@ def test_offline_keys_leave_the_server_and_serve_refuses_them(site: Path, tmp_pa
     FileKeyStore(media, HOLDER.encode()).load("root-ca")
 
     # A ceremony that needs them refuses without the media, and works with it.
-    _one_error(
+    assert_one_error(
         run_homing("rotate", "server-ca", "--data", str(site), env=server),
         "is kept offline: mount its media and set HOMING_OFFLINE_KEYS",
     )
@@ -128,7 +122,7 @@ def test_offline_keys_leave_the_server_and_serve_refuses_them(site: Path, tmp_pa
     assert _serves(site, server)
     # A key copied back by mistake: refused again, by name.
     shutil.copy(media / "targets.key.pem", keys / "targets.key.pem")
-    _one_error(
+    assert_one_error(
         run_homing(
             "serve", "--data", str(site), "--listen", f"127.0.0.1:{_free_port()}", env=server
         ),
@@ -138,12 +132,12 @@ def test_offline_keys_leave_the_server_and_serve_refuses_them(site: Path, tmp_pa
 
 def test_moving_offline_refuses_bad_media_and_passphrases(site: Path, tmp_path: Path) -> None:
     server = {"HOMING_KEY_PASSPHRASE": SERVER}
-    _one_error(
+    assert_one_error(
         run_homing("keystore", "move-offline", "--data", str(site), "--to", str(site / "x"),
                    env={**server, "HOMING_HOLDER_PASSPHRASE": HOLDER}),
         "inside the data directory",
     )  # fmt: skip
-    _one_error(
+    assert_one_error(
         run_homing("keystore", "move-offline", "--data", str(site), "--to", str(tmp_path / "m"),
                    env={**server, "HOMING_HOLDER_PASSPHRASE": SERVER}),
         "must not be the server's",
@@ -211,7 +205,7 @@ def test_two_homes_an_issuing_ca_promoted_without_a_root_key_on_the_server(
     forged = make_issuing_ca("server", backup, stranger, stranger_key, now, hosts=["localhost"])  # type: ignore[arg-type]
     forged_file = tmp_path / "forged.pem"
     forged_file.write_bytes(forged.public_bytes(serialization.Encoding.PEM))
-    _one_error(
+    assert_one_error(
         run_homing("ceremony", "import-ca", "--data", str(site), str(request), str(forged_file),
                    env=server),
         "not signed by a root of this site",
@@ -223,7 +217,7 @@ def test_two_homes_an_issuing_ca_promoted_without_a_root_key_on_the_server(
     assert "server-issuing CA generation 2 is active" in imported.stdout
     assert not (site / "keys" / "root-ca.key.pem").exists()
     # A replayed request is refused: the site awaits the next generation now.
-    _one_error(
+    assert_one_error(
         run_homing("ceremony", "import-ca", "--data", str(site), str(request), str(certs),
                    env=server),
         "now awaits generation 3",

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from tuf.api.metadata import Metadata, Root, TargetFile, Targets
+from tuf.api.metadata import Metadata, Role, Root, TargetFile, Targets
 
 from homing.ceremonies._common import (
     OPERATOR,
@@ -82,35 +83,43 @@ def propose_root(
     dd, settings, _ = _open(data)
     repo = dd.repository(settings)
     current = repo.root()
-    proposed = Metadata[Root].from_bytes(current.to_bytes())
+    proposed = _next_version(current, now + settings.expiries.root)
+    if new_keys:
+        _hand_role(proposed.signed, Root.type, new_keys)
+    role = proposed.signed.roles[Root.type]
+    _set_threshold(role, threshold if threshold is not None else role.threshold, "root")
+    if targets_keys:
+        _hand_role(proposed.signed, Targets.type, targets_keys)
+        targets = proposed.signed.roles[Targets.type]
+        _set_threshold(targets, targets_threshold or 1, "targets")
+    return Proposal(Root.type, current, proposed)
+
+
+def _next_version(current: Metadata[Any], expires: datetime) -> Metadata[Any]:
+    """A copy of ``current`` as the next version, unsigned."""
+    proposed = Metadata.from_bytes(current.to_bytes())
     proposed.signatures.clear()
     proposed.signed.version += 1
-    proposed.signed.expires = now + settings.expiries.root
-    role = proposed.signed.roles[Root.type]
-    if new_keys:
-        keys = [tuf_key(_public_key(pem, where)) for where, pem in new_keys]
-        if len({k.keyid for k in keys}) != len(keys):
-            raise CeremonyError("the same public key is given twice")
-        for keyid in list(role.keyids):
-            proposed.signed.revoke_key(keyid, Root.type)
-        for key in keys:
-            proposed.signed.add_key(key, Root.type)
-    k = threshold if threshold is not None else role.threshold
-    count = len(proposed.signed.roles[Root.type].keyids)
-    if not 1 <= k <= count:
-        raise CeremonyError(f"the threshold must be between 1 and the {count} root keys")
-    proposed.signed.roles[Root.type].threshold = k
-    if targets_keys:
-        keys = [tuf_key(_public_key(pem, where)) for where, pem in targets_keys]
-        for keyid in list(proposed.signed.roles[Targets.type].keyids):
-            proposed.signed.revoke_key(keyid, Targets.type)
-        for key in keys:
-            proposed.signed.add_key(key, Targets.type)
-        t = targets_threshold if targets_threshold is not None else 1
-        if not 1 <= t <= len(keys):
-            raise CeremonyError(f"the targets threshold must be between 1 and {len(keys)}")
-        proposed.signed.roles[Targets.type].threshold = t
-    return Proposal(Root.type, current, proposed)
+    proposed.signed.expires = expires
+    return proposed
+
+
+def _hand_role(root: Root, role: str, holders: Sequence[tuple[str, bytes]]) -> None:
+    """Replace ``role``'s keys by the holders' public keys (``(where, PEM)``)."""
+    keys = [tuf_key(_public_key(pem, where)) for where, pem in holders]
+    if len({k.keyid for k in keys}) != len(keys):
+        raise CeremonyError("the same public key is given twice")
+    for keyid in list(root.roles[role].keyids):
+        root.revoke_key(keyid, role)
+    for key in keys:
+        root.add_key(key, role)
+
+
+def _set_threshold(role: Role, threshold: int, name: str) -> None:
+    count = len(role.keyids)
+    if not 1 <= threshold <= count:
+        raise CeremonyError(f"the {name} threshold must be between 1 and the {count} {name} keys")
+    role.threshold = threshold
 
 
 def propose_targets(data: Path | DataDir, now: datetime) -> Proposal:
@@ -120,10 +129,7 @@ def propose_targets(data: Path | DataDir, now: datetime) -> Proposal:
     dd, settings, store = _open(data)
     repo = dd.repository(settings)
     current = repo.targets()
-    proposed = Metadata[Targets].from_bytes(current.to_bytes())
-    proposed.signatures.clear()
-    proposed.signed.version += 1
-    proposed.signed.expires = now + settings.expiries.targets
+    proposed = _next_version(current, now + settings.expiries.targets)
     policy = pin_policy(dd, settings, store).to_bytes()
     proposed.signed.targets[PIN_POLICY_TARGET] = TargetFile.from_data(
         PIN_POLICY_TARGET, policy, ["sha256"]

@@ -320,13 +320,7 @@ class TrustRepository:
                 new.signed.revoke_key(keyid, role)
             new.signed.add_key(key, role)
         _sign(new, [*old_signers, *new_signers])
-        _check(
-            old,
-            Root.type,
-            new,
-            f"root {new.signed.version} by the keys of root {old.signed.version}",
-        )
-        _check(new, Root.type, new, f"root {new.signed.version} by its own keys")
+        _check_succession(old, new)
         self._write(f"{new.signed.version}.root.json", new)
         return new
 
@@ -337,13 +331,7 @@ class TrustRepository:
             raise CeremonyError(
                 f"root v{new.signed.version} cannot follow root v{old.signed.version}"
             )
-        _check(
-            old,
-            Root.type,
-            new,
-            f"root {new.signed.version} by the keys of root {old.signed.version}",
-        )
-        _check(new, Root.type, new, f"root {new.signed.version} by its own keys")
+        _check_succession(old, new)
         self._write(f"{new.signed.version}.root.json", new)
 
     def import_targets(
@@ -551,6 +539,13 @@ def _check(delegator: Metadata[Any], role: str, delegate: Metadata[Any], what: s
         delegator.verify_delegate(role, delegate)
     except UnsignedMetadataError as e:
         raise CeremonyError(f"{what} is not signed by enough valid keys: {e}") from e
+
+
+def _check_succession(old: Metadata[Root], new: Metadata[Root]) -> None:
+    """TUF spec §5.3.4: root N+1 carries a threshold of N's keys and of its own."""
+    v, w = new.signed.version, old.signed.version
+    _check(old, Root.type, new, f"root {v} by the keys of root {w}")
+    _check(new, Root.type, new, f"root {v} by its own keys")
 
 
 def fnmatch_path(name: str) -> bool:
