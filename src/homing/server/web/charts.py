@@ -14,8 +14,8 @@ from markupsafe import Markup
 __all__ = ["bar_chart", "timeline_chart"]
 
 _BAR_HEIGHT = 22
-_LABEL_WIDTH = 150
-_WIDTH = 520
+_LABEL_WIDTH = 190
+_WIDTH = 560
 
 
 def bar_chart(title: str, items: Sequence[tuple[str, int]]) -> Markup:
