@@ -335,7 +335,7 @@ def simulate(
     names = list(dict.fromkeys(names))
     scratch = Path(tempfile.mkdtemp(prefix="homing-world-", dir=workdir))
     try:
-        world = build_world(scenario, scratch)
+        world = build_world(scenario, scratch, public_site="homing-public-ca" in names)
         fleet = make_fleet(scenario)
         return _run(scenario, world, fleet, names, progress)
     finally:

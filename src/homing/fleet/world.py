@@ -107,10 +107,14 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def build_world(scenario: Scenario, workdir: Path) -> World:
-    """Build every artifact of the run under ``workdir`` (a scratch directory)."""
+def build_world(scenario: Scenario, workdir: Path, *, public_site: bool = True) -> World:
+    """Build every artifact of the run under ``workdir`` (a scratch directory).
+
+    ``public_site``: also run the homing site whose server certificate comes
+    from the public CA (only the ``homing-public-ca`` strategy reads it).
+    """
     with _quiet():
-        return _Builder(scenario, workdir).build()
+        return _Builder(scenario, workdir, public_site).build()
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,7 @@ _PER_TICK = (
 class _Builder:
     """Walks the schedule week by week, making each event happen for real."""
 
-    def __init__(self, scenario: Scenario, workdir: Path) -> None:
+    def __init__(self, scenario: Scenario, workdir: Path, public_site: bool = True) -> None:
         self.scenario = scenario
         self.workdir = workdir
         self.plan = _Schedule.of(scenario)
@@ -223,7 +227,9 @@ class _Builder:
         self.world.homing_root_ca.append(DataDir(self.data).certificate("root-ca.pem"))
         self._snapshot_homing(0)
         self.world.homing.append(self._homing_chain())
-        self.public_site = _PublicSite(self, workdir / "homing-public-data", root_years)
+        self.public_site = (
+            _PublicSite(self, workdir / "homing-public-data", root_years) if public_site else None
+        )
 
     def build(self) -> World:
         for tick in range(self.plan.ticks):
@@ -240,7 +246,8 @@ class _Builder:
                 changed_too = True
             if changed or changed_too:
                 self._snapshot_homing(tick)
-            self.public_site.step(tick)
+            if self.public_site is not None:
+                self.public_site.step(tick)
             self._release(tick)
             self._record(tick)
         world = self.world
@@ -249,7 +256,8 @@ class _Builder:
         world.compromise_tick = self.plan.compromise
         _announcements(world, self.plan, self.scenario.server.announce_days)
         DataDir(self.data).close()
-        self.public_site.close()
+        if self.public_site is not None:
+            self.public_site.close()
         return world
 
     # -- the public and the baseline private PKI ---------------------------------
@@ -300,7 +308,8 @@ class _Builder:
         ceremonies.refresh_snapshot(self.data, now)
         world.replay_dir = self.workdir / "replay"
         shutil.copytree(self.data / "repository", world.replay_dir)
-        world.public_replay_dir = self.public_site.replay(now)
+        if self.public_site is not None:
+            world.public_replay_dir = self.public_site.replay(now)
         ceremonies.rotate_issuing_ca(self.data, "server", now)
         world.events.append((tick, "the server's TLS key is stolen; keys and CAs rotate"))
         return True, True
