@@ -227,7 +227,7 @@ def test_read_only_token_cannot_revoke_or_pause(
         and e["action"] != "ui_login"
         and e["action"] not in ("list_devices", "show_device")
     ]
-    _shot(page, "read-only-device-page")
+    _shot(page, "read-only-rollouts")  # no Pause or Resume for this role
     page.context.close()
 
 
