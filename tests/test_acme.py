@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from homing import ceremonies
 from homing.agent.agent import Agent
+from homing.agent.decide import TrustChannel
 from homing.agent.state import DeviceState
 from homing.agent.transport import open_connection
 from homing.ceremonies import acme
@@ -91,11 +92,12 @@ def _served_leaf(server: RunningServer) -> bytes:
     return der
 
 
-def _cycle(server: RunningServer, state: DeviceState) -> list[str]:
+def _cycle(server: RunningServer, state: DeviceState) -> TrustChannel | None:
+    """One agent cycle that must check in; the channel its trust came over."""
     agent = Agent(state, server=url(server), firmware_version="1.0.0")
     report = agent.run_once()
     assert report.checked_in, report
-    return report.steps
+    return report.trust_channel
 
 
 @sqlite_only
@@ -107,8 +109,7 @@ def test_issue_serve_renew_and_key_change_without_a_device_cut_off(
     before = device(server, tmp_path, "dev-before", "board-a")
     check_in(server, before)  # holds the private-only pin policy
     _setup(server, pebble)
-    steps = _cycle(server, before)  # takes the mixed policy over pinned TLS
-    assert not any("bootstrap" in s for s in steps)
+    assert _cycle(server, before) is TrustChannel.PINNED  # takes the mixed policy
     held = _held(before)
     assert len(held.root_cas) == 2
     assert len(held.spki_pins) == 4
@@ -123,8 +124,7 @@ def test_issue_serve_renew_and_key_change_without_a_device_cut_off(
     active = acme.AcmeSettings.of(settings)
     active_pin = spki_pin(dd.keystore(settings).load(active.key_name()).public_key())
     # The device that enrolled under the private CA comes home pinned, by key.
-    steps = _cycle(server, before)
-    assert not any("bootstrap" in s for s in steps)
+    assert _cycle(server, before) is TrustChannel.PINNED
     assert _row(server, "dev-before").pins_matched == (active_pin,)
     # A device made after the switch too (mixed fleet).
     after = device(server, tmp_path, "dev-after", "board-a")
@@ -137,15 +137,15 @@ def test_issue_serve_renew_and_key_change_without_a_device_cut_off(
     assert renewed.serial_number != leaf.serial_number
     assert renewed.public_key() == leaf.public_key()
     assert dd.repository(dd.settings()).targets().signed.version == targets
-    assert not any("bootstrap" in s for s in _cycle(server, before))
+    assert _cycle(server, before) is TrustChannel.PINNED
 
     # Key change: the backup every device already pins is promoted.
     backup_pin = _held(before).spki_pins[3]
     rotated = _issue(server, rotate_key=True)
     assert isinstance(rotated, x509.Certificate)
     assert spki_pin(rotated.public_key()) == backup_pin
-    steps = _cycle(server, after)  # still holding the pins from before the change
-    assert not any("bootstrap" in s for s in steps)
+    # Still holding the pins from before the change:
+    assert _cycle(server, after) is TrustChannel.PINNED
     assert _row(server, "dev-after").pins_matched == (backup_pin,)
 
     # Public only: the private CA leaves the policy; devices still come home.
@@ -184,8 +184,7 @@ def test_a_device_sleeping_through_a_public_root_change_comes_home(
     # The sleeper holds only the old root: its pinned channel fails, it walks
     # the metadata over the bootstrap channel and comes home.
     assert len(_held(sleeper).root_cas) == 2
-    steps = _cycle(server, sleeper)
-    assert any("bootstrap" in s for s in steps), steps
+    assert _cycle(server, sleeper) is TrustChannel.BOOTSTRAP
     assert [c.subject for c in _held(sleeper).root_cas] == [
         c.subject for c in dd.certificates("public-roots.pem")
     ]

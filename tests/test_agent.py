@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from homing import ceremonies
 from homing.agent.agent import Agent
+from homing.agent.decide import TrustChannel
 from homing.agent.enroll import enroll
 from homing.agent.state import DeviceState
 from homing.operations import fleet as operations
@@ -60,6 +61,7 @@ def test_provisioned_device_checks_in(server: RunningServer, tmp_path: Path) -> 
     report = _agent(state, server).run_once()
     assert report.checked_in, report
     assert report.trust["root"] == 1
+    assert report.trust_channel is TrustChannel.PINNED
     assert _checkins(server) == 1
     assert state.time_floor() is not None
 
@@ -98,6 +100,7 @@ def test_long_offline_device_comes_back_by_itself(server: RunningServer, tmp_pat
     report = _agent(state, server, later).run_once()
     assert report.checked_in, report
     assert "pins do not match" in " ".join(report.steps)
+    assert report.trust_channel is TrustChannel.BOOTSTRAP
     assert "certificate recovered by key proof" in report.steps
     assert report.trust["root"] == 4
     cert = state.certificate()

@@ -24,6 +24,7 @@ def test_a_device_asleep_through_a_root_ca_rotation_comes_home(
     server: RunningServer, tmp_path: Path
 ) -> None:
     from homing.agent.agent import Agent
+    from homing.agent.decide import TrustChannel
 
     sleeper = device(server, tmp_path, "dev-sleeper", "board-a")
     check_in(server, sleeper)
@@ -43,7 +44,7 @@ def test_a_device_asleep_through_a_root_ca_rotation_comes_home(
     # The sleeper holds only the old root; it comes home over its pinned channel.
     report = Agent(sleeper, server=url(server), firmware_version="1.0.0").run_once()
     assert report.checked_in, report
-    assert not any("bootstrap" in s for s in report.steps), report.steps
+    assert report.trust_channel is TrustChannel.PINNED, report.steps
     held = _held(sleeper.root)
     assert {c.subject for c in held.root_cas} == {roots[0].subject, old_root.subject}
     assert held.spki_pins == pins_before  # same issuing keys: the pins did not move

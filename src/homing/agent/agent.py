@@ -33,6 +33,7 @@ from homing.agent.decide import (
     CertificateAction,
     CheckInAnswer,
     CycleReport,
+    TrustChannel,
     certificate_action,
     held_trust,
     retry_after_seconds,
@@ -149,6 +150,7 @@ class Agent:
                 try:
                     trust = self._refresh_from(url, policy, now)
                     report.steps.append(f"trust refreshed over pinned TLS from {url}")
+                    report.trust_channel = TrustChannel.PINNED
                     return self._adopt(trust, report)
                 except ChainError as e:
                     errors.append(f"{url}: {e}")
@@ -160,6 +162,7 @@ class Agent:
             try:
                 trust = self._refresh_from(url, None, now)
                 report.steps.append(f"trust refreshed over the bootstrap channel from {url}")
+                report.trust_channel = TrustChannel.BOOTSTRAP
                 return self._adopt(trust, report)
             except TransportError as e:
                 errors.append(f"{url}: {e}")

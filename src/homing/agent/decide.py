@@ -28,6 +28,7 @@ __all__ = [
     "CheckInAnswer",
     "CycleReport",
     "Image",
+    "TrustChannel",
     "accept_image",
     "certificate_action",
     "held_trust",
@@ -36,6 +37,13 @@ __all__ = [
 
 # A server cannot ask a device to stay silent for longer than this.
 MAX_RETRY_AFTER_SECONDS = 86400.0
+
+
+class TrustChannel(enum.Enum):
+    """Over which channel a cycle refreshed its trust (typed: callers never read step text)."""
+
+    PINNED = "pinned"
+    BOOTSTRAP = "bootstrap"
 
 
 @dataclass
@@ -50,6 +58,8 @@ class CycleReport:
     trust: dict[str, int] = field(default_factory=dict)
     # Seconds the server asked the device to wait (HTTP Retry-After).
     retry_after: float | None = None
+    # Which channel brought the trust this cycle used (None: not refreshed).
+    trust_channel: TrustChannel | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {

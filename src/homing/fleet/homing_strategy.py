@@ -16,6 +16,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Root, Targets, Timestamp
 
 from homing.agent.agent import Agent, CycleReport
+from homing.agent.decide import TrustChannel
 from homing.agent.fetcher import HTTPSFetcher
 from homing.agent.state import DeviceConfig, DeviceState
 from homing.agent.transport import verify_pinned_chain
@@ -241,7 +242,7 @@ class Homing(Strategy):
             except (MetadataError, TransportError) as e:
                 walk = _Walk(None, sum(f.requests for f in fetchers), 0.0, str(e))
             else:
-                pinned = not any("bootstrap" in step for step in report.steps)
+                pinned = report.trust_channel is TrustChannel.PINNED
                 elapsed = (time.perf_counter() - started) * 1e3
                 walk = _Walk(trust, sum(f.requests for f in fetchers), elapsed, pinned=pinned)
             self._walks[key] = walk
