@@ -271,3 +271,56 @@ def test_a_promotion_leaves_the_new_pins_to_the_targets_holders(
     _ok(run_homing("ceremony", "publish", "--data", str(data), str(pins), str(sig), env=_server()))
     out = _ok(run_homing("rotate", "server-cert", "--data", str(data), env=_server()))
     assert "new server certificate" in out
+
+
+def test_new_online_keys_named_by_a_threshold_root(
+    site: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """The server makes the next timestamp and snapshot keys; holders sign the root naming them."""
+    from homing.site import DataDir
+    from homing.trust.signing import tuf_key
+
+    data, holders = site
+    proposal = tmp_path / "root.json"
+    out = _ok(
+        run_homing(
+            "ceremony", "propose-root", "--data", str(data), "--out", str(proposal),
+            "--new-online-keys", env=_server(),
+        )
+    )  # fmt: skip
+    assert "timestamp: adds" in out
+    assert "snapshot: adds" in out
+    # Not in use until the root naming them is published.
+    assert DataDir(data).settings().online_key_generation == 1
+    sigs = []
+    for i in (0, 2):
+        sig = tmp_path / f"sig-{i}.json"
+        _ok(
+            run_homing(
+                "ceremony", "sign", str(proposal), "--key", str(holders[i] / "root-1.pem"),
+                "--out", str(sig), "--yes", env=_holder(i),
+            )
+        )  # fmt: skip
+        sigs.append(str(sig))
+    _ok(run_homing("ceremony", "publish", "--data", str(data), str(proposal), *sigs, env=_server()))
+    dd = DataDir(data, passphrase=SERVER.encode())
+    settings = dd.settings()
+    assert settings.online_key_generation == 2
+    root = Metadata[Root].from_file(str(data / "repository" / "metadata" / "2.root.json"))
+    timestamp_key = dd.keystore(settings).load("timestamp-2")
+    assert root.signed.roles["timestamp"].keyids == [tuf_key(timestamp_key.public_key()).keyid]
+    # The server signs with the new key from now on: a device verifies it.
+    refreshed = _ok(run_homing("timestamp", "refresh", "--data", str(data), env=_server()))
+    assert "timestamp" in refreshed
+    device = tmp_path / "device"
+    device.mkdir()
+    metadata = data / "repository" / "metadata"
+    (device / "root.json").write_bytes((metadata / "1.root.json").read_bytes())
+    trust = refresh_trust(
+        device,
+        metadata.as_uri() + "/",
+        datetime.now(UTC),
+        fetcher=DirectoryFetcher(),
+        target_url=(data / "repository" / "targets").as_uri() + "/",
+    )
+    assert trust.root_version == 2

@@ -16,7 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from tuf.api.metadata import Metadata, Role, Root, TargetFile, Targets
+from tuf.api.metadata import Metadata, Role, Root, Snapshot, TargetFile, Targets, Timestamp
 
 from homing.ceremonies._common import (
     OPERATOR,
@@ -73,14 +73,18 @@ def propose_root(
     threshold: int | None = None,
     targets_keys: Sequence[tuple[str, bytes]] = (),
     targets_threshold: int | None = None,
+    new_online_keys: bool = False,
 ) -> Proposal:
     """Root N+1: the given holders' public keys (``(where, PEM)``) and threshold.
 
     Without new keys the same keys renew the root's expiry. ``targets_keys``
     hands the targets role (which signs the pin policy) to key holders too,
     so the server's key store no longer holds a key that can publish pins.
+    ``new_online_keys`` makes the next snapshot and timestamp keys here (in
+    the server's store or token; nothing uses them until the root naming
+    them is published) and names them in the proposal.
     """
-    dd, settings, _ = _open(data)
+    dd, settings, store = _open(data)
     repo = dd.repository(settings)
     current = repo.root()
     proposed = _next_version(current, now + settings.expiries.root)
@@ -92,7 +96,19 @@ def propose_root(
         _hand_role(proposed.signed, Targets.type, targets_keys)
         targets = proposed.signed.roles[Targets.type]
         _set_threshold(targets, targets_threshold or 1, "targets")
+    if new_online_keys:
+        g = settings.online_key_generation + 1
+        for role_name in (Snapshot.type, Timestamp.type):
+            key = store.generate(f"{role_name}-{g}", "signing")
+            for keyid in list(proposed.signed.roles[role_name].keyids):
+                proposed.signed.revoke_key(keyid, role_name)
+            proposed.signed.add_key(tuf_key(key.public_key()), role_name)
     return Proposal(Root.type, current, proposed)
+
+
+def _names_new_online_keys(proposal: Proposal) -> bool:
+    old, new = proposal.current.signed, proposal.proposed.signed
+    return any(old.roles[r].keyids != new.roles[r].keyids for r in (Snapshot.type, Timestamp.type))
 
 
 def _next_version(current: Metadata[Any], expires: datetime) -> Metadata[Any]:
@@ -156,6 +172,17 @@ def publish(
     dd, settings, store = _open(data)
     repo = dd.repository(settings)
     md = combine(proposal, signatures, repo.root())
+    if proposal.role == Root.type and _names_new_online_keys(proposal):
+        # The proposal names the next generation made by propose_root: check it is ours.
+        g = settings.online_key_generation + 1
+        for role_name in (Snapshot.type, Timestamp.type):
+            name = f"{role_name}-{g}"
+            mine = tuf_key(store.load(name).public_key()).keyid if store.exists(name) else None
+            if md.signed.roles[role_name].keyids != [mine]:
+                raise CeremonyError(
+                    f"the proposal's {role_name} key is not this site's {name}: prepare a new one"
+                )
+        settings.online_key_generation = g
     snapshot, timestamp = _online_signers(store, settings)
     if proposal.role == Root.type:
         repo.import_root(md)

@@ -64,6 +64,9 @@ def ceremony_keygen(out_path: Path, public_out: Path) -> None:
     "--targets-key", "targets_keys", type=_path, multiple=True, help="Hand targets to holders."
 )
 @click.option("--targets-threshold", type=int)
+@click.option(
+    "--new-online-keys", is_flag=True, help="Make and name the next snapshot and timestamp keys."
+)
 def ceremony_propose_root(
     data: Path,
     out_path: Path,
@@ -71,6 +74,7 @@ def ceremony_propose_root(
     threshold: int | None,
     targets_keys: tuple[Path, ...],
     targets_threshold: int | None,
+    new_online_keys: bool,
 ) -> None:
     """Prepare root N+1 for the holders to sign (new keys, threshold, or a renewal)."""
     from homing.ceremonies.threshold import propose_root
@@ -84,6 +88,7 @@ def ceremony_propose_root(
         threshold=threshold,
         targets_keys=[(str(p), _read(p, "public key")) for p in targets_keys],
         targets_threshold=targets_threshold,
+        new_online_keys=new_online_keys,
     )
     atomic_write(out_path, proposal.to_bytes())
     for line in describe(proposal):
