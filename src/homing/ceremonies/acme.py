@@ -47,7 +47,6 @@ __all__ = [
     "acme_setup",
     "install_certificate",
     "public_pins",
-    "renewal_due",
     "set_public_roots",
     "set_tls_mode",
 ]
@@ -256,13 +255,6 @@ def install_certificate(
         {"key_generation": acme.key_generation, "rotated_key": rotate_key},
     )
     return leaf
-
-
-def renewal_due(dd: DataDir, now: datetime) -> bool:
-    """Whether the served ACME certificate has passed two thirds of its lifetime."""
-    leaf = dd.certificates("server-chain.pem")[0]
-    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
-    return now >= leaf.not_valid_before_utc + lifetime * 2 / 3
 
 
 def set_public_roots(
