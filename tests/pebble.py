@@ -29,6 +29,11 @@ from tests.harness import system_tool
 
 # pebble starts in well under a second; a loaded machine gets far longer.
 START_DEADLINE_S = 60.0
+_START_ATTEMPTS = 3
+
+
+class _PortTaken(Exception):
+    """pebble or its challenge server found a picked port taken by someone else."""
 
 
 def free_port() -> int:
@@ -100,6 +105,7 @@ class Pebble:
     dns_port: int = field(default_factory=free_port)
     challtest_management_port: int = field(default_factory=free_port)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _started: bool = False
 
     @property
     def directory(self) -> str:
@@ -110,6 +116,33 @@ class Pebble:
         return self.workdir / "ca.pem"
 
     def start(self) -> Pebble:
+        """Start both; a port taken meanwhile by another program means fresh ports and a retry.
+
+        Ports are picked free, then bound by pebble a moment later: an
+        outgoing connection can take one in between. Once a site has been
+        configured with these ports (a restart), they are kept.
+        """
+        for attempt in range(_START_ATTEMPTS):
+            try:
+                self._launch()
+                self._wait_ready()
+            except _PortTaken:
+                self.stop()
+                if attempt == _START_ATTEMPTS - 1:
+                    raise
+                if not self._started:
+                    self.http_port, self.port = free_port(), free_port()
+                    self.management_port, self.dns_port = free_port(), free_port()
+                    self.challtest_management_port = free_port()
+                continue
+            except BaseException:
+                self.stop()  # no process outlives a failed start
+                raise
+            self._started = True
+            return self
+        raise AssertionError("unreachable")
+
+    def _launch(self) -> None:
         pebble = system_tool("pebble")
         challtestsrv = system_tool("pebble-challtestsrv")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -154,8 +187,6 @@ class Pebble:
                 self.processes.append(
                     subprocess.Popen(args, stdout=log, stderr=log, env=environment)
                 )
-        self._wait_ready()
-        return self
 
     def _context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.listener_ca))
@@ -169,10 +200,13 @@ class Pebble:
         while True:
             for process in self.processes:
                 if process.poll() is not None:
-                    raise AssertionError(
-                        f"{process.args[0]} exited: "
-                        + (self.workdir / "pebble.log").read_text(errors="replace")[-2000:]
+                    logs = "".join(
+                        (self.workdir / f"{name}.log").read_text(errors="replace")[-2000:]
+                        for name in ("pebble", "challtestsrv")
                     )
+                    if "address already in use" in logs:
+                        raise _PortTaken(logs)
+                    raise AssertionError(f"{process.args[0]} exited: {logs}")
             try:
                 self._get(self.directory)
                 self._get(f"https://127.0.0.1:{self.management_port}/roots/0")

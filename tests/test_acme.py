@@ -367,3 +367,21 @@ def test_the_server_renews_its_acme_certificate_by_itself(
     assert not any("ACME" in d for d in done)
     assert dd.certificates("server-chain.pem")[0] == renewed
     assert "ACME renewal failed, will retry" in caplog.text
+
+
+def test_pebble_moves_to_fresh_ports_when_one_is_taken(tmp_path: Path) -> None:
+    """The harness itself: a port taken between picking and binding is not a failed test."""
+    import socket
+
+    ca = Pebble(tmp_path / "pebble")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ca.management_port))
+        squatter.listen()
+        taken = ca.management_port
+        ca.start()
+        try:
+            assert ca.management_port != taken
+            assert ca.root_pem().startswith(b"-----BEGIN CERTIFICATE-----")
+        finally:
+            ca.stop()
+    assert ca.processes == []
