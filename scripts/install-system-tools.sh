@@ -3,8 +3,7 @@
 # fleet view), promtool (the shipped alert rules), systemd-analyze (the
 # shipped units), pebble with its challenge test server (ACME) and SoftHSM2
 # (PKCS#11 keys). Installs what is missing when run as root with apt; otherwise
-# names what is missing and exits 0, so a newcomer's `make test` still runs
-# (those tests then skip locally; CI sets HOMING_TEST_SYSTEM_TOOLS=1 and fails).
+# names what is missing and fails, because the tests that drive them never skip.
 set -euo pipefail
 
 declare -A package_of=(
@@ -30,5 +29,6 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
     pkill -x prometheus >/dev/null 2>&1 || true
 else
-    echo "note: tests that drive ${missing[*]} will skip: install them (sudo apt-get install ${missing[*]})" >&2
+    echo "error: the tests need ${missing[*]}: run this script as root, or: sudo apt-get install ${missing[*]}" >&2
+    exit 1
 fi

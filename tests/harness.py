@@ -276,27 +276,17 @@ def run_homing(
     )
 
 
-def system_tools_required() -> bool:
-    """CI sets HOMING_TEST_SYSTEM_TOOLS=1: then every system tool a test needs must be there."""
-    return os.environ.get("HOMING_TEST_SYSTEM_TOOLS") == "1"
-
-
 def system_tool(name: str) -> str:
-    """The path of a Debian tool a test drives (chromium, promtool, systemd-analyze).
+    """The path of a Debian tool a test drives (chromium, promtool, pebble, softhsm2-util, ...).
 
-    ``make test`` installs them (scripts/install-system-tools.sh); without them
-    a local run skips, while CI, which requires them, fails.
+    ``make test`` installs them (scripts/install-system-tools.sh) and stops
+    when it cannot, so a missing tool fails the test that needs it: it never skips.
     """
     import shutil
 
     path = shutil.which(name)
     if path is None:
-        if system_tools_required():
-            raise AssertionError(
-                f"HOMING_TEST_SYSTEM_TOOLS=1 but {name} is not installed: "
-                "run scripts/install-system-tools.sh"
-            )
-        pytest.skip(f"{name} is not installed (scripts/install-system-tools.sh installs it)")
+        raise AssertionError(f"{name} is not installed: run scripts/install-system-tools.sh")
     return path
 
 
