@@ -305,3 +305,29 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert not result.stderr.strip(), result.stderr
+
+
+def test_a_fleet_view_session_ends_when_its_token_is_revoked(server: RunningServer) -> None:
+    """The session cookie outlives nothing: revoking the token shuts the open session out."""
+    from homing.store.schema import ui_sessions
+
+    token = operations.add_token(server.state.db, "test", server.clock(), "eve", "operator")
+    login = server.request(
+        "POST",
+        "/ui/login",
+        f"token={token}".encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert login.status == 303
+    cookie = login.headers["set-cookie"].split(";")[0]
+    value = cookie.split("=", 1)[1]
+    assert server.request("GET", "/ui", headers={"Cookie": cookie}).status == 200
+    # The database holds only the cookie's hash.
+    with server.state.db.engine.connect() as conn:
+        stored = [r.session_hash for r in conn.execute(ui_sessions.select())]
+    assert stored
+    assert value not in stored
+    operations.revoke_token(server.state.db, "test", server.clock(), "eve")
+    after = server.request("GET", "/ui", headers={"Cookie": cookie})
+    assert after.status == 303
+    assert after.headers["location"] == "/ui/login"

@@ -247,7 +247,10 @@ def rotate_issuing_ca(
     if kind == "server":
         if settings.serving == "private":
             rotate_server_cert(dd, now, actor=actor)
-        _publish_pins_or_defer(dd, settings, store, now, here)
+        # Deferring is safe for a promotion: devices already pin the promoted
+        # key (it was the backup); only the new backup waits for the holders.
+        if here:
+            publish_pins(dd, settings, store, now)
     detail: dict[str, object] | None = None
     if verdict is not None and (verdict.stranded or verdict.unknown):
         detail = {
@@ -313,18 +316,6 @@ def pins_pending(dd: DataDir) -> bool:
     store = dd.keystore(settings)
     published = dd.repository(settings).target_bytes(PIN_POLICY_TARGET)
     return published != pin_policy(dd, settings, store).to_bytes()
-
-
-def _publish_pins_or_defer(
-    dd: DataDir, settings: Settings, store: KeyStore, now: datetime, here: bool
-) -> None:
-    """Publish the pins now, or leave them for the holders (``homing ceremony propose-targets``).
-
-    Deferring is safe for a promotion: devices already pin the promoted key
-    (it was the backup); only the new backup waits for the holders.
-    """
-    if here:
-        publish_pins(dd, settings, store, now)
 
 
 def publish_pins(dd: DataDir, settings: Settings, store: KeyStore, now: datetime) -> int:
@@ -530,6 +521,7 @@ def rotate_root_ca(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR
     dd.save_settings(settings)
     if settings.serving == "private":
         rotate_server_cert(dd, now, actor=actor)
-    _publish_pins_or_defer(dd, settings, store, now, here)
+    if here:  # else the new root waits for the targets holders' ceremony
+        publish_pins(dd, settings, store, now)
     _audit(dd, now, actor, "rotate_root_ca", f"generation {g}", {"roots": len(still_valid) + 1})
     return g
