@@ -350,8 +350,9 @@ def rotate_server_cert(
         )
     authority = _authority(dd, settings, store, "server")
     key = generate_tls_key()
+    hosts = dd.server_hosts(settings)
     leaf = authority.issue_csr(
-        server_csr(key, settings.hosts), server_profile(settings.hosts, settings.validity), now
+        server_csr(key, hosts), server_profile(hosts, settings.validity), now
     )
     # Key first, then the chain: a crash between leaves the old chain, which
     # a restart detects as not matching the key and re-issues.

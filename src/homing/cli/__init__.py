@@ -13,9 +13,20 @@ ceremonies and ``homing.operations`` do.
 - ``simulation``: demo and simulate
 - ``acme``: a public-CA server certificate
 - ``ceremony``: sign-then-combine threshold ceremonies
+- ``replicas``: the shared site, replicas, backup and restore
 """
 
-from homing.cli import acme, agent, ceremony, fleet, operators, pki, simulation, trust
+from homing.cli import (
+    acme,
+    agent,
+    ceremony,
+    fleet,
+    operators,
+    pki,
+    replicas,
+    simulation,
+    trust,
+)
 from homing.cli._base import cli, main
 
 __all__ = [
@@ -27,6 +38,7 @@ __all__ = [
     "main",
     "operators",
     "pki",
+    "replicas",
     "simulation",
     "trust",
 ]

@@ -6,6 +6,7 @@ errors exit 2 (click's convention). No traceback reaches the operator.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -93,8 +94,18 @@ def _passphrase() -> bytes | None:
     return value.encode("utf-8") if value else None
 
 
-def _site(data: Path, db_url: str | None = None) -> DataDir:
-    """The data directory with what only the edge reads: the database URL and the passphrase."""
+# Shared sites a command is changing: each holds the site-change lock until the
+# command ends, then publishes what it changed (homing.site.shared).
+_changing: list[tuple[DataDir, contextlib.ExitStack]] = []
+
+
+def _site(data: Path, db_url: str | None = None, *, shared_change: bool = True) -> DataDir:
+    """The data directory with what only the edge reads: the database URL and the passphrase.
+
+    On a shared site (PostgreSQL holding a publication) the command works on
+    today's published files and publishes its change when it succeeds,
+    holding the site-change lock meanwhile, whichever host it runs on.
+    """
     from homing.site import DataDir
 
     _ensure_passphrase(data)
@@ -114,7 +125,36 @@ def _site(data: Path, db_url: str | None = None) -> DataDir:
         if token:
             # securesystemslib's HSMSigner finds the PKCS#11 module through this variable.
             os.environ.setdefault("PYKCS11LIB", token["module"])
+    if shared_change and dd.exists() and (dd.db_url or "").startswith(("postgres", "postgresql")):
+        _begin_shared_change(dd)
     return dd
+
+
+def _begin_shared_change(dd: DataDir) -> None:
+    from homing.site import shared
+
+    db = dd.database()
+    if not shared.is_shared(db):
+        return
+    stack = contextlib.ExitStack()
+    stack.enter_context(shared.site_change(db))
+    try:
+        shared.pull(dd, db, exact=True)
+    except BaseException:
+        stack.close()
+        raise
+    _changing.append((dd, stack))
+
+
+def _end_shared_changes(succeeded: bool) -> None:
+    """Publish what the command changed (only if it succeeded), then release the locks."""
+    from homing.site import shared
+
+    while _changing:
+        dd, stack = _changing.pop()
+        with stack:
+            if succeeded and (generation := shared.publish(dd, _now(), _operator_actor())):
+                err.print(f"published generation {generation} of the shared site", highlight=False)
 
 
 def _paths(values: tuple[str, ...]) -> list[Path]:
@@ -162,12 +202,16 @@ def _guarded(entry: Callable[[], Any]) -> Callable[[], None]:
 
 def _run_cli() -> None:
     """click without its own error handling, so usage errors are one line like the rest."""
+    succeeded = False
     try:
         code = cli.main(standalone_mode=False)
+        succeeded = not (isinstance(code, int) and code)
     except click.ClickException as e:
         _fail(e.format_message(), e.exit_code)
     except click.Abort:
         _fail("aborted", 1)
+    finally:
+        _end_shared_changes(succeeded)
     if isinstance(code, int) and code:
         raise SystemExit(code)
 

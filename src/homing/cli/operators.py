@@ -51,6 +51,20 @@ if TYPE_CHECKING:
 )
 @click.option("--access-log", is_flag=True, help="Log every request as a JSON line.")
 @click.option(
+    "--maintenance-interval",
+    type=click.FloatRange(0.2),
+    default=30.0,
+    show_default=True,
+    help="Seconds between maintenance passes (re-signing, renewals, the signer lease).",
+)
+@click.option(
+    "--sync-interval",
+    type=click.FloatRange(0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between looks for a new publication of a shared site.",
+)
+@click.option(
     "--init",
     "init_first",
     is_flag=True,
@@ -65,6 +79,8 @@ def serve(
     max_offline_days: float | None,
     checkin_retention_days: float,
     access_log: bool,
+    maintenance_interval: float,
+    sync_interval: float,
     init_first: bool,
 ) -> None:
     """Run the home server (HTTPS with optional client certificates on one port)."""
@@ -85,13 +101,15 @@ def serve(
         trusted_proxies=proxies,
         max_offline=timedelta(days=max_offline_days) if max_offline_days else None,
         access_log=access_log,
+        maintenance_interval=maintenance_interval,
+        sync_interval=sync_interval,
         checkin_retention=(
             timedelta(days=checkin_retention_days) if checkin_retention_days else None
         ),
         key_passphrase=_passphrase(),
         pkcs11_pin=os.environ.get("HOMING_PKCS11_PIN"),
     )
-    dd = _site(data)
+    dd = _site(data, db_url, shared_change=False)
     settings = dd.settings()
     policy = ceremonies.pin_policy(dd, settings, dd.keystore(settings))
     url = f"https://{'[' + host + ']' if ':' in host else host}:{port}"

@@ -37,6 +37,9 @@ class ServerConfig:
     nonce_ttl: timedelta = timedelta(minutes=5)
     maintenance_interval: float = 30.0
     reload_interval: float = 2.0
+    # How often a replica of a shared site looks for a new publication
+    # (timestamp requests also look, so devices never see one go backwards).
+    sync_interval: float = 2.0
     checkin_batch_max: int = 512
     executor_threads: int = 8
     # One JSON line per request; off by default, as a fleet checks in often.

@@ -1,9 +1,11 @@
 """What the server does by itself so that nothing expires unnoticed.
 
-Run by one process only (the supervisor): re-sign the timestamp when half its
-lifetime is gone (and the snapshot likewise), renew the server certificate
-at two thirds of its lifetime, and keep the device CRL current. Workers pick
-up the new files through their reload watch.
+Run by one process per replica (the supervisor). Every replica renews its
+own server certificate at two thirds of its lifetime. The signer (the only
+replica of a shared site that signs, homing.server.signer) also re-signs the
+timestamp when half its lifetime is gone (and the snapshot likewise), keeps
+the device CRL current, evaluates rollouts and prunes check-ins. Workers
+pick up the new files through their reload watch.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from homing import ceremonies
-from homing.site import DataDir
+from homing.site import DataDir, Settings
 
 __all__ = ["maintain"]
 
@@ -30,16 +33,66 @@ PRUNE_BATCH = 5000
 
 
 def maintain(
-    data: Path | DataDir, now: datetime, *, checkin_retention: timedelta | None = None
+    data: Path | DataDir,
+    now: datetime,
+    *,
+    checkin_retention: timedelta | None = None,
+    signer: bool = True,
 ) -> list[str]:
     """Do whatever is due at ``now``; returns what was done, for logs and tests.
 
-    ``checkin_retention``: check-in rows older than this are deleted (None
-    keeps them all); each device's last known state is kept in its own row.
+    Every replica renews its own TLS certificate. Only the ``signer`` (one
+    replica of a shared site, homing.server.signer) re-signs the online
+    roles and the CRL, evaluates rollouts and prunes check-ins:
+    ``checkin_retention``: rows older than this are deleted (None keeps them
+    all); each device's last known state is kept in its own row.
     """
     done: list[str] = []
     dd = data if isinstance(data, DataDir) else DataDir(data)
     settings = dd.settings()
+    done += _renew_own_certificate(dd, settings, now)
+    if signer:
+        done += _sign_and_tend(dd, settings, now, checkin_retention)
+    if not isinstance(data, DataDir):
+        dd.close()
+    for item in done:
+        log.info("maintenance: re-signed %s", item)
+    return done
+
+
+def _renew_own_certificate(dd: DataDir, settings: Settings, now: datetime) -> list[str]:
+    """At two thirds of its lifetime, or once its issuer is no longer the active server CA."""
+    leaf = dd.certificates("server-chain.pem")[0]
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    due = now >= leaf.not_valid_before_utc + lifetime * 2 / 3
+    if not due and settings.serving == "private":
+        try:
+            leaf.verify_directly_issued_by(dd.certificate("server-ca.pem"))
+        except (ValueError, TypeError, InvalidSignature):
+            # Another host rotated the server CA: this replica follows.
+            due = True
+    if not due:
+        return []
+    if settings.serving == "acme":
+        # The public CA may be unreachable for a while: the certificate
+        # still has a third of its life, so log and try again next pass.
+        from homing.ceremonies.acme import acme_issue
+        from homing.errors import HomingError
+
+        try:
+            new = acme_issue(dd, now, actor=ACTOR)
+        except HomingError as e:
+            log.warning("maintenance: ACME renewal failed, will retry: %s", e)
+            return []
+        return [f"server certificate {new.serial_number:x} (ACME)"]
+    new = ceremonies.rotate_server_cert(dd, now, actor=ACTOR)
+    return [f"server certificate {new.serial_number:x}"]
+
+
+def _sign_and_tend(
+    dd: DataDir, settings: Settings, now: datetime, checkin_retention: timedelta | None
+) -> list[str]:
+    done: list[str] = []
     repo = dd.repository(settings)
     expiries = settings.expiries
     if repo.snapshot().signed.expires - now < expiries.snapshot / 2:
@@ -48,24 +101,6 @@ def maintain(
     elif repo.timestamp().signed.expires - now < expiries.timestamp / 2:
         version = ceremonies.refresh_timestamp(dd, now, actor=ACTOR)
         done.append(f"timestamp v{version}")
-    leaf = dd.certificates("server-chain.pem")[0]
-    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
-    if now >= leaf.not_valid_before_utc + lifetime * 2 / 3:
-        if settings.serving == "acme":
-            # The public CA may be unreachable for a while: the certificate
-            # still has a third of its life, so log and try again next pass.
-            from homing.ceremonies.acme import acme_issue
-            from homing.errors import HomingError
-
-            try:
-                new = acme_issue(dd, now, actor=ACTOR)
-            except HomingError as e:
-                log.warning("maintenance: ACME renewal failed, will retry: %s", e)
-            else:
-                done.append(f"server certificate {new.serial_number:x} (ACME)")
-        else:
-            new = ceremonies.rotate_server_cert(dd, now, actor=ACTOR)
-            done.append(f"server certificate {new.serial_number:x}")
     crl_path = dd.pki_path("device-ca.crl.pem")
     due = True
     if crl_path.exists():
@@ -96,8 +131,4 @@ def maintain(
                 break
         if pruned:
             done.append(f"{pruned} check-ins older than {checkin_retention.days} days pruned")
-    if not isinstance(data, DataDir):
-        dd.close()
-    for item in done:
-        log.info("maintenance: re-signed %s", item)
     return done

@@ -37,7 +37,10 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         if not _METADATA_NAME.fullmatch(name):
             raise HTTPProblem(404, "not_found", "no such metadata")
         cache = REVALIDATE if name == "timestamp.json" else IMMUTABLE
-        response = _serve(repository / "metadata" / name, cache)
+        path = repository / "metadata" / name
+        if state.shared and (name == "timestamp.json" or not path.is_file()):
+            await state.run(state.follow_site)
+        response = _serve(path, cache)
         response.content_type = "application/json"
         return response
 
@@ -45,7 +48,10 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         parts = request.match_info["path"].split("/")
         if len(parts) > 8 or not all(_TARGET_SEGMENT.fullmatch(p) and ".." not in p for p in parts):
             raise HTTPProblem(404, "not_found", "no such target")
-        response = _serve(repository.joinpath("targets", *parts), IMMUTABLE)
+        path = repository.joinpath("targets", *parts)
+        if state.shared and not path.is_file():
+            await state.run(state.follow_site)
+        response = _serve(path, IMMUTABLE)
         response.content_type = "application/octet-stream"
         return response
 

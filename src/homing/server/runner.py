@@ -25,8 +25,8 @@ from aiohttp import web
 from homing.errors import ConfigError
 from homing.server.app import build_app
 from homing.server.config import ServerConfig
-from homing.server.maintenance import maintain
 from homing.server.state import ServerState
+from homing.server.upkeep import Upkeep
 from homing.site import DataDir
 from homing.site.custody import offline_keys_in
 
@@ -86,17 +86,20 @@ async def _serve_async(config: ServerConfig, maintenance: bool) -> None:
     log.info(json.dumps({"event": "listening", "host": config.host, "port": config.port}))
 
     data_dir = config.site()
-
-    def maintain_now() -> list[str]:
-        return maintain(data_dir, datetime.now(UTC), checkin_retention=config.checkin_retention)
+    upkeep = Upkeep(data_dir, config.checkin_retention)
 
     async def maintain_loop() -> None:
+        next_pass = 0.0
         while True:
             try:
-                await loop.run_in_executor(None, maintain_now)
+                if loop.time() >= next_pass:
+                    await loop.run_in_executor(None, upkeep.maintain, datetime.now(UTC))
+                    next_pass = loop.time() + config.maintenance_interval
+                else:
+                    await loop.run_in_executor(None, upkeep.follow)
             except Exception:
                 log.exception("maintenance failed; retrying")
-            await asyncio.sleep(config.maintenance_interval)
+            await asyncio.sleep(min(config.sync_interval, config.maintenance_interval))
 
     task = loop.create_task(maintain_loop()) if maintenance else None
     await stop.wait()
@@ -104,6 +107,7 @@ async def _serve_async(config: ServerConfig, maintenance: bool) -> None:
         task.cancel()
     await runner.cleanup()
     state.close()
+    upkeep.close()
     data_dir.close()
 
 
@@ -165,10 +169,13 @@ def refuse_offline_keys(data_dir: DataDir) -> None:
 def serve(config: ServerConfig) -> None:
     """Run in the foreground until SIGINT or SIGTERM."""
     data_dir = config.site()
-    refuse_offline_keys(data_dir)
-    maintain(data_dir, datetime.now(UTC))  # fail fast on a broken data directory
     ensure_port_is_free(config.host, config.port)
+    upkeep = Upkeep(data_dir, config.checkin_retention)
+    upkeep.join(datetime.now(UTC))
+    refuse_offline_keys(data_dir)
+    upkeep.maintain(datetime.now(UTC))  # fail fast on a broken data directory
     if config.workers == 1:
+        upkeep.close()
         data_dir.close()
         run_worker(config, maintenance=True)
         return
@@ -196,6 +203,7 @@ def serve(config: ServerConfig) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     next_maintenance = time.monotonic() + config.maintenance_interval
+    next_sync = time.monotonic() + config.sync_interval
     try:
         while not stopping:
             time.sleep(0.5)
@@ -205,15 +213,17 @@ def serve(config: ServerConfig) -> None:
                         "worker %s exited with %s; restarting", process.pid, process.exitcode
                     )
                     workers[i] = start()
-            if time.monotonic() >= next_maintenance:
-                try:
-                    maintain(
-                        data_dir, datetime.now(UTC), checkin_retention=config.checkin_retention
-                    )
-                except Exception:
-                    log.exception("maintenance failed; retrying")
-                next_maintenance = time.monotonic() + config.maintenance_interval
+            try:
+                if time.monotonic() >= next_maintenance:
+                    next_maintenance = time.monotonic() + config.maintenance_interval
+                    upkeep.maintain(datetime.now(UTC))
+                elif time.monotonic() >= next_sync:
+                    next_sync = time.monotonic() + config.sync_interval
+                    upkeep.follow()
+            except Exception:
+                log.exception("maintenance failed; retrying")
     finally:
+        upkeep.close()
         for process in workers:
             if process.is_alive() and process.pid:
                 os.kill(process.pid, signal.SIGTERM)

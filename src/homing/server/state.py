@@ -81,6 +81,9 @@ class ServerState:
         self.device_cas: list[x509.Certificate] = []
         self._device_ca: x509.Certificate | None = None
         self._device_key: ec.EllipticCurvePrivateKey | None = None
+        # A shared site (several hosts on PostgreSQL) is followed per request.
+        self.shared = self.db.dialect == "postgresql"
+        self._site_generation: int | None = None
         self.ssl_context = self._build_tls()
         self._load_device_ca()
         self._record_published_pins()
@@ -247,6 +250,26 @@ class ServerState:
     def forget_rollouts(self) -> None:
         """Re-read active rollouts at the next check-in instead of within a second."""
         self._rollouts = None
+
+    # -- the shared site --------------------------------------------------
+
+    def follow_site(self) -> None:
+        """Take a newer publication of a shared site before answering from it.
+
+        Called (off the event loop) for every timestamp request and for any
+        file not found, so a device that saw generation N on one replica
+        never gets N-1 from this one. One query when nothing changed.
+        """
+        if not self.shared:
+            return
+        from homing.site import shared
+
+        with self.db.engine.connect() as conn:
+            published = shared.published_generation(conn)
+        if published is None or published[1] == self._site_generation:
+            return
+        shared.pull(self.dd, self.db)
+        self._site_generation = published[1]
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

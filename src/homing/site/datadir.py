@@ -162,6 +162,26 @@ class DataDir:
     def save_settings(self, settings: Settings) -> None:
         atomic_write(self.settings_path, settings.to_json())
 
+    def replica_path(self) -> Path:
+        return self.root / "replica.json"
+
+    def server_hosts(self, settings: Settings) -> list[str]:
+        """The names in this host's TLS certificate: its own (replica.json), else the site's.
+
+        Each replica of a shared site has its own certificate for its own
+        names plus the site's (devices reach it through the load balancer).
+        """
+        try:
+            doc = json.loads(self.replica_path().read_bytes())
+        except FileNotFoundError:
+            return settings.hosts
+        except ValueError as e:
+            raise ConfigError(f"{self.replica_path()} is not JSON: {e}") from e
+        hosts = doc.get("hosts") if isinstance(doc, dict) else None
+        if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+            raise ConfigError(f"{self.replica_path()} must hold a list of host names")
+        return list(dict.fromkeys([*hosts, *settings.hosts]))
+
     def keystore(self, settings: Settings) -> KeyStore:
         """The site's keys: files, a PKCS#11 token for the names its settings route there,
         and, once they are kept offline, the offline keys from mounted media only."""

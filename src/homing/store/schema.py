@@ -40,6 +40,8 @@ __all__ = [
     "releases",
     "rollout_devices",
     "rollouts",
+    "site_files",
+    "site_publication",
     "ui_sessions",
 ]
 
@@ -241,4 +243,28 @@ ui_sessions = Table(
     Column("csrf", String(64), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
+)
+
+site_publication = Table(
+    "site_publication",
+    metadata,
+    # One row: the shared site's current generation. Every replica serves the
+    # files of exactly this generation (homing.site.shared).
+    Column("id", Integer, primary_key=True),
+    Column("site_id", String(64), nullable=False),  # SHA-256 of 1.root.json
+    Column("generation", BigInteger, nullable=False),
+    Column("published_at", UTCDateTime, nullable=False),
+    Column("published_by", String(128), nullable=False),
+)
+
+site_files = Table(
+    "site_files",
+    metadata,
+    # The published site, byte for byte: settings, public PKI files, TUF
+    # metadata and targets (firmware images included).
+    Column("path", String(512), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("content", LargeBinary, nullable=False),
 )

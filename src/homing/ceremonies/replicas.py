@@ -1,0 +1,121 @@
+"""A new replica of a shared site: its online keys, its own TLS certificate, the site's files.
+
+Online keys reach a replica through its key store, never by copying a data
+directory: ``export_online_keys`` writes the site's online keys (still
+encrypted under the site's passphrase) and nothing else; the offline ones
+(root CA, TUF root, targets, firmware) and the source host's own TLS key
+stay behind. ``join_replica`` makes a data directory from the database's
+publication and those keys, then issues the replica its own certificate for
+its own names (which the server CA's name constraints must permit).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+from homing.ceremonies._common import _open
+from homing.ceremonies.rotations import rotate_server_cert
+from homing.errors import CeremonyError, ConfigError
+from homing.fsutil import atomic_write, safe_name
+from homing.pki.profiles import split_hosts
+from homing.site import DataDir, shared
+from homing.site.custody import is_offline_key
+
+__all__ = ["export_online_keys", "join_replica"]
+
+# Each host makes its own TLS key; it never travels.
+OWN_KEYS = ("server-tls",)
+
+
+def _online_key_files(directory: Path) -> list[Path]:
+    return sorted(
+        p for p in directory.glob("*.key.pem") if p.name.removesuffix(".key.pem") not in OWN_KEYS
+    )
+
+
+def export_online_keys(data: Path | DataDir, to: Path) -> list[str]:
+    """Copy the online keys' files (as encrypted as they are) to ``to``; returns their names."""
+    dd, settings, _ = _open(data)
+    files = [
+        p
+        for p in _online_key_files(dd.file_keystore(settings).directory)
+        if not is_offline_key(p.name.removesuffix(".key.pem"))
+    ]
+    if not files:
+        raise CeremonyError(f"{dd.keys_dir} holds no online key to export")
+    to.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for path in files:
+        if (to / path.name).exists():
+            raise CeremonyError(f"{to / path.name} exists: refusing to overwrite a key")
+    for path in files:
+        atomic_write(to / path.name, path.read_bytes(), 0o600)
+    return [p.name.removesuffix(".key.pem") for p in files]
+
+
+def _check_names(hosts: list[str], site_hosts: list[str]) -> None:
+    """RFC 5280 §4.2.1.10: the server CA permits only the site's names and their subdomains."""
+    site_dns, site_ips = split_hosts(site_hosts)
+    dns, ips = split_hosts(hosts)
+    for name in dns:
+        if not any(name == d or name.endswith("." + d) for d in site_dns):
+            raise ConfigError(
+                f"replica name {name!r} is outside the site's names ({', '.join(site_hosts)}): "
+                "the server CA would not permit it; use a subdomain of one of them"
+            )
+    allowed = {ipaddress.ip_address(i) for i in site_ips}
+    for ip in ips:
+        if ipaddress.ip_address(ip) not in allowed:
+            raise ConfigError(
+                f"replica address {ip} is not one of the site's addresses: the server CA "
+                "would not permit it; give it a DNS name under the site's"
+            )
+
+
+def join_replica(
+    root: Path,
+    db_url: str,
+    keys: Path,
+    name: str,
+    hosts: list[str],
+    now: datetime,
+    *,
+    passphrase: bytes | None = None,
+) -> DataDir:
+    """Make ``root`` a replica of the site published in ``db_url``; returns its data directory."""
+    safe_name(name, "replica name")
+    dd = DataDir(root, db_url, passphrase=passphrase)
+    if dd.exists():
+        raise ConfigError(f"{root} already holds a data directory: join into a new one")
+    if not keys.is_dir():
+        raise ConfigError(f"{keys} is not a directory of exported online keys")
+    offline = [p.name for p in keys.glob("*.key.pem") if is_offline_key(p.name[: -len(".key.pem")])]
+    if offline:
+        raise ConfigError(
+            f"{keys} holds offline keys ({', '.join(sorted(offline))}): a replica holds online "
+            "keys only; export them with `homing keystore export-online`"
+        )
+    try:
+        db = dd.database()
+        if not shared.is_shared(db):
+            raise ConfigError(
+                "the database holds no published site: start the first host's `homing serve` "
+                "on it, or run `homing site publish` there"
+            )
+        root.mkdir(parents=True, exist_ok=True)
+        shared.pull(dd, db)
+        settings = dd.settings()
+        _check_names(hosts, settings.hosts)
+        dd.keys_dir.mkdir(mode=0o700, exist_ok=True)
+        for path in _online_key_files(keys):
+            shutil.copyfile(path, dd.keys_dir / path.name)
+            (dd.keys_dir / path.name).chmod(0o600)
+        atomic_write(dd.replica_path(), json.dumps({"name": name, "hosts": hosts}).encode())
+        rotate_server_cert(dd, now, actor=f"replica:{name}")
+    except BaseException:
+        dd.close()
+        raise
+    return dd
