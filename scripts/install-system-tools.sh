@@ -2,8 +2,9 @@
 # The Debian tools homing's tests drive for real: headless Chromium (the web
 # fleet view), promtool (the shipped alert rules), systemd-analyze (the
 # shipped units), pebble with its challenge test server (ACME) and SoftHSM2
-# (PKCS#11 keys). Installs what is missing when run as root with apt; otherwise
-# names what is missing and fails, because the tests that drive them never skip.
+# (PKCS#11 keys), HAProxy and iproute2 (replicas in network namespaces).
+# Installs what is missing when run as root with apt; otherwise names what is
+# missing and fails, because the tests that drive them never skip.
 set -euo pipefail
 
 declare -A package_of=(
@@ -12,6 +13,8 @@ declare -A package_of=(
     [systemd-analyze]=systemd
     [pebble]=pebble
     [softhsm2-util]=softhsm2
+    [haproxy]=haproxy
+    [ip]=iproute2
 )
 missing=()
 for tool in "${!package_of[@]}"; do
