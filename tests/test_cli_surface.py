@@ -137,6 +137,20 @@ def _garbage(site: Site) -> str:
 
 NOWHERE = "/nonexistent/homing-data"
 
+
+def _backup(site: Site) -> str:
+    from homing.site.backup import backup
+
+    path = site.path("for-restore.tar.gz")
+    if not path.exists():
+        dd = DataDir(site.data)
+        try:
+            backup(dd, path, datetime.now(UTC))
+        finally:
+            dd.close()
+    return str(path)
+
+
 _ACME = "tests/test_acme.py::test_acme_through_the_cli"
 _CEREMONY = (
     "tests/test_threshold_ceremony.py"
@@ -347,6 +361,58 @@ CASES: dict[str, Case] = {
         lambda s: ["pins", "show", "--data", NOWHERE],
         "no homing data directory",
         "spki_pins",
+    ),
+    "site publish": Case(
+        "tests/test_shared_site.py::test_the_cli_publishes_and_follows_a_shared_site",
+        lambda s: ["site", "publish", *_d(s)],
+        "needs PostgreSQL",
+    ),
+    "site status": Case(
+        "tests/test_shared_site.py::test_the_cli_publishes_and_follows_a_shared_site",
+        lambda s: ["site", "status", "--data", NOWHERE],
+        "no homing data directory",
+    ),
+    "replica join": Case(
+        "tests/test_replicas_netns.py::test_three_replicas_lose_two_signers_and_no_device_notices",
+        lambda s: [
+            "replica",
+            "join",
+            "--data",
+            str(s.path("replica-new")),
+            "--keys",
+            NOWHERE,
+            "--name",
+            "r9",
+            "--host",
+            "r9.localhost",
+        ],
+        "not a directory of exported online keys",
+    ),
+    "keystore export-online": Case(
+        lambda s: ["keystore", "export-online", *_d(s), "--to", str(s.path("online-keys"))],
+        lambda s: ["keystore", "export-online", "--data", NOWHERE, "--to", str(s.path("k2"))],
+        "no homing data directory",
+        "exported",
+    ),
+    "backup": Case(
+        lambda s: ["backup", *_d(s), "--out", str(s.path("site-backup.tar.gz"))],
+        lambda s: ["backup", *_d(s), "--out", _garbage(s)],
+        "refusing to overwrite a backup",
+        "backed up",
+    ),
+    "restore": Case(
+        lambda s: [
+            "restore",
+            "--data",
+            str(s.path("restored")),
+            "--from",
+            _backup(s),
+            "--db",
+            f"sqlite:///{s.path('restored.db')}",
+        ],
+        lambda s: ["restore", "--data", str(s.path("restored-bad")), "--from", _garbage(s)],
+        "not a readable homing backup",
+        "restored",
     ),
     "serve": Case(
         "tests/test_server_processes.py::test_several_processes_against_one_database_stay_consistent",

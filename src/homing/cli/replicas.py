@@ -59,6 +59,7 @@ def site_status(data: Path, db_url: str | None) -> None:
     from homing.site import shared
 
     dd = _site(data, _database_url(db_url), shared_change=False)
+    dd.settings()  # a clear error when DATA is not a data directory
     db = dd.database()
     with db.engine.connect() as conn:
         published = shared.published_generation(conn)
