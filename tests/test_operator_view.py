@@ -292,13 +292,21 @@ def test_alert_rules_name_only_gauges_the_server_exports(server: RunningServer) 
 def test_systemd_units_verify(tmp_path: Path) -> None:
     analyze = _tool("systemd-analyze")
     entry = shutil.which("homing") or str(Path(__import__("sys").executable).with_name("homing"))
-    for unit in ("homing-serve.service", "homing-agent.service"):
-        text = (ROOT / "deploy" / "systemd" / unit).read_text()
-        assert "/opt/homing/venv/bin/homing" in text
+    units = sorted((ROOT / "deploy" / "systemd").glob("homing-*"))
+    assert {u.name for u in units} >= {
+        "homing-serve.service",
+        "homing-agent.service",
+        "homing-backup.service",
+        "homing-backup.timer",
+    }
+    for unit in units:
+        text = unit.read_text()
+        if unit.suffix == ".service":
+            assert "/opt/homing/venv/bin/homing" in text
         # The unit names where a package installs homing; verify against this install.
-        (tmp_path / unit).write_text(text.replace("/opt/homing/venv/bin/homing", entry))
+        (tmp_path / unit.name).write_text(text.replace("/opt/homing/venv/bin/homing", entry))
     result = subprocess.run(
-        [analyze, "verify", *(str(p) for p in sorted(tmp_path.glob("*.service")))],
+        [analyze, "verify", *(str(p) for p in sorted(tmp_path.glob("homing-*")))],
         capture_output=True,
         text=True,
         check=False,

@@ -47,6 +47,7 @@ from tests.harness import (
     postgres_database,
     run_homing,
     save_device,
+    system_tool,
 )
 from tests.netns import Network, haproxy, network
 
@@ -448,3 +449,17 @@ def test_three_replicas_lose_two_signers_and_no_device_notices(
         ceremonies.init(foreign, datetime.now(UTC))
         refused = run_homing("site", "publish", "--data", str(foreign), "--db", local_url)
         assert_one_error(refused, "another site")
+
+
+def test_the_shipped_haproxy_config_is_valid_and_checks_health() -> None:
+    config = Path(__file__).parent.parent / "deploy" / "haproxy" / "homing.cfg"
+    text_ = config.read_text()
+    assert "mode tcp" in text_  # TLS passes through: replicas see device certificates
+    assert "GET /healthz" in text_
+    result = subprocess.run(
+        [system_tool("haproxy"), "-c", "-f", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout

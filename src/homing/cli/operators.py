@@ -92,6 +92,7 @@ def serve(
     if init_first and not DataDir(data).exists():
         _print_summary(ceremonies.init(data, _now(), passphrase=_passphrase()))
     host, port = parse_listen(listen)
+    db_url = db_url or os.environ.get("HOMING_DB")
     config = ServerConfig(
         data=data,
         host=host,
