@@ -388,6 +388,11 @@ CASES: dict[str, Case] = {
         ],
         "not a directory of exported online keys",
     ),
+    "replica import-keys": Case(
+        "tests/test_shared_site.py::test_a_replica_follows_rotations_once_it_has_the_new_keys",
+        lambda s: ["replica", "import-keys", *_d(s), "--keys", NOWHERE],
+        "not a directory of exported online keys",
+    ),
     "keystore export-online": Case(
         lambda s: ["keystore", "export-online", *_d(s), "--to", str(s.path("online-keys"))],
         lambda s: ["keystore", "export-online", "--data", NOWHERE, "--to", str(s.path("k2"))],

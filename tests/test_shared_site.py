@@ -296,3 +296,43 @@ def test_expiries_are_kept_by_the_publication(published: DataDir) -> None:
     assert (
         json.loads(bytes(content))["expiry_days"]["timestamp"] == settings.expiry_days["timestamp"]
     )
+
+
+def test_a_replica_follows_rotations_once_it_has_the_new_keys(
+    published: DataDir, tmp_path: Path
+) -> None:
+    """Rotations on the operator's host make keys there; a replica lacking them says so,
+    never takes the signer's lease without the signing keys, and catches up on import."""
+    from homing.ceremonies.replicas import missing_online_keys
+    from homing.server.upkeep import Upkeep
+
+    keys = tmp_path / "keys-r1"
+    replica = _replica(published, tmp_path, "r1")
+    upkeep = Upkeep(replica, None)
+    try:
+        for _ in range(2):
+            ceremonies.rotate_issuing_ca(published, "device", datetime.now(UTC))
+        assert shared.publish(published, datetime.now(UTC), "test") == 2
+        assert upkeep.follow() == 2
+        assert missing_online_keys(replica) == ["device-ca-g3", "device-ca-g4"]
+        # Without its signing key a replica must not hold the lease: nobody would sign.
+        (replica.keys_dir / "timestamp-1.key.pem").unlink()
+        upkeep.maintain(datetime.now(UTC))
+        assert current_signer(replica.database()) is None
+        exported = run_homing(
+            "keystore", "export-online", "--data", str(published.root), "--to", str(keys)
+        )
+        assert exported.returncode == 0, exported.stderr
+        assert "device-ca-g3" in exported.stdout
+        imported = run_homing(
+            "replica", "import-keys", "--data", str(replica.root), "--keys", str(keys)
+        )
+        assert imported.returncode == 0, imported.stderr
+        assert "device-ca-g3" in imported.stdout
+        assert "timestamp-1" in imported.stdout
+        assert missing_online_keys(replica) == []
+        upkeep.maintain(datetime.now(UTC))
+        assert current_signer(replica.database()) == "r1"
+    finally:
+        upkeep.close()
+        replica.close()

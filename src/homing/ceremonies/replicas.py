@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from homing.pki.profiles import split_hosts
 from homing.site import DataDir, shared
 from homing.site.custody import is_offline_key
 
-__all__ = ["export_online_keys", "join_replica"]
+__all__ = ["export_online_keys", "import_online_keys", "join_replica", "missing_online_keys"]
 
 # Each host makes its own TLS key; it never travels.
 OWN_KEYS = ("server-tls",)
@@ -37,8 +36,26 @@ def _online_key_files(directory: Path) -> list[Path]:
     )
 
 
+def _copy_keys(files: list[Path], to: Path) -> list[str]:
+    """Copy key files into ``to``; an identical file is left, a different one refused."""
+    for path in files:
+        there = to / path.name
+        if there.exists() and there.read_bytes() != path.read_bytes():
+            raise CeremonyError(f"{there} exists and differs: refusing to overwrite a key")
+    copied = []
+    for path in files:
+        if not (to / path.name).exists():
+            atomic_write(to / path.name, path.read_bytes(), 0o600)
+            copied.append(path.name.removesuffix(".key.pem"))
+    return copied
+
+
 def export_online_keys(data: Path | DataDir, to: Path) -> list[str]:
-    """Copy the online keys' files (as encrypted as they are) to ``to``; returns their names."""
+    """Copy the online keys' files (as encrypted as they are) to ``to``; returns the new ones.
+
+    Run again after a rotation made new online keys: the keys already in
+    ``to`` are left as they are, so the medium carries what replicas lack.
+    """
     dd, settings, _ = _open(data)
     files = [
         p
@@ -48,12 +65,47 @@ def export_online_keys(data: Path | DataDir, to: Path) -> list[str]:
     if not files:
         raise CeremonyError(f"{dd.keys_dir} holds no online key to export")
     to.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for path in files:
-        if (to / path.name).exists():
-            raise CeremonyError(f"{to / path.name} exists: refusing to overwrite a key")
-    for path in files:
-        atomic_write(to / path.name, path.read_bytes(), 0o600)
-    return [p.name.removesuffix(".key.pem") for p in files]
+    return _copy_keys(files, to)
+
+
+def _refuse_offline(keys: Path) -> None:
+    if not keys.is_dir():
+        raise ConfigError(f"{keys} is not a directory of exported online keys")
+    offline = [p.name for p in keys.glob("*.key.pem") if is_offline_key(p.name[: -len(".key.pem")])]
+    if offline:
+        raise ConfigError(
+            f"{keys} holds offline keys ({', '.join(sorted(offline))}): a replica holds online "
+            "keys only; export them with `homing keystore export-online`"
+        )
+
+
+def import_online_keys(data: Path | DataDir, keys: Path) -> list[str]:
+    """A replica takes the online keys it lacks from ``keys``; returns their names."""
+    dd, settings, _ = _open(data)
+    _refuse_offline(keys)
+    directory = dd.file_keystore(settings).directory
+    directory.mkdir(mode=0o700, exist_ok=True)
+    return _copy_keys(_online_key_files(keys), directory)
+
+
+def missing_online_keys(dd: DataDir) -> list[str]:
+    """The online keys the site's settings name that this host's key store lacks.
+
+    A rotation on another host makes new keys there (the issuing CAs' next
+    backups, the next online keys); a replica that lacks one cannot follow
+    the rotation until it is imported (``homing replica import-keys``).
+    """
+    settings = dd.settings()
+    store = dd.keystore(settings)
+    names = [
+        f"device-ca-g{settings.device_ca_generation}",
+        f"device-ca-g{settings.device_ca_generation + 1}",
+        f"server-ca-g{settings.server_ca_generation}",
+        f"server-ca-g{settings.server_ca_generation + 1}",
+        f"timestamp-{settings.online_key_generation}",
+        f"snapshot-{settings.online_key_generation}",
+    ]
+    return [n for n in names if not store.exists(n)]
 
 
 def _check_names(hosts: list[str], site_hosts: list[str]) -> None:
@@ -90,14 +142,7 @@ def join_replica(
     dd = DataDir(root, db_url, passphrase=passphrase)
     if dd.exists():
         raise ConfigError(f"{root} already holds a data directory: join into a new one")
-    if not keys.is_dir():
-        raise ConfigError(f"{keys} is not a directory of exported online keys")
-    offline = [p.name for p in keys.glob("*.key.pem") if is_offline_key(p.name[: -len(".key.pem")])]
-    if offline:
-        raise ConfigError(
-            f"{keys} holds offline keys ({', '.join(sorted(offline))}): a replica holds online "
-            "keys only; export them with `homing keystore export-online`"
-        )
+    _refuse_offline(keys)
     try:
         db = dd.database()
         if not shared.is_shared(db):
@@ -109,10 +154,7 @@ def join_replica(
         shared.pull(dd, db)
         settings = dd.settings()
         _check_names(hosts, settings.hosts)
-        dd.keys_dir.mkdir(mode=0o700, exist_ok=True)
-        for path in _online_key_files(keys):
-            shutil.copyfile(path, dd.keys_dir / path.name)
-            (dd.keys_dir / path.name).chmod(0o600)
+        import_online_keys(dd, keys)
         atomic_write(dd.replica_path(), json.dumps({"name": name, "hosts": hosts}).encode())
         rotate_server_cert(dd, now, actor=f"replica:{name}")
     except BaseException:

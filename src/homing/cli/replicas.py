@@ -102,6 +102,24 @@ def replica_join(
     out.print(f"replica {name} ready in {data}: run `homing serve --data {data} --db ...`")
 
 
+@replica.command("import-keys")
+@_data_option
+@click.option(
+    "--keys", "keys", type=click.Path(path_type=Path, file_okay=False), required=True,
+    help="The online keys from `homing keystore export-online`.",
+)  # fmt: skip
+def replica_import_keys(data: Path, keys: Path) -> None:
+    """Take the online keys this replica lacks (after a rotation made new ones elsewhere)."""
+    from homing.ceremonies.replicas import import_online_keys, missing_online_keys
+
+    dd = _site(data, shared_change=False)
+    names = import_online_keys(dd, keys)
+    out.print(f"imported {', '.join(names) or 'nothing new'}")
+    still = missing_online_keys(dd)
+    if still:
+        out.print(f"still missing: {', '.join(still)}")
+
+
 @keystore.command("export-online")
 @_data_option
 @click.option(

@@ -15,6 +15,7 @@ import logging
 import socket
 from datetime import datetime, timedelta
 
+from homing.ceremonies.replicas import missing_online_keys
 from homing.server.maintenance import ACTOR, maintain
 from homing.server.signer import SignerLease
 from homing.site import DataDir, shared
@@ -45,6 +46,7 @@ class Upkeep:
         self.db = dd.database()
         self.shared = self.db.dialect == "postgresql"
         self.lease = SignerLease(self.db, replica_name(dd))
+        self._missing: list[str] = []
 
     def join(self, now: datetime) -> None:
         """At start: publish this site if the database holds none, else take the published one."""
@@ -61,16 +63,38 @@ class Upkeep:
         """Take a newer publication, if any (cheap when there is none)."""
         return shared.pull(self.dd, self.db) if self.shared else None
 
+    def _can_sign(self) -> bool:
+        """Whether this replica holds the keys a signer needs; says loudly what it lacks."""
+        missing = missing_online_keys(self.dd)
+        if missing != self._missing:
+            self._missing = missing
+            if missing:
+                log.warning(
+                    "this replica lacks online keys %s: run `homing keystore export-online` "
+                    "on the operator's host and `homing replica import-keys` here",
+                    ", ".join(missing),
+                )
+        return not any(n.startswith(("timestamp-", "snapshot-")) for n in missing)
+
     def maintain(self, now: datetime) -> list[str]:
         if not self.shared:
             return maintain(self.dd, now, checkin_retention=self.checkin_retention)
-        if not self.lease.held():
-            self.follow()
+        self.follow()
+        if not self._can_sign():
+            # A signer that cannot sign would hold the lease while the timestamp expires.
+            self.lease.release()
             return maintain(self.dd, now, signer=False)
-        with shared.site_change(self.db):
-            shared.pull(self.dd, self.db)
-            done = maintain(self.dd, now, checkin_retention=self.checkin_retention)
-            generation = shared.publish(self.dd, now, f"{ACTOR}:{self.lease.name}")
+        if not self.lease.held():
+            return maintain(self.dd, now, signer=False)
+        try:
+            with shared.site_change(self.db):
+                shared.pull(self.dd, self.db)
+                done = maintain(self.dd, now, checkin_retention=self.checkin_retention)
+                generation = shared.publish(self.dd, now, f"{ACTOR}:{self.lease.name}")
+        except Exception:
+            # Let another replica sign while this one cannot.
+            self.lease.release()
+            raise
         if generation is not None:
             done.append(f"publication {generation}")
         return done
