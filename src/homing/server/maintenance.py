@@ -50,9 +50,11 @@ def maintain(
     done: list[str] = []
     dd = data if isinstance(data, DataDir) else DataDir(data)
     settings = dd.settings()
+    if signer:
+        done += _sign_online_roles(dd, settings, now)
     done += _renew_own_certificate(dd, settings, now)
     if signer:
-        done += _sign_and_tend(dd, settings, now, checkin_retention)
+        done += _tend(dd, now, checkin_retention)
     if not isinstance(data, DataDir):
         dd.close()
     for item in done:
@@ -89,18 +91,20 @@ def _renew_own_certificate(dd: DataDir, settings: Settings, now: datetime) -> li
     return [f"server certificate {new.serial_number:x}"]
 
 
-def _sign_and_tend(
-    dd: DataDir, settings: Settings, now: datetime, checkin_retention: timedelta | None
-) -> list[str]:
-    done: list[str] = []
+def _sign_online_roles(dd: DataDir, settings: Settings, now: datetime) -> list[str]:
+    """Re-sign the snapshot (and so the timestamp), or the timestamp, at half their lifetime."""
     repo = dd.repository(settings)
     expiries = settings.expiries
     if repo.snapshot().signed.expires - now < expiries.snapshot / 2:
-        version = ceremonies.refresh_snapshot(dd, now, actor=ACTOR)
-        done.append(f"snapshot v{version}")
-    elif repo.timestamp().signed.expires - now < expiries.timestamp / 2:
-        version = ceremonies.refresh_timestamp(dd, now, actor=ACTOR)
-        done.append(f"timestamp v{version}")
+        return [f"snapshot v{ceremonies.refresh_snapshot(dd, now, actor=ACTOR)}"]
+    if repo.timestamp().signed.expires - now < expiries.timestamp / 2:
+        return [f"timestamp v{ceremonies.refresh_timestamp(dd, now, actor=ACTOR)}"]
+    return []
+
+
+def _tend(dd: DataDir, now: datetime, checkin_retention: timedelta | None) -> list[str]:
+    """The device CRL, rollout evaluation and check-in pruning."""
+    done: list[str] = []
     crl_path = dd.pki_path("device-ca.crl.pem")
     due = True
     if crl_path.exists():
