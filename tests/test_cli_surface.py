@@ -302,6 +302,12 @@ CASES: dict[str, Case] = {
         "no homing data directory",
         "is active; new pins published",
     ),
+    "rotate firmware-key": Case(
+        lambda s: ["rotate", "firmware-key", *_d(s)],
+        lambda s: ["rotate", "firmware-key", "--data", NOWHERE],
+        "no homing data directory",
+        "firmware key generation 2 delegated",
+    ),
     "rotate root-ca": Case(
         lambda s: ["rotate", "root-ca", *_d(s)],
         lambda s: ["rotate", "root-ca", "--data", NOWHERE],

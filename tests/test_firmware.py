@@ -487,3 +487,46 @@ def test_rollout_to_a_named_group(server: RunningServer, tmp_path: Path) -> None
             "board-a",
             rollouts.RolloutPlan(group="nobody"),
         )
+
+
+def test_a_rotated_firmware_key_is_followed_and_the_retired_one_is_refused(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """The release key changes while a device sleeps: it installs the next release by the new
+    key; an attacker holding the retired key (and the server's online keys) installs nothing."""
+    from tuf.api.metadata import TargetFile
+
+    from homing import ceremonies
+    from homing.pki.keystore import FileKeyStore
+    from homing.trust.repository import FIRMWARE_ROLE
+    from homing.trust.signing import signer_for
+
+    state = _device(server, tmp_path, "dev-1")  # trust from before the rotation
+    keys = FileKeyStore(server.data / "keys", None, unsafe_plaintext=True)
+    retired = keys.load("firmware")
+    assert ceremonies.rotate_firmware_key(server.state.dd, datetime.now(UTC)) == 2
+    assert not keys.exists("firmware")  # retired: deleted from the store
+    assert keys.exists("firmware-g2")
+    rel = release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
+    assignment = _assignment(server, rel.target, "2.0.0")
+    assert "firmware 2.0.0 committed" in _apply(state, assignment).steps
+
+    # Attack: the retired key signs an image and the attacker publishes it with the online keys.
+    settings = server.state.dd.settings()
+    repo = server.state.dd.repository(settings)
+    evil = TargetFile.from_data("firmware/board-a-6.6.6", b"evil", ["sha256"])
+    evil.unrecognized_fields["custom"] = {"hardware": "board-a", "version": "6.6.6", "sequence": 99}
+    role = repo.targets(FIRMWARE_ROLE)
+    role.signed.targets[evil.path] = evil
+    role.signed.version += 1
+    role.signatures.clear()
+    role.sign(signer_for(retired))  # type: ignore[arg-type]
+    repo._store_target(evil.path, b"evil")
+    snapshot = signer_for(keys.load("snapshot-1"))  # type: ignore[arg-type]
+    timestamp = signer_for(keys.load("timestamp-1"))  # type: ignore[arg-type]
+    repo._publish_role(FIRMWARE_ROLE, role, snapshot, timestamp, datetime.now(UTC))
+    from homing.errors import MetadataError
+
+    with pytest.raises(MetadataError, match="signed by 0/1 keys"):
+        _apply(state, {**assignment, "target": evil.path, "version": "6.6.6"})
+    assert installer_for(_agent(state)).active_version() == "2.0.0"

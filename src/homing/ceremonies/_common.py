@@ -40,6 +40,11 @@ def _ca_key(store: KeyStore, name: str) -> ec.EllipticCurvePrivateKey:
     return key
 
 
+def firmware_key_name(generation: int) -> str:
+    """The firmware release key of a generation: "firmware", then "firmware-gN"."""
+    return "firmware" if generation == 1 else f"firmware-g{generation}"
+
+
 def _signer(store: KeyStore, name: str) -> Signer:
     return signer_for(store.load(name))
 

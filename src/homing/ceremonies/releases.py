@@ -18,7 +18,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from homing.ceremonies._common import _online_signers, _open, _signer
+from homing.ceremonies._common import _online_signers, _open, _signer, firmware_key_name
 from homing.errors import CeremonyError
 from homing.site.datadir import DataDir
 from homing.store import audit
@@ -105,7 +105,13 @@ def release(
     with db.begin() as conn:
         store.add_release(conn, rel)
         repo.publish_firmware(
-            name, payload, custom, _signer(keys, "firmware"), snapshot, timestamp, now
+            name,
+            payload,
+            custom,
+            _signer(keys, firmware_key_name(settings.firmware_key_generation)),
+            snapshot,
+            timestamp,
+            now,
         )
         audit.audit(
             conn,

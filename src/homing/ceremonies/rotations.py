@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from securesystemslib.signer import Signer
 
 from homing.ceremonies._common import (
@@ -26,6 +26,7 @@ from homing.ceremonies._common import (
     _root_signers,
     _signer,
     _write_offline_key,
+    firmware_key_name,
 )
 from homing.ceremonies._public_pins import public_pins
 from homing.ceremonies.retirement import (
@@ -53,6 +54,7 @@ __all__ = [
     "refresh_targets",
     "refresh_timestamp",
     "root_ca_key_name",
+    "rotate_firmware_key",
     "rotate_issuing_ca",
     "rotate_online_keys",
     "rotate_root",
@@ -400,6 +402,41 @@ def refresh_targets(data: Path | DataDir, now: datetime, *, actor: str = OPERATO
     version = publish_pins(dd, settings, store, now)
     _audit(dd, now, actor, "refresh_targets", f"targets v{version}")
     return version
+
+
+def rotate_firmware_key(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR) -> int:
+    """A new firmware release key, delegated by targets in place of the old, which is retired.
+
+    Devices take the new delegation at their next refresh (TUF spec 5.6.6),
+    whenever that is: a device asleep through the rotation verifies the new
+    key through the targets it walks to. The old key is deleted, so nothing
+    it could still sign is accepted. Returns the new key's generation.
+    """
+    dd, settings, store = _open(data)
+    if settings.targets_by_holders:
+        raise CeremonyError(
+            "the targets key is with its holders: the firmware delegation changes in a "
+            "targets ceremony (`homing ceremony propose-targets`)"
+        )
+    targets_signer = _signer(store, "targets")  # fails here if its media is not mounted
+    old = firmware_key_name(settings.firmware_key_generation)
+    generation = settings.firmware_key_generation + 1
+    name = firmware_key_name(generation)
+    if store.exists(name):
+        raise CeremonyError(f"key {name!r} exists already: a rotation was interrupted; remove it")
+    key = store.generate(name, "signing")
+    snapshot, timestamp = _online_signers(store, settings)
+    assert isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey)
+    version = dd.repository(settings).rotate_firmware_key(
+        tuf_key(key.public_key()), signer_for(key), targets_signer, snapshot, timestamp, now
+    )
+    settings.firmware_key_generation = generation
+    dd.save_settings(settings)
+    store.remove(old)
+    _audit(
+        dd, now, actor, "rotate_firmware_key", name, {"targets_version": version, "retired": old}
+    )
+    return generation
 
 
 def root_ca_key_name(generation: int) -> str:

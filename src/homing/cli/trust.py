@@ -226,6 +226,20 @@ def _say_pins(data: Path, done: str) -> None:
         out.print(f"{done}; new pins published")
 
 
+@rotate.command("firmware-key")
+@_data_option
+def rotate_firmware_key(data: Path) -> None:
+    """A new firmware release key, delegated in place of the old one, which is deleted.
+
+    Needs the targets key (mounted media in production) and makes the new
+    firmware key where the old one was kept.
+    """
+    from homing import ceremonies
+
+    generation = ceremonies.rotate_firmware_key(_site(data), _now(), actor=_operator_actor())
+    out.print(f"firmware key generation {generation} delegated; the previous key is retired")
+
+
 @rotate.command("root-ca")
 @_data_option
 def rotate_root_ca(data: Path) -> None:

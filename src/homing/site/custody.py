@@ -20,7 +20,14 @@ from homing.pki.keystore import FileKeyStore, KeyStore, PrivateKey
 
 __all__ = ["OFFLINE_KEY_PATTERNS", "OfflineAwareKeyStore", "is_offline_key", "offline_keys_in"]
 
-OFFLINE_KEY_PATTERNS = ("root-ca", "root-ca-g*", "tuf-root-*", "targets", "firmware")
+OFFLINE_KEY_PATTERNS = (
+    "root-ca",
+    "root-ca-g*",
+    "tuf-root-*",
+    "targets",
+    "firmware",
+    "firmware-g*",
+)
 
 
 def is_offline_key(name: str) -> bool:

@@ -55,6 +55,8 @@ class Settings:
     # The X.509 root CA: generation 1's key is "root-ca", later ones "root-ca-gN".
     root_ca_generation: int = 1
     online_key_generation: int = 1
+    # The firmware release key: generation 1's is "firmware", later ones "firmware-gN".
+    firmware_key_generation: int = 1
     expiry_days: dict[str, float] = field(
         default_factory=lambda: {
             k: v.total_seconds() / 86400 for k, v in asdict(Expiries()).items()

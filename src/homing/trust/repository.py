@@ -255,6 +255,57 @@ class TrustRepository:
         _check(targets, FIRMWARE_ROLE, firmware, "the firmware role")
         return self._publish_role(FIRMWARE_ROLE, firmware, snapshot_signer, timestamp_signer, now)
 
+    def rotate_firmware_key(
+        self,
+        new_key: Key,
+        new_signer: Signer,
+        targets_signer: Signer,
+        snapshot_signer: Signer,
+        timestamp_signer: Signer,
+        now: datetime,
+    ) -> int:
+        """Delegate the firmware role to ``new_key`` alone; returns the new targets version.
+
+        TUF spec 5.6.6: a delegated role is verified with the keys its
+        delegator names, so targets (signed by the targets key) names the new
+        key and drops the old one in one version, and the firmware role is
+        re-signed by the new key with every image it held. A device takes
+        both in the same refresh; the old key signs nothing it accepts again.
+        """
+        targets = self.targets()
+        firmware = self.targets(FIRMWARE_ROLE)
+        delegations = targets.signed.delegations
+        if (
+            delegations is None
+            or delegations.roles is None
+            or FIRMWARE_ROLE not in delegations.roles
+        ):
+            raise CeremonyError("targets does not delegate the firmware role")
+        role = delegations.roles[FIRMWARE_ROLE]
+        if new_key.keyid in role.keyids:
+            raise CeremonyError("the new firmware key is the one already delegated")
+        for old in role.keyids:
+            delegations.keys.pop(old, None)
+        delegations.keys[new_key.keyid] = new_key
+        role.keyids = [new_key.keyid]
+        targets.signed.version += 1
+        targets.signed.expires = now + self.expiries.targets
+        targets.signatures.clear()
+        _sign(targets, [targets_signer])
+        _check(self.root(), Targets.type, targets, "targets")
+        firmware.signed.version += 1
+        firmware.signed.expires = now + self.expiries.delegations
+        firmware.signatures.clear()
+        _sign(firmware, [new_signer])
+        _check(targets, FIRMWARE_ROLE, firmware, "the firmware role")
+        self._write(f"{targets.signed.version}.{Targets.type}.json", targets)
+        self._write(f"{firmware.signed.version}.{FIRMWARE_ROLE}.json", firmware)
+        meta = {k: v.version for k, v in self.snapshot().signed.meta.items()}
+        meta[f"{Targets.type}.json"] = targets.signed.version
+        meta[f"{FIRMWARE_ROLE}.json"] = firmware.signed.version
+        self._publish_snapshot(meta, snapshot_signer, timestamp_signer, now, self.root())
+        return targets.signed.version
+
     def import_firmware(
         self,
         firmware: Metadata[Targets],
