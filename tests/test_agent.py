@@ -198,3 +198,44 @@ def test_agent_run_keeps_running_and_checks_in(server: RunningServer, tmp_path: 
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=20)
+
+
+def test_a_dead_clock_still_reaches_home_after_the_server_certificate_renews(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A device whose RTC reads 1970 works from its time floor. The server's next certificate
+    is dated after that floor; its notBefore is no reason to cut the device off."""
+    state = _device(server, tmp_path)
+    assert _agent(state, server).run_once().checked_in
+    floor = state.time_floor()
+    assert floor is not None
+    later = datetime.now(UTC) + timedelta(hours=2)
+    renewed = ceremonies.rotate_server_cert(server.state.dd, later)
+    _settle(server)
+    dead = _agent(state, server, datetime(1970, 1, 1, tzinfo=UTC) - datetime.now(UTC))
+    report = dead.run_once()
+    assert report.checked_in, report
+    assert dead.clock_behind_floor
+    # Time moved forward for it: the floor is now the renewed certificate's notBefore.
+    assert state.time_floor() == renewed.not_valid_before_utc
+
+
+def test_the_dead_clock_grace_is_only_for_notbefore(server: RunningServer, tmp_path: Path) -> None:
+    """Attack: a server chain that expired before the device's floor (a stolen, long-retired
+    certificate) is refused even to a device whose clock reads 1970."""
+    from homing.agent.transport import verify_pinned_chain
+    from homing.errors import ChainError
+    from homing.trust.pins import PinPolicy
+
+    state = _device(server, tmp_path)
+    policy = PinPolicy.from_bytes((state.root / "pins.json").read_bytes())
+    chain = server.state.dd.certificates("server-chain.pem")
+    leaf, intermediates = chain[0], chain[1:]
+    host = "127.0.0.1"
+    before = leaf.not_valid_before_utc - timedelta(hours=1)
+    with pytest.raises(ChainError):
+        verify_pinned_chain(leaf, intermediates, policy, host, before)  # a trusted clock
+    verify_pinned_chain(leaf, intermediates, policy, host, before, clock_behind_floor=True)
+    expired = leaf.not_valid_after_utc + timedelta(seconds=1)
+    with pytest.raises(ChainError):
+        verify_pinned_chain(leaf, intermediates, policy, host, expired, clock_behind_floor=True)

@@ -86,6 +86,8 @@ class Agent:
         self.firmware_version = firmware_version
         self.clock_skew: float | None = None
         self.retry_after: float | None = None
+        # The clock read behind the time floor at the last ``now()``.
+        self.clock_behind_floor = False
 
     # -- time ----------------------------------------------------------------
 
@@ -95,7 +97,8 @@ class Agent:
         floor = max(
             filter(None, [self.state.time_floor(), datetime.fromisoformat(self.config.released_at)])
         )
-        if clock < floor:
+        self.clock_behind_floor = clock < floor
+        if self.clock_behind_floor:
             log.warning(
                 "clock %s is behind the secure time floor %s; using the floor",
                 clock.isoformat(),
@@ -124,6 +127,7 @@ class Agent:
 
     def _refresh_from(self, url: str, policy: PinPolicy | None, now: datetime) -> TrustState:
         fetcher = self._fetcher(policy, now)
+        fetcher.clock_behind_floor = self.clock_behind_floor
         try:
             return refresh_trust(
                 self.state.trust_dir,
@@ -209,6 +213,7 @@ class Agent:
             now=now,
             client_cert=(self.state.cert_path, self.state.key_path),
             limits=self.limits,
+            clock_behind_floor=self.clock_behind_floor,
         )
 
     def _remember_retry_after(self, answer: Answer, now: datetime) -> Answer:

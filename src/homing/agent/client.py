@@ -183,8 +183,10 @@ class HomeClient:
         now: datetime,
         client_cert: tuple[Path, Path] | None,
         limits: Limits | None = None,
+        clock_behind_floor: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
+        self.clock_behind_floor = clock_behind_floor
         self.endpoint = parse_endpoint(self.url)
         self.policy = policy
         self.now = now
@@ -199,6 +201,7 @@ class HomeClient:
             client_cert=self.client_cert if mutual else None,
             timeout=self.limits.read_timeout_seconds,
             limits=self.limits,
+            clock_behind_floor=self.clock_behind_floor,
         )
 
     def post(

@@ -46,6 +46,9 @@ class HTTPSFetcher(FetcherInterface):
         self.limits = limits or Limits()
         self.pin_failure: HomingError | None = None
         self.requests = 0
+        # Set by the agent when its clock reads behind its time floor
+        # (homing.agent.transport.verify_pinned_chain says what changes).
+        self.clock_behind_floor = False
 
     def _connection(self, parts: SplitResult) -> http.client.HTTPConnection:
         """One kept-alive connection per source: a refresh fetches several files."""
@@ -58,7 +61,10 @@ class HTTPSFetcher(FetcherInterface):
             conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=15)
         else:
             conn = open_connection(
-                f"{parts.scheme}://{parts.netloc}", policy=self.policy, now=self.now
+                f"{parts.scheme}://{parts.netloc}",
+                policy=self.policy,
+                now=self.now,
+                clock_behind_floor=self.clock_behind_floor,
             )
         self._conn, self._conn_key = conn, key
         return conn

@@ -91,6 +91,7 @@ class PinnedConnection(http.client.HTTPSConnection):
         client_cert: tuple[Path, Path] | None = None,
         timeout: float = 15.0,
         limits: Limits | None = None,
+        clock_behind_floor: bool = False,
     ) -> None:
         context = client_context(
             cert_file=client_cert[0] if client_cert else None,
@@ -101,6 +102,7 @@ class PinnedConnection(http.client.HTTPSConnection):
         self.policy = policy
         self.now = now
         self.limits = limits or Limits()
+        self.clock_behind_floor = clock_behind_floor
         self._tls_context = context
         self.verified_chain: list[x509.Certificate] = []
 
@@ -131,7 +133,13 @@ class PinnedConnection(http.client.HTTPSConnection):
         leaf = load_certificate(ders[0], self.limits)
         intermediates = [load_certificate(d, self.limits) for d in ders[1:]]
         chain = verify_pinned_chain(
-            leaf, intermediates, self.policy, self.host, self.now, self.limits
+            leaf,
+            intermediates,
+            self.policy,
+            self.host,
+            self.now,
+            self.limits,
+            clock_behind_floor=self.clock_behind_floor,
         )
         self.verified_chain = list(chain.chain)
 
@@ -143,6 +151,8 @@ def verify_pinned_chain(
     host: str,
     now: datetime,
     limits: Limits | None = None,
+    *,
+    clock_behind_floor: bool = False,
 ) -> VerifiedChain:
     """The pinned connection's rule, before any request byte is sent.
 
@@ -150,8 +160,18 @@ def verify_pinned_chain(
     ``now``, and a certificate in the *validated* chain must carry a pinned
     SPKI (RFC 7469 §2.6). Raises ChainError (PinError for the pin). The
     fleet simulator applies this same function to its devices.
+
+    ``clock_behind_floor``: the device's clock reads earlier than its secure
+    time floor (a dead RTC reading 1970), so ``now`` is the floor, the last
+    time the device could vouch for. A certificate issued since then has a
+    notBefore after ``now`` that says nothing against it, so the chain is
+    validated at the later of ``now`` and the leaf's notBefore (RFC 5280
+    §6.1.3 (a)(2) at that time); anything expired by ``now`` is still
+    refused. A device whose clock is trusted gets no such grace: a pinned
+    key's thief could otherwise push its time floor into the future.
     """
-    chain = verify_server_chain(leaf, intermediates, policy.root_cas, host, now, limits)
+    at = max(now, leaf.not_valid_before_utc) if clock_behind_floor else now
+    chain = verify_server_chain(leaf, intermediates, policy.root_cas, host, at, limits)
     verify_pins(chain, policy.spki_pins)
     return chain
 
@@ -162,6 +182,13 @@ def open_connection(
     policy: PinPolicy | None,
     now: datetime,
     client_cert: tuple[Path, Path] | None = None,
+    clock_behind_floor: bool = False,
 ) -> PinnedConnection:
     """A connection to ``url``'s host; ``policy=None`` is the unpinned bootstrap channel."""
-    return PinnedConnection(parse_endpoint(url), policy=policy, now=now, client_cert=client_cert)
+    return PinnedConnection(
+        parse_endpoint(url),
+        policy=policy,
+        now=now,
+        client_cert=client_cert,
+        clock_behind_floor=clock_behind_floor,
+    )

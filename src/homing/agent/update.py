@@ -213,6 +213,7 @@ def apply_update(job: FirmwareJob, assignment: Assignment, report: CycleReport) 
     rollout, name, now = assignment.rollout, assignment.target, job.now
     installer = installer_for(job)
     fetcher = HTTPSFetcher(job.client.policy, now, limits=job.limits)
+    fetcher.clock_behind_floor = job.client.clock_behind_floor
     try:
         info = target_info(
             job.state.trust_dir,
