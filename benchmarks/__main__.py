@@ -13,6 +13,7 @@ from benchmarks import (
     bench_checkin,
     bench_firmware,
     bench_issuance,
+    bench_replicas,
     bench_root_walk,
     bench_simulate,
 )
@@ -33,6 +34,7 @@ def main() -> None:
         "firmware": bench_firmware.run(quick=args.quick),
         "assignment": bench_assignment.run(quick=args.quick),
         "simulate": bench_simulate.run(quick=args.quick),
+        "replicas": bench_replicas.run(quick=args.quick),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -18,6 +18,7 @@ from homing.fleet.strategies import (
     CUT_OFF,
     OK,
     STRATEGIES,
+    Cause,
     Homing,
     HomingPublicCA,
     PrivateCA,
@@ -173,7 +174,8 @@ def test_homing_devices_really_verify_the_metadata(tmp_path: Path) -> None:
         homing._walks.clear()
         verdict = homing.contact(stale, tick)
         assert verdict.outcome == CUT_OFF
-        assert "trust refresh refused" in verdict.reason
+        assert verdict.cause is Cause.TRUST_REFRESH_REFUSED
+        assert verdict.detail
     finally:
         homing.close()
 

@@ -10,6 +10,7 @@ from homing.fleet.strategy_base import (
     CUT_OFF,
     MANUAL,
     OK,
+    Cause,
     Contact,
     Strategy,
     _chain_valid,
@@ -23,9 +24,7 @@ __all__ = ["HPKP", "AnnounceNext", "FirmwarePins", "LeafFingerprint", "PrivateCA
 class LeafFingerprint(Strategy):
     name = "leaf-fingerprint"
     summary = "the server certificate's fingerprint, stored at assembly"
-    reason = (
-        "the server's certificate was renewed: the fingerprint stored at assembly no longer matches"
-    )
+    reason = Cause.FINGERPRINT_CHANGED
 
     def factory(self, tick: int) -> Hashable:
         return int(self.world.public_at[tick])
@@ -51,8 +50,8 @@ class LeafFingerprint(Strategy):
 class AnnounceNext(Strategy):
     name = "announce-next"
     summary = "the server announces the next fingerprint and when it becomes valid"
-    reason = "offline while the next fingerprint was announced, so it never learned it"
-    emergency = "the stolen key forced a renewal that could not be announced in advance"
+    reason = Cause.MISSED_ANNOUNCEMENT
+    emergency = Cause.UNANNOUNCED_RENEWAL
 
     def factory(self, tick: int) -> Hashable:
         w = self.world
@@ -89,10 +88,7 @@ class AnnounceNext(Strategy):
 class PublicCA(Strategy):
     name = "public-ca"
     summary = "a public CA bundle shipped in firmware, updated with firmware"
-    reason = (
-        "a public root in its firmware bundle expired and the server's chain moved to "
-        "a root it never received"
-    )
+    reason = Cause.PUBLIC_ROOT_GONE
 
     def factory(self, tick: int) -> Hashable:
         return int(self.world.release_at[tick])
@@ -125,7 +121,7 @@ class PublicCA(Strategy):
 class HPKP(PublicCA):
     name = "hpkp"
     summary = "SPKI pins with a backup pin and max-age, falling back to the public PKI"
-    pin_reason = "every key it had pinned was replaced before its pins' max-age ran out"
+    pin_reason = Cause.PINNED_KEYS_REPLACED
 
     def factory(self, tick: int) -> Hashable:
         return (int(self.world.release_at[tick]), -1, 0)
@@ -165,10 +161,10 @@ class PrivateCA(Strategy):
     summary = "a private CA certificate pinned at assembly"
 
     @property
-    def reason(self) -> str:
+    def reason(self) -> Cause:
         if self.scenario.policy.private_ca_pins == "issuing":
-            return "the pinned issuing CA was replaced by a new one it does not know"
-        return "the pinned private root expired and the server moved to a root it never received"
+            return Cause.PINNED_ISSUING_CA_REPLACED
+        return Cause.PRIVATE_ROOT_GONE
 
     def factory(self, tick: int) -> Hashable:
         return int(self.world.anchors_at[tick])
@@ -193,7 +189,7 @@ class PrivateCA(Strategy):
 class FirmwarePins(Strategy):
     name = "firmware-pins"
     summary = "key pins (current and next) shipped in signed firmware updates"
-    reason = "missed the firmware update window: the server's key moved past the pins it holds"
+    reason = Cause.MISSED_FIRMWARE_PINS
     manual_path = True
 
     def factory(self, tick: int) -> Hashable:

@@ -26,6 +26,7 @@ from homing.fleet.strategy_base import (
     CAUGHT_UP,
     CUT_OFF,
     OK,
+    Cause,
     Contact,
     Strategy,
 )
@@ -80,6 +81,7 @@ class _SimulatedHome(HTTPSFetcher):
                     self.policy,
                     parts.hostname or "",
                     self.now,
+                    clock_behind_floor=self.clock_behind_floor,
                 )
             except ChainError as e:
                 self.pin_failure = e
@@ -262,16 +264,16 @@ class Homing(Strategy):
 
         return self._windows.holds(("pinned", policy_index, id(chain)), moment, check)
 
-    def _still_valid(self, current: int, tick: int) -> str:
+    def _still_valid(self, current: int, tick: int) -> Cause | None:
         """Root and targets must not be expired at the device's time (python-tuf's rule)."""
         self._device_dir(current)
         root_expires, targets_expires = self._expiries[current]
         moment = tick_time(tick)
         if moment >= root_expires:
-            return "root metadata expired: a root ceremony was missed"
+            return Cause.ROOT_EXPIRED
         if moment >= targets_expires:
-            return "targets metadata expired: the yearly re-signing was missed"
-        return ""
+            return Cause.TARGETS_EXPIRED
+        return None
 
     def factory(self, tick: int) -> Hashable:
         return self._state_at(tick)
@@ -280,15 +282,17 @@ class Homing(Strategy):
         assert isinstance(state, int)
         current = self._state_at(tick)
         expired = self._still_valid(current, tick)
-        if expired:
+        if expired is not None:
             return Contact(state, CUT_OFF, 2, expired)
         walk = self._walk(state, current)
         if walk.trust is None:
-            return Contact(state, CUT_OFF, walk.requests, f"trust refresh refused: {walk.error}")
+            return Contact(
+                state, CUT_OFF, walk.requests, Cause.TRUST_REFRESH_REFUSED, detail=walk.error
+            )
         requests = walk.requests + 1  # and the check-in
         # Before the check-in: the pinned connection's rule with the pins just verified.
         if not self._pinned_ok(current, self._served(tick), tick_time(tick)):
-            return Contact(current, CUT_OFF, requests, "pins from fresh metadata do not match")
+            return Contact(current, CUT_OFF, requests, Cause.PINS_MISMATCH)
         caught_up = not walk.pinned or walk.trust.root_version != self._versions[state][0]
         return Contact(current, CAUGHT_UP if caught_up else OK, requests, walk_ms=walk.walk_ms)
 

@@ -42,6 +42,12 @@ class Fleet:
     outage_start: Floats
     outage_end: Floats
     population_names: tuple[str, ...]
+    # How far each device's clock is off, in days.
+    clock_offset: Floats
+    # The day each device is revoked (inf: never).
+    revoked: Floats
+    # Dated outages of a share of the fleet: (first day, end day, who).
+    outages: tuple[tuple[float, float, Bools], ...] = ()
 
     @property
     def size(self) -> int:
@@ -76,6 +82,9 @@ class Fleet:
         if outage.any():
             inside = (self.outage_start <= start) & (end <= self.outage_end)
             online &= ~outage | ~inside
+        for first, last, who in self.outages:
+            if first <= start and end <= last:
+                online &= ~who
         return online
 
 
@@ -107,6 +116,16 @@ def make_fleet(scenario: Scenario) -> Fleet:
     ends = np.where(pattern == code["dead"], made + life, np.inf)
     outage_start: Floats = shipped + rng.uniform(0.0, total_days / 2, n)
     outage_end = outage_start + uniform_years([p.outage_years for p in pops])
+    # Dated events draw from their own streams, so adding one changes no other draw.
+    outages = []
+    for i, o in enumerate(scenario.outages):
+        who = np.random.default_rng([scenario.fleet.seed, 1, i]).random(n) < o.share
+        first = o.at * DAYS_PER_YEAR
+        outages.append((first, first + o.days, who))
+    revoked = np.full(n, np.inf)
+    for i, r in enumerate(scenario.revocations):
+        who = np.random.default_rng([scenario.fleet.seed, 2, i]).random(n) < r.share
+        revoked = np.where(who, np.minimum(revoked, r.at * DAYS_PER_YEAR), revoked)
     return Fleet(
         seed=scenario.fleet.seed,
         made=made,
@@ -120,4 +139,7 @@ def make_fleet(scenario: Scenario) -> Fleet:
         outage_start=outage_start,
         outage_end=outage_end,
         population_names=tuple(p.name for p in pops),
+        clock_offset=per_device([p.clock_offset_days for p in pops]),
+        revoked=revoked,
+        outages=tuple(outages),
     )

@@ -17,10 +17,28 @@ from typing import Any
 
 from homing.errors import ConfigError
 
-__all__ = ["PATTERNS", "Events", "Fleet", "Population", "Scenario", "Server", "load_scenario"]
+__all__ = [
+    "CA_KINDS",
+    "LAPSE_ROLES",
+    "PATTERNS",
+    "CACompromise",
+    "Events",
+    "FirmwareKeyRotation",
+    "Fleet",
+    "Lapse",
+    "Outage",
+    "Population",
+    "Revocation",
+    "Scenario",
+    "Server",
+    "load_scenario",
+]
 
 # How a population is online. Each is described in docs/simulator.md.
 PATTERNS = ("always-on", "daily", "seasonal", "warehouse", "outage", "dead")
+# The TUF roles an operator can let lapse, and the CAs whose key can be stolen.
+LAPSE_ROLES = ("timestamp", "snapshot", "targets", "root")
+CA_KINDS = ("server", "device")
 
 
 @dataclass(frozen=True)
@@ -41,6 +59,54 @@ class Population:
     outage_years: tuple[float, float] = (0.5, 4.0)
     # dead: stops for good this many years after assembly.
     lifetime_years: tuple[float, float] = (1.0, 8.0)
+    # How far the devices' clocks are off, in days (-20,000: a dead RTC reading 1970).
+    clock_offset_days: float = 0.0
+
+
+@dataclass(frozen=True)
+class Outage:
+    """A share of the fleet is offline from a date, for a while ([[outage]])."""
+
+    at: float  # years from the start of the run
+    days: float
+    share: float
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A share of the fleet is revoked on a date (stolen, returned, retired) ([[revocation]])."""
+
+    at: float
+    share: float
+
+
+@dataclass(frozen=True)
+class Lapse:
+    """The operator lets one TUF role expire on a date and re-signs it days later ([[lapse]])."""
+
+    role: str
+    at: float
+    days: float
+
+
+@dataclass(frozen=True)
+class CACompromise:
+    """An issuing CA's key is stolen on a date ([[ca_compromise]]): "server" or "device"."""
+
+    ca: str
+    at: float
+
+
+@dataclass(frozen=True)
+class FirmwareKeyRotation:
+    """The firmware signing key is replaced on a date ([[firmware_key_rotation]]).
+
+    Firmware that verifies updates with a key it carries is signed by both
+    keys for ``retire_after_days``, then by the new one only.
+    """
+
+    at: float
+    retire_after_days: float = 90.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +183,11 @@ class Scenario:
     server: Server = field(default_factory=Server)
     events: Events = field(default_factory=Events)
     policy: Policy = field(default_factory=Policy)
+    outages: tuple[Outage, ...] = ()
+    revocations: tuple[Revocation, ...] = ()
+    lapses: tuple[Lapse, ...] = ()
+    ca_compromises: tuple[CACompromise, ...] = ()
+    firmware_key_rotations: tuple[FirmwareKeyRotation, ...] = ()
 
     def with_fleet(self, **changes: Any) -> Scenario:
         """The same scenario with command-line overrides (devices, years, seed).
@@ -165,6 +236,7 @@ class Scenario:
             raise ConfigError("events.private_root_years must be more than 1")
         if e.firmware_release_days < 7:
             raise ConfigError("events.firmware_release_days must be at least 7")
+        self._check_dated_events()
         pol = self.policy
         if pol.private_ca_pins not in ("root", "issuing"):
             raise ConfigError("policy.private_ca_pins must be 'root' or 'issuing'")
@@ -176,6 +248,37 @@ class Scenario:
         ):
             if getattr(pol, name) < 1:
                 raise ConfigError(f"policy.{name} must be at least 1 day")
+
+
+    def _check_dated_events(self) -> None:
+        years = self.fleet.years
+        for i, o in enumerate(self.outages):
+            _check_year(f"outage[{i}].at", o.at, years)
+            _check_share(f"outage[{i}].share", o.share)
+            if o.days <= 0:
+                raise ConfigError(f"outage[{i}].days must be positive")
+        for i, r in enumerate(self.revocations):
+            _check_year(f"revocation[{i}].at", r.at, years)
+            _check_share(f"revocation[{i}].share", r.share)
+        for i, lapse in enumerate(self.lapses):
+            _check_year(f"lapse[{i}].at", lapse.at, years)
+            if lapse.role not in LAPSE_ROLES:
+                raise ConfigError(f"lapse[{i}].role must be one of {', '.join(LAPSE_ROLES)}")
+            if not 7 <= lapse.days <= 3650:
+                raise ConfigError(f"lapse[{i}].days must be between 7 and 3650")
+        for i, c in enumerate(self.ca_compromises):
+            _check_year(f"ca_compromise[{i}].at", c.at, years)
+            if c.ca not in CA_KINDS:
+                raise ConfigError(f"ca_compromise[{i}].ca must be one of {', '.join(CA_KINDS)}")
+        for i, f in enumerate(self.firmware_key_rotations):
+            _check_year(f"firmware_key_rotation[{i}].at", f.at, years)
+            if f.retire_after_days < 0:
+                raise ConfigError(f"firmware_key_rotation[{i}].retire_after_days must be >= 0")
+
+
+def _check_share(what: str, share: float) -> None:
+    if not 0 < share <= 1:
+        raise ConfigError(f"{what} must be above 0 and at most 1")
 
 
 def _check_year(what: str, year: float, years: float) -> None:
@@ -193,6 +296,8 @@ def _check_population(p: Population) -> None:
         raise ConfigError(f"population {p.name!r}: online_probability must be in (0, 1]")
     if not 0 <= p.season_start_day < 366 or not 1 <= p.season_days <= 366:
         raise ConfigError(f"population {p.name!r}: season must lie within a year")
+    if abs(p.clock_offset_days) > 50 * 366:
+        raise ConfigError(f"population {p.name!r}: clock_offset_days must be within 50 years")
     for name in ("warehouse_years", "outage_years", "lifetime_years"):
         low, high = getattr(p, name)
         if not 0 <= low <= high:
@@ -203,7 +308,15 @@ def _check_population(p: Population) -> None:
 
 # -- TOML ----------------------------------------------------------------------
 
-_TABLES = {"name", "fleet", "population", "server", "events", "policy"}
+# The dated events, each an array of tables: [[outage]], [[revocation]], ...
+_DATED: dict[str, tuple[str, type]] = {
+    "outage": ("outages", Outage),
+    "revocation": ("revocations", Revocation),
+    "lapse": ("lapses", Lapse),
+    "ca_compromise": ("ca_compromises", CACompromise),
+    "firmware_key_rotation": ("firmware_key_rotations", FirmwareKeyRotation),
+}
+_TABLES = {"name", "fleet", "population", "server", "events", "policy", *_DATED}
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -233,6 +346,18 @@ def scenario_from_dict(doc: dict[str, Any], where: str = "scenario") -> Scenario
         if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
             raise ConfigError(f"{where}: population must be an array of tables ([[population]])")
         populations = tuple(_population(p, where) for p in raw)
+    dated: dict[str, tuple[Any, ...]] = {}
+    for table, (attribute, kind) in _DATED.items():
+        raw = doc.get(table, [])
+        if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+            raise ConfigError(f"{where}: {table} must be an array of tables ([[{table}]])")
+        for entry in raw:
+            missing = [
+                f.name for f in fields(kind) if f.name not in entry and _required(kind, f.name)
+            ]
+            if missing:
+                raise ConfigError(f"{where}: every [[{table}]] needs {', '.join(missing)}")
+        dated[attribute] = tuple(_table(kind, t, table, where) for t in raw)
     scenario = Scenario(
         name=name,
         fleet=_table(Fleet, doc.get("fleet", {}), "fleet", where),
@@ -240,9 +365,17 @@ def scenario_from_dict(doc: dict[str, Any], where: str = "scenario") -> Scenario
         server=_table(Server, doc.get("server", {}), "server", where),
         events=_table(Events, doc.get("events", {}), "events", where),
         policy=_table(Policy, doc.get("policy", {}), "policy", where),
+        **dated,
     )
     scenario.check()
     return scenario
+
+
+def _required(kind: Any, name: str) -> bool:
+    from dataclasses import MISSING
+
+    spec = kind.__dataclass_fields__[name]
+    return spec.default is MISSING and spec.default_factory is MISSING
 
 
 def _population(raw: dict[str, Any], where: str) -> Population:

@@ -37,6 +37,7 @@ from homing.fleet.strategies import (
     NEVER,
     OK,
     STRATEGIES,
+    Cause,
     Homing,
     Strategy,
     make,
@@ -46,7 +47,7 @@ from homing.pki.keys import generate_tls_key
 
 __all__ = ["Results", "StrategyResult", "simulate"]
 
-CERT_EXPIRED = "device certificate expired while it was offline, and there is no key-proof recovery"
+CERT_EXPIRED = Cause.CERT_EXPIRED
 
 
 @dataclass
@@ -67,15 +68,23 @@ class StrategyResult:
     requests: int = 0
     key_proof_recoveries: int = 0
     certificate_renewals: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[Cause] = field(default_factory=Counter)
+    # What the real check said, the first time each cause was met.
+    details: dict[Cause, str] = field(default_factory=dict)
     connected: list[float] = field(default_factory=list)
+    # Device-days spent cut off (deployed, last contact failed), per device class.
+    cut_off_days: dict[str, float] = field(default_factory=dict)
+    revoked: int = 0
 
     @property
     def why(self) -> str:
         """The one line that explains this strategy's failures."""
         if not self.reasons:
             return "never cut off"
-        reason = self.reasons.most_common(1)[0][0]
+        cause = self.reasons.most_common(1)[0][0]
+        reason = cause.value
+        if cause in self.details:
+            reason = f"{reason}: {self.details[cause]}"
         return reason if len(self.reasons) == 1 else f"{reason} (and {len(self.reasons) - 1} more)"
 
     def to_json(self) -> dict[str, Any]:
@@ -107,8 +116,14 @@ class StrategyResult:
             "server_requests": self.requests,
             "key_proof_recoveries": self.key_proof_recoveries,
             "certificate_renewals": self.certificate_renewals,
-            "reasons": dict(self.reasons.most_common()),
+            "reasons": {c.value: n for c, n in self.reasons.most_common()},
+            "causes": {c.name.lower(): n for c, n in self.reasons.most_common()},
             "why": self.why,
+            "revoked": self.revoked,
+            "cut_off_device_days": {
+                "total": round(sum(self.cut_off_days.values()), 1),
+                **{k: round(v, 1) for k, v in self.cut_off_days.items()},
+            },
         }
 
 
@@ -247,7 +262,10 @@ class _Run:
         out = np.array([c.outcome for c in contacts], np.int8)[inverse]
         req = np.array([c.requests for c in contacts], np.int64)[inverse]
         walk_ms = np.array([c.walk_ms for c in contacts])[inverse]
-        reasons = [c.reason for c in contacts]
+        reasons: list[Cause | None] = [c.cause for c in contacts]
+        for c in contacts:
+            if c.cause is not None and c.detail:
+                r.details.setdefault(c.cause, c.detail)
         reason_of = inverse.copy()
 
         connected = out != CUT_OFF
@@ -278,7 +296,9 @@ class _Run:
         first = (newly | (out == MANUAL)) & ~self.ever_cut[online]
         self.ever_cut[online[first]] = True
         for index, count in zip(*np.unique(reason_of[first], return_counts=True), strict=True):
-            r.reasons[reasons[int(index)]] += int(count)
+            cause = reasons[int(index)]
+            if cause is not None:
+                r.reasons[cause] += int(count)
         back = was_cut & ~now_cut
         r.returned_days.extend(((tick - self.cut_since[online[back]]) * DAYS_PER_TICK).tolist())
         manual = out == MANUAL

@@ -18,7 +18,18 @@ from homing.fleet.baselines import (
 )
 from homing.fleet.homing_strategy import Homing, HomingPublicCA
 from homing.fleet.scenario import Scenario
-from homing.fleet.strategy_base import CAUGHT_UP, CUT_OFF, MANUAL, NEVER, OK, Contact, Strategy
+from homing.fleet.strategy_base import (
+    CAUGHT_UP,
+    CUT_OFF,
+    MANUAL,
+    NEVER,
+    OK,
+    REFUSED,
+    Cause,
+    Contact,
+    Outcome,
+    Strategy,
+)
 from homing.fleet.world import World
 
 __all__ = [
@@ -27,10 +38,13 @@ __all__ = [
     "MANUAL",
     "NEVER",
     "OK",
+    "REFUSED",
     "STRATEGIES",
+    "Cause",
     "Contact",
     "Homing",
     "HomingPublicCA",
+    "Outcome",
     "PrivateCA",
     "Strategy",
     "make",

@@ -13,6 +13,7 @@ answers are cached per (state, situation), never invented.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -25,10 +26,83 @@ from homing.fleet.scenario import Scenario
 from homing.fleet.world import HOST, START, Chain, World, tick_time
 from homing.pki.validate import verify_server_chain
 
-__all__ = ["CAUGHT_UP", "CUT_OFF", "MANUAL", "NEVER", "OK", "Contact", "Strategy", "days"]
+__all__ = [
+    "CAUGHT_UP",
+    "CUT_OFF",
+    "MANUAL",
+    "NEVER",
+    "OK",
+    "REFUSED",
+    "Cause",
+    "Contact",
+    "Outcome",
+    "Strategy",
+    "days",
+]
 
-# Outcomes of one contact.
-OK, CAUGHT_UP, MANUAL, CUT_OFF = 0, 1, 2, 3
+
+class Outcome(enum.IntEnum):
+    """How one contact ended (an int, so a fleet's outcomes are one numpy array)."""
+
+    OK = 0
+    CAUGHT_UP = 1  # reached home only after catching up by itself
+    MANUAL = 2  # cut off, then recovered by a hand
+    CUT_OFF = 3  # could not reach home
+    REFUSED = 4  # reached home and was refused on purpose: a revoked device
+
+
+OK, CAUGHT_UP, MANUAL, CUT_OFF, REFUSED = (
+    Outcome.OK,
+    Outcome.CAUGHT_UP,
+    Outcome.MANUAL,
+    Outcome.CUT_OFF,
+    Outcome.REFUSED,
+)
+
+
+class Cause(enum.StrEnum):
+    """Why a device was cut off: typed, so results are counted by cause, never by text."""
+
+    FINGERPRINT_CHANGED = (
+        "the server's certificate was renewed: the fingerprint stored at assembly no longer matches"
+    )
+    MISSED_ANNOUNCEMENT = "offline while the next fingerprint was announced, so it never learned it"
+    UNANNOUNCED_RENEWAL = "the stolen key forced a renewal that could not be announced in advance"
+    PUBLIC_ROOT_GONE = (
+        "a public root in its firmware bundle expired and the server's chain moved to "
+        "a root it never received"
+    )
+    PINNED_KEYS_REPLACED = "every key it had pinned was replaced before its pins' max-age ran out"
+    PINNED_ISSUING_CA_REPLACED = "the pinned issuing CA was replaced by a new one it does not know"
+    PRIVATE_ROOT_GONE = (
+        "the pinned private root expired and the server moved to a root it never received"
+    )
+    MISSED_FIRMWARE_PINS = (
+        "missed the firmware update window: the server's key moved past the pins it holds"
+    )
+    FIRMWARE_KEY_RETIRED = (
+        "the firmware key rotated and the old one was retired while it was offline: it cannot "
+        "verify any newer firmware, so the trust its firmware carries went stale"
+    )
+    CERT_EXPIRED = (
+        "device certificate expired while it was offline, and there is no key-proof recovery"
+    )
+    DEVICE_CA_DISTRUSTED = (
+        "the device CA's key was stolen and the server distrusts its certificates: without "
+        "key-proof recovery the device cannot get a new one"
+    )
+    CLOCK_WRONG = (
+        "its clock is so far off that every certificate it is shown looks not yet valid or expired"
+    )
+    ROOT_EXPIRED = "root metadata expired: a root ceremony was missed"
+    TARGETS_EXPIRED = "targets metadata expired: the yearly re-signing was missed"
+    METADATA_EXPIRED = (
+        "trust metadata expired while the operator let it lapse: the device fails closed "
+        "until it is re-signed"
+    )
+    TRUST_REFRESH_REFUSED = "trust refresh refused"
+    PINS_MISMATCH = "pins from fresh metadata do not match"
+
 
 NEVER = math.inf
 
@@ -36,10 +110,12 @@ NEVER = math.inf
 @dataclass(frozen=True)
 class Contact:
     state: Hashable
-    outcome: int
+    outcome: Outcome
     requests: int
-    reason: str = ""
+    cause: Cause | None = None
     walk_ms: float = 0.0
+    # What the real check said, where it says more than the cause.
+    detail: str = ""
 
 
 def days(moment: datetime) -> float:
