@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from homing.fleet.population import DAYS_PER_TICK
 from homing.fleet.strategy_base import (
     CUT_OFF,
     MANUAL,
     OK,
+    ZERO,
     Cause,
     Contact,
     Strategy,
     _chain_valid,
 )
-from homing.fleet.world import Chain, tick_time
+from homing.fleet.world import tick_time
 from homing.pki.keys import spki_pin
 
 __all__ = ["HPKP", "AnnounceNext", "FirmwarePins", "LeafFingerprint", "PrivateCA", "PublicCA"]
@@ -32,7 +33,7 @@ class LeafFingerprint(Strategy):
     def _fingerprint(self, index: int) -> str:
         return self.world.public[index].fingerprint
 
-    def contact(self, state: Hashable, tick: int) -> Contact:
+    def contact(self, state: Hashable, tick: int, skew: timedelta = ZERO) -> Contact:
         assert isinstance(state, int)
         presented = self.world.public[int(self.world.public_at[tick])]
         if presented.fingerprint == self._fingerprint(state):
@@ -57,7 +58,7 @@ class AnnounceNext(Strategy):
         w = self.world
         return (int(w.public_at[tick]), int(w.announce_at[tick]), int(w.announce_from[tick]))
 
-    def contact(self, state: Hashable, tick: int) -> Contact:
+    def contact(self, state: Hashable, tick: int, skew: timedelta = ZERO) -> Contact:
         assert isinstance(state, tuple)
         pinned, upcoming, valid_from = state
         w = self.world
@@ -93,22 +94,41 @@ class PublicCA(Strategy):
     def factory(self, tick: int) -> Hashable:
         return int(self.world.release_at[tick])
 
-    def _public_ok(self, release: int, tick: int, chain: Chain | None = None) -> bool:
+    def _public_ok(self, release: int, tick: int, skew: timedelta = ZERO) -> bool:
         w = self.world
-        chain = chain or w.public[int(w.public_at[tick])]
+        chain = w.public[int(w.public_at[tick])]
         return self._validates(
-            ("release", release), w.releases[release].public_roots, chain, "public", tick
+            ("release", release),
+            w.releases[release].public_roots,
+            chain,
+            "public",
+            tick_time(tick) + skew,
         )
 
-    def _update(self, release: int, tick: int) -> tuple[int, int]:
-        """Take the newest firmware (its trust bundle) over the working connection."""
-        newest = int(self.world.release_at[tick])
-        return newest, 1 + (newest != release)
+    def _refused(self, release: int, tick: int, skew: timedelta, cause: Cause) -> Cause:
+        """Why the public chain was refused: the clock, stale firmware, or the strategy's own."""
+        if skew and self._public_ok(release, tick):
+            return Cause.CLOCK_WRONG
+        if not self.world.can_install(release, int(self.world.release_at[tick])):
+            return Cause.FIRMWARE_KEY_RETIRED
+        return cause
 
-    def contact(self, state: Hashable, tick: int) -> Contact:
+    def _update(self, release: int, tick: int) -> tuple[int, int]:
+        """Take the newest firmware (its trust bundle) over the working connection.
+
+        Only firmware signed by a key the installed firmware knows can be
+        installed; after a firmware key is retired, a device that missed the
+        overlap keeps what it has.
+        """
+        newest = int(self.world.release_at[tick])
+        if newest == release or not self.world.can_install(release, newest):
+            return release, 1
+        return newest, 2
+
+    def contact(self, state: Hashable, tick: int, skew: timedelta = ZERO) -> Contact:
         assert isinstance(state, int)
-        if not self._public_ok(state, tick):
-            return Contact(state, CUT_OFF, 1, self.reason)
+        if not self._public_ok(state, tick, skew):
+            return Contact(state, CUT_OFF, 1, self._refused(state, tick, skew, self.reason))
         release, requests = self._update(state, tick)
         return Contact(release, OK, requests)
 
@@ -129,12 +149,12 @@ class HPKP(PublicCA):
     def _pins(self, key_index: int) -> set[str]:
         return {self.world.key_pin(key_index), self.world.key_pin(key_index + 1)}
 
-    def contact(self, state: Hashable, tick: int) -> Contact:
+    def contact(self, state: Hashable, tick: int, skew: timedelta = ZERO) -> Contact:
         assert isinstance(state, tuple)
         release, pinned_key, until = state
         w = self.world
-        if not self._public_ok(release, tick):
-            return Contact(state, CUT_OFF, 1, self.reason)
+        if not self._public_ok(release, tick, skew):
+            return Contact(state, CUT_OFF, 1, self._refused(release, tick, skew, self.reason))
         chain = w.public[int(w.public_at[tick])]
         if tick < until and spki_pin(chain.leaf) not in self._pins(pinned_key):
             return Contact(state, CUT_OFF, 1, self.pin_reason)
@@ -169,15 +189,20 @@ class PrivateCA(Strategy):
     def factory(self, tick: int) -> Hashable:
         return int(self.world.anchors_at[tick])
 
-    def contact(self, state: Hashable, tick: int) -> Contact:
-        assert isinstance(state, int)
+    def _private_ok(self, state: int, tick: int, skew: timedelta = ZERO) -> bool:
         w = self.world
         chain = w.private[int(w.private_at[tick])]
-        if self._validates(
-            ("anchors", state), w.private_anchor_sets[state], chain, "private", tick
-        ):
+        anchors = w.private_anchor_sets[state]
+        return self._validates(
+            ("anchors", state), anchors, chain, "private", tick_time(tick) + skew
+        )
+
+    def contact(self, state: Hashable, tick: int, skew: timedelta = ZERO) -> Contact:
+        assert isinstance(state, int)
+        if self._private_ok(state, tick, skew):
             return Contact(state, OK, 1)
-        return Contact(state, CUT_OFF, 1, self.reason)
+        clock = skew and self._private_ok(state, tick)
+        return Contact(state, CUT_OFF, 1, Cause.CLOCK_WRONG if clock else self.reason)
 
     def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
         assert isinstance(state, int)
@@ -195,15 +220,18 @@ class FirmwarePins(Strategy):
     def factory(self, tick: int) -> Hashable:
         return int(self.world.release_at[tick])
 
-    def contact(self, state: Hashable, tick: int) -> Contact:
+    def contact(self, state: Hashable, tick: int, skew: timedelta = ZERO) -> Contact:
         assert isinstance(state, int)
         w = self.world
         chain = w.public[int(w.public_at[tick])]
+        newest = int(w.release_at[tick])
         if spki_pin(chain.leaf) in w.releases[state].key_pins:
-            newest = int(w.release_at[tick])
+            if not w.can_install(state, newest):
+                return Contact(state, OK, 1)  # the update is refused: its key is unknown here
             return Contact(newest, OK, 1 + (newest != state))
         # The update channel rides on the same pins: only a hand can install it.
-        return Contact(int(w.release_at[tick]), MANUAL, 0, self.reason)
+        stale = not w.can_install(state, newest)
+        return Contact(newest, MANUAL, 0, Cause.FIRMWARE_KEY_RETIRED if stale else self.reason)
 
     def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
         assert isinstance(state, int)

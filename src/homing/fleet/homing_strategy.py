@@ -26,6 +26,7 @@ from homing.fleet.strategy_base import (
     CAUGHT_UP,
     CUT_OFF,
     OK,
+    ZERO,
     Cause,
     Contact,
     Strategy,
@@ -123,7 +124,7 @@ class Homing(Strategy):
         self.device_cert_days = scenario.policy.homing_device_cert_days
         self._scratch = Path(tempfile.mkdtemp(prefix="homing-sim-"))
         self._device_dirs: dict[int, Path] = {}
-        self._walks: dict[tuple[tuple[int, int], int], _Walk] = {}
+        self._walks: dict[Hashable, _Walk] = {}
         self._versions: dict[int, tuple[int, int]] = {}
         self._pins: dict[int, PinPolicy] = {}
         self._device_states: dict[int, Path] = {}
@@ -212,7 +213,7 @@ class Homing(Strategy):
             self._device_states[index] = root
         return self._device_states[index]
 
-    def _walk(self, held: int, current: int) -> _Walk:
+    def _walk(self, held: int, current: int, skew: timedelta = ZERO) -> _Walk:
         """The agent's own trust refresh, from what the device held to what is published.
 
         The world copies the repository whenever the server's certificate
@@ -221,9 +222,12 @@ class Homing(Strategy):
         the whole period.
         """
         # Devices holding the same root and targets versions hold the same pins
-        # and walk the same way: one walk answers for all of them.
+        # and walk the same way: one walk answers for all of them. A device
+        # whose clock is off walks by its own clock and its own time floor.
         self._device_dir(held)
-        key = (self._versions[held], current)
+        key: Hashable = (self._versions[held], current)
+        if skew:
+            key = (held, current, skew)
         if key not in self._walks:
             published = self._state(current)
             device = Path(tempfile.mkdtemp(dir=self._scratch))
@@ -236,11 +240,14 @@ class Homing(Strategy):
                 fetchers.append(_SimulatedHome(policy, at, chain, published.directory))
                 return fetchers[-1]
 
-            agent = Agent(DeviceState(device), clock=lambda: now, fetcher=network)
+            if skew:
+                # What the device vouched for last: when the metadata it holds was published.
+                DeviceState(device).raise_time_floor(tick_time(self._state(held).tick))
+            agent = Agent(DeviceState(device), clock=lambda: now + skew, fetcher=network)
             report = CycleReport()
             started = time.perf_counter()
             try:
-                trust = agent.refresh_trust(now, report)
+                trust = agent.refresh_trust(agent.now(), report)
             except (MetadataError, TransportError) as e:
                 walk = _Walk(None, sum(f.requests for f in fetchers), 0.0, str(e))
             else:
@@ -251,48 +258,82 @@ class Homing(Strategy):
             shutil.rmtree(device, ignore_errors=True)
         return self._walks[key]
 
-    def _pinned_ok(self, policy_index: int, chain: Chain, moment: datetime) -> bool:
-        """homing's pinned-connection check: the chain validates to a pinned root, a pin matches."""
+    def _pinned_ok(
+        self, policy_index: int, chain: Chain, moment: datetime, behind: bool = False
+    ) -> bool:
+        """homing's pinned-connection check: the chain validates to a pinned root, a pin matches.
+
+        ``behind``: the device's clock reads behind its time floor (``moment``
+        is the floor), and the agent's rule for that case applies.
+        """
         policy = self._policy(policy_index)
 
         def check(at: datetime) -> tuple[x509.Certificate, ...] | None:
             try:
-                verified = verify_pinned_chain(chain.leaf, chain.intermediates, policy, HOST, at)
+                verified = verify_pinned_chain(
+                    chain.leaf, chain.intermediates, policy, HOST, at, clock_behind_floor=behind
+                )
             except ChainError:  # PinError included
                 return None
             return verified.chain
 
-        return self._windows.holds(("pinned", policy_index, id(chain)), moment, check)
+        return self._windows.holds(("pinned", policy_index, id(chain), behind), moment, check)
 
-    def _still_valid(self, current: int, tick: int) -> Cause | None:
-        """Root and targets must not be expired at the device's time (python-tuf's rule)."""
+    def _lapsed_expiry(self, current: int) -> datetime | None:
+        """When the role an operator let lapse expires in this published state (None: no lapse)."""
+        return self._lapses().get(current)
+
+    def _lapses(self) -> dict[int, datetime]:
+        return self.world.homing_lapsed
+
+    def _still_valid(self, current: int, moment: datetime) -> Cause | None:
+        """No role may be expired at the device's time (python-tuf's rule).
+
+        The server re-signs timestamp and snapshot every day, so only root
+        and targets can expire between published states, unless the
+        operator let a role lapse (then its real expiry is checked too).
+        """
         self._device_dir(current)
         root_expires, targets_expires = self._expiries[current]
-        moment = tick_time(tick)
         if moment >= root_expires:
             return Cause.ROOT_EXPIRED
         if moment >= targets_expires:
             return Cause.TARGETS_EXPIRED
+        lapsed = self._lapsed_expiry(current)
+        if lapsed is not None and moment >= lapsed:
+            return Cause.METADATA_EXPIRED
         return None
 
     def factory(self, tick: int) -> Hashable:
         return self._state_at(tick)
 
-    def contact(self, state: Hashable, tick: int) -> Contact:
+    def contact(self, state: Hashable, tick: int, skew: timedelta = ZERO) -> Contact:
         assert isinstance(state, int)
         current = self._state_at(tick)
-        expired = self._still_valid(current, tick)
+        # The agent's time: its clock, raised to its time floor when behind it.
+        floor = tick_time(self._state(state).tick)
+        clock = tick_time(tick) + skew
+        behind = clock < floor
+        now = floor if behind else clock
+        expired = self._still_valid(current, now)
         if expired is not None:
+            if skew and self._still_valid(current, tick_time(tick)) is None:
+                expired = Cause.CLOCK_WRONG
             return Contact(state, CUT_OFF, 2, expired)
-        walk = self._walk(state, current)
+        walk = self._walk(state, current, skew)
         if walk.trust is None:
-            return Contact(
-                state, CUT_OFF, walk.requests, Cause.TRUST_REFRESH_REFUSED, detail=walk.error
-            )
+            cause = Cause.TRUST_REFRESH_REFUSED
+            if skew and self._walk(state, current).trust is not None:
+                cause = Cause.CLOCK_WRONG
+            return Contact(state, CUT_OFF, walk.requests, cause, detail=walk.error)
         requests = walk.requests + 1  # and the check-in
         # Before the check-in: the pinned connection's rule with the pins just verified.
-        if not self._pinned_ok(current, self._served(tick), tick_time(tick)):
-            return Contact(current, CUT_OFF, requests, Cause.PINS_MISMATCH)
+        served = self._served(tick)
+        if not self._pinned_ok(current, served, now, behind):
+            cause = Cause.PINS_MISMATCH
+            if skew and self._pinned_ok(current, served, tick_time(tick)):
+                cause = Cause.CLOCK_WRONG
+            return Contact(current, CUT_OFF, requests, cause)
         caught_up = not walk.pinned or walk.trust.root_version != self._versions[state][0]
         return Contact(current, CAUGHT_UP if caught_up else OK, requests, walk_ms=walk.walk_ms)
 
@@ -360,3 +401,6 @@ class HomingPublicCA(Homing):
 
     def _replay(self) -> Path | None:
         return self.world.public_replay_dir
+
+    def _lapses(self) -> dict[int, datetime]:
+        return self.world.homing_public_lapsed

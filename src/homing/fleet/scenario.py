@@ -249,7 +249,6 @@ class Scenario:
             if getattr(pol, name) < 1:
                 raise ConfigError(f"policy.{name} must be at least 1 day")
 
-
     def _check_dated_events(self) -> None:
         years = self.fleet.years
         for i, o in enumerate(self.outages):

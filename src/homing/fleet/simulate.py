@@ -36,6 +36,7 @@ from homing.fleet.strategies import (
     MANUAL,
     NEVER,
     OK,
+    REFUSED,
     STRATEGIES,
     Cause,
     Homing,
@@ -218,11 +219,16 @@ def _certificate_ticks(days: int) -> tuple[int, int]:
 
 
 class _Run:
-    """One strategy's devices through the run."""
+    """One strategy's devices through the run.
+
+    A device's interned state is (its clock's offset in days, the strategy's
+    state): devices whose clocks are off meet the server on their own terms.
+    """
 
     def __init__(self, strategy: Strategy, fleet: Fleet) -> None:
         n = fleet.size
         self.strategy = strategy
+        self.fleet = fleet
         self.states = _States()
         self.ids = np.full(n, -1, np.int64)
         self.status = np.full(n, OK, np.int8)
@@ -232,17 +238,48 @@ class _Run:
         self.ever_cut = np.zeros(n, np.bool_)
         self.ever_manual = np.zeros(n, np.bool_)
         self.exposure_end = np.full(n, -math.inf)
+        # Certificates issued by a device CA whose key was stolen (and so distrusted).
+        self.distrusted = np.zeros(n, np.bool_)
+        self.cut_days = np.zeros(len(fleet.population_names), np.float64)
         self.renew_ticks, self.life_ticks = _certificate_ticks(strategy.device_cert_days)
         self.result = StrategyResult(strategy.name, strategy.summary)
 
     def assemble(self, devices: npt.NDArray[np.int64], tick: int) -> None:
-        self.ids[devices] = self.states.intern(self.strategy.factory(tick))
+        made = self.strategy.factory(tick)
+        offsets = self.fleet.clock_offset[devices]
+        for offset in np.unique(offsets):
+            self.ids[devices[offsets == offset]] = self.states.intern((float(offset), made))
         self.cert_expiry[devices] = tick + self.life_ticks
         self.renew_at[devices] = tick + self.renew_ticks
 
+    def _skewed(self, answer: Callable[[Hashable, timedelta], Any]) -> Callable[[Hashable], Any]:
+        """``answer(state, skew)`` for an interned (offset, state) key."""
+
+        def per_key(key: Hashable) -> Any:
+            assert isinstance(key, tuple)
+            offset, state = key
+            return answer(state, timedelta(days=offset))
+
+        return per_key
+
     def start_exposure(self, deployed: npt.NDArray[np.int64]) -> None:
-        ends = self._per_state(self.ids[deployed], self.strategy.exposed_until, np.float64)
+        ends = self._per_state(
+            self.ids[deployed], self._skewed(self.strategy.exposed_until), np.float64
+        )
         self.exposure_end[deployed] = ends
+
+    def distrust_certificates(self, tick: int) -> None:
+        """The device CA's key was stolen: every certificate it issued is worthless from now."""
+        made = self.ids >= 0
+        self.cert_expiry[made] = np.minimum(self.cert_expiry[made], tick)
+        self.distrusted[made] = True
+
+    def count_cut_off(self, deployed: npt.NDArray[np.bool_]) -> int:
+        """Add this week's device-days cut off, per device class; returns the devices cut off."""
+        cut = (self.status == CUT_OFF) & deployed
+        per_class = np.bincount(self.fleet.population[cut], minlength=self.cut_days.size)
+        self.cut_days += per_class * DAYS_PER_TICK
+        return int(per_class.sum())
 
     def _per_state(
         self, ids: npt.NDArray[np.int64], answer: Callable[[Hashable], Any], dtype: Any
@@ -252,13 +289,26 @@ class _Run:
         return values[inverse]
 
     def week(self, online: npt.NDArray[np.int64], tick: int, manual_days: int) -> None:
+        # A revoked device reaches home and is refused, by design: not cut off, never back.
+        revoked = self.fleet.revoked[online] <= tick * DAYS_PER_TICK
+        if revoked.any():
+            self.status[online[revoked]] = REFUSED
+            self.result.requests += int(revoked.sum())
+            online = online[~revoked]
         if online.size == 0:
             return
         s, r = self.strategy, self.result
         st = self.ids[online]
         unique, inverse = _group(st, len(self.states.values))
-        contacts = [s.contact(self.states.values[u], tick) for u in unique]
-        new = np.array([self.states.intern(c.state) for c in contacts], np.int64)[inverse]
+        keys = [self.states.values[u] for u in unique]
+        contacts = [self._skewed(lambda state, skew: s.contact(state, tick, skew))(k) for k in keys]
+        new = np.array(
+            [
+                self.states.intern((k[0], c.state))
+                for k, c in zip(keys, contacts, strict=True)
+            ],
+            np.int64,
+        )[inverse]
         out = np.array([c.outcome for c in contacts], np.int8)[inverse]
         req = np.array([c.requests for c in contacts], np.int64)[inverse]
         walk_ms = np.array([c.walk_ms for c in contacts])[inverse]
@@ -279,8 +329,11 @@ class _Run:
             lost = expired & connected
             out[lost] = CUT_OFF
             new[lost] = st[lost]
-            reason_of[lost] = len(reasons)
+            distrusted = lost & self.distrusted[online]
+            reason_of[lost & ~distrusted] = len(reasons)
             reasons.append(CERT_EXPIRED)
+            reason_of[distrusted] = len(reasons)
+            reasons.append(Cause.DEVICE_CA_DISTRUSTED)
             connected &= ~lost
         renew = connected & ~expired & (tick >= self.renew_at[online])
         r.certificate_renewals += int(renew.sum())
@@ -288,6 +341,7 @@ class _Run:
         fresh = online[renew | recovered]
         self.cert_expiry[fresh] = tick + self.life_ticks
         self.renew_at[fresh] = tick + self.renew_ticks
+        self.distrusted[fresh] = False
 
         was_cut = self.status[online] == CUT_OFF
         now_cut = out == CUT_OFF
@@ -303,6 +357,11 @@ class _Run:
         r.returned_days.extend(((tick - self.cut_since[online[back]]) * DAYS_PER_TICK).tolist())
         manual = out == MANUAL
         r.manual_recovery_events += int(manual.sum())
+        # Cut off until the hand came: that many days, in the device's class.
+        self.cut_days += (
+            np.bincount(self.fleet.population[online[manual]], minlength=self.cut_days.size)
+            * manual_days
+        )
         self.ever_manual[online[manual]] = True
         r.returned_days.extend([float(manual_days)] * int(manual.sum()))
         caught = out == CAUGHT_UP
@@ -320,7 +379,9 @@ class _Run:
             return
         moment = tick_time(tick)
         accepts = self._per_state(
-            self.ids[watch], lambda state: self.strategy.accepts_stolen(state, moment), np.bool_
+            self.ids[watch],
+            self._skewed(lambda state, skew: self.strategy.accepts_stolen(state, moment + skew)),
+            np.bool_,
         )
         stop = watch[~accepts]
         self.exposure_end[stop] = np.minimum(self.exposure_end[stop], tick * DAYS_PER_TICK)
@@ -329,6 +390,11 @@ class _Run:
         r = self.result
         made = self.ids >= 0
         r.bricked = int(((self.status == CUT_OFF) & made).sum())
+        r.revoked = int(((self.status == REFUSED) & made).sum())
+        r.cut_off_days = {
+            name: float(days)
+            for name, days in zip(fleet.population_names, self.cut_days, strict=True)
+        }
         r.cut_off_devices = int((self.ever_cut & made).sum())
         r.manual_recoveries = int(self.ever_manual.sum())
         if compromise_day is not None:
@@ -385,10 +451,12 @@ def _run(
                     run.assemble(assembled, tick)
                 if tick == compromise:
                     run.start_exposure(np.flatnonzero(deployed_mask))
+                if tick in world.device_ca_distrusted:
+                    run.distrust_certificates(tick)
                 run.week(online, tick, scenario.policy.manual_update_days)
                 if compromise is not None and tick >= compromise:
                     run.end_exposure(online, tick)
-                cut = int(((run.status == CUT_OFF) & deployed_mask).sum())
+                cut = run.count_cut_off(deployed_mask)
                 run.result.connected.append(1.0 - cut / deployed_count)
             if progress is not None:
                 progress(tick + 1, world.ticks)

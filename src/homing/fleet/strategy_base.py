@@ -105,6 +105,7 @@ class Cause(enum.StrEnum):
 
 
 NEVER = math.inf
+ZERO = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -139,22 +140,24 @@ class Strategy:
     def factory(self, tick: int) -> Hashable:
         raise NotImplementedError
 
-    def contact(self, state: Hashable, tick: int) -> Contact:
+    def contact(self, state: Hashable, tick: int, skew: timedelta = ZERO) -> Contact:
+        """A contact at ``tick``, by a device whose clock reads ``skew`` off the true time."""
         raise NotImplementedError
 
     def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
+        """Whether this state accepts the stolen key when its clock reads ``moment``."""
         raise NotImplementedError
 
-    def exposed_until(self, state: Hashable) -> float:
+    def exposed_until(self, state: Hashable, skew: timedelta = ZERO) -> float:
         """Days from START until this state stops accepting the stolen key without a contact."""
         tick = self.world.compromise_tick
         assert tick is not None
         start = tick_time(tick)
-        if not self.accepts_stolen(state, start):
+        if not self.accepts_stolen(state, start + skew):
             return days(start)
         for moment in self._exposure_candidates(state):
-            if moment > start and not self.accepts_stolen(state, moment):
-                return days(moment)
+            if moment > start + skew and not self.accepts_stolen(state, moment):
+                return days(moment - skew)
         return NEVER
 
     def _exposure_candidates(self, state: Hashable) -> list[datetime]:
@@ -172,12 +175,13 @@ class Strategy:
         anchors: tuple[object, ...],
         chain: Chain,
         family: str,
-        tick: int,
+        moment: datetime,
     ) -> bool:
+        """Path validation at ``moment`` (the device's clock), cached by validity window."""
         return self._windows.holds(
             (anchors_key, id(chain), family),
-            tick_time(tick),
-            lambda moment: _validated(chain, anchors, moment),
+            moment,
+            lambda at: _validated(chain, anchors, at),
         )
 
 

@@ -48,6 +48,10 @@ class Release:
     tick: int
     public_roots: tuple[x509.Certificate, ...]
     key_pins: frozenset[str]
+    # The firmware key generation this firmware verifies updates with, and the
+    # generations that signed it (two during a key rotation's overlap).
+    carries_key: int = 1
+    signed_by: frozenset[int] = frozenset({1})
 
 
 @dataclass(frozen=True)
@@ -90,9 +94,18 @@ class World:
     replay_dir: Path | None = None
     public_replay_dir: Path | None = None
     events: list[tuple[int, str]] = field(default_factory=list)
+    # Published states whose timestamp or snapshot the operator let lapse: when it expires.
+    homing_lapsed: dict[int, datetime] = field(default_factory=dict)
+    homing_public_lapsed: dict[int, datetime] = field(default_factory=dict)
+    # Ticks at which the device CA's key was stolen and its certificates distrusted.
+    device_ca_distrusted: tuple[int, ...] = ()
 
     def key_pin(self, index: int) -> str:
         return spki_pin(self.keys[index].public_key())
+
+    def can_install(self, installed: int, offered: int) -> bool:
+        """Whether firmware ``installed`` verifies release ``offered``: a key it knows signed it."""
+        return self.releases[installed].carries_key in self.releases[offered].signed_by
 
 
 @contextmanager
@@ -135,6 +148,22 @@ class _Schedule:
     key_changes: frozenset[int]
     release_ticks: int
     renewals: tuple[int, ...]
+    # (role, first tick expired, tick re-signed)
+    lapses: tuple[tuple[str, int, int], ...] = ()
+    # (rotation tick, tick the old key is retired)
+    firmware_rotations: tuple[tuple[int, int], ...] = ()
+    device_ca_compromises: frozenset[int] = frozenset()
+
+    def lapse_starting(self, tick: int) -> list[tuple[str, int, int]]:
+        """Lapses whose role must be signed now to expire at the next tick."""
+        return [lapse for lapse in self.lapses if lapse[1] - 1 == tick]
+
+    def lapse_ending(self, tick: int) -> list[tuple[str, int, int]]:
+        return [lapse for lapse in self.lapses if lapse[2] == tick]
+
+    def frozen(self, tick: int) -> bool:
+        """Whether an operator's lapse keeps the homing site from publishing at ``tick``."""
+        return any(start <= tick < end for _, start, end in self.lapses)
 
     @classmethod
     def of(cls, scenario: Scenario) -> _Schedule:
@@ -152,6 +181,19 @@ class _Schedule:
         intermediate_changes = frozenset(year_tick(y) for y in ev.public_intermediate_changes)
         public_expiry = year_tick(ev.public_root_expiry)
         private_expiry = year_tick(ev.private_root_years)
+        lapses = []
+        for lapse in scenario.lapses:
+            start = max(1, year_tick(lapse.at))
+            end = max(start + 1, year_tick(lapse.at + lapse.days / DAYS_PER_YEAR))
+            if start < ticks:
+                lapses.append((lapse.role, start, min(end, ticks)))
+        rotations = []
+        for rotation in scenario.firmware_key_rotations:
+            tick = year_tick(rotation.at)
+            if tick < ticks:
+                overlap = round(rotation.retire_after_days / DAYS_PER_TICK)
+                rotations.append((tick, tick + overlap))
+        device_ca = frozenset(year_tick(c.at) for c in scenario.ca_compromises if c.ca == "device")
         # Every chain change is a leaf renewal too: a new intermediate issues a new leaf.
         scheduled = set(range(0, ticks, leaf_ticks)) | key_changes | ca_rotations
         scheduled |= intermediate_changes | {public_expiry, private_expiry}
@@ -173,6 +215,9 @@ class _Schedule:
             key_changes=frozenset(key_changes),
             release_ticks=max(1, round(ev.firmware_release_days / DAYS_PER_TICK)),
             renewals=tuple(sorted(t for t in scheduled if 0 <= t < ticks)),
+            lapses=tuple(lapses),
+            firmware_rotations=tuple(sorted(rotations)),
+            device_ca_compromises=frozenset(t for t in device_ca if 0 < t < ticks),
         )
 
 
@@ -197,6 +242,7 @@ class _Builder:
         self.plan = _Schedule.of(scenario)
         self.world = World(ticks=self.plan.ticks, keys=[generate_tls_key(), generate_tls_key()])
         self.key_index = 0
+        self.firmware_key = 1
         ev = scenario.events
         self.public_ca = SimulatedCA(
             "Example Public Trust", 0, ev.public_root_expiry, backdate_years=6.0
@@ -235,19 +281,26 @@ class _Builder:
         for tick in range(self.plan.ticks):
             self._public_pki(tick)
             self._private_pki(tick)
+            frozen = self.plan.frozen(tick)
             changed, renewed = self._steal(tick)
             self._server_key(tick)
-            changed_too, renewed_too = self._homing_ceremonies(tick, changed, renewed)
-            if self._renew_leaves(tick, renewed or renewed_too) and not (changed or changed_too):
+            changed_too, renewed_too = (
+                (False, False) if frozen else self._homing_ceremonies(tick, changed, renewed)
+            )
+            changed_too |= self._firmware_key(tick, frozen)
+            renewed_leaf = self._renew_leaves(tick, renewed or renewed_too)
+            if renewed_leaf and not (changed or changed_too or frozen):
                 # The server re-signs snapshot and timestamp on its own; a copy per
                 # certificate means a device's refresh always meets the chain it
                 # would meet in that period, with fresh metadata.
                 ceremonies.refresh_snapshot(self.data, tick_time(tick))
                 changed_too = True
-            if changed or changed_too:
+            if (changed or changed_too) and not frozen:
                 self._snapshot_homing(tick)
+            self._lapses(tick)
             if self.public_site is not None:
                 self.public_site.step(tick)
+            self._device_ca(tick)
             self._release(tick)
             self._record(tick)
         world = self.world
@@ -391,10 +444,56 @@ class _Builder:
         shutil.copytree(self.data / "repository", target)
         self.world.homing_states.append(HomingState(index, tick, target))
 
+    # -- an operator's lapse, a stolen device CA, the firmware key ------------------
+
+    def _lapses(self, tick: int) -> None:
+        """A role signed to expire at the next tick and left so; re-signed when the lapse ends."""
+        for role, start, _ in self.plan.lapse_starting(tick):
+            _sign_role(self.data, role, tick_time(tick), until=tick_time(start))
+            self._snapshot_homing(tick)
+            if role in ("timestamp", "snapshot"):
+                self.world.homing_lapsed[len(self.world.homing_states) - 1] = tick_time(start)
+            self.world.events.append((start, f"the operator lets the {role} metadata lapse"))
+        for role, _, _ in self.plan.lapse_ending(tick):
+            _sign_role(self.data, role, tick_time(tick))
+            self.renew_by = self._renewal_dates()
+            self._snapshot_homing(tick)
+            self.world.events.append((tick, f"the {role} metadata is re-signed"))
+
+    def _device_ca(self, tick: int) -> None:
+        """The device CA's key is stolen: homing promotes its backup and distrusts the old."""
+        if tick not in self.plan.device_ca_compromises:
+            return
+        ceremonies.rotate_issuing_ca(self.data, "device", tick_time(tick))
+        self.world.device_ca_distrusted = (*self.world.device_ca_distrusted, tick)
+        self.world.events.append(
+            (tick, "the device CA's key is stolen: its certificates are distrusted")
+        )
+
+    def _firmware_key(self, tick: int, frozen: bool) -> bool:
+        """A new firmware key: homing re-delegates in TUF; firmware-carried keys need an overlap."""
+        if not any(start == tick for start, _ in self.plan.firmware_rotations):
+            return False
+        self.firmware_key += 1
+        self.world.events.append((tick, "firmware signing key rotated"))
+        if frozen:
+            return False
+        ceremonies.rotate_firmware_key(self.data, tick_time(tick))
+        return True
+
     # -- firmware and the per-tick record --------------------------------------
 
+    def _signed_by(self, tick: int) -> frozenset[int]:
+        """Firmware key generations that sign a release made at ``tick``."""
+        keys = {self.firmware_key}
+        for start, retire in self.plan.firmware_rotations:
+            if start <= tick < retire:
+                keys.add(self.firmware_key - 1)
+        return frozenset(keys)
+
     def _release(self, tick: int) -> None:
-        if tick % self.plan.release_ticks and tick != self.plan.compromise:
+        rotation = any(start == tick for start, _ in self.plan.firmware_rotations)
+        if tick % self.plan.release_ticks and tick != self.plan.compromise and not rotation:
             return
         now, world = tick_time(tick), self.world
         roots = tuple(
@@ -403,7 +502,7 @@ class _Builder:
             if since <= tick and cert.not_valid_after_utc > now
         )
         pins = frozenset({world.key_pin(self.key_index), world.key_pin(self.key_index + 1)})
-        world.releases.append(Release(tick, roots, pins))
+        world.releases.append(Release(tick, roots, pins, self.firmware_key, self._signed_by(tick)))
 
     def _anchors(self, *certs: x509.Certificate) -> int:
         """The index of this set of trust anchors, interned."""
@@ -431,6 +530,30 @@ class _Builder:
         else:
             assert self.private_ca.authority is not None
             at["anchors_at"][tick] = self._anchors(self.private_ca.authority.certificate)
+
+
+def _sign_role(data: Path, role: str, now: datetime, until: datetime | None = None) -> None:
+    """Re-sign ``role`` of the site at ``data``, to expire at ``until`` (default: as usual)."""
+    dd = DataDir(data)
+    settings = dd.settings()
+    usual = dict(settings.expiry_days)
+    if until is not None:
+        settings.expiry_days[role] = (until - now).total_seconds() / 86400
+        dd.save_settings(settings)
+    try:
+        if role == "timestamp":
+            ceremonies.refresh_timestamp(data, now)
+        elif role == "snapshot":
+            ceremonies.refresh_snapshot(data, now)
+        elif role == "targets":
+            ceremonies.refresh_targets(data, now)
+        else:
+            ceremonies.rotate_root(data, now)
+    finally:
+        if until is not None:
+            settings.expiry_days = usual
+            dd.save_settings(settings)
+        dd.close()
 
 
 def _announcements(world: World, plan: _Schedule, announce_days: int) -> None:
@@ -505,10 +628,34 @@ class _PublicSite:
         return target
 
     def step(self, tick: int) -> None:
+        """One week of the operator's site: lapses as the private site's, then the usual."""
+        b, now = self.builder, tick_time(tick)
+        if b.plan.frozen(tick):
+            return
+        for role, _, _ in b.plan.lapse_ending(tick):
+            _sign_role(self.data, role, now)
+            self.renew_root_by = self._root_renewal()
+        self._usual(tick)
+        for role, start, _ in b.plan.lapse_starting(tick):
+            _sign_role(self.data, role, now, until=tick_time(start))
+            self._copy(tick)
+            if role in ("timestamp", "snapshot"):
+                b.world.homing_public_lapsed[len(b.world.homing_public_states) - 1] = tick_time(
+                    start
+                )
+
+    def _copy(self, tick: int) -> None:
+        world = self.builder.world
+        index = len(world.homing_public_states)
+        target = self.builder.workdir / "homing-public-states" / str(index)
+        shutil.copytree(self.data / "repository", target)
+        world.homing_public_states.append(HomingState(index, tick, target))
+
+    def _usual(self, tick: int) -> None:
         from homing.ceremonies import acme
 
         b, now, world = self.builder, tick_time(tick), self.builder.world
-        changed = False  # the trust metadata
+        changed = b.plan.lapse_ending(tick) != []  # the trust metadata
         installed = False  # the served chain
         if tick == b.plan.public_successor and b.public_next is not None:
             roots = [cert for cert, _ in world.public_roots]
@@ -540,10 +687,7 @@ class _PublicSite:
             # As the private site: fresh metadata with every certificate.
             ceremonies.refresh_snapshot(self.data, now)
         if changed or installed:
-            index = len(world.homing_public_states)
-            target = b.workdir / "homing-public-states" / str(index)
-            shutil.copytree(self.data / "repository", target)
-            world.homing_public_states.append(HomingState(index, tick, target))
+            self._copy(tick)
 
     def close(self) -> None:
         DataDir(self.data).close()
