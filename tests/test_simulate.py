@@ -237,8 +237,15 @@ def test_cli_writes_table_json_and_plots(tmp_path: Path) -> None:
     assert doc["devices"] == 300
     assert doc["seed"] == 5
     assert {s["name"] for s in doc["strategies"]} >= {"homing", "hpkp"}
-    for png in ("connected.png", "bricked.png"):
+    for png in ("connected.png", "bricked.png", "cut-off-days.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Device-days cut off, per device class: the baseline that fails has some, homing none.
+    by_name = {s["name"]: s for s in doc["strategies"]}
+    assert by_name["homing"]["cut_off_device_days"]["total"] == 0
+    leaf = by_name["leaf-fingerprint"]["cut_off_device_days"]
+    assert leaf["total"] > 0
+    assert set(leaf) > {"total", "always-on", "daily"}
+    assert "cut off" in result.stdout
 
 
 def test_cli_refuses_a_bad_scenario_in_one_line(tmp_path: Path) -> None:

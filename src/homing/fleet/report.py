@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 from homing.errors import ConfigError
 from homing.fleet.population import DAYS_PER_TICK, DAYS_PER_YEAR
@@ -17,7 +18,15 @@ from homing.fsutil import atomic_write
 
 __all__ = ["table_rows", "write_outputs"]
 
-HEADERS = ("strategy", "bricked", "manual", "exposed device-days", "catch-up", "requests")
+HEADERS = (
+    "strategy",
+    "bricked",
+    "manual",
+    "cut off, device-days",
+    "exposed device-days",
+    "catch-up",
+    "requests",
+)
 
 
 def _exposure(s: StrategyResult) -> str:
@@ -43,6 +52,7 @@ def table_rows(results: Results) -> list[tuple[str, ...]]:
             s.name,
             f"{s.bricked:,}",
             f"{s.manual_recoveries:,}",
+            f"{sum(s.cut_off_days.values()):,.0f}",
             _exposure(s),
             _catch_up(s),
             f"{s.requests:,}",
@@ -114,4 +124,30 @@ def _plots(results: Results, out: Path) -> list[Path]:
     fig.tight_layout()
     fig.savefig(bricked)
     plt.close(fig)
-    return [connected, bricked]
+    return [connected, bricked, _cut_off_plot(results, out, plt)]
+
+
+def _cut_off_plot(results: Results, out: Path, plt: Any) -> Path:
+    """Device-days each device class spent cut off, per strategy (one group of bars each)."""
+    classes = list(results.strategies[0].cut_off_days) if results.strategies else []
+    fig, ax = plt.subplots(figsize=(11, 5), dpi=110)
+    width = 0.8 / max(1, len(classes))
+    positions = range(len(results.strategies))
+    for i, name in enumerate(classes):
+        ax.bar(
+            [p + i * width for p in positions],
+            [s.cut_off_days.get(name, 0.0) for s in results.strategies],
+            width,
+            label=name,
+        )
+    ax.set_xticks([p + width * (len(classes) - 1) / 2 for p in positions])
+    ax.set_xticklabels([s.name for s in results.strategies], rotation=20, ha="right")
+    ax.set_ylabel("device-days cut off")
+    ax.set_title("device-days spent cut off, by device class")
+    ax.legend(fontsize="small", title="device class")
+    ax.grid(alpha=0.3, axis="y")
+    path = out / "cut-off-days.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
