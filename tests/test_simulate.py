@@ -12,7 +12,7 @@ from tuf.api.metadata import Metadata
 from homing.errors import ConfigError
 from homing.fleet import STRATEGY_NAMES
 from homing.fleet.scenario import Scenario, load_scenario, scenario_from_dict
-from homing.fleet.simulate import CERT_EXPIRED, Results, simulate
+from homing.fleet.simulate import CERT_EXPIRED, Results, StrategyResult, simulate
 from homing.fleet.strategies import (
     CAUGHT_UP,
     CUT_OFF,
@@ -286,3 +286,101 @@ def test_the_cli_accepts_no_more_years_than_the_simulator_runs() -> None:
     result = run_homing("simulate", "--years", "51", "--devices", "10")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+# -- the events of real incidents, one scenario each ---------------------------
+
+EVENT_DEVICES = 600
+
+
+def _event_run(name: str, strategies: list[str]) -> dict[str, StrategyResult]:
+    scenario = load_scenario(SCENARIOS / name).with_fleet(devices=EVENT_DEVICES)
+    return {s.name: s for s in simulate(scenario, strategies).strategies}
+
+
+@pytest.mark.parametrize(
+    ("scenario", "baseline", "cause"),
+    [
+        # Offline through the announcements: the next fingerprint never arrived.
+        ("outage.toml", "announce-next", Cause.MISSED_ANNOUNCEMENT),
+        # Twenty-year certificates and no key proof: nothing replaces a distrusted one.
+        ("device-ca-compromise.toml", "private-ca", Cause.DEVICE_CA_DISTRUSTED),
+        # Firmware that knows only the retired key never installs the new roots.
+        ("firmware-key-rotation.toml", "public-ca", Cause.FIRMWARE_KEY_RETIRED),
+        ("firmware-key-rotation.toml", "firmware-pins", Cause.FIRMWARE_KEY_RETIRED),
+    ],
+)
+def test_an_incident_cuts_a_baseline_off_for_its_reason_and_homing_bricks_none(
+    scenario: str, baseline: str, cause: Cause
+) -> None:
+    results = _event_run(scenario, [baseline, "homing"])
+    failing, homing = results[baseline], results["homing"]
+    assert failing.reasons[cause] > 0, failing.reasons
+    assert sum(failing.cut_off_days.values()) > 0
+    assert homing.bricked == 0
+    assert homing.manual_recoveries == 0
+    assert sum(homing.cut_off_days.values()) == 0
+
+
+def test_a_stolen_device_ca_is_survived_by_key_proof() -> None:
+    homing = _event_run("device-ca-compromise.toml", ["homing"])["homing"]
+    # Every deployed device proved its key for a certificate from the new device CA.
+    assert homing.key_proof_recoveries >= EVENT_DEVICES * 0.9
+    assert homing.bricked == 0
+
+
+def test_wrong_clocks_homing_survives_a_dead_rtc_and_says_it_cannot_fix_a_fast_clock() -> None:
+    results = _event_run("clock-skew.toml", ["private-ca", "homing"])
+    private, homing = results["private-ca"], results["homing"]
+    assert private.reasons[Cause.CLOCK_WRONG] > 0
+    assert private.cut_off_days["dead RTC (1970)"] > 0
+    assert private.cut_off_days["good clock"] == 0
+    # The agent's time floor and its notBefore rule carry a 1970 clock home.
+    assert homing.cut_off_days["dead RTC (1970)"] == 0
+    assert homing.cut_off_days["good clock"] == 0
+    # A clock ten years ahead sees every signature expired: homing cannot help it; the
+    # manual path (set the clock) is in docs/simulator.md.
+    assert homing.cut_off_days["ten years ahead"] > 0
+    assert set(homing.reasons) == {Cause.CLOCK_WRONG}
+
+
+def test_a_metadata_lapse_cuts_homing_off_until_it_is_re_signed_and_bricks_none() -> None:
+    """homing fails closed by design while the operator lets metadata expire; honest numbers."""
+    scenario = load_scenario(SCENARIOS / "metadata-lapse.toml").with_fleet(devices=EVENT_DEVICES)
+    results = simulate(scenario, ["private-ca", "homing"])
+    by_name = {s.name: s for s in results.strategies}
+    homing = by_name["homing"]
+    assert homing.reasons[Cause.METADATA_EXPIRED] > 0
+    assert sum(homing.cut_off_days.values()) > 0
+    assert homing.bricked == 0  # back by themselves once re-signed
+    assert homing.connected[-1] == 1.0
+    lapse_weeks = [t for t, e in results.events if "lapse" in e]
+    assert min(homing.connected[t] for t in lapse_weeks) < 0.5
+    # The baselines carry no metadata: the lapse touches none of them.
+    assert sum(by_name["private-ca"].cut_off_days.values()) == 0
+
+
+def test_revoked_devices_are_refused_by_every_strategy_and_never_come_back() -> None:
+    results = _event_run("revocation.toml", ["private-ca", "homing"])
+    private, homing = results["private-ca"], results["homing"]
+    assert homing.revoked > 0
+    assert homing.revoked == private.revoked
+    # About 5 % were revoked (3 % and 2 %); refused to the end, never recovered by key
+    # proof, and never counted bricked.
+    assert 0.02 * EVENT_DEVICES < homing.revoked < 0.08 * EVENT_DEVICES
+    assert homing.bricked == 0
+
+
+def test_dated_events_are_parsed_strictly() -> None:
+    for doc, message in [
+        ({"outage": [{"at": 1.0, "days": 30}]}, "needs share"),
+        ({"outage": [{"at": 1.0, "days": 30, "share": 1.5}]}, "share must be"),
+        ({"lapse": [{"role": "mirrors", "at": 1.0, "days": 14}]}, "role must be one of"),
+        ({"lapse": [{"role": "root", "at": 1.0, "days": 2}]}, "days must be between"),
+        ({"ca_compromise": [{"ca": "root", "at": 1.0}]}, "ca must be one of"),
+        ({"revocation": {"at": 1.0, "share": 0.1}}, "array of tables"),
+        ({"firmware_key_rotation": [{"at": "soon"}]}, "must be a number"),
+        ({"population": [{"pattern": "always-on", "share": 1.0, "clock_offset_days": 1e6}]}, "100"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            scenario_from_dict(doc)

@@ -295,8 +295,8 @@ def _check_population(p: Population) -> None:
         raise ConfigError(f"population {p.name!r}: online_probability must be in (0, 1]")
     if not 0 <= p.season_start_day < 366 or not 1 <= p.season_days <= 366:
         raise ConfigError(f"population {p.name!r}: season must lie within a year")
-    if abs(p.clock_offset_days) > 50 * 366:
-        raise ConfigError(f"population {p.name!r}: clock_offset_days must be within 50 years")
+    if abs(p.clock_offset_days) > 100 * 366:
+        raise ConfigError(f"population {p.name!r}: clock_offset_days must be within 100 years")
     for name in ("warehouse_years", "outage_years", "lifetime_years"):
         low, high = getattr(p, name)
         if not 0 <= low <= high:

@@ -11,6 +11,7 @@ certificates. A device makes its week's contact at the start of the week.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import tempfile
@@ -420,11 +421,16 @@ def simulate(
         raise ConfigError(f"unknown strategy {unknown[0]!r}: choose from {', '.join(STRATEGIES)}")
     names = list(dict.fromkeys(names))
     scratch = Path(tempfile.mkdtemp(prefix="homing-world-", dir=workdir))
+    # The agent warns about every clock behind its time floor; here that is the scenario.
+    agent_log = logging.getLogger("homing.agent.agent")
+    level = agent_log.level
+    agent_log.setLevel(logging.ERROR)
     try:
         world = build_world(scenario, scratch, public_site="homing-public-ca" in names)
         fleet = make_fleet(scenario)
         return _run(scenario, world, fleet, names, progress)
     finally:
+        agent_log.setLevel(level)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

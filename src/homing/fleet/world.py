@@ -542,6 +542,8 @@ def _sign_role(data: Path, role: str, now: datetime, until: datetime | None = No
         dd.save_settings(settings)
     try:
         if role == "timestamp":
+            # A fresh snapshot first: the timestamp is the role left to expire.
+            ceremonies.refresh_snapshot(data, now)
             ceremonies.refresh_timestamp(data, now)
         elif role == "snapshot":
             ceremonies.refresh_snapshot(data, now)
