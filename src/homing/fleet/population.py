@@ -62,30 +62,52 @@ class Fleet:
         return (self.shipped < end) & (self.ends > start)
 
     def online(self, tick: int) -> Bools:
-        """Whether each device reaches the network at some point in this tick."""
+        """Whether each device reaches the network at some point in this tick.
+
+        Each pattern's rule runs on its own devices only (their indices are
+        found once), so a week costs little more than the deployed check.
+        """
         start, end = tick * DAYS_PER_TICK, (tick + 1) * DAYS_PER_TICK
         online = self.deployed(tick)
-        code = {name: i for i, name in enumerate(PATTERNS)}
-        daily = self.pattern == code["daily"]
-        if daily.any():
-            draw = np.random.default_rng([self.seed, tick]).random(self.size)
-            week = 1.0 - (1.0 - self.online_probability) ** DAYS_PER_TICK
-            online &= ~daily | (draw < week)
-        seasonal = self.pattern == code["seasonal"]
-        if seasonal.any():
+        daily, seasonal, outage = self._members()
+        if daily.size:
+            # The draw is for every device, as the run is defined by the seed; only
+            # the daily devices' share of it is looked at.
+            draw = np.random.default_rng([self.seed, tick]).random(self.size)[daily]
+            online[daily] &= draw < self._weekly_probability(daily)
+        if seasonal.size:
             doy = start % DAYS_PER_YEAR
-            into = (doy - self.season_start) % DAYS_PER_YEAR
-            ahead = (self.season_start - doy) % DAYS_PER_YEAR
-            in_season = (into < self.season_days) | (ahead < DAYS_PER_TICK)
-            online &= ~seasonal | in_season
-        outage = self.pattern == code["outage"]
-        if outage.any():
-            inside = (self.outage_start <= start) & (end <= self.outage_end)
-            online &= ~outage | ~inside
+            season_start = self.season_start[seasonal]
+            into = (doy - season_start) % DAYS_PER_YEAR
+            ahead = (season_start - doy) % DAYS_PER_YEAR
+            online[seasonal] &= (into < self.season_days[seasonal]) | (ahead < DAYS_PER_TICK)
+        if outage.size:
+            inside = (self.outage_start[outage] <= start) & (end <= self.outage_end[outage])
+            online[outage] &= ~inside
         for first, last, who in self.outages:
             if first <= start and end <= last:
                 online &= ~who
         return online
+
+    def _members(self) -> tuple[Ints, Ints, Ints]:
+        """The indices of the daily, seasonal and long-outage devices (found once)."""
+        cached: tuple[Ints, Ints, Ints] | None = self.__dict__.get("_member_cache")
+        if cached is None:
+            code = {name: i for i, name in enumerate(PATTERNS)}
+            cached = tuple(  # type: ignore[assignment]
+                np.flatnonzero(self.pattern == code[name])
+                for name in ("daily", "seasonal", "outage")
+            )
+            object.__setattr__(self, "_member_cache", cached)
+        assert cached is not None
+        return cached
+
+    def _weekly_probability(self, daily: Ints) -> Floats:
+        cached: Floats | None = self.__dict__.get("_weekly_cache")
+        if cached is None:
+            cached = 1.0 - (1.0 - self.online_probability[daily]) ** DAYS_PER_TICK
+            object.__setattr__(self, "_weekly_cache", cached)
+        return cached
 
 
 def make_fleet(scenario: Scenario) -> Fleet:

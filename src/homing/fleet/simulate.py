@@ -177,7 +177,7 @@ class _States:
 
 
 def _group(
-    ids: npt.NDArray[np.int64], count: int
+    ids: npt.NDArray[Any], count: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """The distinct state ids present, and for each device the position of its id among them.
 
@@ -224,6 +224,10 @@ class _Run:
 
     A device's interned state is (its clock's offset in days, the strategy's
     state): devices whose clocks are off meet the server on their own terms.
+    Each week touches every online device a few times only (its state, its
+    outcome, its status); certificate rules run on the devices past their
+    renewal time, and the devices cut off are counted per class as their
+    status changes, not by scanning the fleet.
     """
 
     def __init__(self, strategy: Strategy, fleet: Fleet) -> None:
@@ -231,17 +235,20 @@ class _Run:
         self.strategy = strategy
         self.fleet = fleet
         self.states = _States()
-        self.ids = np.full(n, -1, np.int64)
+        self.ids = np.full(n, -1, np.int32)
         self.status = np.full(n, OK, np.int8)
-        self.cert_expiry = np.zeros(n, np.int64)
-        self.renew_at = np.zeros(n, np.int64)
-        self.cut_since = np.full(n, -1, np.int64)
+        self.cert_expiry = np.zeros(n, np.int32)
+        self.renew_at = np.zeros(n, np.int32)
+        self.cut_since = np.full(n, -1, np.int32)
         self.ever_cut = np.zeros(n, np.bool_)
         self.ever_manual = np.zeros(n, np.bool_)
         self.exposure_end = np.full(n, -math.inf)
+        self._watch = np.zeros(0, np.int64)
         # Certificates issued by a device CA whose key was stolen (and so distrusted).
         self.distrusted = np.zeros(n, np.bool_)
-        self.cut_days = np.zeros(len(fleet.population_names), np.float64)
+        classes = len(fleet.population_names)
+        self.cut_days = np.zeros(classes, np.float64)
+        self.cut_now = np.zeros(classes, np.int64)
         self.renew_ticks, self.life_ticks = _certificate_ticks(strategy.device_cert_days)
         self.result = StrategyResult(strategy.name, strategy.summary)
 
@@ -263,39 +270,53 @@ class _Run:
 
         return per_key
 
-    def start_exposure(self, deployed: npt.NDArray[np.int64]) -> None:
+    def _by_class(self, devices: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        return np.bincount(self.fleet.population[devices], minlength=self.cut_now.size)
+
+    def _set_status(self, devices: npt.NDArray[np.int64], status: npt.NDArray[np.int8]) -> None:
+        """Change these devices' status, keeping the per-class count of those cut off."""
+        was = self.status[devices] == CUT_OFF
+        now = status == CUT_OFF
+        self.cut_now += self._by_class(devices[now & ~was]) - self._by_class(devices[was & ~now])
+        self.status[devices] = status
+
+    def start_exposure(self, deployed: npt.NDArray[np.int64], tick: int) -> None:
         ends = self._per_state(
             self.ids[deployed], self._skewed(self.strategy.exposed_until), np.float64
         )
         self.exposure_end[deployed] = ends
+        self._watch = deployed[ends > tick * DAYS_PER_TICK]
 
     def distrust_certificates(self, tick: int) -> None:
         """The device CA's key was stolen: every certificate it issued is worthless from now."""
         made = self.ids >= 0
         self.cert_expiry[made] = np.minimum(self.cert_expiry[made], tick)
+        self.renew_at[made] = np.minimum(self.renew_at[made], tick)
         self.distrusted[made] = True
 
-    def count_cut_off(self, deployed: npt.NDArray[np.bool_]) -> int:
+    def refuse(self, revoked: npt.NDArray[np.int64]) -> None:
+        """Revoked devices reach home and are refused, by design: not cut off, never back."""
+        self._set_status(revoked, np.full(revoked.size, REFUSED, np.int8))
+        self.result.requests += int(revoked.size)
+
+    def retire(self, dead: npt.NDArray[np.int64]) -> None:
+        """Devices at the end of their life are no longer counted as cut off."""
+        cut = dead[self.status[dead] == CUT_OFF]
+        self.cut_now -= self._by_class(cut)
+
+    def count_cut_off(self) -> int:
         """Add this week's device-days cut off, per device class; returns the devices cut off."""
-        cut = (self.status == CUT_OFF) & deployed
-        per_class = np.bincount(self.fleet.population[cut], minlength=self.cut_days.size)
-        self.cut_days += per_class * DAYS_PER_TICK
-        return int(per_class.sum())
+        self.cut_days += self.cut_now * DAYS_PER_TICK
+        return int(self.cut_now.sum())
 
     def _per_state(
-        self, ids: npt.NDArray[np.int64], answer: Callable[[Hashable], Any], dtype: Any
+        self, ids: npt.NDArray[Any], answer: Callable[[Hashable], Any], dtype: Any
     ) -> npt.NDArray[Any]:
         unique, inverse = _group(ids, len(self.states.values))
         values = np.array([answer(self.states.values[u]) for u in unique], dtype=dtype)
         return values[inverse]
 
     def week(self, online: npt.NDArray[np.int64], tick: int, manual_days: int) -> None:
-        # A revoked device reaches home and is refused, by design: not cut off, never back.
-        revoked = self.fleet.revoked[online] <= tick * DAYS_PER_TICK
-        if revoked.any():
-            self.status[online[revoked]] = REFUSED
-            self.result.requests += int(revoked.sum())
-            online = online[~revoked]
         if online.size == 0:
             return
         s, r = self.strategy, self.result
@@ -303,79 +324,95 @@ class _Run:
         unique, inverse = _group(st, len(self.states.values))
         keys = [self.states.values[u] for u in unique]
         contacts = [self._skewed(lambda state, skew: s.contact(state, tick, skew))(k) for k in keys]
-        new = np.array(
-            [
-                self.states.intern((k[0], c.state))
-                for k, c in zip(keys, contacts, strict=True)
-            ],
-            np.int64,
-        )[inverse]
-        out = np.array([c.outcome for c in contacts], np.int8)[inverse]
-        req = np.array([c.requests for c in contacts], np.int64)[inverse]
-        walk_ms = np.array([c.walk_ms for c in contacts])[inverse]
-        reasons: list[Cause | None] = [c.cause for c in contacts]
         for c in contacts:
             if c.cause is not None and c.detail:
                 r.details.setdefault(c.cause, c.detail)
-        reason_of = inverse.copy()
+        counts = np.bincount(inverse, minlength=unique.size)
+        new_u = np.array(
+            [self.states.intern((k[0], c.state)) for k, c in zip(keys, contacts, strict=True)],
+            np.int32,
+        )
+        out_u = np.array([c.outcome for c in contacts], np.int8)
+        req_u = np.array([c.requests for c in contacts], np.int64)
+        walk_u = np.array([c.walk_ms for c in contacts])
+        causes: list[Cause | None] = [c.cause for c in contacts]
+        out = out_u[inverse]
+        new = new_u[inverse]
+        caught_u = out_u == CAUGHT_UP
+        r.requests += int(req_u @ counts)
+        r.caught_up += int(counts[caught_u].sum())
+        r.catch_up_ms += float(walk_u[caught_u] @ counts[caught_u])
+        r.catch_up_requests += float(req_u[caught_u] @ counts[caught_u])
 
-        connected = out != CUT_OFF
-        expired = self.cert_expiry[online] <= tick
-        if s.recovers_expired_certificate:
-            recovered = expired & connected
-            r.key_proof_recoveries += int(recovered.sum())
-            req += 2 * recovered  # challenge, then the proof
-        else:
-            recovered = np.zeros_like(expired)
-            lost = expired & connected
-            out[lost] = CUT_OFF
-            new[lost] = st[lost]
-            distrusted = lost & self.distrusted[online]
-            reason_of[lost & ~distrusted] = len(reasons)
-            reasons.append(CERT_EXPIRED)
-            reason_of[distrusted] = len(reasons)
-            reasons.append(Cause.DEVICE_CA_DISTRUSTED)
-            connected &= ~lost
-        renew = connected & ~expired & (tick >= self.renew_at[online])
-        r.certificate_renewals += int(renew.sum())
-        req += renew
-        fresh = online[renew | recovered]
-        self.cert_expiry[fresh] = tick + self.life_ticks
-        self.renew_at[fresh] = tick + self.renew_ticks
-        self.distrusted[fresh] = False
+        # Certificates: only the devices past their renewal time have anything to do.
+        reason_of: npt.NDArray[np.int64] | None = None
+        due = np.flatnonzero(self.renew_at[online] <= tick)
+        if due.size:
+            devices = online[due]
+            expired = self.cert_expiry[devices] <= tick
+            connected = out[due] != CUT_OFF
+            caught = out[due] == CAUGHT_UP
+            if s.recovers_expired_certificate:
+                recovered = expired & connected
+                r.key_proof_recoveries += int(recovered.sum())
+                r.requests += 2 * int(recovered.sum())  # challenge, then the proof
+                r.catch_up_requests += 2 * float((recovered & caught).sum())
+            else:
+                recovered = np.zeros_like(expired)
+                lost = expired & connected
+                if lost.any():
+                    gone = due[lost]
+                    # It reached home and was refused: whatever it caught up is undone.
+                    was_caught = gone[out[gone] == CAUGHT_UP]
+                    r.caught_up -= int(was_caught.size)
+                    r.catch_up_ms -= float(walk_u[inverse[was_caught]].sum())
+                    r.catch_up_requests -= float(req_u[inverse[was_caught]].sum())
+                    out[gone] = CUT_OFF
+                    new[gone] = st[gone]
+                    reason_of = inverse.copy()
+                    distrusted = self.distrusted[online[gone]]
+                    reason_of[gone[~distrusted]] = len(causes)
+                    causes.append(CERT_EXPIRED)
+                    reason_of[gone[distrusted]] = len(causes)
+                    causes.append(Cause.DEVICE_CA_DISTRUSTED)
+                    connected &= ~lost
+            renew = connected & ~expired
+            r.certificate_renewals += int(renew.sum())
+            r.requests += int(renew.sum())
+            r.catch_up_requests += float((renew & caught).sum())
+            fresh = devices[renew | recovered]
+            self.cert_expiry[fresh] = tick + self.life_ticks
+            self.renew_at[fresh] = tick + self.renew_ticks
+            self.distrusted[fresh] = False
 
-        was_cut = self.status[online] == CUT_OFF
-        now_cut = out == CUT_OFF
-        newly = now_cut & ~was_cut
+        old = self.status[online]
+        changed = np.flatnonzero(old != out)
+        newly = changed[out[changed] == CUT_OFF]
+        back = changed[old[changed] == CUT_OFF]
         self.cut_since[online[newly]] = tick
-        first = (newly | (out == MANUAL)) & ~self.ever_cut[online]
+        manual = np.flatnonzero(out == MANUAL) if (out_u == MANUAL).any() else changed[:0]
+        first = np.union1d(newly, manual)
+        first = first[~self.ever_cut[online[first]]]
         self.ever_cut[online[first]] = True
-        for index, count in zip(*np.unique(reason_of[first], return_counts=True), strict=True):
-            cause = reasons[int(index)]
+        reasons = (reason_of if reason_of is not None else inverse)[first]
+        for index, count in zip(*np.unique(reasons, return_counts=True), strict=True):
+            cause = causes[int(index)]
             if cause is not None:
                 r.reasons[cause] += int(count)
-        back = was_cut & ~now_cut
         r.returned_days.extend(((tick - self.cut_since[online[back]]) * DAYS_PER_TICK).tolist())
-        manual = out == MANUAL
-        r.manual_recovery_events += int(manual.sum())
-        # Cut off until the hand came: that many days, in the device's class.
-        self.cut_days += (
-            np.bincount(self.fleet.population[online[manual]], minlength=self.cut_days.size)
-            * manual_days
-        )
-        self.ever_manual[online[manual]] = True
-        r.returned_days.extend([float(manual_days)] * int(manual.sum()))
-        caught = out == CAUGHT_UP
-        r.caught_up += int(caught.sum())
-        r.catch_up_ms += float(walk_ms[caught].sum())
-        r.catch_up_requests += float(req[caught].sum())
-        r.requests += int(req.sum())
-        self.status[online] = out
+        if manual.size:
+            r.manual_recovery_events += int(manual.size)
+            # Cut off until the hand came: that many days, in the device's class.
+            self.cut_days += self._by_class(online[manual]) * manual_days
+            self.ever_manual[online[manual]] = True
+            r.returned_days.extend([float(manual_days)] * int(manual.size))
+        self._set_status(online[changed], out[changed])
         self.ids[online] = new
 
-    def end_exposure(self, online: npt.NDArray[np.int64], tick: int) -> None:
+    def end_exposure(self, online_mask: npt.NDArray[np.bool_], tick: int) -> None:
         """Exposed devices that met the server this week: does their new state trust the key?"""
-        watch = online[self.exposure_end[online] > tick * DAYS_PER_TICK]
+        self._watch = self._watch[self.exposure_end[self._watch] > tick * DAYS_PER_TICK]
+        watch = self._watch[online_mask[self._watch]]
         if watch.size == 0:
             return
         moment = tick_time(tick)
@@ -446,23 +483,37 @@ def _run(
     compromise = world.compromise_tick
     compromise_day = compromise * DAYS_PER_TICK if compromise is not None else None
     run_days = world.ticks * DAYS_PER_TICK
+    # Devices in order of their end of life: those that die in a week are a slice.
+    by_end = np.argsort(fleet.ends, kind="stable")
+    ends = fleet.ends[by_end]
     try:
         for tick in range(world.ticks):
             assembled = np.flatnonzero(made_tick == tick)
-            deployed_mask = fleet.deployed(tick) & (made_tick <= tick)
-            online = np.flatnonzero(fleet.online(tick) & (made_tick <= tick))
+            made = made_tick <= tick
+            deployed_mask = fleet.deployed(tick) & made
+            online_mask = fleet.online(tick) & made
+            online = np.flatnonzero(online_mask)
+            revoked = fleet.revoked[online] <= tick * DAYS_PER_TICK
+            refused, online = online[revoked], online[~revoked]
             deployed_count = max(1, int(deployed_mask.sum()))
+            low, high = np.searchsorted(
+                ends, [(tick - 1) * DAYS_PER_TICK, tick * DAYS_PER_TICK], "right"
+            )
+            dead = by_end[low:high] if tick else by_end[:0]
             for run in runs:
                 if assembled.size:
                     run.assemble(assembled, tick)
                 if tick == compromise:
-                    run.start_exposure(np.flatnonzero(deployed_mask))
+                    run.start_exposure(np.flatnonzero(deployed_mask), tick)
                 if tick in world.device_ca_distrusted:
                     run.distrust_certificates(tick)
+                run.retire(dead)
+                if refused.size:
+                    run.refuse(refused)
                 run.week(online, tick, scenario.policy.manual_update_days)
                 if compromise is not None and tick >= compromise:
-                    run.end_exposure(online, tick)
-                cut = run.count_cut_off(deployed_mask)
+                    run.end_exposure(online_mask, tick)
+                cut = run.count_cut_off()
                 run.result.connected.append(1.0 - cut / deployed_count)
             if progress is not None:
                 progress(tick + 1, world.ticks)
