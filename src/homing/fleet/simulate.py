@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -249,6 +249,8 @@ class _Run:
         classes = len(fleet.population_names)
         self.cut_days = np.zeros(classes, np.float64)
         self.cut_now = np.zeros(classes, np.int64)
+        # Devices whose status is not OK (cut off, by hand, caught up, refused).
+        self.unsettled = 0
         self.renew_ticks, self.life_ticks = _certificate_ticks(strategy.device_cert_days)
         self.result = StrategyResult(strategy.name, strategy.summary)
 
@@ -274,10 +276,11 @@ class _Run:
         return np.bincount(self.fleet.population[devices], minlength=self.cut_now.size)
 
     def _set_status(self, devices: npt.NDArray[np.int64], status: npt.NDArray[np.int8]) -> None:
-        """Change these devices' status, keeping the per-class count of those cut off."""
-        was = self.status[devices] == CUT_OFF
-        now = status == CUT_OFF
+        """Change these devices' status, keeping the counts of those cut off and not OK."""
+        before = self.status[devices]
+        was, now = before == CUT_OFF, status == CUT_OFF
         self.cut_now += self._by_class(devices[now & ~was]) - self._by_class(devices[was & ~now])
+        self.unsettled += int((status != OK).sum()) - int((before != OK).sum())
         self.status[devices] = status
 
     def start_exposure(self, deployed: npt.NDArray[np.int64], tick: int) -> None:
@@ -321,13 +324,15 @@ class _Run:
             return
         s, r = self.strategy, self.result
         st = self.ids[online]
-        unique, inverse = _group(st, len(self.states.values))
-        keys = [self.states.values[u] for u in unique]
-        contacts = [self._skewed(lambda state, skew: s.contact(state, tick, skew))(k) for k in keys]
+        known = len(self.states.values)
+        counts_all = np.bincount(st, minlength=known)
+        unique = np.flatnonzero(counts_all)
+        counts = counts_all[unique]
+        keys = [cast(tuple[float, Hashable], self.states.values[u]) for u in unique]
+        contacts = [s.contact(state, tick, timedelta(days=offset)) for offset, state in keys]
         for c in contacts:
             if c.cause is not None and c.detail:
                 r.details.setdefault(c.cause, c.detail)
-        counts = np.bincount(inverse, minlength=unique.size)
         new_u = np.array(
             [self.states.intern((k[0], c.state)) for k, c in zip(keys, contacts, strict=True)],
             np.int32,
@@ -336,22 +341,36 @@ class _Run:
         req_u = np.array([c.requests for c in contacts], np.int64)
         walk_u = np.array([c.walk_ms for c in contacts])
         causes: list[Cause | None] = [c.cause for c in contacts]
-        out = out_u[inverse]
-        new = new_u[inverse]
         caught_u = out_u == CAUGHT_UP
         r.requests += int(req_u @ counts)
         r.caught_up += int(counts[caught_u].sum())
         r.catch_up_ms += float(walk_u[caught_u] @ counts[caught_u])
         r.catch_up_requests += float(req_u[caught_u] @ counts[caught_u])
+        # Each device's contact, found through its state id (a table per present state).
+        position = np.zeros(known, np.int32)
+        position[unique] = np.arange(unique.size, dtype=np.int32)
+        # A quiet week: every state answers OK and stays; only the devices whose status
+        # is not OK (and those with certificate work) need touching.
+        quiet = bool((out_u == OK).all() and (new_u == unique).all())
+        out: npt.NDArray[np.int8] | None = None
+        new: npt.NDArray[np.int32] | None = None
+        if not quiet:
+            out = np.zeros(known, np.int8)
+            out[unique] = out_u
+            out = out[st]
+            new = np.zeros(known, np.int32)
+            new[unique] = new_u
+            new = new[st]
 
         # Certificates: only the devices past their renewal time have anything to do.
-        reason_of: npt.NDArray[np.int64] | None = None
+        reason_at: dict[int, int] = {}
         due = np.flatnonzero(self.renew_at[online] <= tick)
         if due.size:
             devices = online[due]
             expired = self.cert_expiry[devices] <= tick
-            connected = out[due] != CUT_OFF
-            caught = out[due] == CAUGHT_UP
+            due_out = out[due] if out is not None else np.zeros(due.size, np.int8)
+            connected = due_out != CUT_OFF
+            caught = due_out == CAUGHT_UP
             if s.recovers_expired_certificate:
                 recovered = expired & connected
                 r.key_proof_recoveries += int(recovered.sum())
@@ -361,20 +380,22 @@ class _Run:
                 recovered = np.zeros_like(expired)
                 lost = expired & connected
                 if lost.any():
+                    if out is None or new is None:
+                        out = np.zeros(online.size, np.int8)
+                        new = st.copy()
                     gone = due[lost]
                     # It reached home and was refused: whatever it caught up is undone.
                     was_caught = gone[out[gone] == CAUGHT_UP]
+                    at = position[st[was_caught]]
                     r.caught_up -= int(was_caught.size)
-                    r.catch_up_ms -= float(walk_u[inverse[was_caught]].sum())
-                    r.catch_up_requests -= float(req_u[inverse[was_caught]].sum())
+                    r.catch_up_ms -= float(walk_u[at].sum())
+                    r.catch_up_requests -= float(req_u[at].sum())
                     out[gone] = CUT_OFF
                     new[gone] = st[gone]
-                    reason_of = inverse.copy()
                     distrusted = self.distrusted[online[gone]]
-                    reason_of[gone[~distrusted]] = len(causes)
-                    causes.append(CERT_EXPIRED)
-                    reason_of[gone[distrusted]] = len(causes)
-                    causes.append(Cause.DEVICE_CA_DISTRUSTED)
+                    causes += [CERT_EXPIRED, Cause.DEVICE_CA_DISTRUSTED]
+                    for g, d in zip(gone.tolist(), distrusted.tolist(), strict=True):
+                        reason_at[g] = len(causes) - (1 if d else 2)
                     connected &= ~lost
             renew = connected & ~expired
             r.certificate_renewals += int(renew.sum())
@@ -386,15 +407,27 @@ class _Run:
             self.distrusted[fresh] = False
 
         old = self.status[online]
-        changed = np.flatnonzero(old != out)
-        newly = changed[out[changed] == CUT_OFF]
+        if out is None:
+            if self.unsettled == 0:
+                return  # every device OK before and after, none moved
+            changed = np.flatnonzero(old != OK)
+            out_changed = np.zeros(changed.size, np.int8)
+        else:
+            changed = np.flatnonzero(old != out)
+            out_changed = out[changed]
+        newly = changed[out_changed == CUT_OFF]
         back = changed[old[changed] == CUT_OFF]
         self.cut_since[online[newly]] = tick
-        manual = np.flatnonzero(out == MANUAL) if (out_u == MANUAL).any() else changed[:0]
+        manual = changed[:0]
+        if out is not None and (out_u == MANUAL).any():
+            manual = np.flatnonzero(out == MANUAL)
         first = np.union1d(newly, manual)
         first = first[~self.ever_cut[online[first]]]
         self.ever_cut[online[first]] = True
-        reasons = (reason_of if reason_of is not None else inverse)[first]
+        reasons = position[st[first]].astype(np.int64)
+        if reason_at:
+            for k, device in enumerate(first.tolist()):
+                reasons[k] = reason_at.get(device, reasons[k])
         for index, count in zip(*np.unique(reasons, return_counts=True), strict=True):
             cause = causes[int(index)]
             if cause is not None:
@@ -406,8 +439,9 @@ class _Run:
             self.cut_days += self._by_class(online[manual]) * manual_days
             self.ever_manual[online[manual]] = True
             r.returned_days.extend([float(manual_days)] * int(manual.size))
-        self._set_status(online[changed], out[changed])
-        self.ids[online] = new
+        self._set_status(online[changed], out_changed)
+        if new is not None:
+            self.ids[online] = new
 
     def end_exposure(self, online_mask: npt.NDArray[np.bool_], tick: int) -> None:
         """Exposed devices that met the server this week: does their new state trust the key?"""

@@ -269,8 +269,10 @@ class _Builder:
                 root_ca=timedelta(days=root_years * DAYS_PER_YEAR),
             ),
         )
+        # One handle on the site (and its database) for every ceremony of the run.
+        self.dd = DataDir(self.data)
         self.renew_by = self._renewal_dates()
-        self.world.homing_root_ca.append(DataDir(self.data).certificate("root-ca.pem"))
+        self.world.homing_root_ca.append(self.dd.certificate("root-ca.pem"))
         self._snapshot_homing(0)
         self.world.homing.append(self._homing_chain())
         self.public_site = (
@@ -293,7 +295,7 @@ class _Builder:
                 # The server re-signs snapshot and timestamp on its own; a copy per
                 # certificate means a device's refresh always meets the chain it
                 # would meet in that period, with fresh metadata.
-                ceremonies.refresh_snapshot(self.data, tick_time(tick))
+                ceremonies.refresh_snapshot(self.dd, tick_time(tick))
                 changed_too = True
             if (changed or changed_too) and not frozen:
                 self._snapshot_homing(tick)
@@ -308,7 +310,7 @@ class _Builder:
             setattr(world, name, values)
         world.compromise_tick = self.plan.compromise
         _announcements(world, self.plan, self.scenario.server.announce_days)
-        DataDir(self.data).close()
+        self.dd.close()
         if self.public_site is not None:
             self.public_site.close()
         return world
@@ -358,12 +360,12 @@ class _Builder:
         }
         # What the server re-signs on its own (snapshot weekly, timestamp daily):
         # the freshest metadata an attacker can replay.
-        ceremonies.refresh_snapshot(self.data, now)
+        ceremonies.refresh_snapshot(self.dd, now)
         world.replay_dir = self.workdir / "replay"
         shutil.copytree(self.data / "repository", world.replay_dir)
         if self.public_site is not None:
             world.public_replay_dir = self.public_site.replay(now)
-        ceremonies.rotate_issuing_ca(self.data, "server", now)
+        ceremonies.rotate_issuing_ca(self.dd, "server", now)
         world.events.append((tick, "the server's TLS key is stolen; keys and CAs rotate"))
         return True, True
 
@@ -380,28 +382,28 @@ class _Builder:
         plan, now, events = self.plan, tick_time(tick), self.world.events
         renewed_device_ca = False
         if tick in plan.ca_rotations and not renewed:
-            ceremonies.rotate_issuing_ca(self.data, "server", now)
+            ceremonies.rotate_issuing_ca(self.dd, "server", now)
             changed = renewed = True
             events.append((tick, "issuing CA rotated (homing promotes its backup key)"))
         if tick in plan.root_rotations:
-            ceremonies.rotate_root(self.data, now)
+            ceremonies.rotate_root(self.dd, now)
             changed = True
             events.append((tick, "homing root keys rotated (root N+1 signed by N)"))
         # The operator's calendar: whatever would expire within a year is
         # renewed now, exactly as docs/ceremonies.md asks of a real operator.
         if now >= self.renew_by["root"]:
-            ceremonies.rotate_root(self.data, now)
+            ceremonies.rotate_root(self.dd, now)
             changed = True
             events.append((tick, "homing root renewed before it expires"))
         if now >= self.renew_by["server-ca"] and not renewed:
-            ceremonies.rotate_issuing_ca(self.data, "server", now)
+            ceremonies.rotate_issuing_ca(self.dd, "server", now)
             changed = renewed = True
             events.append((tick, "issuing CA rotated before it expires"))
         if now >= self.renew_by["device-ca"]:
-            ceremonies.rotate_issuing_ca(self.data, "device", now)
+            ceremonies.rotate_issuing_ca(self.dd, "device", now)
             renewed_device_ca = True
         if tick > 0 and tick % year_tick(1.0) == 0 and not changed:
-            ceremonies.refresh_targets(self.data, now)  # targets live two years
+            ceremonies.refresh_targets(self.dd, now)  # targets live two years
             changed = True
         if changed or renewed or renewed_device_ca:
             self.renew_by = self._renewal_dates()
@@ -409,7 +411,7 @@ class _Builder:
 
     def _renewal_dates(self) -> dict[str, datetime]:
         """When the TUF root and each issuing CA must be renewed: a year before they expire."""
-        dd = DataDir(self.data)
+        dd = self.dd
         margin = timedelta(days=DAYS_PER_YEAR)
         root = dd.repository(dd.settings()).root().signed.expires
         return {
@@ -429,7 +431,7 @@ class _Builder:
         self.world.public.append(self.public_ca.chain(key, self.key_index, tick, days))
         self.world.private.append(self.private_ca.chain(key, self.key_index, tick, days))
         if not homing_renewed:
-            ceremonies.rotate_server_cert(self.data, tick_time(tick))
+            ceremonies.rotate_server_cert(self.dd, tick_time(tick))
         self.world.homing.append(self._homing_chain())
         return True
 
@@ -449,13 +451,13 @@ class _Builder:
     def _lapses(self, tick: int) -> None:
         """A role signed to expire at the next tick and left so; re-signed when the lapse ends."""
         for role, start, _ in self.plan.lapse_starting(tick):
-            _sign_role(self.data, role, tick_time(tick), until=tick_time(start))
+            _sign_role(self.dd, role, tick_time(tick), until=tick_time(start))
             self._snapshot_homing(tick)
             if role in ("timestamp", "snapshot"):
                 self.world.homing_lapsed[len(self.world.homing_states) - 1] = tick_time(start)
             self.world.events.append((start, f"the operator lets the {role} metadata lapse"))
         for role, _, _ in self.plan.lapse_ending(tick):
-            _sign_role(self.data, role, tick_time(tick))
+            _sign_role(self.dd, role, tick_time(tick))
             self.renew_by = self._renewal_dates()
             self._snapshot_homing(tick)
             self.world.events.append((tick, f"the {role} metadata is re-signed"))
@@ -464,7 +466,7 @@ class _Builder:
         """The device CA's key is stolen: homing promotes its backup and distrusts the old."""
         if tick not in self.plan.device_ca_compromises:
             return
-        ceremonies.rotate_issuing_ca(self.data, "device", tick_time(tick))
+        ceremonies.rotate_issuing_ca(self.dd, "device", tick_time(tick))
         self.world.device_ca_distrusted = (*self.world.device_ca_distrusted, tick)
         self.world.events.append(
             (tick, "the device CA's key is stolen: its certificates are distrusted")
@@ -478,7 +480,7 @@ class _Builder:
         self.world.events.append((tick, "firmware signing key rotated"))
         if frozen:
             return False
-        ceremonies.rotate_firmware_key(self.data, tick_time(tick))
+        ceremonies.rotate_firmware_key(self.dd, tick_time(tick))
         return True
 
     # -- firmware and the per-tick record --------------------------------------
@@ -532,9 +534,8 @@ class _Builder:
             at["anchors_at"][tick] = self._anchors(self.private_ca.authority.certificate)
 
 
-def _sign_role(data: Path, role: str, now: datetime, until: datetime | None = None) -> None:
-    """Re-sign ``role`` of the site at ``data``, to expire at ``until`` (default: as usual)."""
-    dd = DataDir(data)
+def _sign_role(dd: DataDir, role: str, now: datetime, until: datetime | None = None) -> None:
+    """Re-sign ``role`` of the site ``dd``, to expire at ``until`` (default: as usual)."""
     settings = dd.settings()
     usual = dict(settings.expiry_days)
     if until is not None:
@@ -543,19 +544,18 @@ def _sign_role(data: Path, role: str, now: datetime, until: datetime | None = No
     try:
         if role == "timestamp":
             # A fresh snapshot first: the timestamp is the role left to expire.
-            ceremonies.refresh_snapshot(data, now)
-            ceremonies.refresh_timestamp(data, now)
+            ceremonies.refresh_snapshot(dd, now)
+            ceremonies.refresh_timestamp(dd, now)
         elif role == "snapshot":
-            ceremonies.refresh_snapshot(data, now)
+            ceremonies.refresh_snapshot(dd, now)
         elif role == "targets":
-            ceremonies.refresh_targets(data, now)
+            ceremonies.refresh_targets(dd, now)
         else:
-            ceremonies.rotate_root(data, now)
+            ceremonies.rotate_root(dd, now)
     finally:
         if until is not None:
             settings.expiry_days = usual
             dd.save_settings(settings)
-        dd.close()
 
 
 def _announcements(world: World, plan: _Schedule, announce_days: int) -> None:
@@ -604,7 +604,7 @@ class _PublicSite:
                 root_ca=timedelta(days=root_years * DAYS_PER_YEAR),
             ),
         )
-        dd = DataDir(data)
+        dd = self.dd = DataDir(data)
         store = dd.keystore(dd.settings())
         # The server's keys are the world's keys: the public CA certifies them.
         store.store("server-acme-g1", builder.world.keys[0])
@@ -619,12 +619,12 @@ class _PublicSite:
         self.renew_root_by = self._root_renewal()
 
     def _root_renewal(self) -> datetime:
-        dd = DataDir(self.data)
+        dd = self.dd
         return dd.repository(dd.settings()).root().signed.expires - timedelta(days=DAYS_PER_YEAR)
 
     def replay(self, now: datetime) -> Path:
         """The freshest metadata an attacker holding the stolen key can replay."""
-        ceremonies.refresh_snapshot(self.data, now)
+        ceremonies.refresh_snapshot(self.dd, now)
         target = self.builder.workdir / "public-replay"
         shutil.copytree(self.data / "repository", target)
         return target
@@ -635,11 +635,11 @@ class _PublicSite:
         if b.plan.frozen(tick):
             return
         for role, _, _ in b.plan.lapse_ending(tick):
-            _sign_role(self.data, role, now)
+            _sign_role(self.dd, role, now)
             self.renew_root_by = self._root_renewal()
         self._usual(tick)
         for role, start, _ in b.plan.lapse_starting(tick):
-            _sign_role(self.data, role, now, until=tick_time(start))
+            _sign_role(self.dd, role, now, until=tick_time(start))
             self._copy(tick)
             if role in ("timestamp", "snapshot"):
                 b.world.homing_public_lapsed[len(b.world.homing_public_states) - 1] = tick_time(
@@ -661,38 +661,38 @@ class _PublicSite:
         installed = False  # the served chain
         if tick == b.plan.public_successor and b.public_next is not None:
             roots = [cert for cert, _ in world.public_roots]
-            acme.set_public_roots(self.data, now, _pem_of(*roots))
+            acme.set_public_roots(self.dd, now, _pem_of(*roots))
             changed = True
         while self.served < len(world.public):
             chain = world.public[self.served]
             rotate = self.served > 0 and chain.key_index != world.public[self.served - 1].key_index
             acme.install_certificate(
-                self.data,
+                self.dd,
                 now,
                 _pem_of(chain.leaf, *chain.intermediates),
                 rotate_key=rotate,
                 next_backup=world.keys[chain.key_index + 1] if rotate else None,
             )
             if self.served == 0:
-                acme.set_tls_mode(self.data, now, "public")
+                acme.set_tls_mode(self.dd, now, "public")
             changed = changed or rotate or self.served == 0
             self.served += 1
             installed = True
         if now >= self.renew_root_by:
-            ceremonies.rotate_root(self.data, now)
+            ceremonies.rotate_root(self.dd, now)
             self.renew_root_by = self._root_renewal()
             changed = True
         if tick > 0 and tick % year_tick(1.0) == 0 and not changed:
-            ceremonies.refresh_targets(self.data, now)
+            ceremonies.refresh_targets(self.dd, now)
             changed = True
         if installed and not changed:
             # As the private site: fresh metadata with every certificate.
-            ceremonies.refresh_snapshot(self.data, now)
+            ceremonies.refresh_snapshot(self.dd, now)
         if changed or installed:
             self._copy(tick)
 
     def close(self) -> None:
-        DataDir(self.data).close()
+        self.dd.close()
 
 
 def _pem_of(*certs: x509.Certificate) -> bytes:
