@@ -50,6 +50,8 @@ from homing.pki.keys import generate_tls_key
 __all__ = ["Results", "StrategyResult", "simulate"]
 
 CERT_EXPIRED = Cause.CERT_EXPIRED
+# Later than any tick of a run.
+_FAR = 2**31 - 1
 
 
 @dataclass
@@ -238,7 +240,7 @@ class _Run:
         self.ids = np.full(n, -1, np.int32)
         self.status = np.full(n, OK, np.int8)
         self.cert_expiry = np.zeros(n, np.int32)
-        self.renew_at = np.zeros(n, np.int32)
+        self.renew_at = np.full(n, _FAR, np.int32)
         self.cut_since = np.full(n, -1, np.int32)
         self.ever_cut = np.zeros(n, np.bool_)
         self.ever_manual = np.zeros(n, np.bool_)
@@ -251,6 +253,9 @@ class _Run:
         self.cut_now = np.zeros(classes, np.int64)
         # Devices whose status is not OK (cut off, by hand, caught up, refused).
         self.unsettled = 0
+        # The earliest renewal time of any device, and the devices per state id.
+        self.next_due = _FAR
+        self._held: npt.NDArray[np.int64] | None = None
         self.renew_ticks, self.life_ticks = _certificate_ticks(strategy.device_cert_days)
         self.result = StrategyResult(strategy.name, strategy.summary)
 
@@ -261,6 +266,8 @@ class _Run:
             self.ids[devices[offsets == offset]] = self.states.intern((float(offset), made))
         self.cert_expiry[devices] = tick + self.life_ticks
         self.renew_at[devices] = tick + self.renew_ticks
+        self.next_due = min(self.next_due, tick + self.renew_ticks)
+        self._held = None
 
     def _skewed(self, answer: Callable[[Hashable, timedelta], Any]) -> Callable[[Hashable], Any]:
         """``answer(state, skew)`` for an interned (offset, state) key."""
@@ -271,6 +278,13 @@ class _Run:
             return answer(state, timedelta(days=offset))
 
         return per_key
+
+    def _held_by(self, known: int) -> npt.NDArray[np.int64]:
+        """How many made devices hold each state id (recounted only after states moved)."""
+        if self._held is None or self._held.size != known:
+            made = self.ids[self.ids >= 0]
+            self._held = np.bincount(made, minlength=known)
+        return self._held
 
     def _by_class(self, devices: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         return np.bincount(self.fleet.population[devices], minlength=self.cut_now.size)
@@ -294,8 +308,9 @@ class _Run:
         """The device CA's key was stolen: every certificate it issued is worthless from now."""
         made = self.ids >= 0
         self.cert_expiry[made] = np.minimum(self.cert_expiry[made], tick)
-        self.renew_at[made] = np.minimum(self.renew_at[made], tick)
+        self.renew_at[made] = np.minimum(self.renew_at[made], tick)  # due at once
         self.distrusted[made] = True
+        self.next_due = min(self.next_due, tick)
 
     def refuse(self, revoked: npt.NDArray[np.int64]) -> None:
         """Revoked devices reach home and are refused, by design: not cut off, never back."""
@@ -319,14 +334,27 @@ class _Run:
         values = np.array([answer(self.states.values[u]) for u in unique], dtype=dtype)
         return values[inverse]
 
-    def week(self, online: npt.NDArray[np.int64], tick: int, manual_days: int) -> None:
-        if online.size == 0:
-            return
+    def week(
+        self,
+        online: npt.NDArray[np.bool_],
+        offline: npt.NDArray[np.int64],
+        tick: int,
+        manual_days: int,
+    ) -> None:
+        """One week's contacts of the devices ``online`` (a mask over the fleet).
+
+        ``offline``: the devices made but not online. Every per-device step is
+        one pass over contiguous arrays (masks, lookups in per-state tables);
+        how many devices hold each state is kept as states move, so a week
+        counts only the offline devices to know who is calling.
+        """
         s, r = self.strategy, self.result
-        st = self.ids[online]
         known = len(self.states.values)
-        counts_all = np.bincount(st, minlength=known)
+        held_by = self._held_by(known)
+        counts_all = held_by - np.bincount(self.ids[offline], minlength=known)
         unique = np.flatnonzero(counts_all)
+        if unique.size == 0:
+            return
         counts = counts_all[unique]
         keys = [cast(tuple[float, Hashable], self.states.values[u]) for u in unique]
         contacts = [s.contact(state, tick, timedelta(days=offset)) for offset, state in keys]
@@ -346,8 +374,8 @@ class _Run:
         r.caught_up += int(counts[caught_u].sum())
         r.catch_up_ms += float(walk_u[caught_u] @ counts[caught_u])
         r.catch_up_requests += float(req_u[caught_u] @ counts[caught_u])
-        # Each device's contact, found through its state id (a table per present state).
-        position = np.zeros(known, np.int32)
+        # Which contact answered each state id.
+        position = np.zeros(known + 1, np.int32)
         position[unique] = np.arange(unique.size, dtype=np.int32)
         # A quiet week: every state answers OK and stays; only the devices whose status
         # is not OK (and those with certificate work) need touching.
@@ -355,19 +383,24 @@ class _Run:
         out: npt.NDArray[np.int8] | None = None
         new: npt.NDArray[np.int32] | None = None
         if not quiet:
-            out = np.zeros(known, np.int8)
-            out[unique] = out_u
-            out = out[st]
-            new = np.zeros(known, np.int32)
-            new[unique] = new_u
-            new = new[st]
+            # Tables indexed by state id; the last entry answers for -1 (not made yet).
+            out_table = np.zeros(known + 1, np.int8)
+            out_table[unique] = out_u
+            out = np.take(out_table, self.ids)
+            if not (new_u == unique).all():
+                new_table = np.arange(known + 1, dtype=np.int32)
+                new_table[unique] = new_u
+                new_table[known] = -1
+                new = np.take(new_table, self.ids)
+                new[offline] = self.ids[offline]
 
         # Certificates: only the devices past their renewal time have anything to do.
         reason_at: dict[int, int] = {}
-        due = np.flatnonzero(self.renew_at[online] <= tick)
+        due = np.zeros(0, np.int64)
+        if self.next_due <= tick:
+            due = np.flatnonzero((self.renew_at <= tick) & online)
         if due.size:
-            devices = online[due]
-            expired = self.cert_expiry[devices] <= tick
+            expired = self.cert_expiry[due] <= tick
             due_out = out[due] if out is not None else np.zeros(due.size, np.int8)
             connected = due_out != CUT_OFF
             caught = due_out == CAUGHT_UP
@@ -380,19 +413,20 @@ class _Run:
                 recovered = np.zeros_like(expired)
                 lost = expired & connected
                 if lost.any():
-                    if out is None or new is None:
-                        out = np.zeros(online.size, np.int8)
-                        new = st.copy()
+                    if out is None:
+                        out = np.zeros(self.ids.size, np.int8)
+                    if new is None:
+                        new = self.ids.copy()
                     gone = due[lost]
                     # It reached home and was refused: whatever it caught up is undone.
                     was_caught = gone[out[gone] == CAUGHT_UP]
-                    at = position[st[was_caught]]
+                    at = position[self.ids[was_caught]]
                     r.caught_up -= int(was_caught.size)
                     r.catch_up_ms -= float(walk_u[at].sum())
                     r.catch_up_requests -= float(req_u[at].sum())
                     out[gone] = CUT_OFF
-                    new[gone] = st[gone]
-                    distrusted = self.distrusted[online[gone]]
+                    new[gone] = self.ids[gone]
+                    distrusted = self.distrusted[gone]
                     causes += [CERT_EXPIRED, Cause.DEVICE_CA_DISTRUSTED]
                     for g, d in zip(gone.tolist(), distrusted.tolist(), strict=True):
                         reason_at[g] = len(causes) - (1 if d else 2)
@@ -401,30 +435,31 @@ class _Run:
             r.certificate_renewals += int(renew.sum())
             r.requests += int(renew.sum())
             r.catch_up_requests += float((renew & caught).sum())
-            fresh = devices[renew | recovered]
+            fresh = due[renew | recovered]
             self.cert_expiry[fresh] = tick + self.life_ticks
             self.renew_at[fresh] = tick + self.renew_ticks
             self.distrusted[fresh] = False
+            self.next_due = int(self.renew_at.min())
 
-        old = self.status[online]
         if out is None:
             if self.unsettled == 0:
                 return  # every device OK before and after, none moved
-            changed = np.flatnonzero(old != OK)
+            changed = np.flatnonzero((self.status != OK) & online)
             out_changed = np.zeros(changed.size, np.int8)
         else:
-            changed = np.flatnonzero(old != out)
+            changed = np.flatnonzero((self.status != out) & online)
             out_changed = out[changed]
+        old_changed = self.status[changed]
         newly = changed[out_changed == CUT_OFF]
-        back = changed[old[changed] == CUT_OFF]
-        self.cut_since[online[newly]] = tick
+        back = changed[old_changed == CUT_OFF]
+        self.cut_since[newly] = tick
         manual = changed[:0]
         if out is not None and (out_u == MANUAL).any():
-            manual = np.flatnonzero(out == MANUAL)
+            manual = np.flatnonzero((out == MANUAL) & online)
         first = np.union1d(newly, manual)
-        first = first[~self.ever_cut[online[first]]]
-        self.ever_cut[online[first]] = True
-        reasons = position[st[first]].astype(np.int64)
+        first = first[~self.ever_cut[first]]
+        self.ever_cut[first] = True
+        reasons = position[self.ids[first]].astype(np.int64)
         if reason_at:
             for k, device in enumerate(first.tolist()):
                 reasons[k] = reason_at.get(device, reasons[k])
@@ -432,16 +467,17 @@ class _Run:
             cause = causes[int(index)]
             if cause is not None:
                 r.reasons[cause] += int(count)
-        r.returned_days.extend(((tick - self.cut_since[online[back]]) * DAYS_PER_TICK).tolist())
+        r.returned_days.extend(((tick - self.cut_since[back]) * DAYS_PER_TICK).tolist())
         if manual.size:
             r.manual_recovery_events += int(manual.size)
             # Cut off until the hand came: that many days, in the device's class.
-            self.cut_days += self._by_class(online[manual]) * manual_days
-            self.ever_manual[online[manual]] = True
+            self.cut_days += self._by_class(manual) * manual_days
+            self.ever_manual[manual] = True
             r.returned_days.extend([float(manual_days)] * int(manual.size))
-        self._set_status(online[changed], out_changed)
+        self._set_status(changed, out_changed)
         if new is not None:
-            self.ids[online] = new
+            self.ids = new
+            self._held = None  # states moved: count again at the next week
 
     def end_exposure(self, online_mask: npt.NDArray[np.bool_], tick: int) -> None:
         """Exposed devices that met the server this week: does their new state trust the key?"""
@@ -526,9 +562,11 @@ def _run(
             made = made_tick <= tick
             deployed_mask = fleet.deployed(tick) & made
             online_mask = fleet.online(tick) & made
-            online = np.flatnonzero(online_mask)
-            revoked = fleet.revoked[online] <= tick * DAYS_PER_TICK
-            refused, online = online[revoked], online[~revoked]
+            revoked = online_mask & (fleet.revoked <= tick * DAYS_PER_TICK)
+            refused = np.flatnonzero(revoked)
+            if refused.size:
+                online_mask &= ~revoked
+            offline = np.flatnonzero(made & ~online_mask)
             deployed_count = max(1, int(deployed_mask.sum()))
             low, high = np.searchsorted(
                 ends, [(tick - 1) * DAYS_PER_TICK, tick * DAYS_PER_TICK], "right"
@@ -544,7 +582,7 @@ def _run(
                 run.retire(dead)
                 if refused.size:
                     run.refuse(refused)
-                run.week(online, tick, scenario.policy.manual_update_days)
+                run.week(online_mask, offline, tick, scenario.policy.manual_update_days)
                 if compromise is not None and tick >= compromise:
                     run.end_exposure(online_mask, tick)
                 cut = run.count_cut_off()
