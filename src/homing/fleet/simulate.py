@@ -11,12 +11,15 @@ certificates. A device makes its week's contact at the start of the week.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import os
 import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -219,6 +222,29 @@ def _certificate_ticks(days: int) -> tuple[int, int]:
             expire = tick
         tick += 1
     return (renew if renew is not None else expire), expire
+
+
+@dataclass(frozen=True)
+class _Week:
+    """What every strategy's run shares in one week."""
+
+    tick: int
+    assembled: npt.NDArray[np.int64]
+    deployed: npt.NDArray[np.bool_]
+    online: npt.NDArray[np.bool_]
+    offline: npt.NDArray[np.int64]  # made, not online
+    refused: npt.NDArray[np.int64]  # online, revoked
+    dead: npt.NDArray[np.int64]  # at the end of their life this week
+    deployed_count: int
+
+
+@dataclass(frozen=True)
+class _Events:
+    """The run's events that touch every strategy's devices."""
+
+    compromise: int | None
+    device_ca_distrusted: frozenset[int]
+    manual_days: int
 
 
 class _Run:
@@ -479,6 +505,23 @@ class _Run:
             self.ids = new
             self._held = None  # states moved: count again at the next week
 
+    def step(self, w: _Week, events: _Events) -> None:
+        """This strategy's devices through one week."""
+        if w.assembled.size:
+            self.assemble(w.assembled, w.tick)
+        if w.tick == events.compromise:
+            self.start_exposure(np.flatnonzero(w.deployed), w.tick)
+        if w.tick in events.device_ca_distrusted:
+            self.distrust_certificates(w.tick)
+        self.retire(w.dead)
+        if w.refused.size:
+            self.refuse(w.refused)
+        self.week(w.online, w.offline, w.tick, events.manual_days)
+        if events.compromise is not None and w.tick >= events.compromise:
+            self.end_exposure(w.online, w.tick)
+        cut = self.count_cut_off()
+        self.result.connected.append(1.0 - cut / w.deployed_count)
+
     def end_exposure(self, online_mask: npt.NDArray[np.bool_], tick: int) -> None:
         """Exposed devices that met the server this week: does their new state trust the key?"""
         self._watch = self._watch[self.exposure_end[self._watch] > tick * DAYS_PER_TICK]
@@ -553,6 +596,10 @@ def _run(
     compromise = world.compromise_tick
     compromise_day = compromise * DAYS_PER_TICK if compromise is not None else None
     run_days = world.ticks * DAYS_PER_TICK
+    pool = ThreadPoolExecutor(max_workers=max(1, min(len(runs), os.cpu_count() or 1)))
+    events = _Events(
+        compromise, frozenset(world.device_ca_distrusted), scenario.policy.manual_update_days
+    )
     # Devices in order of their end of life: those that die in a week are a slice.
     by_end = np.argsort(fleet.ends, kind="stable")
     ends = fleet.ends[by_end]
@@ -572,21 +619,12 @@ def _run(
                 ends, [(tick - 1) * DAYS_PER_TICK, tick * DAYS_PER_TICK], "right"
             )
             dead = by_end[low:high] if tick else by_end[:0]
-            for run in runs:
-                if assembled.size:
-                    run.assemble(assembled, tick)
-                if tick == compromise:
-                    run.start_exposure(np.flatnonzero(deployed_mask), tick)
-                if tick in world.device_ca_distrusted:
-                    run.distrust_certificates(tick)
-                run.retire(dead)
-                if refused.size:
-                    run.refuse(refused)
-                run.week(online_mask, offline, tick, scenario.policy.manual_update_days)
-                if compromise is not None and tick >= compromise:
-                    run.end_exposure(online_mask, tick)
-                cut = run.count_cut_off()
-                run.result.connected.append(1.0 - cut / deployed_count)
+
+            week = _Week(
+                tick, assembled, deployed_mask, online_mask, offline, refused, dead, deployed_count
+            )
+            # Strategies are independent and numpy releases the GIL: both cores work.
+            list(pool.map(_Run.step, runs, itertools.repeat(week), itertools.repeat(events)))
             if progress is not None:
                 progress(tick + 1, world.ticks)
         for run in runs:
@@ -596,6 +634,7 @@ def _run(
         if homing is not None and compromise is not None:
             ts_days = (homing.replay_expires() - tick_time(compromise)).total_seconds() / 86400
     finally:
+        pool.shutdown()
         for run in runs:
             if isinstance(run.strategy, Homing):
                 run.strategy.close()
