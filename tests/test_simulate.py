@@ -169,6 +169,7 @@ def test_homing_devices_really_verify_the_metadata(tmp_path: Path) -> None:
         path = metadata / f"{version}.root.json"
         root = Metadata.from_file(str(path))
         root.signed.expires = root.signed.expires.replace(year=root.signed.expires.year + 1)
+        path.unlink()  # a new file, as the repository writes them (states share unchanged ones)
         path.write_bytes(root.to_bytes())  # signatures no longer match
         stale = next(s.index for s in world.homing_states if s.index > 0 and s.tick > 0)
         homing._walks.clear()
@@ -384,3 +385,10 @@ def test_dated_events_are_parsed_strictly() -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             scenario_from_dict(doc)
+
+
+def test_a_stolen_server_ca_is_refused_until_it_is_simulated() -> None:
+    """Not simulated yet: refused in one clear line rather than silently ignored."""
+    scenario = scenario_from_dict({"ca_compromise": [{"ca": "server", "at": 1.0}]})
+    with pytest.raises(ConfigError, match="not simulated yet"):
+        simulate(scenario.with_fleet(devices=10), ["homing"])

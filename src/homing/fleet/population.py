@@ -61,14 +61,14 @@ class Fleet:
         start, end = tick * DAYS_PER_TICK, (tick + 1) * DAYS_PER_TICK
         return (self.shipped < end) & (self.ends > start)
 
-    def online(self, tick: int) -> Bools:
+    def online(self, tick: int, deployed: Bools | None = None) -> Bools:
         """Whether each device reaches the network at some point in this tick.
 
         Each pattern's rule runs on its own devices only (their indices are
         found once), so a week costs little more than the deployed check.
         """
         start, end = tick * DAYS_PER_TICK, (tick + 1) * DAYS_PER_TICK
-        online = self.deployed(tick)
+        online = self.deployed(tick) if deployed is None else deployed.copy()
         daily, seasonal, outage = self._members()
         if daily.size:
             # The draw is for every device, as the run is defined by the seed; only

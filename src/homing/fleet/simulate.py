@@ -197,6 +197,13 @@ def _group(
     return unique, position[ids]
 
 
+def _padded(counts: npt.NDArray[np.int64], size: int) -> npt.NDArray[np.int64]:
+    """Counts per state id, with zeros for ids interned since they were counted."""
+    if counts.size >= size:
+        return counts[:size]
+    return np.concatenate([counts, np.zeros(size - counts.size, counts.dtype)])
+
+
 def _certificate_ticks(days: int) -> tuple[int, int]:
     """(renew after, expired after) in ticks, found by the agent's rule on a real certificate."""
     key = generate_tls_key()
@@ -282,6 +289,7 @@ class _Run:
         # The earliest renewal time of any device, and the devices per state id.
         self.next_due = _FAR
         self._held: npt.NDArray[np.int64] | None = None
+        self._offline: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
         self.renew_ticks, self.life_ticks = _certificate_ticks(strategy.device_cert_days)
         self.result = StrategyResult(strategy.name, strategy.summary)
 
@@ -293,7 +301,7 @@ class _Run:
         self.cert_expiry[devices] = tick + self.life_ticks
         self.renew_at[devices] = tick + self.renew_ticks
         self.next_due = min(self.next_due, tick + self.renew_ticks)
-        self._held = None
+        self._held = self._offline = None
 
     def _skewed(self, answer: Callable[[Hashable, timedelta], Any]) -> Callable[[Hashable], Any]:
         """``answer(state, skew)`` for an interned (offset, state) key."""
@@ -307,10 +315,15 @@ class _Run:
 
     def _held_by(self, known: int) -> npt.NDArray[np.int64]:
         """How many made devices hold each state id (recounted only after states moved)."""
-        if self._held is None or self._held.size != known:
-            made = self.ids[self.ids >= 0]
-            self._held = np.bincount(made, minlength=known)
-        return self._held
+        if self._held is None:
+            self._held = np.bincount(self.ids[self.ids >= 0], minlength=known)
+        return _padded(self._held, known)
+
+    def _offline_by(self, offline: npt.NDArray[np.int64], known: int) -> npt.NDArray[np.int64]:
+        """How many offline devices hold each state id; the same offline set is counted once."""
+        if self._offline is None or self._offline[0] is not offline:
+            self._offline = (offline, np.bincount(self.ids[offline], minlength=known))
+        return _padded(self._offline[1], known)
 
     def _by_class(self, devices: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         return np.bincount(self.fleet.population[devices], minlength=self.cut_now.size)
@@ -376,8 +389,7 @@ class _Run:
         """
         s, r = self.strategy, self.result
         known = len(self.states.values)
-        held_by = self._held_by(known)
-        counts_all = held_by - np.bincount(self.ids[offline], minlength=known)
+        counts_all = self._held_by(known) - self._offline_by(offline, known)
         unique = np.flatnonzero(counts_all)
         if unique.size == 0:
             return
@@ -503,7 +515,7 @@ class _Run:
         self._set_status(changed, out_changed)
         if new is not None:
             self.ids = new
-            self._held = None  # states moved: count again at the next week
+            self._held = self._offline = None  # states moved: count again at the next week
 
     def step(self, w: _Week, events: _Events) -> None:
         """This strategy's devices through one week."""
@@ -570,6 +582,12 @@ def simulate(
     if unknown:
         raise ConfigError(f"unknown strategy {unknown[0]!r}: choose from {', '.join(STRATEGIES)}")
     names = list(dict.fromkeys(names))
+    if any(c.ca == "server" for c in scenario.ca_compromises):
+        raise ConfigError(
+            'ca_compromise with ca = "server" is not simulated yet: the exposure to a stolen '
+            "server-issuing CA key needs its own attacker chains (docs/simulator.md); use "
+            "events.key_compromise for a stolen server TLS key"
+        )
     scratch = Path(tempfile.mkdtemp(prefix="homing-world-", dir=workdir))
     # The agent warns about every clock behind its time floor; here that is the scenario.
     agent_log = logging.getLogger("homing.agent.agent")
@@ -602,18 +620,25 @@ def _run(
     )
     # Devices in order of their end of life: those that die in a week are a slice.
     by_end = np.argsort(fleet.ends, kind="stable")
+    first_revocation = float(fleet.revoked.min()) if fleet.size else math.inf
+    previous_offline = by_end[:0]
     ends = fleet.ends[by_end]
     try:
         for tick in range(world.ticks):
             assembled = np.flatnonzero(made_tick == tick)
             made = made_tick <= tick
-            deployed_mask = fleet.deployed(tick) & made
-            online_mask = fleet.online(tick) & made
-            revoked = online_mask & (fleet.revoked <= tick * DAYS_PER_TICK)
-            refused = np.flatnonzero(revoked)
-            if refused.size:
+            deployed = fleet.deployed(tick)
+            deployed_mask = deployed & made
+            online_mask = fleet.online(tick, deployed) & made
+            refused = by_end[:0]
+            if tick * DAYS_PER_TICK >= first_revocation:
+                revoked = online_mask & (fleet.revoked <= tick * DAYS_PER_TICK)
+                refused = np.flatnonzero(revoked)
                 online_mask &= ~revoked
             offline = np.flatnonzero(made & ~online_mask)
+            if np.array_equal(offline, previous_offline):
+                offline = previous_offline  # the same devices: their counts are reused
+            previous_offline = offline
             deployed_count = max(1, int(deployed_mask.sum()))
             low, high = np.searchsorted(
                 ends, [(tick - 1) * DAYS_PER_TICK, tick * DAYS_PER_TICK], "right"

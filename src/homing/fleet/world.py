@@ -15,6 +15,7 @@ Time is counted in ticks of one simulated week from ``START``.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -362,7 +363,7 @@ class _Builder:
         # the freshest metadata an attacker can replay.
         ceremonies.refresh_snapshot(self.dd, now)
         world.replay_dir = self.workdir / "replay"
-        shutil.copytree(self.data / "repository", world.replay_dir)
+        _snapshot(self.data / "repository", world.replay_dir)
         if self.public_site is not None:
             world.public_replay_dir = self.public_site.replay(now)
         ceremonies.rotate_issuing_ca(self.dd, "server", now)
@@ -443,7 +444,7 @@ class _Builder:
     def _snapshot_homing(self, tick: int) -> None:
         index = len(self.world.homing_states)
         target = self.workdir / "homing-states" / str(index)
-        shutil.copytree(self.data / "repository", target)
+        _snapshot(self.data / "repository", target)
         self.world.homing_states.append(HomingState(index, tick, target))
 
     # -- an operator's lapse, a stolen device CA, the firmware key ------------------
@@ -532,6 +533,16 @@ class _Builder:
         else:
             assert self.private_ca.authority is not None
             at["anchors_at"][tick] = self._anchors(self.private_ca.authority.certificate)
+
+
+def _snapshot(repository: Path, target: Path) -> None:
+    """A copy of the published repository as it is now, by hard links.
+
+    The repository never changes a file in place (every write is a new file
+    renamed over the old), so a linked copy keeps exactly what was
+    published while costing no data copy.
+    """
+    shutil.copytree(repository, target, copy_function=os.link)
 
 
 def _sign_role(dd: DataDir, role: str, now: datetime, until: datetime | None = None) -> None:
@@ -626,7 +637,7 @@ class _PublicSite:
         """The freshest metadata an attacker holding the stolen key can replay."""
         ceremonies.refresh_snapshot(self.dd, now)
         target = self.builder.workdir / "public-replay"
-        shutil.copytree(self.data / "repository", target)
+        _snapshot(self.data / "repository", target)
         return target
 
     def step(self, tick: int) -> None:
@@ -650,7 +661,7 @@ class _PublicSite:
         world = self.builder.world
         index = len(world.homing_public_states)
         target = self.builder.workdir / "homing-public-states" / str(index)
-        shutil.copytree(self.data / "repository", target)
+        _snapshot(self.data / "repository", target)
         world.homing_public_states.append(HomingState(index, tick, target))
 
     def _usual(self, tick: int) -> None:
