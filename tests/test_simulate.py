@@ -387,8 +387,24 @@ def test_dated_events_are_parsed_strictly() -> None:
             scenario_from_dict(doc)
 
 
-def test_a_stolen_server_ca_is_refused_until_it_is_simulated() -> None:
-    """Not simulated yet: refused in one clear line rather than silently ignored."""
-    scenario = scenario_from_dict({"ca_compromise": [{"ca": "server", "at": 1.0}]})
-    with pytest.raises(ConfigError, match="not simulated yet"):
-        simulate(scenario.with_fleet(devices=10), ["homing"])
+def test_a_stolen_server_ca_fools_pinned_private_roots_for_years_and_homing_for_a_day() -> None:
+    """The attacker mints a certificate for home under the stolen issuing CA's key."""
+    scenario = load_scenario(SCENARIOS / "server-ca-compromise.toml").with_fleet(
+        devices=EVENT_DEVICES
+    )
+    results = {
+        s.name: s for s in simulate(scenario, ["private-ca", "public-ca", "homing"]).strategies
+    }
+    private = results["private-ca"].exposures["server CA key"]
+    homing = results["homing"].exposures["server CA key"]
+    public = results["public-ca"].exposures["server CA key"]
+    # The pinned private root still vouches for the stolen CA until it expires.
+    assert private["exposed_devices"] > EVENT_DEVICES / 2
+    assert private["longest_exposure_days"] is None or private["longest_exposure_days"] > 365
+    # homing drops the stolen CA's pin at once; a device that has not heard of it is
+    # fooled at most until the attacker's freshest replayed timestamp expires.
+    assert homing["longest_exposure_days"] is not None
+    assert homing["longest_exposure_days"] <= 1.0
+    # A public-CA fleet never trusted the company's CA.
+    assert public["exposed_devices"] == 0
+    assert results["homing"].bricked == 0

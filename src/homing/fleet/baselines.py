@@ -16,7 +16,7 @@ from homing.fleet.strategy_base import (
     Strategy,
     _chain_valid,
 )
-from homing.fleet.world import tick_time
+from homing.fleet.world import Compromise, tick_time
 from homing.pki.keys import spki_pin
 
 __all__ = ["HPKP", "AnnounceNext", "FirmwarePins", "LeafFingerprint", "PrivateCA", "PublicCA"]
@@ -40,11 +40,12 @@ class LeafFingerprint(Strategy):
             return Contact(state, OK, 1)
         return Contact(state, CUT_OFF, 1, self.reason)
 
-    def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
+    def accepts_stolen(self, state: Hashable, moment: datetime, c: Compromise) -> bool:
         assert isinstance(state, int)
-        return self.world.stolen["public"].fingerprint == self._fingerprint(state)
+        stolen = c.stolen.get("public")
+        return stolen is not None and stolen.fingerprint == self._fingerprint(state)
 
-    def _exposure_candidates(self, state: Hashable) -> list[datetime]:
+    def _exposure_candidates(self, state: Hashable, c: Compromise) -> list[datetime]:
         return []  # a stored fingerprint never expires
 
 
@@ -77,12 +78,16 @@ class AnnounceNext(Strategy):
             upcoming, valid_from = int(w.announce_at[tick]), int(w.announce_from[tick])
         return Contact((pinned, upcoming, valid_from), OK, 1)
 
-    def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
+    def accepts_stolen(self, state: Hashable, moment: datetime, c: Compromise) -> bool:
         assert isinstance(state, tuple)
-        stolen = self.world.stolen["public"].fingerprint
-        return any(i >= 0 and self.world.public[i].fingerprint == stolen for i in state[:2])
+        chain = c.stolen.get("public")
+        if chain is None:
+            return False
+        return any(
+            i >= 0 and self.world.public[i].fingerprint == chain.fingerprint for i in state[:2]
+        )
 
-    def _exposure_candidates(self, state: Hashable) -> list[datetime]:
+    def _exposure_candidates(self, state: Hashable, c: Compromise) -> list[datetime]:
         return []
 
 
@@ -132,10 +137,11 @@ class PublicCA(Strategy):
         release, requests = self._update(state, tick)
         return Contact(release, OK, requests)
 
-    def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
+    def accepts_stolen(self, state: Hashable, moment: datetime, c: Compromise) -> bool:
         assert isinstance(state, int)
+        stolen = c.stolen.get("public")
         roots = self.world.releases[state].public_roots
-        return _chain_valid(self.world.stolen["public"], roots, moment)
+        return stolen is not None and _chain_valid(stolen, roots, moment)
 
 
 class HPKP(PublicCA):
@@ -162,18 +168,20 @@ class HPKP(PublicCA):
         max_age = max(1, round(self.scenario.policy.hpkp_max_age_days / DAYS_PER_TICK))
         return Contact((release, int(w.key_at[tick]), tick + max_age), OK, requests)
 
-    def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
+    def accepts_stolen(self, state: Hashable, moment: datetime, c: Compromise) -> bool:
         assert isinstance(state, tuple)
         release, pinned_key, until = state
-        stolen = self.world.stolen["public"]
+        stolen = c.stolen.get("public")
+        if stolen is None:
+            return False
         if not _chain_valid(stolen, self.world.releases[release].public_roots, moment):
             return False
         active = moment < tick_time(until)
         return not active or spki_pin(stolen.leaf) in self._pins(pinned_key)
 
-    def _exposure_candidates(self, state: Hashable) -> list[datetime]:
+    def _exposure_candidates(self, state: Hashable, c: Compromise) -> list[datetime]:
         assert isinstance(state, tuple)
-        return sorted([*super()._exposure_candidates(state), tick_time(state[2])])
+        return sorted([*super()._exposure_candidates(state, c), tick_time(state[2])])
 
 
 class PrivateCA(Strategy):
@@ -204,11 +212,11 @@ class PrivateCA(Strategy):
         clock = skew and self._private_ok(state, tick)
         return Contact(state, CUT_OFF, 1, Cause.CLOCK_WRONG if clock else self.reason)
 
-    def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
+    def accepts_stolen(self, state: Hashable, moment: datetime, c: Compromise) -> bool:
         assert isinstance(state, int)
-        return _chain_valid(
-            self.world.stolen["private"], self.world.private_anchor_sets[state], moment
-        )
+        stolen = c.stolen.get("private")
+        anchors = self.world.private_anchor_sets[state]
+        return stolen is not None and _chain_valid(stolen, anchors, moment)
 
 
 class FirmwarePins(Strategy):
@@ -233,10 +241,10 @@ class FirmwarePins(Strategy):
         stale = not w.can_install(state, newest)
         return Contact(newest, MANUAL, 0, Cause.FIRMWARE_KEY_RETIRED if stale else self.reason)
 
-    def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
+    def accepts_stolen(self, state: Hashable, moment: datetime, c: Compromise) -> bool:
         assert isinstance(state, int)
-        stolen = self.world.stolen["public"]
-        return spki_pin(stolen.leaf) in self.world.releases[state].key_pins
+        stolen = c.stolen.get("public")
+        return stolen is not None and spki_pin(stolen.leaf) in self.world.releases[state].key_pins
 
-    def _exposure_candidates(self, state: Hashable) -> list[datetime]:
+    def _exposure_candidates(self, state: Hashable, c: Compromise) -> list[datetime]:
         return []  # a pinned key does not expire

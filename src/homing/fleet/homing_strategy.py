@@ -31,7 +31,7 @@ from homing.fleet.strategy_base import (
     Contact,
     Strategy,
 )
-from homing.fleet.world import HOST, START, Chain, HomingState, World, tick_time
+from homing.fleet.world import HOST, START, Chain, Compromise, HomingState, World, tick_time
 from homing.fsutil import atomic_write
 from homing.pki.keys import generate_tls_key
 from homing.trust.client import DirectoryFetcher, TrustState, refresh_trust
@@ -129,7 +129,7 @@ class Homing(Strategy):
         self._pins: dict[int, PinPolicy] = {}
         self._device_states: dict[int, Path] = {}
         self._expiries: dict[int, tuple[datetime, datetime]] = {}
-        self._replay_expires: datetime | None = None
+        self._replay_expires: dict[str, datetime] = {}
 
     def close(self) -> None:
         shutil.rmtree(self._scratch, ignore_errors=True)
@@ -146,11 +146,8 @@ class Homing(Strategy):
         """The chain the server presents at ``tick``."""
         return self.world.homing[int(self.world.homing_at[tick])]
 
-    def _stolen(self) -> Chain:
-        return self.world.stolen["homing"]
-
-    def _replay(self) -> Path | None:
-        return self.world.replay_dir
+    # The name this site's devices go by in a theft's chains and replays.
+    family = "homing"
 
     def _state(self, index: int) -> HomingState:
         return self._states()[index]
@@ -339,15 +336,15 @@ class Homing(Strategy):
 
     # -- the stolen key ---------------------------------------------------------
 
-    def replay_expires(self) -> datetime:
+    def replay_expires(self, c: Compromise) -> datetime:
         """When the attacker's freshest replay (signed just before the response) stops working.
 
         Found and then checked with python-tuf: the replayed metadata is
         accepted a minute before its timestamp expires and refused a second
         after, so a device cannot be made to talk to the stolen key longer.
         """
-        if self._replay_expires is None:
-            replay = self._replay()
+        if c.what not in self._replay_expires:
+            replay = c.replay.get(self.family)
             assert replay is not None
             expires = (
                 Metadata[Timestamp]
@@ -362,17 +359,18 @@ class Homing(Strategy):
                     "replayed metadata did not expire when its timestamp did: "
                     f"{before.error or after.trust}"
                 )
-            self._replay_expires = expires
-        return self._replay_expires
+            self._replay_expires[c.what] = expires
+        return self._replay_expires[c.what]
 
-    def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
+    def accepts_stolen(self, state: Hashable, moment: datetime, c: Compromise) -> bool:
         assert isinstance(state, int)
-        if moment >= self.replay_expires():
+        stolen = c.stolen.get(self.family)
+        if stolen is None or moment >= self.replay_expires(c):
             return False
-        return self._pinned_ok(state, self._stolen(), moment)
+        return self._pinned_ok(state, stolen, moment)
 
-    def _exposure_candidates(self, state: Hashable) -> list[datetime]:
-        return sorted([*super()._exposure_candidates(state), self.replay_expires()])
+    def _exposure_candidates(self, state: Hashable, c: Compromise) -> list[datetime]:
+        return sorted([*super()._exposure_candidates(state, c), self.replay_expires(c)])
 
 
 class HomingPublicCA(Homing):
@@ -396,11 +394,7 @@ class HomingPublicCA(Homing):
     def _served(self, tick: int) -> Chain:
         return self.world.public[int(self.world.public_at[tick])]
 
-    def _stolen(self) -> Chain:
-        return self.world.stolen["public"]
-
-    def _replay(self) -> Path | None:
-        return self.world.public_replay_dir
+    family = "homing-public"
 
     def _lapses(self) -> dict[int, datetime]:
         return self.world.homing_public_lapsed

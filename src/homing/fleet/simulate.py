@@ -47,7 +47,7 @@ from homing.fleet.strategies import (
     Strategy,
     make,
 )
-from homing.fleet.world import World, build_world, tick_time
+from homing.fleet.world import Compromise, World, build_world, tick_time
 from homing.pki.keys import generate_tls_key
 
 __all__ = ["Results", "StrategyResult", "simulate"]
@@ -68,6 +68,8 @@ class StrategyResult:
     exposed_devices: int = 0
     exposure_device_days: float = 0.0
     exposure_max_days: float = 0.0
+    # Every theft's exposure, by what was stolen (the fields above: the TLS key).
+    exposures: dict[str, dict[str, Any]] = field(default_factory=dict)
     caught_up: int = 0
     catch_up_ms: float = 0.0
     catch_up_requests: float = 0.0
@@ -103,6 +105,7 @@ class StrategyResult:
             "manual_recoveries": self.manual_recoveries,
             "manual_recovery_events": self.manual_recovery_events,
             "devices_ever_cut_off": self.cut_off_devices,
+            "compromises": self.exposures,
             "compromise": {
                 "exposed_devices": self.exposed_devices,
                 "exposed_device_days": round(self.exposure_device_days, 2),
@@ -249,7 +252,7 @@ class _Week:
 class _Events:
     """The run's events that touch every strategy's devices."""
 
-    compromise: int | None
+    compromises: tuple[Compromise, ...]
     device_ca_distrusted: frozenset[int]
     manual_days: int
 
@@ -277,8 +280,9 @@ class _Run:
         self.cut_since = np.full(n, -1, np.int32)
         self.ever_cut = np.zeros(n, np.bool_)
         self.ever_manual = np.zeros(n, np.bool_)
-        self.exposure_end = np.full(n, -math.inf)
-        self._watch = np.zeros(0, np.int64)
+        # Per theft: the day each device stops accepting it, and who may still.
+        self.exposure_end: dict[str, npt.NDArray[np.float64]] = {}
+        self._watch: dict[str, npt.NDArray[np.int64]] = {}
         # Certificates issued by a device CA whose key was stolen (and so distrusted).
         self.distrusted = np.zeros(n, np.bool_)
         classes = len(fleet.population_names)
@@ -336,12 +340,14 @@ class _Run:
         self.unsettled += int((status != OK).sum()) - int((before != OK).sum())
         self.status[devices] = status
 
-    def start_exposure(self, deployed: npt.NDArray[np.int64], tick: int) -> None:
+    def start_exposure(self, deployed: npt.NDArray[np.int64], c: Compromise) -> None:
+        until = self.strategy.exposed_until
         ends = self._per_state(
-            self.ids[deployed], self._skewed(self.strategy.exposed_until), np.float64
+            self.ids[deployed], self._skewed(lambda state, skew: until(state, skew, c)), np.float64
         )
-        self.exposure_end[deployed] = ends
-        self._watch = deployed[ends > tick * DAYS_PER_TICK]
+        self.exposure_end[c.what] = np.full(self.ids.size, -math.inf)
+        self.exposure_end[c.what][deployed] = ends
+        self._watch[c.what] = deployed[ends > c.tick * DAYS_PER_TICK]
 
     def distrust_certificates(self, tick: int) -> None:
         """The device CA's key was stolen: every certificate it issued is worthless from now."""
@@ -521,35 +527,38 @@ class _Run:
         """This strategy's devices through one week."""
         if w.assembled.size:
             self.assemble(w.assembled, w.tick)
-        if w.tick == events.compromise:
-            self.start_exposure(np.flatnonzero(w.deployed), w.tick)
+        for c in events.compromises:
+            if w.tick == c.tick:
+                self.start_exposure(np.flatnonzero(w.deployed), c)
         if w.tick in events.device_ca_distrusted:
             self.distrust_certificates(w.tick)
         self.retire(w.dead)
         if w.refused.size:
             self.refuse(w.refused)
         self.week(w.online, w.offline, w.tick, events.manual_days)
-        if events.compromise is not None and w.tick >= events.compromise:
-            self.end_exposure(w.online, w.tick)
+        for c in events.compromises:
+            if w.tick >= c.tick:
+                self.end_exposure(w.online, w.tick, c)
         cut = self.count_cut_off()
         self.result.connected.append(1.0 - cut / w.deployed_count)
 
-    def end_exposure(self, online_mask: npt.NDArray[np.bool_], tick: int) -> None:
+    def end_exposure(self, online_mask: npt.NDArray[np.bool_], tick: int, c: Compromise) -> None:
         """Exposed devices that met the server this week: does their new state trust the key?"""
-        self._watch = self._watch[self.exposure_end[self._watch] > tick * DAYS_PER_TICK]
-        watch = self._watch[online_mask[self._watch]]
+        ends = self.exposure_end[c.what]
+        self._watch[c.what] = self._watch[c.what][ends[self._watch[c.what]] > tick * DAYS_PER_TICK]
+        watch = self._watch[c.what][online_mask[self._watch[c.what]]]
         if watch.size == 0:
             return
         moment = tick_time(tick)
         accepts = self._per_state(
             self.ids[watch],
-            self._skewed(lambda state, skew: self.strategy.accepts_stolen(state, moment + skew)),
+            self._skewed(lambda state, skew: self.strategy.accepts_stolen(state, moment + skew, c)),
             np.bool_,
         )
         stop = watch[~accepts]
-        self.exposure_end[stop] = np.minimum(self.exposure_end[stop], tick * DAYS_PER_TICK)
+        ends[stop] = np.minimum(ends[stop], tick * DAYS_PER_TICK)
 
-    def finish(self, fleet: Fleet, compromise_day: float | None, run_days: float) -> None:
+    def finish(self, fleet: Fleet, compromises: Sequence[Compromise], run_days: float) -> None:
         r = self.result
         made = self.ids >= 0
         r.bricked = int(((self.status == CUT_OFF) & made).sum())
@@ -560,14 +569,26 @@ class _Run:
         }
         r.cut_off_devices = int((self.ever_cut & made).sum())
         r.manual_recoveries = int(self.ever_manual.sum())
-        if compromise_day is not None:
-            ends = np.minimum(np.minimum(self.exposure_end, fleet.ends), run_days)
-            exposure = np.clip(ends - compromise_day, 0.0, None)
-            r.exposed_devices = int((exposure > 0).sum())
-            r.exposure_device_days = float(exposure.sum())
+        for c in compromises:
+            if c.what not in self.exposure_end:
+                continue
+            until = self.exposure_end[c.what]
+            ends = np.minimum(np.minimum(until, fleet.ends), run_days)
+            exposure = np.clip(ends - c.tick * DAYS_PER_TICK, 0.0, None)
+            exposed = int((exposure > 0).sum())
+            device_days = float(exposure.sum())
             longest = float(exposure.max()) if exposure.size else 0.0
-            never = (self.exposure_end == NEVER) & (fleet.ends > run_days) & (exposure > 0)
-            r.exposure_max_days = math.inf if never.any() else longest
+            never = (until == NEVER) & (fleet.ends > run_days) & (exposure > 0)
+            longest = math.inf if never.any() else longest
+            r.exposures[c.what] = {
+                "day": c.tick * DAYS_PER_TICK,
+                "exposed_devices": exposed,
+                "exposed_device_days": round(device_days, 2),
+                "longest_exposure_days": _finite(longest),
+            }
+            if c.what == "server TLS key":
+                r.exposed_devices, r.exposure_device_days = exposed, device_days
+                r.exposure_max_days = longest
 
 
 def simulate(
@@ -582,12 +603,6 @@ def simulate(
     if unknown:
         raise ConfigError(f"unknown strategy {unknown[0]!r}: choose from {', '.join(STRATEGIES)}")
     names = list(dict.fromkeys(names))
-    if any(c.ca == "server" for c in scenario.ca_compromises):
-        raise ConfigError(
-            'ca_compromise with ca = "server" is not simulated yet: the exposure to a stolen '
-            "server-issuing CA key needs its own attacker chains (docs/simulator.md); use "
-            "events.key_compromise for a stolen server TLS key"
-        )
     scratch = Path(tempfile.mkdtemp(prefix="homing-world-", dir=workdir))
     # The agent warns about every clock behind its time floor; here that is the scenario.
     agent_log = logging.getLogger("homing.agent.agent")
@@ -616,7 +631,9 @@ def _run(
     run_days = world.ticks * DAYS_PER_TICK
     pool = ThreadPoolExecutor(max_workers=max(1, min(len(runs), os.cpu_count() or 1)))
     events = _Events(
-        compromise, frozenset(world.device_ca_distrusted), scenario.policy.manual_update_days
+        tuple(world.compromises),
+        frozenset(world.device_ca_distrusted),
+        scenario.policy.manual_update_days,
     )
     # Devices in order of their end of life: those that die in a week are a slice.
     by_end = np.argsort(fleet.ends, kind="stable")
@@ -653,11 +670,12 @@ def _run(
             if progress is not None:
                 progress(tick + 1, world.ticks)
         for run in runs:
-            run.finish(fleet, compromise_day, run_days)
+            run.finish(fleet, world.compromises, run_days)
         ts_days = 1.0
         homing = next((r.strategy for r in runs if isinstance(r.strategy, Homing)), None)
-        if homing is not None and compromise is not None:
-            ts_days = (homing.replay_expires() - tick_time(compromise)).total_seconds() / 86400
+        key = next((c for c in world.compromises if c.what == "server TLS key"), None)
+        if homing is not None and key is not None:
+            ts_days = (homing.replay_expires(key) - tick_time(key.tick)).total_seconds() / 86400
     finally:
         pool.shutdown()
         for run in runs:

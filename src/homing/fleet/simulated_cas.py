@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -65,6 +66,16 @@ class SimulatedCA:
         )
         self.generation = 0
         self.authority: Authority | None = None
+
+    @classmethod
+    def around(cls, issuing: x509.Certificate, key: Any) -> SimulatedCA:
+        """An issuing CA that exists already (another site's), to issue with its key."""
+        ca = cls.__new__(cls)
+        ca.name = "stolen"
+        ca.root = issuing
+        ca.generation = 0
+        ca.authority = Authority(issuing, key, MemoryLedger())
+        return ca
 
     def new_issuing(self, tick: int) -> x509.Certificate:
         self.generation += 1

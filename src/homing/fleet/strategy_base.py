@@ -23,7 +23,7 @@ from cryptography import x509
 
 from homing.errors import ChainError
 from homing.fleet.scenario import Scenario
-from homing.fleet.world import HOST, START, Chain, World, tick_time
+from homing.fleet.world import HOST, START, Chain, Compromise, World, tick_time
 from homing.pki.validate import verify_server_chain
 
 __all__ = [
@@ -144,27 +144,24 @@ class Strategy:
         """A contact at ``tick``, by a device whose clock reads ``skew`` off the true time."""
         raise NotImplementedError
 
-    def accepts_stolen(self, state: Hashable, moment: datetime) -> bool:
-        """Whether this state accepts the stolen key when its clock reads ``moment``."""
+    def accepts_stolen(self, state: Hashable, moment: datetime, c: Compromise) -> bool:
+        """Whether this state accepts theft ``c``'s chain when its clock reads ``moment``."""
         raise NotImplementedError
 
-    def exposed_until(self, state: Hashable, skew: timedelta = ZERO) -> float:
+    def exposed_until(self, state: Hashable, skew: timedelta, c: Compromise) -> float:
         """Days from START until this state stops accepting the stolen key without a contact."""
-        tick = self.world.compromise_tick
-        assert tick is not None
-        start = tick_time(tick)
-        if not self.accepts_stolen(state, start + skew):
+        start = tick_time(c.tick)
+        if not self.accepts_stolen(state, start + skew, c):
             return days(start)
-        for moment in self._exposure_candidates(state):
-            if moment > start + skew and not self.accepts_stolen(state, moment):
+        for moment in self._exposure_candidates(state, c):
+            if moment > start + skew and not self.accepts_stolen(state, moment, c):
                 return days(moment - skew)
         return NEVER
 
-    def _exposure_candidates(self, state: Hashable) -> list[datetime]:
+    def _exposure_candidates(self, state: Hashable, c: Compromise) -> list[datetime]:
         """Moments the stolen key may stop working: when the stolen certificates expire."""
         return sorted(
-            chain.leaf.not_valid_after_utc + timedelta(seconds=1)
-            for chain in self.world.stolen.values()
+            chain.leaf.not_valid_after_utc + timedelta(seconds=1) for chain in c.stolen.values()
         )
 
     # -- real checks, cached --------------------------------------------------

@@ -37,7 +37,17 @@ from homing.fleet.simulated_cas import Chain, SimulatedCA
 from homing.pki.keys import generate_tls_key, spki_pin
 from homing.site import DataDir
 
-__all__ = ["HOST", "START", "Chain", "HomingState", "Release", "World", "build_world", "tick_time"]
+__all__ = [
+    "HOST",
+    "START",
+    "Chain",
+    "Compromise",
+    "HomingState",
+    "Release",
+    "World",
+    "build_world",
+    "tick_time",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +72,22 @@ class HomingState:
     index: int
     tick: int
     directory: Path
+
+
+@dataclass(frozen=True)
+class Compromise:
+    """A stolen key and what the attacker can do with it, per device family.
+
+    ``stolen``: the chain the attacker presents to each family of strategy
+    ("public", "private", "homing", "homing-public"); a family missing here
+    is not exposed. ``replay``: the freshest metadata the attacker can
+    replay to each homing site.
+    """
+
+    what: str
+    tick: int
+    stolen: dict[str, Chain]
+    replay: dict[str, Path]
 
 
 @dataclass
@@ -100,6 +126,8 @@ class World:
     homing_public_lapsed: dict[int, datetime] = field(default_factory=dict)
     # Ticks at which the device CA's key was stolen and its certificates distrusted.
     device_ca_distrusted: tuple[int, ...] = ()
+    # Every theft whose exposure is measured: the TLS key, a server-issuing CA key.
+    compromises: list[Compromise] = field(default_factory=list)
 
     def key_pin(self, index: int) -> str:
         return spki_pin(self.keys[index].public_key())
@@ -154,6 +182,7 @@ class _Schedule:
     # (rotation tick, tick the old key is retired)
     firmware_rotations: tuple[tuple[int, int], ...] = ()
     device_ca_compromises: frozenset[int] = frozenset()
+    server_ca_compromises: frozenset[int] = frozenset()
 
     def lapse_starting(self, tick: int) -> list[tuple[str, int, int]]:
         """Lapses whose role must be signed now to expire at the next tick."""
@@ -195,6 +224,7 @@ class _Schedule:
                 overlap = round(rotation.retire_after_days / DAYS_PER_TICK)
                 rotations.append((tick, tick + overlap))
         device_ca = frozenset(year_tick(c.at) for c in scenario.ca_compromises if c.ca == "device")
+        server_ca = frozenset(year_tick(c.at) for c in scenario.ca_compromises if c.ca == "server")
         # Every chain change is a leaf renewal too: a new intermediate issues a new leaf.
         scheduled = set(range(0, ticks, leaf_ticks)) | key_changes | ca_rotations
         scheduled |= intermediate_changes | {public_expiry, private_expiry}
@@ -219,6 +249,7 @@ class _Schedule:
             lapses=tuple(lapses),
             firmware_rotations=tuple(sorted(rotations)),
             device_ca_compromises=frozenset(t for t in device_ca if 0 < t < ticks),
+            server_ca_compromises=frozenset(t for t in server_ca if 0 < t < ticks),
         )
 
 
@@ -286,6 +317,8 @@ class _Builder:
             self._private_pki(tick)
             frozen = self.plan.frozen(tick)
             changed, renewed = self._steal(tick)
+            if self._steal_server_ca(tick):
+                changed = renewed = True
             self._server_key(tick)
             changed_too, renewed_too = (
                 (False, False) if frozen else self._homing_ceremonies(tick, changed, renewed)
@@ -364,11 +397,45 @@ class _Builder:
         ceremonies.refresh_snapshot(self.dd, now)
         world.replay_dir = self.workdir / "replay"
         _snapshot(self.data / "repository", world.replay_dir)
+        replay = {"homing": world.replay_dir}
+        stolen = {**world.stolen, "homing-public": world.public[-1]}
         if self.public_site is not None:
             world.public_replay_dir = self.public_site.replay(now)
+            replay["homing-public"] = world.public_replay_dir
         ceremonies.rotate_issuing_ca(self.dd, "server", now)
+        world.compromises.append(Compromise("server TLS key", tick, stolen, replay))
         world.events.append((tick, "the server's TLS key is stolen; keys and CAs rotate"))
         return True, True
+
+    def _steal_server_ca(self, tick: int) -> bool:
+        """A server-issuing CA's key is stolen: the attacker mints a certificate for home.
+
+        homing promotes its server CA backup at once and publishes pins
+        without the stolen CA; the baseline company replaces its private
+        issuing CA. The public strategies do not trust the company's CAs.
+        """
+        if tick not in self.plan.server_ca_compromises:
+            return False
+        now, world = tick_time(tick), self.world
+        attacker = generate_tls_key()
+        days = 10 * 365
+        settings = self.dd.settings()
+        homing_ca = SimulatedCA.around(
+            self.dd.certificate("server-ca.pem"),
+            self.dd.keystore(settings).load(f"server-ca-g{settings.server_ca_generation}"),
+        )
+        stolen = {
+            "homing": homing_ca.chain(attacker, -1, tick, days),
+            "private": self.private_ca.chain(attacker, -1, tick, days),
+        }
+        ceremonies.refresh_snapshot(self.dd, now)
+        target = self.workdir / f"replay-server-ca-{tick}"
+        _snapshot(self.data / "repository", target)
+        ceremonies.rotate_issuing_ca(self.dd, "server", now)
+        self.private_ca.new_issuing(tick)
+        world.compromises.append(Compromise("server CA key", tick, stolen, {"homing": target}))
+        world.events.append((tick, "a server-issuing CA's key is stolen; the CAs rotate"))
+        return True
 
     def _server_key(self, tick: int) -> None:
         if tick not in self.plan.key_changes:
