@@ -42,9 +42,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from benchmarks._server import free_port, wait_for_port
 from homing import ceremonies
 from homing.ceremonies.replicas import export_online_keys, join_replica
-from homing.pki.profiles import device_csr
+from homing.operations.provisioning import register_device
 from homing.site import DataDir, shared
-from homing.store import devices as device_store
 
 PG_ADMIN = os.environ.get("HOMING_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1/test")
 _BODY = {"firmware_version": "1.0", "trust": {"root": 1, "timestamp": 1, "targets": 1}}
@@ -85,14 +84,7 @@ def _site(tmp: Path, db_url: str, count: int) -> tuple[DataDir, list[_Device]]:
     for i in range(count):
         device_id = f"bench-{i:04d}"
         key = ec.generate_private_key(ec.SECP256R1())
-        chain = ceremonies.issue_certificate(
-            site, device_csr(key, device_id), "device", now, device_id=device_id
-        )
-        spki = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        with site.database().begin() as conn:
-            device_store.enroll_device(conn, device_id, spki, now, "bench")
+        chain = register_device(site, key, device_id, now, actor="bench:replicas")
         device = _Device(tmp, device_id, site.pki_path("root-ca.pem"))
         device.cert.write_bytes(chain[0].public_bytes(serialization.Encoding.PEM))
         device.key.write_bytes(

@@ -28,21 +28,19 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 
 from homing import ceremonies
 from homing.config import Expiries
+from homing.operations.provisioning import register_device
 from homing.server.signer import current_signer
 from homing.site import DataDir, shared
 from homing.store import Database
-from homing.store import devices as device_store
 from homing.store.schema import checkins, site_files
 from tests.harness import (
     DeviceCredentials,
     assert_one_error,
-    est_csr,
     homing_entry_point,
     postgres_database,
     run_homing,
@@ -240,14 +238,7 @@ def _enroll(site: DataDir, tmp_path: Path, count: int) -> list[DeviceCredentials
     for i in range(count):
         device_id = f"dev-{i:04d}"
         key = ec.generate_private_key(ec.SECP256R1())
-        chain = ceremonies.issue_certificate(
-            site, est_csr(key, device_id), "device", now, device_id=device_id
-        )
-        spki = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        with site.database().begin() as conn:
-            device_store.enroll_device(conn, device_id, spki, now, "test")
+        chain = register_device(site, key, device_id, now, actor="test:replicas")
         made.append(save_device(tmp_path, device_id, key, chain[0]))
     return made
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from homing import ceremonies
 from homing.agent.enroll import new_device_id
@@ -22,7 +24,42 @@ from homing.store import audit
 from homing.store import devices as device_store
 from homing.trust.pins import PIN_POLICY_TARGET
 
-__all__ = ["provision"]
+__all__ = ["provision", "register_device"]
+
+
+def register_device(
+    data: DataDir,
+    key: ec.EllipticCurvePrivateKey,
+    device_id: str,
+    now: datetime,
+    *,
+    hardware: str | None = None,
+    actor: str = "factory:provision",
+) -> list[x509.Certificate]:
+    """Issue ``key`` a device certificate and enroll the device with it; returns the chain.
+
+    Refuses (ConflictError) a device id that is enrolled already, before
+    anything is issued.
+    """
+    device_uri(device_id)
+    db = data.database()
+    with db.begin() as conn:
+        if device_store.device(conn, device_id) is not None:
+            from homing.errors import ConflictError
+
+            raise ConflictError(f"device {device_id!r} is already enrolled")
+    chain = ceremonies.issue_certificate(
+        data, device_csr(key, device_id), "device", now, device_id=device_id
+    )
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with db.begin() as conn:
+        device_store.enroll_device(conn, device_id, spki, now, actor.split(":")[-1], hardware)
+        audit.audit(
+            conn, now, actor, "enroll", device_id, {"serial": format(chain[0].serial_number, "x")}
+        )
+    return chain
 
 
 def provision(
@@ -34,23 +71,13 @@ def provision(
     hardware: str | None = None,
     server: str | None = None,
 ) -> DeviceState:
+    """A device made at the factory: its key, its certificate, its state directory."""
     device_id = device_id or new_device_id()
-    device_uri(device_id)
     key = generate_tls_key()
-    csr = device_csr(key, device_id)
     settings = data.settings()
     repo = data.repository(settings)
     newest_root = (data.metadata_dir / f"{repo.root_version()}.root.json").read_bytes()
-    db = data.database()
-    with db.begin() as conn:
-        if device_store.device(conn, device_id) is not None:
-            from homing.errors import ConflictError
-
-            raise ConflictError(f"device {device_id!r} is already enrolled")
-    chain = ceremonies.issue_certificate(data, csr, "device", now, device_id=device_id)
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    chain = register_device(data, key, device_id, now, hardware=hardware)
     state = DeviceState.create(
         out,
         DeviceConfig(
@@ -64,14 +91,4 @@ def provision(
     from homing.fsutil import atomic_write
 
     atomic_write(out / "pins.json", repo.target_bytes(PIN_POLICY_TARGET))
-    with db.begin() as conn:
-        device_store.enroll_device(conn, device_id, spki, now, "provision", hardware)
-        audit.audit(
-            conn,
-            now,
-            "factory:provision",
-            "enroll",
-            device_id,
-            {"serial": format(chain[0].serial_number, "x")},
-        )
     return state
