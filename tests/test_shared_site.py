@@ -336,3 +336,44 @@ def test_a_replica_follows_rotations_once_it_has_the_new_keys(
     finally:
         upkeep.close()
         replica.close()
+
+
+def test_a_published_file_that_fails_its_digest_is_refused(
+    published: DataDir, tmp_path: Path
+) -> None:
+    """Attack: a database writer swaps a file's bytes and keeps its recorded SHA-256."""
+    replica = _replica(published, tmp_path, "r1")
+    # A replica that needs the file (a new one, or one that lost it) fetches it.
+    (replica.pki_dir / "root-ca.pem").unlink()
+    try:
+        with published.database().engine.begin() as conn:
+            conn.execute(
+                site_files.update()
+                .where(site_files.c.path == "pki/root-ca.pem")
+                .values(content=b"-----BEGIN CERTIFICATE-----\nforged\n", generation=2)
+            )
+            conn.execute(text("UPDATE site_publication SET generation = 2"))
+        with pytest.raises(ConflictError, match="digest"):
+            shared.pull(replica, exact=True)
+        assert not (replica.pki_dir / "root-ca.pem").exists()  # nothing forged was written
+    finally:
+        replica.close()
+
+
+def test_a_backup_with_an_entry_outside_the_site_is_refused(tmp_path: Path) -> None:
+    """Attack: an archive entry that climbs out of the data directory (../)."""
+    import io
+
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        info = tarfile.TarInfo("site/../../outside.txt")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    target = DataDir(tmp_path / "restored", f"sqlite:///{tmp_path / 'restored.db'}")
+    try:
+        with pytest.raises(ConfigError, match="unsafe entry"):
+            restore(evil, target)
+    finally:
+        target.close()
+    assert not (tmp_path / "outside.txt").exists()
+    assert not (tmp_path / "restored").exists()
