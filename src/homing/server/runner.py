@@ -86,9 +86,10 @@ async def _serve_async(config: ServerConfig, maintenance: bool) -> None:
     log.info(json.dumps({"event": "listening", "host": config.host, "port": config.port}))
 
     data_dir = config.site()
-    upkeep = Upkeep(data_dir, config.checkin_retention)
+    # Only the maintaining process follows the site and may sign; workers serve.
+    upkeep = Upkeep(data_dir, config.checkin_retention) if maintenance else None
 
-    async def maintain_loop() -> None:
+    async def maintain_loop(upkeep: Upkeep) -> None:
         next_pass = 0.0
         while True:
             try:
@@ -101,13 +102,14 @@ async def _serve_async(config: ServerConfig, maintenance: bool) -> None:
                 log.exception("maintenance failed; retrying")
             await asyncio.sleep(min(config.sync_interval, config.maintenance_interval))
 
-    task = loop.create_task(maintain_loop()) if maintenance else None
+    task = loop.create_task(maintain_loop(upkeep)) if upkeep is not None else None
     await stop.wait()
     if task:
         task.cancel()
     await runner.cleanup()
     state.close()
-    upkeep.close()
+    if upkeep is not None:
+        upkeep.close()
     data_dir.close()
 
 
