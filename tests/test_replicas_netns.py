@@ -243,9 +243,11 @@ def _enroll(site: DataDir, tmp_path: Path, count: int) -> list[DeviceCredentials
     return made
 
 
-def _start_replicas(
-    net: Network, tmp_path: Path, site_dir: Path, keys: Path, db_url: str
+def _join_replicas(
+    net: Network, tmp_path: Path, keys: Path, db_url: str, served_db_url: str
 ) -> list[Replica]:
+    """Three replicas joined from this host (``db_url``); each serves from its own
+    namespace, reaching PostgreSQL across the bridge (``served_db_url``)."""
     replicas = []
     for i in (1, 2, 3):
         name, data = f"r{i}", tmp_path / f"replica-{i}"
@@ -270,7 +272,7 @@ def _start_replicas(
                         "--listen",
                         f"{net.address(i)}:{PORT}",
                         "--db",
-                        "DB_URL",
+                        served_db_url,
                         "--maintenance-interval",
                         "1",
                         "--sync-interval",
@@ -319,9 +321,8 @@ def test_three_replicas_lose_two_signers_and_no_device_notices(
         assert exported.returncode == 0, exported.stderr
         assert not any("root" in p.name or "targets" in p.name for p in keys.iterdir())
 
-        replicas = _start_replicas(net, tmp_path, site_dir, keys, local_url)
+        replicas = _join_replicas(net, tmp_path, keys, local_url, remote_url)
         for replica in replicas:
-            replica.argv[replica.argv.index("DB_URL")] = remote_url
             replica.start()
             stack.callback(replica.stop)
         root_ca = site_dir / "pki" / "root-ca.pem"
