@@ -54,7 +54,11 @@ class Network:
 def network(host_count: int) -> Iterator[Network]:
     """A bridge and ``host_count`` namespaces, each with one address on it."""
     tag = f"{random.getrandbits(24):06x}"
-    net = Network(tag, random.randrange(100, 250))
+    routes = subprocess.run(
+        [system_tool("ip"), "-4", "route"], capture_output=True, text=True, check=True
+    ).stdout
+    free = [x for x in range(100, 250) if f"10.{x}." not in routes]
+    net = Network(tag, random.choice(free))
     try:
         _ip("link", "add", net.bridge, "type", "bridge")
         _ip("addr", "add", f"{net.gateway}/24", "dev", net.bridge)
