@@ -28,11 +28,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 
 from homing import ceremonies
 from homing.config import Expiries
+from homing.operations import fleet as operations
 from homing.operations.provisioning import register_device
 from homing.server.signer import current_signer
 from homing.site import DataDir, shared
@@ -200,13 +202,22 @@ def _get(address: str, path: str, context: ssl.SSLContext) -> tuple[int, bytes]:
         conn.close()
 
 
-def _post(address: str, path: str, context: ssl.SSLContext, body: object) -> int:
+def _post(
+    address: str,
+    path: str,
+    context: ssl.SSLContext,
+    body: object,
+    headers: dict[str, str] | None = None,
+) -> int:
     import http.client
 
     conn = http.client.HTTPSConnection(address, PORT, context=context, timeout=10)
     try:
         conn.request(
-            "POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"}
+            "POST",
+            path,
+            body=json.dumps(body),
+            headers={"Content-Type": "application/json", **(headers or {})},
         )
         response = conn.getresponse()
         response.read()
@@ -222,14 +233,17 @@ def _healthy(replica: Replica, root_ca: Path) -> bool:
         return False
 
 
-def _published_timestamp(db: Database) -> int:
+def _published(db: Database, path: str) -> bytes:
     with db.engine.connect() as conn:
         content = conn.execute(
-            select(site_files.c.content).where(
-                site_files.c.path == "repository/metadata/timestamp.json"
-            )
+            select(site_files.c.content).where(site_files.c.path == path)
         ).scalar_one()
-    return int(json.loads(bytes(content))["signed"]["version"])
+    return bytes(content)
+
+
+def _published_timestamp(db: Database) -> int:
+    timestamp = json.loads(_published(db, "repository/metadata/timestamp.json"))
+    return int(timestamp["signed"]["version"])
 
 
 def _enroll(site: DataDir, tmp_path: Path, count: int) -> list[DeviceCredentials]:
@@ -423,10 +437,24 @@ def test_three_replicas_lose_two_signers_and_no_device_notices(
         assert len(root) == 1
         assert next(iter(root))[0] == 200
 
-        # A revocation from the operator's host is refused by every replica at once.
-        stolen, honest = devices[0], devices[1]
-        revoked = run_homing("revoke", stolen.device_id, "--data", str(site_dir), "--db", local_url)
+        # A revocation through one replica's admin API is refused by every replica at
+        # once, and the re-signed CRL is published for all of them.
+        stolen, honest, later = devices[0], devices[1], devices[2]
+        token = operations.add_token(db, "test", datetime.now(UTC), "ops", "operator")
+        bearer = {"Authorization": f"Bearer {token}"}
+        path = f"/v1/admin/devices/{stolen.device_id}/revoke"
+        revoke = _post(replicas[1].address, path, _replica_context(root_ca), {}, bearer)
+        assert revoke == 200
+        crl = x509.load_pem_x509_crl(_published(db, "pki/device-ca.crl.pem"))
+        serial = x509.load_pem_x509_certificate(stolen.cert_pem).serial_number
+        assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+        # And from the operator's host, through the CLI, likewise.
+        revoked = run_homing("revoke", later.device_id, "--data", str(site_dir), "--db", local_url)
         assert revoked.returncode == 0, revoked.stderr
+        for replica in replicas:
+            assert _post(
+                replica.address, "/v1/device/checkin", _replica_context(root_ca, later), {}
+            ) in (401, 403)
         for replica in replicas:
             assert _post(
                 replica.address, "/v1/device/checkin", _replica_context(root_ca, stolen), {}

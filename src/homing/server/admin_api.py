@@ -69,14 +69,11 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         reason = body.get("reason", "unspecified")
         if not isinstance(reason, str) or len(reason) > 256:
             raise HTTPProblem(400, "bad_request", "'reason' must be a short string")
+        who, now = f"token:{op.name}", state.now()
         count = await state.run(
-            operations.revoke_device,
-            state.dd,
-            state.db,
-            f"token:{op.name}",
-            state.now(),
-            device_id,
-            reason,
+            state.change_site,
+            lambda: operations.revoke_device(state.dd, state.db, who, now, device_id, reason),
+            who,
         )
         return web.json_response({"device_id": device_id, "revoked_certificates": count})
 

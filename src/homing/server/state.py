@@ -271,6 +271,23 @@ class ServerState:
         shared.pull(self.dd, self.db)
         self._site_generation = published[1]
 
+    def change_site(self, change: Callable[[], T], actor: str) -> T:
+        """A change a request makes to the site's files (a revocation re-signs the CRL).
+
+        On a shared site it is made on today's publication, under the
+        site-change lock, and published, so every replica serves it (and the
+        next signer does not sign from a copy that lacks it).
+        """
+        from homing.site import shared
+
+        if not self.shared or not shared.is_shared(self.db):
+            return change()
+        with shared.site_change(self.db):
+            shared.pull(self.dd, self.db)
+            result = change()
+            shared.publish(self.dd, self.now(), actor)
+        return result
+
     def close(self) -> None:
         self.executor.shutdown(wait=True)
         self.db.dispose()

@@ -311,14 +311,11 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         reason = request[_FORM].get("reason", "").strip() or "unspecified"
         if len(reason) > 256:
             return page.error(400, "the reason is longer than 256 characters", session)
+        who, now = actor(session), state.now()
         await state.run(
-            operations.revoke_device,
-            state.dd,
-            state.db,
-            actor(session),
-            state.now(),
-            device_id,
-            reason,
+            state.change_site,
+            lambda: operations.revoke_device(state.dd, state.db, who, now, device_id, reason),
+            who,
         )
         return _see_other(f"/ui/devices/{quote(device_id, safe='')}?revoked=1")
 
