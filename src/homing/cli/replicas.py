@@ -30,6 +30,12 @@ def _database_url(db_url: str | None) -> str:
     return url
 
 
+_keys_option = click.option(
+    "--keys", "keys", type=click.Path(path_type=Path, file_okay=False), required=True,
+    help="The online keys from `homing keystore export-online`.",
+)  # fmt: skip
+
+
 @cli.group()
 def site() -> None:
     """The site every replica serves, shared through PostgreSQL."""
@@ -80,10 +86,7 @@ def replica() -> None:
 @replica.command("join")
 @_data_option
 @_db_option
-@click.option(
-    "--keys", "keys", type=click.Path(path_type=Path, file_okay=False), required=True,
-    help="The online keys from `homing keystore export-online`.",
-)  # fmt: skip
+@_keys_option
 @click.option("--name", required=True, help="This replica's name (its logs and the lease).")
 @click.option(
     "--host", "hosts", multiple=True, required=True,
@@ -104,10 +107,7 @@ def replica_join(
 
 @replica.command("import-keys")
 @_data_option
-@click.option(
-    "--keys", "keys", type=click.Path(path_type=Path, file_okay=False), required=True,
-    help="The online keys from `homing keystore export-online`.",
-)  # fmt: skip
+@_keys_option
 def replica_import_keys(data: Path, keys: Path) -> None:
     """Take the online keys this replica lacks (after a rotation made new ones elsewhere)."""
     from homing.ceremonies.replicas import import_online_keys, missing_online_keys

@@ -115,11 +115,8 @@ class World:
     announce_from: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     homing_state_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     homing_public_state_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # When the server's TLS key is stolen (its chains and replays: ``compromises``).
     compromise_tick: int | None = None
-    # The chains in service when the key was stolen, and the attacker's best replay.
-    stolen: dict[str, Chain] = field(default_factory=dict)
-    replay_dir: Path | None = None
-    public_replay_dir: Path | None = None
     events: list[tuple[int, str]] = field(default_factory=list)
     # Published states whose timestamp or snapshot the operator let lapse: when it expires.
     homing_lapsed: dict[int, datetime] = field(default_factory=dict)
@@ -387,21 +384,20 @@ class _Builder:
         if tick != self.plan.compromise:
             return False, False
         world, now = self.world, tick_time(tick)
-        world.stolen = {
+        # The chains in service, by the family of devices each one fools.
+        stolen = {
             "public": world.public[-1],
             "private": world.private[-1],
             "homing": world.homing[-1],
+            "homing-public": world.public[-1],
         }
         # What the server re-signs on its own (snapshot weekly, timestamp daily):
         # the freshest metadata an attacker can replay.
         ceremonies.refresh_snapshot(self.dd, now)
-        world.replay_dir = self.workdir / "replay"
-        _snapshot(self.data / "repository", world.replay_dir)
-        replay = {"homing": world.replay_dir}
-        stolen = {**world.stolen, "homing-public": world.public[-1]}
+        replay = {"homing": self.workdir / "replay"}
+        _snapshot(self.data / "repository", replay["homing"])
         if self.public_site is not None:
-            world.public_replay_dir = self.public_site.replay(now)
-            replay["homing-public"] = world.public_replay_dir
+            replay["homing-public"] = self.public_site.replay(now)
         ceremonies.rotate_issuing_ca(self.dd, "server", now)
         world.compromises.append(Compromise("server TLS key", tick, stolen, replay))
         world.events.append((tick, "the server's TLS key is stolen; keys and CAs rotate"))
