@@ -377,3 +377,27 @@ def test_a_backup_with_an_entry_outside_the_site_is_refused(tmp_path: Path) -> N
         target.close()
     assert not (tmp_path / "outside.txt").exists()
     assert not (tmp_path / "restored").exists()
+
+
+def test_a_signer_whose_pass_fails_lets_another_sign(published: DataDir, tmp_path: Path) -> None:
+    """A signer that holds the lease but cannot sign (its timestamp key is damaged) must
+    not keep the lease while the timestamp expires: it lets go, and the next one signs."""
+    from homing.errors import HomingError
+    from homing.server.upkeep import Upkeep
+
+    broken, healthy = _replica(published, tmp_path, "r1"), _replica(published, tmp_path, "r2")
+    first, second = Upkeep(broken, None), Upkeep(healthy, None)
+    try:
+        (broken.keys_dir / "timestamp-1.key.pem").write_bytes(b"not a key")
+        due = datetime.now(UTC) + broken.settings().expiries.timestamp * 0.9
+        with pytest.raises(HomingError):
+            first.maintain(due)
+        assert current_signer(broken.database()) is None
+        done = second.maintain(due)
+        assert any("timestamp" in item for item in done)
+        assert current_signer(healthy.database()) == "r2"
+    finally:
+        first.close()
+        second.close()
+        broken.close()
+        healthy.close()
