@@ -36,6 +36,7 @@ from homing.agent.decide import (
     TrustChannel,
     certificate_action,
     held_trust,
+    recovers_after,
     retry_after_seconds,
 )
 from homing.agent.fetcher import HTTPSFetcher
@@ -332,10 +333,22 @@ class Agent:
     # -- the cycle -----------------------------------------------------------
 
     def run_once(self) -> CycleReport:
+        """One whole cycle: trust, certificate, firmware, check-in."""
+        return self._reported(self._cycle)
+
+    def run_with(self, client: HomeClient) -> CycleReport:
+        """The cycle after the trust refresh, over ``client``.
+
+        The fleet simulator comes in here: its client answers by the home
+        server's own rules, and everything the device decides is this code.
+        """
+        return self._reported(lambda report: self.converse(client, report))
+
+    def _reported(self, cycle: Callable[[CycleReport], None]) -> CycleReport:
         report = CycleReport()
         self.retry_after = None
         try:
-            self._cycle(report)
+            cycle(report)
         except RevokedError as e:
             report.error = f"revoked: {e}"
             report.revoked = True
@@ -352,14 +365,17 @@ class Agent:
         # Fails closed: an expired timestamp or root raises MetadataError here,
         # and nothing but metadata requests has been sent.
         trust = self.refresh_trust(now, report)
-        client = self.client(trust.pin_policy, now)
-        action = certificate_action(self.state.certificate(), now)
+        self.converse(self.client(trust.pin_policy, now), report)
+
+    def converse(self, client: HomeClient, report: CycleReport) -> None:
+        """With trust fresh: keep the certificate valid, finish firmware, check in, update."""
+        action = certificate_action(self.state.certificate(), client.now)
         if action is CertificateAction.RECOVER:
-            self.recover(client)
-            report.steps.append("certificate recovered by key proof")
+            self._recover(client, report)
         elif action is CertificateAction.RENEW:
             try:
                 self.renew(client)
+                report.renewed = True
                 report.steps.append("certificate renewed (EST simplereenroll)")
             except TransportError as e:
                 report.steps.append(f"renewal postponed: {e}")
@@ -368,15 +384,19 @@ class Agent:
         try:
             answer = self.check_in(client, report)
         except RefusedError as e:
-            if e.code != "certificate_expired":
+            if not recovers_after(e.code):
                 raise
-            self.recover(client)
-            report.steps.append("certificate recovered by key proof")
+            self._recover(client, report)
             answer = self.check_in(client, report)
         report.checked_in = True
         report.steps.append("checked in")
         if answer.assignment is not None:
             update.apply_update(job, answer.assignment, report)
+
+    def _recover(self, client: HomeClient, report: CycleReport) -> None:
+        self.recover(client)
+        report.recovered = True
+        report.steps.append("certificate recovered by key proof")
 
 
 def pkcs7_leaf(body: bytes, what: str) -> x509.Certificate:

@@ -32,6 +32,7 @@ __all__ = [
     "accept_image",
     "certificate_action",
     "held_trust",
+    "recovers_after",
     "retry_after_seconds",
 ]
 
@@ -60,6 +61,9 @@ class CycleReport:
     retry_after: float | None = None
     # Which channel brought the trust this cycle used (None: not refreshed).
     trust_channel: TrustChannel | None = None
+    # What the cycle did with the device certificate.
+    renewed: bool = False
+    recovered: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +81,16 @@ class CertificateAction(enum.Enum):
     KEEP = "keep"
     RENEW = "renew"
     RECOVER = "recover"
+
+
+# The server's refusals of a device certificate that key-proof recovery answers:
+# it expired, or the CA that issued it was distrusted after its key was stolen.
+RECOVERABLE_REFUSALS = frozenset({"certificate_expired", "certificate_distrusted"})
+
+
+def recovers_after(code: str | None) -> bool:
+    """Whether the server's refusal of this device's certificate is answered by recovery."""
+    return code in RECOVERABLE_REFUSALS
 
 
 def certificate_action(cert: x509.Certificate | None, now: datetime) -> CertificateAction:

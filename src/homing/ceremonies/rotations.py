@@ -45,6 +45,7 @@ from homing.pki.keystore import (
 )
 from homing.pki.profiles import server_csr, server_profile
 from homing.site import DataDir, Settings
+from homing.site.datadir import DISTRUSTED_DEVICE_CAS
 from homing.trust.pins import PIN_POLICY_TARGET, PinPolicy
 from homing.trust.signing import signer_for, tuf_key
 
@@ -198,8 +199,15 @@ def rotate_issuing_ca(
     live_within: timedelta = DEFAULT_LIVE_WINDOW,
     force_reason: str | None = None,
     certified: Sequence[x509.Certificate] | None = None,
+    compromised: bool = False,
 ) -> int:
     """Promote the backup key of the ``kind`` issuing CA; returns the new generation.
+
+    ``compromised`` (device CA only): the old key was stolen. Its
+    certificates stop being trusted at once (``pki/distrusted-device-cas.pem``);
+    the server answers them ``certificate_distrusted`` and each device gets a
+    certificate of the new CA by key-proof recovery, which the thief, holding
+    the CA key but no device key, cannot pass.
 
     ``certified``: the backup's CA certificates, signed at the offline site
     (``homing ceremony sign-ca``) and checked here, instead of signing with a
@@ -215,6 +223,11 @@ def rotate_issuing_ca(
     """
     if kind not in ("server", "device"):
         raise CeremonyError(f"unknown issuing CA {kind!r}: use 'server' or 'device'")
+    if compromised and kind != "device":
+        raise CeremonyError(
+            "only a device CA is distrusted after a theft; for the server CA, rotate it "
+            "(its pins change) and see docs/runbook.md"
+        )
     dd, settings, store = _open(data)
     attr = f"{kind}_ca_generation"
     g = int(getattr(settings, attr)) + 1
@@ -241,7 +254,7 @@ def rotate_issuing_ca(
     store.generate(f"{kind}-ca-g{g + 1}", "tls")
     old = dd.certificate(f"{kind}-ca.pem")
     atomic_write(dd.pki_path("retired") / f"{kind}-ca-g{g - 1}.pem", _pem(old))
-    _install_issuing_ca(dd, kind, cert, also, now)
+    _install_issuing_ca(dd, kind, cert, also, now, distrust=old if compromised else None)
     # The settings are written last: they are the commit point a running
     # server reloads the rotation by (trust bundle, certificate, then key).
     setattr(settings, attr, g)
@@ -262,6 +275,8 @@ def rotate_issuing_ca(
         }
         if force_reason is not None and verdict.stranded:
             detail["forced"] = force_reason
+    if compromised:
+        detail = {**(detail or {}), "distrusted": spki_pin(old)}
     _audit(dd, now, actor, f"rotate_{kind}_ca", f"generation {g}", detail)
     return g
 
@@ -506,8 +521,14 @@ def _install_issuing_ca(
     cert: x509.Certificate,
     also: list[x509.Certificate],
     now: datetime,
+    *,
+    distrust: x509.Certificate | None = None,
 ) -> None:
-    """Write an issuing CA's certificates: the active root's, and the others beside it."""
+    """Write an issuing CA's certificates: the active root's, and the others beside it.
+
+    ``distrust``: a device CA whose key was stolen; every certificate of its
+    key moves from the trusted device CAs to the distrusted ones.
+    """
     if also:
         atomic_write(dd.pki_path(_also_path(kind)), _pem(*also))
     else:
@@ -516,10 +537,21 @@ def _install_issuing_ca(
         # Keep trusting the device CAs that are still valid, so devices
         # issued by the old CA keep working until they renew.
         still_valid = [c for c in dd.certificates("device-cas.pem") if c.not_valid_after_utc > now]
+        if distrust is not None:
+            stolen = [c for c in still_valid if c.public_key() == distrust.public_key()]
+            still_valid = [c for c in still_valid if c not in stolen]
+            _distrust_device_cas(dd, stolen or [distrust])
         atomic_write(dd.pki_path("device-cas.pem"), _pem(cert, *also, *still_valid))
         atomic_write(dd.pki_path("device-ca.pem"), _pem(cert))
     else:
         atomic_write(dd.pki_path("server-ca.pem"), _pem(cert))
+
+
+def _distrust_device_cas(dd: DataDir, stolen: Sequence[x509.Certificate]) -> None:
+    """Add device CAs to the distrusted ones (written before the trusted set shrinks)."""
+    path = dd.pki_path(DISTRUSTED_DEVICE_CAS)
+    known = dd.certificates(DISTRUSTED_DEVICE_CAS) if path.exists() else []
+    atomic_write(path, _pem(*known, *(c for c in stolen if c not in known)))
 
 
 def rotate_root_ca(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR) -> int:

@@ -252,14 +252,29 @@ def rotate_root_ca(data: Path) -> None:
 
 @rotate.command("device-ca")
 @_data_option
-def rotate_device_ca(data: Path) -> None:
-    """Promote the device CA's backup key; devices of the old CA keep working."""
+@click.option(
+    "--compromised",
+    is_flag=True,
+    help="The old key was stolen: distrust its certificates now; devices recover by key proof.",
+)
+def rotate_device_ca(data: Path, compromised: bool) -> None:
+    """Promote the device CA's backup key; devices of the old CA keep working.
+
+    With --compromised they do not: the server answers their certificates
+    'certificate_distrusted' and each device proves its registered key to get
+    one from the new CA at its next contact.
+    """
     from homing import ceremonies
 
     generation = ceremonies.rotate_issuing_ca(
-        _site(data), "device", _now(), actor=_operator_actor()
+        _site(data), "device", _now(), actor=_operator_actor(), compromised=compromised
     )
     out.print(f"device-issuing CA generation {generation} is active")
+    if compromised:
+        out.print(
+            "  the old device CA is distrusted: its devices recover by key proof at their "
+            "next contact (each recovery is in the audit log)"
+        )
 
 
 @rotate.command("server-cert")

@@ -16,17 +16,17 @@ import logging
 import ssl
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
 from urllib.parse import unquote
 
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from homing.errors import AuthError, ChainError, PolicyError
-from homing.pki.profiles import device_id_from_uri, verify_leaf
-from homing.pki.validate import load_certificate, verify_client_chain
+from homing.errors import AuthError, ChainError
+from homing.pki.validate import load_certificate
+from homing.server import rules
 from homing.server.errors import HTTPProblem
+from homing.server.rules import VerifiedDevice, refusal_problem
 from homing.server.state import ServerState
 from homing.store import credentials
 from homing.store import devices as device_store
@@ -91,32 +91,30 @@ def _peer_certificate_der(request: web.Request, state: ServerState) -> bytes | N
     return der or None
 
 
-class _Verified(NamedTuple):
-    certificate: x509.Certificate
-    device_id: str
-    key_spki: bytes
-
-
 class _VerifiedCache:
-    """Chain validation results per certificate, valid until the certificate expires."""
+    """Chain validation results per certificate, valid until it expires or the CAs change."""
 
     def __init__(self) -> None:
-        self._entries: dict[bytes, _Verified] = {}
+        self._entries: dict[bytes, tuple[int, VerifiedDevice]] = {}
 
-    def get(self, der: bytes) -> _Verified | None:
-        return self._entries.get(hashlib.sha256(der).digest())
+    def get(self, der: bytes, epoch: int) -> VerifiedDevice | None:
+        found = self._entries.get(hashlib.sha256(der).digest())
+        return found[1] if found is not None and found[0] == epoch else None
 
-    def put(self, der: bytes, value: _Verified) -> None:
+    def put(self, der: bytes, epoch: int, value: VerifiedDevice) -> None:
         if len(self._entries) >= _CACHE_LIMIT:
             self._entries.clear()
-        self._entries[hashlib.sha256(der).digest()] = value
+        self._entries[hashlib.sha256(der).digest()] = (epoch, value)
 
 
 _cache = _VerifiedCache()
 
 
-def _verify(der: bytes, state: ServerState, now: datetime) -> _Verified:
-    cached = _cache.get(der)
+def _verify(der: bytes, state: ServerState, now: datetime) -> VerifiedDevice:
+    # A result holds only for the CAs it was checked against: a device CA
+    # distrusted after a key theft stops its certificates at the next request.
+    epoch = state.trust_epoch
+    cached = _cache.get(der, epoch)
     if cached is not None:
         cert = cached.certificate
         if cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
@@ -125,45 +123,17 @@ def _verify(der: bytes, state: ServerState, now: datetime) -> _Verified:
         cert = load_certificate(der)
     except ChainError as e:
         raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
-    expired = now > cert.not_valid_after_utc
-    # An expired certificate is still checked to be ours (at its last valid
-    # instant) before the answer points the device to recovery.
-    when = cert.not_valid_after_utc if expired else now
     try:
-        chain = verify_client_chain(cert, state.device_cas, state.root_cas, when)
-    except ChainError as e:
+        verified = rules.verify_device_certificate(cert, state.device_trust, now)
+    except HTTPProblem as e:
         # Another server process may have issued from a device CA this one has
         # not reloaded yet (rotations are complete on disk before any process
         # issues from them): look at the files once before refusing.
-        if not state.reload_if_changed():
-            raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
-        try:
-            chain = verify_client_chain(cert, state.device_cas, state.root_cas, when)
-        except ChainError as again:
-            raise HTTPProblem(401, "bad_client_certificate", str(again)) from again
-    try:
-        # The same leaf profile as issuance, on the TLS path and the proxy path.
-        verify_leaf(cert, state.device_leaf_profile)
-    except PolicyError as e:
-        raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
-    if expired:
-        raise HTTPProblem(
-            401,
-            "certificate_expired",
-            "the client certificate has expired: recover it with POST /v1/recover",
-        )
-    uris = [n.value for n in chain.subjects if isinstance(n, x509.UniformResourceIdentifier)]
-    if len(uris) != 1:
-        raise HTTPProblem(401, "bad_client_certificate", "certificate names no single device")
-    try:
-        device_id = device_id_from_uri(uris[0])
-    except PolicyError as e:
-        raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    verified = _Verified(cert, device_id, spki)
-    _cache.put(der, verified)
+        if e.code != "bad_client_certificate" or not state.reload_if_changed():
+            raise
+        epoch = state.trust_epoch
+        verified = rules.verify_device_certificate(cert, state.device_trust, now)
+    _cache.put(der, epoch, verified)
     return verified
 
 
@@ -190,11 +160,6 @@ def verify_device_certificate(request: web.Request, state: ServerState) -> Devic
     return DeviceIdentity(
         device_id=device_id, serial=cert.serial_number, certificate=cert, key_spki=spki
     )
-
-
-def refusal_problem(reason: str) -> HTTPProblem:
-    status, code = (403, "revoked") if "revoked" in reason else (403, "forbidden")
-    return HTTPProblem(status, code, reason)
 
 
 async def authenticate_device(request: web.Request, state: ServerState) -> DeviceIdentity:

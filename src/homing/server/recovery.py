@@ -21,9 +21,8 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from homing.errors import AuthError, PolicyError
-from homing.pki.profiles import approve_csr
-from homing.pki.proof import verify_recovery_proof
+from homing.errors import AuthError
+from homing.server import rules
 from homing.server.device_api import json_body
 from homing.server.errors import HTTPProblem
 from homing.server.metrics import METRICS
@@ -56,19 +55,10 @@ def _device_id(body: dict[str, Any]) -> str:
 def routes(state: ServerState) -> list[web.RouteDef]:
     def _eligible(conn: Any, device_id: str) -> device_store.DeviceRow:
         row = device_store.device(conn, device_id)
-        if row is None:
-            raise HTTPProblem(404, "unknown_device", f"no device {device_id!r}")
-        if row.status != "active":
-            raise HTTPProblem(403, "revoked", "device is revoked and cannot recover")
-        limit = state.config.max_offline
-        if limit is not None:
-            last = row.last_seen or row.enrolled_at
-            if state.now() - last > limit:
-                raise HTTPProblem(
-                    403,
-                    "offline_too_long",
-                    "device was offline longer than the recovery policy allows",
-                )
+        problem = rules.recovery_problem(row, device_id, state.config.max_offline, state.now())
+        if problem is not None:
+            raise problem
+        assert row is not None
         return row
 
     async def challenge(request: web.Request) -> web.Response:
@@ -106,16 +96,9 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                     raise HTTPProblem(403, "bad_nonce", str(e)) from e
             with state.db.begin() as conn:
                 row = _eligible(conn, device_id)
-                try:
-                    verify_recovery_proof(row.key_spki, nonce, csr_der, signature)
-                except AuthError as e:
-                    raise HTTPProblem(403, "bad_proof", str(e)) from e
-                approved = approve_csr(csr_der, state.device_leaf_profile, device_id=device_id)
-                spki = approved.public_key.public_bytes(
-                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                approved = rules.approve_recovery(
+                    row.key_spki, device_id, nonce, csr_der, signature, state.device_leaf_profile
                 )
-                if spki != row.key_spki:
-                    raise PolicyError("recovery keeps the registered key: the CSR holds another")
                 authority = state.device_authority(DatabaseLedger(state.db, conn, now))
                 cert = authority.issue(approved, now)
                 audit.audit(

@@ -27,7 +27,9 @@ from homing.pki import Authority
 from homing.pki.keystore import KeyStore
 from homing.pki.profiles import Profile, device_profile
 from homing.server.config import ServerConfig
+from homing.server.rules import DeviceTrust
 from homing.site import Settings
+from homing.site.datadir import DISTRUSTED_DEVICE_CAS
 from homing.site.ledger import DatabaseLedger
 from homing.store import Database
 
@@ -79,6 +81,12 @@ class ServerState:
         self._rollouts: tuple[float, dict[str, Any]] | None = None
         self._file_marks: dict[str, int] = {}
         self.device_cas: list[x509.Certificate] = []
+        # Device CAs whose key was stolen: still known, so their devices are
+        # told to recover instead of failing the handshake (homing.server.rules).
+        self.distrusted_device_cas: list[x509.Certificate] = []
+        # Counts the CA sets this process has held: verification results of an
+        # older set are not reused.
+        self.trust_epoch = 0
         self._device_ca: x509.Certificate | None = None
         self._device_key: ec.EllipticCurvePrivateKey | None = None
         # A shared site (several hosts on PostgreSQL) is followed per request.
@@ -116,10 +124,27 @@ class ServerState:
 
     # -- TLS and CAs ------------------------------------------------------
 
+    def _distrusted_path(self) -> Path:
+        return self.dd.pki_path(DISTRUSTED_DEVICE_CAS)
+
+    def _read_distrusted(self) -> list[x509.Certificate]:
+        if not self._distrusted_path().exists():
+            return []
+        return self.dd.certificates(DISTRUSTED_DEVICE_CAS)
+
     def _client_ca_bundle(self) -> bytes:
+        distrusted = self._distrusted_path()
         return (
             self.dd.pki_path("root-ca.pem").read_bytes()
             + self.dd.pki_path("device-cas.pem").read_bytes()
+            + (distrusted.read_bytes() if distrusted.exists() else b"")
+        )
+
+    @property
+    def device_trust(self) -> DeviceTrust:
+        """What a presented device certificate is checked against now."""
+        return DeviceTrust(
+            self.device_cas, self.distrusted_device_cas, self.root_cas, self.device_leaf_profile
         )
 
     def _build_tls(self) -> ssl.SSLContext:
@@ -139,6 +164,7 @@ class ServerState:
             "device-cas": self.dd.pki_path("device-cas.pem"),
             "device-ca": self.dd.pki_path("device-ca.pem"),
             "root-cas": self.dd.pki_path("root-ca.pem"),
+            "distrusted-device-cas": self._distrusted_path(),
             "settings": self.dd.settings_path,
         }
 
@@ -159,6 +185,7 @@ class ServerState:
             settings = self.dd.settings()
             root_cas = self.dd.certificates("root-ca.pem")
             device_cas, device_ca, device_key = self._read_device_ca(settings)
+            distrusted = self._read_distrusted()
             if marks["chain"] != self._file_marks.get("chain") or marks[
                 "key"
             ] != self._file_marks.get("key"):
@@ -170,7 +197,9 @@ class ServerState:
             self.settings = settings
             self.root_cas = root_cas
             self.device_cas = device_cas
+            self.distrusted_device_cas = distrusted
             self._device_ca, self._device_key = device_ca, device_key
+            self.trust_epoch += 1
         except (ssl.SSLError, OSError, ConfigError, KeyStoreError) as e:
             # A half-written rotation: keep serving with what we have, retry later.
             log.warning("reload postponed: %s", e)
@@ -182,6 +211,7 @@ class ServerState:
     def _load_device_ca(self) -> None:
         device_cas, cert, key = self._read_device_ca(self.settings)
         self.device_cas = device_cas
+        self.distrusted_device_cas = self._read_distrusted()
         self._device_ca, self._device_key = cert, key
 
     def _read_device_ca(

@@ -33,9 +33,12 @@ from homing.site.ledger import DatabaseLedger
 from homing.store import Database, normalize_url
 from homing.trust.repository import TrustRepository
 
-__all__ = ["DataDir", "Settings"]
+__all__ = ["DISTRUSTED_DEVICE_CAS", "DataDir", "Settings"]
 
 SCHEMA = "homing.data/1"
+
+# Under pki/: the device CAs whose key was stolen (``rotate device-ca --compromised``).
+DISTRUSTED_DEVICE_CAS = "distrusted-device-cas.pem"
 
 
 @dataclass

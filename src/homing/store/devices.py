@@ -23,6 +23,7 @@ __all__ = [
     "CheckIn",
     "DeviceRow",
     "Presented",
+    "Standing",
     "authorise_certificate",
     "device",
     "enroll_device",
@@ -30,6 +31,7 @@ __all__ = [
     "prune_checkins",
     "record_checkins",
     "record_failure",
+    "refusal",
     "revoke",
     "revoke_device",
     "set_device_key",
@@ -261,7 +263,8 @@ def revoke(
     return revoke_device(conn, device_id, when, reason), device_id
 
 
-def _refusal(row: Any, presented: Presented, device_id: str) -> str | None:
+def refusal(row: Standing | None, presented: Presented, device_id: str) -> str | None:
+    """Why a certificate of this standing may not act for ``device_id``; None when it may."""
     if row is None:
         return "certificate is not known to this server"
     if row.subject_id != device_id:
@@ -279,7 +282,9 @@ def _refusal(row: Any, presented: Presented, device_id: str) -> str | None:
     return None
 
 
-class _Standing(NamedTuple):
+class Standing(NamedTuple):
+    """A certificate as the server knows it, with its device's status and registered key."""
+
     serial: str
     revoked_at: Any
     reason: str | None
@@ -288,7 +293,7 @@ class _Standing(NamedTuple):
     key_spki: bytes | None
 
 
-def _standing(conn: Connection, presented: Sequence[Presented]) -> dict[str, _Standing]:
+def _standing(conn: Connection, presented: Sequence[Presented]) -> dict[str, Standing]:
     keys = sorted({format(p.serial, "x") for p in presented})
     # Only generated placeholder names are put into the text; values are bound.
     marks = ", ".join(f":s{i}" for i in range(len(keys)))
@@ -300,7 +305,7 @@ def _standing(conn: Connection, presented: Sequence[Presented]) -> dict[str, _St
         {f"s{i}": key for i, key in enumerate(keys)},
     )
     return {
-        r[0]: _Standing(r[0], r[1], r[2], r[3], r[4], bytes(r[5]) if r[5] else None) for r in rows
+        r[0]: Standing(r[0], r[1], r[2], r[3], r[4], bytes(r[5]) if r[5] else None) for r in rows
     }
 
 
@@ -325,7 +330,7 @@ def authorise_certificate(conn: Connection, presented: Presented, device_id: str
     effect on the next request in every server process.
     """
     standing = _standing(conn, [presented]).get(format(presented.serial, "x"))
-    return _refusal(standing, presented, device_id)
+    return refusal(standing, presented, device_id)
 
 
 def record_checkins(
@@ -344,10 +349,10 @@ def record_checkins(
     if presented is not None:
         standing = _standing(conn, presented)
         refusals = [
-            _refusal(standing.get(format(p.serial, "x")), p, c.device_id)
+            refusal(standing.get(format(p.serial, "x")), p, c.device_id)
             for c, p in zip(batch, presented, strict=True)
         ]
-    accepted = [c for c, refusal in zip(batch, refusals, strict=True) if refusal is None]
+    accepted = [c for c, why in zip(batch, refusals, strict=True) if why is None]
     if not accepted:
         return refusals
     params = {id(c): _checkin_params(conn, c) for c in accepted}
