@@ -23,8 +23,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from homing import ceremonies
 from homing.agent.agent import Agent
+from homing.agent.decide import CertificateAction
 from homing.agent.state import DeviceState
 from homing.errors import CeremonyError
+from homing.fleet.home import SimulatedHome
+from homing.fleet.strategy_base import Situation
 from homing.pki.authority import Authority
 from homing.pki.ledger import MemoryLedger
 from homing.pki.profiles import approve_csr, device_profile
@@ -128,6 +131,9 @@ def test_a_stolen_device_ca_is_distrusted_and_devices_recover_by_key_proof(
         answer = server.request("POST", "/v1/device/checkin", CHECKIN, device=presented)
         assert (answer.status, answer.json()["error"]) == (401, "certificate_distrusted")
         assert "/v1/recover" in answer.json()["message"]
+    # The fleet simulator's home answers the same situation by the same rules.
+    simulated = SimulatedHome(365).presented(Situation(CertificateAction.KEEP, distrusted=True))
+    assert simulated.refusals == (answer.json()["error"],)
     assert _recover_as_thief(server, "dev-1", thief_key) == (403, "bad_proof")
     # EST tells outside clients the CAs to trust now: not the stolen one.
     cacerts = server.request("GET", "/.well-known/est/cacerts")

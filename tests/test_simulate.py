@@ -9,21 +9,26 @@ from pathlib import Path
 import pytest
 from tuf.api.metadata import Metadata
 
+from homing.agent.decide import CertificateAction
 from homing.errors import ConfigError
 from homing.fleet import STRATEGY_NAMES
+from homing.fleet.home import SimulatedHome
 from homing.fleet.scenario import Scenario, load_scenario, scenario_from_dict
 from homing.fleet.simulate import CERT_EXPIRED, Results, StrategyResult, simulate
 from homing.fleet.strategies import (
     CAUGHT_UP,
     CUT_OFF,
     OK,
+    REFUSED,
     STRATEGIES,
     Cause,
     Homing,
     HomingPublicCA,
     PrivateCA,
 )
-from homing.fleet.world import build_world
+from homing.fleet.strategy_base import Situation
+from homing.fleet.world import HOST, build_world
+from homing.trust.pins import PinPolicy
 from tests.harness import run_homing
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "docs" / "scenarios"
@@ -408,3 +413,69 @@ def test_a_stolen_server_ca_fools_pinned_private_roots_for_years_and_homing_for_
     # A public-CA fleet never trusted the company's CA.
     assert public["exposed_devices"] == 0
     assert results["homing"].bricked == 0
+
+
+KEEP, RENEW, RECOVER = CertificateAction.KEEP, CertificateAction.RENEW, CertificateAction.RECOVER
+
+
+@pytest.mark.parametrize(
+    ("situation", "outcome", "renewed", "recovered", "refusals", "posts"),
+    [
+        # By its dates: EST re-enrollment, then the check-in.
+        (Situation(RENEW), OK, True, False, (), 2),
+        # Expired while away: challenge, proof, check-in, never a refused check-in first.
+        (Situation(RECOVER), OK, False, True, (), 3),
+        # A distrusted CA: the check-in is refused, the agent recovers and checks in again.
+        (Situation(KEEP, distrusted=True), OK, False, True, ("certificate_distrusted",), 4),
+        (
+            Situation(RENEW, distrusted=True),
+            OK,
+            False,
+            True,
+            ("certificate_distrusted", "certificate_distrusted"),
+            5,
+        ),
+        # Revoked: refused wherever it knocks, recovery included; the agent stops.
+        (Situation(KEEP, revoked=True), REFUSED, False, False, ("revoked",), 1),
+        (Situation(RECOVER, revoked=True), REFUSED, False, False, ("revoked",), 1),
+    ],
+)
+def test_homing_devices_meet_the_home_server_through_the_agent_and_its_rules(
+    tmp_path: Path,
+    situation: Situation,
+    outcome: int,
+    renewed: bool,
+    recovered: bool,
+    refusals: tuple[str, ...],
+    posts: int,
+) -> None:
+    """The real agent's cycle over its client seam, answered by the server's own rules."""
+    home = SimulatedHome(90)
+    policy = PinPolicy(tuple(home.trust.roots), (), (HOST,), f"https://{HOST}")
+    step = home.converse(situation, tmp_path, policy)
+    assert (step.outcome, step.renewed, step.recovered) == (outcome, renewed, recovered)
+    assert step.refusals == refusals
+    assert step.posts == posts
+
+
+@pytest.mark.parametrize(
+    ("situation", "outcome", "cause", "refusals"),
+    [
+        (Situation(KEEP), OK, None, ()),
+        (Situation(RECOVER), CUT_OFF, Cause.CERT_EXPIRED, ("certificate_expired",)),
+        (
+            Situation(KEEP, distrusted=True),
+            CUT_OFF,
+            Cause.DEVICE_CA_DISTRUSTED,
+            ("certificate_distrusted",),
+        ),
+        (Situation(RENEW, revoked=True), REFUSED, None, ("revoked",)),
+    ],
+)
+def test_other_strategies_present_their_certificate_to_the_same_rules(
+    situation: Situation, outcome: int, cause: Cause | None, refusals: tuple[str, ...]
+) -> None:
+    step = SimulatedHome(90).presented(situation)
+    assert (step.outcome, step.refusals) == (outcome, refusals)
+    if cause is not None:
+        assert step.cause is cause

@@ -21,6 +21,7 @@ from homing.agent.fetcher import HTTPSFetcher
 from homing.agent.state import DeviceConfig, DeviceState
 from homing.agent.transport import verify_pinned_chain
 from homing.errors import ChainError, MetadataError, TransportError
+from homing.fleet.home import SimulatedHome
 from homing.fleet.scenario import Scenario
 from homing.fleet.strategy_base import (
     CAUGHT_UP,
@@ -29,6 +30,9 @@ from homing.fleet.strategy_base import (
     ZERO,
     Cause,
     Contact,
+    Home,
+    Situation,
+    Step,
     Strategy,
 )
 from homing.fleet.world import HOST, START, Chain, Compromise, HomingState, World, tick_time
@@ -254,6 +258,11 @@ class Homing(Strategy):
             self._walks[key] = walk
             shutil.rmtree(device, ignore_errors=True)
         return self._walks[key]
+
+    def certificate_step(self, home: Home, situation: Situation) -> Step:
+        """The real agent's certificate work and check-in, against the home server's rules."""
+        assert isinstance(home, SimulatedHome)
+        return home.converse(situation, self._scratch, self._policy(0))
 
     def _pinned_ok(
         self, policy_index: int, chain: Chain, moment: datetime, behind: bool = False

@@ -31,7 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from homing.agent.decide import CertificateAction, certificate_action
-from homing.errors import ConfigError
+from homing.errors import ConfigError, HomingError
+from homing.fleet.home import SimulatedHome
 from homing.fleet.population import DAYS_PER_TICK, Fleet, make_fleet
 from homing.fleet.scenario import Scenario
 from homing.fleet.strategies import (
@@ -47,6 +48,7 @@ from homing.fleet.strategies import (
     Strategy,
     make,
 )
+from homing.fleet.strategy_base import Situation, Step
 from homing.fleet.world import Compromise, World, build_world, tick_time
 from homing.pki.keys import generate_tls_key
 
@@ -234,6 +236,34 @@ def _certificate_ticks(days: int) -> tuple[int, int]:
     return (renew if renew is not None else expire), expire
 
 
+# A device's certificate situation as a small integer: phase * 2 + distrusted.
+_PHASES = (CertificateAction.KEEP, CertificateAction.RENEW, CertificateAction.RECOVER)
+
+
+def _situation(code: int, *, revoked: bool = False) -> Situation:
+    return Situation(_PHASES[code // 2], bool(code % 2), revoked)
+
+
+class _Answers:
+    """The home server's answers to the situations present, as tables indexed by situation code."""
+
+    def __init__(self, steps: Sequence[Step], codes: npt.NDArray[np.int64]) -> None:
+        size = 2 * len(_PHASES)
+        self.outcome = np.zeros(size, np.int8)
+        self.extra = np.zeros(size, np.int64)
+        self.renewed = np.zeros(size, np.bool_)
+        self.recovered = np.zeros(size, np.bool_)
+        self.cause_at = np.zeros(size, np.int64)
+        self.causes: list[Cause | None] = []
+        for code, step in zip(codes.tolist(), steps, strict=True):
+            self.outcome[code] = step.outcome
+            self.extra[code] = step.posts - 1  # the check-in is the contact's own request
+            self.renewed[code] = step.renewed
+            self.recovered[code] = step.recovered
+            self.cause_at[code] = len(self.causes)
+            self.causes.append(step.cause)
+
+
 @dataclass(frozen=True)
 class _Week:
     """What every strategy's run shares in one week."""
@@ -296,6 +326,10 @@ class _Run:
         self._offline: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
         self.renew_ticks, self.life_ticks = _certificate_ticks(strategy.device_cert_days)
         self.result = StrategyResult(strategy.name, strategy.summary)
+        # The home server this strategy's devices present their certificates to,
+        # and its answer per certificate situation (one real conversation each).
+        self.home = SimulatedHome(strategy.device_cert_days)
+        self._steps: dict[Situation, Step] = {}
 
     def assemble(self, devices: npt.NDArray[np.int64], tick: int) -> None:
         made = self.strategy.factory(tick)
@@ -350,17 +384,35 @@ class _Run:
         self._watch[c.what] = deployed[ends > c.tick * DAYS_PER_TICK]
 
     def distrust_certificates(self, tick: int) -> None:
-        """The device CA's key was stolen: every certificate it issued is worthless from now."""
+        """The device CA's key was stolen: the server distrusts every certificate it issued."""
         made = self.ids >= 0
-        self.cert_expiry[made] = np.minimum(self.cert_expiry[made], tick)
         self.renew_at[made] = np.minimum(self.renew_at[made], tick)  # due at once
         self.distrusted[made] = True
         self.next_due = min(self.next_due, tick)
 
-    def refuse(self, revoked: npt.NDArray[np.int64]) -> None:
+    def step_for(self, situation: Situation) -> Step:
+        """The home server's answer to a certificate in ``situation`` (one conversation each)."""
+        if situation not in self._steps:
+            self._steps[situation] = self.strategy.certificate_step(self.home, situation)
+        return self._steps[situation]
+
+    def _situations(self, devices: npt.NDArray[np.int64], tick: int) -> npt.NDArray[np.int64]:
+        """Each device's certificate situation, as an index into ``_SITUATIONS``."""
+        expiry = self.cert_expiry[devices]
+        # The renewal time by the certificate's own dates (a distrusted one is due at once).
+        renewing = expiry - (self.life_ticks - self.renew_ticks) <= tick
+        phase = np.where(expiry <= tick, 2, np.where(renewing, 1, 0))
+        return cast(npt.NDArray[np.int64], phase * 2 + self.distrusted[devices])
+
+    def refuse(self, revoked: npt.NDArray[np.int64], tick: int) -> None:
         """Revoked devices reach home and are refused, by design: not cut off, never back."""
+        codes = self._situations(revoked, tick)
+        for code, count in zip(*np.unique(codes, return_counts=True), strict=True):
+            step = self.step_for(_situation(int(code), revoked=True))
+            if step.outcome is OK:
+                raise HomingError(f"the home server let a revoked device in: {step}")
+            self.result.requests += step.posts * int(count)
         self._set_status(revoked, np.full(revoked.size, REFUSED, np.int8))
-        self.result.requests += int(revoked.size)
 
     def retire(self, dead: npt.NDArray[np.int64]) -> None:
         """Devices at the end of their life are no longer counted as cut off."""
@@ -444,42 +496,42 @@ class _Run:
         if self.next_due <= tick:
             due = np.flatnonzero((self.renew_at <= tick) & online)
         if due.size:
-            expired = self.cert_expiry[due] <= tick
             due_out = out[due] if out is not None else np.zeros(due.size, np.int8)
             connected = due_out != CUT_OFF
             caught = due_out == CAUGHT_UP
-            if s.recovers_expired_certificate:
-                recovered = expired & connected
-                r.key_proof_recoveries += int(recovered.sum())
-                r.requests += 2 * int(recovered.sum())  # challenge, then the proof
-                r.catch_up_requests += 2 * float((recovered & caught).sum())
-            else:
-                recovered = np.zeros_like(expired)
-                lost = expired & connected
-                if lost.any():
-                    if out is None:
-                        out = np.zeros(self.ids.size, np.int8)
-                    if new is None:
-                        new = self.ids.copy()
-                    gone = due[lost]
-                    # It reached home and was refused: whatever it caught up is undone.
-                    was_caught = gone[out[gone] == CAUGHT_UP]
-                    at = position[self.ids[was_caught]]
-                    r.caught_up -= int(was_caught.size)
-                    r.catch_up_ms -= float(walk_u[at].sum())
-                    r.catch_up_requests -= float(req_u[at].sum())
-                    out[gone] = CUT_OFF
-                    new[gone] = self.ids[gone]
-                    distrusted = self.distrusted[gone]
-                    causes += [CERT_EXPIRED, Cause.DEVICE_CA_DISTRUSTED]
-                    for g, d in zip(gone.tolist(), distrusted.tolist(), strict=True):
-                        reason_at[g] = len(causes) - (1 if d else 2)
-                    connected &= ~lost
-            renew = connected & ~expired
-            r.certificate_renewals += int(renew.sum())
-            r.requests += int(renew.sum())
-            r.catch_up_requests += float((renew & caught).sum())
-            fresh = due[renew | recovered]
+            codes = self._situations(due, tick)
+            # The home server's answer per situation, as tables over situation codes.
+            answer = _Answers(
+                [self.step_for(_situation(int(c))) for c in np.unique(codes[connected])],
+                np.unique(codes[connected]),
+            )
+            extra = answer.extra[codes] * connected  # requests besides the contact's check-in
+            r.requests += int(extra.sum())
+            r.catch_up_requests += float(extra[caught].sum())
+            recovered = connected & answer.recovered[codes]
+            renewed = connected & answer.renewed[codes]
+            r.key_proof_recoveries += int(recovered.sum())
+            r.certificate_renewals += int(renewed.sum())
+            lost = connected & (answer.outcome[codes] == CUT_OFF)
+            if lost.any():
+                if out is None:
+                    out = np.zeros(self.ids.size, np.int8)
+                if new is None:
+                    new = self.ids.copy()
+                gone = due[lost]
+                # It reached home and was refused: whatever it caught up is undone.
+                was_caught = gone[out[gone] == CAUGHT_UP]
+                at = position[self.ids[was_caught]]
+                r.caught_up -= int(was_caught.size)
+                r.catch_up_ms -= float(walk_u[at].sum())
+                r.catch_up_requests -= float(req_u[at].sum())
+                out[gone] = CUT_OFF
+                new[gone] = self.ids[gone]
+                base = len(causes)
+                causes += answer.causes
+                for g, code in zip(gone.tolist(), codes[lost].tolist(), strict=True):
+                    reason_at[g] = base + int(answer.cause_at[code])
+            fresh = due[renewed | recovered]
             self.cert_expiry[fresh] = tick + self.life_ticks
             self.renew_at[fresh] = tick + self.renew_ticks
             self.distrusted[fresh] = False
@@ -534,7 +586,7 @@ class _Run:
             self.distrust_certificates(w.tick)
         self.retire(w.dead)
         if w.refused.size:
-            self.refuse(w.refused)
+            self.refuse(w.refused, w.tick)
         self.week(w.online, w.offline, w.tick, events.manual_days)
         for c in events.compromises:
             if w.tick >= c.tick:
@@ -607,7 +659,7 @@ def simulate(
     # The agent warns about every clock behind its time floor; here that is the scenario.
     agent_log = logging.getLogger("homing.agent.agent")
     level = agent_log.level
-    agent_log.setLevel(logging.ERROR)
+    agent_log.setLevel(logging.CRITICAL)
     try:
         world = build_world(scenario, scratch, public_site="homing-public-ca" in names)
         fleet = make_fleet(scenario)

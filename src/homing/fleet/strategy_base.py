@@ -18,9 +18,11 @@ import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from cryptography import x509
 
+from homing.agent.decide import CertificateAction
 from homing.errors import ChainError
 from homing.fleet.scenario import Scenario
 from homing.fleet.world import HOST, START, Chain, Compromise, World, tick_time
@@ -35,7 +37,10 @@ __all__ = [
     "REFUSED",
     "Cause",
     "Contact",
+    "Home",
     "Outcome",
+    "Situation",
+    "Step",
     "Strategy",
     "days",
 ]
@@ -100,6 +105,7 @@ class Cause(enum.StrEnum):
         "trust metadata expired while the operator let it lapse: the device fails closed "
         "until it is re-signed"
     )
+    CERTIFICATE_REFUSED = "the server refused its certificate"
     TRUST_REFRESH_REFUSED = "trust refresh refused"
     PINS_MISMATCH = "pins from fresh metadata do not match"
 
@@ -117,6 +123,39 @@ class Contact:
     walk_ms: float = 0.0
     # What the real check said, where it says more than the cause.
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class Situation:
+    """What decides how a device's certificate fares at a contact.
+
+    ``phase``: the agent's rule on the certificate's dates (keep, renew,
+    recover); ``distrusted``: issued by a device CA distrusted since its key
+    was stolen; ``revoked``: the operator revoked the device.
+    """
+
+    phase: CertificateAction
+    distrusted: bool = False
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    """How the contact's certificate work ended, and what it cost."""
+
+    outcome: Outcome
+    posts: int  # requests to the server API, the check-in included
+    renewed: bool = False
+    recovered: bool = False
+    cause: Cause | None = None
+    # The server's refusals, by problem code, in order.
+    refusals: tuple[str, ...] = ()
+
+
+class Home(Protocol):
+    """The home server a strategy's devices present their certificates to (``fleet.home``)."""
+
+    def presented(self, situation: Situation) -> Step: ...
 
 
 def days(moment: datetime) -> float:
@@ -143,6 +182,14 @@ class Strategy:
     def contact(self, state: Hashable, tick: int, skew: timedelta = ZERO) -> Contact:
         """A contact at ``tick``, by a device whose clock reads ``skew`` off the true time."""
         raise NotImplementedError
+
+    def certificate_step(self, home: Home, situation: Situation) -> Step:
+        """A device's certificate at a contact, as the home server's rules answer it.
+
+        Without homing's agent nothing answers a refusal: an expired or
+        distrusted certificate cuts the device off.
+        """
+        return home.presented(situation)
 
     def accepts_stolen(self, state: Hashable, moment: datetime, c: Compromise) -> bool:
         """Whether this state accepts theft ``c``'s chain when its clock reads ``moment``."""

@@ -530,7 +530,7 @@ class _Builder:
         """The device CA's key is stolen: homing promotes its backup and distrusts the old."""
         if tick not in self.plan.device_ca_compromises:
             return
-        ceremonies.rotate_issuing_ca(self.dd, "device", tick_time(tick))
+        ceremonies.rotate_issuing_ca(self.dd, "device", tick_time(tick), compromised=True)
         self.world.device_ca_distrusted = (*self.world.device_ca_distrusted, tick)
         self.world.events.append(
             (tick, "the device CA's key is stolen: its certificates are distrusted")
