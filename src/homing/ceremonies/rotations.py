@@ -226,7 +226,7 @@ def rotate_issuing_ca(
     if compromised and kind != "device":
         raise CeremonyError(
             "only a device CA is distrusted after a theft; for the server CA, rotate it "
-            "(its pins change) and see docs/runbook.md"
+            "(its pins change; docs/ceremonies.md)"
         )
     dd, settings, store = _open(data)
     attr = f"{kind}_ca_generation"
