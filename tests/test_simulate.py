@@ -479,3 +479,64 @@ def test_other_strategies_present_their_certificate_to_the_same_rules(
     assert (step.outcome, step.refusals) == (outcome, refusals)
     if cause is not None:
         assert step.cause is cause
+
+
+def _rotation_world(tmp_path: Path) -> tuple[Homing, SimulatedHome, int]:
+    scenario = load_scenario(SCENARIOS / "firmware-key-rotation.toml").with_fleet(devices=10)
+    world = build_world(scenario, tmp_path / "world", public_site=False)
+    homing = Homing(world, scenario)
+    return homing, SimulatedHome(homing.device_cert_days), len(world.homing_states) - 1
+
+
+def _firmware_keyids(directory: Path) -> set[str]:
+    """The keys the newest top-level targets delegates the firmware role to."""
+    versions = [p for p in (directory / "metadata").glob("*.targets.json")]
+    newest = max(versions, key=lambda p: int(p.name.split(".")[0]))
+    targets = json.loads(newest.read_text())
+    return {k for role in targets["signed"]["delegations"]["roles"] for k in role["keyids"]}
+
+
+def test_a_device_that_slept_through_a_firmware_key_rotation_installs_the_newest_firmware(
+    tmp_path: Path,
+) -> None:
+    """The real agent's update: the image verified through the re-delegated firmware role."""
+    homing, home, last = _rotation_world(tmp_path)
+    first = homing.world.homing_states[1]
+    newest = homing.world.homing_states[last]
+    assert first.firmware is not None
+    assert newest.firmware is not None
+    # The firmware role is signed by another key now; the old one is retired.
+    assert _firmware_keyids(first.directory).isdisjoint(_firmware_keyids(newest.directory))
+    step = homing.firmware_step(home, last, first.firmware.sequence)
+    assert step.committed == newest.firmware.version
+    assert step.update_refused is None
+    # Check-in, the image's metadata, the download, four progress reports, the health check-in.
+    assert step.posts >= 7
+
+
+@pytest.mark.parametrize("damage", ["altered", "truncated"])
+def test_a_damaged_image_is_refused_by_the_agent_and_nothing_is_installed(
+    tmp_path: Path, damage: str
+) -> None:
+    homing, home, last = _rotation_world(tmp_path)
+    newest = homing.world.homing_states[last]
+    assert newest.firmware is not None
+    digest_named = [
+        p for p in (newest.directory / "targets" / "firmware").iterdir() if p.suffix == ".img"
+    ]
+    for image in digest_named:
+        data = image.read_bytes()
+        image.write_bytes(data[: len(data) // 2] if damage == "truncated" else data[::-1])
+    step = homing.firmware_step(home, last, 1)
+    assert step.committed is None
+    assert step.update_refused is not None
+    expected = "incomplete" if damage == "truncated" else "signed hashes"
+    assert expected in step.update_refused
+
+
+def test_homing_devices_take_every_release_after_a_firmware_key_rotation() -> None:
+    homing = _event_run("firmware-key-rotation.toml", ["homing"])["homing"]
+    assert homing.firmware_installs > EVENT_DEVICES
+    assert homing.firmware_refused == 0
+    # Every device runs what it was last offered, warehouse devices included.
+    assert homing.firmware_behind == 0

@@ -74,11 +74,11 @@ class Agent:
         clock: Callable[[], datetime] | None = None,
         limits: Limits | None = None,
         firmware_version: str | None = None,
-        fetcher: Callable[[PinPolicy | None, datetime], HTTPSFetcher] = HTTPSFetcher,
+        fetcher: Callable[[PinPolicy | None, datetime], HTTPSFetcher] | None = None,
     ) -> None:
         """``fetcher`` makes the metadata fetcher for a source (pinned or bootstrap);
         the fleet simulator passes one that serves its simulated network."""
-        self._fetcher = fetcher
+        self._fetcher = fetcher or self._https
         self.state = state
         self.config = state.config()
         self.server_override = server or self.config.server
@@ -89,6 +89,9 @@ class Agent:
         self.retry_after: float | None = None
         # The clock read behind the time floor at the last ``now()``.
         self.clock_behind_floor = False
+
+    def _https(self, policy: PinPolicy | None, now: datetime) -> HTTPSFetcher:
+        return HTTPSFetcher(policy, now, limits=self.limits)
 
     # -- time ----------------------------------------------------------------
 
@@ -325,6 +328,7 @@ class Agent:
             limits=self.limits,
             client=client,
             check_in=lambda: self._check_in_only(client, report),
+            fetcher=self._fetcher,
         )
 
     def _check_in_only(self, client: HomeClient, report: CycleReport) -> None:

@@ -64,6 +64,9 @@ class CycleReport:
     # What the cycle did with the device certificate.
     renewed: bool = False
     recovered: bool = False
+    # Firmware: the version committed this cycle, or why an assigned image was refused.
+    committed_version: str | None = None
+    update_refused: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -38,6 +38,7 @@ from homing.config import Limits
 from homing.errors import HomingError, PolicyError, TransportError
 from homing.fsutil import atomic_write
 from homing.trust.client import DirectoryFetcher, target_info
+from homing.trust.pins import PinPolicy
 
 
 class _Device(Protocol):
@@ -57,6 +58,9 @@ class FirmwareJob:
     limits: Limits
     client: HomeClient
     check_in: Callable[[], None]
+    # How the image's signed metadata is fetched: the agent's own fetcher
+    # factory (the fleet simulator's serves its simulated network).
+    fetcher: Callable[[PinPolicy | None, datetime], HTTPSFetcher]
 
     @property
     def now(self) -> datetime:
@@ -178,6 +182,7 @@ def finish_pending(job: FirmwareJob, report: CycleReport) -> None:
         reason = _healthy(job)
     if reason is None:
         installer.commit()
+        report.committed_version = version
         report.steps.append(f"firmware {version} committed")
         _report(job, rollout, "committed", version=version)
     else:
@@ -212,7 +217,7 @@ def apply_update(job: FirmwareJob, assignment: Assignment, report: CycleReport) 
     """Take an assigned image: verify it is for us and newer, download, install, boot."""
     rollout, name, now = assignment.rollout, assignment.target, job.now
     installer = installer_for(job)
-    fetcher = HTTPSFetcher(job.client.policy, now, limits=job.limits)
+    fetcher = job.fetcher(job.client.policy, now)
     fetcher.clock_behind_floor = job.client.clock_behind_floor
     try:
         info = target_info(
@@ -230,6 +235,7 @@ def apply_update(job: FirmwareJob, assignment: Assignment, report: CycleReport) 
         image = accept_image(info.custom, job.config.hardware, installer.active_sequence())
     except PolicyError as e:
         _report(job, rollout, "failed", str(e))
+        report.update_refused = str(e)
         report.steps.append(f"update refused: {e}")
         return
     progress = _read_progress(job)
@@ -244,6 +250,7 @@ def apply_update(job: FirmwareJob, assignment: Assignment, report: CycleReport) 
         path.unlink(missing_ok=True)
         reason = f"image does not match its signed hashes: {e}"
         _report(job, rollout, "failed", reason)
+        report.update_refused = reason
         report.steps.append(f"update refused: {reason}")
         _progress_path(job).unlink(missing_ok=True)
         return

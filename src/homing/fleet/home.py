@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import io
 import json
 import secrets
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -35,11 +37,12 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from homing.agent.agent import Agent
 from homing.agent.client import Answer, HomeClient
 from homing.agent.decide import CertificateAction, certificate_action
+from homing.agent.fetcher import HTTPSFetcher
 from homing.agent.state import DeviceConfig, DeviceState
 from homing.config import Validity
 from homing.errors import HomingError
 from homing.fleet.strategy_base import CUT_OFF, OK, REFUSED, Cause, Situation, Step
-from homing.fleet.world import HOST, START
+from homing.fleet.world import HOST, START, FirmwareRelease
 from homing.pki.authority import Authority, make_issuing_ca, make_root_ca
 from homing.pki.keys import generate_tls_key
 from homing.pki.ledger import MemoryLedger
@@ -50,7 +53,7 @@ from homing.server.errors import HTTPProblem
 from homing.store.devices import DeviceRow, Standing
 from homing.trust.pins import PinPolicy
 
-__all__ = ["SimulatedHome", "SimulatedHomeClient", "Situation", "Step"]
+__all__ = ["SimulatedHome", "SimulatedHomeClient", "take_update"]
 
 # When every conversation takes place: the certificates are dated around it.
 _MOMENT = START + timedelta(days=400)
@@ -107,21 +110,25 @@ class SimulatedHome:
     # -- the factory and the operator ----------------------------------------
 
     def enroll(
-        self, device_id: str, key: ec.EllipticCurvePrivateKey, s: Situation
+        self,
+        device_id: str,
+        key: ec.EllipticCurvePrivateKey,
+        s: Situation,
+        moment: datetime = _MOMENT,
     ) -> x509.Certificate:
-        """A device whose certificate is in situation ``s`` at the moment of the conversation."""
+        """A device whose certificate is in situation ``s`` at ``moment``."""
         lifetime = self.profile.validity
         age = {
             CertificateAction.KEEP: timedelta(days=1),
             CertificateAction.RENEW: lifetime * 0.8,
             CertificateAction.RECOVER: lifetime + timedelta(days=1),
         }[s.phase]
-        issued = _MOMENT - age
+        issued = moment - age
         authority = self.stolen if s.distrusted else self.active
         cert = authority.issue(
             approve_csr(device_csr(key, device_id), self.profile, device_id=device_id), issued
         )
-        if certificate_action(cert, _MOMENT) is not s.phase:
+        if certificate_action(cert, moment) is not s.phase:
             raise HomingError(f"simulated certificate is not in phase {s.phase.value}")
         spki = _spki(cert)
         status = "revoked" if s.revoked else "active"
@@ -138,7 +145,7 @@ class SimulatedHome:
             timestamp_version=None,
             targets_version=None,
             health=None,
-            revoked_at=_MOMENT if s.revoked else None,
+            revoked_at=moment if s.revoked else None,
             revoke_reason=None,
         )
         self.records[device_id] = _Record(row, {})
@@ -182,11 +189,23 @@ class SimulatedHome:
         cert: x509.Certificate | None,
         now: datetime,
         nonces: set[str],
+        rollout: FirmwareRelease | None = None,
     ) -> bytes:
-        """The body of a 200 answer to ``path``; HTTPProblem when the server refuses."""
+        """The body of a 200 answer to ``path``; HTTPProblem when the server refuses.
+
+        ``rollout``: the release a rollout to every device offers (the server
+        assigns it to a device that runs another version).
+        """
         if path == "/v1/device/checkin":
             self._device(cert, now)
-            return json.dumps({"server_time": now.isoformat()}).encode()
+            answer: dict[str, Any] = {"server_time": now.isoformat()}
+            running = json.loads(body).get("firmware_version")
+            if rollout is not None and running != rollout.version:
+                answer["update"] = {"rollout": 1, "target": rollout.target}
+            return json.dumps(answer).encode()
+        if path == "/v1/device/update":
+            self._device(cert, now)
+            return json.dumps({"rollout": {"id": 1}}).encode()
         if path == "/.well-known/est/simplereenroll":
             device = self._device(cert, now)
             approved = approve_csr(base64.b64decode(body), self.profile, device_id=device.device_id)
@@ -261,6 +280,53 @@ class SimulatedHome:
         return Step(OK, client.posts, report.renewed, report.recovered, refusals=refusals)
 
 
+def take_update(
+    home: SimulatedHome,
+    state: DeviceState,
+    release: FirmwareRelease,
+    now: datetime,
+    policy: PinPolicy,
+    network: Callable[[PinPolicy | None, datetime], HTTPSFetcher],
+    repository: Path,
+) -> Step:
+    """homing's device meets a rollout of ``release``: the real agent's whole update.
+
+    The check-in is answered with the assignment; the agent verifies the
+    image's signed target through the delegated firmware role over
+    ``network`` (python-tuf, the published metadata), downloads it from the
+    published targets, checks its length and hashes, installs it in its
+    inactive slot, boots it and commits it after a healthy check-in.
+    """
+    device_id = f"device-{len(home.records)}"
+    state.save_certificate(
+        [home.enroll(device_id, state.key(), Situation(CertificateAction.KEEP), now)]
+    )
+    client = SimulatedHomeClient(
+        home,
+        policy=policy,
+        now=now,
+        client_cert=(state.cert_path, state.key_path),
+        rollout=release,
+        repository=repository,
+    )
+    fetchers: list[HTTPSFetcher] = []
+
+    def counted(p: PinPolicy | None, at: datetime) -> HTTPSFetcher:
+        fetchers.append(network(p, at))
+        return fetchers[-1]
+
+    report = Agent(state, clock=lambda: now, fetcher=counted).run_with(client)
+    requests = client.posts + client.downloads + sum(getattr(f, "requests", 0) for f in fetchers)
+    outcome = OK if report.checked_in else CUT_OFF
+    return Step(
+        outcome,
+        requests,
+        refusals=tuple(client.refusals),
+        committed=report.committed_version,
+        update_refused=report.update_refused or report.error,
+    )
+
+
 class SimulatedHomeClient(HomeClient):
     """The agent's client seam, answered by ``SimulatedHome`` instead of a socket.
 
@@ -277,11 +343,16 @@ class SimulatedHomeClient(HomeClient):
         policy: PinPolicy,
         now: datetime,
         client_cert: tuple[Path, Path],
+        rollout: FirmwareRelease | None = None,
+        repository: Path | None = None,
     ) -> None:
         super().__init__(f"https://{HOST}", policy=policy, now=now, client_cert=client_cert)
         self._home = home
         self._nonces: set[str] = set()
+        self._rollout = rollout
+        self._repository = repository
         self.posts = 0
+        self.downloads = 0
         self.refusals: list[str] = []
 
     def _certificate(self) -> x509.Certificate | None:
@@ -304,12 +375,26 @@ class SimulatedHomeClient(HomeClient):
         sent = body([]) if callable(body) else body
         cert = self._certificate() if mutual else None
         try:
-            data = self._home.answer(path, sent, cert, self.now, self._nonces)
+            data = self._home.answer(path, sent, cert, self.now, self._nonces, self._rollout)
         except HTTPProblem as p:
             self.refusals.append(p.code)
             problem: dict[str, Any] = {"error": p.code, "message": p.message}
             return Answer(p.status, json.dumps(problem).encode())
         return Answer(200, data)
+
+    @contextmanager
+    def download(self, path: str, *, offset: int) -> Iterator[tuple[int, Callable[[int], bytes]]]:
+        """GET a published target: the bytes the repository holds, from ``offset``."""
+        self.downloads += 1
+        prefix = "/tuf/"
+        found = None
+        if self._repository is not None and path.startswith(prefix):
+            found = self._repository.joinpath(*path[len(prefix) :].split("/"))
+        if found is None or not found.is_file():
+            yield 404, lambda n: b""
+            return
+        stream = io.BytesIO(found.read_bytes()[offset:])
+        yield (206 if offset else 200), stream.read
 
 
 def _spki(cert: x509.Certificate) -> bytes:

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -18,10 +18,11 @@ from tuf.api.metadata import Metadata, Root, Targets, Timestamp
 from homing.agent.agent import Agent, CycleReport
 from homing.agent.decide import TrustChannel
 from homing.agent.fetcher import HTTPSFetcher
+from homing.agent.installer import SlotInstaller
 from homing.agent.state import DeviceConfig, DeviceState
 from homing.agent.transport import verify_pinned_chain
 from homing.errors import ChainError, MetadataError, TransportError
-from homing.fleet.home import SimulatedHome
+from homing.fleet.home import SimulatedHome, take_update
 from homing.fleet.scenario import Scenario
 from homing.fleet.strategy_base import (
     CAUGHT_UP,
@@ -35,7 +36,16 @@ from homing.fleet.strategy_base import (
     Step,
     Strategy,
 )
-from homing.fleet.world import HOST, START, Chain, Compromise, HomingState, World, tick_time
+from homing.fleet.world import (
+    FIRMWARE_HARDWARE,
+    HOST,
+    START,
+    Chain,
+    Compromise,
+    HomingState,
+    World,
+    tick_time,
+)
 from homing.fsutil import atomic_write
 from homing.pki.keys import generate_tls_key
 from homing.trust.client import DirectoryFetcher, TrustState, refresh_trust
@@ -122,6 +132,7 @@ class Homing(Strategy):
     name = "homing"
     summary = "pins inside signed TUF metadata, walked forward root by root"
     recovers_expired_certificate = True
+    takes_firmware = True
 
     def __init__(self, world: World, scenario: Scenario) -> None:
         super().__init__(world, scenario)
@@ -134,6 +145,7 @@ class Homing(Strategy):
         self._device_states: dict[int, Path] = {}
         self._expiries: dict[int, tuple[datetime, datetime]] = {}
         self._replay_expires: dict[str, datetime] = {}
+        self._updates: dict[tuple[int, int], Step] = {}
 
     def close(self) -> None:
         shutil.rmtree(self._scratch, ignore_errors=True)
@@ -258,6 +270,57 @@ class Homing(Strategy):
             self._walks[key] = walk
             shutil.rmtree(device, ignore_errors=True)
         return self._walks[key]
+
+    # -- firmware ---------------------------------------------------------------
+
+    def firmware_sequence(self, state: Hashable) -> int:
+        """The sequence of the newest firmware signed in published state ``state`` (0: none)."""
+        assert isinstance(state, int)
+        release = self._state(state).firmware
+        return release.sequence if release is not None else 0
+
+    def firmware_step(self, home: Home, current: int, installed: int) -> Step:
+        """A device running firmware ``installed`` meets the rollout of state ``current``'s newest.
+
+        The real agent's update (``homing.fleet.home.take_update``) on a device
+        holding the trust of ``current`` (its contact just walked there); one
+        conversation answers every device with the same (state, firmware).
+        """
+        assert isinstance(home, SimulatedHome)
+        key = (current, installed)
+        if key not in self._updates:
+            published = self._state(current)
+            release = published.firmware
+            assert release is not None
+            device = Path(tempfile.mkdtemp(dir=self._scratch))
+            shutil.copytree(self._device_state(current), device, dirs_exist_ok=True)
+            state = DeviceState(device)
+            config = replace(state.config(), hardware=FIRMWARE_HARDWARE)
+            atomic_write(state.config_path, config.to_json())
+            if installed:
+                # What it runs: the image it installed before (the factory's, or a release).
+                factory = device / "running.img"
+                factory.write_bytes(b"running firmware")
+                slots = SlotInstaller(device / "slots")
+                slots.install(factory, f"1.{installed}.0", installed)
+                slots.boot_new()
+                slots.commit()
+            chain = self._served(published.tick)
+
+            def network(policy: PinPolicy | None, at: datetime) -> HTTPSFetcher:
+                return _SimulatedHome(policy, at, chain, published.directory)
+
+            self._updates[key] = take_update(
+                home,
+                state,
+                release,
+                tick_time(published.tick),
+                self._policy(current),
+                network,
+                published.directory,
+            )
+            shutil.rmtree(device, ignore_errors=True)
+        return self._updates[key]
 
     def certificate_step(self, home: Home, situation: Situation) -> Step:
         """The real agent's certificate work and check-in, against the home server's rules."""

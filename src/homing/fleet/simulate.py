@@ -86,6 +86,12 @@ class StrategyResult:
     # Device-days spent cut off (deployed, last contact failed), per device class.
     cut_off_days: dict[str, float] = field(default_factory=dict)
     revoked: int = 0
+    # homing's devices: firmware taken through the real agent's update.
+    firmware_installs: int = 0
+    firmware_refused: int = 0
+    firmware_reasons: dict[str, int] = field(default_factory=dict)
+    firmware_behind: int = 0
+    takes_firmware: bool = False
 
     @property
     def why(self) -> str:
@@ -132,6 +138,15 @@ class StrategyResult:
             "causes": {c.name.lower(): n for c, n in self.reasons.most_common()},
             "why": self.why,
             "revoked": self.revoked,
+            # Only homing's devices take firmware through the simulated home.
+            "firmware": {
+                "installs": self.firmware_installs,
+                "refused": self.firmware_refused,
+                "reasons": dict(self.firmware_reasons),
+                "devices_behind_what_they_were_offered": self.firmware_behind,
+            }
+            if self.takes_firmware
+            else None,
             "cut_off_device_days": {
                 "total": round(sum(self.cut_off_days.values()), 1),
                 **{k: round(v, 1) for k, v in self.cut_off_days.items()},
@@ -330,9 +345,16 @@ class _Run:
         # and its answer per certificate situation (one real conversation each).
         self.home = SimulatedHome(strategy.device_cert_days)
         self._steps: dict[Situation, Step] = {}
+        # Firmware (homing's devices): the sequence each runs, and who failed to update.
+        self.takes_firmware = self.result.takes_firmware = strategy.takes_firmware
+        self.firmware = np.zeros(n if self.takes_firmware else 0, np.int32)
+        self._firmware_table = np.zeros(0, np.int64)
+        self._behind = np.zeros(0, np.int64)
 
     def assemble(self, devices: npt.NDArray[np.int64], tick: int) -> None:
         made = self.strategy.factory(tick)
+        if self.takes_firmware:
+            self.firmware[devices] = self.strategy.firmware_sequence(made)
         offsets = self.fleet.clock_offset[devices]
         for offset in np.unique(offsets):
             self.ids[devices[offsets == offset]] = self.states.intern((float(offset), made))
@@ -389,6 +411,67 @@ class _Run:
         self.renew_at[made] = np.minimum(self.renew_at[made], tick)  # due at once
         self.distrusted[made] = True
         self.next_due = min(self.next_due, tick)
+
+    def _firmware_by_id(self) -> npt.NDArray[np.int64]:
+        """The newest firmware sequence offered in each interned state (-1 answers 'not made')."""
+        known = len(self.states.values)
+        if self._firmware_table.size != known + 1:
+            offered = [
+                self.strategy.firmware_sequence(cast(tuple[float, Hashable], v)[1])
+                for v in self.states.values
+            ]
+            self._firmware_table = np.array([*offered, 0], np.int64)
+        return self._firmware_table
+
+    def _take_firmware(
+        self,
+        out: npt.NDArray[np.int8] | None,
+        new: npt.NDArray[np.int32] | None,
+        online: npt.NDArray[np.bool_],
+    ) -> None:
+        """Devices that reached home on a state offering newer firmware take the rollout.
+
+        Only devices whose state moved this week (or whose last update failed)
+        can be behind; each distinct (state, firmware running) meets the home
+        once through the real agent (``Strategy.firmware_step``).
+        """
+        candidates = self._behind[online[self._behind]]
+        if new is not None:
+            moved = np.flatnonzero(new != self.ids)
+            candidates = np.union1d(candidates, moved)
+        if candidates.size == 0:
+            return
+        after = new[candidates] if new is not None else self.ids[candidates]
+        reached = out[candidates] if out is not None else np.zeros(candidates.size, np.int8)
+        offered = self._firmware_by_id()[after]
+        need = ((reached == OK) | (reached == CAUGHT_UP)) & (self.firmware[candidates] < offered)
+        devices, after, offered = candidates[need], after[need], offered[need]
+        if devices.size == 0:
+            return
+        r = self.result
+        running = self.firmware[devices]
+        pairs = np.stack([after.astype(np.int64), running])
+        keys, inverse = np.unique(pairs, axis=1, return_inverse=True)
+        failed: list[npt.NDArray[np.int64]] = []
+        for k in range(keys.shape[1]):
+            state_id, installed = int(keys[0, k]), int(keys[1, k])
+            these = devices[inverse.ravel() == k]
+            value = cast(tuple[float, Hashable], self.states.values[state_id])[1]
+            assert isinstance(value, int)
+            step = self.strategy.firmware_step(self.home, value, installed)
+            r.requests += (step.posts - 1) * int(these.size)  # besides the contact's check-in
+            if step.committed is not None:
+                self.firmware[these] = offered[inverse.ravel() == k][0]
+                r.firmware_installs += int(these.size)
+            else:
+                r.firmware_refused += int(these.size)
+                if step.update_refused:
+                    r.firmware_reasons.setdefault(step.update_refused, 0)
+                    r.firmware_reasons[step.update_refused] += int(these.size)
+                failed.append(these)
+        self._behind = np.setdiff1d(self._behind, devices)
+        if failed:
+            self._behind = np.union1d(self._behind, np.concatenate(failed))
 
     def step_for(self, situation: Situation) -> Step:
         """The home server's answer to a certificate in ``situation`` (one conversation each)."""
@@ -537,6 +620,9 @@ class _Run:
             self.distrusted[fresh] = False
             self.next_due = int(self.renew_at.min())
 
+        if self.takes_firmware:
+            self._take_firmware(out, new, online)
+
         if out is None:
             if self.unsettled == 0:
                 return  # every device OK before and after, none moved
@@ -620,6 +706,9 @@ class _Run:
             for name, days in zip(fleet.population_names, self.cut_days, strict=True)
         }
         r.cut_off_devices = int((self.ever_cut & made).sum())
+        if self.takes_firmware:
+            offered = self._firmware_by_id()[self.ids]
+            r.firmware_behind = int((made & (self.firmware < offered)).sum())
         r.manual_recoveries = int(self.ever_manual.sum())
         for c in compromises:
             if c.what not in self.exposure_end:

@@ -150,6 +150,9 @@ class Step:
     cause: Cause | None = None
     # The server's refusals, by problem code, in order.
     refusals: tuple[str, ...] = ()
+    # Firmware: the version the agent committed, or why it refused the assigned image.
+    committed: str | None = None
+    update_refused: str | None = None
 
 
 class Home(Protocol):
@@ -168,6 +171,8 @@ class Strategy:
     name = ""
     summary = ""
     recovers_expired_certificate = False
+    # Its devices take firmware through the simulated home (homing's rollout).
+    takes_firmware = False
     manual_path = False
 
     def __init__(self, world: World, scenario: Scenario) -> None:
@@ -182,6 +187,17 @@ class Strategy:
     def contact(self, state: Hashable, tick: int, skew: timedelta = ZERO) -> Contact:
         """A contact at ``tick``, by a device whose clock reads ``skew`` off the true time."""
         raise NotImplementedError
+
+    def firmware_sequence(self, state: Hashable) -> int:
+        """The newest firmware a device in ``state`` is offered by homing's rollout (0: none).
+
+        Only homing's devices take firmware through the simulated home; the
+        other strategies' firmware rules are the world's (``World.can_install``).
+        """
+        return 0
+
+    def firmware_step(self, home: Home, current: int, installed: int) -> Step:
+        raise NotImplementedError(f"{self.name} takes no firmware from the simulated home")
 
     def certificate_step(self, home: Home, situation: Situation) -> Step:
         """A device's certificate at a contact, as the home server's rules answer it.

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from homing import ceremonies
+from homing.ceremonies import releases
 from homing.config import Validity
 from homing.fleet.clock import HOST, START, tick_time, year_tick
 from homing.fleet.population import DAYS_PER_TICK, DAYS_PER_YEAR
@@ -37,11 +38,16 @@ from homing.fleet.simulated_cas import Chain, SimulatedCA
 from homing.pki.keys import generate_tls_key, spki_pin
 from homing.site import DataDir
 
+# The hardware class of the simulated devices homing releases firmware for.
+FIRMWARE_HARDWARE = "sim-board"
+
 __all__ = [
+    "FIRMWARE_HARDWARE",
     "HOST",
     "START",
     "Chain",
     "Compromise",
+    "FirmwareRelease",
     "HomingState",
     "Release",
     "World",
@@ -72,6 +78,17 @@ class HomingState:
     index: int
     tick: int
     directory: Path
+    # The newest firmware signed into its firmware role (None: none yet).
+    firmware: FirmwareRelease | None = None
+
+
+@dataclass(frozen=True)
+class FirmwareRelease:
+    """A firmware image homing's site signed (``homing release``) for the simulated board."""
+
+    target: str
+    version: str
+    sequence: int
 
 
 @dataclass(frozen=True)
@@ -301,6 +318,7 @@ class _Builder:
         # One handle on the site (and its database) for every ceremony of the run.
         self.dd = DataDir(self.data)
         self.renew_by = self._renewal_dates()
+        self.homing_firmware: FirmwareRelease | None = None
         self.world.homing_root_ca.append(self.dd.certificate("root-ca.pem"))
         self._snapshot_homing(0)
         self.world.homing.append(self._homing_chain())
@@ -321,6 +339,7 @@ class _Builder:
                 (False, False) if frozen else self._homing_ceremonies(tick, changed, renewed)
             )
             changed_too |= self._firmware_key(tick, frozen)
+            changed_too |= self._homing_release(tick, frozen)
             renewed_leaf = self._renew_leaves(tick, renewed or renewed_too)
             if renewed_leaf and not (changed or changed_too or frozen):
                 # The server re-signs snapshot and timestamp on its own; a copy per
@@ -508,7 +527,7 @@ class _Builder:
         index = len(self.world.homing_states)
         target = self.workdir / "homing-states" / str(index)
         _snapshot(self.data / "repository", target)
-        self.world.homing_states.append(HomingState(index, tick, target))
+        self.world.homing_states.append(HomingState(index, tick, target, self.homing_firmware))
 
     # -- an operator's lapse, a stolen device CA, the firmware key ------------------
 
@@ -557,9 +576,21 @@ class _Builder:
                 keys.add(self.firmware_key - 1)
         return frozenset(keys)
 
-    def _release(self, tick: int) -> None:
+    def release_due(self, tick: int) -> bool:
         rotation = any(start == tick for start, _ in self.plan.firmware_rotations)
-        if tick % self.plan.release_ticks and tick != self.plan.compromise and not rotation:
+        return not (tick % self.plan.release_ticks) or tick == self.plan.compromise or rotation
+
+    def _homing_release(self, tick: int, frozen: bool) -> bool:
+        """homing's operator signs the release into the firmware role (the real ceremony)."""
+        if frozen or not self.release_due(tick):
+            return False
+        self.homing_firmware = _sign_release(
+            self.dd, self.workdir, self.homing_firmware, tick_time(tick)
+        )
+        return True
+
+    def _release(self, tick: int) -> None:
+        if not self.release_due(tick):
             return
         now, world = tick_time(tick), self.world
         roots = tuple(
@@ -691,6 +722,7 @@ class _PublicSite:
             identifiers=(HOST,),
         )
         self.renew_root_by = self._root_renewal()
+        self.firmware: FirmwareRelease | None = None
 
     def _root_renewal(self) -> datetime:
         dd = self.dd
@@ -725,7 +757,7 @@ class _PublicSite:
         index = len(world.homing_public_states)
         target = self.builder.workdir / "homing-public-states" / str(index)
         _snapshot(self.data / "repository", target)
-        world.homing_public_states.append(HomingState(index, tick, target))
+        world.homing_public_states.append(HomingState(index, tick, target, self.firmware))
 
     def _usual(self, tick: int) -> None:
         from homing.ceremonies import acme
@@ -762,11 +794,26 @@ class _PublicSite:
         if installed and not changed:
             # As the private site: fresh metadata with every certificate.
             ceremonies.refresh_snapshot(self.dd, now)
+        if b.release_due(tick):
+            self.firmware = _sign_release(self.dd, b.workdir, self.firmware, now)
+            changed = True
         if changed or installed:
             self._copy(tick)
 
     def close(self) -> None:
         self.dd.close()
+
+
+def _sign_release(
+    dd: DataDir, workdir: Path, last: FirmwareRelease | None, now: datetime
+) -> FirmwareRelease:
+    """The next firmware image, signed into the site's firmware role (``homing release``)."""
+    sequence = 1 + (last.sequence if last is not None else 0)
+    image = workdir / "firmware" / f"{dd.root.name}-{sequence}.img"
+    image.parent.mkdir(exist_ok=True)
+    image.write_bytes(b"simulated firmware image %d\n" % sequence * 256)
+    made = releases.release(dd, image, f"1.{sequence}.0", FIRMWARE_HARDWARE, now)
+    return FirmwareRelease(made.target, made.version, made.sequence)
 
 
 def _pem_of(*certs: x509.Certificate) -> bytes:
