@@ -279,19 +279,21 @@ class Homing(Strategy):
         release = self._state(state).firmware
         return release.sequence if release is not None else 0
 
-    def firmware_step(self, home: Home, current: int, installed: int) -> Step:
-        """A device running firmware ``installed`` meets the rollout of state ``current``'s newest.
+    def firmware_step(self, home: Home, current: int, installed: int | None = None) -> Step:
+        """A device running an older release meets the rollout of state ``current``'s newest.
 
         The real agent's update (``homing.fleet.home.take_update``) on a device
-        holding the trust of ``current`` (its contact just walked there); one
-        conversation answers every device with the same (state, firmware).
+        holding the trust of ``current`` (its contact just walked there) and
+        running release ``installed`` (by default the one before the offered).
         """
         assert isinstance(home, SimulatedHome)
+        published = self._state(current)
+        release = published.firmware
+        assert release is not None
+        if installed is None:
+            installed = release.sequence - 1
         key = (current, installed)
         if key not in self._updates:
-            published = self._state(current)
-            release = published.firmware
-            assert release is not None
             device = Path(tempfile.mkdtemp(dir=self._scratch))
             shutil.copytree(self._device_state(current), device, dirs_exist_ok=True)
             state = DeviceState(device)

@@ -349,7 +349,8 @@ class _Run:
         self.takes_firmware = self.result.takes_firmware = strategy.takes_firmware
         self.firmware = np.zeros(n if self.takes_firmware else 0, np.int32)
         self._firmware_table = np.zeros(0, np.int64)
-        self._behind = np.zeros(0, np.int64)
+        self._behind = np.zeros(n if self.takes_firmware else 0, np.bool_)
+        self._behind_count = 0
 
     def assemble(self, devices: npt.NDArray[np.int64], tick: int) -> None:
         made = self.strategy.factory(tick)
@@ -432,15 +433,17 @@ class _Run:
         """Devices that reached home on a state offering newer firmware take the rollout.
 
         Only devices whose state moved this week (or whose last update failed)
-        can be behind; each distinct (state, firmware running) meets the home
-        once through the real agent (``Strategy.firmware_step``).
+        can be behind. The agent accepts an image by comparing sequences
+        (anti-rollback), so every device running an older release meets a
+        state's rollout the same way: one update through the real agent per
+        published state (``Strategy.firmware_step``) answers for all of them.
         """
-        candidates = self._behind[online[self._behind]]
-        if new is not None:
-            moved = np.flatnonzero(new != self.ids)
-            candidates = np.union1d(candidates, moved)
-        if candidates.size == 0:
+        if new is None and self._behind_count == 0:
             return
+        mask = new != self.ids if new is not None else np.zeros(self.ids.size, np.bool_)
+        if self._behind_count:
+            mask |= self._behind & online
+        candidates = np.flatnonzero(mask)
         after = new[candidates] if new is not None else self.ids[candidates]
         reached = out[candidates] if out is not None else np.zeros(candidates.size, np.int8)
         offered = self._firmware_by_id()[after]
@@ -449,29 +452,29 @@ class _Run:
         if devices.size == 0:
             return
         r = self.result
-        running = self.firmware[devices]
-        pairs = np.stack([after.astype(np.int64), running])
-        keys, inverse = np.unique(pairs, axis=1, return_inverse=True)
-        failed: list[npt.NDArray[np.int64]] = []
-        for k in range(keys.shape[1]):
-            state_id, installed = int(keys[0, k]), int(keys[1, k])
-            these = devices[inverse.ravel() == k]
+        unique, inverse = _group(after, len(self.states.values) + 1)
+        steps = []
+        for state_id in unique.tolist():
             value = cast(tuple[float, Hashable], self.states.values[state_id])[1]
             assert isinstance(value, int)
-            step = self.strategy.firmware_step(self.home, value, installed)
-            r.requests += (step.posts - 1) * int(these.size)  # besides the contact's check-in
-            if step.committed is not None:
-                self.firmware[these] = offered[inverse.ravel() == k][0]
-                r.firmware_installs += int(these.size)
-            else:
-                r.firmware_refused += int(these.size)
-                if step.update_refused:
-                    r.firmware_reasons.setdefault(step.update_refused, 0)
-                    r.firmware_reasons[step.update_refused] += int(these.size)
-                failed.append(these)
-        self._behind = np.setdiff1d(self._behind, devices)
-        if failed:
-            self._behind = np.union1d(self._behind, np.concatenate(failed))
+            steps.append(self.strategy.firmware_step(self.home, value))
+        extra = np.array([s.posts - 1 for s in steps], np.int64)  # besides the contact's check-in
+        committed = np.array([s.committed is not None for s in steps], np.bool_)
+        r.requests += int(extra[inverse].sum())
+        took = committed[inverse]
+        self.firmware[devices[took]] = offered[took]
+        r.firmware_installs += int(took.sum())
+        failed = devices[~took]
+        r.firmware_refused += int(failed.size)
+        for k, step in enumerate(steps):
+            if not committed[k] and step.update_refused:
+                count = int((inverse == k).sum())
+                r.firmware_reasons[step.update_refused] = (
+                    r.firmware_reasons.get(step.update_refused, 0) + count
+                )
+        # Who still runs older firmware than its state offers: retried at its next contact.
+        self._behind[devices] = ~took
+        self._behind_count = int(self._behind.sum()) if failed.size or self._behind_count else 0
 
     def step_for(self, situation: Situation) -> Step:
         """The home server's answer to a certificate in ``situation`` (one conversation each)."""

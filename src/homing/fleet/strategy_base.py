@@ -196,7 +196,7 @@ class Strategy:
         """
         return 0
 
-    def firmware_step(self, home: Home, current: int, installed: int) -> Step:
+    def firmware_step(self, home: Home, current: int, installed: int | None = None) -> Step:
         raise NotImplementedError(f"{self.name} takes no firmware from the simulated home")
 
     def certificate_step(self, home: Home, situation: Situation) -> Step:
