@@ -252,6 +252,12 @@ def test_cli_writes_table_json_and_plots(tmp_path: Path) -> None:
     assert leaf["total"] > 0
     assert set(leaf) > {"total", "always-on", "daily"}
     assert "cut off" in result.stdout
+    # Firmware went through homing's agent; the baselines report none of their own.
+    firmware = by_name["homing"]["firmware"]
+    assert firmware["installs"] > 0
+    assert firmware["devices_behind_what_they_were_offered"] == 0
+    assert by_name["leaf-fingerprint"]["firmware"] is None
+    assert "homing: " + f"{firmware['installs']:,} firmware updates" in result.stdout
 
 
 def test_cli_refuses_a_bad_scenario_in_one_line(tmp_path: Path) -> None:

@@ -103,6 +103,16 @@ def simulate_cmd(
     out.print(table)
     for result in results.strategies:
         out.print(f"{result.name}: {result.why}", highlight=False, soft_wrap=True, markup=False)
+    for result in results.strategies:
+        if result.takes_firmware:
+            out.print(
+                f"{result.name}: {result.firmware_installs:,} firmware updates through the agent, "
+                f"{result.firmware_refused:,} refused, {result.firmware_behind:,} devices behind "
+                "what they were offered",
+                highlight=False,
+                soft_wrap=True,
+                markup=False,
+            )
     if results.compromise_day is not None:
         out.print(
             f"stolen key on day {results.compromise_day:g}; homing's exposure is bounded by "
