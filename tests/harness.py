@@ -211,6 +211,32 @@ class RunningServer:
         return save_device(tmp, device_id, key, cert)
 
 
+def recover_with_key(
+    server: RunningServer, device_id: str, key: ec.EllipticCurvePrivateKey
+) -> tuple[int, dict[str, Any]]:
+    """Key-proof recovery as a device (or a thief) holding ``key`` would attempt it."""
+    import base64
+
+    from homing.pki.proof import sign_recovery_proof
+
+    challenge = server.request("POST", "/v1/recover/challenge", {"device_id": device_id})
+    if challenge.status != 200:
+        return challenge.status, challenge.json()
+    nonce = challenge.json()["nonce"]
+    csr = est_csr(key, device_id)
+    response = server.request(
+        "POST",
+        "/v1/recover",
+        {
+            "device_id": device_id,
+            "nonce": nonce,
+            "csr": base64.b64encode(csr).decode(),
+            "signature": base64.b64encode(sign_recovery_proof(key, nonce, csr)).decode(),
+        },
+    )
+    return response.status, response.json()
+
+
 def est_csr(key: ec.EllipticCurvePrivateKey, device_id: str) -> bytes:
     return (
         x509.CertificateSigningRequestBuilder()

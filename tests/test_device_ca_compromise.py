@@ -31,7 +31,6 @@ from homing.fleet.strategy_base import Situation
 from homing.pki.authority import Authority
 from homing.pki.ledger import MemoryLedger
 from homing.pki.profiles import approve_csr, device_profile
-from homing.pki.proof import sign_recovery_proof
 from homing.site import DataDir
 from homing.store import audit
 from tests.fleet import check_in, device, url
@@ -40,6 +39,7 @@ from tests.harness import (
     RunningServer,
     assert_one_error,
     est_csr,
+    recover_with_key,
     run_homing,
     save_device,
 )
@@ -80,26 +80,6 @@ def _certificate(state: DeviceState) -> x509.Certificate:
     return cert
 
 
-def _recover_as_thief(
-    server: RunningServer, device_id: str, key: ec.EllipticCurvePrivateKey
-) -> tuple[int, str]:
-    challenge = server.request("POST", "/v1/recover/challenge", {"device_id": device_id})
-    assert challenge.status == 200, challenge.body
-    nonce = challenge.json()["nonce"]
-    csr = est_csr(key, device_id)
-    answer = server.request(
-        "POST",
-        "/v1/recover",
-        {
-            "device_id": device_id,
-            "nonce": nonce,
-            "csr": base64.b64encode(csr).decode(),
-            "signature": base64.b64encode(sign_recovery_proof(key, nonce, csr)).decode(),
-        },
-    )
-    return answer.status, answer.json()["error"]
-
-
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_stolen_device_ca_is_distrusted_and_devices_recover_by_key_proof(
     server: RunningServer, tmp_path: Path
@@ -134,7 +114,8 @@ def test_a_stolen_device_ca_is_distrusted_and_devices_recover_by_key_proof(
     # The fleet simulator's home answers the same situation by the same rules.
     simulated = SimulatedHome(365).presented(Situation(CertificateAction.KEEP, distrusted=True))
     assert simulated.refusals == (answer.json()["error"],)
-    assert _recover_as_thief(server, "dev-1", thief_key) == (403, "bad_proof")
+    status, refusal = recover_with_key(server, "dev-1", thief_key)
+    assert (status, refusal["error"]) == (403, "bad_proof")
     # EST tells outside clients the CAs to trust now: not the stolen one.
     cacerts = server.request("GET", "/.well-known/est/cacerts")
     assert old_issuer not in [c.subject for c in _pkcs7(cacerts.body)]

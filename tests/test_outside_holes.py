@@ -26,7 +26,6 @@ from homing import ceremonies
 from homing.errors import PolicyError
 from homing.operations import fleet as operations
 from homing.pki.profiles import ApprovedRequest, approve_csr, device_profile, device_uri
-from homing.pki.proof import sign_recovery_proof
 from homing.server.config import ServerConfig
 from homing.server.state import ServerState
 from homing.site import DataDir
@@ -39,6 +38,7 @@ from tests.harness import (
     RunningServer,
     certs_from_pkcs7,
     est_csr,
+    recover_with_key,
     run_homing,
     save_device,
 )
@@ -62,27 +62,6 @@ def _reenroll(
         device=device,
     )
     return response.status, response.body
-
-
-def _recover(
-    server: RunningServer, device_id: str, key: ec.EllipticCurvePrivateKey
-) -> tuple[int, dict[str, object]]:
-    challenge = server.request("POST", "/v1/recover/challenge", {"device_id": device_id})
-    if challenge.status != 200:
-        return challenge.status, challenge.json()
-    nonce = challenge.json()["nonce"]
-    csr = est_csr(key, device_id)
-    response = server.request(
-        "POST",
-        "/v1/recover",
-        {
-            "device_id": device_id,
-            "nonce": nonce,
-            "csr": base64.b64encode(csr).decode(),
-            "signature": base64.b64encode(sign_recovery_proof(key, nonce, csr)).decode(),
-        },
-    )
-    return response.status, response.json()
 
 
 def _simpleenroll(server: RunningServer, factory: tuple[str, str], csr: bytes) -> Response:
@@ -120,7 +99,7 @@ def test_pki_revoke_of_a_device_stops_recovery_like_homing_revoke(
         row = device_store.device(conn, "dev-a2")
     assert row is not None
     assert row.status == "revoked"
-    assert _recover(server, "dev-a2", device.key)[0] == 403
+    assert recover_with_key(server, "dev-a2", device.key)[0] == 403
     assert server.request("POST", "/v1/device/checkin", CHECKIN, device=device).status == 403
     assert _reenroll(server, device, device.key)[0] == 403
     # A factory cannot enroll the revoked id afresh either.
@@ -138,7 +117,7 @@ def test_revoking_a_device_certificate_by_serial_revokes_the_device(
         server.state.dd, datetime.now(UTC), serial=device.certificate.serial_number
     )
     assert count == 1
-    assert _recover(server, "dev-s", device.key)[0] == 403
+    assert recover_with_key(server, "dev-s", device.key)[0] == 403
 
 
 def test_revoking_a_device_that_only_had_offline_certificates_keeps_a_tombstone(
@@ -169,7 +148,7 @@ def test_a_rekey_supersedes_the_old_certificate_and_key(
     assert refused.status == 403
     assert "superseded" in refused.json()["message"]
     assert _reenroll(server, old, old.key)[0] == 403
-    status, answer = _recover(server, "dev-rk", old.key)
+    status, answer = recover_with_key(server, "dev-rk", old.key)
     assert (status, answer["error"]) == (403, "bad_proof")
     assert server.request("POST", "/v1/device/checkin", CHECKIN, device=new).status == 200
     with server.state.db.engine.connect() as conn:
