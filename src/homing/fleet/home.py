@@ -7,8 +7,11 @@ handlers call), applied to real certificates that real CAs issued at the
 simulated time. homing's devices meet it through the real agent
 (``Agent.run_with``) and ``SimulatedHomeClient``, the agent's one client
 seam with the socket replaced; a device of another strategy presents its
-certificate to the same rules without an agent. Only the database (a
-record per device) and the network are simulated.
+certificate to the same rules without an agent. Firmware rollouts are
+served here too (``take_update``): the check-in assigns the newest release
+and the image comes from the published targets. Only the database (a
+record per device), the rollout (one to every device) and the network are
+simulated.
 
 Every device in the same certificate situation meets the server the same
 way, so one real conversation answers for all of them (``Situation``).

@@ -414,7 +414,8 @@ class _Run:
         self.next_due = min(self.next_due, tick)
 
     def _firmware_by_id(self) -> npt.NDArray[np.int64]:
-        """The newest firmware sequence offered in each interned state (-1 answers 'not made')."""
+        """The newest firmware sequence offered in each interned state; the last entry (0)
+        answers for the id -1 of devices not made yet."""
         known = len(self.states.values)
         if self._firmware_table.size != known + 1:
             offered = [
@@ -483,7 +484,7 @@ class _Run:
         return self._steps[situation]
 
     def _situations(self, devices: npt.NDArray[np.int64], tick: int) -> npt.NDArray[np.int64]:
-        """Each device's certificate situation, as an index into ``_SITUATIONS``."""
+        """Each device's certificate situation code (``_situation`` reads it back)."""
         expiry = self.cert_expiry[devices]
         # The renewal time by the certificate's own dates (a distrusted one is due at once).
         renewing = expiry - (self.life_ticks - self.renew_ticks) <= tick
