@@ -31,21 +31,24 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import unquote, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
+from tuf.api import exceptions as tuf_errors
 
 from homing.agent.agent import Agent
 from homing.agent.client import Answer, HomeClient
 from homing.agent.decide import CertificateAction, certificate_action
 from homing.agent.fetcher import HTTPSFetcher
 from homing.agent.state import DeviceConfig, DeviceState
+from homing.agent.transport import verify_pinned_chain
 from homing.config import Validity
-from homing.errors import HomingError
+from homing.errors import ChainError, HomingError
 from homing.fleet.strategy_base import CUT_OFF, OK, REFUSED, Cause, Situation, Step
-from homing.fleet.world import HOST, START, FirmwareRelease
+from homing.fleet.world import HOST, START, Chain, FirmwareRelease
 from homing.pki.authority import Authority, make_issuing_ca, make_root_ca
 from homing.pki.keys import generate_tls_key
 from homing.pki.ledger import MemoryLedger
@@ -56,7 +59,7 @@ from homing.server.errors import HTTPProblem
 from homing.store.devices import DeviceRow, Standing
 from homing.trust.pins import PinPolicy
 
-__all__ = ["SimulatedHome", "SimulatedHomeClient", "take_update"]
+__all__ = ["SimulatedHome", "SimulatedHomeClient", "SimulatedNetwork", "take_update"]
 
 # When every conversation takes place: the certificates are dated around it.
 _MOMENT = START + timedelta(days=400)
@@ -289,7 +292,7 @@ def take_update(
     release: FirmwareRelease,
     now: datetime,
     policy: PinPolicy,
-    network: Callable[[PinPolicy | None, datetime], HTTPSFetcher],
+    network: Callable[[PinPolicy | None, datetime], SimulatedNetwork],
     repository: Path,
 ) -> Step:
     """homing's device meets a rollout of ``release``: the real agent's whole update.
@@ -312,14 +315,14 @@ def take_update(
         rollout=release,
         repository=repository,
     )
-    fetchers: list[HTTPSFetcher] = []
+    fetchers: list[SimulatedNetwork] = []
 
-    def counted(p: PinPolicy | None, at: datetime) -> HTTPSFetcher:
+    def counted(p: PinPolicy | None, at: datetime) -> SimulatedNetwork:
         fetchers.append(network(p, at))
         return fetchers[-1]
 
     report = Agent(state, clock=lambda: now, fetcher=counted).run_with(client)
-    requests = client.posts + client.downloads + sum(getattr(f, "requests", 0) for f in fetchers)
+    requests = client.posts + client.downloads + sum(f.requests for f in fetchers)
     outcome = OK if report.checked_in else CUT_OFF
     return Step(
         outcome,
@@ -328,6 +331,54 @@ def take_update(
         committed=report.committed_version,
         update_refused=report.update_refused or report.error,
     )
+
+
+class SimulatedNetwork(HTTPSFetcher):
+    """The metadata network, simulated: the home's repository as published at one moment.
+
+    It is the agent's own fetcher with the socket replaced: a pinned fetch
+    first puts the server's real chain through the agent's pinned-connection
+    rule (``verify_pinned_chain``) and fails the way a real handshake check
+    fails; then files come from the published repository copy.
+    """
+
+    def __init__(
+        self, policy: PinPolicy | None, now: datetime, chain: Chain, repository: Path
+    ) -> None:
+        super().__init__(policy, now)
+        self._chain = chain
+        self._repository = repository
+        self._checked = False
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        parts = urlsplit(url)
+        if self.policy is not None and not self._checked:
+            try:
+                verify_pinned_chain(
+                    self._chain.leaf,
+                    self._chain.intermediates,
+                    self.policy,
+                    parts.hostname or "",
+                    self.now,
+                    clock_behind_floor=self.clock_behind_floor,
+                )
+            except ChainError as e:
+                self.pin_failure = e
+                raise tuf_errors.DownloadError(str(e)) from e
+            self._checked = True
+        prefix = "/tuf/"
+        if not parts.path.startswith(prefix):
+            raise tuf_errors.DownloadHTTPError(f"{url}: HTTP 404", 404)
+        path = self._repository.joinpath(*unquote(parts.path[len(prefix) :]).split("/"))
+        self.requests += 1  # a 404 (python-tuf probing for the next root) is a request too
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as e:
+            raise tuf_errors.DownloadHTTPError(f"{url}: HTTP 404", 404) from e
+        return iter([data])
+
+    def close(self) -> None:
+        pass
 
 
 class SimulatedHomeClient(HomeClient):

@@ -9,10 +9,8 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from cryptography import x509
-from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Root, Targets, Timestamp
 
 from homing.agent.agent import Agent, CycleReport
@@ -22,7 +20,7 @@ from homing.agent.installer import SlotInstaller
 from homing.agent.state import DeviceConfig, DeviceState
 from homing.agent.transport import verify_pinned_chain
 from homing.errors import ChainError, MetadataError, TransportError
-from homing.fleet.home import SimulatedHome, take_update
+from homing.fleet.home import SimulatedHome, SimulatedNetwork, take_update
 from homing.fleet.scenario import Scenario
 from homing.fleet.strategy_base import (
     CAUGHT_UP,
@@ -67,54 +65,6 @@ class _CountingFetcher(DirectoryFetcher):
     def _fetch(self, url: str) -> Iterator[bytes]:
         self.requests += 1
         return super()._fetch(url)
-
-
-class _SimulatedHome(HTTPSFetcher):
-    """The network, simulated: the home server as the world publishes it at one moment.
-
-    It is the agent's own fetcher with the socket replaced: a pinned fetch
-    first puts the server's real chain through the agent's pinned-connection
-    rule (``verify_pinned_chain``) and fails the way a real handshake check
-    fails; then files come from the published repository copy.
-    """
-
-    def __init__(
-        self, policy: PinPolicy | None, now: datetime, chain: Chain, repository: Path
-    ) -> None:
-        super().__init__(policy, now)
-        self._chain = chain
-        self._repository = repository
-        self._checked = False
-
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        parts = urlsplit(url)
-        if self.policy is not None and not self._checked:
-            try:
-                verify_pinned_chain(
-                    self._chain.leaf,
-                    self._chain.intermediates,
-                    self.policy,
-                    parts.hostname or "",
-                    self.now,
-                    clock_behind_floor=self.clock_behind_floor,
-                )
-            except ChainError as e:
-                self.pin_failure = e
-                raise tuf_errors.DownloadError(str(e)) from e
-            self._checked = True
-        prefix = "/tuf/"
-        if not parts.path.startswith(prefix):
-            raise tuf_errors.DownloadHTTPError(f"{url}: HTTP 404", 404)
-        path = self._repository.joinpath(*unquote(parts.path[len(prefix) :]).split("/"))
-        self.requests += 1  # a 404 (python-tuf probing for the next root) is a request too
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError as e:
-            raise tuf_errors.DownloadHTTPError(f"{url}: HTTP 404", 404) from e
-        return iter([data])
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -247,10 +197,10 @@ class Homing(Strategy):
             shutil.copytree(self._device_state(held), device, dirs_exist_ok=True)
             now = tick_time(published.tick)
             chain = self._served(published.tick)
-            fetchers: list[_SimulatedHome] = []
+            fetchers: list[SimulatedNetwork] = []
 
             def network(policy: PinPolicy | None, at: datetime) -> HTTPSFetcher:
-                fetchers.append(_SimulatedHome(policy, at, chain, published.directory))
+                fetchers.append(SimulatedNetwork(policy, at, chain, published.directory))
                 return fetchers[-1]
 
             if skew:
@@ -309,8 +259,8 @@ class Homing(Strategy):
                 slots.commit()
             chain = self._served(published.tick)
 
-            def network(policy: PinPolicy | None, at: datetime) -> HTTPSFetcher:
-                return _SimulatedHome(policy, at, chain, published.directory)
+            def network(policy: PinPolicy | None, at: datetime) -> SimulatedNetwork:
+                return SimulatedNetwork(policy, at, chain, published.directory)
 
             self._updates[key] = take_update(
                 home,
