@@ -50,7 +50,7 @@ from homing.errors import ChainError, HomingError
 from homing.fleet.strategy_base import CUT_OFF, OK, REFUSED, Cause, Situation, Step
 from homing.fleet.world import HOST, START, Chain, FirmwareRelease
 from homing.pki.authority import Authority, make_issuing_ca, make_root_ca
-from homing.pki.keys import generate_tls_key
+from homing.pki.keys import generate_tls_key, spki_der
 from homing.pki.ledger import MemoryLedger
 from homing.pki.profiles import approve_csr, device_csr, device_profile
 from homing.server import rules
@@ -136,7 +136,7 @@ class SimulatedHome:
         )
         if certificate_action(cert, moment) is not s.phase:
             raise HomingError(f"simulated certificate is not in phase {s.phase.value}")
-        spki = _spki(cert)
+        spki = spki_der(cert)
         status = "revoked" if s.revoked else "active"
         row = DeviceRow(
             device_id=device_id,
@@ -449,9 +449,3 @@ class SimulatedHomeClient(HomeClient):
             return
         stream = io.BytesIO(found.read_bytes()[offset:])
         yield (206 if offset else 200), stream.read
-
-
-def _spki(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )

@@ -18,6 +18,7 @@ __all__ = [
     "generate_tls_key",
     "private_key_pem",
     "public_key_pem",
+    "spki_der",
     "spki_pin",
 ]
 
@@ -32,13 +33,17 @@ def generate_signing_key() -> ed25519.Ed25519PrivateKey:
     return ed25519.Ed25519PrivateKey.generate()
 
 
-def spki_pin(subject: x509.Certificate | PublicKeyTypes) -> str:
-    """Return the RFC 7469 §2.4 pin: base64(SHA-256(DER SubjectPublicKeyInfo))."""
+def spki_der(subject: x509.Certificate | PublicKeyTypes) -> bytes:
+    """The DER SubjectPublicKeyInfo: how the server records and compares a device's key."""
     public_key = subject.public_key() if isinstance(subject, x509.Certificate) else subject
-    der = public_key.public_bytes(
+    return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return base64.b64encode(hashlib.sha256(der).digest()).decode("ascii")
+
+
+def spki_pin(subject: x509.Certificate | PublicKeyTypes) -> str:
+    """Return the RFC 7469 §2.4 pin: base64(SHA-256(DER SubjectPublicKeyInfo))."""
+    return base64.b64encode(hashlib.sha256(spki_der(subject)).digest()).decode("ascii")
 
 
 def private_key_pem(

@@ -36,7 +36,6 @@ __all__ = [
     "Operator",
     "authenticate_device",
     "authenticate_operator",
-    "refusal_problem",
     "verify_device_certificate",
 ]
 

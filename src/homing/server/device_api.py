@@ -16,13 +16,10 @@ from aiohttp import web
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
-from homing.server.auth import (
-    authenticate_device,
-    refusal_problem,
-    verify_device_certificate,
-)
+from homing.server.auth import authenticate_device, verify_device_certificate
 from homing.server.errors import HTTPProblem
 from homing.server.metrics import METRICS, Metrics
+from homing.server.rules import refusal_problem
 from homing.server.state import ServerState
 from homing.store import devices as device_store
 from homing.store.devices import CheckIn, Presented

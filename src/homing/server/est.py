@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
 from homing.errors import AuthError, ConflictError
+from homing.pki.keys import spki_der
 from homing.pki.profiles import approve_csr
 from homing.server.auth import authenticate_device
 from homing.server.errors import HTTPProblem
@@ -147,7 +148,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                 authority = state.device_authority(DatabaseLedger(state.db, conn, now))
                 cert = authority.issue(approved, now)
                 device_store.enroll_device(
-                    conn, approved.subject_id, _spki(cert), now, f"factory:{name}", hardware
+                    conn, approved.subject_id, spki_der(cert), now, f"factory:{name}", hardware
                 )
                 audit.audit(
                     conn,
@@ -177,9 +178,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                 )
                 # A new key supersedes the old one before the new certificate
                 # exists: every certificate of the old key is revoked with it.
-                new_key = approved.public_key.public_bytes(
-                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-                )
+                new_key = spki_der(approved.public_key)
                 superseded = device_store.set_device_key(conn, identity.device_id, new_key, now)
                 authority = state.device_authority(DatabaseLedger(state.db, conn, now))
                 cert = authority.issue(approved, now)
@@ -202,9 +201,3 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         web.post("/.well-known/est/simpleenroll", simpleenroll, expect_handler=require_auth_first),
         web.post("/.well-known/est/simplereenroll", simplereenroll),
     ]
-
-
-def _spki(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )

@@ -17,9 +17,9 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from homing.errors import AuthError, ChainError, PolicyError
+from homing.pki.keys import spki_der
 from homing.pki.profiles import (
     ApprovedRequest,
     Profile,
@@ -116,10 +116,7 @@ def verify_device_certificate(
         device_id = device_id_from_uri(uris[0])
     except PolicyError as e:
         raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return VerifiedDevice(cert, device_id, spki)
+    return VerifiedDevice(cert, device_id, spki_der(cert))
 
 
 def refusal_problem(reason: str) -> HTTPProblem:
@@ -173,9 +170,6 @@ def approve_recovery(
     except AuthError as e:
         raise HTTPProblem(403, "bad_proof", str(e)) from e
     approved = approve_csr(csr_der, profile, device_id=device_id)
-    spki = approved.public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    if spki != registered_key:
+    if spki_der(approved.public_key) != registered_key:
         raise PolicyError("recovery keeps the registered key: the CSR holds another")
     return approved
