@@ -28,6 +28,7 @@ from homing.agent.state import DeviceState
 from homing.errors import CeremonyError
 from homing.fleet.home import SimulatedHome
 from homing.fleet.strategy_base import Situation
+from homing.operations import fleet as operations
 from homing.pki.authority import Authority
 from homing.pki.ledger import MemoryLedger
 from homing.pki.profiles import approve_csr, device_profile
@@ -90,6 +91,11 @@ def test_a_stolen_device_ca_is_distrusted_and_devices_recover_by_key_proof(
     credentials = _as_credentials(genuine)
     # Verified (and cached by the server) before the theft is known.
     assert server.request("POST", "/v1/device/checkin", CHECKIN, device=credentials).status == 200
+    # Revoked before the theft was known: the compromise must not bring it back.
+    stolen_device = device(server, tmp_path, "dev-2", "board-a")
+    operations.revoke_device(
+        server.state.dd, server.state.db, "t", datetime.now(UTC), "dev-2", "stolen"
+    )
     forged, thief_key = _forge(server, "dev-1", tmp_path)
     # Even before the ceremony the database refuses a certificate it never issued.
     before = server.request("POST", "/v1/device/checkin", CHECKIN, device=forged)
@@ -119,6 +125,11 @@ def test_a_stolen_device_ca_is_distrusted_and_devices_recover_by_key_proof(
     # EST tells outside clients the CAs to trust now: not the stolen one.
     cacerts = server.request("GET", "/.well-known/est/cacerts")
     assert old_issuer not in [c.subject for c in _pkcs7(cacerts.body)]
+
+    refused = Agent(stolen_device, server=url(server)).run_once()
+    assert refused.revoked, refused
+    assert not refused.recovered
+    assert _certificate(stolen_device).issuer == old_issuer
 
     report = Agent(genuine, server=url(server)).run_once()
     assert report.checked_in, report

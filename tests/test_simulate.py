@@ -444,6 +444,15 @@ KEEP, RENEW, RECOVER = CertificateAction.KEEP, CertificateAction.RENEW, Certific
         # Revoked: refused wherever it knocks, recovery included; the agent stops.
         (Situation(KEEP, revoked=True), REFUSED, False, False, ("revoked",), 1),
         (Situation(RECOVER, revoked=True), REFUSED, False, False, ("revoked",), 1),
+        # A distrusted CA does not open recovery to a revoked device.
+        (
+            Situation(KEEP, distrusted=True, revoked=True),
+            REFUSED,
+            False,
+            False,
+            ("certificate_distrusted", "revoked"),
+            2,
+        ),
     ],
 )
 def test_homing_devices_meet_the_home_server_through_the_agent_and_its_rules(
