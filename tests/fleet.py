@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from homing import ceremonies
-from homing.agent.agent import Agent
+from homing.agent.agent import Agent, CycleReport
 from homing.agent.state import DeviceState
 from homing.ceremonies.releases import release
 from homing.operations import rollouts
@@ -39,7 +39,7 @@ def device(server: RunningServer, tmp_path: Path, name: str, hardware: str) -> D
     )
 
 
-def check_in(server: RunningServer, state: DeviceState) -> None:
+def check_in(server: RunningServer, state: DeviceState) -> CycleReport:
     """One full agent cycle at the server's current time; it must reach home."""
     offset = server.clock.offset
     agent = Agent(
@@ -50,6 +50,7 @@ def check_in(server: RunningServer, state: DeviceState) -> None:
     )
     report = agent.run_once()
     assert report.checked_in, report
+    return report
 
 
 def move_server_clock(server: RunningServer, delta: timedelta) -> None:

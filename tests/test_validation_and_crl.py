@@ -26,7 +26,7 @@ from homing.pki import (
     verify_server_chain,
 )
 from homing.pki.profiles import ApprovedRequest, device_profile, server_profile
-from homing.pki.validate import load_certificate
+from homing.pki.validate import issuers_of, load_certificate
 from homing.site import DataDir
 from homing.trust.pins import PinPolicy
 from tests.conftest import device_csr, make_csr
@@ -138,6 +138,30 @@ def test_device_chain_validates_as_client(now: datetime) -> None:
     cert = device.issue_csr(device_csr("dev-1"), device_profile(), now)
     chain = verify_client_chain(cert, [device.certificate], [root], now)
     assert [n.value for n in chain.subjects] == ["urn:homing:device:dev-1"]
+
+
+def test_the_site_trusts_thirty_device_ca_generations_but_a_peer_sends_at_most_four(
+    now: datetime,
+) -> None:
+    """Attack: a peer floods the path builder with intermediates; the site's own CAs are not it."""
+    root, _, device = _hierarchy(now)
+    root_key = generate_tls_key()
+    generations = [
+        make_issuing_ca(
+            "device", generate_tls_key().public_key(), root, root_key, now, generation=g
+        )
+        for g in range(2, 31)
+    ]
+    cert = device.issue_csr(device_csr("dev-1"), device_profile(), now)
+    chain = verify_client_chain(cert, [], [root], now, site_cas=[*generations, device.certificate])
+    assert chain.chain[1] == device.certificate
+    with pytest.raises(ChainError, match="peer sent 5 intermediates; the limit is 4"):
+        verify_client_chain(cert, [device.certificate] * 5, [root], now)
+    # Only the generation that issued the leaf reaches the path builder, not
+    # another key under the same name.
+    namesake = make_issuing_ca("device", generate_tls_key().public_key(), root, root_key, now)
+    assert namesake.subject == device.certificate.subject
+    assert issuers_of(cert, [*generations, namesake, device.certificate]) == [device.certificate]
 
 
 def test_device_cert_cannot_act_as_server(now: datetime) -> None:

@@ -29,11 +29,17 @@ from homing.ceremonies._common import (
     firmware_key_name,
 )
 from homing.ceremonies._public_pins import public_pins
+from homing.ceremonies.generations import (
+    record_retirement,
+    retired_device_cas,
+    still_trusted,
+)
 from homing.ceremonies.retirement import (
     DEFAULT_LIVE_WINDOW,
     check_pin_retirement,
     record_published_pins,
 )
+from homing.config import Limits
 from homing.errors import CeremonyError
 from homing.fsutil import atomic_write
 from homing.pki.authority import make_issuing_ca, make_root_ca
@@ -254,7 +260,9 @@ def rotate_issuing_ca(
     store.generate(f"{kind}-ca-g{g + 1}", "tls")
     old = dd.certificate(f"{kind}-ca.pem")
     atomic_write(dd.pki_path("retired") / f"{kind}-ca-g{g - 1}.pem", _pem(old))
-    _install_issuing_ca(dd, kind, cert, also, now, distrust=old if compromised else None)
+    _install_issuing_ca(
+        dd, kind, cert, also, now, distrust=old if compromised else None, retiring=old
+    )
     # The settings are written last: they are the commit point a running
     # server reloads the rotation by (trust bundle, certificate, then key).
     setattr(settings, attr, g)
@@ -374,7 +382,7 @@ def rotate_server_cert(
     # Key first, then the chain: a crash between leaves the old chain, which
     # a restart detects as not matching the key and re-issues.
     store.store("server-tls", key)
-    also = _also_certified(dd, "server", now)
+    also = presented_cross_certifications(_also_certified(dd, "server", now))
     atomic_write(dd.pki_path("server-chain.pem"), _pem(leaf, authority.certificate, *also))
     _audit(dd, now, actor, "rotate_server_cert", f"serial {leaf.serial_number:x}")
     return leaf
@@ -503,6 +511,22 @@ def _certify_issuing_ca(
     ]
 
 
+def presented_cross_certifications(
+    also: Sequence[x509.Certificate], limits: Limits | None = None
+) -> list[x509.Certificate]:
+    """The server CA's certifications under older roots that the server presents.
+
+    An agent accepts at most ``Limits.max_intermediates`` certificates beside
+    the leaf, so after the active root's certification only the newest older
+    roots' fit (``also`` is ordered newest first). A device that holds only a
+    root older than those fails the pinned chain, takes the bootstrap channel
+    (the metadata authenticates itself), walks to today's pin policy, which
+    names the new roots, and comes back pinned.
+    """
+    limits = limits or Limits()
+    return list(also[: max(limits.max_intermediates - 1, 0)])
+
+
 def _also_path(kind: str) -> str:
     return f"{kind}-ca-also.pem"
 
@@ -523,8 +547,12 @@ def _install_issuing_ca(
     now: datetime,
     *,
     distrust: x509.Certificate | None = None,
+    retiring: x509.Certificate | None = None,
 ) -> None:
     """Write an issuing CA's certificates: the active root's, and the others beside it.
+
+    ``retiring``: the device CA this one replaces; it stays trusted until
+    the last certificate it issued has expired (``homing.ceremonies.generations``).
 
     ``distrust``: a device CA whose key was stolen; every certificate of its
     key moves from the trusted device CAs to the distrusted ones.
@@ -536,7 +564,20 @@ def _install_issuing_ca(
     if kind == "device":
         # Keep trusting the device CAs that are still valid, so devices
         # issued by the old CA keep working until they renew.
-        still_valid = [c for c in dd.certificates("device-cas.pem") if c.not_valid_after_utc > now]
+        # A certificate of the same key by the same root is superseded by the
+        # new one: without this, each root CA rotation would add them again.
+        fresh = {(spki_pin(c), c.issuer) for c in (cert, *also)}
+        retired = retired_device_cas(dd)
+        validity = dd.settings().validity
+        still_valid = [
+            c
+            for c in dd.certificates("device-cas.pem")
+            if still_trusted(c, now, validity, retired) and (spki_pin(c), c.issuer) not in fresh
+        ]
+        if retiring is not None and retiring.public_key() != cert.public_key():
+            # Recorded before the trusted set changes: the commit point is the settings.
+            keep = {spki_pin(c) for c in still_valid} | {spki_pin(retiring)}
+            record_retirement(dd, retiring, now, keep)
         if distrust is not None:
             stolen = [c for c in still_valid if c.public_key() == distrust.public_key()]
             still_valid = [c for c in still_valid if c not in stolen]

@@ -24,6 +24,7 @@ from homing.pki.profiles import split_hosts
 __all__ = [
     "VerifiedChain",
     "check_not_revoked",
+    "issuers_of",
     "load_certificate",
     "load_certificates_pem",
     "verify_client_chain",
@@ -112,16 +113,54 @@ def verify_server_chain(
     return VerifiedChain(chain=tuple(chain), subjects=(subject,))
 
 
+def issuers_of(leaf: x509.Certificate, cas: Iterable[x509.Certificate]) -> list[x509.Certificate]:
+    """The CA certificates among ``cas`` that can have issued ``leaf``.
+
+    Matched by name and, where the leaf names it, by authority key
+    identifier (RFC 5280 §4.2.1.1): a site that rotated its device CA thirty
+    times hands the path builder the one generation (under each root) that
+    issued this leaf, not all thirty.
+    """
+    try:
+        aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        wanted = aki.key_identifier
+    except x509.ExtensionNotFound:
+        wanted = None
+    found = []
+    for ca in cas:
+        if ca.subject != leaf.issuer:
+            continue
+        if wanted is not None:
+            try:
+                ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            except x509.ExtensionNotFound:
+                ski = None
+            if ski is not None and ski.digest != wanted:
+                continue
+        found.append(ca)
+    return found
+
+
 def verify_client_chain(
     leaf: x509.Certificate,
     intermediates: Sequence[x509.Certificate],
     roots: Sequence[x509.Certificate],
     now: datetime,
     limits: Limits | None = None,
+    *,
+    site_cas: Sequence[x509.Certificate] = (),
 ) -> VerifiedChain:
-    """Validate a device (client) chain at ``now``; the SANs name the device."""
+    """Validate a device (client) chain at ``now``; the SANs name the device.
+
+    ``intermediates`` are what the peer sent: bounded by
+    ``Limits.max_intermediates``. ``site_cas`` are the issuing CAs the site
+    itself trusts (every device-CA generation, under every root): they are
+    the server's own trust store, not the peer's, so no count limits them;
+    only those that can have issued the leaf reach the path builder.
+    """
     limits = limits or Limits()
     _check_counts(intermediates, limits)
+    intermediates = [*intermediates, *issuers_of(leaf, site_cas)]
     verifier = (
         PolicyBuilder()
         .store(Store(list(roots)))

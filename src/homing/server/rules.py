@@ -70,7 +70,7 @@ def _chains(
     cert: x509.Certificate, cas: Sequence[x509.Certificate], trust: DeviceTrust, when: datetime
 ) -> bool:
     try:
-        verify_client_chain(cert, cas, trust.roots, when)
+        verify_client_chain(cert, (), trust.roots, when, site_cas=cas)
     except ChainError:
         return False
     return True
@@ -88,7 +88,7 @@ def verify_device_certificate(
     expired = now > cert.not_valid_after_utc
     when = cert.not_valid_after_utc if expired else now
     try:
-        chain = verify_client_chain(cert, trust.trusted, trust.roots, when)
+        chain = verify_client_chain(cert, (), trust.roots, when, site_cas=trust.trusted)
     except ChainError as e:
         if trust.distrusted and _chains(cert, trust.distrusted, trust, when):
             raise HTTPProblem(

@@ -1,0 +1,114 @@
+"""Every ceremony many times over: no list that grows with ceremonies locks a device out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from homing import ceremonies
+from tests.fleet import check_in, device, move_server_clock
+from tests.harness import RunningServer
+
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+def test_thirty_device_ca_generations_keep_every_device_home(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    dd = server.state.dd
+    first = device(server, tmp_path, "dev-first", "board-a")
+    check_in(server, first)
+    middle = None
+    for generation in range(2, 32):
+        assert ceremonies.rotate_issuing_ca(dd, "device", datetime.now(UTC)) == generation
+        server.settle()
+        if generation == 16:
+            middle = device(server, tmp_path, "dev-middle", "board-a")
+        check_in(server, first)
+    assert middle is not None
+    last = device(server, tmp_path, "dev-last", "board-a")
+    for state in (first, middle, last):
+        check_in(server, state)
+    assert len(dd.certificates("device-cas.pem")) == 31
+    # A year and a month on, every certificate the retired generations issued
+    # has expired: the next rotation leaves them out of trust, and each
+    # device recovers by key proof into the newest generation.
+    move_server_clock(server, timedelta(days=400))
+    ceremonies.rotate_server_cert(dd, server.clock())  # as the server's maintenance does
+    ceremonies.rotate_issuing_ca(dd, "device", server.clock())
+    server.settle()
+    trusted = dd.certificates("device-cas.pem")
+    assert [c.subject.rfc4514_string().split(",")[0] for c in trusted] == [
+        "CN=homing device-issuing CA 32",
+        "CN=homing device-issuing CA 31",
+    ]
+    for state in (first, middle, last):
+        assert check_in(server, state).recovered
+        assert check_in(server, state).checked_in
+
+
+def test_thirty_server_ca_promotions_keep_a_device_pinned(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    from homing.agent.decide import TrustChannel
+
+    dd = server.state.dd
+    regular = device(server, tmp_path, "dev-regular", "board-a")
+    for generation in range(2, 32):
+        ceremonies.rotate_issuing_ca(dd, "server", datetime.now(UTC))
+        server.settle()
+        report = check_in(server, regular)
+        # It held the promoted key's pin already: no bootstrap channel needed.
+        assert report.trust_channel is TrustChannel.PINNED, report.steps
+    assert dd.settings().server_ca_generation == 31
+
+
+def test_ten_x509_root_ca_rotations_keep_every_device_home(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    dd = server.state.dd
+    first = device(server, tmp_path, "dev-first", "board-a")
+    asleep = device(server, tmp_path, "dev-asleep", "board-a")
+    check_in(server, first)
+    for generation in range(2, 12):
+        assert ceremonies.rotate_root_ca(dd, datetime.now(UTC)) == generation
+        server.settle()
+        check_in(server, first)
+        check_in(server, device(server, tmp_path, f"dev-g{generation}", "board-a"))
+    # What the server presents stays within what an agent accepts.
+    assert len(dd.certificates("server-chain.pem")) - 1 <= 4
+    check_in(server, asleep)
+
+
+def test_ten_firmware_key_rotations_keep_updates_flowing(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    from homing.ceremonies.releases import release
+
+    dd = server.state.dd
+    regular = device(server, tmp_path, "dev-regular", "board-a")
+    asleep = device(server, tmp_path, "dev-asleep", "board-a")
+    image = tmp_path / "fw.img"
+    for generation in range(2, 12):
+        assert ceremonies.rotate_firmware_key(dd, datetime.now(UTC)) == generation
+        image.write_bytes(b"firmware generation %d " % generation * 64)
+        release(dd, image, f"2.{generation}.0", "board-a", datetime.now(UTC))
+        server.settle()
+        check_in(server, regular)
+    check_in(server, asleep)
+
+
+def test_ten_online_key_rotations_keep_every_device_home(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    dd = server.state.dd
+    regular = device(server, tmp_path, "dev-regular", "board-a")
+    asleep = device(server, tmp_path, "dev-asleep", "board-a")
+    check_in(server, asleep)
+    for _ in range(10):
+        ceremonies.rotate_online_keys(dd, datetime.now(UTC))
+        server.settle()
+        check_in(server, regular)
+    check_in(server, asleep)
