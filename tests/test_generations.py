@@ -11,9 +11,10 @@ from homing import ceremonies
 from tests.fleet import check_in, device, move_server_clock
 from tests.harness import RunningServer
 
-pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+on_sqlite = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
+@on_sqlite
 def test_thirty_device_ca_generations_keep_every_device_home(
     server: RunningServer, tmp_path: Path
 ) -> None:
@@ -49,6 +50,7 @@ def test_thirty_device_ca_generations_keep_every_device_home(
         assert check_in(server, state).checked_in
 
 
+@on_sqlite
 def test_thirty_server_ca_promotions_keep_a_device_pinned(
     server: RunningServer, tmp_path: Path
 ) -> None:
@@ -56,7 +58,7 @@ def test_thirty_server_ca_promotions_keep_a_device_pinned(
 
     dd = server.state.dd
     regular = device(server, tmp_path, "dev-regular", "board-a")
-    for generation in range(2, 32):
+    for _ in range(30):
         ceremonies.rotate_issuing_ca(dd, "server", datetime.now(UTC))
         server.settle()
         report = check_in(server, regular)
@@ -65,6 +67,7 @@ def test_thirty_server_ca_promotions_keep_a_device_pinned(
     assert dd.settings().server_ca_generation == 31
 
 
+@on_sqlite
 def test_ten_x509_root_ca_rotations_keep_every_device_home(
     server: RunningServer, tmp_path: Path
 ) -> None:
@@ -82,6 +85,7 @@ def test_ten_x509_root_ca_rotations_keep_every_device_home(
     check_in(server, asleep)
 
 
+@on_sqlite
 def test_ten_firmware_key_rotations_keep_updates_flowing(
     server: RunningServer, tmp_path: Path
 ) -> None:
@@ -100,6 +104,7 @@ def test_ten_firmware_key_rotations_keep_updates_flowing(
     check_in(server, asleep)
 
 
+@on_sqlite
 def test_ten_online_key_rotations_keep_every_device_home(
     server: RunningServer, tmp_path: Path
 ) -> None:
@@ -112,3 +117,96 @@ def test_ten_online_key_rotations_keep_every_device_home(
         server.settle()
         check_in(server, regular)
     check_in(server, asleep)
+
+
+@on_sqlite
+def test_concurrent_ceremonies_each_start_from_the_newest_state(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """Two operators (and the server's maintenance) at once: every ceremony succeeds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    dd = server.state.dd
+    regular = device(server, tmp_path, "dev-regular", "board-a")
+    check_in(server, regular)
+    ceremonies_at_once = (
+        lambda: ceremonies.rotate_root(dd.root, datetime.now(UTC)),
+        lambda: ceremonies.rotate_online_keys(dd.root, datetime.now(UTC)),
+        lambda: ceremonies.rotate_server_cert(dd.root, datetime.now(UTC)),
+        lambda: ceremonies.refresh_timestamp(dd.root, datetime.now(UTC)),
+    )
+    for _ in range(8):
+        with ThreadPoolExecutor(len(ceremonies_at_once)) as pool:
+            futures = [pool.submit(ceremony) for ceremony in ceremonies_at_once]
+        for future in futures:
+            future.result()  # raises what the ceremony raised
+        server.settle()
+        check_in(server, regular)
+    # Two root versions per round (a rotation and the online-key rotation's root).
+    assert dd.repository(dd.settings()).root_version() == 1 + 8 * 2
+
+
+@on_sqlite
+def test_concurrent_ceremony_commands_from_outside_all_succeed(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """The operator's commands run at once through the installed entry point, three rounds."""
+    import subprocess
+
+    from tests.harness import homing_entry_point
+
+    data = str(server.state.dd.root)
+    regular = device(server, tmp_path, "dev-regular", "board-a")
+    commands = (
+        ("rotate", "root"),
+        ("rotate", "online-keys"),
+        ("rotate", "server-cert"),
+        ("timestamp", "refresh"),
+    )
+    for _ in range(3):
+        running = [
+            subprocess.Popen(
+                [homing_entry_point(), *command, "--data", data],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for command in commands
+        ]
+        for process in running:
+            out, err = process.communicate(timeout=300)
+            assert process.returncode == 0, (process.args, out, err)
+        server.settle()
+        check_in(server, regular)
+
+
+def test_a_ceremony_that_cannot_wait_names_the_one_running(tmp_path: Path) -> None:
+    """The lock held by another thread: a caller that gives up says who holds it."""
+    import threading
+
+    from homing.errors import CeremonyError
+    from homing.site.lock import ceremony_lock
+
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with ceremony_lock(tmp_path, "rotate_root"):
+            holding.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(60)
+        refused = pytest.raises(CeremonyError, match=r"another ceremony .*rotate_root, pid")
+        with refused, ceremony_lock(tmp_path, "rotate_online_keys", timeout=0.2):
+            pass
+    finally:
+        release.set()
+        holder.join()
+    # Released: the next one takes it at once, and re-entrantly.
+    with (
+        ceremony_lock(tmp_path, "rotate_online_keys", timeout=0),
+        ceremony_lock(tmp_path, "rotate_server_cert", timeout=0),
+    ):
+        pass

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -21,9 +23,13 @@ from homing.pki.keystore import (
     load_private_key_pem,
 )
 from homing.site import DataDir, Settings
+from homing.site.lock import ceremony_lock
 from homing.trust.signing import signer_for
 
-__all__ = ["OPERATOR"]
+__all__ = ["OPERATOR", "serialized"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 # The actor a ceremony is audited under when the caller names none.
@@ -117,3 +123,22 @@ def _authority(dd: DataDir, settings: Settings, store: KeyStore, kind: str) -> A
         dd.ledger(),
         settings.validity,
     )
+
+
+def serialized(
+    ceremony: Callable[Concatenate[Path | DataDir, P], T],
+) -> Callable[Concatenate[Path | DataDir, P], T]:
+    """Run a ceremony under its site's ceremony lock, from its first read to its last write.
+
+    Two ceremonies at once would each sign from what they read and the later
+    would undo the earlier (``homing.site.lock``); this makes the second
+    start from what the first wrote.
+    """
+
+    @functools.wraps(ceremony)
+    def locked(data: Path | DataDir, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        root = data.root if isinstance(data, DataDir) else Path(data)
+        with ceremony_lock(root, ceremony.__name__):
+            return ceremony(data, *args, **kwargs)
+
+    return locked

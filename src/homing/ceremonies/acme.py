@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from homing.ceremonies._common import OPERATOR, _audit, _ca_key, _open, _pem
+from homing.ceremonies._common import OPERATOR, _audit, _ca_key, _open, _pem, serialized
 from homing.ceremonies._public_pins import (
     ACCOUNT_KEY,
     PUBLIC_ROOTS,
@@ -82,6 +82,7 @@ def _check_identifiers(identifiers: tuple[str, ...], hosts: list[str]) -> None:
             )
 
 
+@serialized
 def acme_setup(
     data: Path | DataDir,
     now: datetime,
@@ -165,6 +166,7 @@ def _require_public_pins(settings: Settings) -> AcmeSettings:
     return acme
 
 
+@serialized
 def acme_issue(
     data: Path | DataDir,
     now: datetime,
@@ -201,6 +203,7 @@ def acme_issue(
     )
 
 
+@serialized
 def install_certificate(
     data: Path | DataDir,
     now: datetime,
@@ -257,6 +260,7 @@ def install_certificate(
     return leaf
 
 
+@serialized
 def set_public_roots(
     data: Path | DataDir, now: datetime, roots_pem: bytes, *, actor: str = OPERATOR
 ) -> int:
@@ -277,6 +281,7 @@ def set_public_roots(
     return version
 
 
+@serialized
 def set_tls_mode(data: Path | DataDir, now: datetime, mode: str, *, actor: str = OPERATOR) -> int:
     """Publish the pin policy of ``mode``; returns the targets version.
 

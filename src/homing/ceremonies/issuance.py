@@ -13,6 +13,7 @@ from homing.ceremonies._common import (
     _audit,
     _authority,
     _open,
+    serialized,
 )
 from homing.errors import CeremonyError
 from homing.fsutil import atomic_write
@@ -22,6 +23,7 @@ from homing.site import DataDir
 __all__ = ["issue_certificate", "revoke", "write_crl"]
 
 
+@serialized
 def issue_certificate(
     data: Path | DataDir,
     csr: bytes,
@@ -53,6 +55,7 @@ def issue_certificate(
     return [leaf, authority.certificate]
 
 
+@serialized
 def revoke(
     data: Path | DataDir,
     now: datetime,
@@ -91,6 +94,7 @@ def revoke(
     return count
 
 
+@serialized
 def write_crl(data: Path | DataDir, kind: str, now: datetime) -> Path:
     dd, settings, store = _open(data)
     authority = _authority(dd, settings, store, kind)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from homing.ceremonies._common import OPERATOR, _ca_key, _open, _read_offline_key
+from homing.ceremonies._common import OPERATOR, _ca_key, _open, _read_offline_key, serialized
 from homing.ceremonies.retirement import DEFAULT_LIVE_WINDOW
 from homing.ceremonies.rotations import rotate_issuing_ca
 from homing.errors import CeremonyError, KeyStoreError
@@ -57,6 +57,7 @@ def sign_ca(
     return request.sign(keys, now)
 
 
+@serialized
 def import_ca(
     data: Path | DataDir,
     now: datetime,

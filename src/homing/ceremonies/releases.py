@@ -18,7 +18,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from homing.ceremonies._common import _online_signers, _open, _signer, firmware_key_name
+from homing.ceremonies._common import _online_signers, _open, _signer, firmware_key_name, serialized
 from homing.errors import CeremonyError
 from homing.site.datadir import DataDir
 from homing.store import audit
@@ -37,6 +37,7 @@ def parse_version(text: str) -> Version:
         raise CeremonyError(f"{text!r} is not a version (PEP 440, e.g. 2.1.0)") from e
 
 
+@serialized
 def release(
     data: Path | DataDir,
     image: Path,
@@ -207,6 +208,7 @@ def sign_offline(
     return out
 
 
+@serialized
 def import_signed(
     data: Path | DataDir, signed: Path, now: datetime, actor: str = "cli"
 ) -> store.Release:

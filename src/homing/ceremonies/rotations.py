@@ -27,6 +27,7 @@ from homing.ceremonies._common import (
     _signer,
     _write_offline_key,
     firmware_key_name,
+    serialized,
 )
 from homing.ceremonies._public_pins import public_pins
 from homing.ceremonies.generations import (
@@ -70,6 +71,7 @@ __all__ = [
 ]
 
 
+@serialized
 def rotate_root(
     data: Path | DataDir,
     now: datetime,
@@ -135,6 +137,7 @@ def rotate_root(
     return version
 
 
+@serialized
 def rotate_online_keys(
     data: Path | DataDir, now: datetime, *, sign_with: Sequence[Path] = (), actor: str = OPERATOR
 ) -> int:
@@ -196,6 +199,7 @@ def pin_policy(dd: DataDir, settings: Settings, store: KeyStore) -> PinPolicy:
     )
 
 
+@serialized
 def rotate_issuing_ca(
     data: Path | DataDir,
     kind: str,
@@ -363,6 +367,7 @@ def publish_pins(dd: DataDir, settings: Settings, store: KeyStore, now: datetime
     return version
 
 
+@serialized
 def rotate_server_cert(
     data: Path | DataDir, now: datetime, *, actor: str = OPERATOR
 ) -> x509.Certificate:
@@ -388,6 +393,7 @@ def rotate_server_cert(
     return leaf
 
 
+@serialized
 def refresh_timestamp(
     data: Path | DataDir,
     now: datetime,
@@ -405,6 +411,7 @@ def refresh_timestamp(
     return signed.version
 
 
+@serialized
 def refresh_snapshot(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR) -> int:
     """Re-sign the snapshot (and so the timestamp) with the online keys; returns its version."""
     dd, settings, store = _open(data)
@@ -414,6 +421,7 @@ def refresh_snapshot(data: Path | DataDir, now: datetime, *, actor: str = OPERAT
     return version
 
 
+@serialized
 def refresh_targets(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR) -> int:
     """Re-sign targets with the current pins before the offline targets metadata expires.
 
@@ -427,6 +435,7 @@ def refresh_targets(data: Path | DataDir, now: datetime, *, actor: str = OPERATO
     return version
 
 
+@serialized
 def rotate_firmware_key(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR) -> int:
     """A new firmware release key, delegated by targets in place of the old, which is retired.
 
@@ -595,6 +604,7 @@ def _distrust_device_cas(dd: DataDir, stolen: Sequence[x509.Certificate]) -> Non
     atomic_write(path, _pem(*known, *(c for c in stolen if c not in known)))
 
 
+@serialized
 def rotate_root_ca(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR) -> int:
     """A new X.509 root CA beside the old one; returns its generation.
 

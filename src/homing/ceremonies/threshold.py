@@ -25,6 +25,7 @@ from homing.ceremonies._common import (
     _open,
     _read_offline_key,
     _write_offline_key,
+    serialized,
 )
 from homing.errors import CeremonyError
 from homing.fsutil import atomic_write
@@ -160,6 +161,7 @@ def sign(proposal: Proposal, keys: Sequence[Path], passphrase: bytes | None) -> 
     return sign_proposal(proposal, [signer_for(_read_offline_key(p, passphrase)) for p in keys])
 
 
+@serialized
 def publish(
     data: Path | DataDir,
     now: datetime,

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 
 from homing import ceremonies
 from homing.site import DataDir, Settings
+from homing.site.lock import ceremony_lock
 
 __all__ = ["maintain"]
 
@@ -49,12 +50,15 @@ def maintain(
     """
     done: list[str] = []
     dd = data if isinstance(data, DataDir) else DataDir(data)
-    settings = dd.settings()
-    if signer:
-        done += _sign_online_roles(dd, settings, now)
-    done += _renew_own_certificate(dd, settings, now)
-    if signer:
-        done += _tend(dd, now, checkin_retention)
+    # One lock from reading the settings to the last signature: a ceremony
+    # running now finishes first, or waits for this pass (homing.site.lock).
+    with ceremony_lock(dd.root, "server maintenance"):
+        settings = dd.settings()
+        if signer:
+            done += _sign_online_roles(dd, settings, now)
+        done += _renew_own_certificate(dd, settings, now)
+        if signer:
+            done += _tend(dd, now, checkin_retention)
     if not isinstance(data, DataDir):
         dd.close()
     for item in done:
