@@ -14,6 +14,7 @@ from homing.cli._base import (
     _passphrase,
     _site,
     cli,
+    err,
     out,
 )
 from homing.cli.pki import keystore
@@ -158,16 +159,33 @@ def backup_command(data: Path, db_url: str | None, out_path: Path) -> None:
     required=True, help="A file written by `homing backup`.",
 )  # fmt: skip
 def restore_command(data: Path, db_url: str | None, archive: Path) -> None:
-    """Restore a backup into a new data directory and an empty database."""
-    import os
+    """Restore a backup into a new data directory and an empty database.
 
+    Then re-signs the metadata at versions past anything a device may hold
+    (devices checked in after the backup was taken), so none is stranded.
+    """
+    import os
+    from datetime import UTC, datetime
+
+    from homing.ceremonies.restoration import publish_past_restore
     from homing.site import DataDir
     from homing.site.backup import restore
 
     dd = DataDir(data, db_url or os.environ.get("HOMING_DB"), passphrase=_passphrase())
     try:
         summary = restore(archive, dd)
+        rows = sum(summary.tables.values())
+        out.print(f"restored {rows} rows and {summary.files} files into {data}")
+        # A manifest without its time is treated as the oldest possible backup.
+        taken_at = summary.taken_at or datetime.fromtimestamp(0, UTC)
+        moved = publish_past_restore(dd, _now(), taken_at, actor=_operator_actor())
     finally:
         dd.close()
-    rows = sum(summary.tables.values())
-    out.print(f"restored {rows} rows and {summary.files} files into {data}")
+    versions = ", ".join(f"{role} v{v}" for role, v in sorted(moved.published.items()))
+    out.print(
+        f"published {versions}: past the versions devices reported "
+        f"({', '.join(f'{r} v{v}' for r, v in moved.reported.items())}) and a margin "
+        f"for what the site published after the backup"
+    )
+    for warning in moved.warnings:
+        err.print(f"warning: {warning}", highlight=False)

@@ -44,6 +44,8 @@ class BackupSummary:
     path: Path
     tables: dict[str, int]
     files: int
+    # When the backup was taken: a restore publishes past what came after it.
+    taken_at: datetime | None = None
 
 
 def _encode(value: Any) -> Any:
@@ -121,7 +123,7 @@ def backup(dd: DataDir, out: Path, now: datetime) -> BackupSummary:
         }
         _add(tar, "manifest.json", json.dumps(manifest, indent=2).encode())
     atomic_write(out, buffer.getvalue(), 0o600)
-    return BackupSummary(out, tables, sum(1 for p in digests if p.startswith("site/")))
+    return BackupSummary(out, tables, sum(1 for p in digests if p.startswith("site/")), now)
 
 
 def _read_archive(archive: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -204,4 +206,10 @@ def restore(archive: Path, dd: DataDir) -> BackupSummary:
             atomic_write(dd.root / relative, data, 0o600 if relative.startswith("keys/") else 0o644)
     summary_tables = {k: int(v) for k, v in manifest["tables"].items()}
     files = sum(1 for n in members if n.startswith("site/"))
-    return BackupSummary(archive, summary_tables, files)
+    taken_at = manifest.get("created_at")
+    return BackupSummary(
+        archive,
+        summary_tables,
+        files,
+        datetime.fromisoformat(taken_at) if isinstance(taken_at, str) else None,
+    )

@@ -418,6 +418,59 @@ class TrustRepository:
         """Re-sign targets unchanged (after its key rotated, or before it expires)."""
         return self.publish_targets({}, targets_signer, snapshot_signer, timestamp_signer, now)
 
+    def republish_from(
+        self,
+        at_least: int,
+        snapshot_signer: Signer,
+        timestamp_signer: Signer,
+        now: datetime,
+        *,
+        targets_signer: Signer | None = None,
+        firmware_signer: Signer | None = None,
+    ) -> dict[str, int]:
+        """Re-sign the roles whose signers are given at versions of at least ``at_least``.
+
+        After a restore, devices may hold newer versions than the restored
+        files; TUF's rollback checks (spec 5.3.x: timestamp, snapshot and
+        every role the snapshot names) refuse anything lower. The content is
+        unchanged. Returns each re-signed role's new version.
+        """
+        root = self.root()
+        meta = {k: v.version for k, v in self.snapshot().signed.meta.items()}
+        done: dict[str, int] = {}
+        targets = self.targets()
+        if targets_signer is not None:
+            targets.signed.version = max(targets.signed.version + 1, at_least)
+            targets.signed.expires = now + self.expiries.targets
+            targets.signatures.clear()
+            _sign(targets, [targets_signer])
+            _check(root, Targets.type, targets, "targets")
+            self._write(f"{targets.signed.version}.{Targets.type}.json", targets)
+            meta[f"{Targets.type}.json"] = done[Targets.type] = targets.signed.version
+        if firmware_signer is not None:
+            firmware = self.targets(FIRMWARE_ROLE)
+            firmware.signed.version = max(firmware.signed.version + 1, at_least)
+            firmware.signed.expires = now + self.expiries.delegations
+            firmware.signatures.clear()
+            _sign(firmware, [firmware_signer])
+            _check(targets, FIRMWARE_ROLE, firmware, "the firmware role")
+            self._write(f"{firmware.signed.version}.{FIRMWARE_ROLE}.json", firmware)
+            meta[f"{FIRMWARE_ROLE}.json"] = done[FIRMWARE_ROLE] = firmware.signed.version
+        snapshot_version = max(self.snapshot().signed.version + 1, at_least)
+        timestamp_version = max(self.timestamp().signed.version + 1, at_least)
+        self._publish_snapshot(
+            meta,
+            snapshot_signer,
+            timestamp_signer,
+            now,
+            root,
+            snapshot_version=snapshot_version,
+            timestamp_version=timestamp_version,
+        )
+        done[Snapshot.type] = snapshot_version
+        done[Timestamp.type] = timestamp_version
+        return done
+
     def refresh_snapshot(
         self, snapshot_signer: Signer, timestamp_signer: Signer, now: datetime
     ) -> int:
