@@ -39,12 +39,15 @@ def device(server: RunningServer, tmp_path: Path, name: str, hardware: str) -> D
     )
 
 
-def check_in(server: RunningServer, state: DeviceState) -> CycleReport:
-    """One full agent cycle at the server's current time; it must reach home."""
+def check_in(server: RunningServer, state: DeviceState, via: str | None = None) -> CycleReport:
+    """One full agent cycle at the server's current time; it must reach home.
+
+    ``via``: the address the device dials instead (a balancer in front).
+    """
     offset = server.clock.offset
     agent = Agent(
         state,
-        server=url(server),
+        server=via or url(server),
         clock=lambda: datetime.now(UTC) + offset,
         firmware_version="1.0.0",
     )

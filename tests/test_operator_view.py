@@ -275,7 +275,29 @@ def test_alert_rules_pass_promtool() -> None:
         [promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 11 rules found" in result.stdout
+
+
+def test_every_shipped_alert_rule_has_a_promtool_test_that_fires_it() -> None:
+    """promtool's unit tests feed series and assert each alert fires (and stays quiet)."""
+    import re
+
+    promtool = _tool("promtool")
+    folder = ROOT / "deploy" / "prometheus"
+    result = subprocess.run(
+        [promtool, "test", "rules", "homing-alerts.test.yml"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=folder,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    alerts = set(re.findall(r"- alert: (\w+)", (folder / "homing-alerts.yml").read_text()))
+    tests = (folder / "homing-alerts.test.yml").read_text()
+    # A test that expects the alert to fire names it right before its exp_alerts with labels.
+    fired = set(re.findall(r"alertname: (\w+)\n\s+exp_alerts:\n\s+- exp_labels", tests))
+    assert len(alerts) == 11
+    assert alerts == fired, alerts ^ fired
 
 
 def test_alert_rules_name_only_gauges_the_server_exports(server: RunningServer) -> None:
