@@ -385,3 +385,59 @@ def test_pebble_moves_to_fresh_ports_when_one_is_taken(tmp_path: Path) -> None:
         finally:
             ca.stop()
     assert ca.processes == []
+
+
+@sqlite_only
+def test_a_mode_switch_that_would_strand_a_live_device_is_refused_and_named(
+    server: RunningServer, pebble: Pebble, tmp_path: Path
+) -> None:
+    """Back to the private CA while a device still holds only the public pins: refused."""
+    from homing.errors import StrandingError
+    from homing.store import audit
+    from tests.harness import assert_one_error
+
+    dd = server.state.dd
+    behind = device(server, tmp_path, "dev-behind", "board-a")
+    early = device(server, tmp_path, "dev-early", "board-a")
+    check_in(server, early)  # live, on the private pins only
+    _setup(server, pebble)
+    _issue(server)
+    # Public only would cut off a live device that holds none of the public pins.
+    with pytest.raises(StrandingError, match="dev-early"):
+        acme.set_tls_mode(dd, server.clock(), "public")
+    acme.set_tls_mode(dd, server.clock(), "mixed")
+    server.settle()
+    check_in(server, early)
+    check_in(server, behind)
+    acme.set_tls_mode(dd, server.clock(), "public")
+    server.settle()
+    check_in(server, behind)  # it now holds only the public pins
+    assert spki_pin(dd.certificate("server-ca.pem")) not in _held(behind).spki_pins
+    acme.set_tls_mode(dd, server.clock(), "mixed")
+    server.settle()
+    # It has not checked in since: the private server CA is not among its pins.
+    targets = dd.repository(dd.settings()).targets().signed.version
+    with pytest.raises(StrandingError, match="dev-behind"):
+        acme.set_tls_mode(dd, server.clock(), "private")
+    assert dd.settings().serving == "acme"  # nothing changed
+    assert dd.repository(dd.settings()).targets().signed.version == targets
+    # From outside: one line that names the device; --reason alone is not enough.
+    site = {"HOMING_DB": str(server.config.db_url)}
+    refused = run_homing("acme", "mode", "private", "--data", str(dd.root), env=site)
+    assert_one_error(refused, "dev-behind")
+    lone = run_homing("acme", "mode", "private", "--data", str(dd.root), "--reason", "x", env=site)
+    assert_one_error(lone, "--reason is only for --force")
+    forced = run_homing(
+        "acme", "mode", "private", "--data", str(dd.root), "--force", "--reason", "lab move",
+        env=site,
+    )  # fmt: skip
+    assert forced.returncode == 0, forced.stderr
+    assert dd.settings().serving == "private"
+    with dd.database().begin() as conn:
+        entry = next(e for e in audit.audit_entries(conn) if e["action"] == "tls_mode")
+    assert "dev-behind" in str(entry)
+    assert "lab move" in str(entry)
+    # Forced, it lost its pinned path, not its way home: the bootstrap channel.
+    server.settle()
+    assert _cycle(server, behind) is TrustChannel.BOOTSTRAP
+    assert _cycle(server, behind) is TrustChannel.PINNED

@@ -18,7 +18,7 @@ accept the chain being served.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,11 +33,12 @@ from homing.ceremonies._public_pins import (
     public_pins,
     public_roots,
 )
+from homing.ceremonies.retirement import DEFAULT_LIVE_WINDOW, check_pin_retirement
 from homing.ceremonies.rotations import publish_pins, rotate_server_cert
 from homing.errors import CeremonyError, ChainError
 from homing.fsutil import atomic_write
 from homing.pki.acme_order import AcmeAccount, order_certificate
-from homing.pki.keys import generate_tls_key
+from homing.pki.keys import generate_tls_key, spki_pin
 from homing.pki.validate import load_certificates_pem, verify_server_chain
 from homing.site import DataDir, Settings
 
@@ -282,13 +283,26 @@ def set_public_roots(
 
 
 @serialized
-def set_tls_mode(data: Path | DataDir, now: datetime, mode: str, *, actor: str = OPERATOR) -> int:
+def set_tls_mode(
+    data: Path | DataDir,
+    now: datetime,
+    mode: str,
+    *,
+    actor: str = OPERATOR,
+    live_within: timedelta = DEFAULT_LIVE_WINDOW,
+    force_reason: str | None = None,
+) -> int:
     """Publish the pin policy of ``mode``; returns the targets version.
 
     - ``public``: only the public chain; the server must already serve it.
     - ``mixed``: both (the migration state, either way).
     - ``private``: only the site's server CA; the server goes back to a
       private certificate first (devices in mixed mode accept it).
+
+    The retirement guard (``homing.ceremonies.retirement``) refuses a switch
+    while a device seen within ``live_within`` does not hold the pin of the
+    key that serves afterwards (the private server CA, or the server's ACME
+    key), unless ``force_reason`` is given; a forced switch is audited.
     """
 
     if mode not in ("private", "mixed", "public"):
@@ -301,11 +315,26 @@ def set_tls_mode(data: Path | DataDir, now: datetime, mode: str, *, actor: str =
             "the server still serves its private certificate: `homing acme issue` first, "
             "or devices pinned to public keys only would be cut off"
         )
+    verdict = None
+    if mode == "public":
+        # After it, devices accept only the public pins: the served ACME key's among them.
+        served = dd.certificates("server-chain.pem")[0]
+        verdict = check_pin_retirement(
+            dd, spki_pin(served), now, live_within=live_within, force_reason=force_reason
+        )
     if mode == "private" and settings.serving == "acme":
         if settings.server_tls_mode == "public":
             raise CeremonyError(
                 "devices pin only public keys now: go to mixed first and let them take it"
             )
+        # The private server CA signs the server's certificate from now on.
+        verdict = check_pin_retirement(
+            dd,
+            spki_pin(dd.certificate("server-ca.pem")),
+            now,
+            live_within=live_within,
+            force_reason=force_reason,
+        )
         settings.serving = "private"
         dd.save_settings(settings)
         rotate_server_cert(dd, now, actor=actor)
@@ -313,5 +342,8 @@ def set_tls_mode(data: Path | DataDir, now: datetime, mode: str, *, actor: str =
     settings.server_tls_mode = mode
     dd.save_settings(settings)
     version = publish_pins(dd, settings, store, now)
-    _audit(dd, now, actor, "tls_mode", mode, {"targets": version})
+    detail: dict[str, object] = {"targets": version}
+    if verdict is not None and verdict.stranded:
+        detail.update(stranded=list(verdict.stranded), forced=force_reason)
+    _audit(dd, now, actor, "tls_mode", mode, detail)
     return version

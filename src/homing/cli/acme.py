@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import click
@@ -109,9 +110,35 @@ def acme_roots(data: Path, roots_file: Path) -> None:
 @acme.command("mode")
 @_data_option
 @click.argument("mode", type=click.Choice(["private", "mixed", "public"]))
-def acme_mode(data: Path, mode: str) -> None:
-    """Which server certificates devices accept: private CA, public CA, or both."""
+@click.option(
+    "--live-within-days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30,
+    show_default=True,
+    help="Devices seen this recently must already hold the pin of the key served afterwards.",
+)
+@click.option("--force", is_flag=True, help="Switch even if live devices would be stranded.")
+@click.option("--reason", help="Why a forced switch is worth stranding them (audited).")
+def acme_mode(
+    data: Path, mode: str, live_within_days: float, force: bool, reason: str | None
+) -> None:
+    """Which server certificates devices accept: private CA, public CA, or both.
+
+    Refused when a device seen within the live window does not hold the pin
+    of the key that serves after the switch, unless forced with a reason.
+    """
     from homing.ceremonies.acme import set_tls_mode
 
-    version = set_tls_mode(_site(data), _now(), mode, actor=_operator_actor())
+    if force and not (reason and reason.strip()):
+        _fail("--force needs --reason: a forced switch is audited with why")
+    if reason is not None and not force:
+        _fail("--reason is only for --force")
+    version = set_tls_mode(
+        _site(data),
+        _now(),
+        mode,
+        actor=_operator_actor(),
+        live_within=timedelta(days=live_within_days),
+        force_reason=reason if force else None,
+    )
     out.print(f"devices accept the {mode} server certificate(s) from targets v{version}")
