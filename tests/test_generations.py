@@ -210,3 +210,12 @@ def test_a_ceremony_that_cannot_wait_names_the_one_running(tmp_path: Path) -> No
         ceremony_lock(tmp_path, "rotate_server_cert", timeout=0),
     ):
         pass
+
+
+def test_a_ceremony_on_a_missing_data_directory_makes_nothing(tmp_path: Path) -> None:
+    from homing.errors import HomingError
+
+    missing = tmp_path / "nowhere" / "data"
+    with pytest.raises(HomingError):
+        ceremonies.rotate_server_cert(missing, datetime.now(UTC))
+    assert not (tmp_path / "nowhere").exists()

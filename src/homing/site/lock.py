@@ -59,7 +59,12 @@ def ceremony_lock(root: Path, what: str, timeout: float = DEFAULT_WAIT) -> Itera
         finally:
             depths[path] -= 1
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not root.is_dir():
+        # Not a data directory (yet): nothing to serialize, and nothing is made
+        # here; the ceremony itself says what is missing.
+        yield
+        return
+    path.parent.mkdir(exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + timeout
