@@ -103,9 +103,21 @@ class DeviceCredentials:
 
 
 class RunningServer:
-    def __init__(self, data: Path, db_url: str, clock: Clock, **config: Any) -> None:
+    def __init__(
+        self,
+        data: Path,
+        db_url: str,
+        clock: Clock,
+        *,
+        listen: tuple[str, ...] = ("127.0.0.1",),
+        port: int = 0,
+        **config: Any,
+    ) -> None:
+        """``listen``: loopback addresses it answers on, all on one ``port`` (0: any free)."""
         self.data = data
         self.clock = clock
+        self.listen = listen
+        self.wanted_port = port
         settings: dict[str, Any] = {"reload_interval": 0.05, **config}
         self.config = ServerConfig(data=data, port=0, db_url=db_url, **settings)
         self.state = ServerState(self.config, clock=clock)
@@ -124,11 +136,17 @@ class RunningServer:
         self.app = build_app(self.state)
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=self.state.ssl_context)
+        site = web.TCPSite(
+            self.runner, self.listen[0], self.wanted_port, ssl_context=self.state.ssl_context
+        )
         await site.start()
         server = site._server
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        for address in self.listen[1:]:
+            await web.TCPSite(
+                self.runner, address, self.port, ssl_context=self.state.ssl_context
+            ).start()
 
     def start(self) -> RunningServer:
         self._thread.start()

@@ -302,6 +302,19 @@ CASES: dict[str, Case] = {
         "no homing data directory",
         "is active; new pins published",
     ),
+    "rotate endpoints": Case(
+        "tests/test_moving_home.py::test_a_device_asleep_through_the_move_comes_home_at_the_new_name",
+        lambda s: [
+            "rotate",
+            "endpoints",
+            *_d(s),
+            "--host",
+            "localhost",
+            "--primary",
+            "ftp://localhost",
+        ],
+        "must be an https:// URL",
+    ),
     "rotate firmware-key": Case(
         lambda s: ["rotate", "firmware-key", *_d(s)],
         lambda s: ["rotate", "firmware-key", "--data", NOWHERE],

@@ -214,6 +214,65 @@ def rotate_server_ca(data: Path, live_within_days: float, force: bool, reason: s
     _say_pins(data, f"server-issuing CA generation {generation} is active")
 
 
+@rotate.command("endpoints")
+@_data_option
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    required=True,
+    help="A name (or IP) the server answers at, old and new during a move; repeat for each.",
+)
+@click.option("--primary", required=True, help="The URL devices dial, https://NAME:PORT.")
+@click.option("--mirror", "mirrors", multiple=True, help="A metadata mirror URL; repeat for each.")
+@click.option(
+    "--live-within-days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30,
+    show_default=True,
+    help="Devices seen this recently must not still dial a dropped name.",
+)
+@click.option("--force", is_flag=True, help="Drop names even if live devices still dial them.")
+@click.option("--reason", help="Why a forced move is worth stranding them (audited).")
+def rotate_endpoints(
+    data: Path,
+    hosts: tuple[str, ...],
+    primary: str,
+    mirrors: tuple[str, ...],
+    live_within_days: float,
+    force: bool,
+    reason: str | None,
+) -> None:
+    """Move the home: publish new host names, primary and mirrors through the pin policy.
+
+    First add the new names beside the old (the server's certificate covers
+    both), later drop the old ones: refused while a live device still dials
+    one, unless forced with a reason (docs/ceremonies.md, "Moving the home").
+    """
+    from homing.ceremonies.endpoints import move_home
+
+    if force and not (reason and reason.strip()):
+        _fail("--force needs --reason: a forced move is audited with why")
+    if reason is not None and not force:
+        _fail("--reason is only for --force")
+    moved = move_home(
+        _site(data),
+        _now(),
+        hosts=list(hosts),
+        primary=primary,
+        mirrors=list(mirrors),
+        actor=_operator_actor(),
+        live_within=timedelta(days=live_within_days),
+        force_reason=reason if force else None,
+    )
+    done = f"the home is at {moved.primary} (names: {', '.join(moved.hosts)})"
+    if moved.dropped:
+        done += f"; dropped {', '.join(moved.dropped)}"
+    if moved.server_ca_generation is not None:
+        done += f"; server CA generation {moved.server_ca_generation} covers the new names"
+    _say_pins(data, done)
+
+
 def _say_pins(data: Path, done: str) -> None:
     from homing.ceremonies.rotations import pins_pending
 
