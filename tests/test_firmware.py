@@ -109,9 +109,13 @@ def test_release_rules(server: RunningServer, tmp_path: Path) -> None:
     with pytest.raises(CeremonyError, match="invalid hardware"):
         release(dd, _image(tmp_path, b"t"), "3.0", "../x", now)
     repo = dd.repository(dd.settings())
-    custom = repo.targets("firmware").signed.targets[first.target].custom
-    assert custom["sequence"] == 1
+    signed = repo.targets("firmware").signed.targets
+    custom = signed[downgrade.target].custom
+    assert custom["sequence"] == 4
     assert custom["hardware"] == "board-a"
+    # No device runs the first and no rollout hands it out: it left the role.
+    assert first.target not in signed
+    assert len(signed) == 3
 
 
 def test_rollout_installs_commits_and_reports(server: RunningServer, tmp_path: Path) -> None:

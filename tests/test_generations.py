@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from homing import ceremonies
+from homing.site import DataDir
 from tests.fleet import check_in, device, move_server_clock
 from tests.harness import RunningServer
 
@@ -219,3 +220,57 @@ def test_a_ceremony_on_a_missing_data_directory_makes_nothing(tmp_path: Path) ->
     with pytest.raises(HomingError):
         ceremonies.rotate_server_cert(missing, datetime.now(UTC))
     assert not (tmp_path / "nowhere").exists()
+
+
+@on_sqlite
+def test_a_hundred_releases_keep_what_devices_download_and_the_disk_bounded(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """Four hardware classes, 25 releases each: the firmware role and the disk stay small."""
+    from homing.ceremonies.releases import KEEP_RELEASES, release
+    from homing.operations import rollouts
+    from homing.server.maintenance import maintain
+    from homing.trust.repository import FIRMWARE_ROLE, KEEP_VERSIONS
+
+    dd = server.state.dd
+    classes = ("board-a", "board-b", "board-c", "board-d")
+    regular = device(server, tmp_path, "dev-regular", "board-a")
+    image = tmp_path / "fw.img"
+    metadata = dd.root / "repository" / "metadata"
+    sizes = []
+    for n in range(1, 26):
+        for hardware in classes:
+            image.write_bytes(f"{hardware} firmware {n} ".encode() * 200)
+            release(dd, image, f"2.{n}.0", hardware, datetime.now(UTC))
+        sizes.append(len((metadata / f"{_firmware_version(dd)}.firmware.json").read_bytes()))
+        if n == 2:
+            # An unfinished rollout keeps its release signed, however old.
+            plan = rollouts.RolloutPlan(stages=(100,))
+            rollouts.create(server.state.db, "test", server.clock(), "2.2.0", "board-b", plan)
+    repo = dd.repository(dd.settings())
+    signed = repo.targets(FIRMWARE_ROLE).signed.targets
+    assert len(signed) == len(classes) * KEEP_RELEASES + 1
+    assert "firmware/board-b-2.2.0-2.img" in signed
+    # The role every device downloads stopped growing after the first releases.
+    assert sizes[-1] <= sizes[KEEP_RELEASES] * 1.1, sizes
+    maintain(dd, datetime.now(UTC))
+    for role in ("snapshot", "targets", FIRMWARE_ROLE):
+        assert len(list(metadata.glob(f"*.{role}.json"))) <= KEEP_VERSIONS
+    # Images stay only while a kept firmware version names one: not 100.
+    images = list((dd.root / "repository" / "targets" / "firmware").iterdir())
+    assert len(images) <= len(classes) * KEEP_RELEASES + 1 + KEEP_VERSIONS
+    # A device on board-a still takes the newest release, from a role that no
+    # longer lists most of the releases before it.
+    newest = "2.25.0"
+    plan = rollouts.RolloutPlan(stages=(100,))
+    rollouts.create(server.state.db, "test", server.clock(), newest, "board-a", plan)
+    server.settle()
+    report = check_in(server, regular)
+    assert f"firmware {newest} committed" in report.steps, report.steps
+
+
+def _firmware_version(dd: DataDir) -> int:
+    from homing.trust.repository import FIRMWARE_ROLE
+
+    repo = dd.repository(dd.settings())
+    return repo.snapshot().signed.meta[f"{FIRMWARE_ROLE}.json"].version

@@ -23,11 +23,14 @@ from homing.errors import CeremonyError
 from homing.site.datadir import DataDir
 from homing.store import audit
 from homing.store import firmware as store
+from homing.trust.repository import FIRMWARE_ROLE
 
 __all__ = ["import_signed", "parse_version", "release", "sign_offline"]
 
 _HARDWARE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_IMAGE_BYTES = 4 * 1024**3
+# Releases of one hardware class kept in the signed firmware role (plus any in use).
+KEEP_RELEASES = 3
 
 
 def parse_version(text: str) -> Version:
@@ -105,6 +108,9 @@ def release(
     )
     with db.begin() as conn:
         store.add_release(conn, rel)
+        retire = _retired_by(
+            repo.targets(FIRMWARE_ROLE), hardware, store.releases_in_use(conn, hardware)
+        )
         repo.publish_firmware(
             name,
             payload,
@@ -113,6 +119,7 @@ def release(
             snapshot,
             timestamp,
             now,
+            retire=retire,
         )
         audit.audit(
             conn,
@@ -123,6 +130,26 @@ def release(
             {"version": str(new_version), "sequence": sequence, "downgrade": downgrade},
         )
     return rel
+
+
+def _retired_by(firmware_md: Any, hardware: str, in_use: set[str]) -> list[str]:
+    """The images of ``hardware`` that leave the firmware role with the next release.
+
+    The newest ``KEEP_RELEASES - 1`` stay beside the new one, and any still in
+    use (an unfinished rollout's, or one an active device runs); the rest go.
+    A device on a retired release still takes the newest: the anti-rollback
+    rule compares sequences, not the presence of its own.
+    """
+    ours = sorted(
+        (
+            (int(info.custom.get("sequence", 0)), name)
+            for name, info in firmware_md.signed.targets.items()
+            if isinstance(info.custom, dict) and info.custom.get("hardware") == hardware
+        ),
+        reverse=True,
+    )
+    kept = {name for _, name in ours[: KEEP_RELEASES - 1]}
+    return [name for _, name in ours if name not in kept and name not in in_use]
 
 
 def _latest_signed(firmware_md: Any, hardware: str) -> tuple[int, str | None]:
@@ -163,7 +190,6 @@ def sign_offline(
 
     from homing.ceremonies._common import _read_offline_key
     from homing.config import Expiries
-    from homing.trust.repository import FIRMWARE_ROLE
     from homing.trust.signing import signer_for
 
     if not _HARDWARE.fullmatch(hardware):

@@ -107,8 +107,14 @@ def _sign_online_roles(dd: DataDir, settings: Settings, now: datetime) -> list[s
 
 
 def _tend(dd: DataDir, now: datetime, checkin_retention: timedelta | None) -> list[str]:
-    """The device CRL, rollout evaluation and check-in pruning."""
+    """The device CRL, rollout evaluation, and pruning of check-ins and old metadata."""
     done: list[str] = []
+    # Old consistent-snapshot versions and retired images serve no device
+    # (homing.trust.repository.TrustRepository.prune); without this they
+    # would grow with every re-signing and release for the site's life.
+    pruned = dd.repository(dd.settings()).prune()
+    if pruned:
+        done.append(f"{pruned} old metadata and image files pruned")
     crl_path = dd.pki_path("device-ca.crl.pem")
     due = True
     if crl_path.exists():

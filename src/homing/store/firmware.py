@@ -176,6 +176,30 @@ def release(conn: Connection, hardware: str, version: str) -> Release:
     return _release(r)
 
 
+def releases_in_use(conn: Connection, hardware: str) -> set[str]:
+    """Targets of ``hardware`` still needed: an unfinished rollout's, or one devices run.
+
+    A release leaves the signed firmware role only when no rollout may still
+    hand it to a device and no active device reports running it.
+    """
+    rolling = conn.execute(
+        select(rollouts.c.target).where(
+            rollouts.c.hardware == hardware, rollouts.c.status.in_(("active", "paused"))
+        )
+    ).scalars()
+    running = conn.execute(
+        select(releases.c.target)
+        .join(
+            devices,
+            (devices.c.hardware == releases.c.hardware)
+            & (devices.c.firmware_version == releases.c.version),
+        )
+        .where(releases.c.hardware == hardware, devices.c.status == "active")
+        .distinct()
+    ).scalars()
+    return {*rolling, *running}
+
+
 def add_rollout(
     conn: Connection,
     rel: Release,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +44,8 @@ from homing.fsutil import atomic_write
 __all__ = ["FIRMWARE_ROLE", "RoleKeys", "TrustRepository"]
 
 FIRMWARE_ROLE = "firmware"
+# Versions of snapshot, targets and the firmware role kept on disk by ``prune``.
+KEEP_VERSIONS = 16
 FIRMWARE_PATHS = ["firmware/*"]
 SPEC_VERSION = "1.0.31"
 _ROOT_FILE = re.compile(r"^(\d+)\.root\.json$")
@@ -235,11 +237,15 @@ class TrustRepository:
         snapshot_signer: Signer,
         timestamp_signer: Signer,
         now: datetime,
+        *,
+        retire: Collection[str] = (),
     ) -> int:
         """Add an image to the delegated firmware role; returns the role's new version.
 
         ``custom`` (version, hardware class, sequence, ...) is signed with the
         hashes, so a device trusts it exactly as far as the image.
+        ``retire``: older images that leave the role in the same version, so
+        the role every device downloads does not grow with each release.
         """
         if not fnmatch_path(name):
             raise CeremonyError(f"firmware target {name!r} must match {FIRMWARE_PATHS[0]}")
@@ -247,6 +253,9 @@ class TrustRepository:
         firmware = self.targets(FIRMWARE_ROLE)
         info = self._store_target(name, data)
         info.unrecognized_fields["custom"] = dict(custom)
+        for old in retire:
+            if old != name:
+                firmware.signed.targets.pop(old, None)
         firmware.signed.targets[name] = info
         firmware.signed.version += 1
         firmware.signed.expires = now + self.expiries.delegations
@@ -470,6 +479,43 @@ class TrustRepository:
         done[Snapshot.type] = snapshot_version
         done[Timestamp.type] = timestamp_version
         return done
+
+    def prune(self, keep: int = KEEP_VERSIONS) -> int:
+        """Delete old versions of snapshot, targets and the firmware role, and unnamed images.
+
+        A TUF client only ever fetches the versions the newest timestamp and
+        snapshot name (spec 5.5-5.6), so older consistent-snapshot files serve
+        no one; ``keep`` of each are kept for a client between its timestamp
+        and its snapshot fetch. Every root version stays (the chain walk needs
+        them all), and so does every pin policy (devices report the one they
+        hold by its hash). An image leaves the disk once no kept firmware
+        version names it. Returns how many files were deleted.
+        """
+        if keep < 1:
+            raise ValueError("keep at least one version")
+        deleted = 0
+        named_images: set[str] = set()
+        for role in (Snapshot.type, Targets.type, FIRMWARE_ROLE):
+            versions = sorted(
+                int(path.name.split(".", 1)[0])
+                for path in self.metadata_dir.glob(f"*.{role}.json")
+                if path.name.split(".", 1)[0].isdigit()
+            )
+            kept = versions[-keep:]
+            for version in versions[:-keep]:
+                (self.metadata_dir / f"{version}.{role}.json").unlink(missing_ok=True)
+                deleted += 1
+            if role == FIRMWARE_ROLE:
+                for version in kept:
+                    md = self._read(f"{version}.{role}.json", Targets)
+                    named_images |= {self._target_path(i).name for i in md.signed.targets.values()}
+        images = self.targets_dir / "firmware"
+        if images.is_dir():
+            for path in images.iterdir():
+                if path.is_file() and path.name not in named_images:
+                    path.unlink()
+                    deleted += 1
+        return deleted
 
     def refresh_snapshot(
         self, snapshot_signer: Signer, timestamp_signer: Signer, now: datetime
