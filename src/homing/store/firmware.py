@@ -177,14 +177,19 @@ def release(conn: Connection, hardware: str, version: str) -> Release:
 
 
 def releases_in_use(conn: Connection, hardware: str) -> set[str]:
-    """Targets of ``hardware`` still needed: an unfinished rollout's, or one devices run.
+    """Targets of ``hardware`` still needed: an active rollout's, or one devices run.
 
-    A release leaves the signed firmware role only when no rollout may still
-    hand it to a device and no active device reports running it.
+    A release leaves the signed firmware role only when no active rollout
+    hands it out and no active device reports running it. A paused rollout
+    does not hold its release: rollouts of one class are paused one after
+    another over the years, and each would otherwise keep its image in the
+    role every device downloads for good. Resuming one whose release has
+    left the role hands out a target devices refuse (and report): roll out
+    a current release instead.
     """
     rolling = conn.execute(
         select(rollouts.c.target).where(
-            rollouts.c.hardware == hardware, rollouts.c.status.in_(("active", "paused"))
+            rollouts.c.hardware == hardware, rollouts.c.status == "active"
         )
     ).scalars()
     running = conn.execute(
