@@ -97,9 +97,11 @@ def test_a_stolen_device_ca_is_distrusted_and_devices_recover_by_key_proof(
         server.state.dd, server.state.db, "t", datetime.now(UTC), "dev-2", "stolen"
     )
     forged, thief_key = _forge(server, "dev-1", tmp_path)
-    # Even before the ceremony the database refuses a certificate it never issued.
+    # Even before the ceremony the database refuses a certificate it never issued,
+    # and sends it to key-proof recovery, which the thief cannot pass.
     before = server.request("POST", "/v1/device/checkin", CHECKIN, device=forged)
-    assert (before.status, before.json()["error"]) == (403, "forbidden")
+    assert (before.status, before.json()["error"]) == (401, "certificate_unknown")
+    assert recover_with_key(server, "dev-1", thief_key)[0] == 403
 
     result = run_homing(
         "rotate",

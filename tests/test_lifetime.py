@@ -29,7 +29,6 @@ The figures are written to ``test-artifacts/lifetime.json``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -48,7 +47,7 @@ from homing.agent.state import DeviceState
 from homing.ceremonies.endpoints import move_home
 from homing.ceremonies.releases import release
 from homing.ceremonies.restoration import publish_past_restore
-from homing.errors import ConflictError, StrandingError
+from homing.errors import StrandingError
 from homing.operations import rollouts
 from homing.operations.provisioning import provision
 from homing.server.maintenance import maintain
@@ -104,7 +103,6 @@ class Life:
     archive: tuple[Path, datetime] | None = None
     drop_attempts: int = 0
     dropped: bool = False
-    rollout: int | None = None
 
     @property
     def dd(self) -> DataDir:
@@ -211,13 +209,12 @@ def _operator(life: Life, elapsed: timedelta, tmp_path: Path) -> None:
 
             def ship(version: str = version, image: Path = image) -> None:
                 release(dd, image, version, HARDWARE, now)
-                if life.rollout is not None:
-                    # The last one is done, or paused here before the next starts.
-                    with contextlib.suppress(ConflictError):
-                        rollouts.set_paused(dd.database(), "ops", now, life.rollout, True)
+                # The operator pauses what still rolls out before the next starts.
+                for rolling in rollouts.list_rollouts(dd.database()):
+                    if rolling.hardware == HARDWARE and rolling.status == "active":
+                        rollouts.set_paused(dd.database(), "ops", now, rolling.id, True)
                 plan = rollouts.RolloutPlan(stages=(100,))
-                created = rollouts.create(dd.database(), "ops", now, version, HARDWARE, plan)
-                life.rollout = created.id
+                rollouts.create(dd.database(), "ops", now, version, HARDWARE, plan)
 
             _ceremony(life, "release and rollout", ship, elapsed)
         if _due(elapsed, year * YEAR + YEAR / 2):

@@ -519,5 +519,6 @@ def test_a_certificate_from_a_device_ca_rotated_by_another_process_is_taken_at_o
         slow.stop()
     # The chain is accepted at once; the device is then judged on its standing
     # (issued outside this server's database, so unknown here).
-    assert response.status == 403, response.body
-    assert response.json()["message"] == "certificate is not known to this server"
+    assert response.status == 401, response.body
+    assert response.json()["error"] == "certificate_unknown"
+    assert response.json()["message"].startswith("certificate is not known to this server")

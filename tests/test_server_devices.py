@@ -18,7 +18,14 @@ from homing import ceremonies
 from homing.operations import fleet as operations
 from homing.pki.proof import sign_recovery_proof
 from homing.store.schema import certificates, checkins, devices
-from tests.harness import Clock, DeviceCredentials, RunningServer, est_csr, save_device
+from tests.harness import (
+    Clock,
+    DeviceCredentials,
+    RunningServer,
+    est_csr,
+    recover_with_key,
+    save_device,
+)
 
 CHECKIN = {
     "firmware_version": "1.0.0",
@@ -95,8 +102,11 @@ def test_certificate_of_an_unenrolled_device_is_refused(
     )
     ghost = save_device(tmp_path, "ghost", key, chain[0])
     response = server.request("POST", "/v1/device/checkin", CHECKIN, device=ghost)
-    assert response.status == 403
-    assert response.json()["message"] == "certificate is not known to this server"
+    assert response.status == 401
+    assert response.json()["error"] == "certificate_unknown"
+    assert response.json()["message"].startswith("certificate is not known to this server")
+    # Sent to key-proof recovery, it is refused there: no such device is enrolled.
+    assert recover_with_key(server, "ghost", key)[0] == 404
 
 
 def test_revocation_takes_effect_on_the_next_request(

@@ -87,8 +87,11 @@ class CertificateAction(enum.Enum):
 
 
 # The server's refusals of a device certificate that key-proof recovery answers:
-# it expired, or the CA that issued it was distrusted after its key was stolen.
-RECOVERABLE_REFUSALS = frozenset({"certificate_expired", "certificate_distrusted"})
+# it expired, the CA that issued it was distrusted after its key was stolen, or
+# the server has no record of it (restored from a backup taken before it).
+RECOVERABLE_REFUSALS = frozenset(
+    {"certificate_expired", "certificate_distrusted", "certificate_unknown"}
+)
 
 
 def recovers_after(code: str | None) -> bool:

@@ -120,7 +120,20 @@ def verify_device_certificate(
 
 
 def refusal_problem(reason: str) -> HTTPProblem:
-    """The answer to a certificate the database refuses (``device_store.refusal``)."""
+    """The answer to a certificate the database refuses (``device_store.refusal``).
+
+    A certificate with no record here (the site was restored from a backup
+    taken before it was issued) is answered ``certificate_unknown``: the
+    agent recovers by key proof, which a thief holding a CA key but no
+    device key cannot pass, and the device has a recorded certificate again.
+    """
+    if reason == device_store.UNKNOWN_CERTIFICATE:
+        return HTTPProblem(
+            401,
+            "certificate_unknown",
+            f"{reason} (issued after the backup it was restored from?): "
+            "recover it with POST /v1/recover",
+        )
     status, code = (403, "revoked") if "revoked" in reason else (403, "forbidden")
     return HTTPProblem(status, code, reason)
 

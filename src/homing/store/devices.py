@@ -263,10 +263,17 @@ def revoke(
     return revoke_device(conn, device_id, when, reason), device_id
 
 
+# A certificate that chains to a CA of the site but has no record here: one
+# issued after the backup this site was restored from (or forged with a
+# stolen CA key). Answered with key-proof recovery, which only the device's
+# registered key passes.
+UNKNOWN_CERTIFICATE = "certificate is not known to this server"
+
+
 def refusal(row: Standing | None, presented: Presented, device_id: str) -> str | None:
     """Why a certificate of this standing may not act for ``device_id``; None when it may."""
     if row is None:
-        return "certificate is not known to this server"
+        return UNKNOWN_CERTIFICATE
     if row.subject_id != device_id:
         return "certificate does not belong to this device"
     if row.status is None:
