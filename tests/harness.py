@@ -341,3 +341,22 @@ def assert_one_error(result: subprocess.CompletedProcess[str], words: str) -> No
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
     assert words in errors[0], errors[0]
+
+
+def free_port(*hosts: str) -> int:
+    """A TCP port free on every one of ``hosts`` (loopback addresses) at once."""
+    import socket
+
+    hosts = hosts or ("127.0.0.1",)
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind((hosts[0], 0))
+            port = int(probe.getsockname()[1])
+        try:
+            for host in hosts[1:]:
+                with socket.socket() as other:
+                    other.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError(f"no port free on all of {hosts}")

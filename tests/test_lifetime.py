@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from homing.operations.provisioning import provision
 from homing.server.maintenance import maintain
 from homing.site import DataDir
 from homing.site.backup import backup, restore
-from tests.harness import Clock, RunningServer
+from tests.harness import Clock, RunningServer, free_port
 
 AGENTS = int(os.environ.get("HOMING_LIFETIME_AGENTS", "20"))
 STEP = timedelta(days=float(os.environ.get("HOMING_LIFETIME_STEP_DAYS", "30")))
@@ -118,24 +117,10 @@ class Life:
         ).start()
 
 
-def _free_port() -> int:
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((OLD, 0))
-            port = int(probe.getsockname()[1])
-        try:
-            with socket.socket() as other:
-                other.bind((NEW, port))
-            return port
-        except OSError:
-            continue
-    raise AssertionError("no port free on both loopback addresses")
-
-
 @pytest.fixture
 def life(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Life]:
     monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
-    port = _free_port()
+    port = free_port(OLD, NEW)
     data = tmp_path / "home-0"
     ceremonies.init(data, datetime.now(UTC), hosts=[OLD], primary=f"https://{OLD}:{port}")
     clock = Clock()

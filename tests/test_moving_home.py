@@ -9,7 +9,6 @@ they dial what their pin policy says.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,30 +24,15 @@ from homing.errors import StrandingError
 from homing.operations.provisioning import provision
 from homing.site import DataDir
 from homing.trust.pins import PinPolicy
-from tests.harness import Clock, RunningServer, assert_one_error, run_homing
+from tests.harness import Clock, RunningServer, assert_one_error, free_port, run_homing
 
 OLD, NEW = "127.0.0.1", "127.0.0.2"
-
-
-def _free_port() -> int:
-    """A port free on both addresses."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((OLD, 0))
-            port = int(probe.getsockname()[1])
-        try:
-            with socket.socket() as other:
-                other.bind((NEW, port))
-            return port
-        except OSError:
-            continue
-    raise AssertionError("no port free on both loopback addresses")
 
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningServer]:
     monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
-    port = _free_port()
+    port = free_port(OLD, NEW)
     data = tmp_path / "site"
     ceremonies.init(data, datetime.now(UTC), hosts=[OLD], primary=f"https://{OLD}:{port}")
     running = RunningServer(

@@ -11,17 +11,11 @@ from pathlib import Path
 import pytest
 
 from tests.fleet import check_in, device
-from tests.harness import RunningServer, system_tool
+from tests.harness import RunningServer, free_port, system_tool
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 SHIPPED = Path(__file__).parent.parent / "deploy" / "haproxy" / "homing.cfg"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_the_shipped_haproxy_config_starts_on_default_limits_and_carries_a_check_in(
@@ -30,7 +24,7 @@ def test_the_shipped_haproxy_config_starts_on_default_limits_and_carries_a_check
     import resource
 
     # Only the addresses change: the rest is the file an operator installs.
-    port = _free_port()
+    port = free_port()
     text = SHIPPED.read_text().replace("bind :443", f"bind 127.0.0.1:{port}")
     text = re.sub(r"server replica-(\d) \S+", rf"server replica-\1 127.0.0.1:{server.port}", text)
     config = tmp_path / "haproxy.cfg"
