@@ -70,6 +70,36 @@ def _data_option(f: F) -> F:
     )(f)
 
 
+def _guard_options(what: str) -> Callable[[F], F]:
+    """The ``--live-within-days``, ``--force`` and ``--reason`` of a guarded ceremony."""
+
+    def decorate(f: F) -> F:
+        f = click.option(
+            "--reason", help=f"Why a forced {what} is worth stranding them (audited)."
+        )(f)
+        f = click.option(
+            "--force", is_flag=True, help="Go ahead even if live devices would be stranded."
+        )(f)
+        return click.option(
+            "--live-within-days",
+            type=click.FloatRange(min=0, min_open=True),
+            default=30,
+            show_default=True,
+            help="Devices seen this recently are live: the guard refuses to strand them.",
+        )(f)
+
+    return decorate
+
+
+def _forced(force: bool, reason: str | None, what: str) -> str | None:
+    """The reason a guarded ceremony is forced with, or None; one error line when misused."""
+    if force and not (reason and reason.strip()):
+        _fail(f"--force needs --reason: a forced {what} is audited with why")
+    if reason is not None and not force:
+        _fail("--reason is only for --force")
+    return reason if force else None
+
+
 def _ensure_passphrase(data: Path | None, *, required: bool = False) -> None:
     """Ask for the key passphrase on a terminal when it is needed and not in the environment."""
     from homing.pki.keystore import PASSPHRASE_ENV

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import click
 
-from homing.cli._base import _data_option, _fail, _now, _operator_actor, _site, cli, out
+from homing.cli._base import (
+    _data_option,
+    _fail,
+    _forced,
+    _guard_options,
+    _now,
+    _operator_actor,
+    _site,
+    cli,
+    out,
+)
 
 
 @cli.group()
@@ -110,15 +120,7 @@ def acme_roots(data: Path, roots_file: Path) -> None:
 @acme.command("mode")
 @_data_option
 @click.argument("mode", type=click.Choice(["private", "mixed", "public"]))
-@click.option(
-    "--live-within-days",
-    type=click.FloatRange(min=0, min_open=True),
-    default=30,
-    show_default=True,
-    help="Devices seen this recently must already hold the pin of the key served afterwards.",
-)
-@click.option("--force", is_flag=True, help="Switch even if live devices would be stranded.")
-@click.option("--reason", help="Why a forced switch is worth stranding them (audited).")
+@_guard_options("switch")
 def acme_mode(
     data: Path, mode: str, live_within_days: float, force: bool, reason: str | None
 ) -> None:
@@ -129,16 +131,13 @@ def acme_mode(
     """
     from homing.ceremonies.acme import set_tls_mode
 
-    if force and not (reason and reason.strip()):
-        _fail("--force needs --reason: a forced switch is audited with why")
-    if reason is not None and not force:
-        _fail("--reason is only for --force")
+    forced = _forced(force, reason, "switch")
     version = set_tls_mode(
         _site(data),
         _now(),
         mode,
         actor=_operator_actor(),
         live_within=timedelta(days=live_within_days),
-        force_reason=reason if force else None,
+        force_reason=forced,
     )
     out.print(f"devices accept the {mode} server certificate(s) from targets v{version}")

@@ -12,6 +12,8 @@ from homing.cli._base import (
     _data_option,
     _ensure_passphrase,
     _fail,
+    _forced,
+    _guard_options,
     _now,
     _operator_actor,
     _passphrase,
@@ -181,15 +183,7 @@ def rotate_root(
 
 @rotate.command("server-ca")
 @_data_option
-@click.option(
-    "--live-within-days",
-    type=click.FloatRange(min=0, min_open=True),
-    default=30,
-    show_default=True,
-    help="Devices seen this recently must already hold the promoted key's pin.",
-)
-@click.option("--force", is_flag=True, help="Rotate even if live devices would be stranded.")
-@click.option("--reason", help="Why a forced rotation is worth stranding them (audited).")
+@_guard_options("rotation")
 def rotate_server_ca(data: Path, live_within_days: float, force: bool, reason: str | None) -> None:
     """Promote the server CA's backup key, re-issue the server certificate, publish pins.
 
@@ -199,17 +193,14 @@ def rotate_server_ca(data: Path, live_within_days: float, force: bool, reason: s
     """
     from homing import ceremonies
 
-    if force and not (reason and reason.strip()):
-        _fail("--force needs --reason: a forced rotation is audited with why")
-    if reason is not None and not force:
-        _fail("--reason is only for --force")
+    forced = _forced(force, reason, "rotation")
     generation = ceremonies.rotate_issuing_ca(
         _site(data),
         "server",
         _now(),
         actor=_operator_actor(),
         live_within=timedelta(days=live_within_days),
-        force_reason=reason if force else None,
+        force_reason=forced,
     )
     _say_pins(data, f"server-issuing CA generation {generation} is active")
 
@@ -225,15 +216,7 @@ def rotate_server_ca(data: Path, live_within_days: float, force: bool, reason: s
 )
 @click.option("--primary", required=True, help="The URL devices dial, https://NAME:PORT.")
 @click.option("--mirror", "mirrors", multiple=True, help="A metadata mirror URL; repeat for each.")
-@click.option(
-    "--live-within-days",
-    type=click.FloatRange(min=0, min_open=True),
-    default=30,
-    show_default=True,
-    help="Devices seen this recently must not still dial a dropped name.",
-)
-@click.option("--force", is_flag=True, help="Drop names even if live devices still dial them.")
-@click.option("--reason", help="Why a forced move is worth stranding them (audited).")
+@_guard_options("move")
 def rotate_endpoints(
     data: Path,
     hosts: tuple[str, ...],
@@ -251,10 +234,7 @@ def rotate_endpoints(
     """
     from homing.ceremonies.endpoints import move_home
 
-    if force and not (reason and reason.strip()):
-        _fail("--force needs --reason: a forced move is audited with why")
-    if reason is not None and not force:
-        _fail("--reason is only for --force")
+    forced = _forced(force, reason, "move")
     moved = move_home(
         _site(data),
         _now(),
@@ -263,7 +243,7 @@ def rotate_endpoints(
         mirrors=list(mirrors),
         actor=_operator_actor(),
         live_within=timedelta(days=live_within_days),
-        force_reason=reason if force else None,
+        force_reason=forced,
     )
     done = f"the home is at {moved.primary} (names: {', '.join(moved.hosts)})"
     if moved.dropped:
