@@ -29,14 +29,18 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from homing.ceremonies._common import OPERATOR, _audit, _open, serialized
-from homing.ceremonies.retirement import DEFAULT_LIVE_WINDOW, check_pin_retirement
+from homing.ceremonies.retirement import (
+    DEFAULT_LIVE_WINDOW,
+    check_pin_retirement,
+    stranding_refusal,
+)
 from homing.ceremonies.rotations import (
     publish_pins,
     rotate_issuing_ca,
     rotate_server_cert,
     targets_signed_here,
 )
-from homing.errors import CeremonyError, MetadataError, PolicyError, StrandingError
+from homing.errors import CeremonyError, MetadataError, PolicyError
 from homing.pki.keys import spki_pin
 from homing.pki.profiles import split_hosts
 from homing.site import DataDir
@@ -44,8 +48,6 @@ from homing.store import pin_history
 from homing.trust.pins import PinPolicy
 
 __all__ = ["MovedHome", "move_home"]
-
-_NAMED = 20
 
 
 @dataclass(frozen=True)
@@ -154,13 +156,12 @@ def move_home(
     dropped = sorted(set(settings.hosts) - set(hosts))
     dialing, live = _still_dialing(dd, set(dropped), now, live_within) if dropped else ([], 0)
     if dialing and force_reason is None:
-        named = ", ".join(dialing[:_NAMED]) + (" ..." if len(dialing) > _NAMED else "")
-        days = live_within.total_seconds() / 86400
-        raise StrandingError(
-            f"refusing: {len(dialing)} of {live} live devices (seen within {days:g} days) still "
-            f"dial {', '.join(dropped)}: {named}. Keep the name until they have checked in on "
-            "the new endpoints, or force with a reason",
-            tuple(dialing),
+        raise stranding_refusal(
+            dialing,
+            live,
+            live_within,
+            f"still dial {', '.join(dropped)}",
+            "Keep the name until they have checked in on the new endpoints",
         )
     here = targets_signed_here(dd, settings, store)
     server_ca = dd.certificate("server-ca.pem")

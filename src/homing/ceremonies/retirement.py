@@ -25,7 +25,13 @@ from homing.site import DataDir
 from homing.store import pin_history
 from homing.trust.pins import PIN_POLICY_TARGET, PinPolicy
 
-__all__ = ["DEFAULT_LIVE_WINDOW", "GuardVerdict", "check_pin_retirement", "record_published_pins"]
+__all__ = [
+    "DEFAULT_LIVE_WINDOW",
+    "GuardVerdict",
+    "check_pin_retirement",
+    "record_published_pins",
+    "stranding_refusal",
+]
 
 # A device seen within this window is live: it is expected back on its pins.
 DEFAULT_LIVE_WINDOW = timedelta(days=30)
@@ -82,13 +88,25 @@ def check_pin_retirement(
             stranded.append(device.device_id)
     verdict = GuardVerdict(tuple(stranded), tuple(unknown), len(held))
     if stranded and force_reason is None:
-        named = ", ".join(stranded[:_NAMED]) + (" ..." if len(stranded) > _NAMED else "")
-        days = live_within.total_seconds() / 86400
-        raise StrandingError(
-            f"refusing: {len(stranded)} of {len(held)} live devices (seen within {days:g} days) "
-            f"hold pins that do not include the key this rotation activates, so they would "
-            f"lose their pinned path home: {named}. Let them check in on the current pins "
-            "first, or force with a reason",
-            verdict.stranded,
+        raise stranding_refusal(
+            stranded,
+            len(held),
+            live_within,
+            "hold pins that do not include the key this rotation activates, so they would "
+            "lose their pinned path home",
+            "Let them check in on the current pins first",
         )
     return verdict
+
+
+def stranding_refusal(
+    stranded: list[str], live: int, live_within: timedelta, why: str, wait: str
+) -> StrandingError:
+    """The one-line refusal of every guard: how many of the live devices, why, and who."""
+    named = ", ".join(stranded[:_NAMED]) + (" ..." if len(stranded) > _NAMED else "")
+    days = live_within.total_seconds() / 86400
+    return StrandingError(
+        f"refusing: {len(stranded)} of {live} live devices (seen within {days:g} days) "
+        f"{why}: {named}. {wait}, or force with a reason",
+        tuple(stranded),
+    )
