@@ -49,7 +49,7 @@ from tests.harness import (
     save_device,
     system_tool,
 )
-from tests.netns import Network, haproxy, network
+from tests.netns import Balancer, Network, haproxy, network
 
 DEVICES = int(os.environ.get("HOMING_TEST_REPLICA_DEVICES", "220"))
 PORT = 8443
@@ -303,44 +303,66 @@ def _logs(replicas: list[Replica]) -> str:
     return "\n".join(f"--- {r.name}\n{r.log.read_text()[-3000:]}" for r in replicas)
 
 
+@dataclass
+class SharedSite:
+    """Three replicas in three namespaces serving one site, behind HAProxy."""
+
+    net: Network
+    balancer: Balancer
+    site_dir: Path
+    site: DataDir
+    local_url: str
+    replicas: list[Replica]
+
+    @property
+    def root_ca(self) -> Path:
+        return self.site_dir / "pki" / "root-ca.pem"
+
+
+def three_replicas(stack: ExitStack, tmp_path: Path) -> SharedSite:
+    """The operator's host makes the site and its first publication; three replicas join."""
+    local_url = stack.enter_context(postgres_database())
+    net = stack.enter_context(network(3))
+    database = local_url.rsplit("/", 1)[1]
+    replicas_planned = [(f"r{i}", net.address(i), PORT) for i in (1, 2, 3)]
+    balancer = stack.enter_context(haproxy(net, replicas_planned, tmp_path))
+    # The replicas reach PostgreSQL across the bridge, as from other hosts.
+    remote_url = f"postgresql://postgres@{net.gateway}:{balancer.pg_port}/{database}"
+
+    # The operator's host: the site, its first publication, the online keys.
+    site_dir = tmp_path / "site"
+    ceremonies.init(
+        site_dir,
+        datetime.now(UTC),
+        hosts=["homing.test", net.gateway],
+        # Re-signed every ~8 s: a test sees several re-signings by each signer.
+        expiries=Expiries(timestamp=timedelta(seconds=16)),
+    )
+    site = DataDir(site_dir, local_url)
+    stack.callback(site.close)
+    assert shared.publish(site, datetime.now(UTC), "test") == 1
+    keys = tmp_path / "online-keys"
+    exported = run_homing("keystore", "export-online", "--data", str(site_dir), "--to", str(keys))
+    assert exported.returncode == 0, exported.stderr
+    assert not any("root" in p.name or "targets" in p.name for p in keys.iterdir())
+
+    replicas = _join_replicas(net, tmp_path, keys, local_url, remote_url)
+    for replica in replicas:
+        replica.start()
+        stack.callback(replica.stop)
+    root_ca = site_dir / "pki" / "root-ca.pem"
+    wait_until("three healthy replicas", lambda: all(_healthy(r, root_ca) for r in replicas))
+    return SharedSite(net, balancer, site_dir, site, local_url, replicas)
+
+
 def test_three_replicas_lose_two_signers_and_no_device_notices(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
     with ExitStack() as stack:
-        local_url = stack.enter_context(postgres_database())
-        net = stack.enter_context(network(3))
-        database = local_url.rsplit("/", 1)[1]
-        replicas_planned = [(f"r{i}", net.address(i), PORT) for i in (1, 2, 3)]
-        balancer = stack.enter_context(haproxy(net, replicas_planned, tmp_path))
-        # The replicas reach PostgreSQL across the bridge, as from other hosts.
-        remote_url = f"postgresql://postgres@{net.gateway}:{balancer.pg_port}/{database}"
-
-        # The operator's host: the site, its first publication, the online keys.
-        site_dir = tmp_path / "site"
-        ceremonies.init(
-            site_dir,
-            datetime.now(UTC),
-            hosts=["homing.test", net.gateway],
-            # Re-signed every ~8 s: the test sees several re-signings by each signer.
-            expiries=Expiries(timestamp=timedelta(seconds=16)),
-        )
-        site = DataDir(site_dir, local_url)
-        stack.callback(site.close)
-        assert shared.publish(site, datetime.now(UTC), "test") == 1
-        keys = tmp_path / "online-keys"
-        exported = run_homing(
-            "keystore", "export-online", "--data", str(site_dir), "--to", str(keys)
-        )
-        assert exported.returncode == 0, exported.stderr
-        assert not any("root" in p.name or "targets" in p.name for p in keys.iterdir())
-
-        replicas = _join_replicas(net, tmp_path, keys, local_url, remote_url)
-        for replica in replicas:
-            replica.start()
-            stack.callback(replica.stop)
-        root_ca = site_dir / "pki" / "root-ca.pem"
-        wait_until("three healthy replicas", lambda: all(_healthy(r, root_ca) for r in replicas))
+        lab = three_replicas(stack, tmp_path)
+        net, balancer, site_dir, site = lab.net, lab.balancer, lab.site_dir, lab.site
+        local_url, replicas, root_ca = lab.local_url, lab.replicas, lab.root_ca
 
         db = site.database()
         devices = _enroll(site, tmp_path, DEVICES)

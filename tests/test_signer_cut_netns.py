@@ -1,6 +1,6 @@
 """A signer cut off from the network lets go of the lease, says so, and another replica signs.
 
-Two replicas in network namespaces reach PostgreSQL across a bridge. The
+Three replicas in network namespaces reach PostgreSQL across a bridge. The
 signer's link is cut (its veth on the bridge goes down: packets vanish, no
 reset is sent, as when a cable or a cloud route fails). PostgreSQL would
 notice the silent session only after two hours of default TCP keepalive;
@@ -11,25 +11,13 @@ from __future__ import annotations
 
 import subprocess
 from contextlib import ExitStack
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from homing import ceremonies
-from homing.config import Expiries
 from homing.server.signer import LEASE_TIMEOUT, current_signer
-from homing.site import DataDir, shared
-from tests.harness import postgres_database, run_homing, system_tool
-from tests.netns import haproxy, network
-from tests.test_replicas_netns import (
-    PORT,
-    _healthy,
-    _join_replicas,
-    _logs,
-    _published_timestamp,
-    wait_until,
-)
+from tests.harness import system_tool
+from tests.test_replicas_netns import _logs, _published_timestamp, three_replicas, wait_until
 
 
 def test_a_cut_signer_loses_the_lease_within_the_bound_and_another_replica_signs(
@@ -37,35 +25,10 @@ def test_a_cut_signer_loses_the_lease_within_the_bound_and_another_replica_signs
 ) -> None:
     monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
     with ExitStack() as stack:
-        local_url = stack.enter_context(postgres_database())
-        net = stack.enter_context(network(3))
-        database = local_url.rsplit("/", 1)[1]
-        planned = [(f"r{i}", net.address(i), PORT) for i in (1, 2, 3)]
-        balancer = stack.enter_context(haproxy(net, planned, tmp_path))
-        remote_url = f"postgresql://postgres@{net.gateway}:{balancer.pg_port}/{database}"
-        site_dir = tmp_path / "site"
-        ceremonies.init(
-            site_dir,
-            datetime.now(UTC),
-            hosts=["homing.test", net.gateway],
-            expiries=Expiries(timestamp=timedelta(seconds=16)),
-        )
-        site = DataDir(site_dir, local_url)
-        stack.callback(site.close)
-        assert shared.publish(site, datetime.now(UTC), "test") == 1
-        keys = tmp_path / "online-keys"
-        exported = run_homing(
-            "keystore", "export-online", "--data", str(site_dir), "--to", str(keys)
-        )
-        assert exported.returncode == 0, exported.stderr
-        replicas = _join_replicas(net, tmp_path, keys, local_url, remote_url)
-        for replica in replicas:
-            replica.start()
-            stack.callback(replica.stop)
-        root_ca = site_dir / "pki" / "root-ca.pem"
-        db = site.database()
+        lab = three_replicas(stack, tmp_path)
+        net, replicas = lab.net, lab.replicas
+        db = lab.site.database()
         try:
-            wait_until("healthy replicas", lambda: all(_healthy(r, root_ca) for r in replicas))
             wait_until("a signer", lambda: current_signer(db) is not None)
             signer = current_signer(db)
             victim = next(r for r in replicas if r.name == signer)
