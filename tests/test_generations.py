@@ -274,3 +274,21 @@ def _firmware_version(dd: DataDir) -> int:
 
     repo = dd.repository(dd.settings())
     return repo.snapshot().signed.meta[f"{FIRMWARE_ROLE}.json"].version
+
+
+def test_ten_device_ca_thefts_leave_a_bounded_distrusted_list(
+    data_dir: Path, now: datetime
+) -> None:
+    """Each theft adds its CA to the distrusted ones; an expired one leaves by itself."""
+    from homing.site.datadir import DISTRUSTED_DEVICE_CAS
+
+    dd = DataDir(data_dir)
+    for day in range(10):
+        ceremonies.rotate_issuing_ca(dd, "device", now + timedelta(days=day), compromised=True)
+    assert len(dd.certificates(DISTRUSTED_DEVICE_CAS)) == 10
+    # Eleven years on, every CA stolen in the first year has expired.
+    later = now + timedelta(days=11 * 365)
+    ceremonies.rotate_issuing_ca(dd, "device", later, compromised=True)
+    distrusted = dd.certificates(DISTRUSTED_DEVICE_CAS)
+    assert len(distrusted) == 1
+    assert [c.not_valid_after_utc > later for c in dd.certificates("device-cas.pem")] == [True]

@@ -590,18 +590,23 @@ def _install_issuing_ca(
         if distrust is not None:
             stolen = [c for c in still_valid if c.public_key() == distrust.public_key()]
             still_valid = [c for c in still_valid if c not in stolen]
-            _distrust_device_cas(dd, stolen or [distrust])
+            _distrust_device_cas(dd, stolen or [distrust], now)
         atomic_write(dd.pki_path("device-cas.pem"), _pem(cert, *also, *still_valid))
         atomic_write(dd.pki_path("device-ca.pem"), _pem(cert))
     else:
         atomic_write(dd.pki_path("server-ca.pem"), _pem(cert))
 
 
-def _distrust_device_cas(dd: DataDir, stolen: Sequence[x509.Certificate]) -> None:
-    """Add device CAs to the distrusted ones (written before the trusted set shrinks)."""
+def _distrust_device_cas(dd: DataDir, stolen: Sequence[x509.Certificate], now: datetime) -> None:
+    """Add device CAs to the distrusted ones (written before the trusted set shrinks).
+
+    An expired one is dropped: every certificate it issued has expired with
+    it, and its devices recover as any device with an expired certificate.
+    """
     path = dd.pki_path(DISTRUSTED_DEVICE_CAS)
     known = dd.certificates(DISTRUSTED_DEVICE_CAS) if path.exists() else []
-    atomic_write(path, _pem(*known, *(c for c in stolen if c not in known)))
+    kept = [c for c in known if c.not_valid_after_utc > now]
+    atomic_write(path, _pem(*kept, *(c for c in stolen if c not in kept)))
 
 
 @serialized
