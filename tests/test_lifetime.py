@@ -84,6 +84,8 @@ class Member:
     cycles: int = 0
     recovered: int = 0
     bootstrapped: int = 0
+    committed: list[str] = field(default_factory=list)
+    update_refusals: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
     lapse_misses: int = 0
 
@@ -151,6 +153,10 @@ def _cycle(life: Life, member: Member, elapsed: timedelta, *, in_lapse: bool) ->
     member.cycles += 1
     member.recovered += int(report.recovered)
     member.bootstrapped += int(report.trust_channel is TrustChannel.BOOTSTRAP)
+    if report.committed_version is not None:
+        member.committed.append(report.committed_version)
+    if report.update_refused is not None:
+        member.update_refusals.append(f"year {elapsed / YEAR:.2f}: {report.update_refused}")
     if not report.checked_in:
         if in_lapse:
             member.lapse_misses += 1
@@ -312,11 +318,20 @@ def test_twenty_years_of_ceremonies_and_no_device_is_lost(life: Life, tmp_path: 
         "ceremonies": dict(life.ceremonies),
         "attempts_to_drop_the_old_name": life.drop_attempts,
         "home_at_the_end": sum(final.values()),
+        "firmware_installs_committed": sum(len(m.committed) for m in life.members),
+        "updates_refused": sum(len(m.update_refusals) for m in life.members),
     }
     artifacts = Path("test-artifacts")
     artifacts.mkdir(exist_ok=True)
     (artifacts / "lifetime.json").write_text(json.dumps(figures, indent=2))
     assert refused == {}, refused
+    # Every yearly release reached the always-on devices, the last one included.
+    newest = f"{YEARS}.0.0"
+    for member in life.members:
+        assert member.update_refusals == [], (member.name, member.update_refusals)
+        if member.kind == "always":
+            assert len(member.committed) == YEARS - 1, (member.name, member.committed)
+        assert member.committed[-1:] == [newest], (member.name, member.committed)
     assert all(final.values()), {n: ok for n, ok in final.items() if not ok}
     # Everything the twenty years hold happened.
     assert life.ceremonies["rotate device-ca"] == YEARS - 1

@@ -9,6 +9,7 @@ import pytest
 
 from homing import ceremonies
 from homing.ceremonies.releases import release
+from homing.operations import rollouts
 from homing.site import DataDir
 from homing.site.backup import backup
 from tests.fleet import check_in, device
@@ -41,9 +42,11 @@ def test_devices_that_moved_on_after_the_backup_come_home_to_the_restored_site(
     image = tmp_path / "fw.img"
     image.write_bytes(b"release after the backup " * 100)
     release(dd, image, "2.0.0", "board-a", datetime.now(UTC))
+    plan = rollouts.RolloutPlan(stages=(100,))
+    rollouts.create(server.state.db, "ops", datetime.now(UTC), "2.0.0", "board-a", plan)
     server.settle()
     for state in fleet:
-        check_in(server, state)
+        assert "firmware 2.0.0 committed" in check_in(server, state).steps
     held = max(_held_timestamp(state.root) for state in fleet)
 
     # The host is lost; the operator restores last night's backup, from outside.
@@ -59,6 +62,17 @@ def test_devices_that_moved_on_after_the_backup_come_home_to_the_restored_site(
         for state in fleet:
             check_in(again, state)
             assert _held_timestamp(state.root) == published.signed.version
+        # The restored site never heard of release 2.0.0, which the fleet runs;
+        # its next release still goes above it, and the fleet takes it.
+        site = DataDir(restored)
+        image.write_bytes(b"release after the restore " * 100)
+        newer = release(site, image, "3.0.0", "board-a", datetime.now(UTC))
+        assert newer.sequence > 1
+        rollouts.create(site.database(), "ops", datetime.now(UTC), "3.0.0", "board-a", plan)
+        again.settle()
+        for state in fleet:
+            assert "firmware 3.0.0 committed" in check_in(again, state).steps
+        site.close()
     finally:
         again.stop()
 

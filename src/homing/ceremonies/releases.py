@@ -67,9 +67,15 @@ def release(
     db = dd.database()
     with db.engine.connect() as conn:
         latest = store.latest_release(conn, hardware)
+    floor = settings.release_sequence_floor
+    if sequence is None:
+        sequence = max(latest.sequence if latest is not None else 0, floor) + 1
+    elif sequence <= floor:
+        raise CeremonyError(
+            f"sequence {sequence} is not above {floor}: this site was restored from a backup, "
+            "and devices may run releases it does not know up to that sequence"
+        )
     if latest is not None:
-        if sequence is None:
-            sequence = latest.sequence + 1
         if sequence <= latest.sequence:
             raise CeremonyError(
                 f"sequence {sequence} is not above {latest.sequence}, the newest for {hardware}: "
@@ -80,8 +86,6 @@ def release(
                 f"version {version} is not newer than {latest.version}: pass --downgrade to "
                 "release it deliberately (with a higher sequence number)"
             )
-    elif sequence is None:
-        sequence = 1
     if sequence < 1:
         raise CeremonyError("the sequence number must be positive")
     payload = image.read_bytes()

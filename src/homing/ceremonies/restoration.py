@@ -12,6 +12,10 @@ So the restored site re-signs timestamp, snapshot, targets and the firmware
 role (same content) at versions past both what the restored database says
 devices reported and a margin for what happened after the backup: one
 publication a minute since the backup was taken, plus ``BASE_MARGIN``.
+Releases made after the backup are unknown too, and a device refuses a
+release whose sequence number is not above the one it runs, so the next
+release's sequence starts above the newest known plus ``RELEASE_MARGIN``
+and one a day since the backup.
 Versions are plain integers; a jump costs nothing. A root the devices hold
 that is newer than the backup's cannot be re-made here (it needs the root
 holders' keys), and is reported.
@@ -37,12 +41,16 @@ from homing.ceremonies._common import (
 from homing.ceremonies.rotations import targets_signed_here
 from homing.errors import KeyStoreError
 from homing.site import DataDir
-from homing.store.schema import devices
+from homing.store.schema import devices, releases
 
 __all__ = ["BASE_MARGIN", "RestoredVersions", "publish_past_restore"]
 
 # Versions added on top of what is known, whatever the backup's age.
 BASE_MARGIN = 1000
+# Release sequence numbers added on top of the newest known, plus one a day
+# since the backup: releases made after it are unknown to the restored site,
+# and a device refuses any sequence not above the one it runs.
+RELEASE_MARGIN = 100
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,13 @@ class RestoredVersions:
     floor: int
     reported: dict[str, int]
     published: dict[str, int]
+    release_sequence_floor: int
     warnings: list[str] = field(default_factory=list)
+
+
+def _newest_sequence(dd: DataDir) -> int:
+    with dd.database().begin() as conn:
+        return int(conn.execute(select(func.max(releases.c.sequence))).scalar() or 0)
 
 
 def _reported(dd: DataDir) -> dict[str, int]:
@@ -88,6 +102,12 @@ def publish_past_restore(
         repo.targets().signed.version,
     )
     floor = known + BASE_MARGIN + minutes
+    days = minutes // (24 * 60)
+    sequence_floor = (
+        max(settings.release_sequence_floor, _newest_sequence(dd)) + RELEASE_MARGIN + days
+    )
+    settings.release_sequence_floor = sequence_floor
+    dd.save_settings(settings)
     warnings: list[str] = []
     try:
         here = targets_signed_here(dd, settings, store)
@@ -107,7 +127,7 @@ def publish_past_restore(
     if firmware_signer is None:
         warnings.append(
             "the firmware key is offline: sign the next release's firmware role at version "
-            f"{floor} or later"
+            f"{floor} or later, with --sequence above {sequence_floor}"
         )
     if reported["root"] > repo.root_version():
         warnings.append(
@@ -134,6 +154,7 @@ def publish_past_restore(
             "reported": reported,
             "published": published,
             "backup_taken_at": backup_taken_at.isoformat(),
+            "release_sequence_floor": sequence_floor,
         },
     )
-    return RestoredVersions(floor, reported, published, warnings)
+    return RestoredVersions(floor, reported, published, sequence_floor, warnings)

@@ -185,7 +185,8 @@ def restore_command(data: Path, db_url: str | None, archive: Path) -> None:
     out.print(
         f"published {versions}: past the versions devices reported "
         f"({', '.join(f'{r} v{v}' for r, v in moved.reported.items())}) and a margin "
-        f"for what the site published after the backup"
+        f"for what the site published after the backup; the next release's sequence "
+        f"number is above {moved.release_sequence_floor}"
     )
     for warning in moved.warnings:
         err.print(f"warning: {warning}", highlight=False)

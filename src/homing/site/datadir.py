@@ -81,6 +81,10 @@ class Settings:
     offline_custody: bool = False
     # True once a root handed the targets role to key holders (homing ceremony).
     targets_by_holders: bool = False
+    # Every release takes a sequence number above this. A restore raises it:
+    # devices may run releases made after the backup, which it does not know,
+    # and refuse any sequence not above theirs (homing.ceremonies.restoration).
+    release_sequence_floor: int = 0
 
     @property
     def expiries(self) -> Expiries:
