@@ -37,6 +37,8 @@ class Limits:
     max_answer_bytes: int = 1024 * 1024
     # The body of a refusal or of a metadata 404: only a reason is read.
     max_error_body_bytes: int = 4096
+    # Nesting of a JSON request body the server parses; homing's own are 3 deep.
+    max_json_depth: int = 32
     # One request to the home server, headers and body, from start to end.
     request_deadline_seconds: float = 60.0
     # One read from the network.

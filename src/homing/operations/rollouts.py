@@ -59,13 +59,17 @@ class RolloutPlan:
     group: str | None = None
 
 
-def _number(body: dict[str, Any], key: str, default: float) -> float:
+_YEAR_MINUTES = 365 * 24 * 60
+
+
+def _number(body: dict[str, Any], key: str, default: float, maximum: float) -> float:
     value = body.get(key, default)
     # bool is an int to Python, never a ratio or a duration to an operator.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PolicyError(f"{key!r} must be a number")
-    if value != value or value in (float("inf"), float("-inf")) or value < 0:
-        raise PolicyError(f"{key!r} must be a finite number >= 0")
+    # Compared as given: an integer too large for a float is refused, not rounded.
+    if value != value or not 0 <= value <= maximum:
+        raise PolicyError(f"{key!r} must be a number from 0 to {maximum:g}")
     return float(value)
 
 
@@ -85,10 +89,11 @@ def plan_from_json(body: dict[str, Any]) -> RolloutPlan:
         raise PolicyError("'group' must be a string")
     return RolloutPlan(
         stages=tuple(stages),
-        max_failure_ratio=_number(body, "max_failure_ratio", default.max_failure_ratio),
-        success_ratio=_number(body, "success_ratio", default.success_ratio),
-        soak=timedelta(minutes=_number(body, "soak_minutes", 0.0)),
-        deadline=timedelta(hours=_number(body, "deadline_hours", 24.0)),
+        max_failure_ratio=_number(body, "max_failure_ratio", default.max_failure_ratio, 1),
+        success_ratio=_number(body, "success_ratio", default.success_ratio, 1),
+        # Stored in seconds in an integer column: a year bounds both.
+        soak=timedelta(minutes=_number(body, "soak_minutes", 0.0, _YEAR_MINUTES)),
+        deadline=timedelta(hours=_number(body, "deadline_hours", 24.0, _YEAR_MINUTES / 60)),
         group=group,
     )
 

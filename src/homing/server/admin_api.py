@@ -10,6 +10,7 @@ from homing.operations import fleet as operations
 from homing.server.auth import authenticate_operator
 from homing.server.device_api import json_body
 from homing.server.errors import HTTPProblem
+from homing.server.inputs import object_id
 from homing.server.state import ServerState
 from homing.store import audit
 
@@ -20,16 +21,16 @@ def _int_query(request: web.Request, key: str, default: int, maximum: int) -> in
     raw = request.query.get(key)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) > maximum:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 12 or int(raw) > maximum:
         raise HTTPProblem(400, "bad_request", f"{key!r} must be an integer 0-{maximum}")
     return int(raw)
 
 
 def _rollout_id(request: web.Request) -> int:
-    raw = request.match_info["rollout_id"]
-    if not raw.isdigit():
+    rollout_id = object_id(request.match_info["rollout_id"])
+    if rollout_id is None:
         raise HTTPProblem(404, "not_found", "no such rollout")
-    return int(raw)
+    return rollout_id
 
 
 def routes(state: ServerState) -> list[web.RouteDef]:

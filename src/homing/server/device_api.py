@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from homing.server.auth import authenticate_device, verify_device_certificate
 from homing.server.errors import HTTPProblem
+from homing.server.inputs import json_object, object_id
 from homing.server.metrics import METRICS, Metrics
 from homing.server.rules import refusal_problem
 from homing.server.state import ServerState
@@ -183,13 +184,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise HTTPProblem(415, "unsupported_media_type", "send application/json")
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise HTTPProblem(400, "bad_request", "the body is not valid JSON") from e
-    if not isinstance(body, dict):
-        raise HTTPProblem(400, "bad_request", "the body must be a JSON object")
-    return body
+    return json_object(await request.read())
 
 
 async def _assignment(state: ServerState, record: CheckIn) -> dict[str, Any] | None:
@@ -284,7 +279,7 @@ def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
 
         identity = await authenticate_device(request, state)
         body = await json_body(request)
-        rollout_id = body.get("rollout")
+        rollout_id = object_id(body.get("rollout"))
         progress = body.get("state")
         if not isinstance(rollout_id, int) or progress not in firmware.STATES:
             raise HTTPProblem(

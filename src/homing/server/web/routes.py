@@ -32,6 +32,7 @@ from aiohttp import web
 from homing.errors import AuthError, HomingError
 from homing.operations import fleet as operations
 from homing.operations.overview import fleet_overview
+from homing.server.inputs import object_id
 from homing.server.state import ServerState
 from homing.server.web.charts import bar_chart, timeline_chart
 from homing.store import audit, credentials, pin_history, ui_sessions
@@ -341,11 +342,11 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         async def handler(request: web.Request, session: Session) -> web.Response:
             from homing.operations import rollouts
 
-            raw = request.match_info["rollout_id"]
-            if not raw.isdigit():
+            rollout_id = object_id(request.match_info["rollout_id"])
+            if rollout_id is None:
                 return page.error(404, "no such rollout", session)
             await state.run(
-                rollouts.set_paused, state.db, actor(session), state.now(), int(raw), paused
+                rollouts.set_paused, state.db, actor(session), state.now(), rollout_id, paused
             )
             state.forget_rollouts()
             return _see_other(f"/ui/rollouts?done={'paused' if paused else 'resumed'}")

@@ -1,0 +1,75 @@
+"""What a client sends, bounded before it is parsed or reaches the database.
+
+JSON is refused beyond ``Limits.max_json_depth`` levels of nesting before
+the parser sees it (Python's parser recurses: 20,000 levels exhaust its
+stack). Every id a client names is range-checked against the widest column
+that holds ids on either backend (PostgreSQL's ``integer``), so a number the
+database cannot store is a 404 or a 400, never a database error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from homing.config import Limits
+from homing.server.errors import HTTPProblem
+
+__all__ = ["MAX_ID", "json_object", "object_id"]
+
+# PostgreSQL's integer, the narrowest id column homing keeps on either backend.
+MAX_ID = 2**31 - 1
+_ID = re.compile(r"[0-9]{1,10}")
+
+
+def _nesting_within(raw: bytes, limit: int) -> bool:
+    """Whether no array or object in ``raw`` nests deeper than ``limit`` (strings skipped)."""
+    depth = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return False
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return True
+
+
+def json_object(raw: bytes, limits: Limits | None = None) -> dict[str, Any]:
+    """A request body as a JSON object; 400 for anything else, nesting checked first."""
+    limits = limits or Limits()
+    if not _nesting_within(raw, limits.max_json_depth):
+        raise HTTPProblem(
+            400, "bad_request", f"the body nests deeper than {limits.max_json_depth} levels"
+        )
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise HTTPProblem(400, "bad_request", "the body is not valid JSON") from e
+    if not isinstance(body, dict):
+        raise HTTPProblem(400, "bad_request", "the body must be a JSON object")
+    return body
+
+
+def object_id(raw: object) -> int | None:
+    """An id a client named (a path segment or a JSON number), or None if no row can have it."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, str) and _ID.fullmatch(raw):
+        value = int(raw)
+    else:
+        return None
+    return value if 0 < value <= MAX_ID else None
