@@ -103,6 +103,41 @@ def test_401_is_sent_before_the_body_with_expect_100_continue(
     assert b"WWW-Authenticate: Basic" in head
 
 
+def _expect_continue(server: RunningServer, authorization: str) -> bytes:
+    """The first answer to a simpleenroll that waits for 100 Continue before its body."""
+    context = server.client_context()
+    with (
+        socket.create_connection(("127.0.0.1", server.port)) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(
+            b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/pkcs10\r\nContent-Length: 400\r\n"
+            + f"Authorization: {authorization}\r\n".encode()
+            + b"Expect: 100-continue\r\n\r\n"
+        )
+        return tls.recv(4096)
+
+
+def test_a_wrong_secret_is_refused_before_the_body_too(
+    server: RunningServer, factory: tuple[str, str]
+) -> None:
+    """Attack: a leaked station name with a guessed secret gets 401, not 100 Continue."""
+    name, secret = factory
+    for authorization in (
+        _basic(name, secret + "x"),
+        _basic("nobody", secret),
+        "Basic !!not-base64!!",
+        "Bearer abc",
+    ):
+        head = _expect_continue(server, authorization)
+        assert head.startswith(b"HTTP/1.1 401"), (authorization, head[:80])
+        assert b"WWW-Authenticate: Basic" in head
+    # The station's real secret is answered 100 Continue: it may send its body.
+    assert _expect_continue(server, _basic(name, secret)).startswith(b"HTTP/1.1 100 Continue")
+    assert _counts(server) == (0, 0)
+
+
 @pytest.mark.parametrize(
     ("secret_change", "expected"),
     [(lambda n, s: (n, s + "x"), 401), (lambda n, s: ("nobody", s), 401)],

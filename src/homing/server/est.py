@@ -24,7 +24,7 @@ from homing.errors import AuthError, ConflictError
 from homing.pki.keys import spki_der
 from homing.pki.profiles import approve_csr
 from homing.server.auth import authenticate_device
-from homing.server.errors import HTTPProblem
+from homing.server.errors import HTTPProblem, problem_response
 from homing.server.metrics import METRICS
 from homing.server.state import ServerState
 from homing.site.ledger import DatabaseLedger
@@ -101,13 +101,24 @@ def _cn_device_id(csr_der: bytes) -> str | None:
 
 def routes(state: ServerState) -> list[web.RouteDef]:
     async def require_auth_first(request: web.Request) -> web.StreamResponse | None:
-        """RFC 7030 §3.2.3 / RFC 9110 §10.1.1: refuse before the body is sent."""
-        if not request.headers.get("Authorization"):
-            return web.json_response(
-                {"error": "authentication_required", "message": "factory credentials are required"},
-                status=401,
-                headers=_BASIC_CHALLENGE,
-            )
+        """RFC 7030 §3.2.3 / RFC 9110 §10.1.1: refuse before the body is sent.
+
+        The credentials are checked, not only looked for: a wrong secret is
+        answered 401 at once instead of ``100 Continue`` and a wait for a
+        body the server would refuse anyway.
+        """
+        try:
+            name, secret = _basic_credentials(request)
+
+            def check() -> None:
+                with state.db.engine.connect() as conn:
+                    credentials.verify_factory(conn, name, secret)
+
+            await state.run(check)
+        except HTTPProblem as e:
+            return problem_response(e.status, e.code, e.message, e.headers)
+        except AuthError as e:
+            return problem_response(401, "authentication_required", str(e), _BASIC_CHALLENGE)
         expect = request.headers.get("Expect", "").lower()
         if expect != "100-continue":
             raise web.HTTPExpectationFailed(text=f"unknown Expect: {expect}")
