@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from homing.operations import fleet as operations
 from tests.harness import RunningServer
 
@@ -66,3 +68,46 @@ def test_numbers_no_database_can_hold_are_refused(
         assert answer.status == 400, (field, answer.status, answer.body)
     limit = server.request("GET", "/v1/admin/devices?limit=%C2%B2", headers=bearer)
     assert limit.status == 400
+
+
+def _abandon(server: RunningServer, body_start: bytes, framing: bytes) -> None:
+    """Send headers and part of a body, then go away (as a client that gives up)."""
+    import socket
+
+    context = server.client_context()
+    with (
+        socket.create_connection(("127.0.0.1", server.port)) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(
+            b"POST /v1/recover/challenge HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/json\r\n" + framing + b"\r\n" + body_start
+        )
+        tls.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_client_that_gives_up_mid_body_is_logged_as_such(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Attack: thousands of abandoned bodies must not flood the log with tracebacks."""
+    import logging
+    import time
+
+    caplog.set_level(logging.INFO, logger="homing.server")
+    rounds = 20
+    for _ in range(rounds):
+        _abandon(server, b'{"dev', b"Content-Length: 1000\r\n")
+        _abandon(server, b'5\r\n{"dev\r\n', b"Transfer-Encoding: chunked\r\n")
+
+    def closed() -> int:
+        return sum("closed the connection" in r.getMessage() for r in caplog.records)
+
+    deadline = time.monotonic() + 120
+    while closed() < 2 * rounds and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert closed() == 2 * rounds
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert all(r.exc_info is None for r in caplog.records if r.name == "homing.server")
+    # And the server answers the next honest request.
+    answer = server.request("POST", "/v1/recover/challenge", {"device_id": "nobody"})
+    assert answer.status in (200, 404)

@@ -9,7 +9,8 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import PayloadEncodingError
 
 from homing import __version__
 from homing.errors import HomingError
@@ -52,6 +53,17 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         response = problem_response(e.status, "http", e.reason)
     except asyncio.CancelledError:
         raise
+    except (ConnectionError, ClientPayloadError, PayloadEncodingError) as e:
+        # The client went away mid-request (a reset, or a body it never
+        # finished): its doing, not a fault here, and nobody reads the answer.
+        log.info(
+            "client %s closed the connection during %s %s (%s)",
+            request.remote,
+            request.method,
+            request.path,
+            e,
+        )
+        response = problem_response(499, "client_closed", "the client closed the connection")
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         response = problem_response(500, "internal", "internal error; see the server log")
