@@ -226,8 +226,24 @@ def _guarded(entry: Callable[[], Any]) -> Callable[[], None]:
             _fail("interrupted", 130)
         except OSError as e:
             _fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
+        except Exception as e:
+            reason = _database_failure(e)
+            if reason is None:
+                raise
+            _fail(reason)
 
     return run
+
+
+def _database_failure(error: Exception) -> str | None:
+    """One line for a database that refused (full disk, gone, read-only); None if not one."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from homing.store.db import database_reason
+
+    if not isinstance(error, SQLAlchemyError):
+        return None
+    return f"the database refused: {database_reason(error)}"
 
 
 def _run_cli() -> None:

@@ -16,7 +16,24 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from homing.errors import ConfigError, StoreError
 
-__all__ = ["Database", "normalize_url"]
+__all__ = ["Database", "database_reason", "normalize_url"]
+
+# What a driver says when the disk under the database has no room left.
+_DISK_FULL = ("disk is full", "disk i/o error", "no space left")
+
+
+def database_reason(error: Exception) -> str:
+    """The driver's own words, first line only (the rest is SQLAlchemy's help link).
+
+    A full disk gets said plainly: SQLite reports it as "database or disk is
+    full", or as "disk I/O error" when not even its journal fits.
+    """
+    cause = getattr(error, "orig", None) or error
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    if any(words in reason.lower() for words in _DISK_FULL):
+        return f"{reason} (is the database's disk full? free space, then retry)"
+    return reason
+
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +161,10 @@ class Database:
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
         except SQLAlchemyError as e:
-            # The driver's own words, first line only: the rest is SQLAlchemy's help link.
-            reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-            raise StoreError(f"cannot reach or migrate the database {self.url!r}: {reason}") from e
+            shown = make_url(self.url).render_as_string(hide_password=True)
+            raise StoreError(
+                f"cannot reach or migrate the database {shown!r}: {database_reason(e)}"
+            ) from e
 
     def dispose(self) -> None:
         self.engine.dispose()

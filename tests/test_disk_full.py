@@ -1,0 +1,64 @@
+"""A full disk under the database: the operator reads one line, never a traceback.
+
+The database lives on a real tmpfs of one mebibyte (mounted by the test, as
+root, like the network namespaces), filled up after the site is made.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from homing import ceremonies
+from tests.harness import assert_one_error, run_homing, system_tool
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    subprocess.run(
+        [system_tool("mount"), "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],
+        check=True,
+    )
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run([system_tool("umount"), str(mountpoint)], check=True)
+
+
+def test_a_full_disk_is_one_line_from_the_cli(tmp_path: Path, tiny_disk: Path) -> None:
+    data = tmp_path / "site"
+    ceremonies.init(data, datetime.now(UTC))
+    db = f"sqlite:///{tiny_disk / 'homing.db'}"
+    first = run_homing("token", "add", "ops", "--data", str(data), "--db", db)
+    assert first.returncode == 0, first.stderr
+    # Everything left on the disk goes to another file.
+    with (tiny_disk / "filler").open("wb") as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        except OSError:
+            pass
+    for name in ("ops-2", "ops-3", "ops-4"):
+        result = run_homing("token", "add", name, "--data", str(data), "--db", db)
+        if result.returncode != 0:
+            break
+    assert_one_error(result, "is the database's disk full? free space, then retry")
+
+
+def test_a_database_that_refuses_a_write_is_one_line_from_the_cli(tmp_path: Path) -> None:
+    """Opened read-only (as after a mount turned read-only): the write fails in one line."""
+    data = tmp_path / "site"
+    ceremonies.init(data, datetime.now(UTC))
+    path = tmp_path / "homing.db"
+    first = run_homing("token", "add", "ops", "--data", str(data), "--db", f"sqlite:///{path}")
+    assert first.returncode == 0, first.stderr
+    readonly = f"sqlite:///file:{path}?mode=ro&uri=true"
+    result = run_homing("token", "add", "ops-2", "--data", str(data), "--db", readonly)
+    assert_one_error(result, "the database refused: attempt to write a readonly database")
