@@ -11,11 +11,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import PayloadEncodingError
+from sqlalchemy.exc import SQLAlchemyError
 
 from homing import __version__
 from homing.errors import HomingError
 from homing.server import admin_api, device_api, est, metadata, recovery
 from homing.server import web as fleet_view
+from homing.server.availability import DatabaseAvailability
 from homing.server.errors import HTTPProblem, problem_response, status_for
 from homing.server.fleet_gauges import FleetGauges
 from homing.server.metrics import CONTENT_TYPE_LATEST, METRICS, Metrics
@@ -28,6 +30,7 @@ log = logging.getLogger("homing.server")
 access = logging.getLogger("homing.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+AVAILABILITY: web.AppKey[DatabaseAvailability] = web.AppKey("availability", DatabaseAvailability)
 
 
 @web.middleware
@@ -53,6 +56,17 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         response = problem_response(e.status, "http", e.reason)
     except asyncio.CancelledError:
         raise
+    except SQLAlchemyError as e:
+        # The database is gone or full: say so, once in the log, and when to retry.
+        availability = request.app[AVAILABILITY]
+        reason = availability.failed(e)
+        full = "disk full" in reason
+        response = problem_response(
+            503,
+            "disk_full" if full else "database_unavailable",
+            f"the server cannot store or read this now: {reason}",
+            {"Retry-After": availability.retry_after()},
+        )
     except (ConnectionError, ClientPayloadError, PayloadEncodingError) as e:
         # The client went away mid-request (a reset, or a body it never
         # finished): its doing, not a fault here, and nobody reads the answer.
@@ -67,6 +81,9 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         response = problem_response(500, "internal", "internal error; see the server log")
+    if 200 <= response.status < 300 and request.path.startswith(("/v1/", "/healthz")):
+        # Every such answer read or wrote the database: it is back, if it was gone.
+        request.app[AVAILABILITY].answered()
     elapsed = time.perf_counter() - started
     metrics: Metrics = request.app[METRICS]
     metrics.requests.labels(route, str(response.status)).inc()
@@ -91,6 +108,7 @@ def build_app(state: ServerState) -> web.Application:
         client_max_size=state.config.max_body_bytes, middlewares=[_errors_and_metrics]
     )
     app[METRICS] = Metrics(state.config.metrics_dir)
+    app[AVAILABILITY] = state.database
     writer = device_api.CheckinWriter(state, app[METRICS])
     document = openapi_document(__version__)
 

@@ -45,7 +45,8 @@ def _operation(
     if answer is not None:
         op["responses"][status]["content"] = _json(answer)
     if errors:
-        for code in (400, 401, 403, 404, 409, 413, 415):
+        # 503: the database is unreachable or its disk full (with Retry-After).
+        for code in (400, 401, 403, 404, 409, 413, 415, 503):
             op["responses"][str(code)] = _error()
     if security is not None:
         op["security"] = security

@@ -26,6 +26,7 @@ from homing.errors import ConfigError, KeyStoreError
 from homing.pki import Authority
 from homing.pki.keystore import KeyStore
 from homing.pki.profiles import Profile, device_profile
+from homing.server.availability import DatabaseAvailability
 from homing.server.config import ServerConfig
 from homing.server.rules import DeviceTrust
 from homing.site import Settings
@@ -92,6 +93,8 @@ class ServerState:
         # A shared site (several hosts on PostgreSQL) is followed per request.
         self.shared = self.db.dialect == "postgresql"
         self._site_generation: int | None = None
+        # Whether the database answered last time (homing.server.availability).
+        self.database = DatabaseAvailability()
         self.ssl_context = self._build_tls()
         self._load_device_ca()
         self._record_published_pins()
@@ -292,10 +295,18 @@ class ServerState:
         """
         if not self.shared:
             return
+        from sqlalchemy.exc import SQLAlchemyError
+
         from homing.site import shared
 
-        with self.db.engine.connect() as conn:
-            published = shared.published_generation(conn)
+        try:
+            with self.db.engine.connect() as conn:
+                published = shared.published_generation(conn)
+        except SQLAlchemyError as e:
+            # The files on disk are the last publication, and they authenticate
+            # themselves: serve them rather than fail the device's trust channel.
+            self.database.failed(e)
+            return
         if published is None or published[1] == self._site_generation:
             return
         shared.pull(self.dd, self.db)
