@@ -55,6 +55,11 @@ def test_a_database_outage_degrades_and_recovers(
                 assert answer.status == 503, answer.body
                 assert answer.json()["error"] == "database_unavailable"
                 assert RETRY_AFTER[0] <= int(answer.headers["retry-after"]) <= RETRY_AFTER[1]
+            # Alive, not ready: the load balancer sends devices to another replica.
+            assert server.request("GET", "/healthz").status == 200
+            ready = server.request("GET", "/readyz")
+            assert ready.status == 503
+            assert "the database is unreachable" in ready.json()["message"]
             messages = [r.getMessage() for r in caplog.records if r.name == "homing.server"]
             assert sum("database is unreachable" in m for m in messages) == 1, messages
             assert [r for r in caplog.records if r.exc_info is not None] == []
@@ -67,7 +72,20 @@ def test_a_database_outage_degrades_and_recovers(
                     break
                 time.sleep(0.1)
             assert answer.status == 200, answer.body
+            assert server.request("GET", "/readyz").status == 200
             messages = [r.getMessage() for r in caplog.records if r.name == "homing.server"]
             assert sum("database answers again" in m for m in messages) == 1, messages
         finally:
             server.stop()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_replica_whose_timestamp_expired_is_not_ready(server: RunningServer) -> None:
+    from datetime import timedelta
+
+    assert server.request("GET", "/readyz").json()["status"] == "ready"
+    server.clock.advance(timedelta(days=2))  # the signer stopped: nothing re-signed it
+    ready = server.request("GET", "/readyz")
+    assert ready.status == 503
+    assert "the signer has stopped" in ready.json()["message"]
+    assert server.request("GET", "/healthz").status == 200

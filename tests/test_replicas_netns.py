@@ -497,7 +497,7 @@ def test_the_shipped_haproxy_config_is_valid_and_checks_health() -> None:
     config = Path(__file__).parent.parent / "deploy" / "haproxy" / "homing.cfg"
     text_ = config.read_text()
     assert "mode tcp" in text_  # TLS passes through: replicas see device certificates
-    assert "GET /healthz" in text_
+    assert "GET /readyz" in text_
     result = subprocess.run(
         [system_tool("haproxy"), "-c", "-f", str(config)],
         capture_output=True,

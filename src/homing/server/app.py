@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from homing import __version__
 from homing.errors import HomingError
-from homing.server import admin_api, device_api, est, metadata, recovery
+from homing.server import admin_api, device_api, est, metadata, readiness, recovery
 from homing.server import web as fleet_view
 from homing.server.availability import DatabaseAvailability
 from homing.server.errors import HTTPProblem, problem_response, status_for
@@ -81,7 +81,7 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         response = problem_response(500, "internal", "internal error; see the server log")
-    if 200 <= response.status < 300 and request.path.startswith(("/v1/", "/healthz")):
+    if 200 <= response.status < 300 and request.path.startswith(("/v1/", "/readyz")):
         # Every such answer read or wrote the database: it is back, if it was gone.
         request.app[AVAILABILITY].answered()
     elapsed = time.perf_counter() - started
@@ -113,14 +113,23 @@ def build_app(state: ServerState) -> web.Application:
     document = openapi_document(__version__)
 
     async def healthz(request: web.Request) -> web.Response:
-        def ping() -> None:
-            with state.db.engine.connect() as conn:
-                conn.exec_driver_sql("SELECT 1")
-
-        await state.run(ping)
+        """Liveness: this process answers. It holds while the database is away."""
         return web.json_response(
             {"status": "ok", "worker": os.getpid(), "metadata": state.metadata_versions().to_json()}
         )
+
+    async def readyz(request: web.Request) -> web.Response:
+        """Readiness: send devices here. The database answers, the data directory takes a
+        write, the timestamp devices fetch has not expired; else 503 with every reason."""
+        reasons = await state.run(readiness.problems, state)
+        if reasons:
+            return problem_response(
+                503,
+                "not_ready",
+                "; ".join(reasons),
+                {"Retry-After": state.database.retry_after()},
+            )
+        return web.json_response({"status": "ready", "worker": os.getpid()})
 
     gauges = FleetGauges(state.dd, state.db)
 
@@ -151,6 +160,7 @@ def build_app(state: ServerState) -> web.Application:
     app.add_routes(
         [
             web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
             web.get("/metrics", metrics),
             web.get("/openapi.json", openapi),
             *metadata.routes(state),

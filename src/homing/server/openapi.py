@@ -371,6 +371,12 @@ def openapi_document(version: str) -> dict[str, Any]:
         },
         **_fleet_view_paths(),
         "/healthz": {"get": _operation("Liveness", "ok", errors=False)},
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: the database, a writable data directory, a fresh timestamp",
+                "responses": {"200": {"description": "ready"}, "503": _error()},
+            }
+        },
         "/metrics": {"get": _operation("Prometheus metrics", "text format", errors=False)},
         "/openapi.json": {"get": _operation("This document", "OpenAPI 3.1", errors=False)},
     }
