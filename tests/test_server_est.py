@@ -84,39 +84,30 @@ def test_no_credentials_get_401_with_basic_challenge(
     assert _counts(server) == (0, 0)
 
 
+def _expect_continue(server: RunningServer, authorization: str | None) -> bytes:
+    """The first answer to a simpleenroll that waits for 100 Continue before its body."""
+    context = server.client_context()
+    credentials = f"Authorization: {authorization}\r\n".encode() if authorization else b""
+    with (
+        socket.create_connection(("127.0.0.1", server.port)) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(
+            b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/pkcs10\r\nContent-Length: 400\r\n"
+            + credentials
+            + b"Expect: 100-continue\r\n\r\n"
+        )
+        return tls.recv(4096)
+
+
 def test_401_is_sent_before_the_body_with_expect_100_continue(
     server: RunningServer, factory: tuple[str, str]
 ) -> None:
     """An EST client that waits for 100 Continue learns it must authenticate first."""
-    context = server.client_context()
-    with (
-        socket.create_connection(("127.0.0.1", server.port)) as raw,
-        context.wrap_socket(raw, server_hostname="localhost") as tls,
-    ):
-        tls.sendall(
-            b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n"
-            b"Content-Type: application/pkcs10\r\nContent-Length: 400\r\n"
-            b"Expect: 100-continue\r\n\r\n"
-        )
-        head = tls.recv(4096)
+    head = _expect_continue(server, None)
     assert head.startswith(b"HTTP/1.1 401")
     assert b"WWW-Authenticate: Basic" in head
-
-
-def _expect_continue(server: RunningServer, authorization: str) -> bytes:
-    """The first answer to a simpleenroll that waits for 100 Continue before its body."""
-    context = server.client_context()
-    with (
-        socket.create_connection(("127.0.0.1", server.port)) as raw,
-        context.wrap_socket(raw, server_hostname="localhost") as tls,
-    ):
-        tls.sendall(
-            b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n"
-            b"Content-Type: application/pkcs10\r\nContent-Length: 400\r\n"
-            + f"Authorization: {authorization}\r\n".encode()
-            + b"Expect: 100-continue\r\n\r\n"
-        )
-        return tls.recv(4096)
 
 
 def test_a_wrong_secret_is_refused_before_the_body_too(
