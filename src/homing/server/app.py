@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -78,6 +79,19 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
             e,
         )
         response = problem_response(499, "client_closed", "the client closed the connection")
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            log.exception("internal error on %s %s", request.method, request.path)
+            response = problem_response(500, "internal", "internal error; see the server log")
+        else:
+            # The data directory's disk is full (or read-only): say so, not "internal".
+            log.warning("cannot write the data directory: %s", e)
+            response = problem_response(
+                503,
+                "disk_full",
+                f"the server cannot write its data directory: {e.strerror}",
+                {"Retry-After": request.app[AVAILABILITY].retry_after()},
+            )
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         response = problem_response(500, "internal", "internal error; see the server log")
