@@ -111,3 +111,47 @@ def test_a_client_that_gives_up_mid_body_is_logged_as_such(
     # And the server answers the next honest request.
     answer = server.request("POST", "/v1/recover/challenge", {"device_id": "nobody"})
     assert answer.status in (200, 404)
+
+
+def _slow_body(server: RunningServer, framing: bytes, body_start: bytes) -> bytes:
+    """Headers and a first piece of the body, then nothing: what the server answers."""
+    import socket
+
+    context = server.client_context()
+    with (
+        socket.create_connection(("127.0.0.1", server.port)) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.settimeout(120)  # a bound for a busy machine; the server answers in about 1 s
+        tls.sendall(
+            b"POST /v1/recover/challenge HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/json\r\n" + framing + b"\r\n" + body_start
+        )
+        return tls.recv(4096)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_body_that_never_finishes_is_answered_408(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: a slow or unfinished body must not hold a connection as long as it likes."""
+    from homing import ceremonies
+    from tests.harness import Clock
+
+    monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
+    data = tmp_path / "site"
+    ceremonies.init(data, datetime.now(UTC))
+    server = RunningServer(data, db_url, Clock(), body_timeout=1.0).start()
+    try:
+        for framing, start in (
+            (b"Content-Length: 1000\r\n", b'{"device_id": "d'),
+            (b"Transfer-Encoding: chunked\r\n", b'5\r\n{"dev\r\n'),
+        ):
+            head = _slow_body(server, framing, start)
+            assert head.startswith(b"HTTP/1.1 408"), head[:100]
+            assert b"body_timeout" in head
+        # Honest requests are unaffected.
+        answer = server.request("POST", "/v1/recover/challenge", {"device_id": "nobody"})
+        assert answer.status in (200, 404)
+    finally:
+        server.stop()

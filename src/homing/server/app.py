@@ -21,6 +21,7 @@ from homing.server import web as fleet_view
 from homing.server.availability import DatabaseAvailability
 from homing.server.errors import HTTPProblem, problem_response, status_for
 from homing.server.fleet_gauges import FleetGauges
+from homing.server.inputs import BODY_SECONDS
 from homing.server.metrics import CONTENT_TYPE_LATEST, METRICS, Metrics
 from homing.server.openapi import openapi_document
 from homing.server.state import ServerState
@@ -123,6 +124,7 @@ def build_app(state: ServerState) -> web.Application:
     )
     app[METRICS] = Metrics(state.config.metrics_dir)
     app[AVAILABILITY] = state.database
+    app[BODY_SECONDS] = state.config.body_timeout
     writer = device_api.CheckinWriter(state, app[METRICS])
     document = openapi_document(__version__)
 

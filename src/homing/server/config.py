@@ -32,6 +32,8 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ()
     client_cert_header: str = "X-Client-Cert"
     max_body_bytes: int = 64 * 1024
+    # Seconds a client may take to send a whole request body (then 408).
+    body_timeout: float = 30.0
     # Recovery policy: how long a device may have been silent and still recover.
     max_offline: timedelta | None = None
     nonce_ttl: timedelta = timedelta(minutes=5)

@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from homing.server.auth import authenticate_device, verify_device_certificate
 from homing.server.errors import HTTPProblem
-from homing.server.inputs import json_object, object_id
+from homing.server.inputs import json_object, object_id, read_body
 from homing.server.metrics import METRICS, Metrics
 from homing.server.rules import refusal_problem
 from homing.server.state import ServerState
@@ -184,7 +184,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise HTTPProblem(415, "unsupported_media_type", "send application/json")
-    return json_object(await request.read())
+    return json_object(await read_body(request))
 
 
 async def _assignment(state: ServerState, record: CheckIn) -> dict[str, Any] | None:

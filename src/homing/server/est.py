@@ -25,6 +25,7 @@ from homing.pki.keys import spki_der
 from homing.pki.profiles import approve_csr
 from homing.server.auth import authenticate_device
 from homing.server.errors import HTTPProblem, problem_response
+from homing.server.inputs import read_body
 from homing.server.metrics import METRICS
 from homing.server.state import ServerState
 from homing.site.ledger import DatabaseLedger
@@ -56,7 +57,7 @@ async def _csr_body(request: web.Request) -> bytes:
     content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type != PKCS10:
         raise HTTPProblem(415, "unsupported_media_type", f"send the CSR as {PKCS10}")
-    body = await request.read()
+    body = await read_body(request)
     try:
         # RFC 8951 §3: base64 with any whitespace; Content-Transfer-Encoding ignored.
         return base64.b64decode(re.sub(rb"\s+", b"", body), validate=True)

@@ -9,18 +9,43 @@ database cannot store is a 404 or a 400, never a database error.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
 
+from aiohttp import web
+
 from homing.config import Limits
 from homing.server.errors import HTTPProblem
 
-__all__ = ["MAX_ID", "json_object", "object_id"]
+__all__ = ["BODY_SECONDS", "MAX_ID", "json_object", "object_id", "read_body"]
+
+# How long a client may take to send a whole body (``ServerConfig.body_timeout``).
+BODY_SECONDS: web.AppKey[float] = web.AppKey("body_seconds", float)
 
 # PostgreSQL's integer, the narrowest id column homing keeps on either backend.
 MAX_ID = 2**31 - 1
 _ID = re.compile(r"[0-9]{1,10}")
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, or 408 when the client has not sent it in time.
+
+    A body sent a byte at a time, or a chunked body never finished, would
+    otherwise hold a connection and a handler for as long as the client
+    likes (nginx: ``client_body_timeout``).
+    """
+    seconds = request.app.get(BODY_SECONDS, 30.0)
+    try:
+        return await asyncio.wait_for(request.read(), seconds)
+    except TimeoutError as e:
+        raise HTTPProblem(
+            408,
+            "body_timeout",
+            f"the request body did not arrive within {seconds:g} s",
+            {"Connection": "close"},
+        ) from e
 
 
 def _nesting_within(raw: bytes, limit: int) -> bool:
