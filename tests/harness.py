@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -165,6 +165,12 @@ class RunningServer:
             self.state.reload_if_changed()
 
         asyncio.run_coroutine_threadsafe(take_up(), self._loop).result(60)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         fut = asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self._loop)
@@ -360,3 +366,32 @@ def free_port(*hosts: str) -> int:
             continue
         return port
     raise AssertionError(f"no port free on all of {hosts}")
+
+
+def wait_until(what: str, condition: Callable[[], bool], timeout: float = 120.0) -> float:
+    """Poll ``condition`` until it holds; returns the seconds it took.
+
+    The timeout is a bound for a busy machine, never what a test measures.
+    """
+    import time
+
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+@contextmanager
+def raw_tls(server: RunningServer, timeout: float = 120.0) -> Iterator[ssl.SSLSocket]:
+    """A TLS connection to ``server`` to write raw HTTP on (slow, partial or odd requests)."""
+    import socket
+
+    context = server.client_context()
+    with (
+        socket.create_connection(("127.0.0.1", server.port)) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.settimeout(timeout)
+        yield tls

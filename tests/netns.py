@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness import system_tool
+from tests.harness import free_port, system_tool
 
 
 def _ip(*args: str) -> None:
@@ -80,12 +80,6 @@ def network(host_count: int) -> Iterator[Network]:
         for ns in net.hosts:
             subprocess.run([system_tool("ip"), "netns", "delete", ns], capture_output=True)
         subprocess.run([system_tool("ip"), "link", "delete", net.bridge], capture_output=True)
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 HAPROXY_CONFIG = """\

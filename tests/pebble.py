@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import ssl
 import subprocess
 import time
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.harness import system_tool
+from tests.harness import free_port, system_tool
 
 # pebble starts in well under a second; a loaded machine gets far longer.
 START_DEADLINE_S = 60.0
@@ -34,12 +33,6 @@ _START_ATTEMPTS = 3
 
 class _PortTaken(Exception):
     """pebble or its challenge server found a picked port taken by someone else."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tls_for_pebble(directory: Path) -> tuple[Path, Path, Path]:

@@ -69,7 +69,7 @@ class TcpCut:
             while data := source.recv(65536):
                 sink.sendall(data)
         except OSError:
-            pass
+            return  # either end was closed or cut: this direction is done
         finally:
             for sock in (source, sink):
                 with suppress(OSError):

@@ -32,13 +32,19 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def _fill(disk: Path) -> None:
-    """Everything left on the disk goes to one file."""
-    with (disk / "filler").open("wb", buffering=0) as filler:
-        try:
+    """Everything left on the disk goes to one file, until the disk says it is full."""
+    import errno
+    import shutil
+
+    def write_until_full() -> None:
+        with (disk / "filler").open("wb", buffering=0) as filler:
             while True:
                 filler.write(b"\0" * 4096)
-        except OSError:
-            pass
+
+    with pytest.raises(OSError, match="No space left on device") as full:
+        write_until_full()
+    assert full.value.errno == errno.ENOSPC
+    assert shutil.disk_usage(disk).free < 4096
 
 
 def test_a_full_disk_is_one_line_from_the_cli(tmp_path: Path, tiny_disk: Path) -> None:
@@ -78,8 +84,7 @@ def test_a_full_data_directory_is_a_503_that_says_so(
     monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
     data = tiny_disk / "site"
     ceremonies.init(data, datetime.now(UTC))
-    server = RunningServer(data, db_url, Clock()).start()
-    try:
+    with RunningServer(data, db_url, Clock()).start() as server:
         factory = operations.add_factory(server.state.db, "t", datetime.now(UTC), "s1")
         server.enroll("dev-1", ("s1", factory), tiny_disk.parent)
         token = operations.add_token(server.state.db, "t", datetime.now(UTC), "ops", "operator")
@@ -97,5 +102,3 @@ def test_a_full_data_directory_is_a_503_that_says_so(
         ready = server.request("GET", "/readyz")
         assert ready.status == 503
         assert "the data directory takes no write" in ready.json()["message"]
-    finally:
-        server.stop()

@@ -201,16 +201,19 @@ def test_a_ceremony_that_cannot_wait_names_the_one_running(tmp_path: Path) -> No
         assert holding.wait(60)
         refused = pytest.raises(CeremonyError, match=r"another ceremony .*rotate_root, pid")
         with refused, ceremony_lock(tmp_path, "rotate_online_keys", timeout=0.2):
-            pass
+            pytest.fail("the lock was taken while another thread held it")
     finally:
         release.set()
         holder.join()
-    # Released: the next one takes it at once, and re-entrantly.
+    # Released: the next one takes it at once, and re-entrantly (the holder stays the
+    # outer ceremony, as another process waiting on it would be told).
+    holder_file = tmp_path / "run" / "ceremony.lock"
     with (
         ceremony_lock(tmp_path, "rotate_online_keys", timeout=0),
         ceremony_lock(tmp_path, "rotate_server_cert", timeout=0),
     ):
-        pass
+        assert holder_file.read_text().startswith("rotate_online_keys, pid ")
+    assert holder_file.read_text() == ""
 
 
 def test_a_ceremony_on_a_missing_data_directory_makes_nothing(tmp_path: Path) -> None:

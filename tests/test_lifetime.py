@@ -103,6 +103,7 @@ class Life:
     events: list[str] = field(default_factory=list)
     archive: tuple[Path, datetime] | None = None
     drop_attempts: int = 0
+    drop_refusals: list[str] = field(default_factory=list)
     dropped: bool = False
 
     @property
@@ -278,8 +279,9 @@ def _operator(life: Life, elapsed: timedelta, tmp_path: Path) -> None:
                 elapsed,
             )
             life.dropped = True
-        except StrandingError:
-            pass
+        except StrandingError as refusal:
+            # Refused while a live device still dials the old name: wait, as the docs say.
+            life.drop_refusals.append(str(refusal))
 
 
 def _maintain(life: Life, in_lapse: bool) -> None:
@@ -317,6 +319,7 @@ def test_twenty_years_of_ceremonies_and_no_device_is_lost(life: Life, tmp_path: 
         "cycles_over_the_bootstrap_channel": sum(m.bootstrapped for m in life.members),
         "ceremonies": dict(life.ceremonies),
         "attempts_to_drop_the_old_name": life.drop_attempts,
+        "refusals_to_drop_the_old_name": len(life.drop_refusals),
         "home_at_the_end": sum(final.values()),
         "firmware_installs_committed": sum(len(m.committed) for m in life.members),
         "updates_refused": sum(len(m.update_refusals) for m in life.members),
@@ -339,4 +342,6 @@ def test_twenty_years_of_ceremonies_and_no_device_is_lost(life: Life, tmp_path: 
     assert life.ceremonies["rotate root"] >= 9
     assert life.ceremonies["restore"] == 1
     assert life.dropped
+    assert life.drop_attempts == len(life.drop_refusals) + 1
+    assert all("still dial" in refusal for refusal in life.drop_refusals)
     assert figures["missed_during_the_lapse"] > 0  # the lapse did cut devices off meanwhile

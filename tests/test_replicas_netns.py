@@ -18,9 +18,8 @@ import signal
 import ssl
 import subprocess
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,6 +47,7 @@ from tests.harness import (
     run_homing,
     save_device,
     system_tool,
+    wait_until,
 )
 from tests.netns import Balancer, Network, haproxy, network
 
@@ -55,16 +55,6 @@ DEVICES = int(os.environ.get("HOMING_TEST_REPLICA_DEVICES", "220"))
 PORT = 8443
 # Generous: a bound on a busy two-core machine, not a speed claim.
 DEADLINE = 120.0
-
-
-def wait_until(what: str, condition: Callable[[], bool], timeout: float = DEADLINE) -> float:
-    """Poll ``condition`` until it holds; returns the seconds it took."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-    return time.monotonic() - start
 
 
 @dataclass

@@ -56,8 +56,7 @@ def test_devices_that_moved_on_after_the_backup_come_home_to_the_restored_site(
     assert "published firmware v" in result.stdout, result.stdout
     published = DataDir(restored).repository(DataDir(restored).settings()).timestamp()
     assert published.signed.version > held
-    again = RunningServer(restored, DataDir(restored).default_db_url(), Clock()).start()
-    try:
+    with RunningServer(restored, DataDir(restored).default_db_url(), Clock()).start() as again:
         # No manual step: every device checks in to the restored site by itself.
         for state in fleet:
             check_in(again, state)
@@ -73,8 +72,6 @@ def test_devices_that_moved_on_after_the_backup_come_home_to_the_restored_site(
         for state in fleet:
             assert "firmware 3.0.0 committed" in check_in(again, state).steps
         site.close()
-    finally:
-        again.stop()
 
 
 def test_a_restore_into_a_site_that_exists_is_refused_in_one_line(

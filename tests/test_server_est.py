@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from sqlalchemy import func, select
 
 from homing.pki import verify_client_chain
 from homing.store.schema import audit_log, certificates, devices
-from tests.harness import RunningServer, certs_from_pkcs7, est_csr
+from tests.harness import RunningServer, certs_from_pkcs7, est_csr, raw_tls
 
 
 def _basic(name: str, secret: str) -> str:
@@ -86,12 +85,8 @@ def test_no_credentials_get_401_with_basic_challenge(
 
 def _expect_continue(server: RunningServer, authorization: str | None) -> bytes:
     """The first answer to a simpleenroll that waits for 100 Continue before its body."""
-    context = server.client_context()
     credentials = f"Authorization: {authorization}\r\n".encode() if authorization else b""
-    with (
-        socket.create_connection(("127.0.0.1", server.port)) as raw,
-        context.wrap_socket(raw, server_hostname="localhost") as tls,
-    ):
+    with raw_tls(server) as tls:
         tls.sendall(
             b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n"
             b"Content-Type: application/pkcs10\r\nContent-Length: 400\r\n"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from homing.server.signer import LEASE_TIMEOUT, current_signer
-from tests.harness import system_tool
-from tests.test_replicas_netns import _logs, _published_timestamp, three_replicas, wait_until
+from tests.harness import system_tool, wait_until
+from tests.test_replicas_netns import _logs, _published_timestamp, three_replicas
 
 
 def test_a_cut_signer_loses_the_lease_within_the_bound_and_another_replica_signs(
