@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from homing import ceremonies
+from homing.ceremonies.generations import retired_device_cas
+from homing.pki.keys import spki_pin
 from homing.site import DataDir
 from tests.fleet import check_in, device, move_server_clock
 from tests.harness import RunningServer
@@ -34,6 +36,7 @@ def test_thirty_device_ca_generations_keep_every_device_home(
     for state in (first, middle, last):
         check_in(server, state)
     assert len(dd.certificates("device-cas.pem")) == 31
+    assert len(retired_device_cas(dd)) == 30
     # A year and a month on, every certificate the retired generations issued
     # has expired: the next rotation leaves them out of trust, and each
     # device recovers by key proof into the newest generation.
@@ -46,6 +49,8 @@ def test_thirty_device_ca_generations_keep_every_device_home(
         "CN=homing device-issuing CA 32",
         "CN=homing device-issuing CA 31",
     ]
+    # What records the retirements shrank with the trust: only generation 31 is left.
+    assert list(retired_device_cas(dd)) == [spki_pin(trusted[1])]
     for state in (first, middle, last):
         assert check_in(server, state).recovered
         assert check_in(server, state).checked_in
@@ -257,6 +262,8 @@ def test_a_hundred_releases_keep_what_devices_download_and_the_disk_bounded(
     # The role every device downloads stopped growing after the first releases.
     assert sizes[-1] <= sizes[KEEP_RELEASES] * 1.1, sizes
     maintain(dd, datetime.now(UTC))
+    # The next passes find nothing more to prune (and read no firmware metadata for it).
+    assert repo.prune() == 0
     for role in ("snapshot", "targets", FIRMWARE_ROLE):
         assert len(list(metadata.glob(f"*.{role}.json"))) <= KEEP_VERSIONS
     # Images stay only while a kept firmware version names one: not 100.

@@ -101,17 +101,23 @@ def _still_dialing(
     repo_targets = dd.repository(dd.settings()).targets_dir
     with dd.database().begin() as conn:
         held = pin_history.live_device_trust(conn, now - live_within)
-    dialing = []
-    for device in held:
-        if not device.pin_policy_sha256:
-            continue
-        path = repo_targets / f"{device.pin_policy_sha256}.pins.json"
-        try:
-            policy = PinPolicy.from_bytes(path.read_bytes())
-        except (OSError, MetadataError):
-            continue
-        if (urlsplit(policy.primary).hostname or "").lower() in dropped:
-            dialing.append(device.device_id)
+    # A fleet holds a handful of policies: each is read once, not once per device.
+    primary_host: dict[str, str | None] = {}
+
+    def dials(sha256: str) -> str | None:
+        if sha256 not in primary_host:
+            try:
+                policy = PinPolicy.from_bytes((repo_targets / f"{sha256}.pins.json").read_bytes())
+                primary_host[sha256] = (urlsplit(policy.primary).hostname or "").lower()
+            except (OSError, MetadataError):
+                primary_host[sha256] = None
+        return primary_host[sha256]
+
+    dialing = [
+        device.device_id
+        for device in held
+        if device.pin_policy_sha256 and dials(device.pin_policy_sha256) in dropped
+    ]
     return dialing, len(held)
 
 

@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from securesystemslib.signer import Signer
 
@@ -30,20 +29,23 @@ from homing.ceremonies._common import (
     serialized,
 )
 from homing.ceremonies._public_pins import public_pins
-from homing.ceremonies.generations import (
-    record_retirement,
-    retired_device_cas,
-    still_trusted,
+from homing.ceremonies.issuing_cas import (
+    also_certified,
+    certify_issuing_ca,
+    check_offline_certification,
+    install_issuing_ca,
+    presented_cross_certifications,
+    root_ca_key_name,
+    roots_with_keys,
 )
 from homing.ceremonies.retirement import (
     DEFAULT_LIVE_WINDOW,
     check_pin_retirement,
     record_published_pins,
 )
-from homing.config import Limits
 from homing.errors import CeremonyError
 from homing.fsutil import atomic_write
-from homing.pki.authority import make_issuing_ca, make_root_ca
+from homing.pki.authority import make_root_ca
 from homing.pki.keys import generate_signing_key, generate_tls_key, spki_pin
 from homing.pki.keystore import (
     PASSPHRASE_ENV,
@@ -52,7 +54,6 @@ from homing.pki.keystore import (
 )
 from homing.pki.profiles import server_csr, server_profile
 from homing.site import DataDir, Settings
-from homing.site.datadir import DISTRUSTED_DEVICE_CAS
 from homing.trust.pins import PIN_POLICY_TARGET, PinPolicy
 from homing.trust.signing import signer_for, tuf_key
 
@@ -243,7 +244,7 @@ def rotate_issuing_ca(
     g = int(getattr(settings, attr)) + 1
     active_key = _ca_key(store, f"{kind}-ca-g{g}")
     if certified is not None:
-        _check_offline_certification(dd, kind, active_key, certified, now)
+        check_offline_certification(dd, kind, active_key, certified, now)
     here = kind == "device" or targets_signed_here(dd, settings, store)
     verdict = None
     if kind == "server":
@@ -258,14 +259,21 @@ def rotate_issuing_ca(
     # Certified by the active root and by every older root still valid, so a
     # device that holds only an older root keeps a path to the new CA.
     if certified is None:
-        cert, *also = _certify_issuing_ca(dd, settings, store, kind, active_key, g, now)
+        cert, *also = certify_issuing_ca(dd, settings, store, kind, active_key, g, now)
     else:
         cert, *also = certified
     store.generate(f"{kind}-ca-g{g + 1}", "tls")
     old = dd.certificate(f"{kind}-ca.pem")
     atomic_write(dd.pki_path("retired") / f"{kind}-ca-g{g - 1}.pem", _pem(old))
-    _install_issuing_ca(
-        dd, kind, cert, also, now, distrust=old if compromised else None, retiring=old
+    install_issuing_ca(
+        dd,
+        kind,
+        cert,
+        also,
+        now,
+        distrust=old if compromised else None,
+        retiring=old,
+        validity=settings.validity,
     )
     # The settings are written last: they are the commit point a running
     # server reloads the rotation by (trust bundle, certificate, then key).
@@ -291,39 +299,6 @@ def rotate_issuing_ca(
         detail = {**(detail or {}), "distrusted": spki_pin(old)}
     _audit(dd, now, actor, f"rotate_{kind}_ca", f"generation {g}", detail)
     return g
-
-
-def _check_offline_certification(
-    dd: DataDir,
-    kind: str,
-    key: ec.EllipticCurvePrivateKey,
-    certified: Sequence[x509.Certificate],
-    now: datetime,
-) -> None:
-    """An offline-signed issuing CA: for this key, by a root the site holds, valid, a CA."""
-    if not certified:
-        raise CeremonyError("the offline site returned no certificate")
-    roots = [r for r in dd.certificates("root-ca.pem") if r.not_valid_after_utc > now]
-    for cert in certified:
-        if cert.public_key() != key.public_key():
-            raise CeremonyError("a returned CA certificate is not for the key being promoted")
-        issuers = [r for r in roots if r.subject == cert.issuer]
-        try:
-            if not issuers:
-                raise ValueError("unknown issuer")
-            cert.verify_directly_issued_by(issuers[0])
-        except (ValueError, TypeError, InvalidSignature) as e:
-            raise CeremonyError(
-                f"a returned CA certificate is not signed by a root of this site: {e}"
-            ) from e
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        if not constraints.ca or not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
-            raise CeremonyError("a returned CA certificate is not a CA valid now")
-    if certified[0].issuer != roots[0].subject:
-        raise CeremonyError("the first certificate must be the active root's")
-    expected = {r.subject for r in roots}
-    if {c.issuer for c in certified} != expected:
-        raise CeremonyError(f"the {kind} CA must be certified by every valid root of this site")
 
 
 def targets_signed_here(dd: DataDir, settings: Settings, store: KeyStore) -> bool:
@@ -387,7 +362,7 @@ def rotate_server_cert(
     # Key first, then the chain: a crash between leaves the old chain, which
     # a restart detects as not matching the key and re-issues.
     store.store("server-tls", key)
-    also = presented_cross_certifications(_also_certified(dd, "server", now))
+    also = presented_cross_certifications(also_certified(dd, "server", now))
     atomic_write(dd.pki_path("server-chain.pem"), _pem(leaf, authority.certificate, *also))
     _audit(dd, now, actor, "rotate_server_cert", f"serial {leaf.serial_number:x}")
     return leaf
@@ -471,144 +446,6 @@ def rotate_firmware_key(data: Path | DataDir, now: datetime, *, actor: str = OPE
     return generation
 
 
-def root_ca_key_name(generation: int) -> str:
-    return "root-ca" if generation == 1 else f"root-ca-g{generation}"
-
-
-def _roots_with_keys(
-    dd: DataDir, settings: Settings, store: KeyStore, now: datetime
-) -> list[tuple[x509.Certificate, ec.EllipticCurvePrivateKey]]:
-    """Every root still valid, active first, with its key (a root whose key is gone is skipped)."""
-    roots = [c for c in dd.certificates("root-ca.pem") if c.not_valid_after_utc > now]
-    found = []
-    for generation in range(settings.root_ca_generation, 0, -1):
-        name = root_ca_key_name(generation)
-        # The active root's key must be there (loading it says where it is kept).
-        if generation != settings.root_ca_generation and not store.exists(name):
-            continue
-        key = _ca_key(store, name)
-        for root in roots:
-            if root.public_key() == key.public_key():
-                found.append((root, key))
-    if not found or found[0][0] != roots[0]:
-        raise CeremonyError("the active root CA's key is not in the key store")
-    return found
-
-
-def _certify_issuing_ca(
-    dd: DataDir,
-    settings: Settings,
-    store: KeyStore,
-    kind: str,
-    key: ec.EllipticCurvePrivateKey,
-    generation: int,
-    now: datetime,
-) -> list[x509.Certificate]:
-    """The issuing CA's certificate under each valid root, the active root's first."""
-    return [
-        make_issuing_ca(
-            kind,
-            key.public_key(),
-            root,
-            root_key,
-            now,
-            hosts=settings.hosts,
-            generation=generation,
-            validity=settings.validity,
-        )
-        for root, root_key in _roots_with_keys(dd, settings, store, now)
-    ]
-
-
-def presented_cross_certifications(
-    also: Sequence[x509.Certificate], limits: Limits | None = None
-) -> list[x509.Certificate]:
-    """The server CA's certifications under older roots that the server presents.
-
-    An agent accepts at most ``Limits.max_intermediates`` certificates beside
-    the leaf, so after the active root's certification only the newest older
-    roots' fit (``also`` is ordered newest first). A device that holds only a
-    root older than those fails the pinned chain, takes the bootstrap channel
-    (the metadata authenticates itself), walks to today's pin policy, which
-    names the new roots, and comes back pinned.
-    """
-    limits = limits or Limits()
-    return list(also[: max(limits.max_intermediates - 1, 0)])
-
-
-def _also_path(kind: str) -> str:
-    return f"{kind}-ca-also.pem"
-
-
-def _also_certified(dd: DataDir, kind: str, now: datetime) -> list[x509.Certificate]:
-    """The active issuing CA's certificates under older roots, still valid."""
-    path = dd.pki_path(_also_path(kind))
-    if not path.exists() or not path.read_bytes().strip():
-        return []
-    return [c for c in dd.certificates(_also_path(kind)) if c.not_valid_after_utc > now]
-
-
-def _install_issuing_ca(
-    dd: DataDir,
-    kind: str,
-    cert: x509.Certificate,
-    also: list[x509.Certificate],
-    now: datetime,
-    *,
-    distrust: x509.Certificate | None = None,
-    retiring: x509.Certificate | None = None,
-) -> None:
-    """Write an issuing CA's certificates: the active root's, and the others beside it.
-
-    ``retiring``: the device CA this one replaces; it stays trusted until
-    the last certificate it issued has expired (``homing.ceremonies.generations``).
-
-    ``distrust``: a device CA whose key was stolen; every certificate of its
-    key moves from the trusted device CAs to the distrusted ones.
-    """
-    if also:
-        atomic_write(dd.pki_path(_also_path(kind)), _pem(*also))
-    else:
-        dd.pki_path(_also_path(kind)).unlink(missing_ok=True)
-    if kind == "device":
-        # Keep trusting the device CAs that are still valid, so devices
-        # issued by the old CA keep working until they renew.
-        # A certificate of the same key by the same root is superseded by the
-        # new one: without this, each root CA rotation would add them again.
-        fresh = {(spki_pin(c), c.issuer) for c in (cert, *also)}
-        retired = retired_device_cas(dd)
-        validity = dd.settings().validity
-        still_valid = [
-            c
-            for c in dd.certificates("device-cas.pem")
-            if still_trusted(c, now, validity, retired) and (spki_pin(c), c.issuer) not in fresh
-        ]
-        if retiring is not None and retiring.public_key() != cert.public_key():
-            # Recorded before the trusted set changes: the commit point is the settings.
-            keep = {spki_pin(c) for c in still_valid} | {spki_pin(retiring)}
-            record_retirement(dd, retiring, now, keep)
-        if distrust is not None:
-            stolen = [c for c in still_valid if c.public_key() == distrust.public_key()]
-            still_valid = [c for c in still_valid if c not in stolen]
-            _distrust_device_cas(dd, stolen or [distrust], now)
-        atomic_write(dd.pki_path("device-cas.pem"), _pem(cert, *also, *still_valid))
-        atomic_write(dd.pki_path("device-ca.pem"), _pem(cert))
-    else:
-        atomic_write(dd.pki_path("server-ca.pem"), _pem(cert))
-
-
-def _distrust_device_cas(dd: DataDir, stolen: Sequence[x509.Certificate], now: datetime) -> None:
-    """Add device CAs to the distrusted ones (written before the trusted set shrinks).
-
-    An expired one is dropped: every certificate it issued has expired with
-    it, and its devices recover as any device with an expired certificate.
-    """
-    path = dd.pki_path(DISTRUSTED_DEVICE_CAS)
-    known = dd.certificates(DISTRUSTED_DEVICE_CAS) if path.exists() else []
-    kept = [c for c in known if c.not_valid_after_utc > now]
-    atomic_write(path, _pem(*kept, *(c for c in stolen if c not in kept)))
-
-
 @serialized
 def rotate_root_ca(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR) -> int:
     """A new X.509 root CA beside the old one; returns its generation.
@@ -623,7 +460,7 @@ def rotate_root_ca(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR
     """
     dd, settings, store = _open(data)
     g = settings.root_ca_generation + 1
-    old_roots = _roots_with_keys(dd, settings, store, now)
+    old_roots = roots_with_keys(dd, settings, store, now)
     here = targets_signed_here(dd, settings, store)
     root_key = store.generate(root_ca_key_name(g), "tls")
     assert isinstance(root_key, ec.EllipticCurvePrivateKey)
@@ -641,8 +478,8 @@ def rotate_root_ca(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR
     for kind in ("server", "device"):
         generation = int(getattr(settings, f"{kind}_ca_generation"))
         key = _ca_key(store, f"{kind}-ca-g{generation}")
-        cert, *also = _certify_issuing_ca(dd, settings, store, kind, key, generation, now)
-        _install_issuing_ca(dd, kind, cert, also, now)
+        cert, *also = certify_issuing_ca(dd, settings, store, kind, key, generation, now)
+        install_issuing_ca(dd, kind, cert, also, now, validity=settings.validity)
     # The settings last: the commit point a running server reloads by.
     dd.save_settings(settings)
     if settings.serving == "private":

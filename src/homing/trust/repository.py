@@ -494,25 +494,29 @@ class TrustRepository:
         if keep < 1:
             raise ValueError("keep at least one version")
         deleted = 0
-        named_images: set[str] = set()
+        kept_firmware: list[int] = []
+        firmware_dropped = False
         for role in (Snapshot.type, Targets.type, FIRMWARE_ROLE):
             versions = sorted(
                 int(path.name.split(".", 1)[0])
                 for path in self.metadata_dir.glob(f"*.{role}.json")
                 if path.name.split(".", 1)[0].isdigit()
             )
-            kept = versions[-keep:]
             for version in versions[:-keep]:
                 (self.metadata_dir / f"{version}.{role}.json").unlink(missing_ok=True)
                 deleted += 1
             if role == FIRMWARE_ROLE:
-                for version in kept:
-                    md = self._read(f"{version}.{role}.json", Targets)
-                    named_images |= {self._target_path(i).name for i in md.signed.targets.values()}
+                kept_firmware, firmware_dropped = versions[-keep:], len(versions) > keep
+        # An image can only lose its last naming version when one was dropped:
+        # otherwise the (regular) maintenance pass reads no firmware metadata.
         images = self.targets_dir / "firmware"
-        if images.is_dir():
+        if firmware_dropped and images.is_dir():
+            named: set[str] = set()
+            for version in kept_firmware:
+                md = self._read(f"{version}.{FIRMWARE_ROLE}.json", Targets)
+                named |= {self._target_path(i).name for i in md.signed.targets.values()}
             for path in images.iterdir():
-                if path.is_file() and path.name not in named_images:
+                if path.is_file() and path.name not in named:
                     path.unlink()
                     deleted += 1
         return deleted
