@@ -39,6 +39,12 @@ class Limits:
     max_error_body_bytes: int = 4096
     # Nesting of a JSON request body the server parses; homing's own are 3 deep.
     max_json_depth: int = 32
+    # Check-in history rows kept per device: the newest overwrites the oldest,
+    # so what one device sends cannot grow the database past this (its latest
+    # state lives in its own row). At the agent's hourly default, ten days.
+    checkin_history_per_device: int = 240
+    # Recovery challenges one device may hold open at once; older ones lapse.
+    open_recovery_nonces_per_device: int = 8
     # One request to the home server, headers and body, from start to end.
     request_deadline_seconds: float = 60.0
     # One read from the network.

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from homing.config import Limits
 from homing.errors import ConflictError, NotFoundError, PolicyError
 from homing.store.certificates import certificate as certificate_row
 from homing.store.certificates import revoke_certificate
@@ -68,6 +69,8 @@ class DeviceRow:
     pins_matched: tuple[str, ...] = ()
     last_failure_at: datetime | None = None
     last_failure: str | None = None
+    # Check-ins recorded over the device's life (its history keeps the newest).
+    checkin_seq: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -341,7 +344,10 @@ def authorise_certificate(conn: Connection, presented: Presented, device_id: str
 
 
 def record_checkins(
-    conn: Connection, batch: Sequence[CheckIn], presented: Sequence[Presented] | None = None
+    conn: Connection,
+    batch: Sequence[CheckIn],
+    presented: Sequence[Presented] | None = None,
+    history: int = Limits.checkin_history_per_device,
 ) -> list[str | None]:
     """Record check-ins and update each device's last known state, in one transaction.
 
@@ -349,6 +355,12 @@ def record_checkins(
     authorised exactly as ``authorise_certificate`` would, in one query for
     the batch; refused check-ins are not recorded. Returns, per check-in,
     None when recorded or the reason it was refused.
+
+    Each device keeps at most ``history`` history rows: its check-in count
+    picks a slot, and a new check-in overwrites that slot's row, so a device
+    that checks in without pause rewrites its own history instead of filling
+    the disk. The count is raised before it is read, under the device row's
+    lock, so concurrent batches never take the same slot.
     """
     if not batch:
         return []
@@ -362,20 +374,43 @@ def record_checkins(
     accepted = [c for c, why in zip(batch, refusals, strict=True) if why is None]
     if not accepted:
         return refusals
-    params = {id(c): _checkin_params(conn, c) for c in accepted}
+    by_device: dict[str, list[CheckIn]] = {}
+    for c in accepted:
+        by_device.setdefault(c.device_id, []).append(c)
+    # One lock order for every writer: concurrent batches never deadlock.
+    order = sorted(by_device)
     driver_executemany(
         conn,
-        "INSERT INTO checkins (device_id, at, firmware_version, root_version, timestamp_version, "
-        "targets_version, health) VALUES (:device_id, :at, :firmware_version, :root_version, "
-        ":timestamp_version, :targets_version, :health)",
-        list(params.values()),
+        "UPDATE devices SET checkin_seq = checkin_seq + :n WHERE device_id = :device_id",
+        [{"device_id": d, "n": len(by_device[d])} for d in order],
     )
-    latest: dict[str, CheckIn] = {}
-    for c in accepted:
-        if c.device_id not in latest or latest[c.device_id].at <= c.at:
-            latest[c.device_id] = c
-    # One lock order for every writer: concurrent batches never deadlock.
-    ordered = sorted(latest.values(), key=lambda c: c.device_id)
+    marks = ", ".join(f":d{i}" for i in range(len(order)))
+    counted = dict(
+        driver_rows(
+            conn,
+            f"SELECT device_id, checkin_seq FROM devices WHERE device_id IN ({marks})",  # noqa: S608
+            {f"d{i}": d for i, d in enumerate(order)},
+        )
+    )
+    rows = []
+    for device_id in order:
+        mine = by_device[device_id]
+        first = int(counted[device_id]) - len(mine)
+        # More check-ins in one batch than slots: only the newest can be kept.
+        for i, c in list(enumerate(mine))[-history:]:
+            rows.append({**_checkin_params(conn, c), "slot": (first + i) % history})
+    driver_executemany(
+        conn,
+        "INSERT INTO checkins (device_id, slot, at, firmware_version, root_version, "
+        "timestamp_version, targets_version, health) VALUES (:device_id, :slot, :at, "
+        ":firmware_version, :root_version, :timestamp_version, :targets_version, :health) "
+        "ON CONFLICT (device_id, slot) DO UPDATE SET at = excluded.at, "
+        "firmware_version = excluded.firmware_version, root_version = excluded.root_version, "
+        "timestamp_version = excluded.timestamp_version, "
+        "targets_version = excluded.targets_version, health = excluded.health",
+        rows,
+    )
+    latest = {d: max(reversed(by_device[d]), key=lambda c: c.at) for d in order}
     driver_executemany(
         conn,
         "UPDATE devices SET last_seen = :at, firmware_version = :firmware_version, "
@@ -386,12 +421,12 @@ def record_checkins(
         "WHERE device_id = :device_id AND (last_seen IS NULL OR last_seen <= :at)",
         [
             {
-                **params[id(c)],
+                **_checkin_params(conn, c),
                 "hardware": c.hardware,
                 "pin_policy_sha256": c.pin_policy_sha256,
                 "pins_matched": json.dumps(list(c.pins_matched)) if c.pins_matched else None,
             }
-            for c in ordered
+            for c in (latest[d] for d in order)
         ],
     )
     return refusals

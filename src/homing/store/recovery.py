@@ -5,7 +5,9 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, delete, insert, update
+from sqlalchemy import Connection, delete, insert, select, update
+
+from homing.config import Limits
 
 from homing.errors import AuthError
 from homing.store.schema import recovery_nonces
@@ -13,9 +15,32 @@ from homing.store.schema import recovery_nonces
 __all__ = ["consume_nonce", "issue_nonce"]
 
 
-def issue_nonce(conn: Connection, device_id: str, now: datetime, ttl: timedelta) -> str:
+def issue_nonce(
+    conn: Connection,
+    device_id: str,
+    now: datetime,
+    ttl: timedelta,
+    open_per_device: int = Limits.open_recovery_nonces_per_device,
+) -> str:
+    """A new challenge; the device's oldest open ones lapse beyond ``open_per_device``.
+
+    Asking for challenges costs no credential, so without the bound anyone
+    could add rows for a known device as fast as they can ask.
+    """
     nonce = secrets.token_hex(32)
     conn.execute(delete(recovery_nonces).where(recovery_nonces.c.expires_at < now))
+    newest = (
+        select(recovery_nonces.c.nonce)
+        .where(recovery_nonces.c.device_id == device_id)
+        .order_by(recovery_nonces.c.expires_at.desc())
+        .limit(open_per_device - 1)
+    )
+    conn.execute(
+        delete(recovery_nonces).where(
+            recovery_nonces.c.device_id == device_id,
+            recovery_nonces.c.nonce.not_in(newest.scalar_subquery()),
+        )
+    )
     conn.execute(
         insert(recovery_nonces).values(nonce=nonce, device_id=device_id, expires_at=now + ttl)
     )

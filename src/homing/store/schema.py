@@ -95,6 +95,9 @@ devices = Table(
     # The last contact the server refused, and why (revoked, expired, ...).
     Column("last_failure_at", UTCDateTime),
     Column("last_failure", String(256)),
+    # Check-ins recorded so far; its remainder by the history bound is the
+    # slot the next check-in's history row takes (``Limits.checkin_history_per_device``).
+    Column("checkin_seq", BigInteger, nullable=False, server_default="0"),
 )
 
 certificates = Table(
@@ -144,7 +147,11 @@ checkins = Table(
     Column("timestamp_version", Integer),
     Column("targets_version", Integer),
     Column("health", Text),
+    # The device's history slot; a new check-in overwrites the oldest slot.
+    # (Rows from before the bound have none and leave by age.)
+    Column("slot", Integer),
     Index("ix_checkins_device_at", "device_id", "at"),
+    Index("ux_checkins_device_slot", "device_id", "slot", unique=True),
 )
 
 audit_log = Table(
