@@ -2,7 +2,8 @@
 # The Debian tools homing's tests drive for real: headless Chromium (the web
 # fleet view), promtool (the shipped alert rules), systemd-analyze (the
 # shipped units), pebble with its challenge test server (ACME) and SoftHSM2
-# (PKCS#11 keys), HAProxy and iproute2 (replicas in network namespaces).
+# (PKCS#11 keys), HAProxy and iproute2 (replicas in network namespaces),
+# curl (the EST recipe and the server unit's readiness probe).
 # Installs what is missing when run as root with apt; otherwise names what is
 # missing and fails, because the tests that drive them never skip.
 set -euo pipefail
@@ -15,6 +16,7 @@ declare -A package_of=(
     [softhsm2-util]=softhsm2
     [haproxy]=haproxy
     [ip]=iproute2
+    [curl]=curl
 )
 missing=()
 for tool in "${!package_of[@]}"; do

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from homing.server.app import build_app
 from homing.server.config import ServerConfig
+from homing.server.connections import CONNECTIONS, GuardedSite
 from homing.server.state import ServerState
 
 PG_ADMIN_URL = os.environ.get(
@@ -118,10 +120,18 @@ class RunningServer:
         self.clock = clock
         self.listen = listen
         self.wanted_port = port
-        settings: dict[str, Any] = {"reload_interval": 0.05, **config}
+        # No per-device or per-station rate unless a test sets one: tests check
+        # in and enroll far faster than a fleet (test_admission tests the limits).
+        settings: dict[str, Any] = {
+            "reload_interval": 0.05,
+            "checkin_limit": None,
+            "enroll_limit": None,
+            **config,
+        }
         self.config = ServerConfig(data=data, port=0, db_url=db_url, **settings)
         self.state = ServerState(self.config, clock=clock)
-        self._loop = asyncio.new_event_loop()
+        # The loop the server runs on in production (homing.server.runner).
+        self._loop = uvloop.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.port = 0
@@ -134,18 +144,25 @@ class RunningServer:
 
     async def _start(self) -> None:
         self.app = build_app(self.state)
-        self.runner = web.AppRunner(self.app, access_log=None)
+        self.runner = web.AppRunner(
+            self.app, access_log=None, keepalive_timeout=self.app[CONNECTIONS].limits.http_keepalive
+        )
         await self.runner.setup()
-        site = web.TCPSite(
-            self.runner, self.listen[0], self.wanted_port, ssl_context=self.state.ssl_context
+        guard = self.app[CONNECTIONS]
+        site = GuardedSite(
+            self.runner,
+            guard,
+            host=self.listen[0],
+            port=self.wanted_port,
+            ssl_context=self.state.ssl_context,
         )
         await site.start()
         server = site._server
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         for address in self.listen[1:]:
-            await web.TCPSite(
-                self.runner, address, self.port, ssl_context=self.state.ssl_context
+            await GuardedSite(
+                self.runner, guard, host=address, port=self.port, ssl_context=self.state.ssl_context
             ).start()
 
     def start(self) -> RunningServer:
@@ -173,8 +190,16 @@ class RunningServer:
         self.stop()
 
     def stop(self) -> None:
-        fut = asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self._loop)
-        fut.result(10)
+        async def shut_down() -> None:
+            await self.runner.cleanup()
+            # Handlers of connections the test left open end here, not at exit.
+            left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
+
+        fut = asyncio.run_coroutine_threadsafe(shut_down(), self._loop)
+        fut.result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()

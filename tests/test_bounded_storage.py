@@ -73,7 +73,8 @@ def test_a_flooding_device_rewrites_its_own_history_instead_of_growing_it(
         # The other device's history is untouched by its neighbour's flood.
         assert device_store.count_checkins(conn, "dev-quiet") == 3
         row = device_store.device(conn, "dev-chatty")
-        assert row is not None and row.last_seen is not None
+        assert row is not None
+        assert row.last_seen is not None
     if sqlite:
         # Three times the history again in 4 KiB bodies (3 MiB sent): the database
         # reuses the rows it had, growing by at most a few pages of index churn.

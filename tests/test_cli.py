@@ -143,3 +143,8 @@ def test_fleet_commands(cli_data: Path, tmp_path: Path) -> None:
         homing("serve", "--data", str(cli_data), "--listen", "nonsense"),
         "--listen must be HOST:PORT",
     )
+    for option, value in (("--checkin-limit", "10"), ("--enroll-limit", "0/5")):
+        _assert_one_line_error(
+            homing("serve", "--data", str(cli_data), option, value),
+            f"{option} must be BURST/SECONDS",
+        )

@@ -337,6 +337,32 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     assert not result.stderr.strip(), result.stderr
 
 
+def test_the_server_units_readiness_probe_waits_for_readyz(server: RunningServer) -> None:
+    """The unit's ExecStartPost, run as shipped against a real server: 0 when it is
+    ready, non-zero when nothing answers (systemd then fails the start)."""
+    import shlex
+
+    text = (ROOT / "deploy" / "systemd" / "homing-serve.service").read_text()
+    joined = text.replace("\\\n", " ")
+    line = next(x for x in joined.splitlines() if x.startswith("ExecStartPost="))
+    probe = shlex.split(line.removeprefix("ExecStartPost="))
+    assert "https://127.0.0.1:8443/readyz" in probe
+    ready = [a.replace(":8443/", f":{server.port}/") for a in probe]
+    result = subprocess.run(ready, capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode == 0, result.stderr
+    from tests.harness import free_port
+
+    nobody = [
+        a.replace(":8443/", f":{free_port()}/").replace("60", "1")
+        if "8443" in a or a == "60"
+        else a
+        for a in probe
+    ]
+    result = subprocess.run(nobody, capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode != 0
+    assert "Failed to connect" in result.stderr or "Could not connect" in result.stderr
+
+
 def test_a_fleet_view_session_ends_when_its_token_is_revoked(server: RunningServer) -> None:
     """The session cookie outlives nothing: revoking the token shuts the open session out."""
     from homing.store.schema import ui_sessions

@@ -281,6 +281,10 @@ def _join_replicas(
                         "1",
                         "--sync-interval",
                         "1",
+                        # Devices here check in every two seconds, far above a fleet's
+                        # pace; the limit itself is tested in test_admission.
+                        "--checkin-limit",
+                        "off",
                     ],
                 ),
                 log=tmp_path / f"replica-{i}.log",

@@ -35,7 +35,7 @@ def _free_port() -> int:
 
 @contextmanager
 def _serve(
-    data: Path, port: int, db_url: str, workers: int = 1
+    data: Path, port: int, db_url: str, workers: int = 1, extra: tuple[str, ...] = ()
 ) -> Iterator[subprocess.Popen[bytes]]:
     env = {k: v for k, v in os.environ.items() if k != "HOMING_KEY_PASSPHRASE"}
     process = subprocess.Popen(
@@ -50,6 +50,7 @@ def _serve(
             db_url,
             "--workers",
             str(workers),
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -229,3 +230,41 @@ def test_a_port_held_by_any_other_program_is_refused(
         refused = run_homing("serve", "--data", str(data), "--listen", f"127.0.0.1:{port}")
     assert refused.returncode == 1
     assert "already in use by another server" in refused.stderr
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_serve_takes_its_rate_limits_from_the_command_line(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`homing serve --checkin-limit 2/600 --enroll-limit 1/600`: the third check-in
+    and the second enrollment are answered 429 with the wait."""
+    monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
+    data = tmp_path / "data"
+    ceremonies.init(data, datetime.now(UTC))
+    db = DataDir(data, db_url).database()
+    secret = operations.add_factory(db, "test", datetime.now(UTC), "line")
+    auth = "Basic " + base64.b64encode(f"line:{secret}".encode()).decode()
+    port = _free_port()
+    limits = ("--checkin-limit", "2/600", "--enroll-limit", "1/600", "--max-in-flight", "64")
+    with _serve(data, port, db_url, extra=limits):
+        enrolled = []
+        for n in range(2):
+            key = ec.generate_private_key(ec.SECP256R1())
+            status, body = _post(
+                port,
+                _context(data),
+                "/.well-known/est/simpleenroll",
+                base64.b64encode(est_csr(key, f"dev-{n}")),
+                {"Content-Type": "application/pkcs10", "Authorization": auth},
+            )
+            enrolled.append((status, key, body))
+        assert [status for status, _, _ in enrolled] == [200, 429]
+        _, key, body = enrolled[0]
+        creds = save_device(tmp_path, "dev-0", key, certs_from_pkcs7(body)[0])
+        context = _context(data, creds.cert_file, creds.key_file)
+        statuses = [
+            _post(port, context, "/v1/device/checkin", b"{}", {"Content-Type": "application/json"})
+            for _ in range(3)
+        ]
+        assert [status for status, _ in statuses] == [200, 200, 429]
+        assert json.loads(statuses[2][1])["error"] == "too_often"

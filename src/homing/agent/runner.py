@@ -7,6 +7,7 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Callable
 
 from homing.agent.agent import Agent
 
@@ -26,8 +27,14 @@ def next_delay(interval: float, failures: int, rng: random.Random) -> float:
     return base * rng.uniform(0.5, 1.5)
 
 
-def run_forever(agent: Agent, interval: float) -> None:
-    rng = random.Random()  # noqa: S311 - jitter, not a secret
+def run_forever(
+    agent: Agent,
+    interval: float,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+) -> None:
+    """Cycle until revoked; ``sleep`` waits between cycles (a test's may stop the loop)."""
+    rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
     failures = 0
     while True:
         report = agent.run_once()
@@ -42,7 +49,7 @@ def run_forever(agent: Agent, interval: float) -> None:
             delay = max(
                 delay if report.checked_in else 0.0, report.retry_after * rng.uniform(1.0, 1.2)
             )
-        time.sleep(delay)
+        sleep(delay)
 
 
 def _release_memory() -> None:

@@ -49,6 +49,26 @@ if TYPE_CHECKING:
     show_default=True,
     help="Prune check-in rows older than this (0: keep them all).",
 )
+@click.option(
+    "--checkin-limit",
+    default="10/60",
+    show_default=True,
+    help="One device's check-ins per worker: BURST/SECONDS (BURST at once, then one "
+    "per SECONDS), or 'off'.",
+)
+@click.option(
+    "--enroll-limit",
+    default="100/0.5",
+    show_default=True,
+    help="One factory station's enrollments per worker: BURST/SECONDS, or 'off'.",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(1),
+    default=512,
+    show_default=True,
+    help="Requests one worker works on at once; past it, 429 (operators first, trust last).",
+)
 @click.option("--access-log", is_flag=True, help="Log every request as a JSON line.")
 @click.option(
     "--maintenance-interval",
@@ -78,6 +98,9 @@ def serve(
     proxies: tuple[str, ...],
     max_offline_days: float | None,
     checkin_retention_days: float,
+    checkin_limit: str,
+    enroll_limit: str,
+    max_in_flight: int,
     access_log: bool,
     maintenance_interval: float,
     sync_interval: float,
@@ -85,7 +108,7 @@ def serve(
 ) -> None:
     """Run the home server (HTTPS with optional client certificates on one port)."""
     from homing import ceremonies
-    from homing.server.config import ServerConfig, parse_listen
+    from homing.server.config import ServerConfig, parse_listen, parse_rate
     from homing.server.runner import serve as run_server
     from homing.site import DataDir
 
@@ -102,6 +125,9 @@ def serve(
         trusted_proxies=proxies,
         max_offline=timedelta(days=max_offline_days) if max_offline_days else None,
         access_log=access_log,
+        checkin_limit=parse_rate(checkin_limit, "--checkin-limit"),
+        enroll_limit=parse_rate(enroll_limit, "--enroll-limit"),
+        max_in_flight=max_in_flight,
         maintenance_interval=maintenance_interval,
         sync_interval=sync_interval,
         checkin_retention=(

@@ -18,7 +18,9 @@ from homing import __version__
 from homing.errors import HomingError
 from homing.server import admin_api, device_api, est, metadata, readiness, recovery
 from homing.server import web as fleet_view
+from homing.server.admission import ADMISSION, Admission, kind_of
 from homing.server.availability import DatabaseAvailability
+from homing.server.connections import CONNECTIONS, ConnectionGuard, ConnectionLimits
 from homing.server.errors import HTTPProblem, problem_response, status_for
 from homing.server.fleet_gauges import FleetGauges
 from homing.server.inputs import BODY_SECONDS
@@ -43,8 +45,53 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         if request.match_info.route.resource
         else "unmatched"
     )
+    guard = request.app[CONNECTIONS]
+    admission = request.app[ADMISSION]
+    kind = kind_of(request.method, request.path)
+    guard.request_started(request.transport)
     try:
-        response = await handler(request)
+        if kind is None or admission.admit(kind):
+            try:
+                response = await _answer(request, handler)
+            finally:
+                if kind is not None:
+                    admission.done()
+        else:
+            request.app[METRICS].shed.labels(kind.label).inc()
+            response = problem_response(
+                429,
+                "overloaded",
+                f"the server is at capacity for {kind.label} requests; retry later",
+                {"Retry-After": str(admission.retry_after(kind))},
+            )
+    finally:
+        guard.request_finished(request.transport)
+    if 200 <= response.status < 300 and request.path.startswith(("/v1/", "/readyz")):
+        # Every such answer read or wrote the database: it is back, if it was gone.
+        request.app[AVAILABILITY].answered()
+    elapsed = time.perf_counter() - started
+    metrics: Metrics = request.app[METRICS]
+    metrics.requests.labels(route, str(response.status)).inc()
+    metrics.latency.labels(route).observe(elapsed)
+    if access.isEnabledFor(logging.INFO):
+        access.info(
+            json.dumps(
+                {
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status,
+                    "ms": round(elapsed * 1000, 2),
+                    "peer": request.remote,
+                }
+            )
+        )
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's answer, or the problem answer for what it raised."""
+    try:
+        return await handler(request)
     except HTTPProblem as e:
         response = problem_response(e.status, e.code, e.message, e.headers)
     except HomingError as e:
@@ -96,25 +143,6 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         response = problem_response(500, "internal", "internal error; see the server log")
-    if 200 <= response.status < 300 and request.path.startswith(("/v1/", "/readyz")):
-        # Every such answer read or wrote the database: it is back, if it was gone.
-        request.app[AVAILABILITY].answered()
-    elapsed = time.perf_counter() - started
-    metrics: Metrics = request.app[METRICS]
-    metrics.requests.labels(route, str(response.status)).inc()
-    metrics.latency.labels(route).observe(elapsed)
-    if access.isEnabledFor(logging.INFO):
-        access.info(
-            json.dumps(
-                {
-                    "method": request.method,
-                    "path": request.path,
-                    "status": response.status,
-                    "ms": round(elapsed * 1000, 2),
-                    "peer": request.remote,
-                }
-            )
-        )
     return response
 
 
@@ -125,6 +153,18 @@ def build_app(state: ServerState) -> web.Application:
     app[METRICS] = Metrics(state.config.metrics_dir)
     app[AVAILABILITY] = state.database
     app[BODY_SECONDS] = state.config.body_timeout
+    config = state.config
+    app[ADMISSION] = Admission(config.max_in_flight)
+    app[CONNECTIONS] = ConnectionGuard(
+        ConnectionLimits(
+            handshake_timeout=config.handshake_timeout,
+            header_timeout=config.header_timeout,
+            idle_timeout=config.idle_timeout,
+            send_timeout=config.send_timeout,
+            max_connections=config.max_connections,
+        ),
+        app[METRICS],
+    )
     writer = device_api.CheckinWriter(state, app[METRICS])
     document = openapi_document(__version__)
 
@@ -167,9 +207,11 @@ def build_app(state: ServerState) -> web.Application:
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         writer.start()
-        task = asyncio.get_running_loop().create_task(reloader())
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(reloader()), loop.create_task(app[CONNECTIONS].watch())]
         yield
-        task.cancel()
+        for task in tasks:
+            task.cancel()
         await writer.stop()
 
     app.cleanup_ctx.append(lifecycle)

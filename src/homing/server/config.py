@@ -10,7 +10,7 @@ from pathlib import Path
 from homing.errors import ConfigError
 from homing.site import DataDir
 
-__all__ = ["ServerConfig", "parse_listen"]
+__all__ = ["ServerConfig", "parse_listen", "parse_rate"]
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -19,6 +19,23 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--listen must be HOST:PORT, not {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an explicit empty host
+
+
+def parse_rate(value: str, option: str) -> tuple[int, float] | None:
+    """``BURST/SECONDS`` (e.g. ``10/60``), or ``off`` for no limit."""
+    if value.strip().lower() == "off":
+        return None
+    burst, sep, every = value.partition("/")
+    try:
+        limit = (int(burst), float(every))
+    except ValueError:
+        limit = (0, 0.0)
+    if not sep or limit[0] < 1 or not 0 < limit[1] < 1e9:
+        raise ConfigError(
+            f"{option} must be BURST/SECONDS (e.g. 10/60: ten at once, then one a minute) "
+            f"or 'off', not {value!r}"
+        )
+    return limit
 
 
 @dataclass(frozen=True)
@@ -34,6 +51,20 @@ class ServerConfig:
     max_body_bytes: int = 64 * 1024
     # Seconds a client may take to send a whole request body (then 408).
     body_timeout: float = 30.0
+    # Seconds for each phase of a connection (homing.server.connections).
+    handshake_timeout: float = 10.0
+    header_timeout: float = 15.0
+    idle_timeout: float = 30.0
+    send_timeout: float = 30.0
+    # Connections one worker holds at most (None: its descriptor limit less a reserve).
+    max_connections: int | None = None
+    # Requests one worker works on at once; past each kind's share of it the
+    # server answers 429 (homing.server.admission).
+    max_in_flight: int = 512
+    # (burst, seconds per request after it): one device's check-ins and one
+    # factory station's enrollments, per worker; None: unlimited.
+    checkin_limit: tuple[int, float] | None = (10, 60.0)
+    enroll_limit: tuple[int, float] | None = (100, 0.5)
     # Recovery policy: how long a device may have been silent and still recover.
     max_offline: timedelta | None = None
     nonce_ttl: timedelta = timedelta(minutes=5)
@@ -65,6 +96,17 @@ class ServerConfig:
         )
 
     def __post_init__(self) -> None:
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ConfigError("--max-connections must be at least 1")
+        for name in ("handshake_timeout", "header_timeout", "idle_timeout", "send_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name.replace('_', ' ')} must be more than 0 seconds")
+        if self.max_in_flight < 1:
+            raise ConfigError("max in flight must be at least 1")
+        for name in ("checkin_limit", "enroll_limit"):
+            limit = getattr(self, name)
+            if limit is not None and not (limit[0] >= 1 and limit[1] > 0):
+                raise ConfigError(f"{name.replace('_', ' ')} must be BURST/SECONDS, both above 0")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
         try:

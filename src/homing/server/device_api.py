@@ -16,6 +16,7 @@ from aiohttp import web
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
+from homing.server.admission import RateLimiter
 from homing.server.auth import authenticate_device, verify_device_certificate
 from homing.server.errors import HTTPProblem
 from homing.server.inputs import json_object, object_id, read_body
@@ -214,8 +215,19 @@ def _remember_failure(state: ServerState, device_id: str, reason: str) -> None:
 
 
 def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
+    limiter = RateLimiter.of(state.config.checkin_limit)
+
     async def checkin(request: web.Request) -> web.Response:
         identity = verify_device_certificate(request, state)
+        wait = limiter.take(identity.device_id) if limiter else None
+        if wait is not None:
+            request.app[METRICS].shed.labels("device_rate").inc()
+            raise HTTPProblem(
+                429,
+                "too_often",
+                f"device {identity.device_id!r} checks in more often than allowed",
+                {"Retry-After": RateLimiter.retry_after(wait)},
+            )
         body = await json_body(request)
         trust = body.get("trust", {})
         if not isinstance(trust, dict):

@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from homing.errors import AuthError, ConflictError
 from homing.pki.keys import spki_der
 from homing.pki.profiles import approve_csr
+from homing.server.admission import RateLimiter
 from homing.server.auth import authenticate_device
 from homing.server.errors import HTTPProblem, problem_response
 from homing.server.inputs import read_body
@@ -101,6 +102,8 @@ def _cn_device_id(csr_der: bytes) -> str | None:
 
 
 def routes(state: ServerState) -> list[web.RouteDef]:
+    stations = RateLimiter.of(state.config.enroll_limit)
+
     async def require_auth_first(request: web.Request) -> web.StreamResponse | None:
         """RFC 7030 §3.2.3 / RFC 9110 §10.1.1: refuse before the body is sent.
 
@@ -147,6 +150,15 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                     raise HTTPProblem(
                         401, "authentication_required", str(e), _BASIC_CHALLENGE
                     ) from e
+                # Counted once the station proved itself: a wrong secret spends nothing.
+                wait = stations.take(name) if stations else None
+                if wait is not None:
+                    raise HTTPProblem(
+                        429,
+                        "too_often",
+                        f"factory station {name!r} enrolls more often than allowed",
+                        {"Retry-After": RateLimiter.retry_after(wait)},
+                    )
                 approved = approve_csr(
                     csr_der,
                     state.device_leaf_profile,

@@ -16,6 +16,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -49,6 +50,25 @@ class Metrics:
         )
         self.enrollments = Counter(
             "homing_enrollments", "Certificates issued over EST", registry=self.registry
+        )
+        self.shed = Counter(
+            "homing_requests_shed",
+            "Requests answered 429: past capacity (overloaded) or past a device's or "
+            "station's rate",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.connections_closed = Counter(
+            "homing_connections_closed",
+            "Connections the server closed: a phase's timeout, the budget, or reclaimed idle",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.connections_open = Gauge(
+            "homing_connections_open",
+            "Client connections held (every worker's summed)",
+            multiprocess_mode="livesum",
+            registry=self.registry,
         )
         self.recoveries = Counter(
             "homing_recoveries", "Devices recovered by key proof", registry=self.registry

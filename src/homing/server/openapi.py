@@ -45,8 +45,10 @@ def _operation(
     if answer is not None:
         op["responses"][status]["content"] = _json(answer)
     if errors:
-        # 503: the database is unreachable or its disk full (with Retry-After).
-        for code in (400, 401, 403, 404, 409, 413, 415, 503):
+        # 408: the body came too slowly; 429: past capacity or the caller's rate
+        # (with Retry-After); 503: the database is unreachable or its disk full
+        # (with Retry-After).
+        for code in (400, 401, 403, 404, 408, 409, 413, 415, 429, 503):
             op["responses"][str(code)] = _error()
     if security is not None:
         op["security"] = security

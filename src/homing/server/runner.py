@@ -25,6 +25,7 @@ from aiohttp import web
 from homing.errors import ConfigError
 from homing.server.app import build_app
 from homing.server.config import ServerConfig
+from homing.server.connections import CONNECTIONS, GuardedSite
 from homing.server.state import ServerState
 from homing.server.upkeep import Upkeep
 from homing.site import DataDir
@@ -68,12 +69,18 @@ def configure_logging(level: int = logging.INFO, access_log: bool = False) -> No
 async def _serve_async(config: ServerConfig, maintenance: bool) -> None:
     state = ServerState(config)
     app = build_app(state)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=app[CONNECTIONS].limits.http_keepalive,
+    )
     await runner.setup()
-    site = web.TCPSite(
+    site = GuardedSite(
         runner,
-        config.host,
-        config.port,
+        app[CONNECTIONS],
+        host=config.host,
+        port=config.port,
         ssl_context=state.ssl_context,
         reuse_port=True,
         backlog=1024,

@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, delete, insert, select, update
 
 from homing.config import Limits
-
 from homing.errors import AuthError
 from homing.store.schema import recovery_nonces
 
