@@ -384,6 +384,11 @@ def test_a_fleet_view_session_ends_when_its_token_is_revoked(server: RunningServ
     assert stored
     assert value not in stored
     operations.revoke_token(server.state.db, "test", server.clock(), "eve")
-    after = server.request("GET", "/ui", headers={"Cookie": cookie})
+    browser = {"Cookie": cookie, "Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    after = server.request("GET", "/ui", headers=browser)
     assert after.status == 303
     assert after.headers["location"] == "/ui/login"
+    # A client that is not a browser is told, not redirected.
+    plain = server.request("GET", "/ui", headers={"Cookie": cookie})
+    assert plain.status == 401
+    assert b"log in first" in plain.body

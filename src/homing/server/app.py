@@ -102,7 +102,9 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        response = problem_response(e.status, "http", e.reason)
+        # A 405 names the methods the path takes (RFC 9110 15.5.6).
+        kept = {k: e.headers[k] for k in ("Allow",) if k in e.headers}
+        response = problem_response(e.status, "http", e.reason, kept)
     except asyncio.CancelledError:
         raise
     except SQLAlchemyError as e:

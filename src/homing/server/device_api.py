@@ -153,6 +153,9 @@ def _opt_int(doc: dict[str, Any], key: str) -> int | None:
     value = doc.get(key)
     if value is None:
         return None
+    # JSON does not tell 3 from 3.0; a number with no fraction is an integer.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
         raise HTTPProblem(400, "bad_request", f"trust.{key} must be a non-negative integer")
     return value

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from homing.server.inputs import MAX_ID
+from homing.store.firmware import STATES as UPDATE_STATES
+
 __all__ = ["openapi_document"]
 
 _ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -30,6 +33,17 @@ def _path_param(name: str, kind: str = "string") -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
 
 
+def _name_param(name: str) -> dict[str, Any]:
+    """A device id, station or token name in the path (homing.fsutil.safe_name)."""
+    return {"name": name, "in": "path", "required": True, "schema": _NAME}
+
+
+def _id_param(name: str) -> dict[str, Any]:
+    """A row id in the path: what either database can hold (homing.server.inputs.MAX_ID)."""
+    schema = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
 def _operation(
     summary: str,
     ok: str,
@@ -40,6 +54,7 @@ def _operation(
     params: list[dict[str, Any]] | None = None,
     errors: bool = True,
     answer: str | None = None,
+    raw_body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {status: {"description": ok}}}
     if answer is not None:
@@ -54,6 +69,8 @@ def _operation(
         op["security"] = security
     if body is not None:
         op["requestBody"] = {"required": True, "content": _json(body)}
+    if raw_body is not None:
+        op["requestBody"] = raw_body
     if params:
         op["parameters"] = params
     return op
@@ -72,6 +89,13 @@ def _object(
 
 _STRING = {"type": "string"}
 _NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+_BASE64 = {"type": "string", "pattern": "^[A-Za-z0-9+/]*={0,2}$", "contentEncoding": "base64"}
+_VERSION_NUMBER = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
+# A base64 PKCS#10 request (EST, RFC 7030 4.2.1).
+_CSR_BODY = {
+    "required": True,
+    "content": {"application/pkcs10": {"schema": _BASE64}},
+}
 
 _SCHEMAS: dict[str, Any] = {
     "Problem": _object({"error": _STRING, "message": _STRING}, ("error", "message")),
@@ -81,10 +105,7 @@ _SCHEMAS: dict[str, Any] = {
             "hardware": {"type": "string", "maxLength": 64},
             "trust": _object(
                 {
-                    **{
-                        k: {"type": "integer", "minimum": 0}
-                        for k in ("root", "timestamp", "snapshot", "targets")
-                    },
+                    **{k: _VERSION_NUMBER for k in ("root", "timestamp", "snapshot", "targets")},
                     "pin_policy": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                     "pins_matched": {
                         "type": "array",
@@ -109,8 +130,8 @@ _SCHEMAS: dict[str, Any] = {
     ),
     "UpdateProgress": _object(
         {
-            "rollout": {"type": "integer"},
-            "state": {"type": "string"},
+            "rollout": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+            "state": {"type": "string", "enum": list(UPDATE_STATES)},
             "reason": {"type": "string", "maxLength": 500},
             "version": {"type": "string", "maxLength": 64},
         },
@@ -120,9 +141,9 @@ _SCHEMAS: dict[str, Any] = {
     "Recover": _object(
         {
             "device_id": _NAME,
-            "nonce": {"type": "string", "minLength": 64, "maxLength": 64},
-            "csr": {"type": "string", "contentEncoding": "base64"},
-            "signature": {"type": "string", "contentEncoding": "base64"},
+            "nonce": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "csr": _BASE64,
+            "signature": _BASE64,
         },
         ("device_id", "nonce", "csr", "signature"),
     ),
@@ -144,8 +165,8 @@ _SCHEMAS: dict[str, Any] = {
             "stages": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 100}},
             "max_failure_ratio": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
             "success_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-            "soak_minutes": {"type": "number", "minimum": 0},
-            "deadline_hours": {"type": "number", "exclusiveMinimum": 0},
+            "soak_minutes": {"type": "number", "minimum": 0, "maximum": 365 * 24 * 60},
+            "deadline_hours": {"type": "number", "exclusiveMinimum": 0, "maximum": 365 * 24},
             "group": _NAME,
         },
         ("version", "hardware"),
@@ -163,13 +184,18 @@ def _page(
         "security": [{"session": []}],
         "responses": {
             "200": {"description": "HTML page", "content": {"text/html": {}}},
-            "303": {"description": "redirect (to the login page without a session)"},
+            "303": {
+                "description": "redirect: after a form, or to the log-in form for a browser "
+                "(Accept: text/html) without a session"
+            },
             "400": {"description": "bad input (HTML page)"},
-            "401": {"description": "not logged in (HTML page)"},
+            "401": {"description": "not logged in, to a client that is not a browser (HTML page)"},
             "403": {"description": "stale form, other origin or role too low (HTML page)"},
+            "404": {"description": "no such device or rollout (HTML page)"},
         },
     }
     if form is not None:
+        op["responses"]["415"] = {"description": "not a form (HTML page)"}
         op["requestBody"] = {
             "required": True,
             "content": {
@@ -184,12 +210,18 @@ def _page(
 
 
 def _fleet_view_paths() -> dict[str, Any]:
-    device = [_path_param("device_id")]
-    rollout = [_path_param("rollout_id", "integer")]
+    device = [_name_param("device_id")]
+    rollout = [_id_param("rollout_id")]
     public: dict[str, Any] = {"security": []}
     return {
         "/": {"get": {**_page("Redirect to the fleet view"), **public}},
-        "/ui/style.css": {"get": {**_page("The fleet view's style sheet"), **public}},
+        "/ui/style.css": {
+            "get": {
+                "summary": "The fleet view's style sheet",
+                "security": [],
+                "responses": {"200": {"description": "CSS", "content": {"text/css": {}}}},
+            }
+        },
         "/ui/login": {
             "get": {**_page("Log-in form"), **public},
             "post": {
@@ -201,7 +233,13 @@ def _fleet_view_paths() -> dict[str, Any]:
         "/ui": {
             "get": _page(
                 "Fleet overview: trust spread, firmware, expiries, warnings",
-                params=[{"name": "days", "in": "query", "schema": {"type": "number"}}],
+                params=[
+                    {
+                        "name": "days",
+                        "in": "query",
+                        "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 3650},
+                    }
+                ],
             )
         },
         "/ui/devices": {
@@ -225,9 +263,9 @@ def _fleet_view_paths() -> dict[str, Any]:
 
 
 def openapi_document(version: str) -> dict[str, Any]:
-    rollout_id = [_path_param("rollout_id", "integer")]
-    device_id = [_path_param("device_id")]
-    name = [_path_param("name")]
+    rollout_id = [_id_param("rollout_id")]
+    device_id = [_name_param("device_id")]
+    name = [_name_param("name")]
     query = [
         {"name": n, "in": "query", "schema": {"type": t}}
         for n, t in (
@@ -275,6 +313,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "EST enrollment with factory credentials (RFC 7030 4.2); body: base64 PKCS#10",
                 "certs-only PKCS#7",
                 security=[{"factory": []}],
+                raw_body=_CSR_BODY,
             )
         },
         "/.well-known/est/simplereenroll": {
@@ -282,6 +321,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "EST re-enrollment (mutual TLS); a new key supersedes the old certificates",
                 "certs-only PKCS#7",
                 security=_DEVICE,
+                raw_body=_CSR_BODY,
             )
         },
         "/tuf/metadata/{name}": {

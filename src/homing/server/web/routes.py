@@ -94,6 +94,11 @@ class _Page:
         return self.html("error.html", status, status=status, message=message, session=session)
 
 
+def _wants_html(request: web.Request) -> bool:
+    """Whether the client is a browser: it names HTML among what it accepts."""
+    return "text/html" in request.headers.get("Accept", "").lower()
+
+
 def _see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location, **_HEADERS})
 
@@ -140,9 +145,11 @@ def routes(state: ServerState) -> list[web.RouteDef]:
             async def wrapped(request: web.Request) -> web.StreamResponse:
                 session = await current(request)
                 if session is None:
-                    if request.method == "GET":
+                    # A browser is sent to the log-in form; any other client is
+                    # told plainly that it is not logged in.
+                    if request.method == "GET" and _wants_html(request):
                         return _see_other("/ui/login")
-                    return page.error(401, "log in first", None)
+                    return page.error(401, "log in first (/ui/login)", None)
                 if request.method == "POST":
                     fields = await form(request)
                     sent = fields.get("csrf", "")
