@@ -17,6 +17,7 @@ from benchmarks import (
     bench_replicas,
     bench_root_walk,
     bench_simulate,
+    bench_storm,
 )
 
 
@@ -37,6 +38,7 @@ def main() -> None:
         "assignment": bench_assignment.run(quick=args.quick),
         "simulate": bench_simulate.run(quick=args.quick),
         "replicas": bench_replicas.run(quick=args.quick),
+        "storm": bench_storm.run(quick=args.quick),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -11,7 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["free_port", "homing_server", "wait_for_port"]
+__all__ = [
+    "cpu_seconds",
+    "free_port",
+    "homing_process",
+    "homing_server",
+    "peak_memory_mib",
+    "wait_for_port",
+]
 
 
 def free_port() -> int:
@@ -35,8 +42,13 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def homing_server(data: Path, workers: int = 1) -> Iterator[str]:
-    """`homing serve` on a free loopback port; yields its URL. Logs go to DATA/../server.log."""
+def homing_process(
+    data: Path, workers: int = 1, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`homing serve` on a free loopback port; yields its URL and process.
+
+    Logs go to DATA/../server.log. ``extra``: more `serve` options.
+    """
     port = free_port()
     with (data.parent / "server.log").open("wb") as log:
         server = subprocess.Popen(
@@ -51,13 +63,58 @@ def homing_server(data: Path, workers: int = 1) -> Iterator[str]:
                 f"127.0.0.1:{port}",
                 "--workers",
                 str(workers),
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
         try:
             wait_for_port(port, server)
-            yield f"https://127.0.0.1:{port}"
+            yield f"https://127.0.0.1:{port}", server
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
+
+
+@contextmanager
+def homing_server(data: Path, workers: int = 1, extra: tuple[str, ...] = ()) -> Iterator[str]:
+    """`homing serve` on a free loopback port; yields its URL."""
+    with homing_process(data, workers, extra) as (url, _):
+        yield url
+
+
+def _family(process: subprocess.Popen[bytes]) -> list[int]:
+    pids = [process.pid]
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    return pids
+
+
+def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
+    """CPU time (user and system) used so far by a server and its workers."""
+    import os
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in _family(process):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def peak_memory_mib(process: subprocess.Popen[bytes]) -> float:
+    """The peak resident memory of a server and its workers, summed (VmHWM), in MiB."""
+    total_kib = 0
+    for pid in _family(process):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                total_kib += int(line.split()[1])
+    return total_kib / 1024

@@ -44,7 +44,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         rel = release(dd, image, "2.0.0", "board-a", now)
         state = provision(dd, work / "dev", now, device_id="bench", hardware="board-a")
         dd.close()
-        with homing_server(data) as url:
+        # One device identity, copied, checks in every round: no per-device limit.
+        with homing_server(data, extra=("--checkin-limit", "off")) as url:
             agent = Agent(state, server=url)
             policy = agent.refresh_trust(datetime.now(UTC), CycleReport()).pin_policy
             fetcher = HTTPSFetcher(policy, datetime.now(UTC))

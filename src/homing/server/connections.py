@@ -21,9 +21,12 @@ application tells it when a request starts and ends.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import resource
+import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +78,8 @@ class ConnectionLimits:
     idle_timeout: float = 30.0
     send_timeout: float = 30.0
     max_connections: int | None = None  # None: from the descriptor limit
+    # TLS handshakes one worker runs at once; more wait in the kernel's queue.
+    max_handshakes: int = 64
     retry_after: int = 5
 
     @property
@@ -306,8 +311,84 @@ class ConnectionGuard:
 CONNECTIONS: web.AppKey[ConnectionGuard] = web.AppKey("connections", ConnectionGuard)
 
 
+class _Listener:
+    """Accepts connections itself, so that it can stop accepting while busy.
+
+    At most ``max_handshakes`` TLS handshakes run at once in a worker; while
+    that many are under way it accepts nothing, and new connections wait in
+    the kernel's queue (or are refused by it when that is full, and the
+    client tries again later). Past its capacity the server then completes
+    the handshakes it started instead of starting more than it can finish,
+    which is how goodput collapses. Stands in for aiohttp's
+    ``asyncio.Server`` (``close`` and ``sockets``).
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        guard: ConnectionGuard,
+        factory: Callable[[], asyncio.Protocol],
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self.sockets = [sock]
+        self._sock = sock
+        self._guard = guard
+        self._factory = factory
+        self._ssl = ssl_context
+        self._handshakes = 0
+        self._slot = asyncio.Event()
+        self._slot.set()
+        self._out_of_descriptors = False
+        self._connecting: set[asyncio.Task[None]] = set()
+        self._task = asyncio.get_running_loop().create_task(self._accept())
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        limit = self._guard.limits.max_handshakes
+        while True:
+            await self._slot.wait()
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as e:
+                if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                if not self._out_of_descriptors:
+                    self._out_of_descriptors = True
+                    log.warning("cannot accept connections: %s; waiting for some to close", e)
+                await asyncio.sleep(0.1)
+                continue
+            if self._out_of_descriptors:
+                self._out_of_descriptors = False
+                log.warning("accepting connections again")
+            self._handshakes += 1
+            if self._handshakes >= limit:
+                self._slot.clear()
+            task = loop.create_task(self._connect(conn))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                self._factory,
+                conn,
+                ssl=self._ssl,
+                ssl_handshake_timeout=self._guard.limits.handshake_timeout if self._ssl else None,
+            )
+        except (OSError, ssl.SSLError, TimeoutError):
+            conn.close()  # the handshake failed or took too long: the transport is gone
+        finally:
+            self._handshakes -= 1
+            self._slot.set()
+
+    def close(self) -> None:
+        self._task.cancel()
+        self._sock.close()
+
+
 class GuardedSite(web.TCPSite):
-    """aiohttp's TCP site, its connections guarded and its TLS handshakes timed."""
+    """aiohttp's TCP site, its connections guarded and its TLS handshakes bounded."""
 
     def __init__(self, runner: web.BaseRunner, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(runner, **kwargs)
@@ -315,22 +396,21 @@ class GuardedSite(web.TCPSite):
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
-        loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
-        self._server = await loop.create_server(
-            self.guard.wrap(server),
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
-            ssl_handshake_timeout=self.guard.limits.handshake_timeout
-            if self._ssl_context
-            else None,
-        )
-        if self._server.sockets:
-            self._bound_port = self._server.sockets[0].getsockname()[1]
-        else:
-            self._bound_port = self._port
+        host = self._host or "0.0.0.0"  # noqa: S104 - no host named: every address, as aiohttp
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, self._port))
+            sock.listen(self._backlog)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        listener = _Listener(sock, self.guard, self.guard.wrap(server), self._ssl_context)
+        self._server = cast(asyncio.AbstractServer, listener)
+        self._bound_port = sock.getsockname()[1]

@@ -1,0 +1,147 @@
+"""Honest devices while thousands of slow connections hold on: homing next to nginx.
+
+The attack needs no certificate: ``CONNECTIONS`` TLS connections that each
+send a request head one header line every ten seconds and never finish it,
+reopened as soon as the server cuts them (slowloris). Meanwhile 16 enrolled
+devices check in back to back, each on a new mutual-TLS connection; their
+rate and p99 latency are measured without and with the attack, against
+``homing serve --workers 2`` (default limits: the head cut at 15 s) and
+against nginx (2 workers, the same certificates and TLS profile, its
+default ``client_header_timeout`` of 60 s, answering a static body). Load
+generator and attacker are one asyncio process each, on the same two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks._server import free_port, homing_process, wait_for_port
+from benchmarks.bench_checkin import _ensure_nginx, _nginx_conf
+from benchmarks.bench_storm import _fleet, _generate
+from homing import ceremonies
+
+CONNECTIONS = 2000
+HONEST = 16
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def _attack(port: int, ca: Path, count: int, seconds: float, work: Path) -> Iterator[None]:
+    plan = work / f"attack-{port}.json"
+    plan.write_text(
+        json.dumps(
+            {
+                "mode": "slowloris",
+                "port": port,
+                "ca": str(ca),
+                "devices": [],
+                "connections": count,
+                "seconds": seconds,
+                "drip": 10,
+            }
+        )
+    )
+    attacker = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks._storm_client", str(plan)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(min(10.0, seconds / 3))  # let the attack's connections open first
+        yield
+    finally:
+        attacker.send_signal(signal.SIGTERM)
+        attacker.wait(60)
+
+
+def _measure(
+    port: int, ca: Path, devices: list[tuple[str, str]], seconds: float, work: Path
+) -> dict[str, Any]:
+    quiet = _generate(
+        {
+            "mode": "closed",
+            "port": port,
+            "ca": str(ca),
+            "devices": devices,
+            "concurrency": HONEST,
+            "seconds": seconds,
+            "timeout": 30,
+        },
+        work,
+    )
+    with _attack(port, ca, CONNECTIONS, seconds * 3, work):
+        attacked = _generate(
+            {
+                "mode": "closed",
+                "port": port,
+                "ca": str(ca),
+                "devices": devices,
+                "concurrency": HONEST,
+                "seconds": seconds,
+                "timeout": 30,
+            },
+            work,
+        )
+    return {"quiet": quiet, "attacked": attacked}
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    seconds = 10.0 if quick else 20.0
+    os.environ.pop("HOMING_KEY_PASSPHRASE", None)
+    results: dict[str, Any] = {"slow_connections": CONNECTIONS}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = work / "data"
+        ceremonies.init(data, datetime.now(UTC))
+        (work / "fleet").mkdir()
+        devices = _fleet(data, HONEST, work / "fleet")
+        ca = data / "pki" / "root-ca.pem"
+        # The honest devices check in far more often than a fleet does.
+        with homing_process(data, workers=2, extra=("--checkin-limit", "off")) as (url, _):
+            results["homing"] = _measure(int(url.rsplit(":", 1)[1]), ca, devices, seconds, work)
+        nginx = _ensure_nginx()
+        if nginx:
+            port = free_port()
+            (work / "nginx").mkdir()
+            conf = _nginx_conf(work / "nginx", port, data)
+            proc = subprocess.Popen(
+                [nginx, "-c", str(conf), "-p", str(work / "nginx"), "-g", "daemon off;"],
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                wait_for_port(port, proc)
+                results["nginx"] = _measure(port, ca, devices, seconds, work)
+            finally:
+                proc.send_signal(signal.SIGQUIT)
+                proc.wait(timeout=30)
+    print(f"honest check-ins (16 devices, new connection each) beside {CONNECTIONS} slow heads")
+    for server in ("homing", "nginx"):
+        if server not in results:
+            continue
+        for when in ("quiet", "attacked"):
+            r = results[server][when]
+            print(
+                f"  {server:6} {when:8} {r['rate_per_s']:7.0f}/s  p50 {r['p50_ms'] or 0:7.1f} ms"
+                f"  p99 {r['p99_ms'] or 0:7.1f} ms  outcomes {r['outcomes']}"
+            )
+    if "nginx" in results:
+        ratio = results["homing"]["attacked"]["p99_ms"] / results["nginx"]["attacked"]["p99_ms"]
+        results["p99_attacked_ratio_homing_to_nginx"] = ratio
+        print(f"  p99 under attack, homing / nginx: {ratio:.2f}")
+    return results
+
+
+if __name__ == "__main__":
+    run(quick="--quick" in sys.argv)

@@ -1,0 +1,160 @@
+"""A reconnect storm: a whole fleet comes back at once after an outage.
+
+``homing serve --workers 2`` with its default limits. Every device has its
+own identity (key and certificate, made by the operator's own provisioning)
+and checks in on a new TLS 1.3 connection, from one asyncio load generator
+(``benchmarks._storm_client``) on the same two cores; its CPU time is
+reported so the share it took is visible.
+
+1. The storm: every device starts at the same instant; time until all have
+   checked in, each device's wait (p50, p99), 5xx answers (must be 0), and
+   the server's peak memory (workers and supervisor, VmHWM).
+2. Goodput under overload: the sustainable rate R is what 128 devices
+   checking in back to back get answered; arrivals at 1x, 2x and 4x R (open
+   loop, each given 10 s) must keep goodput at or above 90 % of the best
+   (shedding, never collapse).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from benchmarks._server import cpu_seconds, homing_process, peak_memory_mib
+from homing import ceremonies
+from homing.operations.provisioning import register_device
+from homing.pki.keys import generate_tls_key
+from homing.site import DataDir
+
+DEVICES = 20_000
+MULTIPLES = (1, 2, 4)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _fleet(data: Path, count: int, out: Path) -> list[tuple[str, str]]:
+    logging.getLogger("homing.pki.keystore").setLevel(logging.ERROR)
+    dd = DataDir(data)
+    now = datetime.now(UTC)
+    pairs = []
+    try:
+        for i in range(count):
+            key = generate_tls_key()
+            chain = register_device(dd, key, f"storm-{i}", now)
+            cert_file, key_file = out / f"{i}.pem", out / f"{i}.key"
+            cert_file.write_bytes(
+                b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+            )
+            key_file.write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+            pairs.append((str(cert_file), str(key_file)))
+    finally:
+        dd.close()
+    return pairs
+
+
+def _generate(plan: dict[str, Any], work: Path) -> dict[str, Any]:
+    path = work / f"plan-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(plan))
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks._storm_client", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return dict(json.loads(result.stdout))
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    count = 2_000 if quick else DEVICES
+    seconds = 5.0 if quick else 15.0
+    os.environ.pop("HOMING_KEY_PASSPHRASE", None)
+    results: dict[str, Any] = {"devices": count}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = work / "data"
+        ceremonies.init(data, datetime.now(UTC))
+        (work / "fleet").mkdir()
+        started = time.perf_counter()
+        devices = _fleet(data, count, work / "fleet")
+        results["provisioning_s"] = time.perf_counter() - started
+        with homing_process(data, workers=2) as (url, server):
+            base = {
+                "port": int(url.rsplit(":", 1)[1]),
+                "ca": str(data / "pki" / "root-ca.pem"),
+                "devices": devices,
+                # The server's Retry-After is honoured at a tenth, to keep the run short.
+                "retry_scale": 0.1,
+            }
+            storm = _generate({**base, "mode": "storm", "concurrency": 4000, "timeout": 30}, work)
+            storm["server_peak_memory_mib"] = peak_memory_mib(server)
+            results["storm"] = storm
+            closed = _generate(
+                {**base, "mode": "closed", "concurrency": 128, "seconds": seconds, "timeout": 10},
+                work,
+            )
+            results["closed_loop"] = closed
+            sustainable = closed["rate_per_s"]
+            results["sustainable_per_s"] = sustainable
+            runs = []
+            for multiple in MULTIPLES:
+                before = cpu_seconds(server)
+                rate = _generate(
+                    {
+                        **base,
+                        "mode": "rate",
+                        "rate": sustainable * multiple,
+                        "seconds": seconds,
+                        "timeout": 10,
+                    },
+                    work,
+                )
+                rate["multiple"] = multiple
+                rate["server_cpu_s"] = cpu_seconds(server) - before
+                answered = rate["outcomes"].get("200", 0)
+                rate["server_cpu_ms_per_checkin"] = 1000 * rate["server_cpu_s"] / max(answered, 1)
+                runs.append(rate)
+            results["overload"] = runs
+            results["server_peak_memory_mib"] = peak_memory_mib(server)
+    best = max(r["goodput_per_s"] for r in results["overload"])
+    for r in results["overload"]:
+        r["goodput_of_best"] = r["goodput_per_s"] / best
+    s = results["storm"]
+    print(f"reconnect storm: {count} devices at once, new TLS connection each (2 workers)")
+    print(
+        f"  all checked in after {s['seconds_until_all']:.1f} s (p50 {s['p50_s']:.1f} s, "
+        f"p99 {s['p99_s']:.1f} s); 5xx {s['server_errors_5xx']}; attempts {s['attempts']}"
+    )
+    print(
+        f"  server peak memory {results['server_peak_memory_mib']:.0f} MiB; "
+        f"load generator CPU {s['client_cpu_s']:.1f} s"
+    )
+    print(f"  sustainable rate R = {results['sustainable_per_s']:.0f} check-ins/s")
+    for r in results["overload"]:
+        print(
+            f"  {r['multiple']}x R offered {r['offered_per_s']:.0f}/s: goodput "
+            f"{r['goodput_per_s']:.0f}/s ({r['goodput_of_best']:.0%} of best), "
+            f"outcomes {r['outcomes']}; CPU server {r['server_cpu_s']:.1f} s "
+            f"({r['server_cpu_ms_per_checkin']:.2f} ms a check-in), "
+            f"load generator {r['client_cpu_s']:.1f} s"
+        )
+    return results
+
+
+if __name__ == "__main__":
+    run(quick="--quick" in sys.argv)
