@@ -160,6 +160,8 @@ class Generator:
         cut = Counter[str]()
 
         async def hold() -> None:
+            # Opened over the first ten seconds, as attack tools do; then steady.
+            await asyncio.sleep(random.uniform(0, 10))
             while time.perf_counter() - started < seconds:
                 try:
                     reader, writer = await asyncio.open_connection(
