@@ -196,3 +196,71 @@ def test_the_budget_reclaims_idle_connections_then_answers_503(
         "relief logged", lambda: any("below the budget" in r.getMessage() for r in caplog.records)
     )
     assert guarded.request("GET", "/healthz").status == 200
+
+
+def test_at_its_descriptor_limit_the_real_server_answers_and_says_so(tmp_path: Path) -> None:
+    """`homing serve` started with 300 descriptors (its budget: 44 connections) and
+    held by 80 request heads that never end: a new client is answered 503 with
+    Retry-After, not left without an answer, and the log says so once."""
+    import resource
+    import subprocess
+
+    from tests.harness import free_port, homing_entry_point
+
+    data = tmp_path / "site"
+    ceremonies.init(data, datetime.now(UTC))
+    port = free_port()
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
+
+    log = tmp_path / "server.log"
+    with log.open("wb") as err:
+        process = subprocess.Popen(
+            [homing_entry_point(), "serve", "--data", str(data), "--listen", f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            preexec_fn=few_descriptors,
+        )
+    held: list[ssl.SSLSocket] = []
+    try:
+        context = ssl.create_default_context(cafile=str(data / "pki" / "root-ca.pem"))
+
+        def connect() -> ssl.SSLSocket:
+            tls = context.wrap_socket(
+                socket.create_connection(("127.0.0.1", port), timeout=120),
+                server_hostname="localhost",
+            )
+            tls.settimeout(120)
+            return tls
+
+        def listening() -> bool:
+            try:
+                connect().close()
+            except OSError:
+                return process.poll() is not None  # it died: stop waiting, fail below
+            return True
+
+        wait_until("the server listens", listening)
+        assert process.poll() is None, log.read_text()
+        answers = []
+        for _ in range(80):
+            tls = connect()
+            held.append(tls)
+            tls.sendall(b"GET /healthz HTTP/1.1\r\n")  # a head that never ends
+        wait_until("the budget reached", lambda: "connection budget reached" in log.read_text())
+        for _ in range(3):
+            with connect() as late:
+                late.sendall(GET)
+                answers.append(_read_until_closed(late))
+        for answer in answers:
+            assert answer.startswith(b"HTTP/1.1 503"), answer[:120]
+            assert b"Retry-After: 5" in answer
+        lines = log.read_text()
+        assert lines.count("connection budget reached: 44 of 44") == 1, lines[-2000:]
+        assert "Traceback" not in lines
+    finally:
+        for tls in held:
+            tls.close()
+        process.terminate()
+        process.wait(30)
