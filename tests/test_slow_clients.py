@@ -109,6 +109,9 @@ def test_a_connection_that_never_starts_its_handshake_is_closed(guarded: Running
         raw.settimeout(120)
         assert raw.recv(1) == b""  # the server hung up, having heard nothing
     assert time.monotonic() - started >= EARLIEST
+    # And it forgot the connection: a failed handshake holds no place in the budget.
+    guard = guarded.app[CONNECTIONS]
+    wait_until("the connection forgotten", lambda: guard.open_connections == 0)
 
 
 def test_an_idle_connection_is_closed_before_and_after_a_request(guarded: RunningServer) -> None:
@@ -264,3 +267,44 @@ def test_at_its_descriptor_limit_the_real_server_answers_and_says_so(tmp_path: P
             tls.close()
         process.terminate()
         process.wait(30)
+
+
+def test_connections_past_the_handshake_bound_are_reset_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Attack: connections that never start their handshake take every slot; the
+    next clients are reset at once (not left waiting for a slot: the silent ones
+    hold theirs for ten minutes), counted and logged once; when the silent ones
+    go, the server takes clients again."""
+    monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
+    caplog.set_level(logging.WARNING, logger="homing.server")
+    data = tmp_path / "site"
+    ceremonies.init(data, datetime.now(UTC))
+    with RunningServer(
+        data,
+        f"sqlite:///{tmp_path / 'test.db'}",
+        Clock(),
+        handshake_timeout=600.0,
+        max_handshakes=3,
+    ).start() as server:
+        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+        try:
+            wait_until(
+                "the silent ones hold every slot",
+                lambda: server.app[CONNECTIONS].open_connections == 3,
+            )
+            for _ in range(5):
+                # A reset, never a timeout (which would be an OSError too, so apart).
+                with pytest.raises((ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+                    server.request("GET", "/healthz")
+            assert _closed(server, "handshakes_full") == 5
+            shed = [r for r in caplog.records if "handshakes under way" in r.getMessage()]
+            assert len(shed) == 1
+            assert server.app[CONNECTIONS].open_connections == 3
+        finally:
+            for sock in silent:
+                sock.close()
+        wait_until("the slots free", lambda: server.app[CONNECTIONS].open_connections == 0)
+        assert server.request("GET", "/healthz").status == 200
+        again = [r for r in caplog.records if "handshakes below their bound" in r.getMessage()]
+        assert len(again) == 1

@@ -164,6 +164,7 @@ def build_app(state: ServerState) -> web.Application:
             idle_timeout=config.idle_timeout,
             send_timeout=config.send_timeout,
             max_connections=config.max_connections,
+            max_handshakes=config.max_handshakes,
         ),
         app[METRICS],
     )

@@ -58,6 +58,8 @@ class ServerConfig:
     send_timeout: float = 30.0
     # Connections one worker holds at most (None: its descriptor limit less a reserve).
     max_connections: int | None = None
+    # TLS handshakes one worker runs at once; a connection past them is reset.
+    max_handshakes: int = 64
     # Requests one worker works on at once; past each kind's share of it the
     # server answers 429 (homing.server.admission).
     max_in_flight: int = 512
@@ -96,6 +98,8 @@ class ServerConfig:
         )
 
     def __post_init__(self) -> None:
+        if self.max_handshakes < 1:
+            raise ConfigError("max handshakes must be at least 1")
         if self.max_connections is not None and self.max_connections < 1:
             raise ConfigError("--max-connections must be at least 1")
         for name in ("handshake_timeout", "header_timeout", "idle_timeout", "send_timeout"):

@@ -21,12 +21,14 @@ application tells it when a request starts and ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
 import resource
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,7 +80,7 @@ class ConnectionLimits:
     idle_timeout: float = 30.0
     send_timeout: float = 30.0
     max_connections: int | None = None  # None: from the descriptor limit
-    # TLS handshakes one worker runs at once; more wait in the kernel's queue.
+    # TLS handshakes one worker runs at once; a connection past them is reset.
     max_handshakes: int = 64
     retry_after: int = 5
 
@@ -213,6 +215,11 @@ class ConnectionGuard:
         else:
             record.idle_since = now
 
+    def never_connected(self, protocol: asyncio.Protocol) -> None:
+        """Forget a connection whose TLS handshake failed (no ``connection_lost`` follows)."""
+        if isinstance(protocol, _GuardedProtocol) and protocol.record.transport is None:
+            self._forget(protocol)
+
     @property
     def open_connections(self) -> int:
         return len(self._open)
@@ -312,15 +319,16 @@ CONNECTIONS: web.AppKey[ConnectionGuard] = web.AppKey("connections", ConnectionG
 
 
 class _Listener:
-    """Accepts connections itself, so that it can stop accepting while busy.
+    """Accepts connections itself, so that past capacity it can turn them away cheaply.
 
-    At most ``max_handshakes`` TLS handshakes run at once in a worker; while
-    that many are under way it accepts nothing, and new connections wait in
-    the kernel's queue (or are refused by it when that is full, and the
-    client tries again later). Past its capacity the server then completes
-    the handshakes it started instead of starting more than it can finish,
-    which is how goodput collapses. Stands in for aiohttp's
-    ``asyncio.Server`` (``close`` and ``sockets``).
+    At most ``max_handshakes`` TLS handshakes run at once in a worker. A
+    connection that arrives while that many are under way is accepted and
+    reset at once (it costs an accept, not a handshake), and the client
+    tries again later, as the agent does after any failed contact. Left in
+    the kernel's queue instead, it would wait out SYN retransmissions while
+    the worker sits idle, or be handshaken after its client gave up: both
+    how goodput collapses. Stands in for aiohttp's ``asyncio.Server``
+    (``close`` and ``sockets``).
     """
 
     def __init__(
@@ -336,8 +344,7 @@ class _Listener:
         self._factory = factory
         self._ssl = ssl_context
         self._handshakes = 0
-        self._slot = asyncio.Event()
-        self._slot.set()
+        self._shedding = False
         self._out_of_descriptors = False
         self._connecting: set[asyncio.Task[None]] = set()
         self._task = asyncio.get_running_loop().create_task(self._accept())
@@ -346,7 +353,6 @@ class _Listener:
         loop = asyncio.get_running_loop()
         limit = self._guard.limits.max_handshakes
         while True:
-            await self._slot.wait()
             try:
                 conn, _ = await loop.sock_accept(self._sock)
             except OSError as e:
@@ -360,27 +366,54 @@ class _Listener:
             if self._out_of_descriptors:
                 self._out_of_descriptors = False
                 log.warning("accepting connections again")
-            self._handshakes += 1
             if self._handshakes >= limit:
-                self._slot.clear()
+                self._shed(conn)
+                continue
+            if self._shedding and self._handshakes < limit // 2:
+                self._shedding = False
+                log.warning("handshakes below their bound again: new connections are taken")
+            self._handshakes += 1
             task = loop.create_task(self._connect(conn))
             self._connecting.add(task)
             task.add_done_callback(self._connecting.discard)
 
+    def _shed(self, conn: socket.socket) -> None:
+        """Reset a connection the worker has no handshake to spare for."""
+        self._guard._closed.labels("handshakes_full").inc()
+        if not self._shedding:
+            self._shedding = True
+            log.warning(
+                "%d TLS handshakes under way, the bound: new connections are reset until "
+                "some finish",
+                self._handshakes,
+            )
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
     async def _connect(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        made: list[asyncio.Protocol] = []
+
+        def factory() -> asyncio.Protocol:
+            made.append(self._factory())
+            return made[-1]
+
         try:
             await loop.connect_accepted_socket(
-                self._factory,
+                factory,
                 conn,
                 ssl=self._ssl,
                 ssl_handshake_timeout=self._guard.limits.handshake_timeout if self._ssl else None,
             )
         except (OSError, ssl.SSLError, TimeoutError):
-            conn.close()  # the handshake failed or took too long: the transport is gone
+            # The handshake failed or took too long: the transport is gone, and its
+            # protocol, never connected, hears nothing more; the guard forgets it here.
+            conn.close()
+            for protocol in made:
+                self._guard.never_connected(protocol)
         finally:
             self._handshakes -= 1
-            self._slot.set()
 
     def close(self) -> None:
         self._task.cancel()

@@ -60,7 +60,8 @@ class Metrics:
         )
         self.connections_closed = Counter(
             "homing_connections_closed",
-            "Connections the server closed: a phase's timeout, the budget, or reclaimed idle",
+            "Connections the server closed: a phase's timeout, the budget, reclaimed idle, "
+            "or reset with every handshake slot taken",
             ["reason"],
             registry=self.registry,
         )
