@@ -123,7 +123,7 @@ def test_a_stolen_device_ca_is_distrusted_and_devices_recover_by_key_proof(
     simulated = SimulatedHome(365).presented(Situation(CertificateAction.KEEP, distrusted=True))
     assert simulated.refusals == (answer.json()["error"],)
     status, refusal = recover_with_key(server, "dev-1", thief_key)
-    assert (status, refusal["error"]) == (403, "bad_proof")
+    assert (status, refusal["error"]) == (403, "recovery_refused")
     # EST tells outside clients the CAs to trust now: not the stolen one.
     cacerts = server.request("GET", "/.well-known/est/cacerts")
     assert old_issuer not in [c.subject for c in _pkcs7(cacerts.body)]

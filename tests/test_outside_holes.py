@@ -149,7 +149,7 @@ def test_a_rekey_supersedes_the_old_certificate_and_key(
     assert "superseded" in refused.json()["message"]
     assert _reenroll(server, old, old.key)[0] == 403
     status, answer = recover_with_key(server, "dev-rk", old.key)
-    assert (status, answer["error"]) == (403, "bad_proof")
+    assert (status, answer["error"]) == (403, "recovery_refused")
     assert server.request("POST", "/v1/device/checkin", CHECKIN, device=new).status == 200
     with server.state.db.engine.connect() as conn:
         row = device_store.device(conn, "dev-rk")

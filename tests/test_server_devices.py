@@ -105,8 +105,11 @@ def test_certificate_of_an_unenrolled_device_is_refused(
     assert response.status == 401
     assert response.json()["error"] == "certificate_unknown"
     assert response.json()["message"].startswith("certificate is not known to this server")
-    # Sent to key-proof recovery, it is refused there: no such device is enrolled.
-    assert recover_with_key(server, "ghost", key)[0] == 404
+    # Sent to key-proof recovery, it is refused there (as a spent nonce would be:
+    # the server does not tell who is enrolled).
+    status, answer = recover_with_key(server, "ghost", key)
+    assert status == 403
+    assert answer["error"] == "recovery_refused"
 
 
 def test_revocation_takes_effect_on_the_next_request(
@@ -203,7 +206,7 @@ def test_recovery_with_another_key_is_refused(
     thief = ec.generate_private_key(ec.SECP256R1())
     _, response = _recover(server, "dev-1", thief)
     assert response.status == 403
-    assert response.json()["error"] == "bad_proof"
+    assert response.json()["error"] == "recovery_refused"
     with server.state.db.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(certificates)).scalar_one() == 1
 
@@ -224,7 +227,7 @@ def test_recovery_nonce_is_single_use(server: RunningServer, device: DeviceCrede
     assert first.status == 200
     _, replay = _recover(server, "dev-1", device.key, nonce=nonce)
     assert replay.status == 403
-    assert replay.json()["error"] == "bad_nonce"
+    assert replay.json()["error"] == "recovery_refused"
 
 
 def test_recovery_nonce_expires(server: RunningServer, device: DeviceCredentials) -> None:
@@ -238,14 +241,18 @@ def test_revoked_device_never_recovers(server: RunningServer, device: DeviceCred
     operations.revoke_device(
         server.state.dd, server.state.db, "test", datetime.now(UTC), "dev-1", "stolen"
     )
-    response = server.request("POST", "/v1/recover/challenge", {"device_id": "dev-1"})
-    assert response.status == 403
-    assert response.json()["error"] == "revoked"
+    # Told so once it proved its key, not before.
+    status, answer = recover_with_key(server, "dev-1", device.key)
+    assert status == 403
+    assert answer["error"] == "revoked"
 
 
-def test_unknown_device_cannot_ask_for_a_nonce(server: RunningServer) -> None:
+def test_an_unknown_device_gets_a_nonce_that_recovers_nothing(server: RunningServer) -> None:
     response = server.request("POST", "/v1/recover/challenge", {"device_id": "nobody"})
-    assert response.status == 404
+    assert response.status == 200
+    status, answer = recover_with_key(server, "nobody", ec.generate_private_key(ec.SECP256R1()))
+    assert status == 403
+    assert answer["error"] == "recovery_refused"
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -262,10 +269,9 @@ def test_max_offline_policy(
         secret = operations.add_factory(server.state.db, "t", datetime.now(UTC), "s")
         device = server.enroll("dev-1", ("s", secret), tmp_path)
         clock.advance(timedelta(days=31))
-        response = server.request("POST", "/v1/recover/challenge", {"device_id": "dev-1"})
-        assert response.status == 403
-        assert response.json()["error"] == "offline_too_long"
-        assert device.device_id == "dev-1"
+        status, answer = recover_with_key(server, "dev-1", device.key)
+        assert status == 403
+        assert answer["error"] == "offline_too_long"
     finally:
         server.stop()
 

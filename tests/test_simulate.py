@@ -442,8 +442,9 @@ KEEP, RENEW, RECOVER = CertificateAction.KEEP, CertificateAction.RENEW, Certific
             5,
         ),
         # Revoked: refused wherever it knocks, recovery included; the agent stops.
+        # (Any id gets a challenge; a revoked device is told once its proof holds.)
         (Situation(KEEP, revoked=True), REFUSED, False, False, ("revoked",), 1),
-        (Situation(RECOVER, revoked=True), REFUSED, False, False, ("revoked",), 1),
+        (Situation(RECOVER, revoked=True), REFUSED, False, False, ("revoked",), 2),
         # A distrusted CA does not open recovery to a revoked device.
         (
             Situation(KEEP, distrusted=True, revoked=True),
@@ -451,7 +452,7 @@ KEEP, RENEW, RECOVER = CertificateAction.KEEP, CertificateAction.RENEW, Certific
             False,
             False,
             ("certificate_distrusted", "revoked"),
-            2,
+            3,
         ),
     ],
 )

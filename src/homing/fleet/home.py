@@ -222,24 +222,33 @@ class SimulatedHome:
         doc = json.loads(body)
         device_id = str(doc.get("device_id"))
         if path == "/v1/recover/challenge":
-            self._eligible(device_id, now)
+            # As the server: a nonce for any id, stored only for an enrolled one.
             nonce = secrets.token_hex(32)
-            nonces.add(nonce)
+            if device_id in self.records:
+                nonces.add(nonce)
             return json.dumps({"nonce": nonce}).encode()
         if path == "/v1/recover":
-            row = self._eligible(device_id, now)
             nonce = str(doc.get("nonce"))
             if nonce not in nonces:
-                raise HTTPProblem(403, "bad_nonce", "unknown or spent nonce")
+                raise HTTPProblem(403, "recovery_refused", "unknown or spent nonce")
             nonces.discard(nonce)
-            approved = rules.approve_recovery(
-                row.key_spki,
-                device_id,
-                nonce,
-                base64.b64decode(doc["csr"]),
-                base64.b64decode(doc["signature"]),
-                self.profile,
-            )
+            record = self.records.get(device_id)
+            if record is None:
+                raise HTTPProblem(403, "recovery_refused", "unknown or spent nonce")
+            # The key is proven before the device's standing is told, and a wrong
+            # proof is refused like a spent nonce, as the server does.
+            try:
+                approved = rules.approve_recovery(
+                    record.row.key_spki,
+                    device_id,
+                    nonce,
+                    base64.b64decode(doc["csr"]),
+                    base64.b64decode(doc["signature"]),
+                    self.profile,
+                )
+            except HTTPProblem as e:
+                raise HTTPProblem(403, "recovery_refused", e.message) from e
+            self._eligible(device_id, now)
             issued = self.active.issue(approved, now)
             self._register(device_id, issued)
             pem = issued.public_bytes(serialization.Encoding.PEM).decode()

@@ -1,11 +1,13 @@
 """Key-proof recovery for a device whose certificate expired while it was offline.
 
-1. ``POST /v1/recover/challenge`` ``{"device_id"}`` → a fresh single-use nonce.
+1. ``POST /v1/recover/challenge`` ``{"device_id"}`` → a fresh single-use nonce
+   (for an id nobody enrolled too, never stored: the answer does not tell).
 2. ``POST /v1/recover`` ``{"device_id", "nonce", "csr", "signature"}``: the
    CSR (base64 DER) carries the *registered* key, and ``signature`` (base64)
    is that key's ECDSA signature over the nonce and the CSR
    (``homing.pki.proof``). A revoked device never recovers; a device silent
-   for longer than the policy's maximum does not either.
+   for longer than the policy's maximum does not either; either is told so
+   only once the key is proven.
 
 No client certificate is needed (the device's has expired); the device pins
 the server as usual, so the nonce and proof go only to the real server.
@@ -15,13 +17,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
+import secrets
 from typing import Any
 
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from homing.errors import AuthError
+from homing.errors import AuthError, PolicyError
+from homing.pki.profiles import device_uri
 from homing.server import rules
 from homing.server.device_api import json_body
 from homing.server.errors import HTTPProblem
@@ -32,7 +37,15 @@ from homing.store import audit
 from homing.store import devices as device_store
 from homing.store import recovery as nonces
 
-__all__ = ["routes"]
+__all__ = ["REFUSED", "routes"]
+
+log = logging.getLogger("homing.server")
+
+REFUSED = "recovery_refused"
+_REFUSED_MESSAGE = (
+    "recovery refused: the nonce is unknown, expired or spent, or the proof does not "
+    "match the device's registered key; ask for a new challenge and sign it with that key"
+)
 
 
 def _b64(body: dict[str, Any], key: str, limit: int = 16384) -> bytes:
@@ -46,29 +59,34 @@ def _b64(body: dict[str, Any], key: str, limit: int = 16384) -> bytes:
 
 
 def _device_id(body: dict[str, Any]) -> str:
+    """A well-formed device id (whether anyone enrolled it is not told here)."""
     value = body.get("device_id")
-    if not isinstance(value, str) or not 0 < len(value) <= 64:
+    if not isinstance(value, str):
         raise HTTPProblem(400, "bad_request", "'device_id' must be a string")
+    try:
+        device_uri(value)
+    except PolicyError as e:
+        raise HTTPProblem(400, "bad_request", str(e)) from e
     return value
 
 
 def routes(state: ServerState) -> list[web.RouteDef]:
-    def _eligible(conn: Any, device_id: str) -> device_store.DeviceRow:
-        row = device_store.device(conn, device_id)
-        problem = rules.recovery_problem(row, device_id, state.config.max_offline, state.now())
-        if problem is not None:
-            raise problem
-        assert row is not None
-        return row
-
     async def challenge(request: web.Request) -> web.Response:
+        """A nonce for any well-formed id, known or not, in the same shape.
+
+        Who is enrolled is not told to someone who asks without a credential:
+        an unknown id gets a nonce that was never stored (its recovery then
+        fails like a spent nonce), and a revoked or long-silent device learns
+        its standing only after it proved its key.
+        """
         body = await json_body(request)
         device_id = _device_id(body)
         now = state.now()
 
         def issue() -> str:
             with state.db.begin() as conn:
-                _eligible(conn, device_id)
+                if device_store.device(conn, device_id) is None:
+                    return secrets.token_hex(32)
                 return nonces.issue_nonce(conn, device_id, now, state.config.nonce_ttl)
 
         nonce = await state.run(issue)
@@ -88,17 +106,27 @@ def routes(state: ServerState) -> list[web.RouteDef]:
 
         def run() -> x509.Certificate:
             # The nonce is spent first, in its own transaction: a failed proof burns it.
+            # An unknown device never had one stored, so it fails here like a spent one.
             with state.db.begin() as conn:
-                _eligible(conn, device_id)
                 try:
                     nonces.consume_nonce(conn, nonce, device_id, now)
                 except AuthError as e:
                     raise HTTPProblem(403, "bad_nonce", str(e)) from e
             with state.db.begin() as conn:
-                row = _eligible(conn, device_id)
+                row = device_store.device(conn, device_id)
+                if row is None:  # removed since its challenge: as if the nonce were spent
+                    raise HTTPProblem(
+                        403, "bad_nonce", "recovery nonce is unknown, expired or already used"
+                    )
+                # The key is proven before the device's standing is told.
                 approved = rules.approve_recovery(
                     row.key_spki, device_id, nonce, csr_der, signature, state.device_leaf_profile
                 )
+                problem = rules.recovery_problem(
+                    row, device_id, state.config.max_offline, state.now()
+                )
+                if problem is not None:
+                    raise problem
                 authority = state.device_authority(DatabaseLedger(state.db, conn, now))
                 cert = authority.issue(approved, now)
                 audit.audit(
@@ -111,7 +139,16 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                 )
                 return cert
 
-        cert = await state.run(run)
+        try:
+            cert = await state.run(run)
+        except HTTPProblem as e:
+            if e.code not in ("bad_nonce", "bad_proof"):
+                raise
+            # One refusal for a spent nonce, a nonce never stored (an id nobody
+            # enrolled) and a wrong proof, so the answer does not tell them apart;
+            # the log keeps which it was.
+            log.info("recovery of %r refused: %s", device_id, e.message)
+            raise HTTPProblem(403, REFUSED, _REFUSED_MESSAGE) from e
         request.app[METRICS].recoveries.inc()
         pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         issuer = state.device_ca
