@@ -78,7 +78,7 @@ def test_device_rows_and_checkins(db: Database) -> None:
 def test_search_escapes_wildcards(db: Database) -> None:
     with db.engine.begin() as conn:
         for name in ("a_1", "ab1", "x%y"):
-            device_store.enroll_device(conn, name, b"k", NOW, "f")
+            device_store.enroll_device(conn, name, name.encode(), NOW, "f")  # a key each
         assert [d.device_id for d in device_store.list_devices(conn, search="_")] == ["a_1"]
         assert [d.device_id for d in device_store.list_devices(conn, search="%")] == ["x%y"]
 

@@ -38,21 +38,24 @@ def register_device(
 ) -> list[x509.Certificate]:
     """Issue ``key`` a device certificate and enroll the device with it; returns the chain.
 
-    Refuses (ConflictError) a device id that is enrolled already, before
-    anything is issued.
+    Refuses (ConflictError) a device id that is enrolled already, and
+    (KeyTaken) a key registered to another device, before anything is issued.
     """
     device_uri(device_id)
     db = data.database()
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     with db.begin() as conn:
         if device_store.device(conn, device_id) is not None:
             from homing.errors import ConflictError
 
             raise ConflictError(f"device {device_id!r} is already enrolled")
+        holder = device_store.key_holder(conn, spki)
+        if holder is not None:
+            raise device_store.KeyTaken(holder)
     chain = ceremonies.issue_certificate(
         data, device_csr(key, device_id), "device", now, device_id=device_id
-    )
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     with db.begin() as conn:
         device_store.enroll_device(conn, device_id, spki, now, actor.split(":")[-1], hardware)

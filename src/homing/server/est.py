@@ -104,6 +104,18 @@ def _cn_device_id(csr_der: bytes) -> str | None:
 def routes(state: ServerState) -> list[web.RouteDef]:
     stations = RateLimiter.of(state.config.enroll_limit)
 
+    def _audit_key_refusal(actor: str, device_id: str | None, e: device_store.KeyTaken) -> None:
+        """Kept apart from the refused transaction, which rolls back."""
+        with state.db.begin() as conn:
+            audit.audit(
+                conn,
+                state.now(),
+                actor,
+                "enroll_refused",
+                device_id or "?",
+                {"reason": "key registered to another device", "holder": e.holder},
+            )
+
     async def require_auth_first(request: web.Request) -> web.StreamResponse | None:
         """RFC 7030 §3.2.3 / RFC 9110 §10.1.1: refuse before the body is sent.
 
@@ -169,6 +181,10 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                         f"device {approved.subject_id!r} is already enrolled: renew with "
                         "simplereenroll, or recover with /v1/recover"
                     )
+                # One key, one device: refused before anything is issued.
+                holder = device_store.key_holder(conn, spki_der(approved.public_key))
+                if holder is not None:
+                    raise device_store.KeyTaken(holder, approved.subject_id)
                 authority = state.device_authority(DatabaseLedger(state.db, conn, now))
                 cert = authority.issue(approved, now)
                 device_store.enroll_device(
@@ -184,7 +200,11 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                 )
                 return cert
 
-        cert = await state.run(enroll)
+        try:
+            cert = await state.run(enroll)
+        except device_store.KeyTaken as e:
+            await state.run(_audit_key_refusal, f"factory:{name}", e.wanted, e)
+            raise
         request.app[METRICS].enrollments.inc()
         return _pkcs7_response([cert], PKCS7_CERTS)
 
@@ -216,7 +236,12 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                 )
                 return cert
 
-        cert = await state.run(reenroll)
+        try:
+            cert = await state.run(reenroll)
+        except device_store.KeyTaken as e:
+            actor = f"device:{identity.device_id}"
+            await state.run(_audit_key_refusal, actor, identity.device_id, e)
+            raise
         request.app[METRICS].enrollments.inc()
         return _pkcs7_response([cert], PKCS7_CERTS)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,11 +24,14 @@ __all__ = [
     "SUPERSEDED",
     "CheckIn",
     "DeviceRow",
+    "KeyTaken",
     "Presented",
     "Standing",
     "authorise_certificate",
     "device",
     "enroll_device",
+    "key_fingerprint",
+    "key_holder",
     "list_devices",
     "prune_checkins",
     "record_checkins",
@@ -71,6 +75,7 @@ class DeviceRow:
     last_failure: str | None = None
     # Check-ins recorded over the device's life (its history keeps the newest).
     checkin_seq: int = 0
+    key_sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,6 +122,29 @@ def _device(r: Any) -> DeviceRow:
     return DeviceRow(**m)
 
 
+def key_fingerprint(key_spki: bytes) -> str:
+    """The SHA-256 (hex) of a DER SubjectPublicKeyInfo: what makes a key one device's."""
+    return hashlib.sha256(key_spki).hexdigest()
+
+
+def key_holder(conn: Connection, key_spki: bytes) -> str | None:
+    """The device this key is registered to, if any."""
+    fingerprint = key_fingerprint(key_spki)
+    return conn.execute(
+        select(devices.c.device_id).where(devices.c.key_sha256 == fingerprint)
+    ).scalar_one_or_none()
+
+
+class KeyTaken(ConflictError):
+    """A key registered to another device: one key, one device."""
+
+    def __init__(self, holder: str, wanted: str | None = None) -> None:
+        # Whoever sent the key is not told which device holds it.
+        super().__init__("this public key is registered to another device: one key, one device")
+        self.holder = holder
+        self.wanted = wanted
+
+
 def enroll_device(
     conn: Connection,
     device_id: str,
@@ -125,6 +153,10 @@ def enroll_device(
     enrolled_by: str,
     hardware: str | None = None,
 ) -> None:
+    """A new device with its key; ConflictError if the id is taken, KeyTaken if the key is."""
+    holder = key_holder(conn, key_spki)
+    if holder is not None:
+        raise KeyTaken(holder, device_id)
     try:
         with conn.begin_nested():
             conn.execute(
@@ -133,11 +165,15 @@ def enroll_device(
                     status="active",
                     hardware=hardware,
                     key_spki=key_spki,
+                    key_sha256=key_fingerprint(key_spki),
                     enrolled_at=when,
                     enrolled_by=enrolled_by,
                 )
             )
     except IntegrityError as e:
+        if device(conn, device_id) is None:
+            # The key was taken by a concurrent enrollment since it was looked up.
+            raise KeyTaken(key_holder(conn, key_spki) or "another device") from e
         raise ConflictError(f"device {device_id!r} is already enrolled") from e
 
 
@@ -158,7 +194,18 @@ def set_device_key(conn: Connection, device_id: str, key_spki: bytes, when: date
         raise NotFoundError(f"no device {device_id!r}")
     if row.key_spki == key_spki:
         return 0
-    conn.execute(update(devices).where(devices.c.device_id == device_id).values(key_spki=key_spki))
+    holder = key_holder(conn, key_spki)
+    if holder is not None and holder != device_id:
+        raise KeyTaken(holder)
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                update(devices)
+                .where(devices.c.device_id == device_id)
+                .values(key_spki=key_spki, key_sha256=key_fingerprint(key_spki))
+            )
+    except IntegrityError as e:
+        raise KeyTaken(key_holder(conn, key_spki) or "another device") from e
     return _revoke_certificates_of(conn, device_id, when, SUPERSEDED)
 
 

@@ -98,6 +98,10 @@ devices = Table(
     # Check-ins recorded so far; its remainder by the history bound is the
     # slot the next check-in's history row takes (``Limits.checkin_history_per_device``).
     Column("checkin_seq", BigInteger, nullable=False, server_default="0"),
+    # SHA-256 (hex) of key_spki: one key, one device (unique). None only for a
+    # device that shared its key with an earlier one before this held.
+    Column("key_sha256", String(64)),
+    Index("ux_devices_key_sha256", "key_sha256", unique=True),
 )
 
 certificates = Table(
