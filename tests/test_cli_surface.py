@@ -485,6 +485,11 @@ CASES: dict[str, Case] = {
         "no device 'ghost'",
         "revoked",
     ),
+    "revoke-batch": Case(
+        "tests/test_revoke_batch.py::test_the_cli_revokes_a_list_and_an_issuing_cas_devices",
+        lambda s: ["revoke-batch", "--station", "line-1", "--until", "never", *_d(s)],
+        "--until must be an ISO 8601 time",
+    ),
     "status": Case(
         lambda s: ["status", *_d(s)],
         lambda s: ["status", "--data", NOWHERE],

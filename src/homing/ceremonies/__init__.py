@@ -2,7 +2,7 @@
 
 from homing.ceremonies.bundles import BundleSummary, recovery_bundle
 from homing.ceremonies.creation import DEFAULT_HOSTS, InitSummary, init
-from homing.ceremonies.issuance import issue_certificate, revoke, write_crl
+from homing.ceremonies.issuance import issue_certificate, revoke, revoke_batch, write_crl
 from homing.ceremonies.rotations import (
     pin_policy,
     refresh_snapshot,
@@ -28,6 +28,7 @@ __all__ = [
     "refresh_targets",
     "refresh_timestamp",
     "revoke",
+    "revoke_batch",
     "rotate_firmware_key",
     "rotate_issuing_ca",
     "rotate_online_keys",

@@ -19,8 +19,9 @@ from homing.errors import CeremonyError
 from homing.fsutil import atomic_write
 from homing.pki.profiles import device_profile, device_uri, server_profile
 from homing.site import DataDir
+from homing.store.revocation import Selection
 
-__all__ = ["issue_certificate", "revoke", "write_crl"]
+__all__ = ["issue_certificate", "revoke", "revoke_batch", "write_crl"]
 
 
 @serialized
@@ -92,6 +93,49 @@ def revoke(
     for kind in ("server", "device"):
         write_crl(dd, kind, now)
     return count
+
+
+def revoke_batch(
+    data: Path | DataDir,
+    now: datetime,
+    selection: Selection,
+    *,
+    reason: str = "unspecified",
+    actor: str = OPERATOR,
+    dry_run: bool = False,
+) -> tuple[list[str], int]:
+    """Revoke every active device the selection names, in one transaction, then re-sign
+    the device CRL once; returns (the devices revoked, certificates revoked).
+
+    ``dry_run``: only say which devices it would take. One audit entry keeps
+    the selection as it was given and what it took.
+    """
+    from homing.errors import NotFoundError
+    from homing.store import audit, revocation
+
+    dd, _, _ = _open(data)
+    with dd.database().begin() as conn:
+        chosen = revocation.select_devices(conn, selection)
+        if not chosen:
+            raise NotFoundError(f"no active device matches {selection.to_json()}")
+        if dry_run:
+            return chosen, 0
+        revoked, certificates = revocation.revoke_devices(conn, chosen, now, reason)
+        audit.audit(
+            conn,
+            now,
+            actor,
+            "revoke_batch",
+            f"{revoked} devices",
+            {
+                "selection": selection.to_json(),
+                "reason": reason,
+                "devices": revoked,
+                "certificates": certificates,
+            },
+        )
+    write_crl(dd, "device", now)
+    return chosen, certificates
 
 
 @serialized

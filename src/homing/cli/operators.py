@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from homing.cli._base import (
     out,
 )
 from homing.cli.trust import _print_summary
+from homing.errors import ConfigError
 
 if TYPE_CHECKING:
     pass
@@ -254,6 +255,86 @@ def revoke_cmd(device_id: str, reason: str, data: Path, db_url: str | None) -> N
         dd, dd.database(), _operator_actor(), _now(), device_id, reason
     )
     out.print(f"device {device_id!r} revoked ({count} certificate(s)); CRL re-signed")
+
+
+def _instant(value: str | None, option: str) -> datetime | None:
+    """An ISO 8601 time from the command line (UTC when it names no zone)."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError as e:
+        raise ConfigError(f"{option} must be an ISO 8601 time such as 2026-03-01T00:00Z") from e
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@cli.command("revoke-batch")
+@click.option(
+    "--ids",
+    "ids_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="A file of device ids, one a line ('#' starts a comment).",
+)
+@click.option("--station", help="Every device this factory station enrolled...")
+@click.option("--since", help="...from this time (ISO 8601)...")
+@click.option("--until", help="...and before this one.")
+@click.option(
+    "--issuer",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Every device holding a live certificate from this CA (PEM).",
+)
+@click.option("--reason", default="unspecified", show_default=True)
+@click.option("--dry-run", is_flag=True, help="Only say how many it would revoke.")
+@_data_option
+@_db_option
+def revoke_batch_cmd(
+    ids_file: Path | None,
+    station: str | None,
+    since: str | None,
+    until: str | None,
+    issuer: Path | None,
+    reason: str,
+    dry_run: bool,
+    data: Path,
+    db_url: str | None,
+) -> None:
+    """Revoke a batch of devices at once (a list, a station's run, or a CA's), one CRL."""
+    from cryptography import x509
+
+    from homing import ceremonies
+    from homing.pki.keys import spki_pin
+    from homing.store.revocation import Selection
+
+    ids: tuple[str, ...] = ()
+    if ids_file is not None:
+        lines = ids_file.read_text(errors="replace").splitlines()
+        ids = tuple(x.split("#", 1)[0].strip() for x in lines if x.split("#", 1)[0].strip())
+        if not ids:
+            raise ConfigError(f"{ids_file} names no device id")
+    issuer_pin = None
+    if issuer is not None:
+        try:
+            issuer_pin = spki_pin(x509.load_pem_x509_certificate(issuer.read_bytes()))
+        except ValueError as e:
+            raise ConfigError(f"{issuer} is not a PEM certificate: {e}") from e
+    selection = Selection(
+        device_ids=ids,
+        station=station,
+        since=_instant(since, "--since"),
+        until=_instant(until, "--until"),
+        issuer_pin=issuer_pin,
+    )
+    dd = _site(data, db_url)
+    chosen, certificates = ceremonies.revoke_batch(
+        dd, _now(), selection, reason=reason, actor=_operator_actor(), dry_run=dry_run
+    )
+    if dry_run:
+        out.print(f"would revoke {len(chosen)} device(s), first: {', '.join(chosen[:5])}")
+        return
+    out.print(
+        f"revoked {len(chosen)} device(s) and {certificates} certificate(s); "
+        "device CRL re-signed once"
+    )
 
 
 @cli.command("status")

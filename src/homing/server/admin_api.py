@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
+from homing.errors import PolicyError
 from homing.operations import fleet as operations
 from homing.server.auth import authenticate_operator
 from homing.server.device_api import json_body
@@ -13,6 +15,7 @@ from homing.server.errors import HTTPProblem
 from homing.server.inputs import object_id
 from homing.server.state import ServerState
 from homing.store import audit
+from homing.store.revocation import Selection
 
 __all__ = ["routes"]
 
@@ -31,6 +34,52 @@ def _rollout_id(request: web.Request) -> int:
     if rollout_id is None:
         raise HTTPProblem(404, "not_found", "no such rollout")
     return rollout_id
+
+
+def _time(body: dict[str, Any], key: str) -> datetime | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise HTTPProblem(400, "bad_request", f"{key!r} must be an ISO 8601 time with its zone")
+    return when
+
+
+def _selection(body: dict[str, Any]) -> Selection:
+    """The devices a batch revocation names, from its JSON body (400 when malformed)."""
+    unknown = set(body) - {
+        "device_ids",
+        "station",
+        "since",
+        "until",
+        "issuer_pin",
+        "reason",
+        "dry_run",
+    }
+    if unknown:
+        raise HTTPProblem(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
+    ids = body.get("device_ids", [])
+    if not isinstance(ids, list) or not all(isinstance(i, str) and 0 < len(i) <= 64 for i in ids):
+        raise HTTPProblem(400, "bad_request", "'device_ids' must be a list of device ids")
+    station, pin = body.get("station"), body.get("issuer_pin")
+    if station is not None and not isinstance(station, str):
+        raise HTTPProblem(400, "bad_request", "'station' must be a station name")
+    if pin is not None and (not isinstance(pin, str) or len(pin) != 44):
+        raise HTTPProblem(400, "bad_request", "'issuer_pin' must be a base64 SHA-256 SPKI pin")
+    try:
+        return Selection(
+            device_ids=tuple(ids),
+            station=station,
+            since=_time(body, "since"),
+            until=_time(body, "until"),
+            issuer_pin=pin,
+        )
+    except PolicyError as e:
+        raise HTTPProblem(400, "bad_request", str(e)) from e
 
 
 def routes(state: ServerState) -> list[web.RouteDef]:
@@ -77,6 +126,40 @@ def routes(state: ServerState) -> list[web.RouteDef]:
             who,
         )
         return web.json_response({"device_id": device_id, "revoked_certificates": count})
+
+    async def revoke_batch(request: web.Request) -> web.Response:
+        """Revoke a batch: ``device_ids``, or ``station`` (``since``, ``until``), or
+        ``issuer_pin``; ``dry_run`` only counts. One transaction, one CRL."""
+        from homing import ceremonies
+
+        op = await authenticate_operator(request, state, "operator")
+        body = await json_body(request)
+        selection = _selection(body)
+        reason = body.get("reason", "unspecified")
+        if not isinstance(reason, str) or len(reason) > 256:
+            raise HTTPProblem(400, "bad_request", "'reason' must be a short string")
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise HTTPProblem(400, "bad_request", "'dry_run' must be true or false")
+        who, now = f"token:{op.name}", state.now()
+
+        def run() -> tuple[list[str], int]:
+            return ceremonies.revoke_batch(
+                state.dd, now, selection, reason=reason, actor=who, dry_run=dry_run
+            )
+
+        if dry_run:
+            chosen, certificates = await state.run(run)
+        else:
+            chosen, certificates = await state.run(state.change_site, run, who)
+        return web.json_response(
+            {
+                "devices": len(chosen),
+                "revoked_certificates": certificates,
+                "dry_run": dry_run,
+                "first": chosen[:10],
+            }
+        )
 
     async def status(request: web.Request) -> web.Response:
         op = await authenticate_operator(request, state, "read-only")
@@ -197,6 +280,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         web.get("/v1/admin/devices", devices),
         web.get("/v1/admin/devices/{device_id}", device),
         web.post("/v1/admin/devices/{device_id}/revoke", revoke),
+        web.post("/v1/admin/revocations", revoke_batch),
         web.get("/v1/admin/status", status),
         web.get("/v1/admin/audit", audit_log),
         web.get("/v1/admin/factories", list_factories),

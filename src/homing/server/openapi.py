@@ -148,6 +148,18 @@ _SCHEMAS: dict[str, Any] = {
         ("device_id", "nonce", "csr", "signature"),
     ),
     "Revoke": _object({"reason": {"type": "string", "maxLength": 256}}),
+    "RevokeBatch": _object(
+        {
+            "device_ids": {"type": "array", "items": _NAME},
+            "station": _NAME,
+            "since": {"type": "string", "format": "date-time"},
+            "until": {"type": "string", "format": "date-time"},
+            "issuer_pin": {"type": "string", "minLength": 44, "maxLength": 44},
+            "reason": {"type": "string", "maxLength": 256},
+            "dry_run": {"type": "boolean"},
+        },
+        closed=True,
+    ),
     "LoginForm": _object({"token": _STRING}, ("token",)),
     "CsrfForm": _object({"csrf": _STRING}, ("csrf",)),
     "RevokeForm": _object(
@@ -351,6 +363,16 @@ def openapi_document(version: str) -> dict[str, Any]:
                 security=_ADMIN,
                 params=device_id,
                 body="Revoke",
+            )
+        },
+        "/v1/admin/revocations": {
+            "post": _operation(
+                "Revoke a batch of devices (operator role): a list of ids, a factory "
+                "station's devices (in a time window), or an issuing CA's; one transaction, "
+                "one CRL; dry_run only counts",
+                "revoked (or, with dry_run, counted)",
+                security=_ADMIN,
+                body="RevokeBatch",
             )
         },
         "/v1/admin/status": {"get": _operation("Fleet summary", "summary", security=_ADMIN)},
