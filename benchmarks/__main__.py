@@ -15,6 +15,7 @@ from benchmarks import (
     bench_generations,
     bench_issuance,
     bench_replicas,
+    bench_revocation,
     bench_root_walk,
     bench_simulate,
     bench_storm,
@@ -39,6 +40,7 @@ def main() -> None:
         "simulate": bench_simulate.run(quick=args.quick),
         "replicas": bench_replicas.run(quick=args.quick),
         "storm": bench_storm.run(quick=args.quick),
+        "revocation": bench_revocation.run(quick=args.quick),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
