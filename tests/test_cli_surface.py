@@ -157,6 +157,10 @@ _CEREMONY = (
     "::test_two_of_three_root_rotation_by_three_holders_in_three_processes"
 )
 
+_ALLOWLISTS = (
+    "tests/test_allowlists.py::test_a_stolen_station_secret_enrolls_nothing_off_its_manifest"
+)
+
 _TWO_HOMES = (
     "tests/test_custody.py::test_two_homes_an_issuing_ca_promoted_without_a_root_key_on_the_server"
 )
@@ -484,6 +488,21 @@ CASES: dict[str, Case] = {
         lambda s: ["revoke", "ghost", *_d(s)],
         "no device 'ghost'",
         "revoked",
+    ),
+    "factory manifest": Case(
+        _ALLOWLISTS,
+        lambda s: ["factory", "manifest", "line-1", _garbage(s), *_d(s)],
+        "expected 'DEVICE_ID [KEY_SHA256_HEX]'",
+    ),
+    "factory limit": Case(
+        _ALLOWLISTS,
+        lambda s: ["factory", "limit", "line-1", "--expires", "soon", *_d(s)],
+        "--expires must be an ISO 8601 time",
+    ),
+    "factory block": Case(
+        _ALLOWLISTS,
+        lambda s: ["factory", "block", "../etc", *_d(s)],
+        "invalid device id",
     ),
     "revoke-batch": Case(
         "tests/test_revoke_batch.py::test_the_cli_revokes_a_list_and_an_issuing_cas_devices",

@@ -8,6 +8,7 @@ ceremonies and ``homing.operations`` do.
 - ``trust``: init, rotations, timestamp/targets, pins, recovery bundles
 - ``pki``: issue, revoke, CRLs
 - ``operators``: serve, tokens, factory stations, revoke, status, devices
+- ``factories``: a station's manifest, quota and expiry; blocked ids
 - ``fleet``: provisioning, device groups, releases, rollouts
 - ``agent``: the device's commands
 - ``simulation``: demo and simulate
@@ -20,6 +21,7 @@ from homing.cli import (
     acme,
     agent,
     ceremony,
+    factories,
     fleet,
     operators,
     pki,
@@ -34,6 +36,7 @@ __all__ = [
     "agent",
     "ceremony",
     "cli",
+    "factories",
     "fleet",
     "main",
     "operators",

@@ -30,7 +30,7 @@ from homing.server.inputs import read_body
 from homing.server.metrics import METRICS
 from homing.server.state import ServerState
 from homing.site.ledger import DatabaseLedger
-from homing.store import audit, credentials
+from homing.store import allowlist, audit, credentials
 from homing.store import devices as device_store
 
 __all__ = ["routes"]
@@ -101,6 +101,15 @@ def _cn_device_id(csr_der: bytes) -> str | None:
         return None
 
 
+class _Refused(Exception):
+    """An enrollment the station's allow-list refuses (carried out of its transaction)."""
+
+    def __init__(self, device_id: str, reason: str) -> None:
+        super().__init__(reason)
+        self.device_id = device_id
+        self.reason = reason
+
+
 def routes(state: ServerState) -> list[web.RouteDef]:
     stations = RateLimiter.of(state.config.enroll_limit)
 
@@ -115,6 +124,10 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                 device_id or "?",
                 {"reason": "key registered to another device", "holder": e.holder},
             )
+
+    def _audit_refusal(actor: str, device_id: str, reason: str) -> None:
+        with state.db.begin() as conn:
+            audit.audit(conn, state.now(), actor, "enroll_refused", device_id, {"reason": reason})
 
     async def require_auth_first(request: web.Request) -> web.StreamResponse | None:
         """RFC 7030 §3.2.3 / RFC 9110 §10.1.1: refuse before the body is sent.
@@ -182,9 +195,17 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                         "simplereenroll, or recover with /v1/recover"
                     )
                 # One key, one device: refused before anything is issued.
-                holder = device_store.key_holder(conn, spki_der(approved.public_key))
+                spki = spki_der(approved.public_key)
+                holder = device_store.key_holder(conn, spki)
                 if holder is not None:
                     raise device_store.KeyTaken(holder, approved.subject_id)
+                # The station's manifest, quota and expiry, and blocked ids.
+                try:
+                    allowlist.check_enrollment(
+                        conn, name, approved.subject_id, device_store.key_fingerprint(spki), now
+                    )
+                except allowlist.NotAllowed as e:
+                    raise _Refused(approved.subject_id, str(e)) from e
                 authority = state.device_authority(DatabaseLedger(state.db, conn, now))
                 cert = authority.issue(approved, now)
                 device_store.enroll_device(
@@ -205,6 +226,9 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         except device_store.KeyTaken as e:
             await state.run(_audit_key_refusal, f"factory:{name}", e.wanted, e)
             raise
+        except _Refused as e:
+            await state.run(_audit_refusal, f"factory:{name}", e.device_id, e.reason)
+            raise HTTPProblem(403, "not_allowed", e.reason) from e
         request.app[METRICS].enrollments.inc()
         return _pkcs7_response([cert], PKCS7_CERTS)
 

@@ -28,10 +28,12 @@ from sqlalchemy.engine import Dialect
 
 __all__ = [
     "audit_log",
+    "blocked_device_ids",
     "certificates",
     "checkins",
     "device_groups",
     "devices",
+    "enrollment_manifest",
     "factory_credentials",
     "metadata",
     "operator_tokens",
@@ -126,6 +128,32 @@ factory_credentials = Table(
     Column("secret_hash", String(64), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("disabled_at", UTCDateTime),
+    # What the station may still enroll (homing.store.allowlist): at most this
+    # many devices in all, and nothing from this time on; None: no bound.
+    Column("quota", Integer),
+    Column("expires_at", UTCDateTime),
+)
+
+# Device ids a factory station may enroll (a production run's manifest),
+# optionally with the key each must hold (pre-registration). A station with
+# a manifest enrolls nothing else, and no station enrolls an id on another's.
+enrollment_manifest = Table(
+    "enrollment_manifest",
+    metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("station", String(64), ForeignKey("factory_credentials.name"), nullable=False),
+    Column("key_sha256", String(64)),
+    Column("added_at", UTCDateTime, nullable=False),
+    Index("ix_enrollment_manifest_station", "station"),
+)
+
+# Device ids no station may enroll (a unit destroyed or stolen at the factory).
+blocked_device_ids = Table(
+    "blocked_device_ids",
+    metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("blocked_at", UTCDateTime, nullable=False),
+    Column("reason", String(256)),
 )
 
 operator_tokens = Table(
