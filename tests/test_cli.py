@@ -148,3 +148,7 @@ def test_fleet_commands(cli_data: Path, tmp_path: Path) -> None:
             homing("serve", "--data", str(cli_data), option, value),
             f"{option} must be BURST/SECONDS",
         )
+    _assert_one_line_error(
+        homing("serve", "--data", str(cli_data), "--enroll-webhook", "ftp://decide.example"),
+        "--enroll-webhook must be an http:// or https:// URL",
+    )

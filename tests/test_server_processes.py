@@ -245,7 +245,17 @@ def test_serve_takes_its_rate_limits_from_the_command_line(
     secret = operations.add_factory(db, "test", datetime.now(UTC), "line")
     auth = "Basic " + base64.b64encode(f"line:{secret}".encode()).decode()
     port = _free_port()
-    limits = ("--checkin-limit", "2/600", "--enroll-limit", "1/600", "--max-in-flight", "64")
+    limits = (
+        "--checkin-limit",
+        "2/600",
+        "--enroll-limit",
+        "1/600",
+        "--max-in-flight",
+        "64",
+        # The operator's decision command: here one that allows every enrollment.
+        "--enroll-hook",
+        "true",
+    )
     with _serve(data, port, db_url, extra=limits):
         enrolled = []
         for n in range(2):

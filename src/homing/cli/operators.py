@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,6 +71,14 @@ if TYPE_CHECKING:
     show_default=True,
     help="Requests one worker works on at once; past it, 429 (operators first, trust last).",
 )
+@click.option(
+    "--enroll-hook",
+    help="A command asked to allow each enrollment (JSON on stdin; exit 0 allows).",
+)
+@click.option(
+    "--enroll-webhook",
+    help='A URL asked to allow each enrollment (POST JSON; 200 {"allow": true} allows).',
+)
 @click.option("--access-log", is_flag=True, help="Log every request as a JSON line.")
 @click.option(
     "--maintenance-interval",
@@ -101,6 +110,8 @@ def serve(
     checkin_retention_days: float,
     checkin_limit: str,
     enroll_limit: str,
+    enroll_hook: str | None,
+    enroll_webhook: str | None,
     max_in_flight: int,
     access_log: bool,
     maintenance_interval: float,
@@ -129,6 +140,8 @@ def serve(
         checkin_limit=parse_rate(checkin_limit, "--checkin-limit"),
         enroll_limit=parse_rate(enroll_limit, "--enroll-limit"),
         max_in_flight=max_in_flight,
+        enroll_hook=tuple(shlex.split(enroll_hook)) if enroll_hook else None,
+        enroll_webhook=enroll_webhook,
         maintenance_interval=maintenance_interval,
         sync_interval=sync_interval,
         checkin_retention=(

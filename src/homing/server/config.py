@@ -67,6 +67,11 @@ class ServerConfig:
     # factory station's enrollments, per worker; None: unlimited.
     checkin_limit: tuple[int, float] | None = (10, 60.0)
     enroll_limit: tuple[int, float] | None = (100, 0.5)
+    # The operator's allow/deny decision on each enrollment (homing.server.enroll_hook):
+    # a command (argv) and/or a webhook URL, each given this many seconds.
+    enroll_hook: tuple[str, ...] | None = None
+    enroll_webhook: str | None = None
+    enroll_hook_timeout: float = 5.0
     # Recovery policy: how long a device may have been silent and still recover.
     max_offline: timedelta | None = None
     nonce_ttl: timedelta = timedelta(minutes=5)
@@ -105,6 +110,12 @@ class ServerConfig:
         for name in ("handshake_timeout", "header_timeout", "idle_timeout", "send_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be more than 0 seconds")
+        if self.enroll_webhook is not None and not self.enroll_webhook.startswith(
+            ("https://", "http://")
+        ):
+            raise ConfigError("--enroll-webhook must be an http:// or https:// URL")
+        if not self.enroll_hook_timeout > 0:
+            raise ConfigError("the enrollment hook's timeout must be more than 0 seconds")
         if self.max_in_flight < 1:
             raise ConfigError("max in flight must be at least 1")
         for name in ("checkin_limit", "enroll_limit"):

@@ -22,9 +22,10 @@ from cryptography.x509.oid import NameOID
 
 from homing.errors import AuthError, ConflictError
 from homing.pki.keys import spki_der
-from homing.pki.profiles import approve_csr
+from homing.pki.profiles import ApprovedRequest, approve_csr
 from homing.server.admission import RateLimiter
 from homing.server.auth import authenticate_device
+from homing.server.enroll_hook import EnrollHook
 from homing.server.errors import HTTPProblem, problem_response
 from homing.server.inputs import read_body
 from homing.server.metrics import METRICS
@@ -125,6 +126,37 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                 {"reason": "key registered to another device", "holder": e.holder},
             )
 
+    hook = EnrollHook(
+        state.config.enroll_hook, state.config.enroll_webhook, state.config.enroll_hook_timeout
+    )
+
+    async def _ask_hook(name: str, secret: str, csr_der: bytes, hardware: str | None) -> None:
+        """The operator's decision, asked only for a station that proved its secret."""
+
+        def proven() -> ApprovedRequest:
+            with state.db.engine.connect() as conn:
+                try:
+                    credentials.verify_factory(conn, name, secret)
+                except AuthError as e:
+                    raise HTTPProblem(
+                        401, "authentication_required", str(e), _BASIC_CHALLENGE
+                    ) from e
+            return approve_csr(csr_der, state.device_leaf_profile, device_id=_cn_device_id(csr_der))
+
+        approved = await state.run(proven)
+        spki = spki_der(approved.public_key)
+        why = await hook.refusal(
+            {
+                "station": name,
+                "device_id": approved.subject_id,
+                "key_sha256": device_store.key_fingerprint(spki),
+                "hardware": hardware,
+            }
+        )
+        if why is not None:
+            await state.run(_audit_refusal, f"factory:{name}", approved.subject_id, why)
+            raise HTTPProblem(403, "not_allowed", why)
+
     def _audit_refusal(actor: str, device_id: str, reason: str) -> None:
         with state.db.begin() as conn:
             audit.audit(conn, state.now(), actor, "enroll_refused", device_id, {"reason": reason})
@@ -166,6 +198,8 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         if hardware is not None and not _HARDWARE.fullmatch(hardware):
             raise HTTPProblem(400, "bad_request", f"invalid hardware class {hardware!r}")
         now = state.now()
+        if hook.active:
+            await _ask_hook(name, secret, csr_der, hardware)
 
         def enroll() -> x509.Certificate:
             with state.db.begin() as conn:
