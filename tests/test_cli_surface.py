@@ -509,6 +509,11 @@ CASES: dict[str, Case] = {
         lambda s: ["revoke-batch", "--station", "line-1", "--until", "never", *_d(s)],
         "--until must be an ISO 8601 time",
     ),
+    "audit": Case(
+        "tests/test_fleet_audit.py::test_each_seeded_defect_is_flagged_and_a_clean_fleet_flags_nothing",
+        lambda s: ["audit", "--data", NOWHERE],
+        "no homing data directory",
+    ),
     "status": Case(
         lambda s: ["status", *_d(s)],
         lambda s: ["status", "--data", NOWHERE],

@@ -350,6 +350,53 @@ def revoke_batch_cmd(
     )
 
 
+@cli.command("audit")
+@click.option(
+    "--never-seen-days",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    help="Flag devices enrolled this long ago that never checked in.",
+)
+@click.option(
+    "--max-certificate-age-days",
+    type=click.FloatRange(0),
+    default=365.0,
+    show_default=True,
+    help="Flag devices whose newest certificate is older.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_data_option
+@_db_option
+def audit_cmd(
+    never_seen_days: float,
+    max_certificate_age_days: float,
+    as_json: bool,
+    data: Path,
+    db_url: str | None,
+) -> None:
+    """What is wrong in the fleet: shared keys, silent devices, old or distrusted certificates."""
+    import json as jsonlib
+
+    from homing.operations.fleet_audit import fleet_audit
+
+    dd = _site(data, db_url)
+    report = fleet_audit(
+        dd,
+        dd.database(),
+        _operator_actor(),
+        _now(),
+        never_seen_days=never_seen_days,
+        max_certificate_age_days=max_certificate_age_days,
+    )
+    if as_json:
+        click.echo(jsonlib.dumps(report, indent=2))
+        return
+    for kind, device_ids in report["findings"].items():
+        shown = ", ".join(device_ids[:10]) + (" ..." if len(device_ids) > 10 else "")
+        out.print(f"{kind}: {len(device_ids)}" + (f" ({shown})" if device_ids else ""))
+
+
 @cli.command("status")
 @_data_option
 @_db_option

@@ -161,6 +161,25 @@ def routes(state: ServerState) -> list[web.RouteDef]:
             }
         )
 
+    async def fleet_audit(request: web.Request) -> web.Response:
+        """The fleet audit's findings: shared keys, never seen, old or distrusted certificates."""
+        from homing.operations.fleet_audit import fleet_audit as run_audit
+
+        op = await authenticate_operator(request, state, "read-only")
+        never_seen = _int_query(request, "never_seen_days", 30, 36500)
+        max_age = _int_query(request, "max_certificate_age_days", 365, 36500)
+        report = await state.run(
+            lambda: run_audit(
+                state.dd,
+                state.db,
+                f"token:{op.name}",
+                state.now(),
+                never_seen_days=never_seen,
+                max_certificate_age_days=max_age,
+            )
+        )
+        return web.json_response(report)
+
     async def status(request: web.Request) -> web.Response:
         op = await authenticate_operator(request, state, "read-only")
         summary = await state.run(
@@ -282,6 +301,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         web.post("/v1/admin/devices/{device_id}/revoke", revoke),
         web.post("/v1/admin/revocations", revoke_batch),
         web.get("/v1/admin/status", status),
+        web.get("/v1/admin/fleet-audit", fleet_audit),
         web.get("/v1/admin/audit", audit_log),
         web.get("/v1/admin/factories", list_factories),
         web.post("/v1/admin/factories", add_factory),

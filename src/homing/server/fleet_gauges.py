@@ -25,6 +25,23 @@ __all__ = ["FleetGauges"]
 _CACHE_SECONDS = 5.0
 
 
+class _AuditCollector(Collector):
+    """The fleet audit's findings (``homing audit``, default thresholds) as counts."""
+
+    def __init__(self, found: dict[str, list[str]]) -> None:
+        self.found = found
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily(
+            "homing_fleet_audit_devices",
+            "Active devices the fleet audit flags, by finding (homing audit)",
+            labels=["finding"],
+        )
+        for kind, device_ids in sorted(self.found.items()):
+            gauge.add_metric([kind], len(device_ids))
+        yield gauge
+
+
 class _OverviewCollector(Collector):
     def __init__(self, overview: FleetOverview) -> None:
         self.overview = overview
@@ -136,6 +153,13 @@ class FleetGauges:
         self.db = db
         self._cached: tuple[float, bytes] | None = None
 
+    def _findings(self, now: datetime) -> dict[str, list[str]]:
+        from homing.operations.fleet_audit import distrusted_pins
+        from homing.store.fleet_audit import findings
+
+        with self.db.engine.connect() as conn:
+            return findings(conn, now, distrusted_pins=distrusted_pins(self.dd))
+
     def render(self, now: datetime) -> bytes:
         """Called on a thread: it reads the database and the data directory."""
         cached = self._cached
@@ -143,6 +167,7 @@ class FleetGauges:
             return cached[1]
         registry = CollectorRegistry()
         registry.register(_OverviewCollector(fleet_overview(self.dd, self.db, now)))
+        registry.register(_AuditCollector(self._findings(now)))
         body = generate_latest(registry)
         self._cached = (time.monotonic(), body)
         return body

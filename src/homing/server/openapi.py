@@ -376,6 +376,22 @@ def openapi_document(version: str) -> dict[str, Any]:
             )
         },
         "/v1/admin/status": {"get": _operation("Fleet summary", "summary", security=_ADMIN)},
+        "/v1/admin/fleet-audit": {
+            "get": _operation(
+                "The fleet audit: devices sharing a key, never seen, holding an old or a "
+                "distrusted certificate",
+                "findings",
+                security=_ADMIN,
+                params=[
+                    {
+                        "name": n,
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 36500},
+                    }
+                    for n in ("never_seen_days", "max_certificate_age_days")
+                ],
+            )
+        },
         "/v1/admin/audit": {"get": _operation("Audit log", "entries", security=_ADMIN)},
         "/v1/admin/factories": {
             "get": _operation("Factory stations", "stations", security=_ADMIN),
