@@ -10,6 +10,7 @@ certificate of a device CA distrusted after a theft. The CLI (the installed
 
 from __future__ import annotations
 
+import http.client
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from sqlalchemy import update
 from homing import ceremonies
 from homing.operations import fleet as operations
 from homing.store.schema import certificates, devices
-from tests.harness import RunningServer, assert_one_error, run_homing, wait_until
+from tests.harness import DeviceCredentials, RunningServer, assert_one_error, run_homing, wait_until
 
 CHECKIN = {"firmware_version": "1.0"}
 
@@ -55,6 +56,7 @@ def test_each_seeded_defect_is_flagged_and_a_clean_fleet_flags_nothing(
         "never_seen": [],
         "old_certificate": [],
         "distrusted_ca": [],
+        "clone_suspected": [],
     }
     assert set(_gauge(server).values()) == {0.0}
 
@@ -87,6 +89,7 @@ def test_each_seeded_defect_is_flagged_and_a_clean_fleet_flags_nothing(
         "never_seen": ["d"],
         "old_certificate": ["e"],
         "distrusted_ca": ["a", "b", "c", "d", "e", "f"],  # every one held that CA's
+        "clone_suspected": [],
     }
     assert _audit_api(server, token) == expected
     site = ["--data", str(server.data), "--db", str(server.config.db_url)]
@@ -99,3 +102,41 @@ def test_each_seeded_defect_is_flagged_and_a_clean_fleet_flags_nothing(
     wait_until("the gauge updated", lambda: _gauge(server).get("never_seen") == 1)
     assert _gauge(server) == {k: float(len(v)) for k, v in expected.items()}
     assert_one_error(run_homing("audit", "--never-seen-days", "-3", *site), "Invalid value for")
+
+
+def test_one_certificate_from_two_places_at_once_is_flagged_as_a_clone(
+    server: RunningServer, factory: tuple[str, str], tmp_path: Path
+) -> None:
+    """The same device certificate checks in from 127.0.0.1 and, a minute later, from
+    127.0.0.2 (another host, as far as the server can tell): suspected. A device
+    that moves after ten minutes is not."""
+    cloned = server.enroll("cloned", factory, tmp_path)
+    roaming = server.enroll("roaming", factory, tmp_path)
+    token = operations.add_token(server.state.db, "test", datetime.now(UTC), "ops", "read-only")
+
+    def check_in_from(device: DeviceCredentials, address: str) -> None:
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1",
+            server.port,
+            context=server.client_context(device),
+            timeout=60,
+            source_address=(address, 0),
+        )
+        try:
+            conn.request(
+                "POST",
+                "/v1/device/checkin",
+                json.dumps(CHECKIN),
+                {"Content-Type": "application/json"},
+            )
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+
+    check_in_from(cloned, "127.0.0.1")
+    check_in_from(roaming, "127.0.0.1")
+    server.clock.advance(timedelta(minutes=1))
+    check_in_from(cloned, "127.0.0.2")
+    server.clock.advance(timedelta(minutes=10))
+    check_in_from(roaming, "127.0.0.3")
+    assert _audit_api(server, token)["clone_suspected"] == ["cloned"]

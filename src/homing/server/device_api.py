@@ -253,6 +253,7 @@ def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
             targets_version=_opt_int(trust, "targets"),
             health=health,
             hardware=_opt_str(body, "hardware"),
+            address=request.remote,
             pin_policy_sha256=pin_policy,
             pins_matched=pins_matched,
         )

@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
@@ -76,6 +76,8 @@ class DeviceRow:
     # Check-ins recorded over the device's life (its history keeps the newest).
     checkin_seq: int = 0
     key_sha256: str | None = None
+    last_address: str | None = None
+    clone_suspected_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +115,13 @@ class CheckIn:
     hardware: str | None = None
     pin_policy_sha256: str | None = None
     pins_matched: tuple[str, ...] = ()
+    # Where the check-in came from (the peer address), to notice a clone.
+    address: str | None = None
+
+
+# A certificate used from two addresses this close together is suspected of
+# being in two devices at once (a roaming device rarely moves this fast).
+CLONE_WINDOW = timedelta(minutes=5)
 
 
 def _device(r: Any) -> DeviceRow:
@@ -464,7 +473,14 @@ def record_checkins(
         "root_version = :root_version, timestamp_version = :timestamp_version, "
         "targets_version = :targets_version, health = :health, "
         "hardware = COALESCE(:hardware, hardware), "
-        "pin_policy_sha256 = :pin_policy_sha256, pins_matched = :pins_matched "
+        "pin_policy_sha256 = :pin_policy_sha256, pins_matched = :pins_matched, "
+        # The same certificate from another address within CLONE_WINDOW (or from
+        # two addresses in this batch): a clone is suspected.
+        "clone_suspected_at = CASE WHEN :two_places = 1 "
+        "OR (CAST(:address AS VARCHAR(64)) IS NOT NULL AND last_address IS NOT NULL "
+        "AND last_address <> :address AND last_seen >= :window_start) "
+        "THEN :at ELSE clone_suspected_at END, "
+        "last_address = COALESCE(:address, last_address) "
         "WHERE device_id = :device_id AND (last_seen IS NULL OR last_seen <= :at)",
         [
             {
@@ -472,6 +488,11 @@ def record_checkins(
                 "hardware": c.hardware,
                 "pin_policy_sha256": c.pin_policy_sha256,
                 "pins_matched": json.dumps(list(c.pins_matched)) if c.pins_matched else None,
+                "address": c.address,
+                "window_start": _db_time(conn, c.at - CLONE_WINDOW),
+                "two_places": int(
+                    len({x.address for x in by_device[c.device_id] if x.address}) > 1
+                ),
             }
             for c in (latest[d] for d in order)
         ],

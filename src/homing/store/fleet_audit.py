@@ -17,7 +17,10 @@ from homing.store.schema import certificates, devices
 
 __all__ = ["KINDS", "findings"]
 
-KINDS = ("shared_key", "never_seen", "old_certificate", "distrusted_ca")
+KINDS = ("shared_key", "never_seen", "old_certificate", "distrusted_ca", "clone_suspected")
+
+# How long a clone suspicion stays a finding after the last time it was seen.
+_CLONE_MEMORY = timedelta(days=30)
 
 
 def findings(
@@ -36,7 +39,9 @@ def findings(
       checked in (lost at the factory, or an enrollment nobody shipped);
     - ``old_certificate``: holds a live certificate issued longer than
       ``max_certificate_age`` ago (it is not renewing);
-    - ``distrusted_ca``: holds a live certificate of a distrusted CA.
+    - ``distrusted_ca``: holds a live certificate of a distrusted CA;
+    - ``clone_suspected``: its certificate checked in from two addresses
+      within minutes, in the last 30 days (one identity in two devices).
     """
     active = devices.c.status == "active"
     shared = (
@@ -66,6 +71,9 @@ def findings(
         ),
         "distrusted_ca": select(devices.c.device_id).where(
             active, devices.c.device_id.in_(holders.where(certificates.c.issuer_pin.in_(pins)))
+        ),
+        "clone_suspected": select(devices.c.device_id).where(
+            active, devices.c.clone_suspected_at >= now - _CLONE_MEMORY
         ),
     }
     return {kind: sorted(conn.execute(query).scalars()) for kind, query in queries.items()}

@@ -103,6 +103,10 @@ devices = Table(
     # SHA-256 (hex) of key_spki: one key, one device (unique). None only for a
     # device that shared its key with an earlier one before this held.
     Column("key_sha256", String(64)),
+    # Where it last checked in from, and when its certificate was last seen
+    # from two places at once (homing.store.devices.CLONE_WINDOW).
+    Column("last_address", String(64)),
+    Column("clone_suspected_at", UTCDateTime),
     Index("ux_devices_key_sha256", "key_sha256", unique=True),
 )
 
