@@ -70,31 +70,18 @@ def _attack(port: int, ca: Path, count: int, seconds: float, work: Path) -> Iter
 def _measure(
     port: int, ca: Path, devices: list[tuple[str, str]], seconds: float, work: Path
 ) -> dict[str, Any]:
-    quiet = _generate(
-        {
-            "mode": "closed",
-            "port": port,
-            "ca": str(ca),
-            "devices": devices,
-            "concurrency": HONEST,
-            "seconds": seconds,
-            "timeout": 30,
-        },
-        work,
-    )
+    honest = {
+        "mode": "closed",
+        "port": port,
+        "ca": str(ca),
+        "devices": devices,
+        "concurrency": HONEST,
+        "seconds": seconds,
+        "timeout": 30,
+    }
+    quiet = _generate(honest, work)
     with _attack(port, ca, CONNECTIONS, seconds + 30, work):
-        attacked = _generate(
-            {
-                "mode": "closed",
-                "port": port,
-                "ca": str(ca),
-                "devices": devices,
-                "concurrency": HONEST,
-                "seconds": seconds,
-                "timeout": 30,
-            },
-            work,
-        )
+        attacked = _generate(honest, work)
     return {"quiet": quiet, "attacked": attacked}
 
 

@@ -10,7 +10,6 @@ answers take roughly the same time (medians of interleaved requests).
 
 from __future__ import annotations
 
-import base64
 import statistics
 import time
 from datetime import UTC, datetime
@@ -20,8 +19,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from homing.operations import fleet as operations
-from homing.pki.proof import sign_recovery_proof
-from tests.harness import RunningServer, est_csr, recover_with_key
+from tests.harness import RunningServer, recover_with_key
 
 
 def _shape(doc: Any) -> Any:
@@ -34,20 +32,8 @@ def _shape(doc: Any) -> Any:
 def _attempt(server: RunningServer, device_id: str) -> tuple[int, Any, int, dict[str, Any]]:
     """A challenge, then a recovery signed with a key the attacker made."""
     challenge = server.request("POST", "/v1/recover/challenge", {"device_id": device_id})
-    nonce = challenge.json()["nonce"]
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = est_csr(key, device_id)
-    answer = server.request(
-        "POST",
-        "/v1/recover",
-        {
-            "device_id": device_id,
-            "nonce": nonce,
-            "csr": base64.b64encode(csr).decode(),
-            "signature": base64.b64encode(sign_recovery_proof(key, nonce, csr)).decode(),
-        },
-    )
-    return challenge.status, _shape(challenge.json()), answer.status, answer.json()
+    status, answer = recover_with_key(server, device_id, ec.generate_private_key(ec.SECP256R1()))
+    return challenge.status, _shape(challenge.json()), status, answer
 
 
 def test_known_revoked_and_unknown_ids_look_alike_without_the_key(
