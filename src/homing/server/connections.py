@@ -98,7 +98,6 @@ class _Connection:
     head_since: float | None = None  # bytes of a request head came, no request began
     idle_since: float | None = None  # nothing in flight and no head pending
     in_flight: int = 0
-    data_in_flight: bool = False  # bytes came while a request was in flight
     paused_since: float | None = None  # the peer is not reading what it was sent
 
 
@@ -120,9 +119,7 @@ class _GuardedProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         record = self.record
-        if record.in_flight:
-            record.data_in_flight = True
-        elif record.head_since is None:
+        if not record.in_flight and record.head_since is None:
             record.head_since = self.guard.clock()
             record.idle_since = None
         self.inner.data_received(data)
@@ -206,14 +203,10 @@ class ConnectionGuard:
         if record is None:
             return
         record.in_flight = max(0, record.in_flight - 1)
-        if record.in_flight:
-            return
-        now = self.clock()
-        if record.data_in_flight:
-            record.data_in_flight = False
-            record.head_since = now  # the next pipelined head is pending
-        else:
-            record.idle_since = now
+        if not record.in_flight:
+            # Bytes that came meanwhile were its body, or a pipelined head the
+            # server takes up at once; either way the idle limit bounds the wait.
+            record.idle_since = self.clock()
 
     def never_connected(self, protocol: asyncio.Protocol) -> None:
         """Forget a connection whose TLS handshake failed (no ``connection_lost`` follows)."""
