@@ -3,9 +3,9 @@
 Run by ``bench_storm`` as ``python -m benchmarks._storm_client PLAN.json``;
 prints one JSON object. Every check-in is a new TLS 1.3 connection with the
 device's own certificate (a sleepy device reconnects every time). A device
-told 429 or 503 waits what Retry-After says (times ``retry_scale``, so a run
-stays short) and tries again; a connection that fails is retried after a
-jittered second, as the agent would.
+told 429 or 503 waits what Retry-After says, and one whose connection fails
+waits the agent's own jittered backoff (``homing.agent.runner.next_delay``),
+both times ``retry_scale`` so a run stays short, and tries again.
 
 Modes:
 - ``storm``: every device at once (at most ``concurrency`` sockets open, the
@@ -31,6 +31,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from homing.agent.runner import next_delay
+
 _BODY = b'{"firmware_version":"1.0","trust":{"root":1,"timestamp":1,"targets":1}}'
 
 
@@ -49,7 +51,6 @@ class Generator:
         self.devices: list[tuple[str, str]] = [tuple(d) for d in plan["devices"]]  # type: ignore[misc]
         self.retry_scale = float(plan.get("retry_scale", 1.0))
         self.request = _request("localhost")
-        self.statuses: Counter[str] = Counter()
         self.latencies: list[float] = []
         self._contexts: dict[tuple[str, str], ssl.SSLContext] = {}
 
@@ -95,7 +96,10 @@ class Generator:
         done_at: list[float] = []
         attempts = Counter[str]()
 
+        rng = random.Random()
+
         async def device(d: tuple[str, str]) -> None:
+            failures = 0
             while True:
                 async with slots:
                     status, wait = await self.once(d, timeout)
@@ -103,10 +107,10 @@ class Generator:
                 if status == "200":
                     done_at.append(time.perf_counter() - started)
                     return
-                if status[0] == "5" and status != "503":
-                    self.statuses[status] += 1
-                delay = (wait if wait is not None else 1.0) * self.retry_scale
-                await asyncio.sleep(delay * random.uniform(1.0, 1.5))
+                failures += 1
+                # As the agent: what Retry-After asks, else its own jittered backoff.
+                delay = wait if wait is not None else next_delay(3600.0, failures, rng)
+                await asyncio.sleep(delay * self.retry_scale)
 
         await asyncio.gather(*(device(d) for d in self.devices))
         done_at.sort()
