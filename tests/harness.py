@@ -237,6 +237,17 @@ class RunningServer:
         finally:
             conn.close()
 
+    def log_in(self, token: str) -> str:
+        """A fleet-view session for an operator token: the ``name=value`` cookie."""
+        login = self.request(
+            "POST",
+            "/ui/login",
+            f"token={token}".encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert login.status == 303, login.body
+        return login.headers["set-cookie"].split(";")[0]
+
     def enroll(
         self,
         device_id: str,

@@ -179,7 +179,7 @@ def test_the_agent_waits_as_long_as_the_server_asks(
         monkeypatch.setattr(agent, "run_once", recorded)
 
         class Stop(Exception):
-            pass
+            """Ends the agent's loop after its second wait."""
 
         def sleep(seconds: float) -> None:
             slept.append(seconds)

@@ -86,16 +86,7 @@ def test_the_api_holds_to_its_document_under_fuzzing(
 ) -> None:
     device = server.enroll("dev-1", factory, tmp_path)
     token = operations.add_token(server.state.db, "test", datetime.now(UTC), "ops", "operator")
-    login = server.request(
-        "POST",
-        "/ui/login",
-        f"token={token}".encode(),
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-    )
-    assert login.status == 303
-    session = login.headers["set-cookie"].split(";")[0]
-
-    session = login.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    session = server.log_in(token).split("=", 1)[1]
     # Each security scheme of the document with its credential, so the fuzzer
     # knows when it sends one and when it leaves it out on purpose.
     config = tmp_path / "schemathesis.toml"

@@ -368,14 +368,7 @@ def test_a_fleet_view_session_ends_when_its_token_is_revoked(server: RunningServ
     from homing.store.schema import ui_sessions
 
     token = operations.add_token(server.state.db, "test", server.clock(), "eve", "operator")
-    login = server.request(
-        "POST",
-        "/ui/login",
-        f"token={token}".encode(),
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-    )
-    assert login.status == 303
-    cookie = login.headers["set-cookie"].split(";")[0]
+    cookie = server.log_in(token)
     value = cookie.split("=", 1)[1]
     assert server.request("GET", "/ui", headers={"Cookie": cookie}).status == 200
     # The database holds only the cookie's hash.
