@@ -457,7 +457,7 @@ CASES: dict[str, Case] = {
         lambda s: ["factory", "list", *_d(s)],
         lambda s: ["factory", "list", "--db", "postgresql://nobody@127.0.0.1:1/none", *_d(s)],
         "cannot reach or migrate the database",
-        "line-1: active",
+        "line-1: secret, active",
     ),
     "factory disable": Case(
         lambda s: ["factory", "disable", _station(s, "line-3"), *_d(s)],
@@ -503,6 +503,16 @@ CASES: dict[str, Case] = {
         _ALLOWLISTS,
         lambda s: ["factory", "block", "../etc", *_d(s)],
         "invalid device id",
+    ),
+    "factory add-manufacturer": Case(
+        "tests/test_idevid_enrollment.py::test_an_idevid_enrolls_over_est_with_curl_and_no_secret",
+        lambda s: ["factory", "add-manufacturer", "mfr", "--ca", _garbage(s), *_d(s)],
+        "holds no PEM certificate",
+    ),
+    "factory update-crl": Case(
+        "tests/test_idevid_enrollment.py::test_idevids_that_must_not_enroll_are_refused",
+        lambda s: ["factory", "update-crl", "line-1", _garbage(s), *_d(s)],
+        "the CRL file cannot be read",
     ),
     "revoke-batch": Case(
         "tests/test_revoke_batch.py::test_the_cli_revokes_a_list_and_an_issuing_cas_devices",

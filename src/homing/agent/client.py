@@ -72,20 +72,31 @@ class Answer:
         """This answer when it is a 200; otherwise the one error that says why not."""
         if self.status == 200:
             return self
-        code = _problem_code(self.body)
+        code, message = _problem(self.body)
         if self.status == 403 and code == "revoked":
             raise RevokedError(f"{what} refused: the device is revoked")
+        if code is not None and message is not None:
+            # The server's own words, not its JSON: an operator reads this line.
+            raise RefusedError(
+                f"{what} refused (HTTP {self.status} {code}): {message[:300]}", self.status, code
+            )
         preview = self.body[:200].decode("utf-8", "replace")
         raise RefusedError(f"{what} refused: HTTP {self.status} {preview!r}", self.status, code)
 
 
-def _problem_code(body: bytes) -> str | None:
+def _problem(body: bytes) -> tuple[str | None, str | None]:
+    """The ``error`` code and ``message`` of a problem answer, where it is one."""
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):
-        return None
-    code = doc.get("error") if isinstance(doc, dict) else None
-    return code if isinstance(code, str) else None
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    code, message = doc.get("error"), doc.get("message")
+    return (
+        code if isinstance(code, str) else None,
+        message if isinstance(message, str) else None,
+    )
 
 
 def read_bounded(

@@ -37,7 +37,20 @@ _state_option = click.option(
 @agent.command("enroll")
 @_state_option
 @click.option("--server", required=True, help="Home server URL, e.g. https://home.example.com")
-@click.option("--factory", "factory_cred", required=True, help="NAME:SECRET of the station.")
+@click.option(
+    "--idevid",
+    "idevid_cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The device's manufacturer certificate (PEM): enroll with it, no secret needed.",
+)
+@click.option(
+    "--idevid-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The IDevID's private key (PEM).",
+)
+@click.option(
+    "--factory", "factory_cred", help="NAME:SECRET of the station (when there is no IDevID)."
+)
 @click.option(
     "--root",
     "root_file",
@@ -50,20 +63,38 @@ _state_option = click.option(
 def agent_enroll(
     state_dir: Path,
     server: str,
-    factory_cred: str,
+    idevid_cert: Path | None,
+    idevid_key: Path | None,
+    factory_cred: str | None,
     root_file: Path,
     device_id: str | None,
     hardware: str | None,
 ) -> None:
-    """Online: make the key on the device and enroll over EST."""
+    """Online: make the key on the device and enroll over EST.
+
+    The device proves itself by its manufacturer certificate (--idevid and
+    --idevid-key, recommended) or by a factory station's secret (--factory).
+    """
     from homing.agent.enroll import enroll
 
+    if (idevid_cert is None) != (idevid_key is None):
+        _fail("--idevid and --idevid-key go together")
+    if (idevid_cert is None) == (factory_cred is None):
+        _fail("enroll with --idevid/--idevid-key or with --factory: one of them")
     try:
         root = root_file.read_bytes()
     except OSError as e:
         _fail(f"cannot read {root_file}: {e.strerror}")
+    idevid = (idevid_cert, idevid_key) if idevid_cert and idevid_key else None
     state = enroll(
-        state_dir, server, factory_cred, root, _now(), device_id=device_id, hardware=hardware
+        state_dir,
+        server,
+        factory_cred,
+        root,
+        _now(),
+        device_id=device_id,
+        hardware=hardware,
+        idevid=idevid,
     )
     out.print(f"device {state.config().device_id!r} enrolled with {server}")
 

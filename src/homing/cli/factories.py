@@ -58,3 +58,69 @@ def factory_block(device_id: str, reason: str, data: Path, db_url: str | None) -
     db = _site(data, db_url).database()
     allowlists.block_device_id(db, _operator_actor(), _now(), device_id, reason)
     out.print(f"device id {device_id!r} blocked: no station may enroll it")
+
+
+@factory.command("add-manufacturer")
+@click.argument("name")
+@click.option(
+    "--ca",
+    "ca_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    required=True,
+    help="PEM file of the manufacturer's CA certificates (issuing CAs and their roots).",
+)
+@click.option(
+    "--crl",
+    "crl_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="The manufacturer's CRLs (PEM, or one DER CRL).",
+)
+@click.option(
+    "--id-from",
+    type=click.Choice(["serial-number", "uri", "common-name"]),
+    default="serial-number",
+    show_default=True,
+    help="Where an IDevID names its device id: the subject's serialNumber (802.1AR), "
+    "a urn:homing:device URI SAN, or the subject's CN.",
+)
+@_data_option
+@_db_option
+def factory_add_manufacturer(
+    name: str,
+    ca_file: Path,
+    crl_file: Path | None,
+    id_from: str,
+    data: Path,
+    db_url: str | None,
+) -> None:
+    """Let devices enroll by their manufacturer certificate (IDevID) over EST with mutual TLS.
+
+    NAME then acts as a factory station: manifests, quotas, expiries,
+    `factory disable` and `revoke-batch --station` apply to it.
+    """
+    from homing.operations import manufacturers
+
+    db = _site(data, db_url).database()
+    crl = crl_file.read_bytes() if crl_file else None
+    count = manufacturers.add_manufacturer(
+        db, _operator_actor(), _now(), name, ca_file.read_bytes(), crl, id_from
+    )
+    out.print(
+        f"manufacturer {name!r}: {count} CA certificate(s) imported"
+        + (" with CRLs" if crl is not None else ", no CRL")
+        + f"; devices enroll by IDevID, id from its {id_from}"
+    )
+
+
+@factory.command("update-crl")
+@click.argument("name")
+@click.argument("crl_file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@_data_option
+@_db_option
+def factory_update_crl(name: str, crl_file: Path, data: Path, db_url: str | None) -> None:
+    """Replace a manufacturer's CRLs with the ones in CRL_FILE."""
+    from homing.operations import manufacturers
+
+    db = _site(data, db_url).database()
+    revoked = manufacturers.update_crls(db, _operator_actor(), _now(), name, crl_file.read_bytes())
+    out.print(f"manufacturer {name!r}: CRLs replaced; they revoke {revoked} certificate(s)")

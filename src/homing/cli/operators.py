@@ -192,7 +192,10 @@ def factory_list(data: Path, db_url: str | None) -> None:
     rows = operations.list_factories(_site(data, db_url).database(), _operator_actor(), _now())
     for row in rows:
         state = f"disabled {row['disabled_at']}" if row["disabled_at"] else "active"
-        out.print(f"{row['name']}: {state} (created {row['created_at']})", highlight=False)
+        out.print(
+            f"{row['name']}: {row['kind']}, {state} (created {row['created_at']})",
+            highlight=False,
+        )
 
 
 @factory.command("disable")

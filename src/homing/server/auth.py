@@ -36,6 +36,7 @@ __all__ = [
     "Operator",
     "authenticate_device",
     "authenticate_operator",
+    "peer_certificate_der",
     "verify_device_certificate",
 ]
 
@@ -63,7 +64,7 @@ class Operator:
     role: str
 
 
-def _peer_certificate_der(request: web.Request, state: ServerState) -> bytes | None:
+def peer_certificate_der(request: web.Request, state: ServerState) -> bytes | None:
     """The client certificate from TLS, or from a trusted proxy's header."""
     peer = request.remote
     config = state.config
@@ -143,7 +144,7 @@ def verify_device_certificate(request: web.Request, state: ServerState) -> Devic
     the check-in path does it for a whole batch in the same transaction that
     records the check-ins.
     """
-    der = _peer_certificate_der(request, state)
+    der = peer_certificate_der(request, state)
     if der is None:
         raise HTTPProblem(
             401, "client_certificate_required", "this endpoint needs a device client certificate"

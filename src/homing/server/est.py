@@ -1,9 +1,12 @@
 """EST enrollment (RFC 7030) with the base64 rules of RFC 8951.
 
 - ``GET  /.well-known/est/cacerts``: the device CAs, certs-only PKCS#7.
-- ``POST /.well-known/est/simpleenroll``: a factory station (HTTP Basic)
-  enrolls a new device; the CSR names it by ``urn:homing:device:<id>`` (or,
-  for outside EST clients, by its CN).
+- ``POST /.well-known/est/simpleenroll``: a new device enrolls, vouched for
+  by a factory station's secret (HTTP Basic) or, with no secret on the
+  factory line, by its manufacturer certificate (IDevID) presented as the TLS
+  client certificate (RFC 7030 §3.3.2; ``homing.pki.idevid``). The CSR names
+  the device by ``urn:homing:device:<id>`` (or, for outside EST clients, by
+  its CN); with an IDevID, the id is the one the IDevID names.
 - ``POST /.well-known/est/simplereenroll``: a device (mTLS) renews, with the
   same key or a new one.
 """
@@ -12,26 +15,39 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
+from dataclasses import dataclass
 
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
+from sqlalchemy import Connection
 
-from homing.errors import AuthError, ConflictError
+from homing.errors import (
+    AuthError,
+    ChainError,
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    PolicyError,
+    RevokedError,
+)
+from homing.pki.idevid import FactoryIdentity, verify_idevid
 from homing.pki.keys import spki_der
-from homing.pki.profiles import ApprovedRequest, approve_csr
+from homing.pki.profiles import ApprovedRequest, approve_csr, device_id_from_uri
+from homing.pki.validate import load_certificate
 from homing.server.admission import RateLimiter
-from homing.server.auth import authenticate_device
+from homing.server.auth import authenticate_device, peer_certificate_der
 from homing.server.enroll_hook import EnrollHook
 from homing.server.errors import HTTPProblem, problem_response
 from homing.server.inputs import read_body
 from homing.server.metrics import METRICS
 from homing.server.state import ServerState
 from homing.site.ledger import DatabaseLedger
-from homing.store import allowlist, audit, credentials
+from homing.store import allowlist, audit, credentials, manufacturers
 from homing.store import devices as device_store
 
 __all__ = ["routes"]
@@ -39,6 +55,7 @@ __all__ = ["routes"]
 PKCS10 = "application/pkcs10"
 PKCS7_CERTS = "application/pkcs7-mime; smime-type=certs-only"
 _BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="homing EST", charset="UTF-8"'}
+log = logging.getLogger(__name__)
 _HARDWARE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -111,6 +128,59 @@ class _Refused(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class _Station:
+    """Who vouches for an enrollment: a station by its secret, or a manufacturer by an IDevID."""
+
+    name: str
+    secret: str | None = None
+    identity: FactoryIdentity | None = None
+
+    @property
+    def actor(self) -> str:
+        return f"factory:{self.name}"
+
+    def prove(self, conn: Connection) -> None:
+        """Checked in the enrollment's own transaction: a disabling takes effect at once."""
+        try:
+            if self.identity is not None:
+                manufacturers.require_active(conn, self.name)
+            else:
+                credentials.verify_factory(conn, self.name, self.secret or "")
+        except (AuthError, NotFoundError) as e:
+            raise HTTPProblem(401, "authentication_required", str(e), _BASIC_CHALLENGE) from e
+
+    def device_id(self, csr_der: bytes) -> str | None:
+        """The id to enroll: the IDevID's (a CSR naming another is refused), or the CSR's CN."""
+        requested = _requested_device_id(csr_der)
+        if self.identity is None:
+            return _cn_device_id(csr_der)
+        if requested is not None and requested != self.identity.device_id:
+            raise HTTPProblem(
+                403,
+                "not_allowed",
+                f"the IDevID names device {self.identity.device_id!r}; "
+                f"the CSR asks for {requested!r}",
+            )
+        return self.identity.device_id
+
+
+def _requested_device_id(csr_der: bytes) -> str | None:
+    """The id a CSR names (URI SAN, else CN), or None; its full checks come later."""
+    try:
+        csr = x509.load_der_x509_csr(csr_der)
+        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return _cn_device_id(csr_der)
+    except ValueError:
+        return None
+    uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+    try:
+        return device_id_from_uri(uris[0]) if len(uris) == 1 else None
+    except PolicyError:
+        return None
+
+
 def routes(state: ServerState) -> list[web.RouteDef]:
     stations = RateLimiter.of(state.config.enroll_limit)
 
@@ -130,56 +200,97 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         state.config.enroll_hook, state.config.enroll_webhook, state.config.enroll_hook_timeout
     )
 
-    async def _ask_hook(name: str, secret: str, csr_der: bytes, hardware: str | None) -> None:
-        """The operator's decision, asked only for a station that proved its secret."""
+    async def _ask_hook(station: _Station, csr_der: bytes, hardware: str | None) -> None:
+        """The operator's decision, asked only for a station that proved itself."""
 
         def proven() -> ApprovedRequest:
             with state.db.engine.connect() as conn:
-                try:
-                    credentials.verify_factory(conn, name, secret)
-                except AuthError as e:
-                    raise HTTPProblem(
-                        401, "authentication_required", str(e), _BASIC_CHALLENGE
-                    ) from e
-            return approve_csr(csr_der, state.device_leaf_profile, device_id=_cn_device_id(csr_der))
+                station.prove(conn)
+            return approve_csr(
+                csr_der, state.device_leaf_profile, device_id=station.device_id(csr_der)
+            )
 
         approved = await state.run(proven)
         spki = spki_der(approved.public_key)
         why = await hook.refusal(
             {
-                "station": name,
+                "station": station.name,
                 "device_id": approved.subject_id,
                 "key_sha256": device_store.key_fingerprint(spki),
                 "hardware": hardware,
+                "idevid": station.identity.audit_detail if station.identity else None,
             }
         )
         if why is not None:
-            await state.run(_audit_refusal, f"factory:{name}", approved.subject_id, why)
+            await state.run(_audit_refusal, station.actor, approved.subject_id, why)
             raise HTTPProblem(403, "not_allowed", why)
 
     def _audit_refusal(actor: str, device_id: str, reason: str) -> None:
         with state.db.begin() as conn:
             audit.audit(conn, state.now(), actor, "enroll_refused", device_id, {"reason": reason})
 
+    def _factory_identity(request: web.Request) -> FactoryIdentity | None:
+        """The IDevID the client presented, validated now; None when it presented none."""
+        der = peer_certificate_der(request, state)
+        if der is None:
+            return None
+        now = state.now()
+
+        def check() -> FactoryIdentity:
+            try:
+                leaf = load_certificate(der)
+                with state.db.engine.connect() as conn:
+                    known = manufacturers.active_manufacturers(conn)
+                return verify_idevid(leaf, known, now)
+            except RevokedError as e:
+                raise HTTPProblem(403, "revoked", str(e)) from e
+            except ChainError as e:
+                raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
+            except PolicyError as e:
+                raise HTTPProblem(403, "not_allowed", str(e)) from e
+            except ConfigError as e:
+                log.warning("IDevID enrollment refused: %s", e)
+                raise HTTPProblem(503, "crl_out_of_date", str(e), {"Retry-After": "3600"}) from e
+
+        try:
+            return check()
+        except HTTPProblem as e:
+            log.warning("refused an IDevID from %s (%s): %s", request.remote, e.code, e.message)
+            raise
+
+    async def _station(request: web.Request) -> _Station:
+        """HTTP Basic names a secret station; otherwise the client's IDevID must vouch."""
+        if "Authorization" in request.headers:
+            name, secret = _basic_credentials(request)
+            return _Station(name, secret=secret)
+        identity = await state.run(_factory_identity, request)
+        if identity is None:
+            raise HTTPProblem(
+                401,
+                "authentication_required",
+                "enroll with factory credentials (HTTP Basic) or a manufacturer certificate "
+                "(TLS client certificate)",
+                _BASIC_CHALLENGE,
+            )
+        return _Station(identity.station, identity=identity)
+
     async def require_auth_first(request: web.Request) -> web.StreamResponse | None:
         """RFC 7030 §3.2.3 / RFC 9110 §10.1.1: refuse before the body is sent.
 
-        The credentials are checked, not only looked for: a wrong secret is
-        answered 401 at once instead of ``100 Continue`` and a wait for a
-        body the server would refuse anyway.
+        The credentials are checked, not only looked for: a wrong secret or
+        IDevID is answered at once instead of ``100 Continue`` and a wait for
+        a body the server would refuse anyway.
         """
         try:
-            name, secret = _basic_credentials(request)
+            station = await _station(request)
 
             def check() -> None:
                 with state.db.engine.connect() as conn:
-                    credentials.verify_factory(conn, name, secret)
+                    station.prove(conn)
 
             await state.run(check)
         except HTTPProblem as e:
             return problem_response(e.status, e.code, e.message, e.headers)
-        except AuthError as e:
-            return problem_response(401, "authentication_required", str(e), _BASIC_CHALLENGE)
         expect = request.headers.get("Expect", "").lower()
         if expect != "100-continue":
             raise web.HTTPExpectationFailed(text=f"unknown Expect: {expect}")
@@ -192,36 +303,29 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         return _pkcs7_response([*state.device_cas, *state.root_cas], "application/pkcs7-mime")
 
     async def simpleenroll(request: web.Request) -> web.Response:
-        name, secret = _basic_credentials(request)
+        station = await _station(request)
         csr_der = await _csr_body(request)
         hardware = request.query.get("hardware")
         if hardware is not None and not _HARDWARE.fullmatch(hardware):
             raise HTTPProblem(400, "bad_request", f"invalid hardware class {hardware!r}")
         now = state.now()
         if hook.active:
-            await _ask_hook(name, secret, csr_der, hardware)
+            await _ask_hook(station, csr_der, hardware)
 
         def enroll() -> x509.Certificate:
             with state.db.begin() as conn:
-                try:
-                    credentials.verify_factory(conn, name, secret)
-                except AuthError as e:
-                    raise HTTPProblem(
-                        401, "authentication_required", str(e), _BASIC_CHALLENGE
-                    ) from e
+                station.prove(conn)
                 # Counted once the station proved itself: a wrong secret spends nothing.
-                wait = stations.take(name) if stations else None
+                wait = stations.take(station.name) if stations else None
                 if wait is not None:
                     raise HTTPProblem(
                         429,
                         "too_often",
-                        f"factory station {name!r} enrolls more often than allowed",
+                        f"factory station {station.name!r} enrolls more often than allowed",
                         {"Retry-After": RateLimiter.retry_after(wait)},
                     )
                 approved = approve_csr(
-                    csr_der,
-                    state.device_leaf_profile,
-                    device_id=_cn_device_id(csr_der),
+                    csr_der, state.device_leaf_profile, device_id=station.device_id(csr_der)
                 )
                 if device_store.device(conn, approved.subject_id) is not None:
                     raise ConflictError(
@@ -236,32 +340,32 @@ def routes(state: ServerState) -> list[web.RouteDef]:
                 # The station's manifest, quota and expiry, and blocked ids.
                 try:
                     allowlist.check_enrollment(
-                        conn, name, approved.subject_id, device_store.key_fingerprint(spki), now
+                        conn,
+                        station.name,
+                        approved.subject_id,
+                        device_store.key_fingerprint(spki),
+                        now,
                     )
                 except allowlist.NotAllowed as e:
                     raise _Refused(approved.subject_id, str(e)) from e
                 authority = state.device_authority(DatabaseLedger(state.db, conn, now))
                 cert = authority.issue(approved, now)
                 device_store.enroll_device(
-                    conn, approved.subject_id, spki_der(cert), now, f"factory:{name}", hardware
+                    conn, approved.subject_id, spki_der(cert), now, station.actor, hardware
                 )
-                audit.audit(
-                    conn,
-                    now,
-                    f"factory:{name}",
-                    "enroll",
-                    approved.subject_id,
-                    {"serial": format(cert.serial_number, "x")},
-                )
+                detail = {"serial": format(cert.serial_number, "x")}
+                if station.identity is not None:
+                    detail |= station.identity.audit_detail
+                audit.audit(conn, now, station.actor, "enroll", approved.subject_id, detail)
                 return cert
 
         try:
             cert = await state.run(enroll)
         except device_store.KeyTaken as e:
-            await state.run(_audit_key_refusal, f"factory:{name}", e.wanted, e)
+            await state.run(_audit_key_refusal, station.actor, e.wanted, e)
             raise
         except _Refused as e:
-            await state.run(_audit_refusal, f"factory:{name}", e.device_id, e.reason)
+            await state.run(_audit_refusal, station.actor, e.device_id, e.reason)
             raise HTTPProblem(403, "not_allowed", e.reason) from e
         request.app[METRICS].enrollments.inc()
         return _pkcs7_response([cert], PKCS7_CERTS)

@@ -322,9 +322,11 @@ def openapi_document(version: str) -> dict[str, Any]:
         },
         "/.well-known/est/simpleenroll": {
             "post": _operation(
-                "EST enrollment with factory credentials (RFC 7030 4.2); body: base64 PKCS#10",
+                "EST enrollment (RFC 7030 4.2) vouched for by a factory station's secret (HTTP "
+                "Basic) or by the device's manufacturer certificate, an IDevID presented as the "
+                "TLS client certificate (RFC 7030 3.3.2); body: base64 PKCS#10",
                 "certs-only PKCS#7",
-                security=[{"factory": []}],
+                security=[{"factory": []}, {"idevid": []}],
                 raw_body=_CSR_BODY,
             )
         },
@@ -468,6 +470,10 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "factory": {"type": "http", "scheme": "basic"},
                 "device": {"type": "mutualTLS"},
+                "idevid": {
+                    "type": "mutualTLS",
+                    "description": "an IDevID from a manufacturer CA the operator imported",
+                },
                 "session": {"type": "apiKey", "in": "cookie", "name": "homing_session"},
             },
             "schemas": _SCHEMAS,

@@ -76,6 +76,7 @@ def list_factories(conn: Connection) -> list[dict[str, Any]]:
             factory_credentials.c.name,
             factory_credentials.c.created_at,
             factory_credentials.c.disabled_at,
+            factory_credentials.c.manufacturer_cas,
         ).order_by(factory_credentials.c.name)
     )
     return [
@@ -83,6 +84,7 @@ def list_factories(conn: Connection) -> list[dict[str, Any]]:
             "name": r.name,
             "created_at": r.created_at.isoformat(),
             "disabled_at": r.disabled_at.isoformat() if r.disabled_at else None,
+            "kind": "manufacturer" if r.manufacturer_cas is not None else "secret",
         }
         for r in rows
     ]

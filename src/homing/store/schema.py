@@ -136,6 +136,11 @@ factory_credentials = Table(
     # many devices in all, and nothing from this time on; None: no bound.
     Column("quota", Integer),
     Column("expires_at", UTCDateTime),
+    # A manufacturer CA acting as a station (homing.pki.idevid): devices prove
+    # themselves by its IDevIDs, so its secret_hash matches no secret.
+    Column("manufacturer_cas", Text),
+    Column("manufacturer_crls", Text),
+    Column("id_from", String(16)),
 )
 
 # Device ids a factory station may enroll (a production run's manifest),
