@@ -273,6 +273,8 @@ def test_pages_refuse_bad_input_in_one_clear_line(
         ("/ui?days=abc", 400, "'days' must be"),
         ("/ui/devices/no-such-device", 404, "no device"),
         ("/ui/devices?search=" + "x" * 65, 400, "longer than 64"),
+        ("/ui/findings?never_seen_days=0", 400, "'never_seen_days' must be"),
+        ("/ui/findings?max_certificate_age_days=soon", 400, "'max_certificate_age_days' must"),
     ):
         answer = page.goto(f"{url(server)}{path}")
         assert answer.status == status, path
@@ -282,4 +284,66 @@ def test_pages_refuse_bad_input_in_one_clear_line(
     headers = page.goto(f"{url(server)}/ui").headers
     assert "default-src 'none'" in headers["content-security-policy"]
     assert headers["x-frame-options"] == "DENY"
+    page.context.close()
+
+
+def test_operator_reads_the_findings_and_revokes_a_batch_after_its_preview(
+    browser: Any, server: RunningServer, fleet: Fleet, tmp_path: Path
+) -> None:
+    from tests.fleet import device
+
+    # A seeded defect: enrolled ten days ago (server time) and never seen since.
+    device(server, tmp_path, "dev-silent", "board-a")
+    page = _page(browser, server, _token(server, "olga", "operator"))
+    page.goto(f"{url(server)}/ui/findings?never_seen_days=1")
+    assert page.locator("#never_seen li").all_text_contents() == ["dev-silent"]
+    for clean in ("shared_key", "clone_suspected", "distrusted_ca", "old_certificate"):
+        assert page.text_content(f"#{clean} .count") == "0", clean
+    _shot(page, "findings")
+
+    def statuses() -> dict[str, str]:
+        with server.state.db.engine.connect() as conn:
+            rows = [device_store.device(conn, d) for d in ("dev-a1", "dev-a2", "dev-b1")]
+        return {r.device_id: r.status for r in rows if r is not None}
+
+    page.goto(f"{url(server)}/ui/revocations")
+    page.fill("#ids", "dev-a2\ndev-b1, ghost")
+    page.fill("#reason", "key_compromise")
+    page.click("#batch-form button[type=submit]")
+    assert "This revokes 2 devices" in page.text_content("#preview")
+    assert set(statuses().values()) == {"active"}  # a preview changes nothing
+    _shot(page, "batch-preview")
+    page.click("#confirm-form button[type=submit]")
+    assert "Revoked 2 devices" in page.text_content("[role=status]")
+    assert statuses() == {"dev-a1": "active", "dev-a2": "revoked", "dev-b1": "revoked"}
+    with server.state.db.engine.connect() as conn:
+        (entry,) = [e for e in audit.audit_entries(conn, 1000) if e["action"] == "revoke_batch"]
+    assert entry["actor"] == "ui:olga"
+    assert entry["detail"]["selection"] == {"device_ids": ["dev-a2", "dev-b1", "ghost"]}
+    # A confirmation whose count no longer holds revokes nothing.
+    csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+    stale = page.request.post(
+        f"{url(server)}/ui/revocations",
+        form={"csrf": csrf, "ids": "dev-a1 dev-quiet", "confirm": "3"},
+    )
+    assert stale.status == 409
+    assert "preview it again" in stale.text()
+    bad = page.request.post(
+        f"{url(server)}/ui/revocations",
+        form={"csrf": csrf, "ids": "dev-a1", "station": "line-1"},
+    )
+    assert bad.status == 400
+    assert "choose devices one way" in bad.text()
+    assert statuses()["dev-a1"] == "active"
+    # A read-only session is refused the same form.
+    reader = _page(browser, server, _token(server, "rita", "read-only"))
+    reader.goto(f"{url(server)}/ui/revocations")
+    assert reader.locator("#batch-form").count() == 0
+    token = reader.locator("input[name=csrf]").first.get_attribute("value")
+    refused = reader.request.post(
+        f"{url(server)}/ui/revocations", form={"csrf": token, "ids": "dev-a1", "confirm": "1"}
+    )
+    assert refused.status == 403
+    assert statuses()["dev-a1"] == "active"
+    reader.context.close()
     page.context.close()

@@ -103,14 +103,17 @@ def revoke_batch(
     reason: str = "unspecified",
     actor: str = OPERATOR,
     dry_run: bool = False,
+    expect: int | None = None,
 ) -> tuple[list[str], int]:
     """Revoke every active device the selection names, in one transaction, then re-sign
     the device CRL once; returns (the devices revoked, certificates revoked).
 
-    ``dry_run``: only say which devices it would take. One audit entry keeps
-    the selection as it was given and what it took.
+    ``dry_run``: only say which devices it would take. ``expect``: the count
+    a preview showed; if the selection takes another number now, nothing is
+    revoked. One audit entry keeps the selection as it was given and what it
+    took.
     """
-    from homing.errors import NotFoundError
+    from homing.errors import ConflictError, NotFoundError
     from homing.store import audit, revocation
 
     dd, _, _ = _open(data)
@@ -120,6 +123,11 @@ def revoke_batch(
             raise NotFoundError(f"no active device matches {selection.to_json()}")
         if dry_run:
             return chosen, 0
+        if expect is not None and len(chosen) != expect:
+            raise ConflictError(
+                f"the selection takes {len(chosen)} devices now, not the {expect} previewed: "
+                "preview it again"
+            )
         revoked, certificates = revocation.revoke_devices(conn, chosen, now, reason)
         audit.audit(
             conn,

@@ -165,6 +165,19 @@ _SCHEMAS: dict[str, Any] = {
     "RevokeForm": _object(
         {"csrf": _STRING, "reason": {"type": "string", "maxLength": 256}}, ("csrf",)
     ),
+    "BatchRevokeForm": _object(
+        {
+            "csrf": _STRING,
+            "ids": {"type": "string", "maxLength": 4000},
+            "station": {"type": "string", "maxLength": 64},
+            "since": {"type": "string", "maxLength": 64},
+            "until": {"type": "string", "maxLength": 64},
+            "issuer_pin": {"type": "string", "maxLength": 44},
+            "reason": {"type": "string", "maxLength": 256},
+            "confirm": {"type": "string", "pattern": "^[0-9]{1,9}$"},
+        },
+        ("csrf",),
+    ),
     "FactoryCreate": _object({"name": _NAME}, ("name",)),
     "TokenCreate": _object(
         {"name": _NAME, "role": {"type": "string", "enum": ["read-only", "operator"]}},
@@ -208,6 +221,7 @@ def _page(
     }
     if form is not None:
         op["responses"]["415"] = {"description": "not a form (HTML page)"}
+        op["responses"]["413"] = {"description": "the form is larger than the server takes"}
         op["requestBody"] = {
             "required": True,
             "content": {
@@ -223,6 +237,12 @@ def _page(
 
 def _fleet_view_paths() -> dict[str, Any]:
     device = [_name_param("device_id")]
+    batch = _page(
+        "Revoke a batch (operator role): without 'confirm' a preview that changes nothing; "
+        "with the previewed count, the revocation (409 if the selection changed)",
+        form="BatchRevokeForm",
+    )
+    batch["responses"]["409"] = {"description": "the selection changed since the preview"}
     rollout = [_id_param("rollout_id")]
     public: dict[str, Any] = {"security": []}
     return {
@@ -271,6 +291,20 @@ def _fleet_view_paths() -> dict[str, Any]:
             "post": _page("Resume the rollout (operator role)", form="CsrfForm", params=rollout)
         },
         "/ui/audit": {"get": _page("The audit log")},
+        "/ui/findings": {
+            "get": _page(
+                "The fleet audit's findings: shared keys, clones, never seen, old or "
+                "distrusted certificates",
+                params=[
+                    {"name": key, "in": "query", "schema": {"type": "number"}}
+                    for key in ("never_seen_days", "max_certificate_age_days")
+                ],
+            )
+        },
+        "/ui/revocations": {
+            "get": _page("The batch revocation form"),
+            "post": batch,
+        },
     }
 
 

@@ -10,9 +10,9 @@ Security, in the order a request meets it:
 3. Every POST carries the session's CSRF value in a hidden field, compared in
    constant time, and, when the browser sends ``Origin``, it must be this
    server (OWASP CSRF cheat sheet: synchroniser token plus origin check).
-4. Changes (pause, resume, revoke) need the operator role, go through
-   ``homing.operations`` like the CLI and the admin API, and are audited
-   with the actor ``ui:<token name>``.
+4. Changes (pause, resume, revoke, a batch revocation after its preview)
+   need the operator role, go through ``homing.operations`` like the CLI
+   and the admin API, and are audited with the actor ``ui:<token name>``.
 5. Answers carry a strict Content-Security-Policy (no script at all), no
    caching and no framing.
 """
@@ -34,6 +34,7 @@ from homing.operations import fleet as operations
 from homing.operations.overview import fleet_overview
 from homing.server.inputs import object_id
 from homing.server.state import ServerState
+from homing.server.web.batch import FIELD_LIMITS, selection_from_form
 from homing.server.web.charts import bar_chart, timeline_chart
 from homing.store import audit, credentials, pin_history, ui_sessions
 from homing.store.ui_sessions import Session
@@ -125,7 +126,8 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         data = await request.post()
         fields: dict[str, str] = {}
         for key, value in data.items():
-            if not isinstance(value, str) or len(value) > _MAX_FORM_FIELD:
+            limit = FIELD_LIMITS.get(key, _MAX_FORM_FIELD)
+            if not isinstance(value, str) or len(value) > limit:
                 raise web.HTTPBadRequest(reason=f"form field {key!r} is not a short text")
             fields[key] = value
         return fields
@@ -369,6 +371,77 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         entries = await state.run(read)
         return page.html("audit.html", session=session, page="audit", entries=entries)
 
+    @page_for()
+    async def findings_page(request: web.Request, session: Session) -> web.Response:
+        from homing.operations.fleet_audit import fleet_audit
+
+        thresholds: dict[str, float] = {}
+        for key, default in (("never_seen_days", 30.0), ("max_certificate_age_days", 365.0)):
+            try:
+                thresholds[key] = float(request.query.get(key, default))
+            except ValueError:
+                thresholds[key] = -1
+            if not 0 < thresholds[key] <= 36500:
+                return page.error(400, f"'{key}' must be a number of days up to 36500", session)
+        who, now = actor(session), state.now()
+        report = await state.run(
+            lambda: fleet_audit(
+                state.dd,
+                state.db,
+                who,
+                now,
+                never_seen_days=thresholds["never_seen_days"],
+                max_certificate_age_days=thresholds["max_certificate_age_days"],
+            )
+        )
+        return page.html("findings.html", session=session, page="findings", report=report)
+
+    @page_for()
+    async def revocations_form(request: web.Request, session: Session) -> web.Response:
+        return page.html(
+            "revocations.html", session=session, page="revocations", preview=None, fields={}
+        )
+
+    @page_for("operator")
+    async def revocations(request: web.Request, session: Session) -> web.Response:
+        """Without ``confirm``: a preview (nothing changes). With it: revoke, if the
+        selection still takes the previewed count."""
+        from homing import ceremonies
+
+        fields = request[_FORM]
+        selection = selection_from_form(fields)
+        reason = fields.get("reason", "").strip() or "unspecified"
+        who, now = actor(session), state.now()
+        confirm = fields.get("confirm")
+        if confirm is None:
+            chosen, _ = await state.run(
+                lambda: ceremonies.revoke_batch(state.dd, now, selection, actor=who, dry_run=True)
+            )
+            return page.html(
+                "revocations.html",
+                session=session,
+                page="revocations",
+                preview=chosen,
+                fields={**fields, "reason": reason},
+            )
+        if not confirm.isdigit():
+            return page.error(400, "'confirm' must be the previewed count", session)
+
+        def run() -> tuple[list[str], int]:
+            return ceremonies.revoke_batch(
+                state.dd, now, selection, reason=reason, actor=who, expect=int(confirm)
+            )
+
+        chosen, certificates = await state.run(state.change_site, run, who)
+        return page.html(
+            "revocations.html",
+            session=session,
+            page="revocations",
+            preview=None,
+            fields={},
+            notice=f"Revoked {len(chosen)} devices ({certificates} certificates).",
+        )
+
     return [
         web.get("/", root),
         web.get("/ui/style.css", style),
@@ -383,4 +456,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         web.post("/ui/rollouts/{rollout_id}/pause", pause_or_resume(True)),
         web.post("/ui/rollouts/{rollout_id}/resume", pause_or_resume(False)),
         web.get("/ui/audit", audit_page),
+        web.get("/ui/findings", findings_page),
+        web.get("/ui/revocations", revocations_form),
+        web.post("/ui/revocations", revocations),
     ]
