@@ -27,7 +27,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from homing.agent import update
+from homing.agent import trusted_time, update
 from homing.agent.client import Answer, HomeClient
 from homing.agent.decide import (
     CertificateAction,
@@ -95,12 +95,16 @@ class Agent:
 
     # -- time ----------------------------------------------------------------
 
+    def floor(self) -> datetime:
+        """The secure time floor: no time below it is ever used."""
+        return max(
+            filter(None, [self.state.time_floor(), datetime.fromisoformat(self.config.released_at)])
+        )
+
     def now(self) -> datetime:
         """The wall clock, raised to the secure time floor (a clock behind it is not trusted)."""
         clock = self.clock()
-        floor = max(
-            filter(None, [self.state.time_floor(), datetime.fromisoformat(self.config.released_at)])
-        )
+        floor = self.floor()
         self.clock_behind_floor = clock < floor
         if self.clock_behind_floor:
             log.warning(
@@ -361,11 +365,62 @@ class Agent:
             report.error = str(e)
             log.warning("cycle incomplete: %s", e)
         report.retry_after = self.retry_after
-        self.state.save_last_run({"at": self.clock().isoformat(), **report.to_json()})
+        self.state.save_last_run(
+            {"at": self.clock().isoformat(), **trusted_time.boot_marks(), **report.to_json()}
+        )
         return report
 
+    def trusted_now(self, now: datetime, report: CycleReport) -> datetime:
+        """``now``, or the time from home when the clock is in doubt (homing.agent.trusted_time).
+
+        Without an answer (home unreachable, or a server without trusted
+        time) the cycle goes on at ``now``, as it would have.
+        """
+        why = trusted_time.doubt(
+            self.clock(),
+            self.floor(),
+            self.state.trust_dir,
+            trusted_time.last_run(self.state.last_run_path),
+        )
+        if why is None:
+            return now
+        report.steps.append(f"clock in doubt: {why}")
+        errors: list[str] = []
+        for url in self._sources(self._cached_policy()):
+            try:
+                trusted = self._ask_time(url, now)
+            except (TransportError, MetadataError) as e:
+                errors.append(f"{url}: {e}")
+                continue
+            report.steps.append(f"trusted time from {url}: {trusted.isoformat()}")
+            self.clock_behind_floor = False
+            return trusted
+        log.warning("no trusted time (%s); working at %s", "; ".join(errors), now.isoformat())
+        report.steps.append(f"no trusted time: {'; '.join(errors) or 'no server known'}")
+        return now
+
+    def _ask_time(self, url: str, now: datetime) -> datetime:
+        floor = self.floor()
+        root = trusted_time.trusted_root(self.state.trust_dir)
+        try:
+            return trusted_time.ask_home(url, root, floor, now, self.limits)
+        except MetadataError as refused:
+            # Perhaps the answer is signed by an online key newer than this
+            # device's root: walk the root chain (signed by the offline keys;
+            # judged at the floor, a time this device knows has passed) and
+            # check a new answer against the newest root. If there is no newer
+            # root, the refusal stands as it was.
+            try:
+                self._refresh_from(url, None, floor)
+            except (TransportError, MetadataError):
+                raise refused from None
+            newer = trusted_time.trusted_root(self.state.trust_dir)
+            if newer.version == root.version:
+                raise
+            return trusted_time.ask_home(url, newer, floor, now, self.limits)
+
     def _cycle(self, report: CycleReport) -> None:
-        now = self.now()
+        now = self.trusted_now(self.now(), report)
         # Fails closed: an expired timestamp or root raises MetadataError here,
         # and nothing but metadata requests has been sent.
         trust = self.refresh_trust(now, report)

@@ -53,7 +53,7 @@ def kind_of(method: str, path: str) -> Kind | None:
     """The kind of a request by its path; None for what is never turned away."""
     if path in ("/healthz", "/readyz"):
         return None
-    if path.startswith(("/tuf/", "/v1/recover")):
+    if path.startswith(("/tuf/", "/v1/recover", "/v1/time")):
         return Kind.TRUST
     if path.startswith("/v1/device/") or path == "/.well-known/est/simplereenroll":
         return Kind.DEVICE

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from homing import __version__
 from homing.errors import HomingError
-from homing.server import admin_api, device_api, est, metadata, readiness, recovery
+from homing.server import admin_api, device_api, est, metadata, readiness, recovery, time_api
 from homing.server import web as fleet_view
 from homing.server.admission import ADMISSION, Admission, kind_of
 from homing.server.availability import DatabaseAvailability
@@ -228,6 +228,7 @@ def build_app(state: ServerState) -> web.Application:
             *est.routes(state),
             *device_api.routes(state, writer),
             *recovery.routes(state),
+            *time_api.routes(state),
             *admin_api.routes(state),
             *fleet_view.routes(state),
         ]

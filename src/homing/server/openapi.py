@@ -178,6 +178,17 @@ _SCHEMAS: dict[str, Any] = {
         },
         ("csrf",),
     ),
+    "TimeAnswer": _object(
+        {
+            "payload": {"type": "string", "description": "base64 of {nonce, time}"},
+            "payloadType": {"type": "string", "enum": ["application/vnd.homing.time+json"]},
+            "signatures": {
+                "type": "array",
+                "items": _object({"keyid": _STRING, "sig": _STRING}, ("keyid", "sig")),
+            },
+        },
+        ("payload", "payloadType", "signatures"),
+    ),
     "FactoryCreate": _object({"name": _NAME}, ("name",)),
     "TokenCreate": _object(
         {"name": _NAME, "role": {"type": "string", "enum": ["read-only", "operator"]}},
@@ -337,6 +348,23 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "recorded",
                 security=_DEVICE,
                 body="UpdateProgress",
+            )
+        },
+        "/v1/time": {
+            "get": _operation(
+                "The home's time with the caller's nonce, in a DSSE envelope signed by the "
+                "online timestamp key its TUF root names (no credential: it authenticates "
+                "itself)",
+                "signed time",
+                answer="TimeAnswer",
+                params=[
+                    {
+                        "name": "nonce",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    }
+                ],
             )
         },
         "/v1/recover/challenge": {

@@ -1,0 +1,122 @@
+"""When the device's clock is in doubt, and the time it asks its home for.
+
+The agent works at its wall clock, never below its secure time floor. Three
+readings make the clock doubtful (docs/adr/0009-trusted-time.md):
+
+- **behind the floor**: a dead RTC reads 1970, or the clock was set back;
+- **past every expiry the device holds**: no root or targets metadata it has
+  verified is still valid, which a device that was merely offline cannot
+  reach in a normal life (roots live years), but a clock years ahead does;
+- **jumped**: within one boot, wall time moved away from the monotonic
+  clock by more than ``JUMP_TOLERANCE`` since the last cycle.
+
+Then the agent asks home (``homing.trust.time_answer``): one request with a
+fresh nonce, over the unpinned bootstrap channel (the answer authenticates
+itself; the doubtful clock cannot judge a TLS certificate). The answer
+becomes the cycle's time; it is never persisted as a floor by itself, so a
+forged "far future" answer cannot lock a device out for good.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import Metadata, Root, Targets
+from tuf.api.serialization import DeserializationError
+
+from homing.agent.fetcher import HTTPSFetcher
+from homing.config import Limits
+from homing.errors import MetadataError, TransportError
+from homing.trust.time_answer import MAX_ANSWER_BYTES, new_nonce, verify_time
+
+__all__ = ["JUMP_TOLERANCE", "ask_home", "boot_marks", "doubt", "latest_expiry", "trusted_root"]
+
+JUMP_TOLERANCE = timedelta(minutes=5)
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_marks() -> dict[str, Any]:
+    """What the next cycle compares against: this boot, and its monotonic clock."""
+    try:
+        boot = _BOOT_ID.read_text().strip()
+    except OSError:
+        boot = ""
+    return {"boot_id": boot, "monotonic": time.monotonic()}
+
+
+def latest_expiry(trust_dir: Path) -> datetime | None:
+    """The latest expiry among the root and targets metadata this device verified."""
+    found: list[datetime] = []
+    for name, kind in (("root.json", Root), ("targets.json", Targets)):
+        try:
+            found.append(Metadata[kind].from_bytes((trust_dir / name).read_bytes()).signed.expires)  # type: ignore[valid-type]
+        except (OSError, DeserializationError):
+            continue  # an unreadable file is no evidence either way
+    return max(found) if found else None
+
+
+def _jumped(clock: datetime, last_run: dict[str, Any] | None) -> bool:
+    if not last_run or not last_run.get("boot_id") or "monotonic" not in last_run:
+        return False
+    if last_run["boot_id"] != boot_marks()["boot_id"]:
+        return False  # another boot: the monotonic clock restarted
+    try:
+        at = datetime.fromisoformat(str(last_run["at"]))
+        expected = at + timedelta(seconds=time.monotonic() - float(last_run["monotonic"]))
+    except (KeyError, ValueError, TypeError):
+        return False
+    return abs(clock - expected) > JUMP_TOLERANCE
+
+
+def doubt(
+    clock: datetime, floor: datetime, trust_dir: Path, last_run: dict[str, Any] | None
+) -> str | None:
+    """Why the wall clock cannot be trusted for this cycle, or None."""
+    if clock < floor:
+        return f"the clock ({clock.isoformat()}) is behind the time floor ({floor.isoformat()})"
+    latest = latest_expiry(trust_dir)
+    if latest is not None and clock > latest:
+        return (
+            f"the clock ({clock.isoformat()}) is past every expiry this device holds "
+            f"(the latest: {latest.isoformat()})"
+        )
+    if _jumped(clock, last_run):
+        return "the clock jumped since the last cycle"
+    return None
+
+
+def trusted_root(trust_dir: Path) -> Root:
+    try:
+        return Metadata[Root].from_bytes((trust_dir / "root.json").read_bytes()).signed
+    except (OSError, DeserializationError) as e:
+        raise MetadataError(f"no trusted root to check a time answer with: {e}") from e
+
+
+def ask_home(
+    url: str, root: Root, floor: datetime, now: datetime, limits: Limits | None = None
+) -> datetime:
+    """The home's time for a fresh nonce, checked against ``root``; the time now by it."""
+    nonce = new_nonce()
+    fetcher = HTTPSFetcher(None, now, limits=limits)
+    try:
+        answer = fetcher.download_bytes(f"{url}/v1/time?nonce={nonce}", MAX_ANSWER_BYTES)
+    except tuf_errors.DownloadError as e:
+        raise TransportError(f"cannot ask {url} for the time: {e}") from e
+    finally:
+        fetcher.close()
+    received = time.monotonic()
+    when = verify_time(answer, nonce, root, floor)
+    return when + timedelta(seconds=time.monotonic() - received)
+
+
+def last_run(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None

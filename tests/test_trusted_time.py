@@ -1,0 +1,202 @@
+"""Trusted time from home, against a real server: clocks years ahead and at 1970 come home;
+forged, replayed and stale answers change nothing on the device."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import ssl
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from homing import ceremonies
+from homing.agent.agent import Agent
+from homing.agent.state import DeviceState
+from homing.errors import MetadataError
+from homing.operations.provisioning import provision
+from homing.trust.signing import signer_for
+from homing.trust.time_answer import new_nonce, sign_time, verify_time
+from tests.harness import RunningServer, free_port
+
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+TEN_YEARS = timedelta(days=3653)
+
+
+def _url(server: RunningServer) -> str:
+    return f"https://127.0.0.1:{server.port}"
+
+
+def _device(server: RunningServer, tmp_path: Path, name: str) -> DeviceState:
+    return provision(
+        server.state.dd,
+        tmp_path / name,
+        datetime.now(UTC),
+        device_id=name,
+        hardware="board-a",
+        server=_url(server),
+    )
+
+
+def _agent(state: DeviceState, url: str, clock: timedelta | datetime) -> Agent:
+    def read() -> datetime:
+        return clock if isinstance(clock, datetime) else datetime.now(UTC) + clock
+
+    return Agent(state, server=url, clock=read, firmware_version="1.0.0")
+
+
+def _answer(server: RunningServer, nonce: str) -> bytes:
+    got = server.request("GET", f"/v1/time?nonce={nonce}")
+    assert got.status == 200, got.body
+    assert got.headers.get("cache-control") == "no-store"
+    return got.body
+
+
+def _rotate_everything(server: RunningServer) -> None:
+    """What a fleet meets while a device is away: every kind of rotation, online keys too."""
+    now = datetime.now(UTC)
+    dd = server.state.dd
+    ceremonies.rotate_server_cert(dd, now)
+    ceremonies.rotate_issuing_ca(dd, "server", now, force_reason="test: the device is away")
+    ceremonies.rotate_online_keys(dd, now)
+    ceremonies.rotate_root(dd, now)
+    server.settle()
+
+
+def test_a_clock_ten_years_ahead_comes_home_after_every_rotation(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    state = _device(server, tmp_path, "dev-ahead")
+    assert _agent(state, _url(server), timedelta()).run_once().checked_in
+    _rotate_everything(server)
+    report = _agent(state, _url(server), TEN_YEARS).run_once()
+    assert report.checked_in, report
+    steps = " ".join(report.steps)
+    assert "clock in doubt: the clock" in steps
+    assert "past every expiry" in steps
+    assert "trusted time from" in steps
+    # The time floor moved with the true time, not with the wrong clock.
+    floor = state.time_floor()
+    assert floor is not None
+    assert floor < datetime.now(UTC) + timedelta(days=1)
+    # It walked the root chain to today's keys (the online keys rotated too).
+    assert report.trust["root"] == server.state.dd.repository(server.state.settings).root_version()
+    assert report.trust["root"] >= 3
+
+
+def test_a_dead_clock_at_1970_uses_home_time_not_its_floor(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    state = _device(server, tmp_path, "dev-dead")
+    assert _agent(state, _url(server), timedelta()).run_once().checked_in
+    _rotate_everything(server)
+    report = _agent(state, _url(server), datetime(1970, 1, 1, tzinfo=UTC)).run_once()
+    assert report.checked_in, report
+    assert "is behind the time floor" in " ".join(report.steps)
+    assert "trusted time from" in " ".join(report.steps)
+
+
+def test_a_good_clock_costs_no_time_request(server: RunningServer, tmp_path: Path) -> None:
+    state = _device(server, tmp_path, "dev-good")
+    for _ in range(2):
+        report = _agent(state, _url(server), timedelta()).run_once()
+        assert report.checked_in, report
+        assert not [s for s in report.steps if "time" in s and "trust" not in s], report.steps
+
+
+def test_forged_replayed_and_stale_answers_are_refused(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    root = server.state.dd.repository(server.state.settings).root().signed
+    nonce = new_nonce()
+    good = _answer(server, nonce)
+    assert verify_time(good, nonce, root) <= datetime.now(UTC) + timedelta(seconds=5)
+    # Replayed: an answer to another request.
+    with pytest.raises(MetadataError, match="its nonce differs"):
+        verify_time(good, new_nonce(), root)
+    # Signed by a key the root does not name for the timestamp role.
+    thief = signer_for(ec.generate_private_key(ec.SECP256R1()))
+    forged = json.dumps(sign_time(thief, nonce, datetime.now(UTC))).encode()
+    with pytest.raises(MetadataError, match="not signed by the timestamp keys"):
+        verify_time(forged, nonce, root)
+    # A true signature over a payload someone altered.
+    doc = json.loads(good)
+    doc["payload"] = doc["payload"][:-4] + ("AAAA" if doc["payload"][-4:] != "AAAA" else "BBBB")
+    with pytest.raises(MetadataError):
+        verify_time(json.dumps(doc).encode(), nonce, root)
+    # A genuine answer below the device's floor (the home's clock set back).
+    server.clock.advance(timedelta(days=-2))
+    stale_nonce = new_nonce()
+    stale = _answer(server, stale_nonce)
+    with pytest.raises(MetadataError, match="below this device's time floor"):
+        verify_time(stale, stale_nonce, root, floor=datetime.now(UTC) - timedelta(hours=1))
+    # Garbage of every shape.
+    for junk in (b"", b"[]", b"{}", b"x" * 5000, b'{"payload": 1}'):
+        with pytest.raises(MetadataError):
+            verify_time(junk, nonce, root)
+
+
+def test_the_endpoint_refuses_a_bad_nonce(server: RunningServer) -> None:
+    for query in ("", "?nonce=abc", "?nonce=" + "G" * 64, "?nonce=" + "A" * 64):
+        got = server.request("GET", f"/v1/time{query}")
+        assert got.status == 400, (query, got.body)
+        assert "'nonce' must be" in got.body.decode()
+
+
+@pytest.fixture
+def forger(server: RunningServer, tmp_path: Path) -> Iterator[str]:
+    """A TLS server in the device's path that answers time requests with a forged signature."""
+    thief = signer_for(ec.generate_private_key(ec.SECP256R1()))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/v1/time?nonce="):
+                nonce = self.path.split("=", 1)[1]
+                body = json.dumps(sign_time(thief, nonce, datetime.now(UTC))).encode()
+                self.send_response(200)
+            else:
+                body = b"{}"
+                self.send_response(404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    port = free_port()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    pki = server.data / "pki"
+    # Any certificate will do: the device's bootstrap channel checks none, and
+    # the forged answer must fail on its signature alone.
+    context.load_cert_chain(pki / "server-chain.pem", server.state.tls_key_path)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_forged_time_answer_changes_nothing_on_the_device(
+    server: RunningServer, forger: str, tmp_path: Path
+) -> None:
+    state = _device(server, tmp_path, "dev-mitm")
+    assert _agent(state, _url(server), timedelta()).run_once().checked_in
+    floor = state.time_floor()
+    root_before = (state.trust_dir / "root.json").read_bytes()
+    report = _agent(state, forger, TEN_YEARS).run_once()
+    assert not report.checked_in
+    assert "not signed by the timestamp keys" in " ".join(report.steps)
+    assert state.time_floor() == floor
+    assert (state.trust_dir / "root.json").read_bytes() == root_before
+    # And the true home still brings the same device back.
+    assert _agent(state, _url(server), TEN_YEARS).run_once().checked_in
