@@ -504,6 +504,17 @@ CASES: dict[str, Case] = {
         lambda s: ["factory", "block", "../etc", *_d(s)],
         "invalid device id",
     ),
+    "clock status": Case(
+        lambda s: ["clock", "status", *_d(s)],
+        lambda s: ["clock", "status", "--db", "postgresql://nobody@127.0.0.1:1/none", *_d(s)],
+        "cannot reach or migrate the database",
+        "the server may sign at this time",
+    ),
+    "clock confirm": Case(
+        "tests/test_clock_guard.py::test_clock_commands_from_outside",
+        lambda s: ["clock", "confirm", "--reason", "x", "--data", NOWHERE],
+        "no homing data directory",
+    ),
     "factory add-manufacturer": Case(
         "tests/test_idevid_enrollment.py::test_an_idevid_enrolls_over_est_with_curl_and_no_secret",
         lambda s: ["factory", "add-manufacturer", "mfr", "--ca", _garbage(s), *_d(s)],

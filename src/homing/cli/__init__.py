@@ -15,12 +15,14 @@ ceremonies and ``homing.operations`` do.
 - ``acme``: a public-CA server certificate
 - ``ceremony``: sign-then-combine threshold ceremonies
 - ``replicas``: the shared site, replicas, backup and restore
+- ``clock``: the home's own clock, guarded
 """
 
 from homing.cli import (
     acme,
     agent,
     ceremony,
+    clock,
     factories,
     fleet,
     operators,
@@ -36,6 +38,7 @@ __all__ = [
     "agent",
     "ceremony",
     "cli",
+    "clock",
     "factories",
     "fleet",
     "main",

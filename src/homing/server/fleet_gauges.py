@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from homing.operations.clock import clock_doubt
 from homing.operations.overview import FleetOverview, fleet_overview
 from homing.site import DataDir
 from homing.store import Database
@@ -40,6 +41,20 @@ class _AuditCollector(Collector):
         for kind, device_ids in sorted(self.found.items()):
             gauge.add_metric([kind], len(device_ids))
         yield gauge
+
+
+class _ClockCollector(Collector):
+    """Whether the server's clock is believable enough to sign at (homing.operations.clock)."""
+
+    def __init__(self, doubt: str | None) -> None:
+        self.doubt = doubt
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "homing_clock_in_doubt",
+            "1 when the server's clock is in doubt and it signs nothing (homing clock status)",
+            value=1 if self.doubt else 0,
+        )
 
 
 class _OverviewCollector(Collector):
@@ -168,6 +183,7 @@ class FleetGauges:
         registry = CollectorRegistry()
         registry.register(_OverviewCollector(fleet_overview(self.dd, self.db, now)))
         registry.register(_AuditCollector(self._findings(now)))
+        registry.register(_ClockCollector(clock_doubt(self.db, now)))
         body = generate_latest(registry)
         self._cached = (time.monotonic(), body)
         return body

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 ACTOR = "server:maintenance"
 
 
+# How far in the future something this server made may start before it is
+# taken for a clock accident and replaced (homing.operations.clock).
+FUTURE_SLACK = timedelta(minutes=5)
+
 # Check-in rows deleted per transaction when pruning.
 PRUNE_BATCH = 5000
 
@@ -67,10 +71,18 @@ def maintain(
 
 
 def _renew_own_certificate(dd: DataDir, settings: Settings, now: datetime) -> list[str]:
-    """At two thirds of its lifetime, or once its issuer is no longer the active server CA."""
+    """At two thirds of its lifetime, once its issuer is no longer the active server CA,
+    or when it is not valid yet (made while the clock was ahead: devices refuse it)."""
     leaf = dd.certificates("server-chain.pem")[0]
     lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
     due = now >= leaf.not_valid_before_utc + lifetime * 2 / 3
+    if leaf.not_valid_before_utc > now + FUTURE_SLACK:
+        log.warning(
+            "the server certificate is valid only from %s (made while the clock was ahead): "
+            "replacing it",
+            leaf.not_valid_before_utc.isoformat(),
+        )
+        due = True
     if not due and settings.serving == "private":
         try:
             leaf.verify_directly_issued_by(dd.certificate("server-ca.pem"))
@@ -95,11 +107,36 @@ def _renew_own_certificate(dd: DataDir, settings: Settings, now: datetime) -> li
     return [f"server certificate {new.serial_number:x}"]
 
 
+def _online_roles_signed_in_future(dd: DataDir, now: datetime) -> bool:
+    """Whether the newest online signature was dated after ``now`` (the clock was ahead).
+
+    Its expiry alone cannot tell: an operator may sign a long timestamp on
+    purpose (``timestamp refresh --expires-in``) before planned downtime.
+    """
+    from sqlalchemy import select
+
+    from homing.store.schema import audit_log
+
+    with dd.database().engine.connect() as conn:
+        at = conn.execute(
+            select(audit_log.c.at)
+            .where(audit_log.c.action.in_(("refresh_timestamp", "refresh_snapshot")))
+            .order_by(audit_log.c.id.desc())
+            .limit(1)
+        ).scalar()
+    return at is not None and at > now + FUTURE_SLACK
+
+
 def _sign_online_roles(dd: DataDir, settings: Settings, now: datetime) -> list[str]:
-    """Re-sign the snapshot (and so the timestamp), or the timestamp, at half their lifetime."""
+    """Re-sign the snapshot (and so the timestamp), or the timestamp, at half their lifetime,
+    or at once when they were signed at a time still ahead (a clock accident: they would
+    live too long, a stolen copy with them)."""
     repo = dd.repository(settings)
     expiries = settings.expiries
-    if repo.snapshot().signed.expires - now < expiries.snapshot / 2:
+    future = _online_roles_signed_in_future(dd, now)
+    if future:
+        log.warning("the online roles were signed at a time still ahead: re-signing them now")
+    if future or repo.snapshot().signed.expires - now < expiries.snapshot / 2:
         return [f"snapshot v{ceremonies.refresh_snapshot(dd, now, actor=ACTOR)}"]
     if repo.timestamp().signed.expires - now < expiries.timestamp / 2:
         return [f"timestamp v{ceremonies.refresh_timestamp(dd, now, actor=ACTOR)}"]
@@ -121,6 +158,8 @@ def _tend(dd: DataDir, now: datetime, checkin_retention: timedelta | None) -> li
         crl = x509.load_pem_x509_crl(crl_path.read_bytes())
         next_update = crl.next_update_utc
         due = next_update is None or next_update - now < (next_update - crl.last_update_utc) / 2
+        # Dated in the future (the clock was ahead): a verifier at the true time refuses it.
+        due = due or crl.last_update_utc > now + FUTURE_SLACK
     if due:
         ceremonies.write_crl(dd, "device", now)
         done.append("device CRL")

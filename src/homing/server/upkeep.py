@@ -16,6 +16,7 @@ import socket
 from datetime import datetime, timedelta
 
 from homing.ceremonies.replicas import missing_online_keys
+from homing.operations.clock import clock_doubt
 from homing.server.maintenance import ACTOR, maintain
 from homing.server.signer import SignerLease
 from homing.site import DataDir, shared
@@ -40,8 +41,14 @@ def replica_name(dd: DataDir) -> str:
 
 
 class Upkeep:
-    def __init__(self, dd: DataDir, checkin_retention: timedelta | None) -> None:
+    def __init__(
+        self, dd: DataDir, checkin_retention: timedelta | None, *, guard_clock: bool = True
+    ) -> None:
+        """``guard_clock``: sign only at a believable time (homing.operations.clock);
+        off only for tests that move time by hand."""
         self.dd = dd
+        self.guard_clock = guard_clock
+        self._doubt: str | None = None
         self.checkin_retention = checkin_retention
         self.db = dd.database()
         self.shared = self.db.dialect == "postgresql"
@@ -76,7 +83,21 @@ class Upkeep:
                 )
         return not any(n.startswith(("timestamp-", "snapshot-")) for n in missing)
 
+    def clock_doubt(self, now: datetime) -> str | None:
+        """Why nothing may be signed at ``now`` (logged once when it starts and ends)."""
+        why = clock_doubt(self.db, now) if self.guard_clock else None
+        if why is not None and self._doubt is None:
+            log.error("signing nothing: %s", why)
+        elif why is None and self._doubt is not None:
+            log.warning("the clock is believable again: signing resumes")
+        self._doubt = why
+        return why
+
     def maintain(self, now: datetime) -> list[str]:
+        if self.clock_doubt(now) is not None:
+            self.follow()
+            self.lease.release()
+            return []
         if not self.shared:
             return maintain(self.dd, now, checkin_retention=self.checkin_retention)
         self.follow()

@@ -1,0 +1,120 @@
+"""The home guards its own clock: a year ahead and back, a year back; what a wrong clock made
+is replaced by itself once the clock is right, and devices with true clocks come back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from homing.agent.agent import Agent
+from homing.operations import clock
+from homing.operations.provisioning import provision
+from homing.server.maintenance import maintain
+from homing.server.upkeep import Upkeep
+from homing.site import DataDir
+from tests.harness import RunningServer, assert_one_error, run_homing
+
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+YEAR = timedelta(days=365)
+
+
+def _signed(dd: DataDir) -> tuple[int, int, str]:
+    """What the server has signed: timestamp version, server certificate serial, CRL bytes."""
+    repo = dd.repository(dd.settings())
+    leaf = dd.certificates("server-chain.pem")[0]
+    crl = dd.pki_path("device-ca.crl.pem")
+    return (
+        repo.timestamp().signed.version,
+        leaf.serial_number,
+        crl.read_text() if crl.exists() else "",
+    )
+
+
+def test_a_year_ahead_or_back_signs_nothing_until_the_clock_is_right_or_confirmed(
+    server: RunningServer,
+) -> None:
+    dd = server.state.dd
+    upkeep = Upkeep(dd, None)
+    start = datetime.now(UTC)
+    try:
+        # A normal pass: the timestamp is due after half its day.
+        assert any("timestamp" in done for done in upkeep.maintain(start + timedelta(hours=13)))
+        before = _signed(dd)
+        # The clock jumps a year ahead: nothing is signed, renewed or re-issued.
+        assert upkeep.maintain(start + YEAR) == []
+        assert upkeep.clock_doubt(start + YEAR) is not None
+        assert _signed(dd) == before
+        # Back to the true time: signing resumes where it was.
+        done = upkeep.maintain(start + timedelta(hours=26))
+        assert any("timestamp" in item for item in done), done
+        before = _signed(dd)
+        # A year back (an RTC reset): refused too, until an operator confirms.
+        year_back = start - YEAR
+        assert upkeep.maintain(year_back) == []
+        assert _signed(dd) == before
+        status = clock.clock_status(dd.database(), year_back)
+        assert "before the last signing" in (status["doubt"] or "")
+        overridden = clock.confirm_clock(dd.database(), "cli:ops", year_back, "RTC replaced")
+        assert overridden is not None
+        assert upkeep.clock_doubt(year_back) is None
+    finally:
+        upkeep.close()
+
+
+def test_what_a_wrong_clock_made_is_replaced_once_it_is_right(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """The accident the guard prevents, had it happened anyway (an older server, or the
+    guard overridden): a server certificate valid only from next year, a CRL dated then,
+    online roles signed then. The next pass at the true time replaces all of it."""
+    dd = server.state.dd
+    device = provision(
+        dd, tmp_path / "dev", datetime.now(UTC), device_id="dev-1", hardware="board-a",
+        server=f"https://127.0.0.1:{server.port}",
+    )  # fmt: skip
+    agent = Agent(device, server=f"https://127.0.0.1:{server.port}", firmware_version="1.0.0")
+    assert agent.run_once().checked_in
+    ahead = datetime.now(UTC) + YEAR
+    maintain(dd, ahead)
+    server.settle()
+    leaf = dd.certificates("server-chain.pem")[0]
+    assert leaf.not_valid_before_utc > datetime.now(UTC) + timedelta(days=300)
+    refused = agent.run_once()
+    assert not refused.checked_in  # a true clock refuses next year's certificate
+    now = datetime.now(UTC)
+    done = maintain(dd, now)
+    server.settle()
+    assert any("server certificate" in item for item in done), done
+    assert any("snapshot" in item for item in done), done
+    assert "device CRL" in done
+    leaf = dd.certificates("server-chain.pem")[0]
+    assert leaf.not_valid_before_utc <= now
+    crl = x509.load_pem_x509_crl(dd.pki_path("device-ca.crl.pem").read_bytes())
+    assert crl.last_update_utc <= now
+    timestamp = dd.repository(dd.settings()).timestamp().signed
+    assert timestamp.expires <= now + dd.settings().expiries.timestamp + timedelta(minutes=1)
+    assert agent.run_once().checked_in
+    # And the next pass has nothing left to replace.
+    assert maintain(dd, now + timedelta(minutes=1)) == []
+
+
+def test_clock_commands_from_outside(server: RunningServer) -> None:
+    site = ["--data", str(server.data), "--db", server.config.db_url]
+    status = run_homing("clock", "status", *site)
+    assert status.returncode == 0, status.stderr
+    assert "the server may sign at this time" in status.stdout
+    confirmed = run_homing("clock", "confirm", "--reason", "checked against GPS", *site)
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert "confirmed" in confirmed.stdout
+    missing = run_homing("clock", "confirm", *site)
+    assert missing.returncode == 2
+    assert "--reason" in missing.stderr
+    assert_one_error(
+        run_homing("clock", "status", "--db", "postgresql://nobody@127.0.0.1:1/none",
+                   "--data", str(server.data)),
+        "cannot reach or migrate the database",
+    )  # fmt: skip
