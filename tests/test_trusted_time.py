@@ -200,3 +200,68 @@ def test_a_forged_time_answer_changes_nothing_on_the_device(
     assert (state.trust_dir / "root.json").read_bytes() == root_before
     # And the true home still brings the same device back.
     assert _agent(state, _url(server), TEN_YEARS).run_once().checked_in
+
+
+def test_a_frozen_dead_clock_device_talks_to_no_one_who_cannot_give_it_the_time(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """The freeze attack on a dead RTC: a thief holds the server-issuing CA key (not the
+    online timestamp key) and a copy of the site's metadata from the day the device last
+    came home. Working at its floor, the device would take that metadata as current and
+    the thief's certificate as the home's. In doubt and without a signed time, it sends
+    nothing but metadata and time requests: its exposure is no check-in at all."""
+    import shutil
+
+    from sqlalchemy import func, select
+
+    from homing.store.schema import checkins
+    from tests.harness import Clock
+
+    state = _device(server, tmp_path, "dev-frozen")
+    assert _agent(state, _url(server), timedelta()).run_once().checked_in
+    # The thief's copy, taken now: the site's files and database, less the online keys.
+    stolen = tmp_path / "stolen"
+    shutil.copytree(server.data, stolen)
+    for key in stolen.glob("keys/timestamp-*"):
+        key.unlink()
+    db_file = Path(server.config.db_url.removeprefix("sqlite:///"))
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{db_file}{suffix}").exists():
+            shutil.copy(f"{db_file}{suffix}", tmp_path / f"stolen.db{suffix}")
+    ceremonies.rotate_server_cert(stolen, datetime.now(UTC))  # minted with the stolen CA key
+    thief = RunningServer(stolen, f"sqlite:///{tmp_path / 'stolen.db'}", Clock()).start()
+    dead = datetime(1970, 1, 1, tzinfo=UTC)
+    thief_url = f"https://127.0.0.1:{thief.port}"
+
+    def reached_thief() -> int:
+        with thief.state.db.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(checkins)
+                    .where(checkins.c.device_id == "dev-frozen")
+                ).scalar_one()
+            )
+
+    try:
+        # The impostor works: a device with a true clock, today, takes it for home
+        # (the thief's copy is as fresh as the real site's until its timestamp expires).
+        before = reached_thief()
+        assert _agent(state, thief_url, timedelta()).run_once().checked_in
+        assert reached_thief() == before + 1
+        # The real site moves on, and the device's RTC dies.
+        ceremonies.rotate_server_cert(server.state.dd, datetime.now(UTC))
+        ceremonies.refresh_snapshot(server.state.dd, datetime.now(UTC))
+        server.settle()
+        floor = state.time_floor()
+        report = _agent(state, thief_url, dead).run_once()
+        assert not report.checked_in
+        assert "no home answered with a signed time" in (report.error or "")
+        assert "/v1/time" in " ".join(report.steps)  # asked, and the thief could not answer
+        assert reached_thief() == before + 1  # nothing more reached the thief
+        assert state.time_floor() == floor
+    finally:
+        thief.stop()
+    # Back on the true home, the same dead clock gets the time and checks in.
+    report = _agent(state, _url(server), dead).run_once()
+    assert report.checked_in, report

@@ -96,6 +96,12 @@ class MetadataExpiredError(MetadataError):
     """Metadata verified but is past its expiry: a freeze attack, or a lapse to renew."""
 
 
+class UntrustedTimeError(TrustError):
+    """The device's clock is in doubt and no home answered with a signed time: it fails
+    closed (only metadata and time requests) instead of trusting a time an attacker can
+    freeze."""
+
+
 class CeremonyError(TrustError):
     """A trust ceremony cannot be carried out as requested."""
 

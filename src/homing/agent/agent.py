@@ -50,6 +50,7 @@ from homing.errors import (
     RefusedError,
     RevokedError,
     TransportError,
+    UntrustedTimeError,
 )
 from homing.pki.profiles import device_csr
 from homing.pki.proof import sign_recovery_proof
@@ -89,6 +90,8 @@ class Agent:
         self.retry_after: float | None = None
         # The clock read behind the time floor at the last ``now()``.
         self.clock_behind_floor = False
+        # Why this cycle's clock is in doubt, when no trusted time came (trusted_now).
+        self.untrusted_time: str | None = None
 
     def _https(self, policy: PinPolicy | None, now: datetime) -> HTTPSFetcher:
         return HTTPSFetcher(policy, now, limits=self.limits)
@@ -373,9 +376,13 @@ class Agent:
     def trusted_now(self, now: datetime, report: CycleReport) -> datetime:
         """``now``, or the time from home when the clock is in doubt (homing.agent.trusted_time).
 
-        Without an answer (home unreachable, or a server without trusted
-        time) the cycle goes on at ``now``, as it would have.
+        Without an answer (home unreachable, an attacker in the path, a
+        server without trusted time) the cycle goes on at ``now`` for trust
+        metadata only: ``untrusted_time`` says so and the cycle stops before
+        it talks to anyone (ADR 0009: a frozen dead-RTC device is exposed
+        for no cycle).
         """
+        self.untrusted_time = None
         why = trusted_time.doubt(
             self.clock(),
             self.floor(),
@@ -395,8 +402,10 @@ class Agent:
             report.steps.append(f"trusted time from {url}: {trusted.isoformat()}")
             self.clock_behind_floor = False
             return trusted
-        log.warning("no trusted time (%s); working at %s", "; ".join(errors), now.isoformat())
-        report.steps.append(f"no trusted time: {'; '.join(errors) or 'no server known'}")
+        detail = "; ".join(errors) or "no server known"
+        log.warning("no trusted time (%s); metadata only, at %s", detail, now.isoformat())
+        report.steps.append(f"no trusted time: {detail}")
+        self.untrusted_time = why
         return now
 
     def _ask_time(self, url: str, now: datetime) -> datetime:
@@ -424,6 +433,11 @@ class Agent:
         # Fails closed: an expired timestamp or root raises MetadataError here,
         # and nothing but metadata requests has been sent.
         trust = self.refresh_trust(now, report)
+        if self.untrusted_time is not None:
+            raise UntrustedTimeError(
+                f"{self.untrusted_time}, and no home answered with a signed time: sending "
+                "nothing but metadata and time requests until one does"
+            )
         self.converse(self.client(trust.pin_policy, now), report)
 
     def converse(self, client: HomeClient, report: CycleReport) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 from securesystemslib.signer import Signer
 
+from homing.errors import KeyStoreError
 from homing.server.errors import HTTPProblem
 from homing.server.state import ServerState
 from homing.trust.signing import signer_for
@@ -35,7 +36,13 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         nonce = request.query.get("nonce", "")
         if not valid_nonce(nonce):
             raise HTTPProblem(400, "bad_request", "'nonce' must be 64 lowercase hex digits")
-        answer = await state.run(lambda: sign_time(signer(), nonce, state.now()))
+        try:
+            answer = await state.run(lambda: sign_time(signer(), nonce, state.now()))
+        except KeyStoreError as e:
+            # A replica without the online keys (homing replica import-keys) cannot vouch.
+            raise HTTPProblem(
+                503, "time_unavailable", f"this server cannot sign the time: {e}"
+            ) from e
         return web.json_response(answer, headers={"Cache-Control": "no-store"})
 
     return [web.get("/v1/time", time_answer)]
