@@ -265,3 +265,35 @@ def test_a_frozen_dead_clock_device_talks_to_no_one_who_cannot_give_it_the_time(
     # Back on the true home, the same dead clock gets the time and checks in.
     report = _agent(state, _url(server), dead).run_once()
     assert report.checked_in, report
+
+
+def test_a_clock_that_jumps_within_a_boot_is_in_doubt_until_it_is_right(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    state = _device(server, tmp_path, "dev-jump")
+    offset = timedelta()
+    since_boot = 1000.0
+
+    def agent() -> Agent:
+        return Agent(
+            state,
+            server=_url(server),
+            clock=lambda: datetime.now(UTC) + offset,
+            uptime=lambda: since_boot,
+            firmware_version="1.0.0",
+        )
+
+    assert "clock in doubt" not in " ".join(agent().run_once().steps)
+    # Ten seconds of uptime later the wall clock reads two hours on: a jump.
+    offset, since_boot = timedelta(hours=2), since_boot + 10
+    report = agent().run_once()
+    assert report.checked_in, report
+    assert "the clock jumped since the last cycle" in " ".join(report.steps)
+    # The clock stays wrong: still in doubt (the last cycle worked at the home's time).
+    since_boot += 10
+    assert "clock jumped" in " ".join(agent().run_once().steps)
+    # Set right again: no doubt once the first cycle has settled on it.
+    offset, since_boot = timedelta(), since_boot + 10
+    assert agent().run_once().checked_in
+    since_boot += 10
+    assert "clock in doubt" not in " ".join(agent().run_once().steps)

@@ -76,14 +76,19 @@ class Agent:
         limits: Limits | None = None,
         firmware_version: str | None = None,
         fetcher: Callable[[PinPolicy | None, datetime], HTTPSFetcher] | None = None,
+        uptime: Callable[[], float] | None = None,
     ) -> None:
         """``fetcher`` makes the metadata fetcher for a source (pinned or bootstrap);
-        the fleet simulator passes one that serves its simulated network."""
+        the fleet simulator passes one that serves its simulated network.
+        ``uptime``: seconds since boot, what a clock jump is judged against; by
+        default the system's, but only with the system clock (an injected clock
+        comes with its own uptime, or the jump rule is off)."""
         self._fetcher = fetcher or self._https
         self.state = state
         self.config = state.config()
         self.server_override = server or self.config.server
         self.clock = clock or (lambda: datetime.now(UTC))
+        self.uptime = uptime or (trusted_time.uptime if clock is None else None)
         self.limits = limits or Limits()
         self.firmware_version = firmware_version
         self.clock_skew: float | None = None
@@ -92,6 +97,8 @@ class Agent:
         self.clock_behind_floor = False
         # Why this cycle's clock is in doubt, when no trusted time came (trusted_now).
         self.untrusted_time: str | None = None
+        # The time the last cycle worked at (the home's, if it asked).
+        self.time_used: datetime | None = None
 
     def _https(self, policy: PinPolicy | None, now: datetime) -> HTTPSFetcher:
         return HTTPSFetcher(policy, now, limits=self.limits)
@@ -358,6 +365,7 @@ class Agent:
     def _reported(self, cycle: Callable[[CycleReport], None]) -> CycleReport:
         report = CycleReport()
         self.retry_after = None
+        self.time_used = None
         try:
             cycle(report)
         except RevokedError as e:
@@ -369,7 +377,15 @@ class Agent:
             log.warning("cycle incomplete: %s", e)
         report.retry_after = self.retry_after
         self.state.save_last_run(
-            {"at": self.clock().isoformat(), **trusted_time.boot_marks(), **report.to_json()}
+            {
+                "at": self.clock().isoformat(),
+                **(
+                    trusted_time.boot_marks(self.uptime(), self.time_used or self.clock())
+                    if self.uptime
+                    else {}
+                ),
+                **report.to_json(),
+            }
         )
         return report
 
@@ -388,6 +404,7 @@ class Agent:
             self.floor(),
             self.state.trust_dir,
             trusted_time.last_run(self.state.last_run_path),
+            self.uptime() if self.uptime else None,
         )
         if why is None:
             return now
@@ -430,6 +447,7 @@ class Agent:
 
     def _cycle(self, report: CycleReport) -> None:
         now = self.trusted_now(self.now(), report)
+        self.time_used = now
         # Fails closed: an expired timestamp or root raises MetadataError here,
         # and nothing but metadata requests has been sent.
         trust = self.refresh_trust(now, report)

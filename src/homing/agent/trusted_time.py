@@ -7,8 +7,9 @@ readings make the clock doubtful (docs/adr/0009-trusted-time.md):
 - **past every expiry the device holds**: no root or targets metadata it has
   verified is still valid, which a device that was merely offline cannot
   reach in a normal life (roots live years), but a clock years ahead does;
-- **jumped**: within one boot, wall time moved away from the monotonic
-  clock by more than ``JUMP_TOLERANCE`` since the last cycle.
+- **jumped**: within one boot, wall time moved away from the time since
+  boot (``CLOCK_BOOTTIME``, which counts suspend, so a sleepy device that
+  wakes is no jump) by more than ``JUMP_TOLERANCE`` since the last cycle.
 
 Then the agent asks home (``homing.trust.time_answer``): one request with a
 fresh nonce, over the unpinned bootstrap channel (the answer authenticates
@@ -34,19 +35,38 @@ from homing.config import Limits
 from homing.errors import MetadataError, TransportError
 from homing.trust.time_answer import MAX_ANSWER_BYTES, new_nonce, verify_time
 
-__all__ = ["JUMP_TOLERANCE", "ask_home", "boot_marks", "doubt", "latest_expiry", "trusted_root"]
+__all__ = [
+    "JUMP_TOLERANCE",
+    "ask_home",
+    "boot_id",
+    "boot_marks",
+    "doubt",
+    "latest_expiry",
+    "trusted_root",
+    "uptime",
+]
 
 JUMP_TOLERANCE = timedelta(minutes=5)
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
-def boot_marks() -> dict[str, Any]:
-    """What the next cycle compares against: this boot, and its monotonic clock."""
+def uptime() -> float:
+    """Seconds since boot, suspend included (where the platform has CLOCK_BOOTTIME)."""
+    clock = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+    return time.clock_gettime(clock)
+
+
+def boot_id() -> str:
     try:
-        boot = _BOOT_ID.read_text().strip()
+        return _BOOT_ID.read_text().strip()
     except OSError:
-        boot = ""
-    return {"boot_id": boot, "monotonic": time.monotonic()}
+        return ""
+
+
+def boot_marks(since_boot: float, used: datetime) -> dict[str, Any]:
+    """What the next cycle compares against: this boot, the time since it, and the time
+    this cycle used (the home's, when it asked: a clock still wrong stays in doubt)."""
+    return {"boot_id": boot_id(), "uptime": since_boot, "time_used": used.isoformat()}
 
 
 def latest_expiry(trust_dir: Path) -> datetime | None:
@@ -60,23 +80,31 @@ def latest_expiry(trust_dir: Path) -> datetime | None:
     return max(found) if found else None
 
 
-def _jumped(clock: datetime, last_run: dict[str, Any] | None) -> bool:
-    if not last_run or not last_run.get("boot_id") or "monotonic" not in last_run:
+def _jumped(clock: datetime, since_boot: float | None, last_run: dict[str, Any] | None) -> bool:
+    if since_boot is None or not last_run or not last_run.get("boot_id"):
         return False
-    if last_run["boot_id"] != boot_marks()["boot_id"]:
-        return False  # another boot: the monotonic clock restarted
+    if last_run["boot_id"] != boot_id():
+        return False  # another boot: the time since boot restarted
     try:
-        at = datetime.fromisoformat(str(last_run["at"]))
-        expected = at + timedelta(seconds=time.monotonic() - float(last_run["monotonic"]))
+        at = datetime.fromisoformat(str(last_run["time_used"]))
+        expected = at + timedelta(seconds=since_boot - float(last_run["uptime"]))
     except (KeyError, ValueError, TypeError):
         return False
     return abs(clock - expected) > JUMP_TOLERANCE
 
 
 def doubt(
-    clock: datetime, floor: datetime, trust_dir: Path, last_run: dict[str, Any] | None
+    clock: datetime,
+    floor: datetime,
+    trust_dir: Path,
+    last_run: dict[str, Any] | None,
+    since_boot: float | None = None,
 ) -> str | None:
-    """Why the wall clock cannot be trusted for this cycle, or None."""
+    """Why the wall clock cannot be trusted for this cycle, or None.
+
+    ``since_boot``: this boot's uptime now, for the jump rule (None: no such
+    clock to compare with, as for a simulated device on an injected clock).
+    """
     if clock < floor:
         return f"the clock ({clock.isoformat()}) is behind the time floor ({floor.isoformat()})"
     latest = latest_expiry(trust_dir)
@@ -85,7 +113,7 @@ def doubt(
             f"the clock ({clock.isoformat()}) is past every expiry this device holds "
             f"(the latest: {latest.isoformat()})"
         )
-    if _jumped(clock, last_run):
+    if _jumped(clock, since_boot, last_run):
         return "the clock jumped since the last cycle"
     return None
 
