@@ -19,6 +19,7 @@ from benchmarks import (
     bench_root_walk,
     bench_simulate,
     bench_storm,
+    bench_trusted_time,
 )
 
 
@@ -41,6 +42,7 @@ def main() -> None:
         "replicas": bench_replicas.run(quick=args.quick),
         "storm": bench_storm.run(quick=args.quick),
         "revocation": bench_revocation.run(quick=args.quick),
+        "trusted_time": bench_trusted_time.run(quick=args.quick),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -33,6 +33,7 @@ from homing.fleet.strategy_base import (
     Situation,
     Step,
     Strategy,
+    days,
 )
 from homing.fleet.world import (
     FIRMWARE_HARDWARE,
@@ -328,26 +329,41 @@ class Homing(Strategy):
     def factory(self, tick: int) -> Hashable:
         return self._state_at(tick)
 
+    def in_doubt(self, state: int, clock: datetime) -> bool:
+        """The agent's rule (homing.agent.trusted_time): a clock behind the time floor of
+        what the device holds, or past every expiry it holds, is not used."""
+        self._device_dir(state)
+        root_expires, targets_expires = self._expiries[state]
+        return clock < tick_time(self._state(state).tick) or clock > max(
+            root_expires, targets_expires
+        )
+
     def contact(self, state: Hashable, tick: int, skew: timedelta = ZERO) -> Contact:
         assert isinstance(state, int)
         current = self._state_at(tick)
+        clock = tick_time(tick) + skew
+        asked = 0
+        if skew and self.in_doubt(state, clock):
+            # In doubt, the agent asks its home for the time (one request, a
+            # nonce, an answer signed by the timestamp key its root names) and
+            # works at the true time from then on.
+            skew, clock, asked = ZERO, tick_time(tick), 1
         # The agent's time: its clock, raised to its time floor when behind it.
         floor = tick_time(self._state(state).tick)
-        clock = tick_time(tick) + skew
         behind = clock < floor
         now = floor if behind else clock
         expired = self._still_valid(current, now)
         if expired is not None:
             if skew and self._still_valid(current, tick_time(tick)) is None:
                 expired = Cause.CLOCK_WRONG
-            return Contact(state, CUT_OFF, 2, expired)
+            return Contact(state, CUT_OFF, 2 + asked, expired)
         walk = self._walk(state, current, skew)
         if walk.trust is None:
             cause = Cause.TRUST_REFRESH_REFUSED
             if skew and self._walk(state, current).trust is not None:
                 cause = Cause.CLOCK_WRONG
-            return Contact(state, CUT_OFF, walk.requests, cause, detail=walk.error)
-        requests = walk.requests + 1  # and the check-in
+            return Contact(state, CUT_OFF, walk.requests + asked, cause, detail=walk.error)
+        requests = walk.requests + 1 + asked  # and the check-in (and the time)
         # Before the check-in: the pinned connection's rule with the pins just verified.
         served = self._served(tick)
         if not self._pinned_ok(current, served, now, behind):
@@ -385,6 +401,16 @@ class Homing(Strategy):
                 )
             self._replay_expires[c.what] = expires
         return self._replay_expires[c.what]
+
+    def exposed_until(self, state: Hashable, skew: timedelta, c: Compromise) -> float:
+        """Judged at the time the agent uses. A clock in doubt asks home for the time; the
+        thief, who holds no timestamp key, cannot answer, and the agent talks to no one
+        without it (ADR 0009): such a device is not exposed. Any other clock is its own."""
+        assert isinstance(state, int)
+        start = tick_time(c.tick)
+        if skew and self.in_doubt(state, start + skew):
+            return days(start)
+        return super().exposed_until(state, skew, c)
 
     def accepts_stolen(self, state: Hashable, moment: datetime, c: Compromise) -> bool:
         assert isinstance(state, int)
