@@ -171,6 +171,7 @@ def client_context(
     cert_file: Path | None = None,
     key_file: Path | None = None,
     key_password: bytes | None = None,
+    context_class: type[ssl.SSLContext] = ssl.SSLContext,
 ) -> ssl.SSLContext:
     """A device-side context: TLS policy only; trust is checked after the handshake.
 
@@ -178,7 +179,7 @@ def client_context(
     chain the server presented (``homing.pki.validate``), before any request
     byte is sent, so the OpenSSL verifier is switched off here deliberately.
     """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context = context_class(ssl.PROTOCOL_TLS_CLIENT)
     _harden(context)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

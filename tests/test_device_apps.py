@@ -1,0 +1,219 @@
+"""A device application talks home through homing's trust (homing.apps), against a real
+server: it keeps working through rotations of the server certificate, the server CA, the TUF
+root and the X.509 root CA with one long-lived context, and refuses a MITM and any other
+destination."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import ssl
+import threading
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from homing import ceremonies
+from homing.agent.agent import Agent
+from homing.agent.state import DeviceState
+from homing.apps import Home
+from homing.errors import ChainError, ConfigError
+from homing.operations.provisioning import provision
+from tests.harness import RunningServer, free_port
+
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+CHECKIN = json.dumps({"firmware_version": "1.0.0"}).encode()
+JSON = {"Content-Type": "application/json"}
+
+
+def _url(server: RunningServer) -> str:
+    return f"https://127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+def device(server: RunningServer, tmp_path: Path) -> DeviceState:
+    state = provision(
+        server.state.dd, tmp_path / "dev", datetime.now(UTC), device_id="dev-app",
+        hardware="board-a", server=_url(server),
+    )  # fmt: skip
+    assert Agent(state, server=_url(server), firmware_version="1.0.0").run_once().checked_in
+    return state
+
+
+def _with_http_client(context: ssl.SSLContext, server: RunningServer) -> int:
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=30)
+    try:
+        conn.request("POST", "/v1/device/checkin", CHECKIN, JSON)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def _with_urllib(context: ssl.SSLContext, server: RunningServer) -> int:
+    request = urllib.request.Request(
+        f"{_url(server)}/v1/device/checkin", CHECKIN, JSON, method="POST"
+    )
+    with urllib.request.urlopen(request, context=context, timeout=30) as answer:
+        return int(answer.status)
+
+
+def _with_asyncio(context: ssl.SSLContext, server: RunningServer) -> bytes:
+    async def talk() -> bytes:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.port, ssl=context, server_hostname="127.0.0.1"
+        )
+        writer.write(
+            b"POST /v1/device/checkin HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(CHECKIN), CHECKIN)
+        )
+        status = await reader.readline()
+        await reader.read()
+        writer.close()
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            await writer.wait_closed()  # the server may have closed first
+        return status
+
+    return asyncio.run(talk())
+
+
+def test_an_application_keeps_talking_home_through_every_rotation(
+    server: RunningServer, device: DeviceState
+) -> None:
+    home = Home(device.root)
+    context = home.ssl_context()  # made once, used across every rotation
+    dd = server.state.dd
+    agent = Agent(device, server=_url(server), firmware_version="1.0.0")
+
+    def calls() -> None:
+        answer = home.request("POST", "/v1/device/checkin", CHECKIN, JSON)
+        assert answer.status == 200, answer.body
+        assert json.loads(answer.body)["device_id"] == "dev-app"
+        assert _with_http_client(context, server) == 200
+        assert _with_urllib(context, server) == 200
+        assert _with_asyncio(context, server).startswith(b"HTTP/1.1 200")
+
+    calls()
+    for rotate in (
+        lambda now: ceremonies.rotate_server_cert(dd, now),
+        lambda now: ceremonies.rotate_issuing_ca(dd, "server", now),
+        lambda now: ceremonies.rotate_root(dd, now),
+        lambda now: ceremonies.rotate_root_ca(dd, now),
+    ):
+        rotate(datetime.now(UTC))
+        server.settle()
+        assert agent.run_once().checked_in  # the agent follows; the application does nothing
+        calls()
+    assert (
+        home.policy.root_cas[0]
+        != x509.load_pem_x509_certificate((dd.root / "pki" / "root-ca.pem").read_bytes())
+        or len(home.policy.root_cas) >= 2
+    )
+
+
+def _foreign_certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 from a CA the device has never heard of."""
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "evil")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "evil.pem", tmp_path / "evil.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def mitm(tmp_path: Path) -> Iterator[tuple[int, list[bytes]]]:
+    """A TLS server with another CA's certificate that records whatever reaches it."""
+    import socket
+
+    cert, key = _foreign_certificate(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    port = free_port()
+    listener = socket.create_server(("127.0.0.1", port))
+    received: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except TimeoutError:
+                continue
+            try:
+                with context.wrap_socket(raw, server_side=True) as tls:
+                    tls.settimeout(5)
+                    data = tls.recv(65536)
+                    if data:
+                        received.append(data)
+            except (ssl.SSLError, OSError):
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield port, received
+    finally:
+        stop.set()
+        thread.join(10)
+        listener.close()
+
+
+def test_a_mitm_with_another_cas_certificate_gets_nothing(
+    device: DeviceState, mitm: tuple[int, list[bytes]]
+) -> None:
+    port, received = mitm
+    url = f"https://127.0.0.1:{port}"
+    home = Home(device.root, server=url)
+    with pytest.raises(ChainError, match="does not validate"):
+        home.request("POST", "/v1/device/checkin", CHECKIN, JSON)
+    context = home.ssl_context()
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+    with pytest.raises(ssl.SSLCertVerificationError, match="homing pinned check failed"):
+        conn.request("POST", "/v1/device/checkin", CHECKIN, JSON)
+    conn.close()
+    assert received == []  # not one request byte reached it
+
+
+def test_only_home_endpoints_are_destinations(device: DeviceState) -> None:
+    home = Home(device.root)
+    with pytest.raises(ConfigError, match="is not a home endpoint"):
+        home.request("GET", "/", endpoint="https://example.org")
+    with pytest.raises(ConfigError, match="must start with '/'"):
+        home.request("GET", "v1/x")
+    with pytest.raises(ConfigError, match="no verified pin policy"):
+        _ = Home(device.root.parent / "nowhere").policy
