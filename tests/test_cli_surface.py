@@ -504,6 +504,11 @@ CASES: dict[str, Case] = {
         lambda s: ["factory", "block", "../etc", *_d(s)],
         "invalid device id",
     ),
+    "agent export": Case(
+        "tests/test_device_apps.py::test_exported_trust_serves_curl_through_rotations_and_runs_the_hook",
+        lambda s: ["agent", "export", "--state", NOWHERE, "--off"],
+        "no device state",
+    ),
     "clock status": Case(
         lambda s: ["clock", "status", *_d(s)],
         lambda s: ["clock", "status", "--db", "postgresql://nobody@127.0.0.1:1/none", *_d(s)],

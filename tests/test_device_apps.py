@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import http.client
 import json
+import os
 import ssl
+import subprocess
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -217,3 +219,62 @@ def test_only_home_endpoints_are_destinations(device: DeviceState) -> None:
         home.request("GET", "v1/x")
     with pytest.raises(ConfigError, match="no verified pin policy"):
         _ = Home(device.root.parent / "nowhere").policy
+
+
+def test_exported_trust_serves_curl_through_rotations_and_runs_the_hook(
+    server: RunningServer, device: DeviceState, tmp_path: Path
+) -> None:
+    """An application that is not Python (curl) reaches home with the exported files, and
+    keeps reaching it after the server CA and the X.509 root rotate: the agent re-exports,
+    swapping the whole set at once, and runs the hook only when something changed."""
+    from tests.harness import assert_one_error, run_homing, system_tool
+
+    exported, marker = tmp_path / "trust", tmp_path / "reloads"
+    hook = f"sh -c 'echo \"$HOMING_TRUST_DIR\" >> {marker}'"
+    done = run_homing("agent", "export", "--state", str(device.root), "--dir", str(exported),
+                      "--hook", hook)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    current = exported / "current"
+    assert sorted(p.name for p in current.iterdir()) == [
+        "ca-bundle.pem", "cert.pem", "key", "pins.json",
+    ]  # fmt: skip
+    assert marker.read_text().splitlines() == [str(current)]
+    pins = json.loads((current / "pins.json").read_text())
+    assert pins["spki_sha256"] == list(Home(device.root).policy.spki_pins)
+
+    def curl() -> str:
+        key = (current / "key").read_text().strip().removeprefix("file:")
+        result = subprocess.run(
+            [
+                system_tool("curl"), "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                "--cacert", str(current / "ca-bundle.pem"), "--cert", str(current / "cert.pem"),
+                "--key", key, "-H", "Content-Type: application/json", "--data-binary",
+                CHECKIN.decode(), f"{_url(server)}/v1/device/checkin",
+            ],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        return result.stdout
+
+    assert curl() == "200"
+    agent = Agent(device, server=_url(server), firmware_version="1.0.0")
+    assert agent.run_once().checked_in
+    assert len(marker.read_text().splitlines()) == 1  # nothing changed: no reload
+    first = os.readlink(current)
+    dd = server.state.dd
+    ceremonies.rotate_issuing_ca(dd, "server", datetime.now(UTC))
+    ceremonies.rotate_root_ca(dd, datetime.now(UTC))
+    server.settle()
+    assert agent.run_once().checked_in
+    assert os.readlink(current) != first
+    assert len(marker.read_text().splitlines()) == 2
+    assert (
+        dd.certificates("root-ca.pem")[0].public_bytes(serialization.Encoding.PEM)
+        in (current / "ca-bundle.pem").read_bytes()
+    )
+    assert curl() == "200"
+    assert not (exported / first).exists()  # the old set is gone once swapped out
+    # Bad input: neither a directory nor --off.
+    assert_one_error(run_homing("agent", "export", "--state", str(device.root)), "--off")
+    off = run_homing("agent", "export", "--state", str(device.root), "--off")
+    assert off.returncode == 0, off.stderr
+    assert device.config().export_dir is None

@@ -22,6 +22,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -456,7 +457,19 @@ class Agent:
                 f"{self.untrusted_time}, and no home answered with a signed time: sending "
                 "nothing but metadata and time requests until one does"
             )
-        self.converse(self.client(trust.pin_policy, now), report)
+        try:
+            self.converse(self.client(trust.pin_policy, now), report)
+        finally:
+            self.export(trust.pin_policy, report)
+
+    def export(self, policy: PinPolicy, report: CycleReport) -> None:
+        """Keep the exported trust current for applications (when the device asks for it)."""
+        if not self.config.export_dir:
+            return
+        from homing.agent.exports import export_trust
+
+        if export_trust(self.state, policy, Path(self.config.export_dir), self.config.export_hook):
+            report.steps.append(f"trust exported to {self.config.export_dir}")
 
     def converse(self, client: HomeClient, report: CycleReport) -> None:
         """With trust fresh: keep the certificate valid, finish firmware, check in, update."""

@@ -52,6 +52,10 @@ class DeviceConfig:
     # hours, "START-END" (e.g. "2-5", wrapping past midnight as "22-4").
     bandwidth_kib_s: int | None = None
     maintenance_window: str | None = None
+    # Optional: keep the current trust in this directory for applications that
+    # do their own TLS, and run this command when it changes (homing.agent.exports).
+    export_dir: str | None = None
+    export_hook: str | None = None
 
     def to_json(self) -> bytes:
         return json.dumps({"schema": SCHEMA, **asdict(self)}, indent=2).encode() + b"\n"
@@ -111,6 +115,9 @@ class DeviceState:
             return DeviceConfig(**doc)
         except TypeError as e:
             raise ConfigError(f"{self.config_path}: {e}") from e
+
+    def save_config(self, config: DeviceConfig) -> None:
+        atomic_write(self.config_path, config.to_json())
 
     def key(self) -> ec.EllipticCurvePrivateKey:
         try:

@@ -258,6 +258,47 @@ def _tuf_client(
     )
 
 
+@agent.command("export")
+@_state_option
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Keep the current trust here (DIR/current/...).",
+)
+@click.option("--hook", help="A command to run after each change (e.g. a service reload).")
+@click.option("--off", is_flag=True, help="Stop exporting (the files stay).")
+def agent_export(state_dir: Path, directory: Path | None, hook: str | None, off: bool) -> None:
+    """Export the current trust for applications that do their own TLS: the CA bundle,
+    the pins, the device certificate and the key's location (docs/device-apps.md)."""
+    from dataclasses import replace
+
+    from homing.agent.exports import export_trust
+    from homing.agent.state import DeviceState
+    from homing.trust.pins import PinPolicy
+
+    if off == (directory is not None):
+        _fail("give --dir DIR (with --hook CMD if wanted), or --off")
+    if off and hook:
+        _fail("--hook goes with --dir")
+    state = DeviceState(state_dir)
+    config = state.config()
+    if off:
+        state.save_config(replace(config, export_dir=None, export_hook=None))
+        out.print("trust is no longer exported")
+        return
+    assert directory is not None
+    target = directory.resolve()
+    state.save_config(replace(config, export_dir=str(target), export_hook=hook))
+    try:
+        policy = PinPolicy.from_bytes((state.root / "pins.json").read_bytes())
+    except FileNotFoundError:
+        out.print(f"trust will be exported to {target}/current after the agent's next cycle")
+        return
+    export_trust(state, policy, target, hook)
+    out.print(f"trust exported to {target}/current; the agent keeps it current")
+
+
 @agent.command("apply-bundle")
 @_state_option
 @click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
