@@ -504,6 +504,11 @@ CASES: dict[str, Case] = {
         lambda s: ["factory", "block", "../etc", *_d(s)],
         "invalid device id",
     ),
+    "agent proxy": Case(
+        "tests/test_device_proxy.py::test_curl_reaches_home_through_the_proxy_every_way",
+        lambda s: ["agent", "proxy", "--state", NOWHERE, "--port", "1"],
+        "holds no verified pin policy yet",
+    ),
     "agent export": Case(
         "tests/test_device_apps.py::test_exported_trust_serves_curl_through_rotations_and_runs_the_hook",
         lambda s: ["agent", "export", "--state", NOWHERE, "--off"],

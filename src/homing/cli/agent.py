@@ -258,6 +258,32 @@ def _tuf_client(
     )
 
 
+@agent.command("proxy")
+@_state_option
+@click.option("--unix", type=click.Path(path_type=Path, dir_okay=False), help="Unix socket path.")
+@click.option("--port", type=click.IntRange(1, 65535), help="Loopback port (127.0.0.1).")
+@click.option("--server", help="A home endpoint to use instead of the policy's primary.")
+def agent_proxy(state_dir: Path, unix: Path | None, port: int | None, server: str | None) -> None:
+    """A local proxy to home over pinned mutual TLS, for applications in any language:
+    plain HTTP (or CONNECT) in, pinned TLS with the device certificate out, home only."""
+    import asyncio
+
+    from homing.agent.proxy import serve
+    from homing.apps import Home
+
+    if (unix is None) == (port is None):
+        _fail("listen on --unix PATH or --port N: one of them")
+    home = Home(state_dir, server=server)
+    home.endpoints()  # a device with no verified trust yet says so now, not per request
+    out.print(f"pinned proxy to {home.endpoints()[0]} on {unix or f'127.0.0.1:{port}'}")
+    try:
+        asyncio.run(serve(home, unix=unix, port=port))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except OSError as e:
+        _fail(f"cannot listen on {unix or f'127.0.0.1:{port}'}: {e.strerror or e}")
+
+
 @agent.command("export")
 @_state_option
 @click.option(
