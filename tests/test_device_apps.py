@@ -230,7 +230,7 @@ def test_exported_trust_serves_curl_through_rotations_and_runs_the_hook(
     from tests.harness import assert_one_error, run_homing, system_tool
 
     exported, marker = tmp_path / "trust", tmp_path / "reloads"
-    hook = f"sh -c 'echo \"$HOMING_TRUST_DIR\" >> {marker}'"
+    hook = f"sh -c 'echo {{trust_dir}} >> {marker}'"
     done = run_homing("agent", "export", "--state", str(device.root), "--dir", str(exported),
                       "--hook", hook)  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"config", "fsutil", "tls"},
     {"pki", "store", "trust"},
     {"agent", "site"},
-    {"ceremonies"},
+    {"ceremonies", "apps"},
     {"operations"},
     {"server"},
     {"fleet"},

@@ -350,7 +350,12 @@ def test_a_disabled_factory_station_enrolls_nothing(
     server.enroll("dev-f1", factory, tmp_path)
     stations = server.request("GET", "/v1/admin/factories", headers=admin).json()["factories"]
     assert stations == [
-        {"name": "station-1", "created_at": stations[0]["created_at"], "disabled_at": None}
+        {
+            "name": "station-1",
+            "created_at": stations[0]["created_at"],
+            "disabled_at": None,
+            "kind": "secret",
+        }
     ]
     disabled = server.request("POST", "/v1/admin/factories/station-1/disable", headers=admin)
     assert disabled.status == 200

@@ -12,8 +12,9 @@ device application needs to reach home with any TLS stack:
 
 They are written into a new directory and ``current`` (a symbolic link) is
 swapped to it in one rename, so a reader sees the old set or the new one,
-never half of each. When anything changed, ``export_hook`` (a command) runs,
-e.g. to reload a service; its failure is logged, never fatal to the cycle.
+never half of each. When anything changed, ``export_hook`` (a command; its
+``{trust_dir}`` becomes the ``current`` path) runs, e.g. to reload a service;
+its failure is logged, never fatal to the cycle.
 
 An application that takes ``ca-bundle.pem`` without checking ``pins.json``
 trusts every certificate those roots certify, which is more than homing
@@ -105,8 +106,7 @@ def _run_hook(hook: str, current: Path) -> None:
         raise ConfigError(f"the export hook {hook!r} cannot be parsed: {e}") from e
     try:
         done = subprocess.run(  # noqa: S603 - the device's own configuration
-            argv,
-            env={**os.environ, "HOMING_TRUST_DIR": str(current)},
+            [arg.replace("{trust_dir}", str(current)) for arg in argv],
             capture_output=True,
             timeout=HOOK_TIMEOUT,
             check=False,

@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from homing.apps import Home
+from homing.agent.apps import Home
 from homing.errors import HomingError
 
 __all__ = ["IDLE_SECONDS", "MAX_BODY_BYTES", "MAX_CONNECTIONS", "MAX_HEAD_BYTES", "serve"]

@@ -64,7 +64,8 @@ def update_crls(db: Database, actor: str, now: datetime, name: str, crl_data: by
     """Replace a manufacturer's CRLs; how many revoked serials they list."""
     crls = parse_crls(crl_data)
     with db.begin() as conn:
-        check_crls(crls, manufacturers.manufacturer_cas(conn, name), now)
+        cas = parse_ca_bundle(manufacturers.manufacturer_cas(conn, name).encode())
+        check_crls(crls, cas, now)
         manufacturers.set_crls(conn, name, _crls_pem(crl_data))
         revoked = sum(len(list(c)) for c in crls)
         audit.audit(conn, now, actor, "update_manufacturer_crls", name, {"revoked": revoked})

@@ -64,6 +64,16 @@ class Manufacturer:
     crls: tuple[x509.CertificateRevocationList, ...]
     id_from: str
 
+    @classmethod
+    def from_pem(cls, name: str, cas_pem: str, crls_pem: str | None, id_from: str) -> Manufacturer:
+        """As the database keeps it (checked at import)."""
+        return cls(
+            name=name,
+            cas=tuple(parse_ca_bundle(cas_pem.encode())),
+            crls=tuple(parse_crls(crls_pem.encode()) if crls_pem else ()),
+            id_from=id_from,
+        )
+
     @property
     def roots(self) -> list[x509.Certificate]:
         """Self-signed CAs are the anchors; a bundle of issuing CAs only anchors at them."""

@@ -35,7 +35,7 @@ from homing.errors import (
     PolicyError,
     RevokedError,
 )
-from homing.pki.idevid import FactoryIdentity, verify_idevid
+from homing.pki.idevid import FactoryIdentity, Manufacturer, verify_idevid
 from homing.pki.keys import spki_der
 from homing.pki.profiles import ApprovedRequest, approve_csr, device_id_from_uri
 from homing.pki.validate import load_certificate
@@ -240,7 +240,10 @@ def routes(state: ServerState) -> list[web.RouteDef]:
             try:
                 leaf = load_certificate(der)
                 with state.db.engine.connect() as conn:
-                    known = manufacturers.active_manufacturers(conn)
+                    rows = manufacturers.active_manufacturers(conn)
+                known = [
+                    Manufacturer.from_pem(r.name, r.cas_pem, r.crls_pem, r.id_from) for r in rows
+                ]
                 return verify_idevid(leaf, known, now)
             except RevokedError as e:
                 raise HTTPProblem(403, "revoked", str(e)) from e

@@ -9,18 +9,18 @@ that every server of a shared site sees an import at once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
-from cryptography import x509
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from homing.errors import AuthError, ConflictError, NotFoundError
-from homing.pki.idevid import Manufacturer, parse_ca_bundle, parse_crls
 from homing.store.schema import factory_credentials
 
 __all__ = [
     "NOT_A_HASH",
+    "ManufacturerRow",
     "active_manufacturers",
     "add_manufacturer",
     "manufacturer_cas",
@@ -65,17 +65,28 @@ def set_crls(conn: Connection, name: str, crls_pem: str) -> None:
     )
 
 
-def manufacturer_cas(conn: Connection, name: str) -> list[x509.Certificate]:
+@dataclass(frozen=True)
+class ManufacturerRow:
+    """A manufacturer as stored: its CA certificates and CRLs (PEM) and its id field."""
+
+    name: str
+    cas_pem: str
+    crls_pem: str | None
+    id_from: str
+
+
+def manufacturer_cas(conn: Connection, name: str) -> str:
+    """The PEM of a manufacturer's CA certificates."""
     found = conn.execute(
         select(factory_credentials.c.manufacturer_cas).where(factory_credentials.c.name == name)
     ).first()
     if found is None or found.manufacturer_cas is None:
         raise NotFoundError(f"no manufacturer CA {name!r}")
-    return parse_ca_bundle(found.manufacturer_cas.encode())
+    return str(found.manufacturer_cas)
 
 
-def active_manufacturers(conn: Connection) -> list[Manufacturer]:
-    """Every manufacturer CA not disabled, parsed (they were checked at import)."""
+def active_manufacturers(conn: Connection) -> list[ManufacturerRow]:
+    """Every manufacturer CA not disabled (checked at import; parsed by the caller)."""
     rows = conn.execute(
         select(
             factory_credentials.c.name,
@@ -88,12 +99,7 @@ def active_manufacturers(conn: Connection) -> list[Manufacturer]:
         )
     )
     return [
-        Manufacturer(
-            name=row.name,
-            cas=tuple(parse_ca_bundle(row.manufacturer_cas.encode())),
-            crls=tuple(parse_crls(row.manufacturer_crls.encode()) if row.manufacturer_crls else ()),
-            id_from=row.id_from,
-        )
+        ManufacturerRow(row.name, row.manufacturer_cas, row.manufacturer_crls, row.id_from)
         for row in rows
     ]
 
