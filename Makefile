@@ -25,8 +25,11 @@ lint: $(STAMP)
 system-tools:
 	scripts/install-system-tools.sh
 
+# Test workers (pytest-xdist); TEST_WORKERS=0 runs every test in this process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) lint system-tools
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

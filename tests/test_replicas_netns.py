@@ -51,6 +51,9 @@ from tests.harness import (
 )
 from tests.netns import Balancer, Network, haproxy, network
 
+# One bridge and its namespaces at a time: the netns tests share one test worker.
+pytestmark = pytest.mark.xdist_group("netns")
+
 DEVICES = int(os.environ.get("HOMING_TEST_REPLICA_DEVICES", "220"))
 PORT = 8443
 # Generous: a bound on a busy two-core machine, not a speed claim.
