@@ -229,53 +229,44 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         with state.db.begin() as conn:
             audit.audit(conn, state.now(), actor, "enroll_refused", device_id, {"reason": reason})
 
-    def _factory_identity(request: web.Request) -> FactoryIdentity | None:
-        """The IDevID the client presented, validated now; None when it presented none."""
-        der = peer_certificate_der(request, state)
-        if der is None:
-            return None
-        now = state.now()
-
-        def check() -> FactoryIdentity:
-            try:
-                leaf = load_certificate(der)
-                with state.db.engine.connect() as conn:
-                    rows = manufacturers.active_manufacturers(conn)
-                known = [
-                    Manufacturer.from_pem(r.name, r.cas_pem, r.crls_pem, r.id_from) for r in rows
-                ]
-                return verify_idevid(leaf, known, now)
-            except RevokedError as e:
-                raise HTTPProblem(403, "revoked", str(e)) from e
-            except ChainError as e:
-                raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
-            except PolicyError as e:
-                raise HTTPProblem(403, "not_allowed", str(e)) from e
-            except ConfigError as e:
-                log.warning("IDevID enrollment refused: %s", e)
-                raise HTTPProblem(503, "crl_out_of_date", str(e), {"Retry-After": "3600"}) from e
-
+    def _factory_identity(der: bytes) -> FactoryIdentity:
+        """The factory identity an IDevID (DER) proves now, or the refusal that says why."""
         try:
-            return check()
-        except HTTPProblem as e:
-            log.warning("refused an IDevID from %s (%s): %s", request.remote, e.code, e.message)
-            raise
+            leaf = load_certificate(der)
+            with state.db.engine.connect() as conn:
+                rows = manufacturers.active_manufacturers(conn)
+            known = [Manufacturer.from_pem(r.name, r.cas_pem, r.crls_pem, r.id_from) for r in rows]
+            return verify_idevid(leaf, known, state.now())
+        except RevokedError as e:
+            raise HTTPProblem(403, "revoked", str(e)) from e
+        except ChainError as e:
+            raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
+        except PolicyError as e:
+            raise HTTPProblem(403, "not_allowed", str(e)) from e
+        except ConfigError as e:
+            raise HTTPProblem(503, "crl_out_of_date", str(e), {"Retry-After": "3600"}) from e
 
     async def _station(request: web.Request) -> _Station:
         """HTTP Basic names a secret station; otherwise the client's IDevID must vouch."""
         if "Authorization" in request.headers:
             name, secret = _basic_credentials(request)
             return _Station(name, secret=secret)
-        identity = await state.run(_factory_identity, request)
-        if identity is None:
-            raise HTTPProblem(
-                401,
-                "authentication_required",
-                "enroll with factory credentials (HTTP Basic) or a manufacturer certificate "
-                "(TLS client certificate)",
-                _BASIC_CHALLENGE,
-            )
-        return _Station(identity.station, identity=identity)
+        # Read on the event loop (the connection's TLS state), checked on a thread.
+        der = peer_certificate_der(request, state)
+        if der is not None:
+            try:
+                identity = await state.run(_factory_identity, der)
+            except HTTPProblem as e:
+                log.warning("refused an IDevID from %s (%s): %s", request.remote, e.code, e.message)
+                raise
+            return _Station(identity.station, identity=identity)
+        raise HTTPProblem(
+            401,
+            "authentication_required",
+            "enroll with factory credentials (HTTP Basic) or a manufacturer certificate "
+            "(TLS client certificate)",
+            _BASIC_CHALLENGE,
+        )
 
     async def require_auth_first(request: web.Request) -> web.StreamResponse | None:
         """RFC 7030 §3.2.3 / RFC 9110 §10.1.1: refuse before the body is sent.
