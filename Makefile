@@ -29,7 +29,7 @@ system-tools:
 TEST_WORKERS ?= 2
 
 test: $(STAMP) lint system-tools
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

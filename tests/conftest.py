@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long tests first: with two workers, a long test started last would run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_dev_warnings(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="homing.pki.keystore")

@@ -24,6 +24,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from homing.operations import fleet as operations
 from tests.harness import DeviceCredentials, RunningServer
 
@@ -81,6 +83,7 @@ def _fuzz(server: RunningServer, device: DeviceCredentials, config: Path) -> str
     return output
 
 
+@pytest.mark.long
 def test_the_api_holds_to_its_document_under_fuzzing(
     server: RunningServer, factory: tuple[str, str], tmp_path: Path
 ) -> None:

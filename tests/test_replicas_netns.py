@@ -52,7 +52,7 @@ from tests.harness import (
 from tests.netns import Balancer, Network, haproxy, network
 
 # One bridge and its namespaces at a time: the netns tests share one test worker.
-pytestmark = pytest.mark.xdist_group("netns")
+pytestmark = [pytest.mark.xdist_group("netns"), pytest.mark.long]
 
 DEVICES = int(os.environ.get("HOMING_TEST_REPLICA_DEVICES", "220"))
 PORT = 8443

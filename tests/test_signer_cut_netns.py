@@ -20,7 +20,7 @@ from tests.harness import system_tool, wait_until
 from tests.test_replicas_netns import _logs, _published_timestamp, three_replicas
 
 # One bridge and its namespaces at a time: the netns tests share one test worker.
-pytestmark = pytest.mark.xdist_group("netns")
+pytestmark = [pytest.mark.xdist_group("netns"), pytest.mark.long]
 
 
 def test_a_cut_signer_loses_the_lease_within_the_bound_and_another_replica_signs(

@@ -45,6 +45,7 @@ def _by_name(results: Results) -> dict[str, dict[str, object]]:
     return {s.name: s.to_json() for s in results.strategies}
 
 
+@pytest.mark.long
 def test_homing_bricks_nothing_on_the_default_ten_years(default_run: Results) -> None:
     homing = _by_name(default_run)["homing"]
     assert homing["bricked"] == 0
@@ -119,6 +120,7 @@ def test_homing_exposure_to_a_stolen_key_is_bounded_by_the_timestamp_expiry(
     assert results["private-ca"]["compromise"]["longest_exposure_days"] > 30  # type: ignore[index]
 
 
+@pytest.mark.long
 def test_same_seed_same_run_and_another_seed_another(default_run: Results) -> None:
     def stable(results: Results) -> dict[str, object]:
         doc = results.to_json()
@@ -280,6 +282,7 @@ def test_a_shorter_run_shortens_assembly_and_drops_later_events() -> None:
         scenario_from_dict({"fleet": {"years": 2, "manufacture_years": 3}})
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("years", [20, 50])
 def test_the_simulator_runs_to_every_year_it_accepts(years: int) -> None:
     """It crashed at 13 years (the TUF root expired) and 19 (an issuing CA expired)."""
