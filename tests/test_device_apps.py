@@ -29,7 +29,7 @@ from homing.agent.agent import Agent
 from homing.agent.state import DeviceState
 from homing.apps import Home
 from homing.errors import ChainError, ConfigError
-from homing.operations.provisioning import provision
+from tests import fleet
 from tests.harness import RunningServer, free_port
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -38,17 +38,14 @@ CHECKIN = json.dumps({"firmware_version": "1.0.0"}).encode()
 JSON = {"Content-Type": "application/json"}
 
 
-def _url(server: RunningServer) -> str:
-    return f"https://127.0.0.1:{server.port}"
+_url = fleet.url
 
 
 @pytest.fixture
 def device(server: RunningServer, tmp_path: Path) -> DeviceState:
-    state = provision(
-        server.state.dd, tmp_path / "dev", datetime.now(UTC), device_id="dev-app",
-        hardware="board-a", server=_url(server),
-    )  # fmt: skip
-    assert Agent(state, server=_url(server), firmware_version="1.0.0").run_once().checked_in
+    """A device that came home once: its state holds verified trust and a certificate."""
+    state = fleet.device(server, tmp_path, "dev-app", "board-a")
+    fleet.check_in(server, state)
     return state
 
 

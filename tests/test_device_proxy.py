@@ -8,14 +8,12 @@ import signal
 import socket
 import subprocess
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from homing.agent.agent import Agent
 from homing.agent.state import DeviceState
-from homing.operations.provisioning import provision
+from tests import fleet
 from tests.harness import (
     RunningServer,
     assert_one_error,
@@ -31,17 +29,14 @@ pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 CHECKIN = '{"firmware_version": "1.0.0"}'
 
 
-def _url(server: RunningServer) -> str:
-    return f"https://127.0.0.1:{server.port}"
+_url = fleet.url
 
 
 @pytest.fixture
 def device(server: RunningServer, tmp_path: Path) -> DeviceState:
-    state = provision(
-        server.state.dd, tmp_path / "dev", datetime.now(UTC), device_id="dev-proxy",
-        hardware="board-a", server=_url(server),
-    )  # fmt: skip
-    assert Agent(state, server=_url(server), firmware_version="1.0.0").run_once().checked_in
+    """A device that came home once: its state holds verified trust and a certificate."""
+    state = fleet.device(server, tmp_path, "dev-proxy", "board-a")
+    fleet.check_in(server, state)
     return state
 
 

@@ -18,9 +18,9 @@ from homing import ceremonies
 from homing.agent.agent import Agent
 from homing.agent.state import DeviceState
 from homing.errors import MetadataError
-from homing.operations.provisioning import provision
 from homing.trust.signing import signer_for
 from homing.trust.time_answer import new_nonce, sign_time, verify_time
+from tests import fleet
 from tests.harness import RunningServer, free_port
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -28,19 +28,11 @@ pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 TEN_YEARS = timedelta(days=3653)
 
 
-def _url(server: RunningServer) -> str:
-    return f"https://127.0.0.1:{server.port}"
+_url = fleet.url
 
 
 def _device(server: RunningServer, tmp_path: Path, name: str) -> DeviceState:
-    return provision(
-        server.state.dd,
-        tmp_path / name,
-        datetime.now(UTC),
-        device_id=name,
-        hardware="board-a",
-        server=_url(server),
-    )
+    return fleet.device(server, tmp_path, name, "board-a")
 
 
 def _agent(state: DeviceState, url: str, clock: timedelta | datetime) -> Agent:

@@ -189,35 +189,31 @@ def _refuse(e: ChainError) -> ssl.SSLCertVerificationError:
     return error
 
 
+def _after_handshake(tls: ssl.SSLSocket | ssl.SSLObject) -> None:
+    """homing's check of the peer a handshake just met; refused as a verification error."""
+    context = tls.context
+    assert isinstance(context, PinnedContext)
+    try:
+        chain = _unverified_chain(getattr(tls, "_sslobj", None))
+        _check_peer(context.home, chain, tls.server_hostname)
+    except ChainError as e:
+        raise _refuse(e) from e
+
+
 class _PinnedSocket(ssl.SSLSocket):
     def do_handshake(self, block: bool = False) -> None:
         super().do_handshake(block)
-        context = self.context
-        assert isinstance(context, PinnedContext)
         try:
-            _check_peer(
-                context.home,
-                _unverified_chain(getattr(self, "_sslobj", None)),
-                self.server_hostname,
-            )
-        except ChainError as e:
+            _after_handshake(self)
+        except ssl.SSLCertVerificationError:
             self.close()
-            raise _refuse(e) from e
+            raise
 
 
 class _PinnedObject(ssl.SSLObject):
     def do_handshake(self) -> None:
         super().do_handshake()
-        context = self.context
-        assert isinstance(context, PinnedContext)
-        try:
-            _check_peer(
-                context.home,
-                _unverified_chain(getattr(self, "_sslobj", None)),
-                self.server_hostname,
-            )
-        except ChainError as e:
-            raise _refuse(e) from e
+        _after_handshake(self)
 
 
 class PinnedContext(ssl.SSLContext):
