@@ -118,3 +118,42 @@ def test_clock_commands_from_outside(server: RunningServer) -> None:
                    "--data", str(server.data)),
         "cannot reach or migrate the database",
     )  # fmt: skip
+
+
+def test_a_clock_set_back_issues_nothing_and_tells_no_time(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """Workers check too: a certificate or a time dated before the last signing would
+    put the fleet in the past. Refused 503 until the clock is right or confirmed."""
+    import base64
+
+    from homing.operations import fleet as operations
+    from tests.harness import est_csr
+
+    dd = server.state.dd
+    secret = operations.add_factory(dd.database(), "test", datetime.now(UTC), "line")
+    auth = base64.b64encode(f"line:{secret}".encode()).decode()
+
+    def enroll(device_id: str) -> int:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        csr = est_csr(ec.generate_private_key(ec.SECP256R1()), device_id)
+        return server.request(
+            "POST", "/.well-known/est/simpleenroll", base64.b64encode(csr),
+            headers={"Content-Type": "application/pkcs10", "Authorization": f"Basic {auth}"},
+        ).status  # fmt: skip
+
+    nonce = "ab" * 32
+    assert enroll("dev-1") == 200
+    # The supervisor signed at the true time; then this worker's clock is set back a year.
+    maintain(dd, datetime.now(UTC) + timedelta(hours=13))
+    server.clock.advance(-YEAR)
+    server.state._clock_verdict = None  # a test need not wait out the verdict's ten seconds
+    assert enroll("dev-2") == 503
+    answer = server.request("GET", f"/v1/time?nonce={nonce}")
+    assert answer.status == 503
+    assert "before its last signing" in answer.json()["message"]
+    clock.confirm_clock(dd.database(), "cli:ops", server.clock(), "RTC replaced, checked")
+    server.state._clock_verdict = None
+    assert enroll("dev-3") == 200
+    assert server.request("GET", f"/v1/time?nonce={nonce}").status == 200

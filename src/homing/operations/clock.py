@@ -37,6 +37,7 @@ __all__ = [
     "clock_status",
     "confirm_clock",
     "last_signing",
+    "moved_back",
 ]
 
 MAX_BACKWARDS = timedelta(minutes=5)
@@ -95,6 +96,22 @@ def clock_doubt(db: Database, now: datetime) -> str | None:
         return (
             f"the clock reads {now.isoformat()} but the database server's reads "
             f"{peer.isoformat()}: fix whichever is wrong"
+        )
+    return None
+
+
+def moved_back(db: Database, now: datetime) -> str | None:
+    """Why ``now`` must not be issued or told at: it is before the last signing.
+
+    What a worker checks before it issues a certificate or answers the time
+    (the supervisor's signing has ``clock_doubt``'s whole rule): a clock set
+    back would date certificates, and the fleet's time, in the past.
+    """
+    last = last_signing(db)
+    if last is not None and now < last - MAX_BACKWARDS:
+        return (
+            f"this server's clock reads {now.isoformat()}, before its last signing at "
+            f"{last.isoformat()}"
         )
     return None
 

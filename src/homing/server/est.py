@@ -307,6 +307,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
             await _ask_hook(station, csr_der, hardware)
 
         def enroll() -> x509.Certificate:
+            state.check_clock()
             with state.db.begin() as conn:
                 station.prove(conn)
                 # Counted once the station proved itself: a wrong secret spends nothing.
@@ -370,6 +371,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         now = state.now()
 
         def reenroll() -> x509.Certificate:
+            state.check_clock()
             with state.db.begin() as conn:
                 approved = approve_csr(
                     csr_der,

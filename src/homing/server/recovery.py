@@ -105,6 +105,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         now = state.now()
 
         def run() -> x509.Certificate:
+            state.check_clock()
             # The nonce is spent first, in its own transaction: a failed proof burns it.
             # An unknown device never had one stored, so it fails here like a spent one.
             with state.db.begin() as conn:

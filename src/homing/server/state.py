@@ -63,6 +63,10 @@ def _mtime(path: Path) -> int:
         return 0
 
 
+# Seconds a clock check's verdict is kept: a storm of time requests costs one query.
+CLOCK_CHECK_SECONDS = 10.0
+
+
 class ServerState:
     def __init__(self, config: ServerConfig, clock: Callable[[], datetime] | None = None) -> None:
         self.config = config
@@ -93,6 +97,8 @@ class ServerState:
         # A shared site (several hosts on PostgreSQL) is followed per request.
         self.shared = self.db.dialect == "postgresql"
         self._site_generation: int | None = None
+        # (when, why) of the last clock check (check_clock): None, or a doubt.
+        self._clock_verdict: tuple[float, str | None] | None = None
         # Whether the database answered last time (homing.server.availability).
         self.database = DatabaseAvailability()
         self.ssl_context = self._build_tls()
@@ -120,6 +126,23 @@ class ServerState:
 
     def now(self) -> datetime:
         return self.clock()
+
+    def check_clock(self) -> None:
+        """Refuse to issue or tell the time while this clock reads before the site's last
+        signing (homing.operations.clock); the verdict is kept ``CLOCK_CHECK_SECONDS``."""
+        import time
+
+        from homing.operations.clock import moved_back
+        from homing.server.errors import HTTPProblem
+
+        mark = time.monotonic()
+        if self._clock_verdict is None or mark - self._clock_verdict[0] > CLOCK_CHECK_SECONDS:
+            self._clock_verdict = (mark, moved_back(self.db, self.now()))
+        why = self._clock_verdict[1]
+        if why is not None:
+            raise HTTPProblem(
+                503, "clock_in_doubt", f"{why}: an operator must fix it", {"Retry-After": "300"}
+            )
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking database work off the event loop."""

@@ -36,6 +36,7 @@ def routes(state: ServerState) -> list[web.RouteDef]:
         nonce = request.query.get("nonce", "")
         if not valid_nonce(nonce):
             raise HTTPProblem(400, "bad_request", "'nonce' must be 64 lowercase hex digits")
+        await state.run(state.check_clock)
         try:
             answer = await state.run(lambda: sign_time(signer(), nonce, state.now()))
         except KeyStoreError as e:
