@@ -284,6 +284,20 @@ def test_a_clock_that_jumps_within_a_boot_is_in_doubt_until_it_is_right(
     # The clock stays wrong: still in doubt (the last cycle worked at the home's time).
     since_boot += 10
     assert "clock jumped" in " ".join(agent().run_once().steps)
+    # It jumps again while home is out of reach: that cycle stops, and its unverified time
+    # is no base for the next, which (home back) still sees the jump and asks.
+    offset, since_boot = timedelta(hours=5), since_boot + 10
+    away = Agent(
+        state,
+        server=f"https://127.0.0.1:{free_port()}",
+        clock=lambda: datetime.now(UTC) + offset,
+        uptime=lambda: since_boot,
+    )
+    assert not away.run_once().checked_in
+    since_boot += 10
+    report = agent().run_once()
+    assert report.checked_in, report
+    assert "the clock jumped since the last cycle" in " ".join(report.steps)
     # Set right again: no doubt once the first cycle has settled on it.
     offset, since_boot = timedelta(), since_boot + 10
     assert agent().run_once().checked_in

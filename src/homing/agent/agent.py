@@ -449,6 +449,13 @@ class Agent:
     def _cycle(self, report: CycleReport) -> None:
         now = self.trusted_now(self.now(), report)
         self.time_used = now
+        if self.untrusted_time is not None and self.uptime is not None:
+            # Unverified, this cycle's time is no base for the next one's jump
+            # rule: carry the last verified time on by the time since boot.
+            carried = trusted_time.expected_now(
+                self.uptime(), trusted_time.last_run(self.state.last_run_path)
+            )
+            self.time_used = carried or now
         # Fails closed: an expired timestamp or root raises MetadataError here,
         # and nothing but metadata requests has been sent.
         trust = self.refresh_trust(now, report)

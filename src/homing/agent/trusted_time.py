@@ -41,6 +41,7 @@ __all__ = [
     "boot_id",
     "boot_marks",
     "doubt",
+    "expected_now",
     "latest_expiry",
     "trusted_root",
     "uptime",
@@ -80,17 +81,22 @@ def latest_expiry(trust_dir: Path) -> datetime | None:
     return max(found) if found else None
 
 
-def _jumped(clock: datetime, since_boot: float | None, last_run: dict[str, Any] | None) -> bool:
+def expected_now(since_boot: float | None, last_run: dict[str, Any] | None) -> datetime | None:
+    """The time now by the last cycle's time and the time since boot (same boot only)."""
     if since_boot is None or not last_run or not last_run.get("boot_id"):
-        return False
+        return None
     if last_run["boot_id"] != boot_id():
-        return False  # another boot: the time since boot restarted
+        return None  # another boot: the time since boot restarted
     try:
         at = datetime.fromisoformat(str(last_run["time_used"]))
-        expected = at + timedelta(seconds=since_boot - float(last_run["uptime"]))
+        return at + timedelta(seconds=since_boot - float(last_run["uptime"]))
     except (KeyError, ValueError, TypeError):
-        return False
-    return abs(clock - expected) > JUMP_TOLERANCE
+        return None
+
+
+def _jumped(clock: datetime, since_boot: float | None, last_run: dict[str, Any] | None) -> bool:
+    expected = expected_now(since_boot, last_run)
+    return expected is not None and abs(clock - expected) > JUMP_TOLERANCE
 
 
 def doubt(
