@@ -34,6 +34,8 @@ from tests.harness import run_homing
 SCENARIOS = Path(__file__).resolve().parent.parent / "docs" / "scenarios"
 # Enough devices for every population and pattern to appear, quick enough for CI.
 DEVICES = 1500
+# One test worker runs them all, so the default run below is simulated once.
+pytestmark = pytest.mark.xdist_group("simulate")
 
 
 @pytest.fixture(scope="module")
