@@ -64,7 +64,7 @@ async def _answer(writer: asyncio.StreamWriter, status: int, text: str) -> None:
 
 
 def _destination(home: Home, target: str) -> tuple[str, str]:
-    """(home endpoint URL, path) for a request target, or a refusal.
+    """(home endpoint URL, path under it) for a request target, or a refusal.
 
     An origin-form target (``/path``: the application uses the proxy as its
     server) goes to the device's home; an absolute URL must name a home
@@ -72,7 +72,7 @@ def _destination(home: Home, target: str) -> tuple[str, str]:
     """
     endpoints = home.endpoints()
     if target.startswith("/"):
-        return endpoints[0], urlsplit(endpoints[0]).path.rstrip("/") + target
+        return endpoints[0], target
     if not target.startswith(("http://", "https://")):
         raise _Refusal(400, "Bad Request: the request target must be a path or an absolute URL")
     wanted = urlsplit(target)
@@ -80,7 +80,7 @@ def _destination(home: Home, target: str) -> tuple[str, str]:
     for url in endpoints:
         parts = urlsplit(url)
         if wanted.hostname == parts.hostname and (wanted.port or 443) == (parts.port or 443):
-            return url, parts.path.rstrip("/") + path
+            return url, path
     raise _Refusal(403, f"Forbidden: {wanted.netloc} is not a home endpoint of this device")
 
 
