@@ -34,8 +34,9 @@ from tests.harness import run_homing
 SCENARIOS = Path(__file__).resolve().parent.parent / "docs" / "scenarios"
 # Enough devices for every population and pattern to appear, quick enough for CI.
 DEVICES = 1500
-# One test worker runs them all, so the default run below is simulated once.
-pytestmark = pytest.mark.xdist_group("simulate")
+# One test worker runs them all, first and in a row, so the default run below is
+# simulated once (tests/conftest.py starts the long tests first).
+pytestmark = [pytest.mark.xdist_group("simulate"), pytest.mark.long]
 
 
 @pytest.fixture(scope="module")
