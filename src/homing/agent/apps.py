@@ -92,6 +92,12 @@ class Home:
         floor = self.state.time_floor()
         return max(clock, floor) if floor is not None else clock
 
+    def behind_floor(self) -> bool:
+        """Whether the clock reads behind the time floor (a dead RTC): then, as for the
+        agent, a server certificate issued since the floor is no reason to refuse."""
+        floor = self.state.time_floor()
+        return floor is not None and datetime.now(UTC) < floor
+
     def endpoints(self) -> list[str]:
         """Where home is: the configured server, the policy's primary, then its mirrors."""
         policy = self.policy
@@ -146,6 +152,7 @@ class Home:
             client_cert=(self.state.cert_path, self.state.key_path),
             timeout=self.timeout,
             limits=self.limits,
+            clock_behind_floor=self.behind_floor(),
         )
         try:
             base = urlsplit(url).path.rstrip("/")
@@ -170,7 +177,15 @@ def _check_peer(home: Home, chain_der: list[bytes], host: str | None) -> None:
     leaf = load_certificate(chain_der[0], home.limits)
     intermediates = [load_certificate(d, home.limits) for d in chain_der[1:]]
     try:
-        verify_pinned_chain(leaf, intermediates, home.policy, host, home.now(), home.limits)
+        verify_pinned_chain(
+            leaf,
+            intermediates,
+            home.policy,
+            host,
+            home.now(),
+            home.limits,
+            clock_behind_floor=home.behind_floor(),
+        )
     except MetadataError as e:
         raise ChainError(str(e)) from e
 
