@@ -70,14 +70,34 @@ def boot_marks(since_boot: float, used: datetime) -> dict[str, Any]:
     return {"boot_id": boot_id(), "uptime": since_boot, "time_used": used.isoformat()}
 
 
+# Expiry of a metadata file by (path, mtime, size): the doubt rule runs every cycle,
+# the files change only when trust does.
+_expiries: dict[tuple[str, int, int], datetime] = {}
+
+
+def _expiry(path: Path, kind: type[Root] | type[Targets]) -> datetime | None:
+    try:
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        if key not in _expiries:
+            if len(_expiries) > 64:
+                _expiries.clear()
+            _expiries[key] = Metadata[kind].from_bytes(path.read_bytes()).signed.expires  # type: ignore[valid-type]
+        return _expiries[key]
+    except (OSError, DeserializationError):
+        return None  # an unreadable file is no evidence either way
+
+
 def latest_expiry(trust_dir: Path) -> datetime | None:
     """The latest expiry among the root and targets metadata this device verified."""
-    found: list[datetime] = []
-    for name, kind in (("root.json", Root), ("targets.json", Targets)):
-        try:
-            found.append(Metadata[kind].from_bytes((trust_dir / name).read_bytes()).signed.expires)  # type: ignore[valid-type]
-        except (OSError, DeserializationError):
-            continue  # an unreadable file is no evidence either way
+    found = [
+        e
+        for e in (
+            _expiry(trust_dir / "root.json", Root),
+            _expiry(trust_dir / "targets.json", Targets),
+        )
+        if e is not None
+    ]
     return max(found) if found else None
 
 
