@@ -3,6 +3,7 @@ is replaced by itself once the clock is right, and devices with true clocks come
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from homing.server.upkeep import Upkeep
 from homing.site import DataDir
 from tests.harness import RunningServer, assert_one_error, run_homing
 
-pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 YEAR = timedelta(days=365)
 
@@ -34,6 +35,7 @@ def _signed(dd: DataDir) -> tuple[int, int, str]:
     )
 
 
+@SQLITE
 def test_a_year_ahead_or_back_signs_nothing_until_the_clock_is_right_or_confirmed(
     server: RunningServer,
 ) -> None:
@@ -65,6 +67,7 @@ def test_a_year_ahead_or_back_signs_nothing_until_the_clock_is_right_or_confirme
         upkeep.close()
 
 
+@SQLITE
 def test_what_a_wrong_clock_made_is_replaced_once_it_is_right(
     server: RunningServer, tmp_path: Path
 ) -> None:
@@ -102,6 +105,7 @@ def test_what_a_wrong_clock_made_is_replaced_once_it_is_right(
     assert maintain(dd, now + timedelta(minutes=1)) == []
 
 
+@SQLITE
 def test_clock_commands_from_outside(server: RunningServer) -> None:
     site = ["--data", str(server.data), "--db", server.config.db_url]
     status = run_homing("clock", "status", *site)
@@ -120,40 +124,79 @@ def test_clock_commands_from_outside(server: RunningServer) -> None:
     )  # fmt: skip
 
 
-def test_a_clock_set_back_issues_nothing_and_tells_no_time(
-    server: RunningServer, tmp_path: Path
-) -> None:
-    """Workers check too: a certificate or a time dated before the last signing would
-    put the fleet in the past. Refused 503 until the clock is right or confirmed."""
+def _station(server: RunningServer) -> Callable[[str], int]:
+    """Enroll a new device through the server's EST endpoint; the answer's status."""
     import base64
+
+    from cryptography.hazmat.primitives.asymmetric import ec
 
     from homing.operations import fleet as operations
     from tests.harness import est_csr
 
-    dd = server.state.dd
-    secret = operations.add_factory(dd.database(), "test", datetime.now(UTC), "line")
+    secret = operations.add_factory(server.state.dd.database(), "test", datetime.now(UTC), "line")
     auth = base64.b64encode(f"line:{secret}".encode()).decode()
 
     def enroll(device_id: str) -> int:
-        from cryptography.hazmat.primitives.asymmetric import ec
-
         csr = est_csr(ec.generate_private_key(ec.SECP256R1()), device_id)
         return server.request(
             "POST", "/.well-known/est/simpleenroll", base64.b64encode(csr),
             headers={"Content-Type": "application/pkcs10", "Authorization": f"Basic {auth}"},
         ).status  # fmt: skip
 
-    nonce = "ab" * 32
+    return enroll
+
+
+NONCE = "ab" * 32
+
+
+@SQLITE
+def test_a_clock_set_back_or_ahead_issues_nothing_and_tells_no_time(
+    server: RunningServer,
+) -> None:
+    """Workers check too: a certificate or a time dated a year off would put the fleet
+    there. Refused 503 until the clock is right or confirmed; a jump is judged at once."""
+    dd = server.state.dd
+    enroll = _station(server)
     assert enroll("dev-1") == 200
-    # The supervisor signed at the true time; then this worker's clock is set back a year.
-    maintain(dd, datetime.now(UTC) + timedelta(hours=13))
-    server.clock.advance(-YEAR)
-    server.state._clock_verdict = None  # a test need not wait out the verdict's ten seconds
+    # The supervisor signed at the true time (half a day on: the timestamp is due);
+    # then this worker's clock jumps a year ahead.
+    server.clock.advance(timedelta(hours=13))
+    assert any("timestamp" in done for done in maintain(dd, server.clock()))
+    server.clock.advance(YEAR)
     assert enroll("dev-2") == 503
-    answer = server.request("GET", f"/v1/time?nonce={nonce}")
-    assert answer.status == 503
-    assert "before its last signing" in answer.json()["message"]
-    clock.confirm_clock(dd.database(), "cli:ops", server.clock(), "RTC replaced, checked")
-    server.state._clock_verdict = None
+    ahead = server.request("GET", f"/v1/time?nonce={NONCE}")
+    assert ahead.status == 503
+    assert "days after the last signing" in ahead.json()["message"]
+    assert ahead.headers["retry-after"] == "300"
+    # Back to the true time: issuance and time resume without anyone's help.
+    server.clock.advance(-YEAR)
     assert enroll("dev-3") == 200
-    assert server.request("GET", f"/v1/time?nonce={nonce}").status == 200
+    assert server.request("GET", f"/v1/time?nonce={NONCE}").status == 200
+    # Set back a year (an RTC reset): refused until an operator confirms.
+    server.clock.advance(-YEAR)
+    assert enroll("dev-4") == 503
+    answer = server.request("GET", f"/v1/time?nonce={NONCE}")
+    assert answer.status == 503
+    assert "before the last signing" in answer.json()["message"]
+    clock.confirm_clock(dd.database(), "cli:ops", server.clock(), "RTC replaced, checked")
+    server.state._clock_verdict = None  # a test need not wait out the verdict's ten seconds
+    assert enroll("dev-5") == 200
+    assert server.request("GET", f"/v1/time?nonce={NONCE}").status == 200
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_worker_away_from_its_database_servers_clock_issues_nothing(
+    server: RunningServer,
+) -> None:
+    """A shared site's peer is its PostgreSQL server: a worker whose clock is ten minutes
+    off it issues nothing and tells no time, and resumes when the clocks agree."""
+    enroll = _station(server)
+    assert enroll("dev-1") == 200
+    server.clock.advance(timedelta(minutes=10))
+    assert enroll("dev-2") == 503
+    answer = server.request("GET", f"/v1/time?nonce={NONCE}")
+    assert answer.status == 503
+    assert "database server's reads" in answer.json()["message"]
+    server.clock.advance(timedelta(minutes=-10))
+    assert enroll("dev-3") == 200
+    assert server.request("GET", f"/v1/time?nonce={NONCE}").status == 200

@@ -97,8 +97,9 @@ class ServerState:
         # A shared site (several hosts on PostgreSQL) is followed per request.
         self.shared = self.db.dialect == "postgresql"
         self._site_generation: int | None = None
-        # (when, why) of the last clock check (check_clock): None, or a doubt.
-        self._clock_verdict: tuple[float, str | None] | None = None
+        # (monotonic, wall clock, why) of the last clock check (check_clock): why is
+        # None, or a doubt.
+        self._clock_verdict: tuple[float, datetime, str | None] | None = None
         # Whether the database answered last time (homing.server.availability).
         self.database = DatabaseAvailability()
         self.ssl_context = self._build_tls()
@@ -128,21 +129,28 @@ class ServerState:
         return self.clock()
 
     def check_clock(self) -> None:
-        """Refuse to issue or tell the time while this clock reads before the site's last
-        signing (homing.operations.clock); the verdict is kept ``CLOCK_CHECK_SECONDS``."""
+        """Refuse to issue or tell the time while this clock is in doubt: before the site's
+        last signing, long after it, or away from the database server's clock
+        (homing.operations.clock); the verdict is kept ``CLOCK_CHECK_SECONDS``."""
         import time
 
-        from homing.operations.clock import moved_back
+        from homing.operations.clock import clock_doubt
         from homing.server.errors import HTTPProblem
 
-        mark = time.monotonic()
-        if self._clock_verdict is None or mark - self._clock_verdict[0] > CLOCK_CHECK_SECONDS:
-            self._clock_verdict = (mark, moved_back(self.db, self.now()))
-        why = self._clock_verdict[1]
+        mark, now = time.monotonic(), self.now()
+        kept = self._clock_verdict
+        # A kept verdict holds while the wall clock moved with the monotonic one: a jump
+        # of the wall clock is judged at once, not after the verdict's ten seconds.
+        if (
+            kept is None
+            or mark - kept[0] > CLOCK_CHECK_SECONDS
+            or abs((now - kept[1]).total_seconds() - (mark - kept[0])) > 1.0
+        ):
+            kept = self._clock_verdict = (mark, now, clock_doubt(self.db, now))
+        why = kept[2]
         if why is not None:
-            raise HTTPProblem(
-                503, "clock_in_doubt", f"{why}: an operator must fix it", {"Retry-After": "300"}
-            )
+            message = f"this server's clock is in doubt: {why}"
+            raise HTTPProblem(503, "clock_in_doubt", message, {"Retry-After": "300"})
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking database work off the event loop."""
