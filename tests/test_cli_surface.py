@@ -112,6 +112,12 @@ class Case:
     expect: str = ""  # what the successful call prints
 
 
+_MQTT = (
+    "tests/test_device_mqtt.py::"
+    "test_an_mqtt_application_follows_rotations_and_a_revoked_device_is_refused"
+)
+
+
 def _d(site: Site) -> list[str]:
     return ["--data", str(site.data)]
 
@@ -513,6 +519,16 @@ CASES: dict[str, Case] = {
         "tests/test_device_apps.py::test_exported_trust_serves_curl_through_rotations_and_runs_the_hook",
         lambda s: ["agent", "export", "--state", NOWHERE, "--off"],
         "no device state",
+    ),
+    "broker set": Case(
+        _MQTT,
+        lambda s: ["broker", "set", "mqtts://elsewhere.example:8883", *_d(s)],
+        "not one of the site's hosts",
+    ),
+    "broker export": Case(
+        _MQTT,
+        lambda s: ["broker", "export", "--host", "elsewhere.example", "--dir", NOWHERE, *_d(s)],
+        "not one of the site's hosts",
     ),
     "clock status": Case(
         lambda s: ["clock", "status", *_d(s)],

@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # Lowest first. A package may import only packages of a lower layer (and itself).
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"config", "fsutil", "tls"},
+    {"config", "fsutil", "hooks", "tls"},
     {"pki", "store", "trust"},
     {"agent", "site"},
     {"ceremonies", "apps"},

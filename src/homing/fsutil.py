@@ -15,7 +15,7 @@ from pathlib import Path
 
 from homing.errors import ConfigError
 
-__all__ = ["atomic_write", "safe_name"]
+__all__ = ["CURRENT", "atomic_write", "safe_name", "swap_in_file_set"]
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -53,3 +53,51 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+CURRENT = "current"
+
+
+def swap_in_file_set(
+    directory: Path, files: dict[str, bytes], modes: dict[str, int] | None = None
+) -> Path | None:
+    """Make ``directory/current`` hold exactly ``files``; the new set's path, or None when
+    it held them already.
+
+    For readers that take several files together (a CA bundle with its CRLs, a
+    certificate with its key): the set is written into a new directory named
+    by its digest and ``current`` (a symbolic link) is switched to it in one
+    rename, so a reader sees the old set or the new one, never half of each.
+    Older sets are removed.
+    """
+    import hashlib
+    import shutil
+
+    modes = modes or {}
+    digest = hashlib.sha256(
+        b"".join(name.encode() + b"\0" + data + b"\0" for name, data in sorted(files.items()))
+    ).hexdigest()[:16]
+    directory.mkdir(parents=True, exist_ok=True)
+    current = directory / CURRENT
+    generation = f"trust-{digest}"
+    if current.is_symlink() and os.readlink(current) == generation:
+        return None
+    target = directory / generation
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(mode=0o755)
+    for name, data in files.items():
+        atomic_write(target / name, data, modes.get(name, 0o644))
+    link = directory / f".{CURRENT}.new"
+    link.unlink(missing_ok=True)
+    link.symlink_to(generation)
+    os.replace(link, current)  # one rename: readers see the old set or the new
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    for old in directory.glob("trust-*"):
+        if old.name != generation:
+            shutil.rmtree(old, ignore_errors=True)
+    return current

@@ -40,6 +40,7 @@ from homing.agent.decide import (
     recovers_after,
     retry_after_seconds,
 )
+from homing.agent.exports import SERVICES_FILE
 from homing.agent.fetcher import HTTPSFetcher
 from homing.agent.state import DeviceState
 from homing.agent.update import FirmwareJob, installer_for
@@ -210,6 +211,8 @@ class Agent:
         from homing.fsutil import atomic_write
 
         atomic_write(self.state.root / "pins.json", trust.pin_policy.to_bytes())
+        # Verified with the pins; what the exports tell applications (homing.trust.services).
+        atomic_write(self.state.root / SERVICES_FILE, trust.services.to_bytes())
         report.trust = {
             "root": trust.root_version,
             "timestamp": trust.timestamp_version,

@@ -55,6 +55,7 @@ from homing.pki.keystore import (
 from homing.pki.profiles import server_csr, server_profile
 from homing.site import DataDir, Settings
 from homing.trust.pins import PIN_POLICY_TARGET, PinPolicy
+from homing.trust.services import SERVICES_TARGET, Services
 from homing.trust.signing import signer_for, tuf_key
 
 __all__ = [
@@ -314,12 +315,25 @@ def targets_signed_here(dd: DataDir, settings: Settings, store: KeyStore) -> boo
     return tuf_key(key.public_key()).keyid in listed
 
 
+def trust_targets(dd: DataDir, settings: Settings, store: KeyStore) -> dict[str, bytes]:
+    """The top-level targets the site's state implies: the pin policy, and the services
+    document once the site names a broker (or named one before: then it is emptied)."""
+    files = {PIN_POLICY_TARGET: pin_policy(dd, settings, store).to_bytes()}
+    if settings.mqtt_brokers or SERVICES_TARGET in dd.repository(settings).targets().signed.targets:
+        files[SERVICES_TARGET] = Services(tuple(settings.mqtt_brokers)).to_bytes()
+    return files
+
+
 def pins_pending(dd: DataDir) -> bool:
     """Whether the published pin policy is behind the site's state (publish it by ceremony)."""
     settings = dd.settings()
     store = dd.keystore(settings)
-    published = dd.repository(settings).target_bytes(PIN_POLICY_TARGET)
-    return published != pin_policy(dd, settings, store).to_bytes()
+    repo = dd.repository(settings)
+    published = repo.targets().signed.targets
+    for name, data in trust_targets(dd, settings, store).items():
+        if name not in published or repo.target_bytes(name) != data:
+            return True
+    return False
 
 
 def publish_pins(dd: DataDir, settings: Settings, store: KeyStore, now: datetime) -> int:
@@ -330,9 +344,10 @@ def publish_pins(dd: DataDir, settings: Settings, store: KeyStore, now: datetime
         )
     repo = dd.repository(settings)
     snapshot, timestamp = _online_signers(store, settings)
-    policy_bytes = pin_policy(dd, settings, store).to_bytes()
+    files = trust_targets(dd, settings, store)
+    policy_bytes = files[PIN_POLICY_TARGET]
     version = repo.publish_targets(
-        {PIN_POLICY_TARGET: policy_bytes},
+        files,
         _signer(store, "targets"),
         snapshot,
         timestamp,

@@ -141,17 +141,16 @@ def _set_threshold(role: Role, threshold: int, name: str) -> None:
 
 def propose_targets(data: Path | DataDir, now: datetime) -> Proposal:
     """Targets N+1 carrying the pin policy the site's state implies (or a re-signing)."""
-    from homing.ceremonies.rotations import pin_policy
+    from homing.ceremonies.rotations import trust_targets
 
     dd, settings, store = _open(data)
     repo = dd.repository(settings)
     current = repo.targets()
     proposed = _next_version(current, now + settings.expiries.targets)
-    policy = pin_policy(dd, settings, store).to_bytes()
-    proposed.signed.targets[PIN_POLICY_TARGET] = TargetFile.from_data(
-        PIN_POLICY_TARGET, policy, ["sha256"]
-    )
-    return Proposal(Targets.type, current, proposed, {PIN_POLICY_TARGET: policy})
+    files = trust_targets(dd, settings, store)
+    for name, content in files.items():
+        proposed.signed.targets[name] = TargetFile.from_data(name, content, ["sha256"])
+    return Proposal(Targets.type, current, proposed, files)
 
 
 def sign(proposal: Proposal, keys: Sequence[Path], passphrase: bytes | None) -> DetachedSignature:

@@ -16,11 +16,13 @@ ceremonies and ``homing.operations`` do.
 - ``ceremony``: sign-then-combine threshold ceremonies
 - ``replicas``: the shared site, replicas, backup and restore
 - ``clock``: the home's own clock, guarded
+- ``brokers``: MQTT brokers devices reach with homing's trust
 """
 
 from homing.cli import (
     acme,
     agent,
+    brokers,
     ceremony,
     clock,
     factories,
@@ -36,6 +38,7 @@ from homing.cli._base import cli, main
 __all__ = [
     "acme",
     "agent",
+    "brokers",
     "ceremony",
     "cli",
     "clock",

@@ -184,9 +184,10 @@ class Authority:
         if not_after <= now:
             raise PKIError("the issuing CA has expired; rotate it before issuing")
         serial = self._fresh_serial()
+        subject = self._subject(request)
         builder = (
             x509.CertificateBuilder()
-            .subject_name(self._subject(request))
+            .subject_name(subject)
             .issuer_name(self.certificate.subject)
             .public_key(request.public_key)
             .serial_number(serial)
@@ -208,8 +209,10 @@ class Authority:
                 critical=True,
             )
             .add_extension(x509.ExtendedKeyUsage([profile.eku]), critical=False)
-            # RFC 5280 §4.2.1.6: SAN is non-critical when the subject is non-empty.
-            .add_extension(x509.SubjectAlternativeName(list(request.san)), critical=False)
+            # RFC 5280 §4.2.1.6: SAN is critical when the subject is empty, else not.
+            .add_extension(
+                x509.SubjectAlternativeName(list(request.san)), critical=not list(subject)
+            )
             .add_extension(self._aki, critical=False)
         )
         certificate = builder.sign(self.key, hashes.SHA256())
@@ -225,6 +228,17 @@ class Authority:
         return certificate
 
     def _subject(self, request: ApprovedRequest) -> x509.Name:
+        """CN = the subject id; none for a server named only by IP address: OpenSSL checks
+        a CN that looks like a host name against the CA's DNS name constraints, so
+        ``CN=127.0.0.1`` under a CA constrained to DNS names fails every OpenSSL client
+        (curl, mosquitto), though its IP SAN is permitted."""
+        if request.profile.kind == "server":
+            try:
+                ipaddress.ip_address(request.subject_id)
+            except ValueError:
+                pass
+            else:
+                return x509.Name([])
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, request.subject_id[:64])])
 
     def _fresh_serial(self) -> int:

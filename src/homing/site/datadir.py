@@ -85,6 +85,8 @@ class Settings:
     # devices may run releases made after the backup, which it does not know,
     # and refuse any sequence not above theirs (homing.ceremonies.restoration).
     release_sequence_floor: int = 0
+    # MQTT brokers (mqtts://host:port) published with the pins (homing.trust.services).
+    mqtt_brokers: list[str] = field(default_factory=list)
 
     @property
     def expiries(self) -> Expiries:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -31,6 +31,8 @@ from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 from homing.config import Limits
 from homing.errors import ConfigError, MetadataError, MetadataExpiredError, TransportError
 from homing.trust.pins import PIN_POLICY_TARGET, PinPolicy
+from homing.trust.services import MAX_BYTES as MAX_SERVICES_BYTES
+from homing.trust.services import SERVICES_TARGET, Services
 
 __all__ = ["DirectoryFetcher", "TrustState", "refresh_trust", "target_info"]
 
@@ -49,6 +51,8 @@ class TrustState:
     snapshot_version: int
     targets_version: int
     timestamp_expires: datetime
+    # The home's other services (MQTT brokers), when the targets name them.
+    services: Services = field(default_factory=Services)
 
 
 class DirectoryFetcher(FetcherInterface):
@@ -165,6 +169,13 @@ def refresh_trust(
             raise MetadataError(f"trust metadata carries no {PIN_POLICY_TARGET} target")
         path = updater.find_cached_target(info) or updater.download_target(info)
         policy = PinPolicy.from_bytes(Path(path).read_bytes(), limits)
+        services = Services()
+        listed = updater.get_targetinfo(SERVICES_TARGET)
+        if listed is not None:
+            if listed.length > MAX_SERVICES_BYTES:
+                raise MetadataError("the services document is larger than the limit")
+            found = updater.find_cached_target(listed) or updater.download_target(listed)
+            services = Services.from_bytes(Path(found).read_bytes())
         # python-tuf persists only metadata that passed verification, so the
         # files it just wrote are the trusted state (read, not re-verified).
         timestamp = Metadata[Timestamp].from_file(str(metadata_dir / "timestamp.json")).signed
@@ -179,6 +190,7 @@ def refresh_trust(
             .from_file(str(metadata_dir / "targets.json"))
             .signed.version,
             timestamp_expires=timestamp.expires,
+            services=services,
         )
 
 
