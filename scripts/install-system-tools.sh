@@ -3,7 +3,8 @@
 # fleet view), promtool (the shipped alert rules), systemd-analyze (the
 # shipped units), pebble with its challenge test server (ACME) and SoftHSM2
 # (PKCS#11 keys), HAProxy and iproute2 (replicas in network namespaces),
-# curl (the EST recipe and the server unit's readiness probe).
+# curl (the EST recipe and the server unit's readiness probe), mosquitto and
+# its clients (a device application's MQTT through homing's trust).
 # Installs what is missing when run as root with apt; otherwise names what is
 # missing and fails, because the tests that drive them never skip.
 set -euo pipefail
@@ -17,6 +18,8 @@ declare -A package_of=(
     [haproxy]=haproxy
     [ip]=iproute2
     [curl]=curl
+    [mosquitto]=mosquitto
+    [mosquitto_pub]=mosquitto-clients
 )
 missing=()
 for tool in "${!package_of[@]}"; do

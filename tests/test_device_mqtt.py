@@ -12,6 +12,7 @@ refused by the broker.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import ssl
@@ -43,23 +44,28 @@ pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 TOPIC = "plant/line-1/telemetry"
 
 
+DOC = Path(__file__).resolve().parent.parent / "docs" / "device-apps.md"
+
+
+def _doc_block(step: str) -> str:
+    """The first code block after ``step`` in docs/device-apps.md's MQTT section."""
+    text = DOC.read_text()
+    after = text[text.index("## MQTT") :]
+    after = after[after.index(step) :]
+    start = after.index("```")
+    start = after.index("\n", start) + 1
+    return after[start : after.index("```", start)]
+
+
 def _config(broker_dir: Path, port: int) -> str:
-    """The broker's configuration of docs/device-apps.md ("The broker"), on a test port."""
-    current = broker_dir / "current"
-    return "\n".join([
-        f"listener {port} 127.0.0.1",
-        f"cafile {current}/device-cas.pem",
-        f"certfile {current}/server-chain.pem",
-        f"keyfile {current}/server-key.pem",
-        f"crlfile {current}/crl.pem",
-        "require_certificate true",
-        "use_identity_as_username true",
-        "persistence false",
-        # The test runs as root in a private directory: the broker keeps root's rights.
-        "user root",
-        "log_dest stderr",
-        "",
-    ])  # fmt: skip
+    """The broker's configuration of docs/device-apps.md, on a test port and directory."""
+    conf = _doc_block("**3. The broker's configuration**")
+    assert "listener 8883\n" in conf
+    assert "/etc/mosquitto/homing/" in conf
+    conf = conf.replace("listener 8883", f"listener {port} 127.0.0.1")
+    conf = conf.replace("/etc/mosquitto/homing/", f"{broker_dir}/")
+    # The test runs as root in a private directory: the broker keeps root's rights.
+    return conf + "persistence false\nuser root\nlog_dest stderr\n"
 
 
 class Broker:
@@ -119,8 +125,13 @@ class Application:
         ]  # fmt: skip
 
     def publish(self, message: str) -> subprocess.CompletedProcess[str]:
+        """The doc's lines for the device's application, run as written (its directory
+        and topic as the test's, and -r so that a subscriber gets the last message)."""
+        script = _doc_block("**4. The device's application**")
+        script = script.replace("/run/homing-trust/current", str(self.current))
+        script = script.replace("plant/line-1/telemetry", TOPIC).replace("-q 1", "-q 1 -r")
         return subprocess.run(
-            [system_tool("mosquitto_pub"), *self._args(), "-m", message, "-r", "-q", "1"],
+            ["sh", "-ec", script], env={**os.environ, "READING": message},
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
 
