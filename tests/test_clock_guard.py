@@ -188,15 +188,43 @@ def test_a_clock_set_back_or_ahead_issues_nothing_and_tells_no_time(
 def test_a_worker_away_from_its_database_servers_clock_issues_nothing(
     server: RunningServer,
 ) -> None:
-    """A shared site's peer is its PostgreSQL server: a worker whose clock is ten minutes
-    off it issues nothing and tells no time, and resumes when the clocks agree."""
+    """A shared site's peer is its PostgreSQL server: on a host whose clock is ten minutes
+    off it, the supervisor signs nothing and its workers issue nothing and tell no time
+    (they share the host's clock and take the supervisor's verdict); both resume when the
+    clocks agree."""
     enroll = _station(server)
-    assert enroll("dev-1") == 200
-    server.clock.advance(timedelta(minutes=10))
-    assert enroll("dev-2") == 503
-    answer = server.request("GET", f"/v1/time?nonce={NONCE}")
-    assert answer.status == 503
-    assert "database server's reads" in answer.json()["message"]
-    server.clock.advance(timedelta(minutes=-10))
-    assert enroll("dev-3") == 200
-    assert server.request("GET", f"/v1/time?nonce={NONCE}").status == 200
+    supervisor = Upkeep(server.state.dd, None)
+    try:
+        assert supervisor.clock_doubt(server.clock()) is None
+        assert enroll("dev-1") == 200
+        server.clock.advance(timedelta(minutes=10))
+        assert supervisor.clock_doubt(server.clock()) is not None  # its pass signs nothing
+        assert enroll("dev-2") == 503
+        answer = server.request("GET", f"/v1/time?nonce={NONCE}")
+        assert answer.status == 503
+        assert "database server's reads" in answer.json()["message"]
+        server.clock.advance(timedelta(minutes=-10))
+        assert supervisor.clock_doubt(server.clock()) is None
+        assert enroll("dev-3") == 200
+        assert server.request("GET", f"/v1/time?nonce={NONCE}").status == 200
+    finally:
+        supervisor.close()
+
+
+@SQLITE
+def test_a_verdict_left_by_an_earlier_run_is_cleared_by_the_first_pass(
+    server: RunningServer,
+) -> None:
+    """A supervisor that stopped while in doubt leaves its verdict; the next one's first
+    pass at a believable time clears it, so workers are not held by a stale one."""
+    dd = server.state.dd
+    enroll = _station(server)
+    clock.record_doubt(dd.root, "an earlier run's doubt")
+    assert enroll("dev-1") == 503
+    supervisor = Upkeep(dd, None)
+    try:
+        assert supervisor.clock_doubt(server.clock()) is None
+    finally:
+        supervisor.close()
+    assert not (dd.root / clock.DOUBT_FILE).exists()
+    assert enroll("dev-2") == 200

@@ -14,22 +14,28 @@ maintenance signs anything it compares its clock with:
 - its peer, the PostgreSQL server of a shared site: within ``MAX_PEER_SKEW``.
 
 In doubt it signs nothing, logs why, and ``homing_clock_in_doubt`` is 1 (an
-alert fires). What was made while the clock was wrong is replaced by the
-maintenance pass once the clock is right (homing.server.maintenance). An
-operator who has checked the time says so with ``confirm_clock``.
+alert fires). Workers issue no certificate and tell no time meanwhile: they
+apply the last-signing rules themselves at each request (a jump is judged at
+once) and take the peer verdict from their supervisor (``record_doubt``).
+What was made while the clock was wrong is replaced by the maintenance pass
+once the clock is right (homing.server.maintenance). An operator who has
+checked the time says so with ``confirm_clock``.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import or_, select, text
 
+from homing.fsutil import atomic_write
 from homing.store import Database, audit
 from homing.store.schema import audit_log
 
 __all__ = [
     "CONFIRM_ACTION",
+    "DOUBT_FILE",
     "MAX_BACKWARDS",
     "MAX_PEER_SKEW",
     "MAX_SILENCE",
@@ -37,13 +43,18 @@ __all__ = [
     "clock_status",
     "confirm_clock",
     "last_signing",
-    "moved_back",
+    "peer_doubt",
+    "record_doubt",
+    "recorded_doubt",
+    "signing_doubt",
 ]
 
 MAX_BACKWARDS = timedelta(minutes=5)
 MAX_SILENCE = timedelta(days=30)
 MAX_PEER_SKEW = timedelta(minutes=5)
 CONFIRM_ACTION = "confirm_clock"
+# In the data directory: why the supervisor signs nothing now (absent: it may).
+DOUBT_FILE = "clock-in-doubt"
 _MAINTENANCE = "server:maintenance"
 
 
@@ -79,7 +90,12 @@ def _peer_time(db: Database) -> datetime | None:
 
 
 def clock_doubt(db: Database, now: datetime) -> str | None:
-    """Why ``now`` must not be signed at, or None when it may."""
+    """Why ``now`` must not be signed at, or None when it may (the supervisor's rule)."""
+    return signing_doubt(db, now) or peer_doubt(db, now)
+
+
+def signing_doubt(db: Database, now: datetime) -> str | None:
+    """Why ``now`` is too far before or after the site's last signing, or None."""
     last = last_signing(db)
     if last is not None and now < last - MAX_BACKWARDS:
         return (
@@ -91,6 +107,11 @@ def clock_doubt(db: Database, now: datetime) -> str | None:
             f"the clock reads {now.isoformat()}, {(now - last).days} days after the last "
             f"signing at {last.isoformat()}: confirm this time with `homing clock confirm`"
         )
+    return None
+
+
+def peer_doubt(db: Database, now: datetime) -> str | None:
+    """Why ``now`` is too far from the database server's clock (a shared site), or None."""
     peer = _peer_time(db)
     if peer is not None and abs(now - peer) > MAX_PEER_SKEW:
         return (
@@ -100,20 +121,26 @@ def clock_doubt(db: Database, now: datetime) -> str | None:
     return None
 
 
-def moved_back(db: Database, now: datetime) -> str | None:
-    """Why ``now`` must not be issued or told at: it is before the last signing.
+def record_doubt(data: Path, why: str | None) -> None:
+    """The supervisor's verdict, for the host's workers: ``why``, or none (file removed).
 
-    What a worker checks before it issues a certificate or answers the time
-    (the supervisor's signing has ``clock_doubt``'s whole rule): a clock set
-    back would date certificates, and the fleet's time, in the past.
+    Workers share their host's clock with the supervisor, so its peer check
+    (one query every pass) answers for them; they read the verdict here
+    before they issue or tell the time (``recorded_doubt``).
     """
-    last = last_signing(db)
-    if last is not None and now < last - MAX_BACKWARDS:
-        return (
-            f"this server's clock reads {now.isoformat()}, before its last signing at "
-            f"{last.isoformat()}"
-        )
-    return None
+    path = data / DOUBT_FILE
+    if why is None:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write(path, why.encode() + b"\n")
+
+
+def recorded_doubt(data: Path) -> str | None:
+    """The supervisor's last verdict on this host's clock (None: it may sign)."""
+    try:
+        return (data / DOUBT_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
 
 
 def clock_status(db: Database, now: datetime) -> dict[str, str | None]:

@@ -130,11 +130,12 @@ class ServerState:
 
     def check_clock(self) -> None:
         """Refuse to issue or tell the time while this clock is in doubt: before the site's
-        last signing, long after it, or away from the database server's clock
-        (homing.operations.clock); the verdict is kept ``CLOCK_CHECK_SECONDS``."""
+        last signing or long after it (judged here; the verdict is kept
+        ``CLOCK_CHECK_SECONDS``), or away from the database server's clock (the
+        supervisor's verdict for this host, homing.operations.clock)."""
         import time
 
-        from homing.operations.clock import clock_doubt
+        from homing.operations.clock import recorded_doubt, signing_doubt
         from homing.server.errors import HTTPProblem
 
         mark, now = time.monotonic(), self.now()
@@ -146,8 +147,8 @@ class ServerState:
             or mark - kept[0] > CLOCK_CHECK_SECONDS
             or abs((now - kept[1]).total_seconds() - (mark - kept[0])) > 1.0
         ):
-            kept = self._clock_verdict = (mark, now, clock_doubt(self.db, now))
-        why = kept[2]
+            kept = self._clock_verdict = (mark, now, signing_doubt(self.db, now))
+        why = kept[2] or recorded_doubt(self.dd.root)
         if why is not None:
             message = f"this server's clock is in doubt: {why}"
             raise HTTPProblem(503, "clock_in_doubt", message, {"Retry-After": "300"})

@@ -16,7 +16,7 @@ import socket
 from datetime import datetime, timedelta
 
 from homing.ceremonies.replicas import missing_online_keys
-from homing.operations.clock import clock_doubt
+from homing.operations.clock import clock_doubt, record_doubt
 from homing.server.maintenance import ACTOR, maintain
 from homing.server.signer import SignerLease
 from homing.site import DataDir, shared
@@ -48,6 +48,7 @@ class Upkeep:
         off only for tests that move time by hand."""
         self.dd = dd
         self.guard_clock = guard_clock
+        self._recorded = False
         self._doubt: str | None = None
         self.checkin_retention = checkin_retention
         self.db = dd.database()
@@ -86,6 +87,11 @@ class Upkeep:
     def clock_doubt(self, now: datetime) -> str | None:
         """Why nothing may be signed at ``now`` (logged once when it starts and ends)."""
         why = clock_doubt(self.db, now) if self.guard_clock else None
+        if why != self._doubt or not self._recorded:
+            # For this host's workers; the first pass also clears a verdict an
+            # earlier run left behind.
+            record_doubt(self.dd.root, why)
+            self._recorded = True
         if why is not None and self._doubt is None:
             log.error("signing nothing: %s", why)
         elif why is None and self._doubt is not None:
