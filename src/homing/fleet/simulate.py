@@ -86,6 +86,8 @@ class StrategyResult:
     # Device-days spent cut off (deployed, last contact failed), per device class.
     cut_off_days: dict[str, float] = field(default_factory=dict)
     revoked: int = 0
+    # Devices that died cut off but would have come back by themselves (not bricked).
+    retired_cut_off: int = 0
     # homing's devices: firmware taken through the real agent's update.
     firmware_installs: int = 0
     firmware_refused: int = 0
@@ -110,6 +112,7 @@ class StrategyResult:
             "name": self.name,
             "summary": self.summary,
             "bricked": self.bricked,
+            "died_cut_off_not_bricked": self.retired_cut_off,
             "manual_recoveries": self.manual_recoveries,
             "manual_recovery_events": self.manual_recovery_events,
             "devices_ever_cut_off": self.cut_off_devices,
@@ -324,6 +327,8 @@ class _Run:
         self.renew_at = np.full(n, _FAR, np.int32)
         self.cut_since = np.full(n, -1, np.int32)
         self.ever_cut = np.zeros(n, np.bool_)
+        # Devices that died while cut off, per week of their death (retire).
+        self.died_cut_off: list[npt.NDArray[np.int64]] = []
         self.ever_manual = np.zeros(n, np.bool_)
         # Per theft: the day each device stops accepting it, and who may still.
         self.exposure_end: dict[str, npt.NDArray[np.float64]] = {}
@@ -502,9 +507,38 @@ class _Run:
         self._set_status(revoked, np.full(revoked.size, REFUSED, np.int8))
 
     def retire(self, dead: npt.NDArray[np.int64]) -> None:
-        """Devices at the end of their life are no longer counted as cut off."""
+        """Devices at the end of their life are no longer counted as cut off; those that
+        died cut off are judged at the end of the run (``would_come_back``)."""
         cut = dead[self.status[dead] == CUT_OFF]
         self.cut_now -= self._by_class(cut)
+        if cut.size:
+            self.died_cut_off.append(cut)
+
+    def would_come_back(self, devices: npt.NDArray[np.int64], tick: int) -> npt.NDArray[np.bool_]:
+        """Whether devices that died cut off would have come back by themselves at ``tick``
+        (the run's last week): their trust contact, and their certificate's conversation
+        with the home when one is due, answered there as for a device alive and online.
+
+        A device cut off by a lapse or an outage was not bricked: it died before the home
+        was back. One cut off for good (a changed fingerprint, an expired certificate with
+        no key-proof recovery) was bricked before it died, and still counts.
+        """
+        s = self.strategy
+
+        def answers(key: Hashable) -> bool:
+            offset, state = cast(tuple[float, Hashable], key)
+            contact = s.contact(state, tick, timedelta(days=offset))
+            return contact.outcome not in (CUT_OFF, MANUAL)
+
+        back = self._per_state(self.ids[devices], answers, np.bool_)
+        due = back & (self.renew_at[devices] <= tick)
+        if due.any():
+            codes = self._situations(devices[due], tick)
+            steps = np.array(
+                [self.step_for(_situation(int(c))).outcome is not CUT_OFF for c in codes], np.bool_
+            )
+            back[np.flatnonzero(due)] = steps
+        return back
 
     def count_cut_off(self) -> int:
         """Add this week's device-days cut off, per device class; returns the devices cut off."""
@@ -700,10 +734,18 @@ class _Run:
         stop = watch[~accepts]
         ends[stop] = np.minimum(ends[stop], tick * DAYS_PER_TICK)
 
-    def finish(self, fleet: Fleet, compromises: Sequence[Compromise], run_days: float) -> None:
+    def finish(
+        self, fleet: Fleet, compromises: Sequence[Compromise], run_days: float, last_tick: int
+    ) -> None:
         r = self.result
         made = self.ids >= 0
-        r.bricked = int(((self.status == CUT_OFF) & made).sum())
+        bricked = (self.status == CUT_OFF) & made
+        if self.died_cut_off:
+            died = np.concatenate(self.died_cut_off)
+            back = died[self.would_come_back(died, last_tick)]
+            bricked[back] = False
+            r.retired_cut_off = int(back.size)
+        r.bricked = int(bricked.sum())
         r.revoked = int(((self.status == REFUSED) & made).sum())
         r.cut_off_days = {
             name: float(days)
@@ -815,7 +857,7 @@ def _run(
             if progress is not None:
                 progress(tick + 1, world.ticks)
         for run in runs:
-            run.finish(fleet, world.compromises, run_days)
+            run.finish(fleet, world.compromises, run_days, world.ticks - 1)
         ts_days = 1.0
         homing = next((r.strategy for r in runs if isinstance(r.strategy, Homing)), None)
         key = next((c for c in world.compromises if c.what == "server TLS key"), None)

@@ -318,6 +318,8 @@ class _Builder:
         # One handle on the site (and its database) for every ceremony of the run.
         self.dd = DataDir(self.data)
         self.renew_by = self._renewal_dates()
+        # Scheduled ceremonies a lapse holds back until its end (_due).
+        self.held_back: set[str] = set()
         self.homing_firmware: FirmwareRelease | None = None
         self.world.homing_root_ca.append(self.dd.certificate("root-ca.pem"))
         self._snapshot_homing(0)
@@ -335,9 +337,7 @@ class _Builder:
             if self._steal_server_ca(tick):
                 changed = renewed = True
             self._server_key(tick)
-            changed_too, renewed_too = (
-                (False, False) if frozen else self._homing_ceremonies(tick, changed, renewed)
-            )
+            changed_too, renewed_too = self._homing_ceremonies(tick, changed, renewed, frozen)
             changed_too |= self._firmware_key(tick, frozen)
             changed_too |= self._homing_release(tick, frozen)
             renewed_leaf = self._renew_leaves(tick, renewed or renewed_too)
@@ -460,18 +460,47 @@ class _Builder:
         if tick != self.plan.compromise:
             self.world.events.append((tick, "server TLS key rotated to the pre-announced backup"))
 
-    def _homing_ceremonies(self, tick: int, changed: bool, renewed: bool) -> tuple[bool, bool]:
+    def _due(self, what: str, scheduled: bool, frozen: bool) -> bool:
+        """Whether a scheduled ceremony of homing's operator happens now.
+
+        During a lapse the operator's site publishes nothing, so a ceremony
+        scheduled then is held back and happens at the lapse's end, never dropped.
+        """
+        if frozen:
+            if scheduled:
+                self.held_back.add(what)
+            return False
+        if what in self.held_back:
+            self.held_back.discard(what)
+            return True
+        return scheduled
+
+    def _homing_ceremonies(
+        self, tick: int, changed: bool, renewed: bool, frozen: bool
+    ) -> tuple[bool, bool]:
         """Returns whether homing's metadata changed and whether its leaf was renewed."""
         plan, now, events = self.plan, tick_time(tick), self.world.events
+        held = {"issuing CA", "root"} & self.held_back
+        rotate_ca = self._due("issuing CA", tick in plan.ca_rotations, frozen)
+        rotate_root = self._due("root", tick in plan.root_rotations, frozen)
+        if frozen:
+            return False, False
+        late = " (held back by the lapse)"
         renewed_device_ca = False
-        if tick in plan.ca_rotations and not renewed:
+        if rotate_ca and not renewed:
             ceremonies.rotate_issuing_ca(self.dd, "server", now)
             changed = renewed = True
-            events.append((tick, "issuing CA rotated (homing promotes its backup key)"))
-        if tick in plan.root_rotations:
+            events.append(
+                (tick, "issuing CA rotated (homing promotes its backup key)"
+                 + (late if "issuing CA" in held else ""))
+            )  # fmt: skip
+        if rotate_root:
             ceremonies.rotate_root(self.dd, now)
             changed = True
-            events.append((tick, "homing root keys rotated (root N+1 signed by N)"))
+            events.append(
+                (tick, "homing root keys rotated (root N+1 signed by N)"
+                 + (late if "root" in held else ""))
+            )  # fmt: skip
         # The operator's calendar: whatever would expire within a year is
         # renewed now, exactly as docs/ceremonies.md asks of a real operator.
         if now >= self.renew_by["root"]:
@@ -557,11 +586,11 @@ class _Builder:
 
     def _firmware_key(self, tick: int, frozen: bool) -> bool:
         """A new firmware key: homing re-delegates in TUF; firmware-carried keys need an overlap."""
-        if not any(start == tick for start, _ in self.plan.firmware_rotations):
-            return False
-        self.firmware_key += 1
-        self.world.events.append((tick, "firmware signing key rotated"))
-        if frozen:
+        scheduled = any(start == tick for start, _ in self.plan.firmware_rotations)
+        if scheduled:
+            self.firmware_key += 1
+            self.world.events.append((tick, "firmware signing key rotated"))
+        if not self._due("firmware key", scheduled, frozen):
             return False
         ceremonies.rotate_firmware_key(self.dd, tick_time(tick))
         return True
@@ -642,7 +671,7 @@ def _snapshot(repository: Path, target: Path) -> None:
 def _sign_role(dd: DataDir, role: str, now: datetime, until: datetime | None = None) -> None:
     """Re-sign ``role`` of the site ``dd``, to expire at ``until`` (default: as usual)."""
     settings = dd.settings()
-    usual = dict(settings.expiry_days)
+    usual = settings.expiry_days.get(role)
     if until is not None:
         settings.expiry_days[role] = (until - now).total_seconds() / 86400
         dd.save_settings(settings)
@@ -659,8 +688,15 @@ def _sign_role(dd: DataDir, role: str, now: datetime, until: datetime | None = N
             ceremonies.rotate_root(dd, now)
     finally:
         if until is not None:
-            settings.expiry_days = usual
-            dd.save_settings(settings)
+            # The ceremony saved settings of its own (a root rotation writes its new
+            # keys there): restore the one expiry on what it saved, not the copy
+            # read before, which would revert its keys.
+            after = dd.settings()
+            if usual is None:
+                after.expiry_days.pop(role, None)
+            else:
+                after.expiry_days[role] = usual
+            dd.save_settings(after)
 
 
 def _announcements(world: World, plan: _Schedule, announce_days: int) -> None:
@@ -700,6 +736,8 @@ class _PublicSite:
         self.builder = builder
         self.data = data
         self.served = 0  # how many public chains have been installed
+        self.successor_published = False  # the public CA's new root, in the pin policy
+        self.published_roots = [builder.public_ca.root]
         ceremonies.init(
             data,
             START,
@@ -739,6 +777,8 @@ class _PublicSite:
         """One week of the operator's site: lapses as the private site's, then the usual."""
         b, now = self.builder, tick_time(tick)
         if b.plan.frozen(tick):
+            # The server's own certificate renewals go on; what changes the pins waits.
+            self._install(now, frozen=True)
             return
         for role, _, _ in b.plan.lapse_ending(tick):
             _sign_role(self.dd, role, now)
@@ -765,25 +805,22 @@ class _PublicSite:
         b, now, world = self.builder, tick_time(tick), self.builder.world
         changed = b.plan.lapse_ending(tick) != []  # the trust metadata
         installed = False  # the served chain
-        if tick == b.plan.public_successor and b.public_next is not None:
+        if (
+            not self.successor_published
+            and tick >= b.plan.public_successor
+            and b.public_next is not None
+        ):
+            # At its tick, or at the end of a lapse that held the site back then: the
+            # chains served meanwhile (under the roots already published) first, so the
+            # one the server presents is current when the roots are checked against it.
+            rotated, installed = self._install(now, frozen=False)
             roots = [cert for cert, _ in world.public_roots]
             acme.set_public_roots(self.dd, now, _pem_of(*roots))
-            changed = True
-        while self.served < len(world.public):
-            chain = world.public[self.served]
-            rotate = self.served > 0 and chain.key_index != world.public[self.served - 1].key_index
-            acme.install_certificate(
-                self.dd,
-                now,
-                _pem_of(chain.leaf, *chain.intermediates),
-                rotate_key=rotate,
-                next_backup=world.keys[chain.key_index + 1] if rotate else None,
-            )
-            if self.served == 0:
-                acme.set_tls_mode(self.dd, now, "public")
-            changed = changed or rotate or self.served == 0
-            self.served += 1
-            installed = True
+            self.published_roots = roots
+            self.successor_published = changed = True
+            changed = changed or rotated
+        rotated, installed_now = self._install(now, frozen=False)
+        changed, installed = changed or rotated, installed or installed_now
         if now >= self.renew_root_by:
             ceremonies.rotate_root(self.dd, now)
             self.renew_root_by = self._root_renewal()
@@ -799,6 +836,35 @@ class _PublicSite:
             changed = True
         if changed or installed:
             self._copy(tick)
+
+    def _install(self, now: datetime, *, frozen: bool) -> tuple[bool, bool]:
+        """Install the public CA's chains served since the last step: whether the pins
+        changed (a key rotation, or the first chain) and whether any was installed."""
+        from homing.ceremonies import acme
+
+        world = self.builder.world
+        changed = installed = False
+        while self.served < len(world.public):
+            chain = world.public[self.served]
+            rotate = self.served > 0 and chain.key_index != world.public[self.served - 1].key_index
+            if frozen and (rotate or self.served == 0):
+                break  # it publishes pins: at the lapse's end
+            top = (chain.intermediates or (chain.leaf,))[-1]
+            if top.issuer not in {r.subject for r in self.published_roots}:
+                break  # under a root the pin policy does not name yet
+            acme.install_certificate(
+                self.dd,
+                now,
+                _pem_of(chain.leaf, *chain.intermediates),
+                rotate_key=rotate,
+                next_backup=world.keys[chain.key_index + 1] if rotate else None,
+            )
+            if self.served == 0:
+                acme.set_tls_mode(self.dd, now, "public")
+            changed = changed or rotate or self.served == 0
+            self.served += 1
+            installed = True
+        return changed, installed
 
     def close(self) -> None:
         self.dd.close()
