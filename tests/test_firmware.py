@@ -302,6 +302,32 @@ def test_power_cuts_during_download_and_install(server: RunningServer, tmp_path:
         assert _states(server, rollout_id)[f"cut-{run}"] == "committed"
 
 
+def test_a_power_cut_between_commit_and_report_still_reports_committed(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """The home hears of every commit: a power cut at each of the update's last file
+    operations (around the slot's commit and the report after it), then a restart, and the
+    server's rollout says "committed" for the device, not "booted" for ever."""
+    from tests.test_agent_power_cuts import PowerCut, power_cut_at
+
+    release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
+    rollout_id = _rollout(server, stages=(100,), ratio=1.0 - 1e-9)
+    probe = _device(server, tmp_path, "probe")
+    with power_cut_at(None, False) as counter:
+        assert "firmware 2.0.0 committed" in _agent(probe).run_once().steps
+    operations = counter[0]
+    for index in range(operations - 8, operations + 1):
+        name = f"tail-{index}"
+        state = _device(server, tmp_path, name)
+        with power_cut_at(index, True), contextlib.suppress(PowerCut):
+            _agent(state).run_once()
+        for _ in range(2):  # the restart finishes the job, and reports what it owes
+            assert _agent(state).run_once().checked_in
+        assert installer_for(_agent(state)).active_version() == "2.0.0", index
+        assert _states(server, rollout_id)[name] == "committed", index
+        assert not (state.root / "update.json").exists(), index
+
+
 def test_rollouts_in_the_admin_api(server: RunningServer, tmp_path: Path) -> None:
     from homing.operations import fleet as operations
 

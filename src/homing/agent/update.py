@@ -97,12 +97,18 @@ def _report(
     state: str,
     reason: str | None = None,
     version: str | None = None,
-) -> None:
+) -> bool:
+    """Tell the home how the update goes; False when it could not be reached (the report is
+    worth sending again), True when it was delivered or answered with a refusal."""
     body = {"rollout": rollout, "state": state, "reason": reason, "version": version}
     try:
         job.client.post_json("/v1/device/update", body, mutual=True).expect_ok("progress report")
-    except HomingError as e:
+    except TransportError as e:
         log.warning("progress report not delivered: %s", e)
+        return False
+    except HomingError as e:
+        log.warning("progress report refused: %s", e)
+    return True
 
 
 def download(job: FirmwareJob, info: TargetFile) -> Path:
@@ -170,26 +176,53 @@ def finish_pending(job: FirmwareJob, report: CycleReport) -> None:
     """After a restart: a booted, uncommitted slot is checked, then committed or rolled back."""
     installer = installer_for(job)
     if not installer.pending():
+        _deliver_outcome(job)
         return
     progress = _read_progress(job)
-    raw_rollout = progress.get("rollout", 0)
-    rollout = raw_rollout if isinstance(raw_rollout, int) else 0
     version = installer.active_version()
     reason: str | None
     if installer.count_boot() > MAX_BOOT_ATTEMPTS:
         reason = "the new slot did not come up healthy in time"
     else:
         reason = _healthy(job)
+    # The outcome is written before it is made, so a power cut between the two, or a home
+    # out of reach, still reports it at a later cycle (_deliver_outcome).
     if reason is None:
+        _save_outcome(job, progress, "committed", None, version)
         installer.commit()
         report.committed_version = version
         report.steps.append(f"firmware {version} committed")
-        _report(job, rollout, "committed", version=version)
     else:
+        _save_outcome(job, progress, "rolled_back", reason, None)
         installer.rollback()
+        _save_outcome(job, progress, "rolled_back", reason, installer.active_version())
         report.steps.append(f"firmware {version} rolled back: {reason}")
-        _report(job, rollout, "rolled_back", reason, installer.active_version())
-    _progress_path(job).unlink(missing_ok=True)
+    _deliver_outcome(job)
+
+
+def _save_outcome(
+    job: FirmwareJob, progress: dict[str, Any], state: str, reason: str | None, version: str | None
+) -> None:
+    outcome = {"state": state, "reason": reason, "version": version}
+    atomic_write(_progress_path(job), json.dumps({**progress, "outcome": outcome}).encode())
+
+
+def _deliver_outcome(job: FirmwareJob) -> None:
+    """Report a commit or rollback recorded before it happened; forgotten once delivered."""
+    progress = _read_progress(job)
+    outcome = progress.get("outcome")
+    if not isinstance(outcome, dict):
+        return
+    rollout = progress.get("rollout", 0)
+    version, reason = outcome.get("version"), outcome.get("reason")
+    if _report(
+        job,
+        rollout if isinstance(rollout, int) else 0,
+        str(outcome.get("state")),
+        reason if isinstance(reason, str) else None,
+        version if isinstance(version, str) else None,
+    ):
+        _progress_path(job).unlink(missing_ok=True)
 
 
 def in_window(window: str | None, now: datetime) -> bool:
