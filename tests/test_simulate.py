@@ -285,19 +285,53 @@ def test_a_shorter_run_shortens_assembly_and_drops_later_events() -> None:
         scenario_from_dict({"fleet": {"years": 2, "manufacture_years": 3}})
 
 
+def _every_event_kind(years: float) -> dict[str, object]:
+    """Every kind of dated event the scenario format has, spread over a run of ``years``."""
+    at = [round(years * share, 3) for share in (0.15, 0.3, 0.45, 0.6, 0.75)]
+    return {
+        "outage": [{"at": at[0], "days": 30, "share": 0.2}],
+        "revocation": [{"at": at[1], "share": 0.05}],
+        # One lapse at a time, four weeks apart at least: all four roles where they fit.
+        "lapse": [
+            {"role": role, "at": when, "days": 14}
+            for role, when in zip(
+                ("timestamp", "snapshot", "targets", "root") if years >= 1 else ("root",),
+                at,
+                strict=False,
+            )
+        ],
+        "ca_compromise": [{"ca": "server", "at": at[2]}, {"ca": "device", "at": at[3]}],
+        "firmware_key_rotation": [{"at": at[4], "retire_after_days": 30}],
+    }
+
+
 @pytest.mark.long
-@pytest.mark.parametrize("years", [20, 50])
-def test_the_simulator_runs_to_every_year_it_accepts(years: int) -> None:
-    """It crashed at 13 years (the TUF root expired) and 19 (an issuing CA expired)."""
-    scenario = Scenario().with_fleet(devices=100, years=years)
-    results = simulate(scenario, ["homing", "private-ca"])
+@pytest.mark.parametrize("years", [0.1, 1, 7, 20, 50])
+def test_the_simulator_runs_every_event_kind_to_every_year_it_accepts(years: float) -> None:
+    """It crashed at 13 years (the TUF root expired), 19 (an issuing CA expired), and on
+    any root lapse; the CLI accepts any length up to 50 years."""
+    quiet = Scenario().with_fleet(devices=100, years=years)
+    results = simulate(quiet, ["homing", "private-ca"])
     homing, private = results.strategies
     assert homing.bricked == 0
     assert homing.why == "never cut off"
-    assert homing.caught_up > 0
     assert homing.cut_off_devices == 0
-    # The baseline still fails for its own reason across the longer run.
-    assert private.bricked > 0
+    if years >= 7:
+        assert homing.caught_up > 0
+    if years >= 20:
+        # The baseline still fails for its own reason across the longer run (its root
+        # lives eight years).
+        assert private.bricked > 0
+    busy = scenario_from_dict({
+        "fleet": {"devices": 100, "years": years, "manufacture_years": min(3, years)},
+        **_every_event_kind(years),
+    })  # fmt: skip
+    results = simulate(busy, ["homing", "private-ca"])
+    homing, private = results.strategies
+    assert homing.bricked == 0, homing.why
+    assert homing.revoked == private.revoked
+    assert sum(homing.end_states.values()) == 100
+    assert results.ticks == len(homing.connected)
 
 
 def test_the_cli_accepts_no_more_years_than_the_simulator_runs() -> None:

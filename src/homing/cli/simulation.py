@@ -104,6 +104,14 @@ def simulate_cmd(
     for result in results.strategies:
         out.print(f"{result.name}: {result.why}", highlight=False, soft_wrap=True, markup=False)
     for result in results.strategies:
+        # Where every device ended, so a design limit reads apart from a bug.
+        states = ", ".join(
+            f"{count:,} {state}" for state, count in result.end_states.items() if count
+        )
+        out.print(
+            f"{result.name} at the end: {states}", highlight=False, soft_wrap=True, markup=False
+        )
+    for result in results.strategies:
         if result.takes_firmware:
             out.print(
                 f"{result.name}: {result.firmware_installs:,} firmware updates through the agent, "

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from tuf.api.metadata import Metadata, Root, Targets, Timestamp
+from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 
 from homing.agent.agent import Agent, CycleReport
 from homing.agent.decide import TrustChannel
@@ -379,24 +379,21 @@ class Homing(Strategy):
     def replay_expires(self, c: Compromise) -> datetime:
         """When the attacker's freshest replay (signed just before the response) stops working.
 
-        Found and then checked with python-tuf: the replayed metadata is
-        accepted a minute before its timestamp expires and refused a second
-        after, so a device cannot be made to talk to the stolen key longer.
+        Its timestamp's expiry, or an earlier one of its other roles (a role the
+        operator let lapse). Found and then checked with python-tuf: the
+        replayed metadata is accepted a minute before that time and refused a
+        second after, so a device cannot be made to talk to the stolen key longer.
         """
         if c.what not in self._replay_expires:
             replay = c.replay.get(self.family)
             assert replay is not None
-            expires = (
-                Metadata[Timestamp]
-                .from_file(str(replay / "metadata" / "timestamp.json"))
-                .signed.expires
-            )
+            expires = _first_expiry(replay / "metadata")
             held = self._device_dir(0)
             _, before = self._refresh(held, replay, expires - timedelta(minutes=1))
             _, after = self._refresh(held, replay, expires + timedelta(seconds=1))
             if before.trust is None or after.trust is not None:
                 raise MetadataError(
-                    "replayed metadata did not expire when its timestamp did: "
+                    "replayed metadata did not expire when its first role did: "
                     f"{before.error or after.trust}"
                 )
             self._replay_expires[c.what] = expires
@@ -448,3 +445,23 @@ class HomingPublicCA(Homing):
 
     def _lapses(self) -> dict[int, datetime]:
         return self.world.homing_public_lapsed
+
+
+def _first_expiry(metadata: Path) -> datetime:
+    """When the first role of a published repository expires (timestamp, the snapshot it
+    names, the targets that names, the newest root)."""
+    timestamp = Metadata[Timestamp].from_file(str(metadata / "timestamp.json")).signed
+    snapshot = (
+        Metadata[Snapshot]
+        .from_file(str(metadata / f"{timestamp.snapshot_meta.version}.snapshot.json"))
+        .signed
+    )
+    targets = (
+        Metadata[Targets]
+        .from_file(str(metadata / f"{snapshot.meta['targets.json'].version}.targets.json"))
+        .signed
+    )
+    newest = max(metadata.glob("*.root.json"), key=lambda p: int(p.name.split(".")[0]))
+    root = Metadata[Root].from_file(str(newest)).signed
+    first: datetime = min(timestamp.expires, snapshot.expires, targets.expires, root.expires)
+    return first

@@ -10,6 +10,7 @@ else.
 
 from __future__ import annotations
 
+import itertools
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -38,6 +39,8 @@ __all__ = [
 PATTERNS = ("always-on", "daily", "seasonal", "warehouse", "outage", "dead")
 # The TUF roles an operator can let lapse, and the CAs whose key can be stolen.
 LAPSE_ROLES = ("timestamp", "snapshot", "targets", "root")
+# Days between the end of one lapse and the start of the next, at least.
+LAPSE_GAP_DAYS = 28
 CA_KINDS = ("server", "device")
 
 
@@ -265,6 +268,14 @@ class Scenario:
                 raise ConfigError(f"lapse[{i}].role must be one of {', '.join(LAPSE_ROLES)}")
             if not 7 <= lapse.days <= 3650:
                 raise ConfigError(f"lapse[{i}].days must be between 7 and 3650")
+        ordered = sorted(enumerate(self.lapses), key=lambda item: item[1].at)
+        for (i, first), (j, then) in itertools.pairwise(ordered):
+            # A week is the simulator's step: closer lapses would share one.
+            if then.at < first.at + (first.days + LAPSE_GAP_DAYS) / 365.25:
+                raise ConfigError(
+                    f"lapse[{j}] starts within {LAPSE_GAP_DAYS} days of the end of lapse[{i}]: "
+                    f"one lapse at a time, at least {LAPSE_GAP_DAYS} days apart"
+                )
         for i, c in enumerate(self.ca_compromises):
             _check_year(f"ca_compromise[{i}].at", c.at, years)
             if c.ca not in CA_KINDS:

@@ -55,6 +55,13 @@ from homing.pki.keys import generate_tls_key
 __all__ = ["Results", "StrategyResult", "simulate"]
 
 CERT_EXPIRED = Cause.CERT_EXPIRED
+# Each cause as a small integer, for a per-device array (and back).
+CAUSES = tuple(Cause)
+CAUSE_CODES = {cause: code for code, cause in enumerate(CAUSES)}
+# What an operator's lapse cuts devices off with (homing.fleet.world).
+LAPSE_CAUSE_CODES = [
+    CAUSE_CODES[c] for c in (Cause.METADATA_EXPIRED, Cause.ROOT_EXPIRED, Cause.TARGETS_EXPIRED)
+]
 # Later than any tick of a run.
 _FAR = 2**31 - 1
 
@@ -88,6 +95,10 @@ class StrategyResult:
     revoked: int = 0
     # Devices that died cut off but would have come back by themselves (not bricked).
     retired_cut_off: int = 0
+    # Why the bricked devices were last cut off (None: a contact with no cause).
+    bricked_causes: Counter[Cause | None] = field(default_factory=Counter)
+    # Every device's state when the run stops, by class: they add up to the fleet.
+    end_states: dict[str, int] = field(default_factory=dict)
     # homing's devices: firmware taken through the real agent's update.
     firmware_installs: int = 0
     firmware_refused: int = 0
@@ -113,6 +124,11 @@ class StrategyResult:
             "summary": self.summary,
             "bricked": self.bricked,
             "died_cut_off_not_bricked": self.retired_cut_off,
+            "end_states": self.end_states,
+            "bricked_by_cause": {
+                (cause.name if cause is not None else "none"): count
+                for cause, count in self.bricked_causes.most_common()
+            },
             "manual_recoveries": self.manual_recoveries,
             "manual_recovery_events": self.manual_recovery_events,
             "devices_ever_cut_off": self.cut_off_devices,
@@ -327,8 +343,8 @@ class _Run:
         self.renew_at = np.full(n, _FAR, np.int32)
         self.cut_since = np.full(n, -1, np.int32)
         self.ever_cut = np.zeros(n, np.bool_)
-        # Devices that died while cut off, per week of their death (retire).
-        self.died_cut_off: list[npt.NDArray[np.int64]] = []
+        # Why each device was last cut off (CAUSE_CODES; -1: never, or no cause).
+        self.last_cause = np.full(n, -1, np.int16)
         self.ever_manual = np.zeros(n, np.bool_)
         # Per theft: the day each device stops accepting it, and who may still.
         self.exposure_end: dict[str, npt.NDArray[np.float64]] = {}
@@ -506,22 +522,33 @@ class _Run:
             self.result.requests += step.posts * int(count)
         self._set_status(revoked, np.full(revoked.size, REFUSED, np.int8))
 
+    def _remember_causes(
+        self,
+        devices: npt.NDArray[np.int64],
+        position: npt.NDArray[np.int32],
+        reason_at: dict[int, int],
+        causes: list[Cause | None],
+    ) -> None:
+        """Why each of these devices was cut off this week (``end_states`` reads it)."""
+        index = position[self.ids[devices]].astype(np.int64)
+        for k, device in enumerate(devices.tolist()):
+            cause = causes[reason_at.get(device, int(index[k]))]
+            self.last_cause[device] = -1 if cause is None else CAUSE_CODES[cause]
+
     def retire(self, dead: npt.NDArray[np.int64]) -> None:
         """Devices at the end of their life are no longer counted as cut off; those that
-        died cut off are judged at the end of the run (``would_come_back``)."""
+        died cut off are judged at the end of the run (``finish``)."""
         cut = dead[self.status[dead] == CUT_OFF]
         self.cut_now -= self._by_class(cut)
-        if cut.size:
-            self.died_cut_off.append(cut)
 
     def would_come_back(self, devices: npt.NDArray[np.int64], tick: int) -> npt.NDArray[np.bool_]:
-        """Whether devices that died cut off would have come back by themselves at ``tick``
-        (the run's last week): their trust contact, and their certificate's conversation
-        with the home when one is due, answered there as for a device alive and online.
+        """Whether devices cut off would come back by themselves at ``tick`` (the run's last
+        week): their trust contact, and their certificate's conversation with the home
+        when one is due, answered there as for a device alive and online.
 
-        A device cut off by a lapse or an outage was not bricked: it died before the home
-        was back. One cut off for good (a changed fingerprint, an expired certificate with
-        no key-proof recovery) was bricked before it died, and still counts.
+        A device cut off by a lapse was not bricked, even if it died or slept before the
+        home was back. One cut off for good (a changed fingerprint, an expired
+        certificate with no key-proof recovery) is bricked, dead or alive.
         """
         s = self.strategy
 
@@ -673,6 +700,8 @@ class _Run:
         newly = changed[out_changed == CUT_OFF]
         back = changed[old_changed == CUT_OFF]
         self.cut_since[newly] = tick
+        if newly.size:
+            self._remember_causes(newly, position, reason_at, causes)
         manual = changed[:0]
         if out is not None and (out_u == MANUAL).any():
             manual = np.flatnonzero((out == MANUAL) & online)
@@ -735,17 +764,47 @@ class _Run:
         ends[stop] = np.minimum(ends[stop], tick * DAYS_PER_TICK)
 
     def finish(
-        self, fleet: Fleet, compromises: Sequence[Compromise], run_days: float, last_tick: int
+        self,
+        fleet: Fleet,
+        compromises: Sequence[Compromise],
+        run_days: float,
+        last_tick: int,
+        lapse_open_at_end: bool = False,
     ) -> None:
         r = self.result
         made = self.ids >= 0
-        bricked = (self.status == CUT_OFF) & made
-        if self.died_cut_off:
-            died = np.concatenate(self.died_cut_off)
-            back = died[self.would_come_back(died, last_tick)]
-            bricked[back] = False
-            r.retired_cut_off = int(back.size)
+        cut = (self.status == CUT_OFF) & made
+        died = np.zeros(self.ids.size, np.bool_)
+        died[fleet.ends <= run_days] = True
+        # Bricked is what would not come back by itself: every device whose last contact
+        # failed is judged at the run's last week, as if alive and online then (a
+        # seasonal device cut off by a lapse comes back at its next season).
+        cut_ids = np.flatnonzero(cut)
+        back = np.zeros(self.ids.size, np.bool_)
+        back[cut_ids[self.would_come_back(cut_ids, last_tick)]] = True
+        bricked = cut & ~back
+        # Cut off by a lapse the run ends inside: waiting on the operator (or dead
+        # meanwhile), not bricked.
+        waiting = np.zeros(self.ids.size, np.bool_)
+        if lapse_open_at_end:
+            held = bricked & np.isin(self.last_cause, LAPSE_CAUSE_CODES)
+            bricked &= ~held
+            waiting = held & ~died
         r.bricked = int(bricked.sum())
+        r.retired_cut_off = int((cut & died & ~bricked).sum())
+        r.bricked_causes = Counter(
+            CAUSES[code] if code >= 0 else None for code in self.last_cause[bricked].tolist()
+        )
+        refused = (self.status == REFUSED) & made
+        r.end_states = {
+            "not made": int((~made).sum()),
+            "healthy": int((made & ~died & ~cut & ~refused).sum()),
+            "revoked": int(refused.sum()),
+            "bricked": r.bricked,
+            "cut off at the end, back at its next contact": int((cut & back & ~died).sum()),
+            "waiting on a lapse still open": int(waiting.sum()),
+            "died": int((made & died & ~bricked & ~refused).sum()),
+        }
         r.revoked = int(((self.status == REFUSED) & made).sum())
         r.cut_off_days = {
             name: float(days)
@@ -857,7 +916,7 @@ def _run(
             if progress is not None:
                 progress(tick + 1, world.ticks)
         for run in runs:
-            run.finish(fleet, world.compromises, run_days, world.ticks - 1)
+            run.finish(fleet, world.compromises, run_days, world.ticks - 1, world.lapse_open_at_end)
         ts_days = 1.0
         homing = next((r.strategy for r in runs if isinstance(r.strategy, Homing)), None)
         key = next((c for c in world.compromises if c.what == "server TLS key"), None)

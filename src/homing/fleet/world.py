@@ -138,6 +138,8 @@ class World:
     # Published states whose timestamp or snapshot the operator let lapse: when it expires.
     homing_lapsed: dict[int, datetime] = field(default_factory=dict)
     homing_public_lapsed: dict[int, datetime] = field(default_factory=dict)
+    # Whether a lapse is still open when the run stops (its role never re-signed in it).
+    lapse_open_at_end: bool = False
     # Ticks at which the device CA's key was stolen and its certificates distrusted.
     device_ca_distrusted: tuple[int, ...] = ()
     # Every theft whose exposure is measured: the TLS key, a server-issuing CA key.
@@ -359,6 +361,7 @@ class _Builder:
         for name, values in self.per_tick.items():
             setattr(world, name, values)
         world.compromise_tick = self.plan.compromise
+        world.lapse_open_at_end = any(end >= self.plan.ticks for _, _, end in self.plan.lapses)
         _announcements(world, self.plan, self.scenario.server.announce_days)
         self.dd.close()
         if self.public_site is not None:
