@@ -15,31 +15,34 @@ Time is counted in ticks of one simulated week from ``START``.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from homing import ceremonies
-from homing.ceremonies import releases
 from homing.config import Validity
 from homing.fleet.clock import HOST, START, tick_time, year_tick
 from homing.fleet.population import DAYS_PER_TICK, DAYS_PER_YEAR
+from homing.fleet.public_site import PublicSite
 from homing.fleet.scenario import Scenario
+from homing.fleet.schedule import Schedule
 from homing.fleet.simulated_cas import Chain, SimulatedCA
-from homing.pki.keys import generate_tls_key, spki_pin
+from homing.fleet.site_ops import copy_repository, sign_release, sign_role
+from homing.fleet.world_state import (
+    FIRMWARE_HARDWARE,
+    Compromise,
+    FirmwareRelease,
+    HomingState,
+    Release,
+    World,
+)
+from homing.pki.keys import generate_tls_key
 from homing.site import DataDir
-
-# The hardware class of the simulated devices homing releases firmware for.
-FIRMWARE_HARDWARE = "sim-board"
 
 __all__ = [
     "FIRMWARE_HARDWARE",
@@ -56,101 +59,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Release:
-    """A firmware release and the trust it carries."""
-
-    tick: int
-    public_roots: tuple[x509.Certificate, ...]
-    key_pins: frozenset[str]
-    # The firmware key generation this firmware verifies updates with, and the
-    # generations that signed it (two during a key rotation's overlap).
-    carries_key: int = 1
-    signed_by: frozenset[int] = frozenset({1})
-
-
-@dataclass(frozen=True)
-class HomingState:
-    """The homing repository as published at one moment (a copy of its metadata)."""
-
-    index: int
-    tick: int
-    directory: Path
-    # The newest firmware signed into its firmware role (None: none yet).
-    firmware: FirmwareRelease | None = None
-
-
-@dataclass(frozen=True)
-class FirmwareRelease:
-    """A firmware image homing's site signed (``homing release``) for the simulated board."""
-
-    target: str
-    version: str
-    sequence: int
-
-
-@dataclass(frozen=True)
-class Compromise:
-    """A stolen key and what the attacker can do with it, per device family.
-
-    ``stolen``: the chain the attacker presents to each family of strategy
-    ("public", "private", "homing", "homing-public"); a family missing here
-    is not exposed. ``replay``: the freshest metadata the attacker can
-    replay to each homing site.
-    """
-
-    what: str
-    tick: int
-    stolen: dict[str, Chain]
-    replay: dict[str, Path]
-
-
-@dataclass
-class World:
-    ticks: int
-    keys: list[ec.EllipticCurvePrivateKey]
-    public: list[Chain] = field(default_factory=list)
-    private: list[Chain] = field(default_factory=list)
-    homing: list[Chain] = field(default_factory=list)
-    public_roots: list[tuple[x509.Certificate, int]] = field(default_factory=list)
-    private_anchor_sets: list[tuple[x509.Certificate, ...]] = field(default_factory=list)
-    releases: list[Release] = field(default_factory=list)
-    homing_states: list[HomingState] = field(default_factory=list)
-    # The same, for a homing site whose server certificate comes from the public CA.
-    homing_public_states: list[HomingState] = field(default_factory=list)
-    homing_root_ca: list[x509.Certificate] = field(default_factory=list)
-    # Per tick: which chain, key, release, announcement and homing state is current.
-    public_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    private_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    homing_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    key_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    release_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    anchors_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    announce_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    announce_from: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    homing_state_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    homing_public_state_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    # When the server's TLS key is stolen (its chains and replays: ``compromises``).
-    compromise_tick: int | None = None
-    events: list[tuple[int, str]] = field(default_factory=list)
-    # Published states whose timestamp or snapshot the operator let lapse: when it expires.
-    homing_lapsed: dict[int, datetime] = field(default_factory=dict)
-    homing_public_lapsed: dict[int, datetime] = field(default_factory=dict)
-    # Whether a lapse is still open when the run stops (its role never re-signed in it).
-    lapse_open_at_end: bool = False
-    # Ticks at which the device CA's key was stolen and its certificates distrusted.
-    device_ca_distrusted: tuple[int, ...] = ()
-    # Every theft whose exposure is measured: the TLS key, a server-issuing CA key.
-    compromises: list[Compromise] = field(default_factory=list)
-
-    def key_pin(self, index: int) -> str:
-        return spki_pin(self.keys[index].public_key())
-
-    def can_install(self, installed: int, offered: int) -> bool:
-        """Whether firmware ``installed`` verifies release ``offered``: a key it knows signed it."""
-        return self.releases[installed].carries_key in self.releases[offered].signed_by
 
 
 @contextmanager
@@ -175,100 +83,6 @@ def build_world(scenario: Scenario, workdir: Path, *, public_site: bool = True) 
         return _Builder(scenario, workdir, public_site).build()
 
 
-@dataclass(frozen=True)
-class _Schedule:
-    """The ticks on which each kind of event happens."""
-
-    ticks: int
-    leaf_ticks: int
-    leaf_days: int
-    compromise: int | None
-    public_expiry: int
-    public_successor: int
-    private_expiry: int
-    private_successor: int
-    ca_rotations: frozenset[int]
-    intermediate_changes: frozenset[int]
-    root_rotations: frozenset[int]
-    key_changes: frozenset[int]
-    release_ticks: int
-    renewals: tuple[int, ...]
-    # (role, first tick expired, tick re-signed)
-    lapses: tuple[tuple[str, int, int], ...] = ()
-    # (rotation tick, tick the old key is retired)
-    firmware_rotations: tuple[tuple[int, int], ...] = ()
-    device_ca_compromises: frozenset[int] = frozenset()
-    server_ca_compromises: frozenset[int] = frozenset()
-
-    def lapse_starting(self, tick: int) -> list[tuple[str, int, int]]:
-        """Lapses whose role must be signed now to expire at the next tick."""
-        return [lapse for lapse in self.lapses if lapse[1] - 1 == tick]
-
-    def lapse_ending(self, tick: int) -> list[tuple[str, int, int]]:
-        return [lapse for lapse in self.lapses if lapse[2] == tick]
-
-    def frozen(self, tick: int) -> bool:
-        """Whether an operator's lapse keeps the homing site from publishing at ``tick``."""
-        return any(start <= tick < end for _, start, end in self.lapses)
-
-    @classmethod
-    def of(cls, scenario: Scenario) -> _Schedule:
-        ev, srv = scenario.events, scenario.server
-        ticks = max(1, int(np.ceil(scenario.fleet.years * DAYS_PER_YEAR / DAYS_PER_TICK)))
-        leaf_ticks = max(1, round(srv.leaf_days / DAYS_PER_TICK))
-        key_ticks = max(1, round(srv.key_days / DAYS_PER_TICK))
-        compromise = year_tick(ev.key_compromise) if ev.key_compromise is not None else None
-        if compromise is not None and compromise >= ticks:
-            compromise = None  # after the end of the run: it does not happen
-        key_changes = set(range(key_ticks, ticks, key_ticks))
-        if compromise is not None:
-            key_changes.add(compromise)
-        ca_rotations = frozenset(year_tick(y) for y in ev.issuing_ca_rotations)
-        intermediate_changes = frozenset(year_tick(y) for y in ev.public_intermediate_changes)
-        public_expiry = year_tick(ev.public_root_expiry)
-        private_expiry = year_tick(ev.private_root_years)
-        lapses = []
-        for lapse in scenario.lapses:
-            start = max(1, year_tick(lapse.at))
-            end = max(start + 1, year_tick(lapse.at + lapse.days / DAYS_PER_YEAR))
-            if start < ticks:
-                lapses.append((lapse.role, start, min(end, ticks)))
-        rotations = []
-        for rotation in scenario.firmware_key_rotations:
-            tick = year_tick(rotation.at)
-            if tick < ticks:
-                overlap = round(rotation.retire_after_days / DAYS_PER_TICK)
-                rotations.append((tick, tick + overlap))
-        device_ca = frozenset(year_tick(c.at) for c in scenario.ca_compromises if c.ca == "device")
-        server_ca = frozenset(year_tick(c.at) for c in scenario.ca_compromises if c.ca == "server")
-        # Every chain change is a leaf renewal too: a new intermediate issues a new leaf.
-        scheduled = set(range(0, ticks, leaf_ticks)) | key_changes | ca_rotations
-        scheduled |= intermediate_changes | {public_expiry, private_expiry}
-        return cls(
-            ticks=ticks,
-            leaf_ticks=leaf_ticks,
-            # Valid until the next renewal, with a week to spare.
-            leaf_days=(leaf_ticks + 1) * DAYS_PER_TICK,
-            compromise=compromise,
-            public_expiry=public_expiry,
-            public_successor=max(
-                0, year_tick(ev.public_root_expiry - ev.public_new_root_lead_years)
-            ),
-            private_expiry=private_expiry,
-            private_successor=year_tick(ev.private_root_years - 1.0),
-            ca_rotations=ca_rotations,
-            intermediate_changes=intermediate_changes,
-            root_rotations=frozenset(year_tick(y) for y in ev.root_rotations),
-            key_changes=frozenset(key_changes),
-            release_ticks=max(1, round(ev.firmware_release_days / DAYS_PER_TICK)),
-            renewals=tuple(sorted(t for t in scheduled if 0 <= t < ticks)),
-            lapses=tuple(lapses),
-            firmware_rotations=tuple(sorted(rotations)),
-            device_ca_compromises=frozenset(t for t in device_ca if 0 < t < ticks),
-            server_ca_compromises=frozenset(t for t in server_ca if 0 < t < ticks),
-        )
-
-
 _PER_TICK = (
     "public_at",
     "private_at",
@@ -287,7 +101,7 @@ class _Builder:
     def __init__(self, scenario: Scenario, workdir: Path, public_site: bool = True) -> None:
         self.scenario = scenario
         self.workdir = workdir
-        self.plan = _Schedule.of(scenario)
+        self.plan = Schedule.of(scenario)
         self.world = World(ticks=self.plan.ticks, keys=[generate_tls_key(), generate_tls_key()])
         self.key_index = 0
         self.firmware_key = 1
@@ -327,7 +141,7 @@ class _Builder:
         self._snapshot_homing(0)
         self.world.homing.append(self._homing_chain())
         self.public_site = (
-            _PublicSite(self, workdir / "homing-public-data", root_years) if public_site else None
+            PublicSite(self, workdir / "homing-public-data", root_years) if public_site else None
         )
 
     def build(self) -> World:
@@ -417,7 +231,7 @@ class _Builder:
         # the freshest metadata an attacker can replay.
         ceremonies.refresh_snapshot(self.dd, now)
         replay = {"homing": self.workdir / "replay"}
-        _snapshot(self.data / "repository", replay["homing"])
+        copy_repository(self.data / "repository", replay["homing"])
         if self.public_site is not None:
             replay["homing-public"] = self.public_site.replay(now)
         ceremonies.rotate_issuing_ca(self.dd, "server", now)
@@ -448,7 +262,7 @@ class _Builder:
         }
         ceremonies.refresh_snapshot(self.dd, now)
         target = self.workdir / f"replay-server-ca-{tick}"
-        _snapshot(self.data / "repository", target)
+        copy_repository(self.data / "repository", target)
         ceremonies.rotate_issuing_ca(self.dd, "server", now)
         self.private_ca.new_issuing(tick)
         world.compromises.append(Compromise("server CA key", tick, stolen, {"homing": target}))
@@ -558,7 +372,7 @@ class _Builder:
     def _snapshot_homing(self, tick: int) -> None:
         index = len(self.world.homing_states)
         target = self.workdir / "homing-states" / str(index)
-        _snapshot(self.data / "repository", target)
+        copy_repository(self.data / "repository", target)
         self.world.homing_states.append(HomingState(index, tick, target, self.homing_firmware))
 
     # -- an operator's lapse, a stolen device CA, the firmware key ------------------
@@ -566,13 +380,13 @@ class _Builder:
     def _lapses(self, tick: int) -> None:
         """A role signed to expire at the next tick and left so; re-signed when the lapse ends."""
         for role, start, _ in self.plan.lapse_starting(tick):
-            _sign_role(self.dd, role, tick_time(tick), until=tick_time(start))
+            sign_role(self.dd, role, tick_time(tick), until=tick_time(start))
             self._snapshot_homing(tick)
             if role in ("timestamp", "snapshot"):
                 self.world.homing_lapsed[len(self.world.homing_states) - 1] = tick_time(start)
             self.world.events.append((start, f"the operator lets the {role} metadata lapse"))
         for role, _, _ in self.plan.lapse_ending(tick):
-            _sign_role(self.dd, role, tick_time(tick))
+            sign_role(self.dd, role, tick_time(tick))
             self.renew_by = self._renewal_dates()
             self._snapshot_homing(tick)
             self.world.events.append((tick, f"the {role} metadata is re-signed"))
@@ -616,7 +430,7 @@ class _Builder:
         """homing's operator signs the release into the firmware role (the real ceremony)."""
         if frozen or not self.release_due(tick):
             return False
-        self.homing_firmware = _sign_release(
+        self.homing_firmware = sign_release(
             self.dd, self.workdir, self.homing_firmware, tick_time(tick)
         )
         return True
@@ -661,48 +475,7 @@ class _Builder:
             at["anchors_at"][tick] = self._anchors(self.private_ca.authority.certificate)
 
 
-def _snapshot(repository: Path, target: Path) -> None:
-    """A copy of the published repository as it is now, by hard links.
-
-    The repository never changes a file in place (every write is a new file
-    renamed over the old), so a linked copy keeps exactly what was
-    published while costing no data copy.
-    """
-    shutil.copytree(repository, target, copy_function=os.link)
-
-
-def _sign_role(dd: DataDir, role: str, now: datetime, until: datetime | None = None) -> None:
-    """Re-sign ``role`` of the site ``dd``, to expire at ``until`` (default: as usual)."""
-    settings = dd.settings()
-    usual = settings.expiry_days.get(role)
-    if until is not None:
-        settings.expiry_days[role] = (until - now).total_seconds() / 86400
-        dd.save_settings(settings)
-    try:
-        if role == "timestamp":
-            # A fresh snapshot first: the timestamp is the role left to expire.
-            ceremonies.refresh_snapshot(dd, now)
-            ceremonies.refresh_timestamp(dd, now)
-        elif role == "snapshot":
-            ceremonies.refresh_snapshot(dd, now)
-        elif role == "targets":
-            ceremonies.refresh_targets(dd, now)
-        else:
-            ceremonies.rotate_root(dd, now)
-    finally:
-        if until is not None:
-            # The ceremony saved settings of its own (a root rotation writes its new
-            # keys there): restore the one expiry on what it saved, not the copy
-            # read before, which would revert its keys.
-            after = dd.settings()
-            if usual is None:
-                after.expiry_days.pop(role, None)
-            else:
-                after.expiry_days[role] = usual
-            dd.save_settings(after)
-
-
-def _announcements(world: World, plan: _Schedule, announce_days: int) -> None:
+def _announcements(world: World, plan: Schedule, announce_days: int) -> None:
     """announce-next: before each scheduled renewal, the next fingerprint is announced.
 
     An emergency renewal (the stolen key) cannot be announced in advance.
@@ -720,170 +493,3 @@ def _announcements(world: World, plan: _Schedule, announce_days: int) -> None:
             continue
         world.announce_at[tick] = world.public_at[r]
         world.announce_from[tick] = r
-
-
-class _PublicSite:
-    """A second homing site whose server serves the public CA's chain (``homing acme``).
-
-    The simulated operator runs the real ceremonies: ``acme_setup`` with the
-    public roots and the server's first two keys, ``install_certificate`` for
-    every chain the public CA issues (promoting the backup key when the
-    server's key changes), ``set_public_roots`` when the public CA publishes
-    a new root, and the same calendar as the private site (root a year
-    before it expires, targets yearly, snapshot with every new certificate).
-    """
-
-    def __init__(self, builder: _Builder, data: Path, root_years: float) -> None:
-        from homing.ceremonies import acme
-
-        self.builder = builder
-        self.data = data
-        self.served = 0  # how many public chains have been installed
-        self.successor_published = False  # the public CA's new root, in the pin policy
-        self.published_roots = [builder.public_ca.root]
-        ceremonies.init(
-            data,
-            START,
-            hosts=[HOST],
-            validity=Validity(
-                server=timedelta(days=builder.plan.leaf_days),
-                root_ca=timedelta(days=root_years * DAYS_PER_YEAR),
-            ),
-        )
-        dd = self.dd = DataDir(data)
-        store = dd.keystore(dd.settings())
-        # The server's keys are the world's keys: the public CA certifies them.
-        store.store("server-acme-g1", builder.world.keys[0])
-        store.store("server-acme-g2", builder.world.keys[1])
-        acme.acme_setup(
-            dd,
-            START,
-            directory="https://acme.example.invalid/directory",
-            public_roots_pem=_pem_of(builder.public_ca.root),
-            identifiers=(HOST,),
-        )
-        self.renew_root_by = self._root_renewal()
-        self.firmware: FirmwareRelease | None = None
-
-    def _root_renewal(self) -> datetime:
-        dd = self.dd
-        return dd.repository(dd.settings()).root().signed.expires - timedelta(days=DAYS_PER_YEAR)
-
-    def replay(self, now: datetime) -> Path:
-        """The freshest metadata an attacker holding the stolen key can replay."""
-        ceremonies.refresh_snapshot(self.dd, now)
-        target = self.builder.workdir / "public-replay"
-        _snapshot(self.data / "repository", target)
-        return target
-
-    def step(self, tick: int) -> None:
-        """One week of the operator's site: lapses as the private site's, then the usual."""
-        b, now = self.builder, tick_time(tick)
-        if b.plan.frozen(tick):
-            # The server's own certificate renewals go on; what changes the pins waits.
-            self._install(now, frozen=True)
-            return
-        for role, _, _ in b.plan.lapse_ending(tick):
-            _sign_role(self.dd, role, now)
-            self.renew_root_by = self._root_renewal()
-        self._usual(tick)
-        for role, start, _ in b.plan.lapse_starting(tick):
-            _sign_role(self.dd, role, now, until=tick_time(start))
-            self._copy(tick)
-            if role in ("timestamp", "snapshot"):
-                b.world.homing_public_lapsed[len(b.world.homing_public_states) - 1] = tick_time(
-                    start
-                )
-
-    def _copy(self, tick: int) -> None:
-        world = self.builder.world
-        index = len(world.homing_public_states)
-        target = self.builder.workdir / "homing-public-states" / str(index)
-        _snapshot(self.data / "repository", target)
-        world.homing_public_states.append(HomingState(index, tick, target, self.firmware))
-
-    def _usual(self, tick: int) -> None:
-        from homing.ceremonies import acme
-
-        b, now, world = self.builder, tick_time(tick), self.builder.world
-        changed = b.plan.lapse_ending(tick) != []  # the trust metadata
-        installed = False  # the served chain
-        if (
-            not self.successor_published
-            and tick >= b.plan.public_successor
-            and b.public_next is not None
-        ):
-            # At its tick, or at the end of a lapse that held the site back then: the
-            # chains served meanwhile (under the roots already published) first, so the
-            # one the server presents is current when the roots are checked against it.
-            rotated, installed = self._install(now, frozen=False)
-            roots = [cert for cert, _ in world.public_roots]
-            acme.set_public_roots(self.dd, now, _pem_of(*roots))
-            self.published_roots = roots
-            self.successor_published = changed = True
-            changed = changed or rotated
-        rotated, installed_now = self._install(now, frozen=False)
-        changed, installed = changed or rotated, installed or installed_now
-        if now >= self.renew_root_by:
-            ceremonies.rotate_root(self.dd, now)
-            self.renew_root_by = self._root_renewal()
-            changed = True
-        if tick > 0 and tick % year_tick(1.0) == 0 and not changed:
-            ceremonies.refresh_targets(self.dd, now)
-            changed = True
-        if installed and not changed:
-            # As the private site: fresh metadata with every certificate.
-            ceremonies.refresh_snapshot(self.dd, now)
-        if b.release_due(tick):
-            self.firmware = _sign_release(self.dd, b.workdir, self.firmware, now)
-            changed = True
-        if changed or installed:
-            self._copy(tick)
-
-    def _install(self, now: datetime, *, frozen: bool) -> tuple[bool, bool]:
-        """Install the public CA's chains served since the last step: whether the pins
-        changed (a key rotation, or the first chain) and whether any was installed."""
-        from homing.ceremonies import acme
-
-        world = self.builder.world
-        changed = installed = False
-        while self.served < len(world.public):
-            chain = world.public[self.served]
-            rotate = self.served > 0 and chain.key_index != world.public[self.served - 1].key_index
-            if frozen and (rotate or self.served == 0):
-                break  # it publishes pins: at the lapse's end
-            top = (chain.intermediates or (chain.leaf,))[-1]
-            if top.issuer not in {r.subject for r in self.published_roots}:
-                break  # under a root the pin policy does not name yet
-            acme.install_certificate(
-                self.dd,
-                now,
-                _pem_of(chain.leaf, *chain.intermediates),
-                rotate_key=rotate,
-                next_backup=world.keys[chain.key_index + 1] if rotate else None,
-            )
-            if self.served == 0:
-                acme.set_tls_mode(self.dd, now, "public")
-            changed = changed or rotate or self.served == 0
-            self.served += 1
-            installed = True
-        return changed, installed
-
-    def close(self) -> None:
-        self.dd.close()
-
-
-def _sign_release(
-    dd: DataDir, workdir: Path, last: FirmwareRelease | None, now: datetime
-) -> FirmwareRelease:
-    """The next firmware image, signed into the site's firmware role (``homing release``)."""
-    sequence = 1 + (last.sequence if last is not None else 0)
-    image = workdir / "firmware" / f"{dd.root.name}-{sequence}.img"
-    image.parent.mkdir(exist_ok=True)
-    image.write_bytes(b"simulated firmware image %d\n" % sequence * 256)
-    made = releases.release(dd, image, f"1.{sequence}.0", FIRMWARE_HARDWARE, now)
-    return FirmwareRelease(made.target, made.version, made.sequence)
-
-
-def _pem_of(*certs: x509.Certificate) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
