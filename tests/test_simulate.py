@@ -289,6 +289,7 @@ def _every_event_kind(years: float) -> dict[str, object]:
     """Every kind of dated event the scenario format has, spread over a run of ``years``."""
     at = [round(years * share, 3) for share in (0.15, 0.3, 0.45, 0.6, 0.75)]
     return {
+        "events": {"root_ca_rotations": [at[1]]},
         "outage": [{"at": at[0], "days": 30, "share": 0.2}],
         "revocation": [{"at": at[1], "share": 0.05}],
         # One lapse at a time, four weeks apart at least: all four roles where they fit.

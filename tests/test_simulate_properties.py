@@ -40,6 +40,7 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
             "key_compromise": draw(st.one_of(st.none(), at)) or False,
             "issuing_ca_rotations": draw(st.lists(at, max_size=2)),
             "root_rotations": draw(st.lists(at, max_size=2)),
+            "root_ca_rotations": draw(st.lists(at, max_size=2)),
         },
         "population": populations,
     }  # fmt: skip

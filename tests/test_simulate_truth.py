@@ -102,3 +102,16 @@ def test_devices_that_die_during_a_lapse_are_not_counted_bricked() -> None:
     # A fingerprint that no longer matches never comes back: dead or alive, bricked.
     assert fingerprint.bricked == 1000
     assert fingerprint.retired_cut_off == 0
+
+
+def test_the_x509_root_ca_rotates_through_the_real_ceremony_and_nobody_is_cut_off() -> None:
+    """The world used to give homing a root that outlived the run; now a scenario replaces
+    it (``root_ca_rotations``) with ``homing rotate root-ca``, as often as it likes."""
+    scenario = load_scenario(SCENARIOS / "root-ca-rotation.toml").with_fleet(devices=300)
+    results = simulate(scenario, ["homing", "private-ca"])
+    homing = results.strategies[0]
+    replaced = [t for t, text in results.events if "X.509 root CA replaced" in text]
+    assert len(replaced) == 3
+    assert homing.bricked == 0
+    assert homing.why == "never cut off"
+    assert homing.end_states["healthy"] + homing.end_states["not made"] == 300

@@ -147,6 +147,9 @@ class Events:
     private_root_years: float = 8.0
     # homing's TUF root key ceremonies (also renew root metadata before it expires).
     root_rotations: tuple[float, ...] = (4.0, 8.0)
+    # homing's X.509 root CA is replaced (``homing rotate root-ca``): a new root beside
+    # the old, published in the pin policy; the old keeps its devices until it expires.
+    root_ca_rotations: tuple[float, ...] = ()
     # The server's TLS key is stolen (None: never).
     key_compromise: float | None = 5.5
     firmware_release_days: int = 180
@@ -226,7 +229,12 @@ class Scenario:
         if s.announce_days >= s.leaf_days:
             raise ConfigError("server.announce_days must be shorter than server.leaf_days")
         e = self.events
-        for name in ("issuing_ca_rotations", "public_intermediate_changes", "root_rotations"):
+        for name in (
+            "issuing_ca_rotations",
+            "public_intermediate_changes",
+            "root_rotations",
+            "root_ca_rotations",
+        ):
             for year in getattr(e, name):
                 _check_year(f"events.{name}", year, f.years)
         if e.key_compromise is not None:

@@ -28,6 +28,7 @@ class Schedule:
     ca_rotations: frozenset[int]
     intermediate_changes: frozenset[int]
     root_rotations: frozenset[int]
+    root_ca_rotations: frozenset[int]
     key_changes: frozenset[int]
     release_ticks: int
     renewals: tuple[int, ...]
@@ -97,6 +98,7 @@ class Schedule:
             ca_rotations=ca_rotations,
             intermediate_changes=intermediate_changes,
             root_rotations=frozenset(year_tick(y) for y in ev.root_rotations),
+            root_ca_rotations=frozenset(year_tick(y) for y in ev.root_ca_rotations if y > 0),
             key_changes=frozenset(key_changes),
             release_ticks=max(1, round(ev.firmware_release_days / DAYS_PER_TICK)),
             renewals=tuple(sorted(t for t in scheduled if 0 <= t < ticks)),

@@ -297,9 +297,10 @@ class _Builder:
     ) -> tuple[bool, bool]:
         """Returns whether homing's metadata changed and whether its leaf was renewed."""
         plan, now, events = self.plan, tick_time(tick), self.world.events
-        held = {"issuing CA", "root"} & self.held_back
+        held = {"issuing CA", "root", "root CA"} & self.held_back
         rotate_ca = self._due("issuing CA", tick in plan.ca_rotations, frozen)
         rotate_root = self._due("root", tick in plan.root_rotations, frozen)
+        rotate_root_ca = self._due("root CA", tick in plan.root_ca_rotations, frozen)
         if frozen:
             return False, False
         late = " (held back by the lapse)"
@@ -317,6 +318,16 @@ class _Builder:
             events.append(
                 (tick, "homing root keys rotated (root N+1 signed by N)"
                  + (late if "root" in held else ""))
+            )  # fmt: skip
+        if rotate_root_ca:
+            # A new X.509 root beside the old: the server presents its CA certified by
+            # both, devices learn the new root from the pin policy (the real ceremony).
+            ceremonies.rotate_root_ca(self.dd, now)
+            self.world.homing_root_ca.append(self.dd.certificate("root-ca.pem"))
+            changed = renewed = True
+            events.append(
+                (tick, "homing's X.509 root CA replaced (a new root beside the old)"
+                 + (late if "root CA" in held else ""))
             )  # fmt: skip
         # The operator's calendar: whatever would expire within a year is
         # renewed now, exactly as docs/ceremonies.md asks of a real operator.
