@@ -245,7 +245,7 @@ def import_signed(
     """Server side of ceremony mode: verify the offline-signed firmware role and publish it."""
     from tuf.api.metadata import Metadata, Targets
 
-    from homing.trust.repository import FIRMWARE_ROLE, _check
+    from homing.trust.repository_files import FIRMWARE_ROLE, _check
 
     dd, settings, keys = _open(data)
     repo = dd.repository(settings)
