@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import os
 import secrets
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -78,6 +80,58 @@ def enroll(
             raise ConfigError(f"cannot read the IDevID key {idevid[1]}")
     device_id = device_id or new_device_id()
     device_uri(device_id)
+    _check_root(root_metadata)
+    if state_dir.exists() and any(state_dir.iterdir()):
+        raise ConfigError(
+            f"{state_dir} already holds a device state: this device is enrolled (to enroll "
+            "it again as a new device, move that directory away first)"
+        )
+    # Built aside and moved into place whole once enrolled: a failed enrollment (a wrong
+    # secret, the server unreachable) leaves nothing behind, and the retry starts clean.
+    staging = state_dir.parent / f".{state_dir.name}.enrolling"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _enroll_into(staging, server, headers, root_metadata, now, device_id, hardware, idevid)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if state_dir.exists():
+        state_dir.rmdir()  # empty: checked above
+    os.replace(staging, state_dir)
+    parent = os.open(state_dir.parent, os.O_RDONLY)
+    try:
+        os.fsync(parent)  # the rename itself survives a power cut
+    finally:
+        os.close(parent)
+    return DeviceState(state_dir)
+
+
+def _check_root(root_metadata: bytes) -> None:
+    """The factory's root must be TUF root metadata (``1.root.json``), said plainly if not."""
+    from tuf.api.metadata import Metadata, Root
+
+    try:
+        md = Metadata[Root].from_bytes(root_metadata)
+        valid = isinstance(md.signed, Root)
+    except Exception:
+        valid = False
+    if not valid:
+        raise ConfigError(
+            "--root must be the site's TUF root metadata (DATA/repository/metadata/1.root.json), "
+            "not a certificate or another file"
+        )
+
+
+def _enroll_into(
+    state_dir: Path,
+    server: str,
+    headers: dict[str, str],
+    root_metadata: bytes,
+    now: datetime,
+    device_id: str,
+    hardware: str | None,
+    idevid: tuple[Path, Path] | None,
+) -> None:
     key = generate_tls_key()
     state = DeviceState.create(
         state_dir,
@@ -111,4 +165,3 @@ def enroll(
     ):
         raise TransportError("the server returned a certificate for another key")
     state.save_certificate([cert])
-    return state

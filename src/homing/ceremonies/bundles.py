@@ -41,6 +41,7 @@ def recovery_bundle(
     later still accepts it, and after ``valid_until`` it is refused as expired.
     """
     from homing.trust.bundle import write_bundle
+    from homing.trust.repository import FIRMWARE_ROLE
 
     dd, settings, store = _open(data)
     valid_for = valid_for if valid_for is not None else settings.expiries.recovery_bundle
@@ -48,6 +49,14 @@ def recovery_bundle(
         raise CeremonyError("a recovery bundle's validity must be positive")
     valid_until = now + valid_for
     repo = dd.repository(settings)
+    signed = repo.targets(FIRMWARE_ROLE).signed.targets
+    unknown = [name for name in images if name not in signed]
+    if unknown:
+        offered = ", ".join(sorted(signed)[-5:]) or "none yet"
+        raise CeremonyError(
+            f"no signed firmware target {unknown[0]!r}: a device would refuse it "
+            f"(the newest signed: {offered}; `homing release` signs one)"
+        )
     snapshot_signer, timestamp_signer = _online_signers(store, settings)
     snapshot, timestamp = repo.sign_bundle_state(
         snapshot_signer, timestamp_signer, now, valid_until

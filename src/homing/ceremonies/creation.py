@@ -88,7 +88,8 @@ def init(
     if not hosts:
         raise CeremonyError("at least one server host name is required")
     split_hosts(hosts)
-    primary = primary or f"https://{hosts[0]}:{DEFAULT_PORT}"
+    first = f"[{hosts[0]}]" if ":" in hosts[0] else hosts[0]  # an IPv6 literal in brackets
+    primary = primary or f"https://{first}:{DEFAULT_PORT}"
     ceremony = bool(ceremony_root_keys)
     warnings: list[str] = []
     if ceremony and not passphrase:

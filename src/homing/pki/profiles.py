@@ -198,7 +198,11 @@ def _parse_csr(data: bytes) -> x509.CertificateSigningRequest:
             return x509.load_pem_x509_csr(data)
         return x509.load_der_x509_csr(data)
     except ValueError as e:
-        raise PolicyError(f"CSR cannot be parsed: {e}") from e
+        form = "PEM" if data.lstrip().startswith(b"-----BEGIN") else "DER"
+        raise PolicyError(
+            f"the CSR cannot be parsed: it is not a PKCS#10 request in {form} "
+            "(make one with `openssl req -new` or the device's key tool)"
+        ) from e
 
 
 # Ed25519 and Ed448 sign without a separate hash; homing keys never use them.

@@ -238,6 +238,11 @@ class DataDir:
     def database(self, url: str | None = None) -> Database:
         """The data directory's database (embedded SQLite unless ``url`` says otherwise)."""
         url = url or self.db_url or self.default_db_url()
+        if url == self.default_db_url() and not self.root.is_dir():
+            raise ConfigError(
+                f"no homing data directory at {self.root}: run 'homing init --data {self.root}'"
+                " (or pass --data where it is)"
+            )
         if self._db is None or normalize_url(url) != self._db.url:
             self.close()
             self._db = Database(url)

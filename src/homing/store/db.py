@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,12 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+def redacted(url: str) -> str:
+    """``url`` fit for an error line: a password in it becomes ``***`` (even in a URL that
+    does not parse)."""
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", url)
+
+
 def normalize_url(url: str) -> str:
     """Accept ``postgresql://`` (as operators write it) and pick the psycopg 3 driver."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -54,8 +61,8 @@ class Database:
         self.url = normalize_url(url)
         try:
             parsed = make_url(self.url)
-        except ArgumentError as e:
-            raise ConfigError(f"invalid database URL {url!r}") from e
+        except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
+            raise ConfigError(f"invalid database URL {redacted(url)!r}") from e
         self.dialect = parsed.get_backend_name()
         if self.dialect not in ("sqlite", "postgresql"):
             raise ConfigError(f"unsupported database {self.dialect!r}: use sqlite or postgresql")
@@ -67,7 +74,7 @@ class Database:
         try:
             self.engine: Engine = create_engine(self.url, **kwargs)
         except (ArgumentError, SQLAlchemyError, ImportError) as e:
-            raise ConfigError(f"cannot open database {url!r}: {e}") from e
+            raise ConfigError(f"cannot open database {redacted(url)!r}: {redacted(str(e))}") from e
         self._thread_lock = threading.Lock()
         self._lock_path: str | None = None
         if self.dialect == "sqlite":

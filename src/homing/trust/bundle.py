@@ -105,8 +105,14 @@ def extracted(bundle: Path) -> Iterator[Path]:
                             f"the recovery bundle holds an unsafe entry {member.name!r}"
                         )
                 tar.extractall(directory, filter="data")
+        except tarfile.ReadError as e:
+            raise TrustError(
+                "this is not a recovery bundle: not a tar archive (`homing recovery-bundle` "
+                "makes one)"
+            ) from e
         except (tarfile.TarError, OSError) as e:
-            raise TrustError(f"the recovery bundle cannot be read: {e}") from e
+            reason = (str(e).splitlines() or [type(e).__name__])[0]
+            raise TrustError(f"the recovery bundle cannot be read: {reason}") from e
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
