@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--firmware-version")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # One line per cycle (homing.agent.runner.cycle_line): what the journal keeps.
+    logging.getLogger("homing.agent.runner").setLevel(logging.INFO)
     from homing.agent.agent import Agent
     from homing.agent.runner import run_forever
     from homing.agent.state import DeviceState

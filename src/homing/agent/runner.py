@@ -8,10 +8,12 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from homing.agent.agent import Agent
+from homing.agent.decide import CycleReport
 
-__all__ = ["next_delay", "run_forever"]
+__all__ = ["cycle_line", "next_delay", "run_forever"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,26 @@ def run_forever(
             delay = max(
                 delay if report.checked_in else 0.0, report.retry_after * rng.uniform(1.0, 1.2)
             )
+        log.info("%s", cycle_line(report, delay))
         sleep(delay)
+
+
+# What of a cycle's steps is worth a line in the journal (the rest is in `agent status`).
+_NOTABLE = ("renewed", "recover", "firmware", "bootstrap channel", "trusted time", "refused")
+
+
+def cycle_line(report: CycleReport, delay: float) -> str:
+    """One line per cycle for the journal: what it did, what it does next and when."""
+    done = "checked in" if report.checked_in else f"not checked in: {report.error or 'no answer'}"
+    trust = report.trust
+    if trust:
+        done += f" (trust root v{trust.get('root')}, targets v{trust.get('targets')})"
+    notable = [step for step in report.steps if any(word in step for word in _NOTABLE)]
+    if notable:
+        done += "; " + "; ".join(notable)
+    at = (datetime.now(UTC) + timedelta(seconds=delay)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    then = "next cycle" if report.checked_in else "retry"
+    return f"{done}; {then} in {delay:.0f} s (at {at})"
 
 
 def _release_memory() -> None:

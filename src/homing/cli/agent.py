@@ -17,7 +17,7 @@ from homing.cli._base import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from cryptography import x509
 
 
 @cli.group()
@@ -178,8 +178,37 @@ def agent_status(state_dir: Path, as_json: bool) -> None:
     if as_json:
         click.echo(jsonlib.dumps(doc, indent=2))
         return
-    for key, value in doc.items():
-        out.print(f"{key}: {value}")
+    for line in _status_lines(doc, cert):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def _status_lines(doc: dict[str, Any], cert: x509.Certificate | None) -> list[str]:
+    """``agent status`` for a person: one fact a line (``--json`` has everything)."""
+    from datetime import UTC, datetime
+
+    lines = [f"device {doc['device_id']} ({doc['hardware'] or 'no hardware class'})"]
+    if cert is None:
+        lines.append("certificate: none (not enrolled yet)")
+    else:
+        left = (cert.not_valid_after_utc - datetime.now(UTC)).days
+        state = f"{left} days left" if left >= 0 else f"EXPIRED {-left} days ago"
+        lines.append(f"certificate: valid until {cert.not_valid_after_utc:%Y-%m-%d} ({state})")
+    trust = doc["trust"]
+    if trust:
+        lines.append("trust: " + ", ".join(f"{role} v{version}" for role, version in trust.items()))
+    version = doc["active_version"] or "the factory image"
+    pending = (
+        " (booted, waiting for its health check to commit)" if doc["update_pending_commit"] else ""
+    )
+    lines.append(f"firmware: {version}{pending}")
+    last = doc["last_run"]
+    if last:
+        result = "checked in" if last.get("checked_in") else f"not checked in: {last.get('error')}"
+        lines.append(f"last cycle: {last.get('at', '?')}: {result}")
+        lines += [f"  {step}" for step in last.get("steps", [])]
+    else:
+        lines.append("last cycle: none yet")
+    return lines
 
 
 @agent.command(
