@@ -830,3 +830,26 @@ def test_a_usage_error_is_one_line_too() -> None:
     result = run_homing("rotate", "sideways")
     _one_error_line(result, "No such command 'sideways'")
     assert result.returncode == 2
+
+
+def test_every_option_of_every_command_says_what_it_is_for() -> None:
+    """`--help` is the operator's manual at 3 a.m.: no option without a description."""
+    import click
+
+    from homing.cli import cli
+
+    bare: list[str] = []
+
+    def walk(command: click.Command, path: list[str]) -> None:
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                walk(sub, [*path, name])
+            return
+        bare.extend(
+            f"{' '.join(path)} {param.opts[0]}"
+            for param in command.params
+            if isinstance(param, click.Option) and not param.hidden and not param.help
+        )
+
+    walk(cli, [])
+    assert bare == []

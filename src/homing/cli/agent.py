@@ -149,7 +149,7 @@ def agent_run(
 
 @agent.command("status")
 @_state_option
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Everything, as JSON.")
 def agent_status(state_dir: Path, as_json: bool) -> None:
     """Device id, trust versions, certificate expiry, last result."""
     import json as jsonlib
@@ -215,11 +215,22 @@ def _status_lines(doc: dict[str, Any], cert: x509.Certificate | None) -> list[st
     "tuf-client",
     context_settings={"ignore_unknown_options": False},
 )
-@click.option("--metadata-dir", type=click.Path(path_type=Path, file_okay=False), required=True)
-@click.option("--metadata-url")
-@click.option("--target-name", "target_names", multiple=True)
-@click.option("--target-dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--target-base-url")
+@click.option(
+    "--metadata-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Where the client keeps the metadata it trusts.",
+)
+@click.option("--metadata-url", help="The repository's metadata URL (ending in /).")
+@click.option(
+    "--target-name", "target_names", multiple=True, help="A target to download; repeat for each."
+)
+@click.option(
+    "--target-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where downloaded targets go.",
+)
+@click.option("--target-base-url", help="The repository's targets URL (ending in /).")
 @click.argument("command", type=click.Choice(["init", "refresh", "download"]))
 @click.argument("root_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
 def agent_tuf_client(

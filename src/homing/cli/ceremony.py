@@ -63,7 +63,9 @@ def ceremony_keygen(out_path: Path, public_out: Path) -> None:
 @click.option(
     "--targets-key", "targets_keys", type=_path, multiple=True, help="Hand targets to holders."
 )
-@click.option("--targets-threshold", type=int)
+@click.option(
+    "--targets-threshold", type=int, help="Signatures the targets role needs (default: as now)."
+)
 @click.option(
     "--new-online-keys", is_flag=True, help="Make and name the next snapshot and timestamp keys."
 )
@@ -152,7 +154,12 @@ def ceremony_publish(data: Path, proposal_file: Path, signature_files: tuple[Pat
 
 @ceremony.command("propose-ca")
 @_data_option
-@click.option("--kind", type=click.Choice(["server", "device"]), required=True)
+@click.option(
+    "--kind",
+    type=click.Choice(["server", "device"]),
+    required=True,
+    help="Which issuing CA the request is for.",
+)
 @click.option("--out", "out_path", type=_path, required=True, help="The request file.")
 def ceremony_propose_ca(data: Path, kind: str, out_path: Path) -> None:
     """Ask the offline site to certify the issuing CA's backup key (server side)."""

@@ -48,7 +48,9 @@ def factory_limit(
 
 @factory.command("block")
 @click.argument("device_id")
-@click.option("--reason", default="unspecified", show_default=True)
+@click.option(
+    "--reason", default="unspecified", show_default=True, help="Why (kept in the audit log)."
+)
 @_data_option
 @_db_option
 def factory_block(device_id: str, reason: str, data: Path, db_url: str | None) -> None:

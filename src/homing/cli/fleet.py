@@ -188,12 +188,36 @@ def _stages(text: str) -> list[int]:
 
 
 @rollout.command("create")
-@click.option("--version", "version", required=True)
-@click.option("--hardware", required=True)
-@click.option("--stages", default="1,10,50,100", show_default=True)
-@click.option("--max-failure-ratio", type=float, default=0.1, show_default=True)
-@click.option("--success-ratio", type=float, default=0.9, show_default=True)
-@click.option("--soak-minutes", type=float, default=0.0, show_default=True)
+@click.option("--version", "version", required=True, help="The released version to roll out.")
+@click.option("--hardware", required=True, help="The hardware class it is for.")
+@click.option(
+    "--stages",
+    default="1,10,50,100",
+    show_default=True,
+    help="Increasing percentages of the class; a device is in a stage by a fixed hash of "
+    "its id, so a small fleet's early stages may hold none (--group reaches named devices).",
+)
+@click.option(
+    "--max-failure-ratio",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Halt when this share of a stage's devices failed or rolled back.",
+)
+@click.option(
+    "--success-ratio",
+    type=float,
+    default=0.9,
+    show_default=True,
+    help="Advance when this share of a stage's devices committed.",
+)
+@click.option(
+    "--soak-minutes",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Wait this long at a stage after it succeeded before advancing.",
+)
 @click.option(
     "--deadline-hours",
     type=float,

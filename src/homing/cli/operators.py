@@ -243,7 +243,11 @@ def token_revoke(name: str, data: Path, db_url: str | None) -> None:
 @token.command("add")
 @click.argument("name")
 @click.option(
-    "--role", type=click.Choice(["read-only", "operator"]), default="read-only", show_default=True
+    "--role",
+    type=click.Choice(["read-only", "operator"]),
+    default="read-only",
+    show_default=True,
+    help="read-only reads the fleet; operator may also change it.",
 )
 @_data_option
 @_db_option
@@ -259,7 +263,9 @@ def token_add(name: str, role: str, data: Path, db_url: str | None) -> None:
 
 @cli.command("revoke")
 @click.argument("device_id")
-@click.option("--reason", default="unspecified", show_default=True)
+@click.option(
+    "--reason", default="unspecified", show_default=True, help="Why (kept in the audit log)."
+)
 @_data_option
 @_db_option
 def revoke_cmd(device_id: str, reason: str, data: Path, db_url: str | None) -> None:
@@ -299,7 +305,9 @@ def _instant(value: str | None, option: str) -> datetime | None:
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="Every device holding a live certificate from this CA (PEM).",
 )
-@click.option("--reason", default="unspecified", show_default=True)
+@click.option(
+    "--reason", default="unspecified", show_default=True, help="Why (kept in the audit log)."
+)
 @click.option("--dry-run", is_flag=True, help="Only say how many it would revoke.")
 @_data_option
 @_db_option
@@ -455,8 +463,16 @@ def devices() -> None:
 
 @devices.command("list")
 @click.option("--search", help="Substring of id, firmware version or hardware class.")
-@click.option("--status", type=click.Choice(["active", "revoked"]))
-@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@click.option(
+    "--status", type=click.Choice(["active", "revoked"]), help="Only devices in this state."
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10000),
+    default=100,
+    show_default=True,
+    help="At most this many devices.",
+)
 @_data_option
 @_db_option
 def devices_list(

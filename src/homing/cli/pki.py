@@ -28,10 +28,26 @@ def pki() -> None:
 
 @pki.command("issue")
 @_data_option
-@click.option("--profile", type=click.Choice(["server", "device"]), required=True)
-@click.option("--csr", "csr_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option(
+    "--profile",
+    type=click.Choice(["server", "device"]),
+    required=True,
+    help="What the certificate is for: a server name, or a device id.",
+)
+@click.option(
+    "--csr",
+    "csr_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The PKCS#10 request (PEM or DER).",
+)
 @click.option("--device-id", help="Device id the certificate is for (device profile).")
-@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write the chain (PEM; default: standard output).",
+)
 def pki_issue(
     data: Path, profile: str, csr_path: Path, device_id: str | None, out_path: Path | None
 ) -> None:
@@ -61,7 +77,9 @@ def pki_issue(
 @_data_option
 @click.option("--device", "device_id", help="Revoke every certificate of this device.")
 @click.option("--serial", help="Revoke one certificate by serial (hex).")
-@click.option("--reason", default="unspecified", show_default=True)
+@click.option(
+    "--reason", default="unspecified", show_default=True, help="Why (kept in the audit log)."
+)
 def pki_revoke(data: Path, device_id: str | None, serial: str | None, reason: str) -> None:
     """Revoke by device id or serial and re-sign the CRLs."""
     from homing import ceremonies
@@ -85,7 +103,13 @@ def pki_revoke(data: Path, device_id: str | None, serial: str | None, reason: st
 
 @pki.command("crl")
 @_data_option
-@click.option("--ca", "kind", type=click.Choice(["server", "device"]), required=True)
+@click.option(
+    "--ca",
+    "kind",
+    type=click.Choice(["server", "device"]),
+    required=True,
+    help="Whose CRL to sign.",
+)
 def pki_crl(data: Path, kind: str) -> None:
     """Sign a fresh CRL for an issuing CA."""
     from homing import ceremonies

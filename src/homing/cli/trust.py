@@ -33,7 +33,12 @@ if TYPE_CHECKING:
 @click.option("--host", "hosts", multiple=True, help="Server host name or IP (repeatable).")
 @click.option("--primary", help="Primary home server URL (default https://HOST:8443).")
 @click.option("--mirror", "mirrors", multiple=True, help="Mirror URL (repeatable).")
-@click.option("--organization", default="homing", show_default=True)
+@click.option(
+    "--organization",
+    default="homing",
+    show_default=True,
+    help="The O= of the site's CA certificates.",
+)
 @click.option("--ceremony", is_flag=True, help="Keep TUF root keys off this machine.")
 @click.option(
     "--root-key",
@@ -391,7 +396,13 @@ def pins_show(data: Path) -> None:
 
 @cli.command("recovery-bundle")
 @_data_option
-@click.option("--out", "out_file", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The bundle file to write (carry it to the device).",
+)
 @click.option(
     "--image",
     "images",
