@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= .homing-data
+# Where `make run` serves (HOST:PORT); a new site publishes this endpoint to devices.
+LISTEN ?= 127.0.0.1:8443
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck bench clean system-tools
@@ -14,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/homing serve --data $(DATA) --init
+	$(BIN)/homing serve --data $(DATA) --init --listen $(LISTEN)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -24,7 +24,14 @@ from homing import ceremonies
 from homing.operations import fleet as operations
 from homing.site import DataDir
 from homing.store.schema import certificates, checkins, devices
-from tests.harness import certs_from_pkcs7, est_csr, homing_entry_point, run_homing, save_device
+from tests.harness import (
+    assert_one_error,
+    certs_from_pkcs7,
+    est_csr,
+    homing_entry_point,
+    run_homing,
+    save_device,
+)
 
 
 def _free_port() -> int:
@@ -58,8 +65,10 @@ def _serve(
     )
     try:
         deadline = time.monotonic() + 60
-        context = _context(data)
         while True:
+            # A server started with --init makes its data directory (and CA) first.
+            ready = (data / "pki" / "root-ca.pem").exists()
+            context = _context(data) if ready else ssl.create_default_context()
             conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=2)
             try:
                 conn.request("GET", "/healthz")
@@ -228,8 +237,40 @@ def test_a_port_held_by_any_other_program_is_refused(
         other.listen()
         port = other.getsockname()[1]
         refused = run_homing("serve", "--data", str(data), "--listen", f"127.0.0.1:{port}")
+        fresh = tmp_path / "fresh"
+        refused_init = run_homing(
+            "serve", "--data", str(fresh), "--init", "--listen", f"127.0.0.1:{port}"
+        )
     assert refused.returncode == 1
     assert "already in use by another server" in refused.stderr
+    assert refused.stdout == ""  # the error, and no banner before it
+    # With --init on a busy port: refused before a site is made.
+    assert_one_error(refused_init, "already in use by another server")
+    assert refused_init.stdout == ""
+    assert not fresh.exists()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_serve_init_publishes_the_endpoint_it_listens_on(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run LISTEN=127.0.0.1:PORT`: the site it makes tells devices to dial that port."""
+    from homing.site import DataDir
+    from homing.trust.pins import PIN_POLICY_TARGET, PinPolicy
+
+    monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
+    data, port = tmp_path / "made-by-serve", _free_port()
+    with _serve(data, port, db_url, extra=("--init",)):
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=_context(data), timeout=5)
+        try:
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+    dd = DataDir(data)
+    policy = PinPolicy.from_bytes(dd.repository(dd.settings()).target_bytes(PIN_POLICY_TARGET))
+    assert policy.primary == f"https://127.0.0.1:{port}"
+    assert "127.0.0.1" in policy.hosts
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -121,12 +121,18 @@ def serve(
     """Run the home server (HTTPS with optional client certificates on one port)."""
     from homing import ceremonies
     from homing.server.config import ServerConfig, parse_listen, parse_rate
+    from homing.server.runner import ensure_port_is_free
     from homing.server.runner import serve as run_server
     from homing.site import DataDir
 
-    if init_first and not DataDir(data).exists():
-        _print_summary(ceremonies.init(data, _now(), passphrase=_passphrase()))
     host, port = parse_listen(listen)
+    # Before anything is made or printed: a busy port is the one line the operator sees.
+    ensure_port_is_free(host, port)
+    if init_first and not DataDir(data).exists():
+        hosts, primary = _published_for(host, port)
+        _print_summary(
+            ceremonies.init(data, _now(), passphrase=_passphrase(), hosts=hosts, primary=primary)
+        )
     db_url = db_url or os.environ.get("HOMING_DB")
     config = ServerConfig(
         data=data,
@@ -155,6 +161,7 @@ def serve(
     policy = ceremonies.pin_policy(dd, settings, dd.keystore(settings))
     url = f"https://{'[' + host + ']' if ':' in host else host}:{port}"
     out.print(f"[bold]homing[/] home server on {url} ({workers} worker(s))")
+    out.print(f"  devices dial: {policy.primary}", highlight=False)
     out.print(f"  pinned SPKIs: {', '.join(policy.spki_pins)}")
     out.print(f"  trust metadata: {url}/tuf/metadata/  health: {url}/healthz")
     out.print("  next: create a factory credential and enroll a device:")
@@ -504,3 +511,15 @@ def devices_list(
             r["last_seen"] or "never",
         )
     out.print(table)
+
+
+def _published_for(host: str, port: int) -> tuple[list[str], str]:
+    """The names and endpoint a site made by ``serve --init`` publishes, from ``--listen``:
+    the default names plus the listen host, dialled on the listen port."""
+    from homing.ceremonies.creation import DEFAULT_HOSTS
+
+    wildcard = host in ("0.0.0.0", "::")  # noqa: S104 - compared, not bound
+    hosts = list(DEFAULT_HOSTS) + ([] if wildcard or host in DEFAULT_HOSTS else [host])
+    dialled = "localhost" if wildcard else host
+    name = f"[{dialled}]" if ":" in dialled else dialled
+    return hosts, f"https://{name}:{port}"
