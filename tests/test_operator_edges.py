@@ -104,3 +104,20 @@ def test_a_failed_enrollment_leaves_nothing_and_the_retry_works(
         enroll(f"line-1:{secret}", root),
         "already holds a device state: this device is enrolled",
     )
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_device_pointed_at_another_sites_server_is_told_so(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A device of site A dialling site B's server: not 'signed by 0/1 keys' alone, but what
+    it means."""
+    other = tmp_path / "other-site"
+    ceremonies.init(other, datetime.now(UTC))
+    state = tmp_path / "device-of-other-site"
+    made = run_homing("device", "provision", "--data", str(other), "--out", str(state),
+                      "--id", "dev-a")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    ran = run_homing("agent", "run", "--state", str(state), "--once",
+                     "--server", f"https://127.0.0.1:{server.port}")  # fmt: skip
+    assert_one_error(ran, "this server serves another site's metadata (check --server)")

@@ -231,6 +231,14 @@ def _python_tuf_errors(metadata_dir: Path) -> Iterator[None]:
         yield
     except tuf_errors.ExpiredMetadataError as e:
         raise MetadataExpiredError(f"trust metadata has expired: {e}") from e
+    except tuf_errors.UnsignedMetadataError as e:
+        if "signed by 0/" in str(e):
+            raise MetadataError(
+                f"trust metadata refused: {e}: it is signed by none of the keys this device "
+                "trusts, so this server serves another site's metadata (check --server) or "
+                "whatever answered is not home"
+            ) from e
+        raise MetadataError(f"trust metadata refused: {e}") from e
     except tuf_errors.RepositoryError as e:
         raise MetadataError(f"trust metadata refused: {e}") from e
     except tuf_errors.DownloadError as e:
