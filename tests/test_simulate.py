@@ -256,7 +256,11 @@ def test_cli_writes_table_json_and_plots(tmp_path: Path) -> None:
     leaf = by_name["leaf-fingerprint"]["cut_off_device_days"]
     assert leaf["total"] > 0
     assert set(leaf) > {"total", "always-on", "daily"}
-    assert "cut off" in result.stdout
+    assert "cut-off" in result.stdout
+    # Fits 80 columns (a terminal, a terminal over ssh, a CI log), names never broken.
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(" ")]
+    assert {"leaf-fingerprint", "homing-public-ca", "firmware-pins"} <= {r[0] for r in rows if r}
     # Firmware went through homing's agent; the baselines report none of their own.
     firmware = by_name["homing"]["firmware"]
     assert firmware["installs"] > 0
@@ -597,3 +601,15 @@ def test_homing_devices_take_every_release_after_a_firmware_key_rotation() -> No
     assert homing.firmware_refused == 0
     # Every device runs what it was last offered, warehouse devices included.
     assert homing.firmware_behind == 0
+
+
+def test_large_figures_stay_narrow() -> None:
+    """The default run's figures reach hundreds of millions: seven characters at most."""
+    from homing.fleet.report import compact
+
+    assert compact(99_999) == "99,999"
+    assert compact(191_374) == "191 k"
+    assert compact(1_668_512) == "1.7 M"
+    assert compact(106_704_036) == "107 M"
+    assert compact(158_000_000_000) == "158 G"
+    assert max(len(compact(10**k * 7.77)) for k in range(13)) <= 7

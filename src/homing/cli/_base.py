@@ -35,12 +35,20 @@ class _Console:
         self._stderr = stderr
         self._console: Any = None
 
-    def print(self, *args: Any, **kwargs: Any) -> None:
+    def _rich(self) -> Any:
         if self._console is None:
             from rich.console import Console
 
             self._console = Console(stderr=self._stderr)
-        self._console.print(*args, **kwargs)
+        return self._console
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        self._rich().print(*args, **kwargs)
+
+    @property
+    def width(self) -> int:
+        """The terminal's width in columns (80 when it is not a terminal)."""
+        return int(self._rich().width)
 
 
 out = _Console()

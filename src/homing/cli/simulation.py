@@ -67,10 +67,11 @@ def simulate_cmd(
     out_dir: Path,
 ) -> None:
     """Simulate a fleet over years and compare pinning strategies: who bricks, and why."""
+    from rich import box
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from homing.fleet.report import HEADERS, table_rows, write_outputs
+    from homing.fleet.report import HEADERS, longest_exposures, table_rows, write_outputs
     from homing.fleet.scenario import Scenario, load_scenario
     from homing.fleet.simulate import simulate
 
@@ -95,36 +96,51 @@ def simulate_cmd(
     table = Table(
         title=f"{scenario.name}: {f.devices:,} devices, {f.years:g} years, seed {f.seed}",
         title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
     )
-    for header in HEADERS:
-        table.add_column(header, overflow="fold")
+    for number, header in enumerate(HEADERS):
+        # Names and figures never break mid-word; 80 columns hold them (compact figures).
+        table.add_column(header, no_wrap=True, justify="left" if number == 0 else "right")
     for row in table_rows(results):
         table.add_row(*row)
     out.print(table)
-    for result in results.strategies:
-        out.print(f"{result.name}: {result.why}", highlight=False, soft_wrap=True, markup=False)
+    lines = [f"{result.name}: {result.why}" for result in results.strategies]
     for result in results.strategies:
         # Where every device ended, so a design limit reads apart from a bug.
         states = ", ".join(
             f"{count:,} {state}" for state, count in result.end_states.items() if count
         )
-        out.print(
-            f"{result.name} at the end: {states}", highlight=False, soft_wrap=True, markup=False
-        )
-    for result in results.strategies:
-        if result.takes_firmware:
-            out.print(
-                f"{result.name}: {result.firmware_installs:,} firmware updates through the agent, "
-                f"{result.firmware_refused:,} refused, {result.firmware_behind:,} devices behind "
-                "what they were offered",
-                highlight=False,
-                soft_wrap=True,
-                markup=False,
-            )
+        lines.append(f"{result.name} at the end: {states}")
+    lines += [
+        f"{result.name}: {result.firmware_installs:,} firmware updates through the agent, "
+        f"{result.firmware_refused:,} refused, {result.firmware_behind:,} devices behind "
+        "what they were offered"
+        for result in results.strategies
+        if result.takes_firmware
+    ]
+    longest = longest_exposures(results)
+    if longest is not None:
+        lines.append(longest)
     if results.compromise_day is not None:
-        out.print(
+        lines.append(
             f"stolen key on day {results.compromise_day:g}; homing's exposure is bounded by "
-            f"the timestamp expiry ({results.timestamp_expiry_days:g} d)",
-            highlight=False,
+            f"the timestamp expiry ({results.timestamp_expiry_days:g} d)"
         )
-    out.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+    for line in lines:
+        # Wrapped at the terminal's width, continuation lines indented.
+        out.print(_hanging(line, out.width), highlight=False, markup=False)
+    out.print(
+        _hanging("wrote " + ", ".join(str(p) for p in written), out.width),
+        highlight=False,
+        markup=False,
+    )
+
+
+def _hanging(line: str, width: int) -> str:
+    """``line`` wrapped to ``width`` at spaces, later lines indented two spaces."""
+    import textwrap
+
+    return textwrap.fill(line, width=max(40, width), subsequent_indent="  ", break_long_words=False)

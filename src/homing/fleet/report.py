@@ -21,41 +21,65 @@ __all__ = ["table_rows", "write_outputs"]
 HEADERS = (
     "strategy",
     "bricked",
-    "manual",
-    "cut off, device-days",
-    "exposed device-days",
-    "catch-up",
+    "by\nhand",
+    "cut-off\ndays",
+    "exposed\ndays",
+    "caught\nup",
     "requests",
 )
 
 
+def compact(value: float) -> str:
+    """A count in at most seven characters: 12,345, then 123.4 k, 12.3 M (fits 80 columns)."""
+    if value < 100_000:
+        return f"{value:,.0f}"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return (
+                f"{value / size:.1f} {unit}" if value / size < 100 else f"{value / size:.0f} {unit}"
+            )
+    return f"{value:,.0f}"
+
+
 def _exposure(s: StrategyResult) -> str:
+    """Device-days exposed to the stolen key (∞: for some, it never ends)."""
     if s.exposed_devices == 0:
         return "0"
-    longest = "never ends" if math.isinf(s.exposure_max_days) else f"≤{s.exposure_max_days:g} d"
-    return f"{s.exposure_device_days:,.0f} ({longest})"
+    return compact(s.exposure_device_days) + ("∞" if math.isinf(s.exposure_max_days) else "")
+
+
+def longest_exposures(results: Results) -> str | None:
+    """One line: how long the longest exposure to the stolen key lasts, per strategy."""
+    parts = [
+        f"{s.name} " + ("never ends" if math.isinf(s.exposure_max_days) else
+                        f"≤{s.exposure_max_days:g} d")
+        for s in results.strategies
+        if s.exposed_devices
+    ]  # fmt: skip
+    return "longest exposure to the stolen key: " + ", ".join(parts) if parts else None
 
 
 def _catch_up(s: StrategyResult) -> str:
+    """Devices that caught up by themselves (mean walk), or by hand after a median wait."""
     if s.caught_up:
-        return f"{s.caught_up:,} by itself, {s.catch_up_ms / s.caught_up:.1f} ms each"
+        return f"{compact(s.caught_up)}, {s.catch_up_ms / s.caught_up:.0f} ms"
     if s.returned_days:
         ordered = sorted(s.returned_days)
-        return f"{len(ordered):,} after {ordered[len(ordered) // 2]:g} d cut off (median)"
+        return f"{compact(len(ordered))} ~{ordered[len(ordered) // 2]:g}d"
     return "-"
 
 
 def table_rows(results: Results) -> list[tuple[str, ...]]:
-    """One row per strategy, in the order they ran."""
+    """One row per strategy, in the order they ran (docs/simulator.md says what each means)."""
     return [
         (
             s.name,
             f"{s.bricked:,}",
             f"{s.manual_recoveries:,}",
-            f"{sum(s.cut_off_days.values()):,.0f}",
+            compact(sum(s.cut_off_days.values())),
             _exposure(s),
             _catch_up(s),
-            f"{s.requests:,}",
+            compact(s.requests),
         )
         for s in results.strategies
     ]
