@@ -178,7 +178,7 @@ class DeviceTable:
         self.cut_since = np.full(n, -1, np.int32)
         self.ever_cut = np.zeros(n, np.bool_)
         # Why each device was last cut off (CAUSE_CODES; -1: never, or no cause).
-        self.last_cause = np.full(n, -1, np.int16)
+        self.last_cause = np.full(n, -1, np.int8)
         self.ever_manual = np.zeros(n, np.bool_)
         # Per theft: the day each device stops accepting it, and who may still.
         self.exposure_end: dict[str, npt.NDArray[np.float64]] = {}

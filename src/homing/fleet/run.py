@@ -145,10 +145,14 @@ class StrategyRun(DeviceTable):
         causes: list[Cause | None],
     ) -> None:
         """Why each of these devices was cut off this week (``end_states`` reads it)."""
-        index = position[self.ids[devices]].astype(np.int64)
-        for k, device in enumerate(devices.tolist()):
-            cause = causes[reason_at.get(device, int(index[k]))]
-            self.last_cause[device] = -1 if cause is None else CAUSE_CODES[cause]
+        code_of = np.array([-1 if c is None else CAUSE_CODES[c] for c in causes], np.int8)
+        self.last_cause[devices] = code_of[position[self.ids[devices]]]
+        if reason_at:
+            # A certificate refused at home: its own cause, not the trust contact's.
+            refused = np.fromiter(reason_at.keys(), np.int64, len(reason_at))
+            cause_at = np.fromiter(reason_at.values(), np.int64, len(reason_at))
+            mine = np.isin(refused, devices)
+            self.last_cause[refused[mine]] = code_of[cause_at[mine]]
 
     def retire(self, dead: npt.NDArray[np.int64]) -> None:
         """Devices at the end of their life are no longer counted as cut off; those that
@@ -176,11 +180,12 @@ class StrategyRun(DeviceTable):
         due = back & (self.renew_at[devices] <= tick)
         if due.any():
             codes = self._situations(devices[due], tick)
-            steps = np.array(
-                [self.step_for(situation_of(int(c))).outcome is not CUT_OFF for c in codes],
+            present, where = np.unique(codes, return_inverse=True)
+            answered = np.array(
+                [self.step_for(situation_of(int(c))).outcome is not CUT_OFF for c in present],
                 np.bool_,
             )
-            back[np.flatnonzero(due)] = steps
+            back[np.flatnonzero(due)] = answered[where]
         return back
 
     def count_cut_off(self) -> int:
