@@ -143,4 +143,10 @@ def _hanging(line: str, width: int) -> str:
     """``line`` wrapped to ``width`` at spaces, later lines indented two spaces."""
     import textwrap
 
-    return textwrap.fill(line, width=max(40, width), subsequent_indent="  ", break_long_words=False)
+    return textwrap.fill(
+        line,
+        width=max(40, width),
+        subsequent_indent="  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
