@@ -12,6 +12,7 @@ import json
 import os
 import ssl
 import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -275,3 +276,21 @@ def test_exported_trust_serves_curl_through_rotations_and_runs_the_hook(
     off = run_homing("agent", "export", "--state", str(device.root), "--off")
     assert off.returncode == 0, off.stderr
     assert device.config().export_dir is None
+
+
+def test_the_python_example_of_the_docs_runs_as_written(
+    server: RunningServer, device: DeviceState
+) -> None:
+    """docs/device-apps.md's Python block, run with this device's state and server."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "device-apps.md").read_text()
+    start = doc.index("```python\n") + len("```python\n")
+    block = doc[start : doc.index("```", start)]
+    block = block.replace("/var/lib/homing-agent", str(device.root))
+    block = block.replace('"home.example.com", 443', f'"127.0.0.1", {server.port}')
+    ran = subprocess.run(
+        [sys.executable, "-c", block + "\nconn.request('GET', '/healthz')\n"
+         "print(conn.getresponse().status)\n"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["200", "200"]  # the check-in, then the context's request
