@@ -637,7 +637,7 @@ CASES: dict[str, Case] = {
     "agent apply-bundle": Case(
         lambda s: ["agent", "apply-bundle", "--state", str(s.provisioned("dev-a")), _bundle(s)],
         lambda s: ["agent", "apply-bundle", "--state", str(s.provisioned("dev-a")), _garbage(s)],
-        "the recovery bundle cannot be read",
+        "this is not a recovery bundle: not a tar archive",
         "trust updated",
     ),
     "recovery-bundle": Case(
