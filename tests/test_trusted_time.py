@@ -303,3 +303,44 @@ def test_a_clock_that_jumps_within_a_boot_is_in_doubt_until_it_is_right(
     assert agent().run_once().checked_in
     since_boot += 10
     assert "clock in doubt" not in " ".join(agent().run_once().steps)
+
+
+def test_a_clock_behind_by_less_than_it_slept_asks_home_when_the_chain_fails(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """The fourth doubt rule (ADR 0009). A device stored two years with a clock 400 days
+    slow reads a time above its floor and short of every expiry: not in doubt by the first
+    three rules, and the home's certificate, issued since, is not yet valid by it. The
+    failing chain puts the clock in doubt: it asks home, and comes home at the home's time
+    (recovering its expired certificate by key proof)."""
+    state = _device(server, tmp_path, "dev-slow")
+    assert _agent(state, _url(server), timedelta()).run_once().checked_in
+    two_years = timedelta(days=730)
+    fleet.move_server_clock(server, two_years)
+    ceremonies.rotate_server_cert(server.state.dd, server.clock())
+    server.settle()
+    slow = two_years - timedelta(days=400)
+    report = _agent(state, _url(server), slow).run_once()
+    assert report.checked_in, report
+    steps = " ".join(report.steps)
+    assert "the home's certificate does not validate at it" in steps
+    assert "trusted time from" in steps
+    # A right clock with a wrong chain is not helped: a MITM stays refused (the time
+    # matches, so the refusal stands; test_device_apps and the transport tests attack).
+    assert report.recovered
+
+
+def test_a_clock_a_year_ahead_short_of_every_expiry_asks_home_when_metadata_expires(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A year ahead is short of the root's and targets' expiry (not in doubt by the first
+    three rules), yet past the timestamp's: the refusal puts the clock in doubt, and the
+    device comes home at the home's time. A replay to a right clock is still refused
+    (test_trust_attacks): the home's time matches it, so the refusal stands."""
+    state = _device(server, tmp_path, "dev-year-ahead")
+    assert _agent(state, _url(server), timedelta()).run_once().checked_in
+    report = _agent(state, _url(server), timedelta(days=365)).run_once()
+    assert report.checked_in, report
+    steps = " ".join(report.steps)
+    assert "metadata expired by it" in steps
+    assert "trusted time from" in steps

@@ -50,6 +50,7 @@ from homing.errors import (
     ConfigError,
     HomingError,
     MetadataError,
+    MetadataExpiredError,
     RefusedError,
     RevokedError,
     TransportError,
@@ -102,6 +103,8 @@ class Agent:
         self.clock_behind_floor = False
         # Why this cycle's clock is in doubt, when no trusted time came (trusted_now).
         self.untrusted_time: str | None = None
+        # Whether this cycle runs at the time its home signed (trusted_now asked).
+        self.time_from_home = False
         # The time the last cycle worked at (the home's, if it asked).
         self.time_used: datetime | None = None
 
@@ -406,6 +409,7 @@ class Agent:
         for no cycle).
         """
         self.untrusted_time = None
+        self.time_from_home = False
         why = trusted_time.doubt(
             self.clock(),
             self.floor(),
@@ -425,6 +429,7 @@ class Agent:
                 continue
             report.steps.append(f"trusted time from {url}: {trusted.isoformat()}")
             self.clock_behind_floor = False
+            self.time_from_home = True
             return trusted
         detail = "; ".join(errors) or "no server known"
         log.warning("no trusted time (%s); metadata only, at %s", detail, now.isoformat())
@@ -464,16 +469,57 @@ class Agent:
             self.time_used = carried or now
         # Fails closed: an expired timestamp or root raises MetadataError here,
         # and nothing but metadata requests has been sent.
-        trust = self.refresh_trust(now, report)
+        try:
+            trust = self.refresh_trust(now, report)
+        except MetadataExpiredError as expired:
+            # The fourth doubt rule (ADR 0009), for metadata: expired by this clock,
+            # perhaps because the clock is ahead by less than every expiry it holds.
+            later = self._time_when_refused(now, f"metadata expired by it ({expired})", report)
+            if later is None:
+                raise
+            now = self.time_used = later
+            trust = self.refresh_trust(now, report)
         if self.untrusted_time is not None:
             raise UntrustedTimeError(
                 f"{self.untrusted_time}, and no home answered with a signed time: sending "
                 "nothing but metadata and time requests until one does"
             )
         try:
-            self.converse(self.client(trust.pin_policy, now), report)
+            try:
+                self.converse(self.client(trust.pin_policy, now), report)
+            except ChainError as refused:
+                # The fourth doubt rule (ADR 0009): the home's chain does not validate
+                # by this clock. A clock behind by less than the device slept is above
+                # its floor and short of every expiry, so only this shows it.
+                why = f"the home's certificate does not validate at it ({refused})"
+                later = self._time_when_refused(now, why, report)
+                if later is None:
+                    raise
+                now = self.time_used = later
+                self.converse(self.client(trust.pin_policy, now), report)
         finally:
             self.export(trust.pin_policy, report)
+
+    def _time_when_refused(self, now: datetime, why: str, report: CycleReport) -> datetime | None:
+        """The home's signed time, when something was refused at a clock that was not in
+        doubt and the home's time differs from it; None otherwise (the refusal stands: a
+        replay or a MITM meets a right clock, and a thief cannot sign the time)."""
+        if self.time_from_home:
+            return None  # this cycle already runs at the home's time
+        for url in self._sources(self._cached_policy()):
+            try:
+                trusted = self._ask_time(url, now)
+            except (TransportError, MetadataError):
+                continue
+            if abs(trusted - now) <= trusted_time.JUMP_TOLERANCE:
+                return None  # the clock is right: the chain is what is wrong
+            report.steps.append(
+                f"clock in doubt: {now.isoformat()}, {why}; trusted time from {url}: "
+                f"{trusted.isoformat()}"
+            )
+            self.clock_behind_floor = False
+            return trusted
+        return None
 
     def export(self, policy: PinPolicy, report: CycleReport) -> None:
         """Keep the exported trust current for applications (when the device asks for it)."""

@@ -11,6 +11,10 @@ readings make the clock doubtful (docs/adr/0009-trusted-time.md):
   boot (``CLOCK_BOOTTIME``, which counts suspend, so a sleepy device that
   wakes is no jump) by more than ``JUMP_TOLERANCE`` since the last cycle.
 
+A fourth is known only by its effect: a refusal by the device's own clock (the
+home's chain not valid at it, metadata expired by it) makes the agent ask once
+and try again at the home's time (``Agent._time_when_refused``).
+
 Then the agent asks home (``homing.trust.time_answer``): one request with a
 fresh nonce, over the unpinned bootstrap channel (the answer authenticates
 itself; the doubtful clock cannot judge a TLS certificate). The answer

@@ -340,37 +340,50 @@ class Homing(Strategy):
 
     def contact(self, state: Hashable, tick: int, skew: timedelta = ZERO) -> Contact:
         assert isinstance(state, int)
-        current = self._state_at(tick)
-        clock = tick_time(tick) + skew
         asked = 0
-        if skew and self.in_doubt(state, clock):
+        if skew and self.in_doubt(state, tick_time(tick) + skew):
             # In doubt, the agent asks its home for the time (one request, a
             # nonce, an answer signed by the timestamp key its root names) and
             # works at the true time from then on.
-            skew, clock, asked = ZERO, tick_time(tick), 1
+            skew, asked = ZERO, 1
+        contact = self._contact_at(state, tick, skew, asked)
+        if skew and contact.outcome == CUT_OFF:
+            # The fourth doubt rule: refused by its own clock (metadata expired by it,
+            # or the home's chain not valid at it), the agent asks home for the time and
+            # tries again at it. Refused at the true time too, the refusal stands.
+            again = self._contact_at(state, tick, ZERO, contact.requests + 1)
+            if again.outcome != CUT_OFF:
+                return again
+            return Contact(
+                contact.state, CUT_OFF, again.requests, contact.cause, detail=contact.detail
+            )
+        return contact
+
+    def _contact_at(self, state: int, tick: int, skew: timedelta, asked: int) -> Contact:
+        """One contact by a clock ``skew`` off the true time (``asked``: requests made)."""
+        current = self._state_at(tick)
+        clock = tick_time(tick) + skew
         # The agent's time: its clock, raised to its time floor when behind it.
         floor = tick_time(self._state(state).tick)
         behind = clock < floor
         now = floor if behind else clock
         expired = self._still_valid(current, now)
         if expired is not None:
-            if skew and self._still_valid(current, tick_time(tick)) is None:
-                expired = Cause.CLOCK_WRONG
             return Contact(state, CUT_OFF, 2 + asked, expired)
         walk = self._walk(state, current, skew)
         if walk.trust is None:
-            cause = Cause.TRUST_REFRESH_REFUSED
-            if skew and self._walk(state, current).trust is not None:
-                cause = Cause.CLOCK_WRONG
-            return Contact(state, CUT_OFF, walk.requests + asked, cause, detail=walk.error)
+            return Contact(
+                state,
+                CUT_OFF,
+                walk.requests + asked,
+                Cause.TRUST_REFRESH_REFUSED,
+                detail=walk.error,
+            )
         requests = walk.requests + 1 + asked  # and the check-in (and the time)
         # Before the check-in: the pinned connection's rule with the pins just verified.
         served = self._served(tick)
         if not self._pinned_ok(current, served, now, behind):
-            cause = Cause.PINS_MISMATCH
-            if skew and self._pinned_ok(current, served, tick_time(tick)):
-                cause = Cause.CLOCK_WRONG
-            return Contact(current, CUT_OFF, requests, cause)
+            return Contact(current, CUT_OFF, requests, Cause.PINS_MISMATCH)
         caught_up = not walk.pinned or walk.trust.root_version != self._versions[state][0]
         return Contact(current, CAUGHT_UP if caught_up else OK, requests, walk_ms=walk.walk_ms)
 
