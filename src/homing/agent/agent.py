@@ -43,6 +43,7 @@ from homing.agent.decide import (
 from homing.agent.exports import SERVICES_FILE
 from homing.agent.fetcher import HTTPSFetcher
 from homing.agent.state import DeviceState
+from homing.agent.time_steps import HomeTimeSteps
 from homing.agent.update import FirmwareJob, installer_for
 from homing.config import Limits
 from homing.errors import (
@@ -70,7 +71,7 @@ log = logging.getLogger(__name__)
 FAR_AHEAD = timedelta(days=1)
 
 
-class Agent:
+class Agent(HomeTimeSteps):
     def __init__(
         self,
         state: DeviceState,
@@ -399,64 +400,6 @@ class Agent:
         )
         return report
 
-    def trusted_now(self, now: datetime, report: CycleReport) -> datetime:
-        """``now``, or the time from home when the clock is in doubt (homing.agent.trusted_time).
-
-        Without an answer (home unreachable, an attacker in the path, a
-        server without trusted time) the cycle goes on at ``now`` for trust
-        metadata only: ``untrusted_time`` says so and the cycle stops before
-        it talks to anyone (ADR 0009: a frozen dead-RTC device is exposed
-        for no cycle).
-        """
-        self.untrusted_time = None
-        self.time_from_home = False
-        why = trusted_time.doubt(
-            self.clock(),
-            self.floor(),
-            self.state.trust_dir,
-            trusted_time.last_run(self.state.last_run_path),
-            self.uptime() if self.uptime else None,
-        )
-        if why is None:
-            return now
-        report.steps.append(f"clock in doubt: {why}")
-        errors: list[str] = []
-        for url in self._sources(self._cached_policy()):
-            try:
-                trusted = self._ask_time(url, now)
-            except (TransportError, MetadataError) as e:
-                errors.append(f"{url}: {e}")
-                continue
-            report.steps.append(f"trusted time from {url}: {trusted.isoformat()}")
-            self.clock_behind_floor = False
-            self.time_from_home = True
-            return trusted
-        detail = "; ".join(errors) or "no server known"
-        log.warning("no trusted time (%s); metadata only, at %s", detail, now.isoformat())
-        report.steps.append(f"no trusted time: {detail}")
-        self.untrusted_time = why
-        return now
-
-    def _ask_time(self, url: str, now: datetime) -> datetime:
-        floor = self.floor()
-        root = trusted_time.trusted_root(self.state.trust_dir)
-        try:
-            return trusted_time.ask_home(url, root, floor, now, self.limits)
-        except MetadataError as refused:
-            # Perhaps the answer is signed by an online key newer than this
-            # device's root: walk the root chain (signed by the offline keys;
-            # judged at the floor, a time this device knows has passed) and
-            # check a new answer against the newest root. If there is no newer
-            # root, the refusal stands as it was.
-            try:
-                self._refresh_from(url, None, floor)
-            except (TransportError, MetadataError):
-                raise refused from None
-            newer = trusted_time.trusted_root(self.state.trust_dir)
-            if newer.version == root.version:
-                raise
-            return trusted_time.ask_home(url, newer, floor, now, self.limits)
-
     def _cycle(self, report: CycleReport) -> None:
         now = self.trusted_now(self.now(), report)
         self.time_used = now
@@ -499,27 +442,6 @@ class Agent:
                 self.converse(self.client(trust.pin_policy, now), report)
         finally:
             self.export(trust.pin_policy, report)
-
-    def _time_when_refused(self, now: datetime, why: str, report: CycleReport) -> datetime | None:
-        """The home's signed time, when something was refused at a clock that was not in
-        doubt and the home's time differs from it; None otherwise (the refusal stands: a
-        replay or a MITM meets a right clock, and a thief cannot sign the time)."""
-        if self.time_from_home:
-            return None  # this cycle already runs at the home's time
-        for url in self._sources(self._cached_policy()):
-            try:
-                trusted = self._ask_time(url, now)
-            except (TransportError, MetadataError):
-                continue
-            if abs(trusted - now) <= trusted_time.JUMP_TOLERANCE:
-                return None  # the clock is right: the chain is what is wrong
-            report.steps.append(
-                f"clock in doubt: {now.isoformat()}, {why}; trusted time from {url}: "
-                f"{trusted.isoformat()}"
-            )
-            self.clock_behind_floor = False
-            return trusted
-        return None
 
     def export(self, policy: PinPolicy, report: CycleReport) -> None:
         """Keep the exported trust current for applications (when the device asks for it)."""
