@@ -19,7 +19,7 @@ import ssl
 import stat
 import subprocess
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -29,6 +29,7 @@ from cryptography import x509
 from homing import ceremonies
 from homing.agent.agent import Agent
 from homing.agent.state import DeviceState
+from homing.operations.clock import confirm_clock
 from tests import fleet
 from tests.harness import (
     RunningServer,
@@ -256,6 +257,14 @@ def test_broker_commands_refuse_bad_input(server: RunningServer, tmp_path: Path)
         run_homing("broker", "export", "--host", "127.0.0.1", "--dir", str(tmp_path / "b"),
                    "--hook", "sh -c 'unterminated", *site),
         "cannot be parsed",
+    )  # fmt: skip
+    assert not (tmp_path / "b").exists()
+    # A clock the home does not believe (before its last signing) signs nothing.
+    confirm_clock(server.state.db, "cli:ops", datetime.now(UTC) + timedelta(days=365), "test")
+    assert_one_error(
+        run_homing("broker", "export", "--host", "127.0.0.1", "--dir", str(tmp_path / "b"),
+                   *site),
+        "signing nothing: the clock reads",
     )  # fmt: skip
     assert not (tmp_path / "b").exists()
     cleared = run_homing("broker", "set", "--none", *site)

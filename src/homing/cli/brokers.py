@@ -69,10 +69,16 @@ def broker_export(
     from a timer: it writes only what is due, then runs the hook)."""
     from homing.ceremonies.brokers import export_broker
     from homing.hooks import check_hook, run_hook
+    from homing.operations.clock import clock_doubt
 
     if hook is not None:
         check_hook(hook)
-    done = export_broker(_site(data, db_url), host, directory, _now(), actor=_operator_actor())
+    site, now = _site(data, db_url), _now()
+    # It issues a certificate and signs CRLs: only at a time the home believes.
+    doubt = clock_doubt(site.database(), now)
+    if doubt is not None:
+        _fail(f"signing nothing: {doubt}")
+    done = export_broker(site, host, directory, now, actor=_operator_actor())
     for name in done.without_crl:
         out.print(f"warning: this site lacks the key of device CA {name}: no CRL for it")
     if not done.changed:
