@@ -44,7 +44,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def redacted(url: str) -> str:
     """``url`` fit for an error line: a password in it becomes ``***`` (even in a URL that
     does not parse)."""
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", url)
+    return re.sub(r"(://[^:/@\s]*:)\S*@", r"\1***@", url)
 
 
 def normalize_url(url: str) -> str:
