@@ -350,13 +350,10 @@ class Homing(Strategy):
         if skew and contact.outcome == CUT_OFF:
             # The fourth doubt rule: refused by its own clock (metadata expired by it,
             # or the home's chain not valid at it), the agent asks home for the time and
-            # tries again at it. Refused at the true time too, the refusal stands.
-            again = self._contact_at(state, tick, ZERO, contact.requests + 1)
-            if again.outcome != CUT_OFF:
-                return again
-            return Contact(
-                contact.state, CUT_OFF, again.requests, contact.cause, detail=contact.detail
-            )
+            # tries again at it.
+            # Refused at the home's time too: that refusal is the one that stands (the
+            # agent works at the home's time once it has it).
+            return self._contact_at(state, tick, ZERO, contact.requests + 1)
         return contact
 
     def _contact_at(self, state: int, tick: int, skew: timedelta, asked: int) -> Contact:
