@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from homing.config import Limits
 from homing.errors import MetadataError
 
-__all__ = ["PIN_POLICY_TARGET", "SCHEMA", "PinPolicy"]
+__all__ = ["PIN_POLICY_TARGET", "SCHEMA", "PinPolicy", "strict_document"]
 
 PIN_POLICY_TARGET = "pins.json"
 SCHEMA = "homing.pins/1"
@@ -52,14 +52,7 @@ class PinPolicy:
     @classmethod
     def from_bytes(cls, data: bytes, limits: Limits | None = None) -> PinPolicy:
         limits = limits or Limits()
-        if len(data) > limits.max_pin_policy_bytes:
-            raise MetadataError("pin policy is larger than the limit")
-        try:
-            doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MetadataError(f"pin policy is not JSON: {e}") from e
-        if not isinstance(doc, dict) or set(doc) != _FIELDS:
-            raise MetadataError(f"pin policy must have exactly the fields {sorted(_FIELDS)}")
+        doc = strict_document(data, "pin policy", limits.max_pin_policy_bytes, _FIELDS)
         if doc["schema"] != SCHEMA:
             raise MetadataError(f"unsupported pin policy schema {doc['schema']!r}")
         roots = tuple(_root(pem) for pem in _str_list(doc, "root_cas"))
@@ -106,3 +99,20 @@ def _url(value: object) -> str:
     if parts.scheme != "https" or not parts.hostname:
         raise MetadataError(f"endpoint {value!r} must be an https:// URL")
     return value
+
+
+def strict_document(data: bytes, what: str, limit: int, fields: set[str]) -> dict[str, Any]:
+    """A signed JSON document with exactly ``fields``, or the one error saying what is wrong.
+
+    The documents devices take from targets are parsed strictly: what is not
+    exactly what homing writes is refused, never guessed at.
+    """
+    if len(data) > limit:
+        raise MetadataError(f"{what} is larger than the limit")
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MetadataError(f"{what} is not JSON: {e}") from e
+    if not isinstance(doc, dict) or set(doc) != fields:
+        raise MetadataError(f"{what} must have exactly the fields {sorted(fields)}")
+    return doc

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from homing.errors import MetadataError
+from homing.trust.pins import strict_document
 
 __all__ = ["SCHEMA", "SERVICES_TARGET", "Services", "mqtt_url"]
 
@@ -57,14 +58,7 @@ class Services:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Services:
-        if len(data) > MAX_BYTES:
-            raise MetadataError("the services document is larger than the limit")
-        try:
-            doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MetadataError(f"the services document is not JSON: {e}") from e
-        if not isinstance(doc, dict) or set(doc) != _FIELDS:
-            raise MetadataError(f"the services document must have exactly {sorted(_FIELDS)}")
+        doc = strict_document(data, "the services document", MAX_BYTES, _FIELDS)
         if doc["schema"] != SCHEMA:
             raise MetadataError(f"unsupported services schema {doc['schema']!r}")
         brokers = doc["mqtt"]
