@@ -44,11 +44,11 @@ from homing.agent.exports import SERVICES_FILE
 from homing.agent.fetcher import HTTPSFetcher
 from homing.agent.state import DeviceState
 from homing.agent.time_steps import HomeTimeSteps
+from homing.agent.transport import check_server_url
 from homing.agent.update import FirmwareJob, installer_for
 from homing.config import Limits
 from homing.errors import (
     ChainError,
-    ConfigError,
     HomingError,
     MetadataError,
     MetadataExpiredError,
@@ -92,7 +92,7 @@ class Agent(HomeTimeSteps):
         self.state = state
         self.config = state.config()
         if server:
-            _check_server_url(server)
+            check_server_url(server)
         self.server_override = server or self.config.server
         self.clock = clock or (lambda: datetime.now(UTC))
         self.uptime = uptime or (trusted_time.uptime if clock is None else None)
@@ -493,15 +493,3 @@ def pkcs7_leaf(body: bytes, what: str) -> x509.Certificate:
     if not certs:
         raise TransportError(f"the {what} answer holds no certificate")
     return certs[0]
-
-
-def _check_server_url(url: str) -> None:
-    """A ``--server`` that is not an https:// URL is a typo: said at once, with the fix."""
-    from homing.agent.transport import parse_endpoint
-
-    try:
-        parse_endpoint(url)
-    except TransportError as e:
-        raise ConfigError(
-            f"--server {url!r} must be https://HOST[:PORT] (e.g. https://{url.split('://')[-1]})"
-        ) from e

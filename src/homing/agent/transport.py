@@ -25,7 +25,7 @@ from pathlib import Path
 from cryptography import x509
 
 from homing.config import Limits
-from homing.errors import ChainError, TransportError
+from homing.errors import ChainError, ConfigError, TransportError
 from homing.pki.validate import (
     VerifiedChain,
     load_certificate,
@@ -38,6 +38,7 @@ from homing.trust.pins import PinPolicy
 __all__ = [
     "Endpoint",
     "PinnedConnection",
+    "check_server_url",
     "open_connection",
     "parse_endpoint",
     "verify_pinned_chain",
@@ -192,3 +193,13 @@ def open_connection(
         client_cert=client_cert,
         clock_behind_floor=clock_behind_floor,
     )
+
+
+def check_server_url(url: str) -> None:
+    """A ``--server`` that is not an https:// URL is a typo: said at once, with the fix."""
+    try:
+        parse_endpoint(url)
+    except TransportError as e:
+        raise ConfigError(
+            f"--server {url!r} must be https://HOST[:PORT] (e.g. https://{url.split('://')[-1]})"
+        ) from e

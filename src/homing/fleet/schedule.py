@@ -9,8 +9,9 @@ import numpy as np
 from homing.fleet.clock import year_tick
 from homing.fleet.population import DAYS_PER_TICK, DAYS_PER_YEAR
 from homing.fleet.scenario import Scenario
+from homing.fleet.world_state import World
 
-__all__ = ["Schedule"]
+__all__ = ["Schedule", "announce"]
 
 
 @dataclass(frozen=True)
@@ -107,3 +108,23 @@ class Schedule:
             device_ca_compromises=frozenset(t for t in device_ca if 0 < t < ticks),
             server_ca_compromises=frozenset(t for t in server_ca if 0 < t < ticks),
         )
+
+
+def announce(world: World, plan: Schedule, announce_days: int) -> None:
+    """announce-next: before each scheduled renewal, the next fingerprint is announced.
+
+    An emergency renewal (the stolen key) cannot be announced in advance.
+    """
+    window = max(1, round(announce_days / DAYS_PER_TICK))
+    compromise = plan.compromise
+    world.announce_at = np.full(world.ticks, -1, np.int64)
+    world.announce_from = np.full(world.ticks, -1, np.int64)
+    for tick in range(world.ticks):
+        upcoming = [r for r in plan.renewals if tick < r <= tick + window and r != compromise]
+        if not upcoming:
+            continue
+        r = upcoming[0]
+        if compromise is not None and tick < compromise <= r:
+            continue
+        world.announce_at[tick] = world.public_at[r]
+        world.announce_from[tick] = r

@@ -27,10 +27,10 @@ from cryptography.hazmat.primitives import serialization
 from homing import ceremonies
 from homing.config import Validity
 from homing.fleet.clock import HOST, START, tick_time, year_tick
-from homing.fleet.population import DAYS_PER_TICK, DAYS_PER_YEAR
+from homing.fleet.population import DAYS_PER_YEAR
 from homing.fleet.public_site import PublicSite
 from homing.fleet.scenario import Scenario
-from homing.fleet.schedule import Schedule
+from homing.fleet.schedule import Schedule, announce
 from homing.fleet.simulated_cas import Chain, SimulatedCA
 from homing.fleet.site_ops import copy_repository, sign_release, sign_role
 from homing.fleet.world_state import (
@@ -176,7 +176,7 @@ class _Builder:
             setattr(world, name, values)
         world.compromise_tick = self.plan.compromise
         world.lapse_open_at_end = any(end >= self.plan.ticks for _, _, end in self.plan.lapses)
-        _announcements(world, self.plan, self.scenario.server.announce_days)
+        announce(world, self.plan, self.scenario.server.announce_days)
         self.dd.close()
         if self.public_site is not None:
             self.public_site.close()
@@ -484,23 +484,3 @@ class _Builder:
         else:
             assert self.private_ca.authority is not None
             at["anchors_at"][tick] = self._anchors(self.private_ca.authority.certificate)
-
-
-def _announcements(world: World, plan: Schedule, announce_days: int) -> None:
-    """announce-next: before each scheduled renewal, the next fingerprint is announced.
-
-    An emergency renewal (the stolen key) cannot be announced in advance.
-    """
-    window = max(1, round(announce_days / DAYS_PER_TICK))
-    compromise = plan.compromise
-    world.announce_at = np.full(world.ticks, -1, np.int64)
-    world.announce_from = np.full(world.ticks, -1, np.int64)
-    for tick in range(world.ticks):
-        upcoming = [r for r in plan.renewals if tick < r <= tick + window and r != compromise]
-        if not upcoming:
-            continue
-        r = upcoming[0]
-        if compromise is not None and tick < compromise <= r:
-            continue
-        world.announce_at[tick] = world.public_at[r]
-        world.announce_from[tick] = r
