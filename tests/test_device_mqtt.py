@@ -270,3 +270,69 @@ def test_broker_commands_refuse_bad_input(server: RunningServer, tmp_path: Path)
     cleared = run_homing("broker", "set", "--none", *site)
     assert cleared.returncode == 0, cleared.stderr
     assert "no broker published" in cleared.stdout
+
+
+def test_a_broker_directory_stays_one_set_through_many_rotations_and_revocations(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """Run by a timer for years: twelve server-CA rotations and twelve revocations later,
+    the broker's directory holds one set, its CRL names every revoked device, and its
+    certificate is the newest CA's."""
+    from homing.ceremonies.brokers import export_broker
+    from homing.operations.provisioning import provision
+
+    dd, broker_dir = server.state.dd, tmp_path / "broker"
+    revoked: list[int] = []
+    for round_ in range(12):
+        now = datetime.now(UTC)
+        state = provision(dd, tmp_path / f"d{round_}", now, device_id=f"gone-{round_}",
+                          hardware="board-a")  # fmt: skip
+        cert = state.certificate()
+        assert cert is not None
+        revoked.append(cert.serial_number)
+        ceremonies.revoke(dd, now, device_id=f"gone-{round_}", reason="retired")
+        ceremonies.rotate_issuing_ca(dd, "server", now, force_reason="test: many rotations")
+        assert export_broker(dd, "127.0.0.1", broker_dir, now).changed
+    assert sorted(p.name for p in broker_dir.iterdir() if p.name.startswith("trust-")) == [
+        os.readlink(broker_dir / "current")
+    ]
+    listed = {
+        entry.serial_number
+        for part in (broker_dir / "current" / "crl.pem").read_bytes().split(b"-----BEGIN")[1:]
+        for entry in x509.load_pem_x509_crl(b"-----BEGIN" + part)
+    }
+    assert set(revoked) <= listed
+    chain = x509.load_pem_x509_certificates(
+        (broker_dir / "current" / "server-chain.pem").read_bytes()
+    )
+    assert chain[0].issuer == dd.certificate("server-ca.pem").subject
+
+
+def test_a_tampered_services_document_is_refused_and_nothing_changes(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """The broker list is a signed target: bytes changed on the server (a broker of the
+    attacker's) fail python-tuf's hash check, and the device keeps what it verified."""
+    url = f"mqtts://127.0.0.1:{free_port()}"
+    named = run_homing("broker", "set", url, "--data", str(server.data),
+                       "--db", server.config.db_url)  # fmt: skip
+    assert named.returncode == 0, named.stderr
+    server.settle()
+    agent, _ = _device(server, tmp_path, "dev-t")
+    held = (agent.state.root / "services.json").read_bytes()
+    assert url.encode() in held
+    moved = f"mqtts://127.0.0.1:{free_port()}"
+    again = run_homing("broker", "set", moved, "--data", str(server.data),
+                       "--db", server.config.db_url)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    stored = next(
+        p for p in (server.data / "repository" / "targets").glob("*services.json")
+        if moved.encode() in p.read_bytes()
+    )  # fmt: skip
+    # Same length, other bytes: only the signed hash can tell.
+    stored.write_bytes(stored.read_bytes().replace(b"127.0.0.1", b"127.6.6.6"))
+    server.settle()
+    report = agent.run_once()
+    assert not report.checked_in
+    assert "hash" in (report.error or "").lower(), report.error
+    assert (agent.state.root / "services.json").read_bytes() == held
