@@ -13,7 +13,8 @@ from homing.agent.decide import CertificateAction
 from homing.errors import ConfigError
 from homing.fleet import STRATEGY_NAMES
 from homing.fleet.home import SimulatedHome
-from homing.fleet.scenario import Scenario, load_scenario, scenario_from_dict
+from homing.fleet.scenario import Scenario
+from homing.fleet.scenario_file import load_scenario, scenario_from_dict
 from homing.fleet.simulate import CERT_EXPIRED, Results, StrategyResult, simulate
 from homing.fleet.strategies import (
     CAUGHT_UP,
@@ -307,6 +308,11 @@ def _every_event_kind(years: float) -> dict[str, object]:
         ],
         "ca_compromise": [{"ca": "server", "at": at[2]}, {"ca": "device", "at": at[3]}],
         "firmware_key_rotation": [{"at": at[4], "retire_after_days": 30}],
+        "emergency_rotation": [
+            {"of": of, "at": when}
+            for of, when in zip(("server-key", "server-ca", "device-ca", "root"), at, strict=False)
+        ],
+        "compromise": {"response_days": 10, "intercepted_share": 0.5, "intercept_days": 90},
     }
 
 

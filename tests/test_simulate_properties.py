@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from homing.errors import ConfigError
-from homing.fleet.scenario import LAPSE_ROLES, PATTERNS, scenario_from_dict
+from homing.fleet.scenario import EMERGENCY_KINDS, LAPSE_ROLES, PATTERNS
+from homing.fleet.scenario_file import scenario_from_dict
 from homing.fleet.simulate import simulate
 
 pytestmark = [pytest.mark.xdist_group("simulate-properties"), pytest.mark.long]
@@ -33,12 +34,21 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     offsets = st.sampled_from([0.0, 0.0, -20_000.0, -400.0, 3650.0])
     populations = [
         {"name": kind, "share": 1.0 / len(kinds), "pattern": kind,
-         "clock_offset_days": draw(offsets)}
+         "clock_offset_days": draw(offsets),
+         # A clock without a battery (1970 at every start), perhaps set right later.
+         "clock_resets_at_boot": draw(st.sampled_from([False, False, True])),
+         **({"clock_fixed_at": draw(at)} if draw(st.booleans()) else {})}
         for kind in kinds
     ]  # fmt: skip
     doc: dict[str, Any] = {
         "fleet": {"years": years, "devices": DEVICES, "manufacture_years": years / 2,
-                  "seed": draw(st.integers(1, 1000))},
+                  "seed": draw(st.integers(1, 1000)),
+                  "step_days": draw(st.sampled_from([7, 7, 1, 3]))},
+        "compromise": {
+            "response_days": draw(st.sampled_from([0.0, 3.0, 30.0])),
+            "intercepted_share": draw(st.sampled_from([1.0, 0.2])),
+            "intercept_days": draw(st.sampled_from([float("inf"), 20.0])),
+        },
         "events": {
             "key_compromise": draw(st.one_of(st.none(), at)) or False,
             "issuing_ca_rotations": draw(st.lists(at, max_size=2)),
@@ -65,6 +75,9 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     )
     doc["ca_compromise"] = draw(
         st.lists(one({"ca": st.sampled_from(["server", "device"]), "at": at}), max_size=2)
+    )
+    doc["emergency_rotation"] = draw(
+        st.lists(one({"of": st.sampled_from(EMERGENCY_KINDS), "at": at}), max_size=2)
     )
     doc["firmware_key_rotation"] = draw(
         st.lists(one({"at": at, "retire_after_days": st.integers(0, 180)}), max_size=1)

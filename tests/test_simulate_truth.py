@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from homing.fleet.scenario import load_scenario, scenario_from_dict
+from homing.fleet.scenario_file import load_scenario, scenario_from_dict
 from homing.fleet.simulate import simulate
 from homing.fleet.strategies import Cause
 

@@ -72,23 +72,28 @@ def simulate_cmd(
     from rich.table import Table
 
     from homing.fleet.report import HEADERS, longest_exposures, table_rows, write_outputs
-    from homing.fleet.scenario import Scenario, load_scenario
+    from homing.fleet.scenario import Scenario
+    from homing.fleet.scenario_file import load_scenario
     from homing.fleet.simulate import simulate
 
     scenario = load_scenario(scenario_file) if scenario_file else Scenario()
     overrides = {"devices": devices, "years": years, "seed": seed}
     scenario = scenario.with_fleet(**{k: v for k, v in overrides.items() if v is not None})
+    step_days = scenario.fleet.step_days
+    unit = "week" if step_days == 7 else ("day" if step_days == 1 else f"{step_days}-day step")
     with Progress(
-        TextColumn("simulating"),
+        TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("week {task.completed:.0f}/{task.total:.0f}"),
         TimeElapsedColumn(),
         transient=True,
     ) as progress:
-        task = progress.add_task("weeks", total=1)
+        # The world's ceremonies come first (seconds): said so, not "week 0/1".
+        task = progress.add_task("building the world (real ceremonies)", total=None)
 
         def advance(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+            progress.update(
+                task, completed=done, total=total, description=f"simulating {unit} {done}/{total}"
+            )
 
         results = simulate(scenario, strategies or None, advance)
     written = write_outputs(results, out_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from datetime import datetime, timedelta
 
-from homing.fleet.population import DAYS_PER_TICK
+from homing.fleet.clock import days_per_tick
 from homing.fleet.strategy_base import (
     CUT_OFF,
     MANUAL,
@@ -165,7 +165,7 @@ class HPKP(PublicCA):
         if tick < until and spki_pin(chain.leaf) not in self._pins(pinned_key):
             return Contact(state, CUT_OFF, 1, self.pin_reason)
         release, requests = self._update(release, tick)
-        max_age = max(1, round(self.scenario.policy.hpkp_max_age_days / DAYS_PER_TICK))
+        max_age = max(1, round(self.scenario.policy.hpkp_max_age_days / days_per_tick()))
         return Contact((release, int(w.key_at[tick]), tick + max_age), OK, requests)
 
     def accepts_stolen(self, state: Hashable, moment: datetime, c: Compromise) -> bool:

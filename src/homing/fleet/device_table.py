@@ -152,6 +152,8 @@ class Week:
     refused: npt.NDArray[np.int64]  # online, revoked
     dead: npt.NDArray[np.int64]  # at the end of their life this week
     deployed_count: int
+    # Devices whose clock reads differently from this week on: (devices, offset in days).
+    clock_changes: tuple[tuple[npt.NDArray[np.int64], float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,19 @@ class DeviceTable:
         self.cert_expiry[devices] = tick + self.life_ticks
         self.renew_at[devices] = tick + self.renew_ticks
         self.next_due = min(self.next_due, tick + self.renew_ticks)
+        self._held = self._offline = None
+
+    def reclock(self, devices: npt.NDArray[np.int64], offset: float) -> None:
+        """These devices' clocks now read ``offset`` days off: their states are re-keyed."""
+        devices = devices[self.ids[devices] >= 0]
+        if devices.size == 0:
+            return
+        unique, inverse = np.unique(self.ids[devices], return_inverse=True)
+        states = cast(list[tuple[float, Hashable]], self.states.values)
+        moved = np.array(
+            [self.states.intern((offset, states[u][1])) for u in unique.tolist()], np.int32
+        )
+        self.ids[devices] = moved[inverse]
         self._held = self._offline = None
 
     def _skewed(self, answer: Callable[[Hashable, timedelta], Any]) -> Callable[[Hashable], Any]:

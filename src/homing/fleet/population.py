@@ -1,6 +1,6 @@
 """Who is online when: the fleet's devices as arrays, one entry per device.
 
-A simulated week is one tick. Each device has a few drawn parameters
+A tick is a simulated week, or the scenario's finer step. Each device has a few drawn parameters
 (assembly day, shipping day, end of life, its pattern's settings) and
 ``online(tick)`` answers, for every device at once, whether it reaches the
 network at some point in that week. Everything is drawn from the scenario's
@@ -9,17 +9,20 @@ seed, so a run is reproducible to the device.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
 
+from homing.fleet.clock import DAYS_PER_YEAR, START
 from homing.fleet.scenario import PATTERNS, Scenario
 
-__all__ = ["DAYS_PER_TICK", "DAYS_PER_YEAR", "Fleet", "make_fleet"]
+__all__ = ["DAYS_PER_YEAR", "EPOCH_DAYS", "Fleet", "make_fleet"]
 
-DAYS_PER_TICK = 7
-DAYS_PER_YEAR = 365.25
+# Days from 1970-01-01 (where a clock without a battery starts) to the run's start.
+EPOCH_DAYS = (START - datetime(1970, 1, 1, tzinfo=UTC)).days
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
@@ -48,17 +51,51 @@ class Fleet:
     revoked: Floats
     # Dated outages of a share of the fleet: (first day, end day, who).
     outages: tuple[tuple[float, float, Bools], ...] = ()
+    # Days in one tick (the scenario's fleet.step_days).
+    step: int = 7
+    # Clocks that read 1970 at every start, and the day each clock is set right
+    # for good (inf: never); None where no population asks for either.
+    clock_resets: Bools | None = None
+    clock_fixed: Floats | None = None
+
+    def clock_changes(
+        self, tick: int, online: Bools, was_online: Bools | None
+    ) -> tuple[tuple[Ints, float], ...]:
+        """Devices whose clock reads differently from this tick on: (devices, offset in days).
+
+        A clock set right this tick reads true (offset 0). A clock that resets
+        at every start reads 1970-01-01 at a device's first contact after it was
+        off (offline the tick before, or just shipped), until it is set right.
+        """
+        changes: list[tuple[Ints, float]] = []
+        start = tick * self.step
+        if self.clock_fixed is not None:
+            fixed = np.flatnonzero(
+                (start <= self.clock_fixed) & (self.clock_fixed < start + self.step)
+            )
+            if fixed.size:
+                changes.append((fixed, 0.0))
+        if self.clock_resets is not None:
+            booted = self.clock_resets & online
+            if was_online is not None:
+                booted &= ~was_online
+            if self.clock_fixed is not None:
+                booted &= self.clock_fixed >= start + self.step  # not set right by now
+            devices = np.flatnonzero(booted)
+            if devices.size:
+                changes.append((devices, -float(EPOCH_DAYS + start)))
+        return tuple(changes)
 
     @property
     def size(self) -> int:
         return int(self.made.shape[0])
 
     def made_tick(self) -> Ints:
-        return np.floor(self.made / DAYS_PER_TICK).astype(np.int64)
+        return np.floor(self.made / self.step).astype(np.int64)
 
     def deployed(self, tick: int) -> Bools:
         """Shipped and not yet at end of life during this tick."""
-        start, end = tick * DAYS_PER_TICK, (tick + 1) * DAYS_PER_TICK
+        start, end = tick * self.step, (tick + 1) * self.step
         return (self.shipped < end) & (self.ends > start)
 
     def online(self, tick: int, deployed: Bools | None = None) -> Bools:
@@ -67,7 +104,7 @@ class Fleet:
         Each pattern's rule runs on its own devices only (their indices are
         found once), so a week costs little more than the deployed check.
         """
-        start, end = tick * DAYS_PER_TICK, (tick + 1) * DAYS_PER_TICK
+        start, end = tick * self.step, (tick + 1) * self.step
         online = self.deployed(tick) if deployed is None else deployed.copy()
         daily, seasonal, outage = self._members()
         if daily.size:
@@ -80,7 +117,7 @@ class Fleet:
             season_start = self.season_start[seasonal]
             into = (doy - season_start) % DAYS_PER_YEAR
             ahead = (season_start - doy) % DAYS_PER_YEAR
-            online[seasonal] &= (into < self.season_days[seasonal]) | (ahead < DAYS_PER_TICK)
+            online[seasonal] &= (into < self.season_days[seasonal]) | (ahead < self.step)
         if outage.size:
             inside = (self.outage_start[outage] <= start) & (end <= self.outage_end[outage])
             online[outage] &= ~inside
@@ -105,7 +142,7 @@ class Fleet:
     def _weekly_probability(self, daily: Ints) -> Floats:
         cached: Floats | None = self.__dict__.get("_weekly_cache")
         if cached is None:
-            cached = 1.0 - (1.0 - self.online_probability[daily]) ** DAYS_PER_TICK
+            cached = 1.0 - (1.0 - self.online_probability[daily]) ** self.step
             object.__setattr__(self, "_weekly_cache", cached)
         return cached
 
@@ -148,6 +185,16 @@ def make_fleet(scenario: Scenario) -> Fleet:
     for i, r in enumerate(scenario.revocations):
         who = np.random.default_rng([scenario.fleet.seed, 2, i]).random(n) < r.share
         revoked = np.where(who, np.minimum(revoked, r.at * DAYS_PER_YEAR), revoked)
+    clock_offset = per_device([p.clock_offset_days for p in pops])
+    resets = per_device([float(p.clock_resets_at_boot) for p in pops]) > 0
+    fixed_year = [math.inf if p.clock_fixed_at is None else p.clock_fixed_at for p in pops]
+    fixed = per_device(fixed_year) * DAYS_PER_YEAR
+    # A clock that resets reads 1970 when first switched on, at the factory (the
+    # start of its assembly tick: devices made together share one state); a clock
+    # set right before its device was made is right from the start.
+    step = scenario.fleet.step_days
+    clock_offset = np.where(resets, -(EPOCH_DAYS + np.floor(made / step) * step), clock_offset)
+    clock_offset = np.where(fixed <= made, 0.0, clock_offset)
     return Fleet(
         seed=scenario.fleet.seed,
         made=made,
@@ -161,7 +208,10 @@ def make_fleet(scenario: Scenario) -> Fleet:
         outage_start=outage_start,
         outage_end=outage_end,
         population_names=tuple(p.name for p in pops),
-        clock_offset=per_device([p.clock_offset_days for p in pops]),
+        clock_offset=clock_offset,
         revoked=revoked,
         outages=tuple(outages),
+        step=scenario.fleet.step_days,
+        clock_resets=resets if resets.any() else None,
+        clock_fixed=fixed if np.isfinite(fixed).any() else None,
     )

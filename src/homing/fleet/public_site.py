@@ -8,8 +8,7 @@ from typing import Protocol
 
 from homing import ceremonies
 from homing.config import Validity
-from homing.fleet.clock import HOST, START, tick_time, year_tick
-from homing.fleet.population import DAYS_PER_YEAR
+from homing.fleet.clock import DAYS_PER_YEAR, HOST, START, tick_time, year_tick
 from homing.fleet.schedule import Schedule
 from homing.fleet.simulated_cas import SimulatedCA
 from homing.fleet.site_ops import copy_repository, pem_of, sign_release, sign_role

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from homing.errors import ConfigError
-from homing.fleet.population import DAYS_PER_TICK, DAYS_PER_YEAR
+from homing.fleet.clock import DAYS_PER_YEAR
 from homing.fleet.simulate import Results, StrategyResult
 from homing.fsutil import atomic_write
 
@@ -103,7 +103,7 @@ def _plots(results: Results, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    years = [(t + 1) * DAYS_PER_TICK / DAYS_PER_YEAR for t in range(results.ticks)]
+    years = [(t + 1) * results.step_days / DAYS_PER_YEAR for t in range(results.ticks)]
     fig, ax = plt.subplots(figsize=(10, 5.5), dpi=110)
     # Strategies that fail alike draw the same line: styles keep each visible.
     styles = ["-", "--", "-.", ":"]
@@ -119,7 +119,7 @@ def _plots(results: Results, out: Path) -> list[Path]:
         )
     for tick, event in results.events:
         if "stolen" in event or "expires" in event:
-            ax.axvline(tick * DAYS_PER_TICK / DAYS_PER_YEAR, color="grey", linestyle=":")
+            ax.axvline(tick * results.step_days / DAYS_PER_YEAR, color="grey", linestyle=":")
     ax.set_xlabel("years")
     ax.set_ylabel("deployed devices that can reach home (%)")
     ax.set_ylim(-2, 102)

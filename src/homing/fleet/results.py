@@ -12,7 +12,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from homing.fleet.population import DAYS_PER_TICK
 from homing.fleet.scenario import Scenario
 from homing.fleet.strategies import (
     Cause,
@@ -159,6 +158,8 @@ class Results:
     strategies: list[StrategyResult]
     compromise_day: float | None
     timestamp_expiry_days: float
+    # Days in one step (tick) of the run: a week unless the scenario asked finer.
+    step_days: int = 7
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -166,10 +167,11 @@ class Results:
             "devices": self.devices,
             "years": self.years,
             "seed": self.scenario.fleet.seed,
-            "weeks": self.ticks,
+            "steps": self.ticks,
+            "step_days": self.step_days,
             "compromise_day": self.compromise_day,
             "timestamp_expiry_days": self.timestamp_expiry_days,
-            "events": [{"day": t * DAYS_PER_TICK, "event": e} for t, e in self.events],
+            "events": [{"day": t * self.step_days, "event": e} for t, e in self.events],
             "strategies": [s.to_json() for s in self.strategies],
             "connected_share": {
                 s.name: [round(v, 5) for v in s.connected] for s in self.strategies

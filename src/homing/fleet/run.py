@@ -6,12 +6,13 @@ import math
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from datetime import timedelta
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from homing.errors import HomingError
+from homing.fleet.clock import days_per_tick
 from homing.fleet.device_table import (
     Answers,
     DeviceTable,
@@ -20,8 +21,9 @@ from homing.fleet.device_table import (
     group_states,
     situation_of,
 )
-from homing.fleet.population import DAYS_PER_TICK, Fleet
+from homing.fleet.population import Fleet
 from homing.fleet.results import CAUSE_CODES, CAUSES, LAPSE_CAUSE_CODES, finite_or_none
+from homing.fleet.scenario import CompromiseResponse
 from homing.fleet.strategies import (
     CAUGHT_UP,
     CUT_OFF,
@@ -54,7 +56,7 @@ class StrategyRun(DeviceTable):
         )
         self.exposure_end[c.what] = np.full(self.ids.size, -math.inf)
         self.exposure_end[c.what][deployed] = ends
-        self._watch[c.what] = deployed[ends > c.tick * DAYS_PER_TICK]
+        self._watch[c.what] = deployed[ends > c.tick * days_per_tick()]
 
     def distrust_certificates(self, tick: int) -> None:
         """The device CA's key was stolen: the server distrusts every certificate it issued."""
@@ -190,7 +192,7 @@ class StrategyRun(DeviceTable):
 
     def count_cut_off(self) -> int:
         """Add this week's device-days cut off, per device class; returns the devices cut off."""
-        self.cut_days += self.cut_now * DAYS_PER_TICK
+        self.cut_days += self.cut_now * days_per_tick()
         return int(self.cut_now.sum())
 
     def week(
@@ -330,7 +332,7 @@ class StrategyRun(DeviceTable):
             cause = causes[int(index)]
             if cause is not None:
                 r.reasons[cause] += int(count)
-        r.returned_days.extend(((tick - self.cut_since[back]) * DAYS_PER_TICK).tolist())
+        r.returned_days.extend(((tick - self.cut_since[back]) * days_per_tick()).tolist())
         if manual.size:
             r.manual_recovery_events += int(manual.size)
             # Cut off until the hand came: that many days, in the device's class.
@@ -346,6 +348,8 @@ class StrategyRun(DeviceTable):
         """This strategy's devices through one week."""
         if w.assembled.size:
             self.assemble(w.assembled, w.tick)
+        for devices, offset in w.clock_changes:
+            self.reclock(devices, offset)
         for c in events.compromises:
             if w.tick == c.tick:
                 self.start_exposure(np.flatnonzero(w.deployed), c)
@@ -364,7 +368,9 @@ class StrategyRun(DeviceTable):
     def end_exposure(self, online_mask: npt.NDArray[np.bool_], tick: int, c: Compromise) -> None:
         """Exposed devices that met the server this week: does their new state trust the key?"""
         ends = self.exposure_end[c.what]
-        self._watch[c.what] = self._watch[c.what][ends[self._watch[c.what]] > tick * DAYS_PER_TICK]
+        self._watch[c.what] = self._watch[c.what][
+            ends[self._watch[c.what]] > tick * days_per_tick()
+        ]
         watch = self._watch[c.what][online_mask[self._watch[c.what]]]
         if watch.size == 0:
             return
@@ -375,7 +381,7 @@ class StrategyRun(DeviceTable):
             np.bool_,
         )
         stop = watch[~accepts]
-        ends[stop] = np.minimum(ends[stop], tick * DAYS_PER_TICK)
+        ends[stop] = np.minimum(ends[stop], tick * days_per_tick())
 
     def finish(
         self,
@@ -384,6 +390,7 @@ class StrategyRun(DeviceTable):
         run_days: float,
         last_tick: int,
         lapse_open_at_end: bool = False,
+        response: CompromiseResponse | None = None,
     ) -> None:
         r = self.result
         made = self.ids >= 0
@@ -432,20 +439,45 @@ class StrategyRun(DeviceTable):
         for c in compromises:
             if c.what not in self.exposure_end:
                 continue
-            until = self.exposure_end[c.what]
-            ends = np.minimum(np.minimum(until, fleet.ends), run_days)
-            exposure = np.clip(ends - c.tick * DAYS_PER_TICK, 0.0, None)
-            exposed = int((exposure > 0).sum())
-            device_days = float(exposure.sum())
-            longest = float(exposure.max()) if exposure.size else 0.0
-            never = (until == NEVER) & (fleet.ends > run_days) & (exposure > 0)
-            longest = math.inf if never.any() else longest
-            r.exposures[c.what] = {
-                "day": c.tick * DAYS_PER_TICK,
-                "exposed_devices": exposed,
-                "exposed_device_days": round(device_days, 2),
-                "longest_exposure_days": finite_or_none(longest),
-            }
+            figures = exposure_figures(self.exposure_end[c.what], fleet, c, run_days, response)
+            r.exposures[c.what] = figures
             if c.what == "server TLS key":
-                r.exposed_devices, r.exposure_device_days = exposed, device_days
-                r.exposure_max_days = longest
+                r.exposed_devices = figures["exposed_devices"]
+                r.exposure_device_days = figures["exposed_device_days"]
+                longest = figures["longest_exposure_days"]
+                r.exposure_max_days = math.inf if longest is None else longest
+
+
+def exposure_figures(
+    until: npt.NDArray[np.float64],
+    fleet: Fleet,
+    c: Compromise,
+    run_days: float,
+    response: CompromiseResponse | None,
+) -> dict[str, Any]:
+    """Who accepted theft ``c``'s key, and for how long, among the devices it reached.
+
+    ``until``: the day each device would stop accepting it. The attacker sits in
+    front of ``response.intercepted_share`` of the fleet (drawn from the seed,
+    one draw per theft) for ``response.intercept_days`` after the theft.
+    """
+    response = response or CompromiseResponse()
+    start = c.tick * days_per_tick()
+    window_end = start + response.intercept_days
+    ends = np.minimum(np.minimum(np.minimum(until, fleet.ends), run_days), window_end)
+    exposure = np.clip(ends - start, 0.0, None)
+    if response.intercepted_share < 1.0:
+        draw = np.random.default_rng([fleet.seed, 3, c.tick]).random(exposure.size)
+        exposure[draw >= response.intercepted_share] = 0.0
+    longest = float(exposure.max()) if exposure.size else 0.0
+    never = (until == NEVER) & (fleet.ends > run_days) & (exposure > 0)
+    if never.any() and math.isinf(window_end):
+        longest = math.inf
+    return {
+        "day": start,
+        "exposed_devices": int((exposure > 0).sum()),
+        "exposed_device_days": round(float(exposure.sum()), 2),
+        "longest_exposure_days": finite_or_none(longest),
+        "intercepted_share": response.intercepted_share,
+        "intercept_days": finite_or_none(response.intercept_days),
+    }

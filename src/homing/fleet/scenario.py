@@ -11,18 +11,19 @@ else.
 from __future__ import annotations
 
 import itertools
-import tomllib
-from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from homing.errors import ConfigError
 
 __all__ = [
     "CA_KINDS",
+    "EMERGENCY_KINDS",
     "LAPSE_ROLES",
     "PATTERNS",
     "CACompromise",
+    "CompromiseResponse",
+    "EmergencyRotation",
     "Events",
     "FirmwareKeyRotation",
     "Fleet",
@@ -32,7 +33,6 @@ __all__ = [
     "Revocation",
     "Scenario",
     "Server",
-    "load_scenario",
 ]
 
 # How a population is online. Each is described in docs/simulator.md.
@@ -42,6 +42,8 @@ LAPSE_ROLES = ("timestamp", "snapshot", "targets", "root")
 # Days between the end of one lapse and the start of the next, at least.
 LAPSE_GAP_DAYS = 28
 CA_KINDS = ("server", "device")
+# What an operator can replace at once, without a theft and without announcing it.
+EMERGENCY_KINDS = ("server-key", "server-ca", "device-ca", "root")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,12 @@ class Population:
     lifetime_years: tuple[float, float] = (1.0, 8.0)
     # How far the devices' clocks are off, in days (-20,000: a dead RTC reading 1970).
     clock_offset_days: float = 0.0
+    # No battery behind the clock: it reads 1970-01-01 at every start, so each
+    # contact after the device was off (a week offline) is made at 1970.
+    clock_resets_at_boot: bool = False
+    # The year (from the start of the run) the devices' clocks are set right for
+    # good (an NTP fix shipped, a new battery); None: never.
+    clock_fixed_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,38 @@ class CACompromise:
 
 
 @dataclass(frozen=True)
+class EmergencyRotation:
+    """A key or CA replaced at once on a date, with nothing stolen and nothing announced
+    ([[emergency_rotation]]): a weak key found, an auditor's finding, a vendor's advice.
+
+    ``of``: "server-key" (the server's TLS key), "server-ca" (the issuing CA
+    of the server's certificate), "device-ca" (the issuing CA of devices'
+    certificates, its old certificates still trusted) or "root" (homing's
+    TUF root keys).
+    """
+
+    of: str
+    at: float
+
+
+@dataclass(frozen=True)
+class CompromiseResponse:
+    """Who a theft reaches and how fast the operator answers it ([compromise]).
+
+    Applies to every theft of the run (``events.key_compromise`` and each
+    [[ca_compromise]]): the attacker sits in front of ``intercepted_share``
+    of the fleet (drawn from the seed) for ``intercept_days`` after the
+    theft; the operator rotates ``response_days`` after it, and until then
+    the home keeps signing with the stolen key's pins, so the freshest
+    metadata an attacker can replay is the last signed before the response.
+    """
+
+    response_days: float = 0.0
+    intercepted_share: float = 1.0
+    intercept_days: float = float("inf")
+
+
+@dataclass(frozen=True)
 class FirmwareKeyRotation:
     """The firmware signing key is replaced on a date ([[firmware_key_rotation]]).
 
@@ -119,6 +159,9 @@ class Fleet:
     seed: int = 1
     # Devices are assembled uniformly over the first years of the run.
     manufacture_years: float = 3.0
+    # Days in one step of simulated time: a week, or finer (1 to 7) where a
+    # scenario's events are days apart; a day costs about seven times a week.
+    step_days: int = 7
 
 
 @dataclass(frozen=True)
@@ -194,6 +237,8 @@ class Scenario:
     lapses: tuple[Lapse, ...] = ()
     ca_compromises: tuple[CACompromise, ...] = ()
     firmware_key_rotations: tuple[FirmwareKeyRotation, ...] = ()
+    emergency_rotations: tuple[EmergencyRotation, ...] = ()
+    compromise: CompromiseResponse = field(default_factory=CompromiseResponse)
 
     def with_fleet(self, **changes: Any) -> Scenario:
         """The same scenario with command-line overrides (devices, years, seed).
@@ -213,6 +258,8 @@ class Scenario:
             raise ConfigError(f"fleet.devices must be between 1 and 10,000,000, not {f.devices}")
         if not 0 < f.years <= 50:
             raise ConfigError(f"fleet.years must be above 0 and at most 50, not {f.years}")
+        if not 1 <= f.step_days <= 7:
+            raise ConfigError(f"fleet.step_days must be between 1 and 7, not {f.step_days}")
         if not 0 <= f.manufacture_years <= f.years:
             raise ConfigError("fleet.manufacture_years must be between 0 and fleet.years")
         if not self.populations:
@@ -248,6 +295,12 @@ class Scenario:
         if e.firmware_release_days < 7:
             raise ConfigError("events.firmware_release_days must be at least 7")
         self._check_dated_events()
+        response = self.compromise
+        if not 0 <= response.response_days <= 3650:
+            raise ConfigError("compromise.response_days must be between 0 and 3650")
+        _check_share("compromise.intercepted_share", response.intercepted_share)
+        if not response.intercept_days > 0:
+            raise ConfigError("compromise.intercept_days must be positive (inf: for ever)")
         pol = self.policy
         if pol.private_ca_pins not in ("root", "issuing"):
             raise ConfigError("policy.private_ca_pins must be 'root' or 'issuing'")
@@ -274,8 +327,11 @@ class Scenario:
             _check_year(f"lapse[{i}].at", lapse.at, years)
             if lapse.role not in LAPSE_ROLES:
                 raise ConfigError(f"lapse[{i}].role must be one of {', '.join(LAPSE_ROLES)}")
-            if not 7 <= lapse.days <= 3650:
-                raise ConfigError(f"lapse[{i}].days must be between 7 and 3650")
+            step = self.fleet.step_days
+            if not step <= lapse.days <= 3650:
+                raise ConfigError(
+                    f"lapse[{i}].days must be between {step} (fleet.step_days) and 3650"
+                )
         ordered = sorted(enumerate(self.lapses), key=lambda item: item[1].at)
         for (i, first), (j, then) in itertools.pairwise(ordered):
             # A week is the simulator's step: closer lapses would share one.
@@ -288,6 +344,12 @@ class Scenario:
             _check_year(f"ca_compromise[{i}].at", c.at, years)
             if c.ca not in CA_KINDS:
                 raise ConfigError(f"ca_compromise[{i}].ca must be one of {', '.join(CA_KINDS)}")
+        for i, e in enumerate(self.emergency_rotations):
+            _check_year(f"emergency_rotation[{i}].at", e.at, years)
+            if e.of not in EMERGENCY_KINDS:
+                raise ConfigError(
+                    f"emergency_rotation[{i}].of must be one of {', '.join(EMERGENCY_KINDS)}"
+                )
         for i, f in enumerate(self.firmware_key_rotations):
             _check_year(f"firmware_key_rotation[{i}].at", f.at, years)
             if f.retire_after_days < 0:
@@ -316,147 +378,13 @@ def _check_population(p: Population) -> None:
         raise ConfigError(f"population {p.name!r}: season must lie within a year")
     if abs(p.clock_offset_days) > 100 * 366:
         raise ConfigError(f"population {p.name!r}: clock_offset_days must be within 100 years")
+    if p.clock_fixed_at is not None and p.clock_fixed_at <= 0:
+        raise ConfigError(
+            f"population {p.name!r}: clock_fixed_at must be a year after the start of the run"
+        )
     for name in ("warehouse_years", "outage_years", "lifetime_years"):
         low, high = getattr(p, name)
         if not 0 <= low <= high:
             raise ConfigError(
                 f"population {p.name!r}: {name} must be [low, high] with 0 <= low <= high"
             )
-
-
-# -- TOML ----------------------------------------------------------------------
-
-# The dated events, each an array of tables: [[outage]], [[revocation]], ...
-_DATED: dict[str, tuple[str, type]] = {
-    "outage": ("outages", Outage),
-    "revocation": ("revocations", Revocation),
-    "lapse": ("lapses", Lapse),
-    "ca_compromise": ("ca_compromises", CACompromise),
-    "firmware_key_rotation": ("firmware_key_rotations", FirmwareKeyRotation),
-}
-_TABLES = {"name", "fleet", "population", "server", "events", "policy", *_DATED}
-
-
-def load_scenario(path: Path) -> Scenario:
-    """Read a scenario file; every omitted field keeps its default."""
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConfigError(f"scenario file {path} does not exist") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read scenario file {path}: {e}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"scenario file {path} is not valid TOML: {e}") from e
-    return scenario_from_dict(doc, str(path))
-
-
-def scenario_from_dict(doc: dict[str, Any], where: str = "scenario") -> Scenario:
-    unknown = set(doc) - _TABLES
-    if unknown:
-        raise ConfigError(f"{where}: unknown table or key {sorted(unknown)[0]!r}")
-    base = Scenario()
-    name = doc.get("name", base.name)
-    if not isinstance(name, str):
-        raise ConfigError(f"{where}: name must be a string")
-    populations = base.populations
-    if "population" in doc:
-        raw = doc["population"]
-        if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
-            raise ConfigError(f"{where}: population must be an array of tables ([[population]])")
-        populations = tuple(_population(p, where) for p in raw)
-    dated: dict[str, tuple[Any, ...]] = {}
-    for table, (attribute, kind) in _DATED.items():
-        raw = doc.get(table, [])
-        if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
-            raise ConfigError(f"{where}: {table} must be an array of tables ([[{table}]])")
-        for entry in raw:
-            missing = [
-                f.name for f in fields(kind) if f.name not in entry and _required(kind, f.name)
-            ]
-            if missing:
-                raise ConfigError(f"{where}: every [[{table}]] needs {', '.join(missing)}")
-        dated[attribute] = tuple(_table(kind, t, table, where) for t in raw)
-    scenario = Scenario(
-        name=name,
-        fleet=_table(Fleet, doc.get("fleet", {}), "fleet", where),
-        populations=populations,
-        server=_table(Server, doc.get("server", {}), "server", where),
-        events=_table(Events, doc.get("events", {}), "events", where),
-        policy=_table(Policy, doc.get("policy", {}), "policy", where),
-        **dated,
-    )
-    scenario.check()
-    return scenario
-
-
-def _required(kind: Any, name: str) -> bool:
-    from dataclasses import MISSING
-
-    spec = kind.__dataclass_fields__[name]
-    return spec.default is MISSING and spec.default_factory is MISSING
-
-
-def _population(raw: dict[str, Any], where: str) -> Population:
-    if "pattern" not in raw or "share" not in raw:
-        raise ConfigError(f"{where}: every [[population]] needs a pattern and a share")
-    raw = {"name": raw.get("name", raw["pattern"]), **raw}
-    population: Population = _table(Population, raw, "population", where)
-    return population
-
-
-def _table(kind: Any, raw: Any, table: str, where: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: [{table}] must be a table")
-    known = {f.name: f for f in fields(kind)}
-    values: dict[str, Any] = {}
-    defaults = kind.__dataclass_fields__
-    for key, value in raw.items():
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key {table}.{key}")
-        values[key] = _coerce(value, defaults[key].type, f"{table}.{key}", where)
-    try:
-        return kind(**values)
-    except TypeError as e:
-        raise ConfigError(f"{where}: [{table}] {e}") from e
-
-
-def _coerce(value: Any, annotation: str, name: str, where: str) -> Any:
-    """Check a TOML value against the field's annotation (the dataclass's string form)."""
-
-    def fail(expected: str) -> ConfigError:
-        return ConfigError(f"{where}: {name} must be {expected}, not {value!r}")
-
-    number = (int, float)
-    if annotation == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail("an integer")
-        return value
-    if annotation == "float":
-        if isinstance(value, bool) or not isinstance(value, number):
-            raise fail("a number")
-        return float(value)
-    if annotation == "float | None":
-        if value is False:
-            return None
-        if isinstance(value, bool) or not isinstance(value, number):
-            raise fail("a number (or false for never)")
-        return float(value)
-    if annotation == "str":
-        if not isinstance(value, str):
-            raise fail("a string")
-        return value
-    if annotation == "tuple[float, float]":
-        if (
-            not isinstance(value, list)
-            or len(value) != 2
-            or not all(isinstance(v, number) and not isinstance(v, bool) for v in value)
-        ):
-            raise fail("[low, high]")
-        return (float(value[0]), float(value[1]))
-    if annotation == "tuple[float, ...]":
-        if not isinstance(value, list) or not all(
-            isinstance(v, number) and not isinstance(v, bool) for v in value
-        ):
-            raise fail("a list of years")
-        return tuple(float(v) for v in value)
-    raise ConfigError(f"{where}: {name} cannot be set from a scenario file")

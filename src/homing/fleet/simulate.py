@@ -11,7 +11,7 @@ certificates. A device makes its week's contact at the start of the week.
 
 from __future__ import annotations
 
-import itertools
+import contextvars
 import logging
 import math
 import os
@@ -22,10 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from homing.errors import ConfigError
+from homing.fleet.clock import days_per_tick, simulated_step
 from homing.fleet.device_table import RunEvents, Week
-from homing.fleet.population import DAYS_PER_TICK, Fleet, make_fleet
+from homing.fleet.population import Fleet, make_fleet
 from homing.fleet.results import CERT_EXPIRED, Results, StrategyResult
 from homing.fleet.run import StrategyRun
 from homing.fleet.scenario import Scenario
@@ -57,9 +59,10 @@ def simulate(
     level = agent_log.level
     agent_log.setLevel(logging.CRITICAL)
     try:
-        world = build_world(scenario, scratch, public_site="homing-public-ca" in names)
-        fleet = make_fleet(scenario)
-        return _run(scenario, world, fleet, names, progress)
+        with simulated_step(scenario.fleet.step_days):
+            world = build_world(scenario, scratch, public_site="homing-public-ca" in names)
+            fleet = make_fleet(scenario)
+            return _run(scenario, world, fleet, names, progress)
     finally:
         agent_log.setLevel(level)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -74,9 +77,9 @@ def _run(
 ) -> Results:
     runs = [StrategyRun(make(name, world, scenario), fleet) for name in names]
     made_tick = fleet.made_tick()
-    compromise = world.compromise_tick
-    compromise_day = compromise * DAYS_PER_TICK if compromise is not None else None
-    run_days = world.ticks * DAYS_PER_TICK
+    theft = next((c for c in world.compromises if c.what == "server TLS key"), None)
+    compromise_day = theft.tick * days_per_tick() if theft is not None else None
+    run_days = world.ticks * days_per_tick()
     pool = ThreadPoolExecutor(max_workers=max(1, min(len(runs), os.cpu_count() or 1)))
     events = RunEvents(
         tuple(world.compromises),
@@ -87,6 +90,7 @@ def _run(
     by_end = np.argsort(fleet.ends, kind="stable")
     first_revocation = float(fleet.revoked.min()) if fleet.size else math.inf
     previous_offline = by_end[:0]
+    previous_online: npt.NDArray[np.bool_] | None = None
     ends = fleet.ends[by_end]
     try:
         for tick in range(world.ticks):
@@ -96,8 +100,8 @@ def _run(
             deployed_mask = deployed & made
             online_mask = fleet.online(tick, deployed) & made
             refused = by_end[:0]
-            if tick * DAYS_PER_TICK >= first_revocation:
-                revoked = online_mask & (fleet.revoked <= tick * DAYS_PER_TICK)
+            if tick * days_per_tick() >= first_revocation:
+                revoked = online_mask & (fleet.revoked <= tick * days_per_tick())
                 refused = np.flatnonzero(revoked)
                 online_mask &= ~revoked
             offline = np.flatnonzero(made & ~online_mask)
@@ -106,19 +110,40 @@ def _run(
             previous_offline = offline
             deployed_count = max(1, int(deployed_mask.sum()))
             low, high = np.searchsorted(
-                ends, [(tick - 1) * DAYS_PER_TICK, tick * DAYS_PER_TICK], "right"
+                ends, [(tick - 1) * days_per_tick(), tick * days_per_tick()], "right"
             )
             dead = by_end[low:high] if tick else by_end[:0]
 
             week = Week(
-                tick, assembled, deployed_mask, online_mask, offline, refused, dead, deployed_count
+                tick,
+                assembled,
+                deployed_mask,
+                online_mask,
+                offline,
+                refused,
+                dead,
+                deployed_count,
+                fleet.clock_changes(tick, online_mask, previous_online),
             )
+            previous_online = online_mask
             # Strategies are independent and numpy releases the GIL: both cores work.
-            list(pool.map(StrategyRun.step, runs, itertools.repeat(week), itertools.repeat(events)))
+            # Each worker thread runs in a copy of this context (the run's step).
+            steps = [
+                pool.submit(contextvars.copy_context().run, run.step, week, events) for run in runs
+            ]
+            for step in steps:
+                step.result()
             if progress is not None:
                 progress(tick + 1, world.ticks)
         for run in runs:
-            run.finish(fleet, world.compromises, run_days, world.ticks - 1, world.lapse_open_at_end)
+            run.finish(
+                fleet,
+                world.compromises,
+                run_days,
+                world.ticks - 1,
+                world.lapse_open_at_end,
+                scenario.compromise,
+            )
         ts_days = 1.0
         homing = next((r.strategy for r in runs if isinstance(r.strategy, Homing)), None)
         key = next((c for c in world.compromises if c.what == "server TLS key"), None)
@@ -138,4 +163,5 @@ def _run(
         strategies=[run.result for run in runs],
         compromise_day=compromise_day,
         timestamp_expiry_days=ts_days,
+        step_days=days_per_tick(),
     )

@@ -9,7 +9,7 @@ targets re-signing, the response to a stolen key), with a copy of the trust
 metadata after every change. Devices are then judged against these real
 artifacts; nothing here is a stand-in.
 
-Time is counted in ticks of one simulated week from ``START``.
+Time is counted in ticks from ``START``: a week, or the scenario's finer step.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from cryptography.hazmat.primitives import serialization
 
 from homing import ceremonies
 from homing.config import Validity
-from homing.fleet.clock import HOST, START, tick_time, year_tick
-from homing.fleet.population import DAYS_PER_YEAR
+from homing.fleet.clock import DAYS_PER_YEAR, HOST, START, tick_time, year_tick
 from homing.fleet.public_site import PublicSite
 from homing.fleet.scenario import Scenario
 from homing.fleet.schedule import Schedule, announce
 from homing.fleet.simulated_cas import Chain, SimulatedCA
 from homing.fleet.site_ops import copy_repository, sign_release, sign_role
+from homing.fleet.thefts import Thefts
 from homing.fleet.world_state import (
     FIRMWARE_HARDWARE,
     Compromise,
@@ -143,15 +143,14 @@ class _Builder:
         self.public_site = (
             PublicSite(self, workdir / "homing-public-data", root_years) if public_site else None
         )
+        self.thefts = Thefts(self)
 
     def build(self) -> World:
         for tick in range(self.plan.ticks):
             self._public_pki(tick)
             self._private_pki(tick)
             frozen = self.plan.frozen(tick)
-            changed, renewed = self._steal(tick)
-            if self._steal_server_ca(tick):
-                changed = renewed = True
+            changed, renewed = self.thefts.step(tick)
             self._server_key(tick)
             changed_too, renewed_too = self._homing_ceremonies(tick, changed, renewed, frozen)
             changed_too |= self._firmware_key(tick, frozen)
@@ -168,13 +167,15 @@ class _Builder:
             self._lapses(tick)
             if self.public_site is not None:
                 self.public_site.step(tick)
-            self._device_ca(tick)
             self._release(tick)
             self._record(tick)
         world = self.world
         for name, values in self.per_tick.items():
             setattr(world, name, values)
-        world.compromise_tick = self.plan.compromise
+        response = self.plan.key_response
+        world.compromise_tick = (
+            response if response is not None and response < world.ticks else None
+        )
         world.lapse_open_at_end = any(end >= self.plan.ticks for _, _, end in self.plan.lapses)
         announce(world, self.plan, self.scenario.server.announce_days)
         self.dd.close()
@@ -215,66 +216,16 @@ class _Builder:
 
     # -- the server's key and homing's ceremonies --------------------------------
 
-    def _steal(self, tick: int) -> tuple[bool, bool]:
-        """The key in service is stolen; homing rotates its issuing CA at once."""
-        if tick != self.plan.compromise:
-            return False, False
-        world, now = self.world, tick_time(tick)
-        # The chains in service, by the family of devices each one fools.
-        stolen = {
-            "public": world.public[-1],
-            "private": world.private[-1],
-            "homing": world.homing[-1],
-            "homing-public": world.public[-1],
-        }
-        # What the server re-signs on its own (snapshot weekly, timestamp daily):
-        # the freshest metadata an attacker can replay.
-        ceremonies.refresh_snapshot(self.dd, now)
-        replay = {"homing": self.workdir / "replay"}
-        copy_repository(self.data / "repository", replay["homing"])
-        if self.public_site is not None:
-            replay["homing-public"] = self.public_site.replay(now)
-        ceremonies.rotate_issuing_ca(self.dd, "server", now)
-        world.compromises.append(Compromise("server TLS key", tick, stolen, replay))
-        world.events.append((tick, "the server's TLS key is stolen; keys and CAs rotate"))
-        return True, True
-
-    def _steal_server_ca(self, tick: int) -> bool:
-        """A server-issuing CA's key is stolen: the attacker mints a certificate for home.
-
-        homing promotes its server CA backup at once and publishes pins
-        without the stolen CA; the baseline company replaces its private
-        issuing CA. The public strategies do not trust the company's CAs.
-        """
-        if tick not in self.plan.server_ca_compromises:
-            return False
-        now, world = tick_time(tick), self.world
-        attacker = generate_tls_key()
-        days = 10 * 365
-        settings = self.dd.settings()
-        homing_ca = SimulatedCA.around(
-            self.dd.certificate("server-ca.pem"),
-            self.dd.keystore(settings).load(f"server-ca-g{settings.server_ca_generation}"),
-        )
-        stolen = {
-            "homing": homing_ca.chain(attacker, -1, tick, days),
-            "private": self.private_ca.chain(attacker, -1, tick, days),
-        }
-        ceremonies.refresh_snapshot(self.dd, now)
-        target = self.workdir / f"replay-server-ca-{tick}"
-        copy_repository(self.data / "repository", target)
-        ceremonies.rotate_issuing_ca(self.dd, "server", now)
-        self.private_ca.new_issuing(tick)
-        world.compromises.append(Compromise("server CA key", tick, stolen, {"homing": target}))
-        world.events.append((tick, "a server-issuing CA's key is stolen; the CAs rotate"))
-        return True
-
     def _server_key(self, tick: int) -> None:
         if tick not in self.plan.key_changes:
             return
         self.key_index += 1
         self.world.keys.append(generate_tls_key())  # the next key, announced from now on
-        if tick != self.plan.compromise:
+        if self.plan.emergency(tick, "server-key"):
+            self.world.events.append(
+                (tick, "server TLS key replaced at once (emergency, unannounced)")
+            )
+        elif tick != self.plan.key_response:
             self.world.events.append((tick, "server TLS key rotated to the pre-announced backup"))
 
     def _due(self, what: str, scheduled: bool, frozen: bool) -> bool:
@@ -304,20 +255,23 @@ class _Builder:
         if frozen:
             return False, False
         late = " (held back by the lapse)"
+        sudden = " (emergency, unannounced)"
         renewed_device_ca = False
         if rotate_ca and not renewed:
             ceremonies.rotate_issuing_ca(self.dd, "server", now)
             changed = renewed = True
             events.append(
                 (tick, "issuing CA rotated (homing promotes its backup key)"
-                 + (late if "issuing CA" in held else ""))
+                 + (late if "issuing CA" in held else "")
+                 + (sudden if plan.emergency(tick, "server-ca") else ""))
             )  # fmt: skip
         if rotate_root:
             ceremonies.rotate_root(self.dd, now)
             changed = True
             events.append(
                 (tick, "homing root keys rotated (root N+1 signed by N)"
-                 + (late if "root" in held else ""))
+                 + (late if "root" in held else "")
+                 + (sudden if plan.emergency(tick, "root") else ""))
             )  # fmt: skip
         if rotate_root_ca:
             # A new X.509 root beside the old: the server presents its CA certified by
@@ -402,16 +356,6 @@ class _Builder:
             self._snapshot_homing(tick)
             self.world.events.append((tick, f"the {role} metadata is re-signed"))
 
-    def _device_ca(self, tick: int) -> None:
-        """The device CA's key is stolen: homing promotes its backup and distrusts the old."""
-        if tick not in self.plan.device_ca_compromises:
-            return
-        ceremonies.rotate_issuing_ca(self.dd, "device", tick_time(tick), compromised=True)
-        self.world.device_ca_distrusted = (*self.world.device_ca_distrusted, tick)
-        self.world.events.append(
-            (tick, "the device CA's key is stolen: its certificates are distrusted")
-        )
-
     def _firmware_key(self, tick: int, frozen: bool) -> bool:
         """A new firmware key: homing re-delegates in TUF; firmware-carried keys need an overlap."""
         scheduled = any(start == tick for start, _ in self.plan.firmware_rotations)
@@ -435,7 +379,7 @@ class _Builder:
 
     def release_due(self, tick: int) -> bool:
         rotation = any(start == tick for start, _ in self.plan.firmware_rotations)
-        return not (tick % self.plan.release_ticks) or tick == self.plan.compromise or rotation
+        return not (tick % self.plan.release_ticks) or tick == self.plan.key_response or rotation
 
     def _homing_release(self, tick: int, frozen: bool) -> bool:
         """homing's operator signs the release into the firmware role (the real ceremony)."""

@@ -97,7 +97,8 @@ class World:
     announce_from: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     homing_state_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     homing_public_state_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    # When the server's TLS key is stolen (its chains and replays: ``compromises``).
+    # When the stolen server TLS key is replaced (the theft itself, its chains and
+    # replays: ``compromises``); None if no theft is answered within the run.
     compromise_tick: int | None = None
     events: list[tuple[int, str]] = field(default_factory=list)
     # Published states whose timestamp or snapshot the operator let lapse: when it expires.
