@@ -7,8 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from homing.fleet.device_table import padded_counts
 from homing.fleet.scenario_file import load_scenario, scenario_from_dict
 from homing.fleet.simulate import simulate
 from homing.fleet.strategies import Cause
@@ -115,3 +117,41 @@ def test_the_x509_root_ca_rotates_through_the_real_ceremony_and_nobody_is_cut_of
     assert homing.bricked == 0
     assert homing.why == "never cut off"
     assert homing.end_states["healthy"] + homing.end_states["not made"] == 300
+
+
+def test_the_devices_per_state_counts_kept_as_states_move_equal_a_recount(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run keeps how many devices hold each state as contacts move them, instead of
+    counting the fleet again each week; after every week of every strategy, through
+    catch-ups, refusals at the certificate step, a lapse and clocks re-keyed at each
+    start, the kept counts equal a recount."""
+    from homing.fleet.run import StrategyRun
+
+    checked = []
+    week = StrategyRun.week
+
+    def checked_week(self: StrategyRun, *args: object, **kwargs: object) -> None:
+        week(self, *args, **kwargs)  # type: ignore[arg-type]
+        if self._held is not None:
+            size = len(self.states.values)
+            kept = padded_counts(self._held, size)
+            recount = np.bincount(self.ids[self.ids >= 0], minlength=size)
+            assert np.array_equal(kept, recount), self.strategy.name
+            checked.append(self.strategy.name)
+
+    monkeypatch.setattr(StrategyRun, "week", checked_week)
+    scenario = scenario_from_dict({
+        "fleet": {"devices": 400, "years": 3, "manufacture_years": 1},
+        "events": {"key_compromise": 1.5, "issuing_ca_rotations": [1.0]},
+        "policy": {"homing_device_cert_days": 30, "baseline_device_cert_days": 60},
+        "lapse": [{"role": "timestamp", "at": 2.0, "days": 21}],
+        "ca_compromise": [{"ca": "device", "at": 2.5}],
+        "population": [
+            {"pattern": "daily", "share": 0.5, "clock_resets_at_boot": True},
+            {"pattern": "seasonal", "share": 0.5},
+        ],
+    })  # fmt: skip
+    simulate(scenario)
+    assert {"homing", "private-ca", "announce-next"} <= set(checked)
+    assert len(checked) > 8 * 100

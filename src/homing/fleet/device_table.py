@@ -184,7 +184,7 @@ class DeviceTable:
         self.ever_manual = np.zeros(n, np.bool_)
         # Per theft: the day each device stops accepting it, and who may still.
         self.exposure_end: dict[str, npt.NDArray[np.float64]] = {}
-        self._watch: dict[str, npt.NDArray[np.int64]] = {}
+        self._watch: dict[str, npt.NDArray[np.int32]] = {}
         # Certificates issued by a device CA whose key was stolen (and so distrusted).
         self.distrusted = np.zeros(n, np.bool_)
         classes = len(fleet.population_names)
@@ -219,7 +219,8 @@ class DeviceTable:
         self.cert_expiry[devices] = tick + self.life_ticks
         self.renew_at[devices] = tick + self.renew_ticks
         self.next_due = min(self.next_due, tick + self.renew_ticks)
-        self._held = self._offline = None
+        self._count_in(devices)
+        self._offline = None
 
     def reclock(self, devices: npt.NDArray[np.int64], offset: float) -> None:
         """These devices' clocks now read ``offset`` days off: their states are re-keyed."""
@@ -231,8 +232,10 @@ class DeviceTable:
         moved = np.array(
             [self.states.intern((offset, states[u][1])) for u in unique.tolist()], np.int32
         )
+        self._count_in(devices, -1)
         self.ids[devices] = moved[inverse]
-        self._held = self._offline = None
+        self._count_in(devices)
+        self._offline = None
 
     def _skewed(self, answer: Callable[[Hashable, timedelta], Any]) -> Callable[[Hashable], Any]:
         """``answer(state, skew)`` for an interned (offset, state) key."""
@@ -249,6 +252,45 @@ class DeviceTable:
         if self._held is None:
             self._held = np.bincount(self.ids[self.ids >= 0], minlength=known)
         return padded_counts(self._held, known)
+
+    def _count_in(self, devices: npt.NDArray[np.int64], sign: int = 1) -> None:
+        """Add (or with -1 take away) these devices' states to the kept counts."""
+        if self._held is None:
+            return
+        size = len(self.states.values)
+        self._held = padded_counts(self._held, size) + sign * np.bincount(
+            self.ids[devices], minlength=size
+        )
+
+    def _move_counts(
+        self,
+        unique: npt.NDArray[np.int64],
+        counts: npt.NDArray[np.int64],
+        moved_to: npt.NDArray[np.int32],
+        reverted: npt.NDArray[np.int64],
+        position: npt.NDArray[np.int32],
+    ) -> None:
+        """Keep the devices-per-state counts as the week's contacts move states.
+
+        Every online device in state ``unique[k]`` (``counts[k]`` of them) moved to
+        ``moved_to[k]``, except the ``reverted`` devices (refused at their
+        certificate's step), which keep their state; ``self.ids`` still holds the
+        states from before. Counting the moves per state, not the fleet again,
+        saves a pass over every device each week something changes.
+        """
+        if self._held is None:
+            return
+        held = padded_counts(self._held, len(self.states.values)).copy()
+        moving = moved_to != unique
+        np.subtract.at(held, unique[moving], counts[moving])
+        np.add.at(held, moved_to[moving], counts[moving])
+        if reverted.size:
+            old = self.ids[reverted]
+            went = moved_to[position[old]]
+            back = went != old
+            np.add.at(held, old[back], 1)
+            np.subtract.at(held, went[back], 1)
+        self._held = held
 
     def _offline_by(self, offline: npt.NDArray[np.int64], known: int) -> npt.NDArray[np.int64]:
         """How many offline devices hold each state id; the same offline set is counted once."""

@@ -37,11 +37,12 @@ class Fleet:
     made: Floats
     shipped: Floats
     ends: Floats
-    pattern: Ints
-    population: Ints
+    # Compact codes (a million devices: every byte per device is a megabyte per array).
+    pattern: npt.NDArray[np.int8]
+    population: npt.NDArray[np.int16]
     online_probability: Floats
-    season_start: Floats
-    season_days: Floats
+    season_start: npt.NDArray[np.float32]  # whole days: exact in float32
+    season_days: npt.NDArray[np.float32]
     outage_start: Floats
     outage_end: Floats
     population_names: tuple[str, ...]
@@ -167,7 +168,7 @@ def make_fleet(scenario: Scenario) -> Fleet:
         out: Floats = rng.uniform(low, high) * DAYS_PER_YEAR
         return out
 
-    pattern = per_device([float(code[p.pattern]) for p in pops]).astype(np.int64)
+    pattern = per_device([float(code[p.pattern]) for p in pops]).astype(np.int8)
     made: Floats = rng.uniform(0.0, scenario.fleet.manufacture_years * DAYS_PER_YEAR, n)
     delay = uniform_years([p.warehouse_years for p in pops])
     shipped = made + np.where(pattern == code["warehouse"], delay, 0.0)
@@ -201,10 +202,10 @@ def make_fleet(scenario: Scenario) -> Fleet:
         shipped=shipped,
         ends=ends,
         pattern=pattern,
-        population=population,
+        population=population.astype(np.int16),
         online_probability=per_device([p.online_probability for p in pops]),
-        season_start=per_device([float(p.season_start_day) for p in pops]),
-        season_days=per_device([float(p.season_days) for p in pops]),
+        season_start=per_device([float(p.season_start_day) for p in pops]).astype(np.float32),
+        season_days=per_device([float(p.season_days) for p in pops]).astype(np.float32),
         outage_start=outage_start,
         outage_end=outage_end,
         population_names=tuple(p.name for p in pops),

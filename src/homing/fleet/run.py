@@ -56,7 +56,8 @@ class StrategyRun(DeviceTable):
         )
         self.exposure_end[c.what] = np.full(self.ids.size, -math.inf)
         self.exposure_end[c.what][deployed] = ends
-        self._watch[c.what] = deployed[ends > c.tick * days_per_tick()]
+        # Device numbers fit 32 bits (at most ten million devices): half the memory.
+        self._watch[c.what] = deployed[ends > c.tick * days_per_tick()].astype(np.int32)
 
     def distrust_certificates(self, tick: int) -> None:
         """The device CA's key was stolen: the server distrusts every certificate it issued."""
@@ -256,6 +257,7 @@ class StrategyRun(DeviceTable):
 
         # Certificates: only the devices past their renewal time have anything to do.
         reason_at: dict[int, int] = {}
+        reverted = np.zeros(0, np.int64)
         due = np.zeros(0, np.int64)
         if self.next_due <= tick:
             due = np.flatnonzero((self.renew_at <= tick) & online)
@@ -291,6 +293,7 @@ class StrategyRun(DeviceTable):
                 r.catch_up_requests -= float(req_u[at].sum())
                 out[gone] = CUT_OFF
                 new[gone] = self.ids[gone]
+                reverted = gone
                 base = len(causes)
                 causes += answer.causes
                 for g, code in zip(gone.tolist(), codes[lost].tolist(), strict=True):
@@ -341,8 +344,9 @@ class StrategyRun(DeviceTable):
             r.returned_days.extend([float(manual_days)] * int(manual.size))
         self._set_status(changed, out_changed)
         if new is not None:
+            self._move_counts(unique, counts, new_u, reverted, position)
             self.ids = new
-            self._held = self._offline = None  # states moved: count again at the next week
+            self._offline = None  # the offline devices' states are counted again
 
     def step(self, w: Week, events: RunEvents) -> None:
         """This strategy's devices through one week."""
