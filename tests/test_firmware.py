@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -560,3 +562,50 @@ def test_a_rotated_firmware_key_is_followed_and_the_retired_one_is_refused(
     with pytest.raises(MetadataError, match="signed by 0/1 keys"):
         _apply(state, {**assignment, "target": evil.path, "version": "6.6.6"})
     assert installer_for(_agent(state)).active_version() == "2.0.0"
+
+
+def test_every_stage_of_a_small_fleet_holds_a_device_and_says_which(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A lab of eight: the default 1 % stage held none of them by the hash alone."""
+    names = [f"lab-{i}" for i in range(8)]
+    states = {name: _device(server, tmp_path, name) for name in names}
+    release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
+    site = ["--data", str(server.data), "--db", server.config.db_url or ""]
+    created = run_homing(
+        "rollout", "create", "--version", "2.0.0", "--hardware", "board-a", *site
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    line = created.stdout.strip()
+    assert "stage 1 of 4 (1%): 1 of 8 board-a devices (lab-" in line, line
+    rollout_id = int(line.split()[1])
+    listed = run_homing("rollout", "list", *site)
+    assert f"{rollout_id}: 2.0.0 -> board-a active, stage 1 of 4 (1%): 1 of 8" in listed.stdout
+    server.settle()
+    # The one device named is the one offered the image; the others are not.
+    first = next(n for n in names if f"({n})" in line)
+    for name, state in states.items():
+        report = _agent(state).run_once()
+        assert ("firmware 2.0.0 committed" in report.steps) == (name == first), name
+    # Each later stage holds at least its share rounded up, and everyone before it (the
+    # server advances stages as devices commit; here each is evaluated once more too).
+    seen, stages = {first}, []
+    for _ in range(4):
+        with server.state.db.begin() as conn:
+            ro = rollouts.evaluate(conn, rollout_id, datetime.now(UTC))
+        status = run_homing("rollout", "status", str(rollout_id), *site)
+        progress = json.loads(status.stdout)["stage_progress"]
+        if ro.status == "done":
+            break
+        members = set(progress["devices"])
+        assert progress["size"] == len(members) >= max(1, math.ceil(ro.percent * 8 / 100))
+        assert progress["class_size"] == 8
+        assert seen <= members, (ro.percent, seen, members)  # nobody flips out
+        seen = members
+        stages.append(ro.percent)
+        for name in members:
+            _agent(states[name]).run_once()
+    assert ro.status == "done", stages
+    assert stages[-1] == 100
+    for state in states.values():
+        assert installer_for(_agent(state)).active_version() == "2.0.0"

@@ -195,7 +195,8 @@ def _stages(text: str) -> list[int]:
     default="1,10,50,100",
     show_default=True,
     help="Increasing percentages of the class; a device is in a stage by a fixed hash of "
-    "its id, so a small fleet's early stages may hold none (--group reaches named devices).",
+    "its id, and every stage holds at least one device and its share rounded up, so a "
+    "small fleet's first stage is one device (--group reaches named devices at once).",
 )
 @click.option(
     "--max-failure-ratio",
@@ -258,8 +259,13 @@ def rollout_create(
             group=group,
         ),
     )
-    where = f"group {group!r}" if group else f"{ro.percent}%"
-    out.print(f"rollout {ro.id} of {ro.version} to {ro.hardware} started at {where}")
+    db = _site(data, db_url).database()
+    counts = rollouts.status(db, ro.id, _now())["stage_progress"]
+    out.print(
+        f"rollout {ro.id} of {ro.version} to {ro.hardware} started: "
+        + rollouts.stage_summary(ro, counts),
+        soft_wrap=True,  # one line per rollout, for a reader's grep as much as their eye
+    )
 
 
 @rollout.command("pause")
@@ -314,8 +320,10 @@ def rollout_list(data: Path, db_url: str | None) -> None:
     """Every rollout and its state."""
     from homing.operations import rollouts
 
-    for ro in rollouts.list_rollouts(_site(data, db_url).database()):
+    for ro, counts in rollouts.list_with_stages(_site(data, db_url).database(), _now()):
+        where = "every device" if counts is None else rollouts.stage_summary(ro, counts)
         out.print(
-            f"{ro.id}: {ro.version} -> {ro.hardware} {ro.status} at {ro.percent}%"
-            + (f" ({ro.halt_reason})" if ro.halt_reason else "")
+            f"{ro.id}: {ro.version} -> {ro.hardware} {ro.status}, {where}"
+            + (f" ({ro.halt_reason})" if ro.halt_reason else ""),
+            soft_wrap=True,
         )

@@ -28,9 +28,11 @@ __all__ = [
     "create",
     "evaluate",
     "list_rollouts",
+    "list_with_stages",
     "plan_from_json",
     "set_group",
     "set_paused",
+    "stage_summary",
     "status",
 ]
 
@@ -223,6 +225,35 @@ def list_rollouts(db: Database) -> list[store.Rollout]:
     """Every rollout and its state."""
     with db.engine.connect() as conn:
         return store.list_rollouts(conn)
+
+
+def stage_summary(ro: store.Rollout, counts: dict[str, Any]) -> str:
+    """One line an operator reads: which stage, how many devices of the class, which.
+
+    "stage 1 of 4 (1%): 1 of 8 board-a devices (lab-3)"
+    """
+    names = counts["devices"]
+    shown = ", ".join(names[:5]) + (
+        f", and {counts['size'] - 5} more" if counts["size"] > 5 else ""
+    )
+    who = f" ({shown})" if names else ""
+    if ro.group is not None:
+        where = f"group {ro.group!r}"
+    else:
+        stage = min(ro.stage_index, len(ro.stages) - 1) + 1
+        where = f"stage {stage} of {len(ro.stages)} ({ro.percent}%)"
+    return f"{where}: {counts['size']} of {counts['class_size']} {ro.hardware} devices{who}"
+
+
+def list_with_stages(
+    db: Database, now: datetime
+) -> list[tuple[store.Rollout, dict[str, Any] | None]]:
+    """Every rollout, with its current stage's devices unless it is done."""
+    with db.engine.connect() as conn:
+        return [
+            (ro, None if ro.status == "done" else store.stage_counts(conn, ro, now))
+            for ro in store.list_rollouts(conn)
+        ]
 
 
 def set_group(

@@ -200,7 +200,7 @@ async def _assignment(state: ServerState, record: CheckIn) -> dict[str, Any] | N
     ro = state.rollouts_by_hardware().get(hardware) if hardware else None
     if ro is None or record.firmware_version == ro.version:
         return None
-    if ro.group is None and firmware.bucket(record.device_id, ro.id) >= ro.percent:
+    if ro.group is None and firmware.bucket(record.device_id, ro.id) >= ro.threshold:
         return None
 
     def assign() -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,6 +32,7 @@ __all__ = [
     "rollout",
     "set_rollout_status",
     "stage_counts",
+    "stage_cutoff",
 ]
 
 IN_PROGRESS = ("assigned", "downloading", "installed", "booted")
@@ -68,12 +70,18 @@ class Rollout:
     halt_reason: str | None
     created_at: datetime
     group: str | None = None
+    cutoff: float | None = None
 
     def covers(self, device_id: str, groups: frozenset[str] = frozenset()) -> bool:
         """Whether the device is in the current stage (or in the rollout's group)."""
         if self.group is not None:
             return self.group in groups
-        return bucket(device_id, self.id) < self.percent
+        return bucket(device_id, self.id) < self.threshold
+
+    @property
+    def threshold(self) -> float:
+        """The current stage holds the devices whose bucket is below this."""
+        return self.percent if self.cutoff is None else max(self.cutoff, self.percent)
 
     @property
     def percent(self) -> int:
@@ -95,6 +103,7 @@ class Rollout:
             "soak_minutes": self.soak.total_seconds() / 60,
             "deadline_hours": self.deadline.total_seconds() / 3600,
             "group": self.group,
+            "stage_cutoff": self.threshold,
         }
 
 
@@ -102,6 +111,32 @@ def bucket(device_id: str, rollout_id: int) -> float:
     """A device's fixed place in [0, 100) for one rollout: it never flips in and out."""
     digest = hashlib.sha256(f"{rollout_id}:{device_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % 10000 / 100
+
+
+def stage_cutoff(conn: Connection, hardware: str, rollout_id: int, percent: int) -> float:
+    """The bucket below which a stage of ``percent`` holds its devices.
+
+    At least the percentage, raised so that the stage holds at least one device
+    and ``percent`` of the class rounded up: a 1 % stage of eight devices holds
+    one, not (by the hash alone) most likely none. Fixed when the stage starts,
+    so a device never flips out as the fleet grows; a later stage's cutoff is
+    never lower, so a device in a stage stays in every later one.
+    """
+    if percent >= 100:
+        return 100.0
+    buckets = sorted(
+        bucket(d, rollout_id)
+        for d in conn.execute(
+            select(devices.c.device_id).where(
+                devices.c.hardware == hardware, devices.c.status == "active"
+            )
+        ).scalars()
+    )
+    if not buckets:
+        return float(percent)
+    wanted = max(1, math.ceil(percent * len(buckets) / 100))
+    # Buckets are multiples of 0.01: halfway to the next takes in the wanted-th device.
+    return max(float(percent), buckets[wanted - 1] + 0.005)
 
 
 def _release(r: Any) -> Release:
@@ -128,6 +163,7 @@ def _rollout(r: Any) -> Rollout:
         halt_reason=m["halt_reason"],
         created_at=m["created_at"],
         group=m.get("group_name"),
+        cutoff=m.get("stage_cutoff"),
     )
 
 
@@ -235,7 +271,13 @@ def add_rollout(
     )
     key = result.inserted_primary_key
     assert key is not None
-    return int(key[0])
+    rollout_id = int(key[0])
+    if group is None:
+        cutoff = stage_cutoff(conn, rel.hardware, rollout_id, stages[0])
+        conn.execute(
+            update(rollouts).where(rollouts.c.id == rollout_id).values(stage_cutoff=cutoff)
+        )
+    return rollout_id
 
 
 def rollout(conn: Connection, rollout_id: int) -> Rollout:
@@ -279,6 +321,13 @@ def set_rollout_status(
     if stage_index is not None:
         values["stage_index"] = stage_index
         values["stage_started_at"] = now
+        ro = rollout(conn, rollout_id)
+        if ro.group is None:
+            percent = ro.stages[min(stage_index, len(ro.stages) - 1)]
+            # Never below the stage before: a device in a stage stays in the next.
+            values["stage_cutoff"] = max(
+                ro.threshold, stage_cutoff(conn, ro.hardware, rollout_id, percent)
+            )
     conn.execute(update(rollouts).where(rollouts.c.id == rollout_id).values(**values))
 
 
@@ -320,14 +369,15 @@ def record_progress(
 def stage_counts(conn: Connection, ro: Rollout, now: datetime) -> dict[str, Any]:
     """Size of the current stage and how its devices fared (stalled ones count as failed)."""
     grouped = set(groups_members(conn, ro.group)) if ro.group else set()
-    members = [
-        d
-        for d in conn.execute(
+    everyone = list(
+        conn.execute(
             select(devices.c.device_id).where(
                 devices.c.hardware == ro.hardware, devices.c.status == "active"
             )
         ).scalars()
-        if (d in grouped if ro.group else bucket(d, ro.id) < ro.percent)
+    )
+    members = [
+        d for d in everyone if (d in grouped if ro.group else bucket(d, ro.id) < ro.threshold)
     ]
     states = dict(
         conn.execute(
@@ -363,6 +413,9 @@ def stage_counts(conn: Connection, ro: Rollout, now: datetime) -> dict[str, Any]
     ]
     return {
         "size": len(members),
+        "class_size": len(everyone),
+        # Who is in the stage (the first hundred, by name): an operator can see them.
+        "devices": sorted(members)[:100],
         "committed": committed,
         "failed": failed,
         "stalled": stalled,

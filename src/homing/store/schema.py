@@ -251,6 +251,10 @@ rollouts = Table(
     Column("created_at", UTCDateTime, nullable=False),
     # Aimed at a named device group instead of stages of the whole class.
     Column("group_name", String(64)),
+    # The current stage holds the devices whose bucket is below this (at least its
+    # percentage; raised when the stage starts so that it holds at least one device
+    # and its share of the class, however small the fleet). NULL: the percentage.
+    Column("stage_cutoff", Float),
 )
 
 device_groups = Table(
