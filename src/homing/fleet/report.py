@@ -104,44 +104,71 @@ def _plots(results: Results, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     years = [(t + 1) * results.step_days / DAYS_PER_YEAR for t in range(results.ticks)]
-    fig, ax = plt.subplots(figsize=(10, 5.5), dpi=110)
-    # Strategies that fail alike draw the same line: styles keep each visible.
+    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=110)
+    # Strategies that fail alike draw the same line: styles and colours keep each visible.
+    # No strategy is grey: grey is the events' colour.
     styles = ["-", "--", "-.", ":"]
+    tab10 = plt.get_cmap("tab10")
+    palette = [tab10(k) for k in range(10) if k != 7]  # tab10's eighth is grey
     for i, s in enumerate(results.strategies):
-        homing = s.name == "homing"
+        homing = s.name.startswith("homing")
         ax.plot(
             years,
             [100 * v for v in s.connected],
             label=s.name,
-            linewidth=3.0 if homing else 1.6,
-            linestyle="-" if homing else styles[i % len(styles)],
+            color=palette[i % len(palette)],
+            linewidth=3.0 if s.name == "homing" else 1.8,
+            linestyle="-" if s.name == "homing" else styles[i % len(styles)],
             zorder=1 if homing else 2,
         )
+    marked = False
     for tick, event in results.events:
-        if "stolen" in event or "expires" in event:
-            ax.axvline(tick * results.step_days / DAYS_PER_YEAR, color="grey", linestyle=":")
+        if "stolen" in event or "expires" in event or "emergency" in event:
+            ax.axvline(
+                tick * results.step_days / DAYS_PER_YEAR,
+                color="0.55",
+                linewidth=0.9,
+                linestyle=(0, (1, 3)),
+                zorder=0,
+                label=None if marked else "a key stolen, a root expiring, an emergency",
+            )
+            marked = True
     ax.set_xlabel("years")
     ax.set_ylabel("deployed devices that can reach home (%)")
     ax.set_ylim(-2, 102)
     ax.set_title(f"{results.scenario.name}: {results.devices:,} devices")
-    ax.legend(loc="lower left", fontsize="small")
+    # Outside the plot: inside, it covers whichever curve runs behind it.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     ax.grid(alpha=0.3)
     connected = out / "connected.png"
     fig.tight_layout()
     fig.savefig(connected)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=110)
     names = [s.name for s in results.strategies]
     ax.bar(names, [s.bricked for s in results.strategies], label="bricked")
-    ax.bar(
+    top = ax.bar(
         names,
         [s.manual_recoveries for s in results.strategies],
         bottom=[s.bricked for s in results.strategies],
         label="manual recoveries",
     )
+    # The figure on each bar: a strategy with none shows a 0, not an empty gap.
+    ax.bar_label(
+        top,
+        labels=[f"{s.bricked + s.manual_recoveries:,}" for s in results.strategies],
+        fontsize="small",
+        padding=2,
+    )
+    tallest = max((s.bricked + s.manual_recoveries for s in results.strategies), default=0)
+    ax.set_ylim(0, max(1, tallest) * 1.1)  # room for the tallest bar's figure
     ax.set_ylabel("devices")
+    ax.yaxis.set_major_formatter(_thousands(plt))
     ax.set_title("devices bricked or recovered by hand")
+    ax.tick_params(axis="x", labelrotation=20)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3, axis="y")
     bricked = out / "bricked.png"
@@ -167,6 +194,7 @@ def _cut_off_plot(results: Results, out: Path, plt: Any) -> Path:
     ax.set_xticks([p + width * (len(classes) - 1) / 2 for p in positions])
     ax.set_xticklabels([s.name for s in results.strategies], rotation=20, ha="right")
     ax.set_ylabel("device-days cut off")
+    ax.yaxis.set_major_formatter(_thousands(plt))
     ax.set_title("device-days spent cut off, by device class")
     ax.legend(fontsize="small", title="device class")
     ax.grid(alpha=0.3, axis="y")
@@ -175,3 +203,15 @@ def _cut_off_plot(results: Results, out: Path, plt: Any) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _thousands(plt: Any) -> Any:
+    """Axis figures as people write them (1,200,000 or 1.2 M), never matplotlib's 1e8 offset."""
+    from matplotlib.ticker import FuncFormatter
+
+    def label(value: float, _position: int) -> str:
+        if abs(value) >= 1_000_000:
+            return f"{value / 1_000_000:g} M"
+        return f"{value:,.0f}"
+
+    return FuncFormatter(label)
