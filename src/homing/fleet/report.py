@@ -136,7 +136,7 @@ def _plots(results: Results, out: Path) -> list[Path]:
     ax.set_xlabel("years")
     ax.set_ylabel("deployed devices that can reach home (%)")
     ax.set_ylim(-2, 102)
-    ax.set_title(f"{results.scenario.name}: {results.devices:,} devices")
+    ax.set_title(f"{results.scenario.name}: {results.devices:,} devices, {results.years:g} years")
     # Outside the plot: inside, it covers whichever curve runs behind it.
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     ax.grid(alpha=0.3)

@@ -226,7 +226,8 @@ def _default_populations() -> tuple[Population, ...]:
 
 @dataclass(frozen=True)
 class Scenario:
-    name: str = "default ten-year fleet"
+    # The run's length is said next to the name wherever it is shown (--years changes it).
+    name: str = "default fleet"
     fleet: Fleet = field(default_factory=Fleet)
     populations: tuple[Population, ...] = field(default_factory=_default_populations)
     server: Server = field(default_factory=Server)
