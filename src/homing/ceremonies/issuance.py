@@ -119,10 +119,10 @@ def revoke_batch(
     dd, _, _ = _open(data)
     with dd.database().begin() as conn:
         chosen = revocation.select_devices(conn, selection)
+        if dry_run:
+            return chosen, 0  # a preview that takes nobody says so (0), it is not an error
         if not chosen:
             raise NotFoundError(f"no active device matches {selection.to_json()}")
-        if dry_run:
-            return chosen, 0
         if expect is not None and len(chosen) != expect:
             raise ConflictError(
                 f"the selection takes {len(chosen)} devices now, not the {expect} previewed: "

@@ -360,7 +360,8 @@ def revoke_batch_cmd(
         dd, _now(), selection, reason=reason, actor=_operator_actor(), dry_run=dry_run
     )
     if dry_run:
-        out.print(f"would revoke {len(chosen)} device(s), first: {', '.join(chosen[:5])}")
+        first = f", first: {', '.join(chosen[:5])}" if chosen else ""
+        out.print(f"would revoke {len(chosen)} device(s){first}")
         return
     out.print(
         f"revoked {len(chosen)} device(s) and {certificates} certificate(s); "

@@ -1,0 +1,145 @@
+"""The shell blocks of README.md and docs/*.md, as tests/test_docs_run.py runs and checks them.
+
+Every fenced block whose language is ``sh`` says, in its info string, how a
+reader uses it, and so how a test holds it to the code:
+
+- ``sh``: commands a reader types as written (their paths and hosts theirs):
+  run in order, one bash script per document, on loopback in a temporary
+  directory, against local stand-ins for what is outside (a running home,
+  a manufacturer's CA, PostgreSQL, pebble for an ACME CA, a ``systemctl``
+  that records what it was asked);
+- ``sh synopsis``: a command's shape with placeholders (``DIR``,
+  ``[--option]``, ``a|b``): every ``homing`` command it names must exist,
+  with every option it names, and every ``make`` target must parse;
+- ``sh host``: installs on the host (users, systemd units): the files it
+  copies must exist in the repository and its units must verify;
+- ``sh run-by=tests/FILE.py``: run as written by that test, which reads the
+  document itself (a broker, a proxy that stays in the foreground).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+__all__ = ["ROOT", "Block", "blocks", "documents", "synopsis_errors"]
+
+ROOT = Path(__file__).resolve().parent.parent
+KINDS = ("run", "synopsis", "host", "run-by")
+_FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.S | re.M)
+
+
+@dataclass(frozen=True)
+class Block:
+    path: Path
+    line: int
+    language: str
+    kind: str
+    argument: str
+    text: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+
+def documents() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def blocks(path: Path) -> list[Block]:
+    """Every fenced block of a Markdown file, with what its info string says."""
+    text = path.read_text()
+    found = []
+    for match in _FENCE.finditer(text):
+        info = match.group(1).strip().split()
+        language = info[0] if info else ""
+        rest = info[1:]
+        kind, argument = "run", ""
+        if rest:
+            word = rest[0]
+            kind, _, argument = word.partition("=")
+        found.append(
+            Block(
+                path,
+                text[: match.start()].count("\n") + 1,
+                language,
+                kind,
+                argument,
+                match.group(2),
+            )
+        )
+    return found
+
+
+def _commands(text: str) -> list[str]:
+    """The block's command lines: continuations joined, comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    lines = []
+    for line in joined.splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if line and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+def _resolve(group: click.Group, words: list[str]) -> list[tuple[click.Command, list[str]]]:
+    """Every command a synopsis's words can name (``a|b`` alternatives), with its path."""
+    found: list[tuple[click.Command, list[str]]] = []
+
+    def walk(command: click.Command, path: list[str], rest: list[str]) -> None:
+        if isinstance(command, click.Group) and rest:
+            names = rest[0].split("|")
+            matched = [n for n in names if n in command.commands]
+            if matched:
+                for name in matched:
+                    walk(command.commands[name], [*path, name], rest[1:])
+                return
+        found.append((command, path))
+
+    walk(group, [], words)
+    return found
+
+
+def synopsis_errors(block: Block, cli: click.Group) -> list[str]:
+    """What a synopsis names that the CLI does not have."""
+    errors = []
+    for line in _commands(block.text):
+        # Several commands may share a line ("homing revoke ID  homing status").
+        for part in re.split(r"\s{2,}(?=(?:\.venv/bin/)?homing )", line):
+            words = part.split()
+            if not words:
+                continue
+            program = words[0].rsplit("/", 1)[-1]
+            if program == "make":
+                errors += [
+                    f"{block.where}: make has no target {t!r}"
+                    for t in words[1:]
+                    if not t.startswith("-") and not _make_target(t)
+                ]
+                continue
+            if program != "homing":
+                continue
+            commands = [w for w in words[1:] if re.fullmatch(r"[a-z][a-z0-9-]*(\|[a-z0-9-]+)*", w)]
+            resolved = _resolve(cli, commands)
+            for command, path in resolved:
+                name = " ".join(["homing", *path])
+                if isinstance(command, click.Group):
+                    errors.append(
+                        f"{block.where}: {name} has no command {part.split()[len(path) + 1 :][:1]}"
+                    )
+                    continue
+                known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+                named = re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", part)
+                missing = [o for o in named if o not in known and o != "--help"]
+                if missing and len(resolved) == 1:
+                    errors.append(f"{block.where}: {name} has no {missing[0]}")
+    return errors
+
+
+def _make_target(target: str) -> bool:
+    makefile = (ROOT / "Makefile").read_text()
+    return re.search(rf"^{re.escape(target)}\s*:", makefile, re.M) is not None
