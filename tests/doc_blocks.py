@@ -19,13 +19,17 @@ reader uses it, and so how a test holds it to the code:
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
-__all__ = ["ROOT", "Block", "blocks", "documents", "synopsis_errors"]
+__all__ = ["ROOT", "Block", "Reader", "blocks", "documents", "reader_for", "synopsis_errors"]
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("run", "synopsis", "host", "run-by")
@@ -143,3 +147,83 @@ def synopsis_errors(block: Block, cli: click.Group) -> list[str]:
 def _make_target(target: str) -> bool:
     makefile = (ROOT / "Makefile").read_text()
     return re.search(rf"^{re.escape(target)}\s*:", makefile, re.M) is not None
+
+
+@dataclass
+class Reader:
+    """A reader's shell: where it runs, its environment, how the doc's paths map here."""
+
+    work: Path
+    env: dict[str, str]
+    # (pattern, replacement) on each block's text; ``{n}`` is the block's number.
+    paths: list[tuple[str, str]] = field(default_factory=list)
+    stdin: str = ""
+    # A command to run after each block that contains the key (waiting on what it started).
+    after: dict[str, str] = field(default_factory=dict)
+
+    def run(self, name: str, run_by: str = "") -> subprocess.CompletedProcess[str]:
+        """Every runnable block of ``name`` (or those ``run_by`` that test), in order, as one
+        script; fails naming the block. A command whose comment says it is refused must be."""
+        doc = ROOT / name if name == "README.md" else ROOT / "docs" / name
+        wanted = ("run-by", run_by) if run_by else ("run", "")
+        runnable = [b for b in blocks(doc) if b.language == "sh" and (b.kind, b.argument) == wanted]
+        assert runnable, f"{name} has no runnable block"
+        lines = ["set -eo pipefail", "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT"]
+        for n, block in enumerate(runnable):
+            text = block.text
+            for pattern, replacement in self.paths:
+                text = re.sub(pattern, replacement.replace("{n}", str(n)), text)
+            text = re.sub(
+                r"^(\S.*?)\s+# refused\b.*$",
+                r"if \1; then echo 'documented as refused, but it ran' >&2; exit 1; fi",
+                text,
+                flags=re.M,
+            )
+            lines += [f"echo '### {block.where}' >&2", text]
+            lines += [then for key, then in self.after.items() if key in block.text]
+        result = subprocess.run(
+            ["bash", "-c", "\n".join(lines)],
+            cwd=self.work,
+            env=self.env,
+            input=self.stdin,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        if result.returncode != 0:
+            marks = [line for line in result.stderr.splitlines() if line.startswith("### ")]
+            where = marks[-1][4:] if marks else name
+            tail = f"{result.stderr[-3000:]}\n{result.stdout[-2000:]}"
+            raise AssertionError(f"{where}: exit {result.returncode}\n{tail}")
+        return result
+
+
+def reader_for(work: Path, site: Path, **extra: str) -> Reader:
+    bin_dir = work / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    # The host's service manager, as a stand-in that records what it was asked.
+    shim = bin_dir / "systemctl"
+    shim.write_text(f'#!/bin/sh\necho "systemctl $*" >> {work}/systemctl.log\n')
+    shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMING_")}
+    env.update(
+        PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        HOME=str(work),
+        WORK=str(work),
+        SITE=str(site),
+        HOMING_DATA=str(site),
+        **extra,
+    )
+    return Reader(
+        work,
+        env,
+        paths=[
+            (r"/srv/homing", "$SITE"),
+            (r"\bNEW_DIR\b", "$WORK/restored"),
+            (r"\bDIR\b", "$SITE"),
+            (r"/var/lib/homing-agent", "$WORK/agent"),
+            (r"\bSTATE\b", "$WORK/agent"),
+            (r"/run/homing-trust", "$WORK/trust"),
+        ],
+    )

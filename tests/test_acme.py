@@ -441,3 +441,47 @@ def test_a_mode_switch_that_would_strand_a_live_device_is_refused_and_named(
     server.settle()
     assert _cycle(server, behind) is TrustChannel.BOOTSTRAP
     assert _cycle(server, behind) is TrustChannel.PINNED
+
+
+def test_the_deployment_docs_public_ca_migration_runs_as_written(
+    pebble: Pebble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/deployment.md's ACME blocks, as written, with pebble for the public CA: to the
+    public CA, a new public root added (its removal refused), and back to the private CA."""
+    from homing.pki.authority import make_root_ca
+    from homing.site import DataDir
+    from tests.doc_blocks import reader_for
+
+    monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
+    data = tmp_path / "site"
+    ceremonies.init(data, datetime.now(UTC))
+    running = RunningServer(data, DataDir(data).default_db_url(), Clock()).start()
+    try:
+        state = device(running, tmp_path, "dev-1", "board-a")
+        check_in(running, state)
+        (tmp_path / "public-roots.pem").write_bytes(pebble.root_pem())
+        (tmp_path / "old-root.pem").write_bytes(pebble.root_pem())
+        # The public CA's next root (another CA's, as a new public root is).
+        other = make_root_ca(generate_tls_key(), datetime.now(UTC), common_name="Public Root G2")
+        (tmp_path / "new-root.pem").write_bytes(other.public_bytes(serialization.Encoding.PEM))
+        reader = reader_for(tmp_path, data)
+        reader.paths[:0] = [
+            # Let's Encrypt's directory: pebble's, over its own listener CA and HTTP-01 port.
+            (
+                r"https://acme-v02\.api\.letsencrypt\.org/directory",
+                f"{pebble.directory} --directory-ca {pebble.listener_ca} "
+                f"--http-host 127.0.0.1 --http-port {pebble.http_port}",
+            ),
+            (r"--identifier home\.example\.com", f"--identifier {IDENTIFIER}"),
+        ]
+        # Step 2, the wait: the fleet (one device) takes the new pin policy.
+        reader.after["homing acme setup"] = (
+            f"homing agent run --state {state.root} --server {url(running)} --once"
+        )
+        result = reader.run("deployment.md", run_by="tests/test_acme.py")
+        assert "serving ACME certificate" in result.stdout
+        running.settle()
+        check_in(running, state)
+        assert DataDir(data).settings().serving == "private"
+    finally:
+        running.stop()

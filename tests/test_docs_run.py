@@ -13,20 +13,16 @@ cannot drift from the code.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import stat
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.doc_blocks import ROOT, Block, blocks, documents, synopsis_errors
+from tests.doc_blocks import ROOT, Block, Reader, blocks, documents, reader_for, synopsis_errors
 from tests.harness import (
     Clock,
     RunningServer,
@@ -127,78 +123,6 @@ def test_a_block_run_by_another_test_is_read_from_the_doc_by_it(block: Block) ->
 # -- running documents ---------------------------------------------------------------
 
 
-@dataclass
-class Reader:
-    """A reader's shell: where it runs, its environment, how the doc's paths map here."""
-
-    work: Path
-    env: dict[str, str]
-    # (pattern, replacement) on each block's text; ``{n}`` is the block's number.
-    paths: list[tuple[str, str]] = field(default_factory=list)
-    stdin: str = ""
-    # A command to run after each block that contains the key (waiting on what it started).
-    after: dict[str, str] = field(default_factory=dict)
-
-    def run(self, name: str) -> subprocess.CompletedProcess[str]:
-        """Every runnable block of ``name``, in order, as one script; fails naming the block."""
-        doc = ROOT / name if name == "README.md" else ROOT / "docs" / name
-        runnable = [b for b in blocks(doc) if b.language == "sh" and b.kind == "run"]
-        assert runnable, f"{name} has no runnable block"
-        lines = ["set -eo pipefail", "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT"]
-        for n, block in enumerate(runnable):
-            text = block.text
-            for pattern, replacement in self.paths:
-                text = re.sub(pattern, replacement.replace("{n}", str(n)), text)
-            lines += [f"echo '### {block.where}' >&2", text]
-            lines += [then for key, then in self.after.items() if key in block.text]
-        result = subprocess.run(
-            ["bash", "-c", "\n".join(lines)],
-            cwd=self.work,
-            env=self.env,
-            input=self.stdin,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        if result.returncode != 0:
-            marks = [line for line in result.stderr.splitlines() if line.startswith("### ")]
-            where = marks[-1][4:] if marks else name
-            tail = f"{result.stderr[-3000:]}\n{result.stdout[-2000:]}"
-            raise AssertionError(f"{where}: exit {result.returncode}\n{tail}")
-        return result
-
-
-def _reader(work: Path, site: Path, **extra: str) -> Reader:
-    bin_dir = work / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    # The host's service manager, as a stand-in that records what it was asked.
-    shim = bin_dir / "systemctl"
-    shim.write_text(f'#!/bin/sh\necho "systemctl $*" >> {work}/systemctl.log\n')
-    shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMING_")}
-    env.update(
-        PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-        HOME=str(work),
-        WORK=str(work),
-        SITE=str(site),
-        HOMING_DATA=str(site),
-        **extra,
-    )
-    return Reader(
-        work,
-        env,
-        paths=[
-            (r"/srv/homing", "$SITE"),
-            (r"\bNEW_DIR\b", "$WORK/restored"),
-            (r"\bDIR\b", "$SITE"),
-            (r"/var/lib/homing-agent", "$WORK/agent"),
-            (r"\bSTATE\b", "$WORK/agent"),
-            (r"/run/homing-trust", "$WORK/trust"),
-        ],
-    )
-
-
 @contextmanager
 def _home(tmp_path: Path, db_url: str | None = None) -> Iterator[tuple[Reader, RunningServer]]:
     """A development site serving on loopback: the stand-in for home.example.com
@@ -211,7 +135,7 @@ def _home(tmp_path: Path, db_url: str | None = None) -> Iterator[tuple[Reader, R
     try:
         url = f"https://localhost:{server.port}"
         extra = {"HOMING_DB": db_url} if db_url else {}
-        reader = _reader(tmp_path, site, SERVER=url, **extra)
+        reader = reader_for(tmp_path, site, SERVER=url, **extra)
         reader.paths.insert(0, (r"https://home\.example\.com(:\d+)?", "$SERVER"))
         # What a device receives at the factory: the site's first root metadata.
         shutil.copy(site / "repository" / "metadata" / "1.root.json", tmp_path / "1.root.json")
@@ -231,7 +155,7 @@ def _provision(reader: Reader, device_id: str, out: Path, hardware: str = "board
 
 def _readme(tmp_path: Path) -> None:
     site = tmp_path / "site"
-    reader = _reader(tmp_path, site)
+    reader = reader_for(tmp_path, site)
     # The README's set-up, in the checkout (where `make` put the environment).
     reader.paths.append((r"^\. \.venv/bin/activate", f". {ROOT}/.venv/bin/activate"))
     reader.run("README.md")
@@ -321,7 +245,7 @@ def _ceremonies(tmp_path: Path) -> None:
     other = tmp_path / "other-site"
     made = run_homing("init", "--data", str(other), "--host", "home.example.com")
     assert made.returncode == 0, made.stderr
-    reader = _reader(
+    reader = reader_for(
         tmp_path,
         site,
         HOMING_KEY_PASSPHRASE=SERVER_PASSPHRASE,
@@ -385,7 +309,7 @@ def _device_apps(tmp_path: Path) -> None:
 
 
 def _simulator(tmp_path: Path) -> None:
-    reader = _reader(tmp_path, tmp_path / "site")
+    reader = reader_for(tmp_path, tmp_path / "site")
     # The page's runs at a tenth of a default fleet (a minute of CI, not several).
     reader.paths = [
         (r"\.venv/bin/homing simulate", "homing simulate --devices 3000"),
