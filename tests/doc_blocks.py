@@ -163,7 +163,8 @@ class Reader:
 
     def run(self, name: str, run_by: str = "") -> subprocess.CompletedProcess[str]:
         """Every runnable block of ``name`` (or those ``run_by`` that test), in order, as one
-        script; fails naming the block. A command whose comment says it is refused must be."""
+        script; fails naming the block. A command whose comment says it is refused
+        (``# refused while ...``) must be refused."""
         doc = ROOT / name if name == "README.md" else ROOT / "docs" / name
         wanted = ("run-by", run_by) if run_by else ("run", "")
         runnable = [b for b in blocks(doc) if b.language == "sh" and (b.kind, b.argument) == wanted]
@@ -174,7 +175,7 @@ class Reader:
             for pattern, replacement in self.paths:
                 text = re.sub(pattern, replacement.replace("{n}", str(n)), text)
             text = re.sub(
-                r"^(\S.*?)\s+# refused\b.*$",
+                r"^(\S.*?)\s+# refused (?:while|if|when|unless)\b.*$",
                 r"if \1; then echo 'documented as refused, but it ran' >&2; exit 1; fi",
                 text,
                 flags=re.M,
