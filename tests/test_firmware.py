@@ -609,3 +609,50 @@ def test_every_stage_of_a_small_fleet_holds_a_device_and_says_which(
     assert stages[-1] == 100
     for state in states.values():
         assert installer_for(_agent(state)).active_version() == "2.0.0"
+
+
+def test_an_image_larger_than_the_agents_memory_installs_in_bounded_memory(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A 300 MB image through the installed agent, in a process whose peak resident set
+    stays far below the image: download, verification and the slot write all stream."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.harness import homing_entry_point
+
+    size = 300 * 1024 * 1024
+    state = _device(server, tmp_path, "big-1")
+    image = tmp_path / "big.img"
+    with image.open("wb") as out:
+        block = os.urandom(1024 * 1024)
+        for i in range(size // len(block)):
+            out.write(block[i % 7 :] + block[: i % 7])
+    release(server.state.dd, image, "2.0.0", "board-a", datetime.now(UTC))
+    _rollout(server)
+    # Measured by a small parent of its own: a child forked from this test's process would
+    # count this process's pages (the server, the image written) until it execs.
+    measure = (
+        "import os, subprocess, sys\n"
+        "child = subprocess.Popen(sys.argv[1:])\n"
+        "_, status, usage = os.wait4(child.pid, 0)\n"
+        "print('maxrss-kib', usage.ru_maxrss)\n"
+        "sys.exit(os.waitstatus_to_exitcode(status))\n"
+    )
+    agent = subprocess.run(
+        [sys.executable, "-c", measure, homing_entry_point(), "agent", "run",
+         "--state", str(state.root), "--once", "--firmware-version", "1.0.0"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("HOMING_")},
+        check=False,
+    )  # fmt: skip
+    out, err = agent.stdout, agent.stderr
+    assert agent.returncode == 0, err
+    peak_mib = int(out.split("maxrss-kib")[-1].split()[0]) / 1024
+    assert installer_for(_agent(state)).active_version() == "2.0.0", out + err
+    slot = installer_for(_agent(state))
+    assert (slot.root / slot.active_slot() / "image").stat().st_size == size  # type: ignore[attr-defined]
+    # The agent's own footprint (about 50 MB), not the image's 300.
+    assert peak_mib < 128, f"peak resident set {peak_mib:.0f} MiB for a 300 MiB image"

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from homing.errors import ConfigError
 
-__all__ = ["CURRENT", "atomic_write", "safe_name", "swap_in_file_set"]
+__all__ = ["CURRENT", "atomic_copy", "atomic_write", "safe_name", "swap_in_file_set"]
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -35,13 +37,35 @@ def safe_name(name: str, what: str = "name") -> str:
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves old or new, never half."""
+    _replace(path, mode, lambda out: out.write(data))
+
+
+# What atomic_copy holds in memory at once, whatever the file's size.
+COPY_CHUNK = 1 << 20
+
+
+def atomic_copy(source: Path, path: Path, mode: int = 0o644) -> None:
+    """Replace ``path`` with a copy of ``source``, as atomically as ``atomic_write``, a
+    chunk at a time: a firmware image larger than the device's memory is written whole."""
+
+    def copy(out: BinaryIO) -> None:
+        with source.open("rb") as src:
+            while chunk := src.read(COPY_CHUNK):
+                out.write(chunk)
+
+    _replace(path, mode, copy)
+
+
+def _replace(path: Path, mode: int, fill: Callable[[BinaryIO], object]) -> None:
+    """A temporary file beside ``path``, filled, fsynced, renamed over it; the directory
+    fsynced so the rename survives a power cut."""
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
+            fill(tmp)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_name, path)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from homing.errors import ConfigError
-from homing.fsutil import atomic_write
+from homing.fsutil import atomic_copy, atomic_write
 
 __all__ = ["BootState", "CommandInstaller", "Installer", "SlotInstaller"]
 
@@ -86,7 +86,7 @@ class SlotInstaller:
         target = self.root / self._other(boot.active)
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
-        atomic_write(target / "image", image.read_bytes())
+        atomic_copy(image, target / "image")  # streamed: the image may outsize memory
         atomic_write(
             target / "meta.json", json.dumps({"version": version, "sequence": sequence}).encode()
         )
