@@ -385,3 +385,26 @@ def test_a_fleet_view_session_ends_when_its_token_is_revoked(server: RunningServ
     plain = server.request("GET", "/ui", headers={"Cookie": cookie})
     assert plain.status == 401
     assert b"log in first" in plain.body
+
+
+def test_the_agent_unit_runs_as_its_own_user_and_scores_at_most_3(tmp_path: Path) -> None:
+    """The device's agent never runs as root; systemd's own exposure score of the shipped
+    unit (offline: the unit file as written) is at most 3.0 of 10."""
+    import re
+
+    analyze = _tool("systemd-analyze")
+    unit = ROOT / "deploy" / "systemd" / "homing-agent.service"
+    text = unit.read_text()
+    user = re.search(r"^User=(\S+)$", text, re.M)
+    assert user is not None, "the agent unit names no user"
+    assert user[1] not in ("root", "0")
+    assert re.search(r"^CapabilityBoundingSet=$", text, re.M), "the agent keeps no capability"
+    scored = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for homing-agent\.service: ([0-9.]+)", scored.stdout)
+    assert found is not None, scored.stdout + scored.stderr
+    assert float(found[1]) <= 3.0, scored.stdout
