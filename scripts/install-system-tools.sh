@@ -4,7 +4,8 @@
 # shipped units), pebble with its challenge test server (ACME) and SoftHSM2
 # (PKCS#11 keys), HAProxy and iproute2 (replicas in network namespaces),
 # curl (the EST recipe and the server unit's readiness probe), mosquitto and
-# its clients (a device application's MQTT through homing's trust).
+# its clients (a device application's MQTT through homing's trust), tinyproxy
+# (a site's egress proxy the agent tunnels through).
 # Installs what is missing when run as root with apt; otherwise names what is
 # missing and fails, because the tests that drive them never skip.
 set -euo pipefail
@@ -20,6 +21,7 @@ declare -A package_of=(
     [curl]=curl
     [mosquitto]=mosquitto
     [mosquitto_pub]=mosquitto-clients
+    [tinyproxy]=tinyproxy
 )
 missing=()
 for tool in "${!package_of[@]}"; do
@@ -36,6 +38,9 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     # Debian's prometheus package starts a server; the tests only need promtool.
     if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
     pkill -x prometheus >/dev/null 2>&1 || true
+    # Likewise tinyproxy's package starts a proxy; the tests start their own.
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now tinyproxy >/dev/null 2>&1 || true; fi
+    pkill -x tinyproxy >/dev/null 2>&1 || true
 else
     echo "error: the tests need ${missing[*]}: run this script as root, or: sudo apt-get install ${missing[*]}" >&2
     exit 1

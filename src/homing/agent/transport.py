@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from homing.agent.egress import egress_for
 from homing.config import Limits
 from homing.errors import ChainError, ConfigError, TransportError
 from homing.pki.validate import (
@@ -108,10 +109,14 @@ class PinnedConnection(http.client.HTTPSConnection):
         self.verified_chain: list[x509.Certificate] = []
 
     def connect(self) -> None:
-        try:
-            raw = socket.create_connection((self.host, self.port), self.timeout)
-        except OSError as e:
-            raise TransportError(f"cannot reach {self.host}:{self.port}: {e}") from e
+        proxy = egress_for(self.host)
+        if proxy is not None:
+            raw = proxy.tunnel(self.host, self.port, self.timeout)
+        else:
+            try:
+                raw = socket.create_connection((self.host, self.port), self.timeout)
+            except OSError as e:
+                raise TransportError(f"cannot reach {self.host}:{self.port}: {e}") from e
         try:
             server_name = None if self.endpoint.is_ip else self.host
             tls = self._tls_context.wrap_socket(raw, server_hostname=server_name)
@@ -121,8 +126,15 @@ class PinnedConnection(http.client.HTTPSConnection):
         if self.policy is not None:
             try:
                 self._check(tls)
-            except ChainError:
+            except ChainError as e:
                 tls.close()
+                if proxy is not None:
+                    # The chain the tunnel delivered is not home's: most likely the proxy
+                    # answers TLS itself. Said so, and refused like any other interceptor.
+                    raise type(e)(
+                        f"{e} (through the egress proxy {proxy}: a proxy that intercepts "
+                        "TLS is refused; let it pass the tunnel through)"
+                    ) from e
                 raise
         self.sock = tls
 
