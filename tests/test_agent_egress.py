@@ -226,3 +226,49 @@ def test_a_proxy_that_intercepts_tls_is_refused_and_named(
     conn = open_connection(fleet.url(server), policy=policy, now=datetime.now(UTC))
     with pytest.raises(ChainError, match="intercepts TLS"):
         conn.connect()
+
+
+@sqlite_only
+def test_the_local_pinned_proxy_for_applications_goes_through_the_egress_proxy(
+    server: RunningServer, tinyproxy: Tinyproxy, device: DeviceState, tmp_path: Path
+) -> None:
+    """An application's traffic home through `homing agent proxy`, every way curl can send
+    it, leaves the site through its egress proxy, pinned mutual TLS inside the tunnel."""
+    import signal
+
+    from tests.harness import homing_entry_point
+
+    fleet.check_in(server, device)
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "HTTPS_PROXY": tinyproxy.url(), "NO_PROXY": ""}
+    started = subprocess.Popen(
+        [homing_entry_point(), "agent", "proxy", "--state", str(device.root), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+
+        def listening() -> bool:
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_until("the app proxy listens", listening)
+        home = f"http://127.0.0.1:{server.port}/v1/device/checkin"
+        body = '{"firmware_version": "1.0.0"}'
+        for how in (
+            [f"http://127.0.0.1:{port}/v1/device/checkin"],
+            ["--proxytunnel", "--proxy", f"http://127.0.0.1:{port}", home],
+        ):
+            before = len(tinyproxy.connects())
+            done = subprocess.run(
+                [system_tool("curl"), "-s", "-w", "\n%{http_code}", "-H",
+                 "Content-Type: application/json", "--data-binary", body, *how],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert done.stdout.endswith("\n200"), (how, done.stdout, done.stderr)
+            assert "dev-behind-proxy" in done.stdout
+            assert len(tinyproxy.connects()) > before, how
+    finally:
+        started.send_signal(signal.SIGTERM)
+        started.communicate(timeout=20)

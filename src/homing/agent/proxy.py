@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from homing.agent.apps import Home
+from homing.agent.egress import egress_for
 from homing.errors import HomingError
 
 __all__ = ["IDLE_SECONDS", "MAX_BODY_BYTES", "MAX_CONNECTIONS", "MAX_HEAD_BYTES", "serve"]
@@ -116,15 +117,18 @@ async def _tunnel(
     home: Home, url: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 443
     context = home.ssl_context()
     try:
-        up_reader, up_writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                parts.hostname, parts.port or 443, ssl=context, server_hostname=parts.hostname
-            ),
-            IDLE_SECONDS,
-        )
-    except (OSError, TimeoutError) as e:
+        egress = egress_for(host)
+        if egress is not None:
+            # Through the site's egress proxy: its tunnel, then the same pinned TLS.
+            sock = await asyncio.to_thread(egress.tunnel, host, port, IDLE_SECONDS)
+            opening = asyncio.open_connection(sock=sock, ssl=context, server_hostname=host)
+        else:
+            opening = asyncio.open_connection(host, port, ssl=context, server_hostname=host)
+        up_reader, up_writer = await asyncio.wait_for(opening, IDLE_SECONDS)
+    except (OSError, TimeoutError, HomingError) as e:
         raise _Refusal(502, f"Bad Gateway: home cannot be reached: {e}") from e
     writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
     await writer.drain()
