@@ -120,8 +120,25 @@ def test_the_device_agent_loads_nothing_of_the_server_side() -> None:
     assert "homing.agent.agent" in loaded
 
 
-# The edges: where a process starts (the CLI, the server's supervisor).
-ENVIRONMENT_EDGES = ("homing.cli", "homing.server.runner")
+def test_the_resident_agent_keeps_only_the_interpreter_and_its_pacing() -> None:
+    """What stays in memory while a device sleeps: each cycle runs in its own process."""
+    code = (
+        "import sys\n"
+        "import homing.agent.daemon\n"
+        "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('homing'))))\n"
+        "heavy = ('cryptography', 'tuf', 'securesystemslib', 'urllib3', 'ssl', 'sqlalchemy')\n"
+        "print('\\n'.join(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert loaded == ["homing", "homing.agent", "homing.agent.daemon", "homing.agent.pacing"]
+
+
+# The edges: where a process starts (the CLI, the server's supervisor), and the agent's
+# egress proxy, read from HTTPS_PROXY/NO_PROXY at each connection as every HTTP client
+# reads it (through urllib.request's own parser).
+ENVIRONMENT_EDGES = ("homing.cli", "homing.server.runner", "homing.agent.egress")
 
 
 def test_the_environment_is_read_only_at_the_edges() -> None:

@@ -1,18 +1,59 @@
 """The resident agent process: ``homing agent run`` re-executes into this lean entry point.
 
-A device agent sleeps almost all its life, so what stays resident matters:
-this module loads the agent's own code and nothing of the operator CLI
-(click, rich, the server and storage layers).
+A device agent sleeps almost all its life, so what stays resident matters.
+This process keeps only the interpreter and homing.agent.pacing: each cycle
+runs in a process of its own (homing.agent.cycle), which loads the agent's
+code, does the cycle and exits, so what a cycle needed (cryptography,
+python-tuf, TLS buffers) is never resident while the device sleeps. A cycle
+costs one interpreter start (a fraction of a second of CPU), an hour apart.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import random
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+from types import FrameType
+
+from homing.agent.pacing import delay_after, next_line
 
 __all__ = ["main"]
+
+log = logging.getLogger("homing.agent.runner")
+
+# Exit status of a revoked device (systemd does not restart it: RestartPreventExitStatus).
+REVOKED = 3
+
+
+def _cycle(args: argparse.Namespace) -> dict[str, object]:
+    """One cycle in its own process; its warnings go to this process's stderr (the journal)."""
+    command = [sys.executable, "-m", "homing.agent.cycle", "--state", str(args.state)]
+    if args.server:
+        command += ["--server", args.server]
+    if args.firmware_version:
+        command += ["--firmware-version", args.firmware_version]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # noqa: S603
+    try:
+        out, _ = child.communicate()
+    finally:
+        if child.poll() is None:  # this process is stopping: so is the cycle
+            child.terminate()
+            child.wait()
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if lines:
+        result: dict[str, object] = json.loads(lines[-1])
+        return result
+    return {"checked_in": False, "summary": f"the cycle ended with status {child.returncode}"}
+
+
+def _stop(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,21 +64,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--firmware-version")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    # One line per cycle (homing.agent.runner.cycle_line): what the journal keeps.
-    logging.getLogger("homing.agent.runner").setLevel(logging.INFO)
-    from homing.agent.agent import Agent
-    from homing.agent.runner import run_forever
-    from homing.agent.state import DeviceState
-    from homing.errors import HomingError
-
+    # One line per cycle (homing.agent.pacing.next_line): what the journal keeps.
+    log.setLevel(logging.INFO)
+    signal.signal(signal.SIGTERM, _stop)
+    rng = random.Random()  # noqa: S311 - jitter, not a secret
+    failures = 0
     try:
-        agent = Agent(
-            DeviceState(args.state), server=args.server, firmware_version=args.firmware_version
-        )
-        run_forever(agent, args.interval)
-    except HomingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from e
+        while True:
+            result = _cycle(args)
+            if "error" in result:
+                print(f"error: {result['error']}", file=sys.stderr)
+                raise SystemExit(1)
+            if result.get("revoked"):
+                log.error("device revoked: stopping")
+                raise SystemExit(REVOKED)
+            checked_in = bool(result.get("checked_in"))
+            failures = 0 if checked_in else failures + 1
+            retry_after = result.get("retry_after")
+            delay = delay_after(
+                checked_in,
+                float(retry_after) if isinstance(retry_after, int | float) else None,
+                failures,
+                args.interval,
+                rng,
+            )
+            log.info("%s", next_line(str(result.get("summary", "")), checked_in, delay))
+            time.sleep(delay)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 

@@ -1,4 +1,5 @@
-"""The agent's loop: cycles at jittered intervals, exponential backoff on failure."""
+"""The agent's loop in one process: cycles at jittered intervals, backoff on failure (the
+resident agent runs each cycle in a process of its own: homing.agent.daemon)."""
 
 from __future__ import annotations
 
@@ -8,25 +9,14 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 
 from homing.agent.agent import Agent
 from homing.agent.decide import CycleReport
+from homing.agent.pacing import MAX_BACKOFF, delay_after, next_delay, next_line
 
-__all__ = ["cycle_line", "next_delay", "run_forever"]
+__all__ = ["MAX_BACKOFF", "cycle_line", "cycle_summary", "next_delay", "run_forever"]
 
 log = logging.getLogger(__name__)
-
-MAX_BACKOFF = 6 * 3600.0
-
-
-def next_delay(interval: float, failures: int, rng: random.Random) -> float:
-    """Jittered interval; after failures, exponential backoff (capped), also jittered.
-
-    Jitter keeps a fleet that lost power together from coming back in lockstep.
-    """
-    base = interval if failures == 0 else min(MAX_BACKOFF, 30.0 * 2 ** (failures - 1))
-    return base * rng.uniform(0.5, 1.5)
 
 
 def run_forever(
@@ -45,12 +35,7 @@ def run_forever(
             raise SystemExit(3)
         failures = 0 if report.checked_in else failures + 1
         _release_memory()
-        delay = next_delay(interval, failures, rng)
-        if report.retry_after is not None:
-            # The server asked for this pause; jitter only lengthens it.
-            delay = max(
-                delay if report.checked_in else 0.0, report.retry_after * rng.uniform(1.0, 1.2)
-            )
+        delay = delay_after(report.checked_in, report.retry_after, failures, interval, rng)
         log.info("%s", cycle_line(report, delay))
         sleep(delay)
 
@@ -59,8 +44,8 @@ def run_forever(
 _NOTABLE = ("renewed", "recover", "firmware", "bootstrap channel", "trusted time", "refused")
 
 
-def cycle_line(report: CycleReport, delay: float) -> str:
-    """One line per cycle for the journal: what it did, what it does next and when."""
+def cycle_summary(report: CycleReport) -> str:
+    """What a cycle did, for the journal (the rest is in `agent status`)."""
     done = "checked in" if report.checked_in else f"not checked in: {report.error or 'no answer'}"
     trust = report.trust
     if trust:
@@ -68,9 +53,12 @@ def cycle_line(report: CycleReport, delay: float) -> str:
     notable = [step for step in report.steps if any(word in step for word in _NOTABLE)]
     if notable:
         done += "; " + "; ".join(notable)
-    at = (datetime.now(UTC) + timedelta(seconds=delay)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    then = "next cycle" if report.checked_in else "retry"
-    return f"{done}; {then} in {delay:.0f} s (at {at})"
+    return done
+
+
+def cycle_line(report: CycleReport, delay: float) -> str:
+    """One line per cycle for the journal: what it did, what it does next and when."""
+    return next_line(cycle_summary(report), report.checked_in, delay)
 
 
 def _release_memory() -> None:
