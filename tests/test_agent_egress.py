@@ -11,9 +11,7 @@ proxy is the likely cause.
 from __future__ import annotations
 
 import socket
-import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +26,7 @@ from homing.errors import ChainError, ConfigError
 from homing.trust.pins import PinPolicy
 from tests import fleet
 from tests.harness import RunningServer, free_port, run_homing, system_tool, wait_until
-from tests.test_device_apps import _foreign_certificate
+from tests.mitm import foreign_tls_server
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -162,49 +160,23 @@ def test_a_bad_proxy_setting_is_a_clear_error() -> None:
     assert proxy.authorization == "Basic " + base64.b64encode(b"plant 7:p@ss:w").decode()
 
 
+def _grant_connect(raw: socket.socket) -> None:
+    """An egress proxy's side of CONNECT: read the request, say yes."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = raw.recv(1024)
+        if not chunk:
+            break
+        head += chunk
+    raw.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+
 @pytest.fixture
 def intercepting_proxy(tmp_path: Path) -> Iterator[tuple[int, list[bytes]]]:
     """A proxy that grants CONNECT and then answers TLS itself, with another CA's
     certificate, recording whatever the device sends it."""
-    cert, key = _foreign_certificate(tmp_path)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    port = free_port()
-    listener = socket.create_server(("127.0.0.1", port))
-    listener.settimeout(0.5)
-    received: list[bytes] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                raw, _ = listener.accept()
-            except TimeoutError:
-                continue
-            try:
-                raw.settimeout(5)
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    chunk = raw.recv(1024)
-                    if not chunk:
-                        break
-                    head += chunk
-                raw.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                with context.wrap_socket(raw, server_side=True) as tls:
-                    data = tls.recv(65536)
-                    if data:
-                        received.append(data)
-            except (ssl.SSLError, OSError):
-                continue
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
+    with foreign_tls_server(tmp_path, greet=_grant_connect) as (port, received):
         yield port, received
-    finally:
-        stop.set()
-        thread.join(10)
-        listener.close()
 
 
 @sqlite_only

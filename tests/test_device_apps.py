@@ -13,17 +13,14 @@ import os
 import ssl
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from homing import ceremonies
 from homing.agent.agent import Agent
@@ -31,7 +28,8 @@ from homing.agent.state import DeviceState
 from homing.apps import Home
 from homing.errors import ChainError, ConfigError
 from tests import fleet
-from tests.harness import RunningServer, free_port
+from tests.harness import RunningServer
+from tests.mitm import foreign_tls_server
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -121,76 +119,11 @@ def test_an_application_keeps_talking_home_through_every_rotation(
     )
 
 
-def _foreign_certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 from a CA the device has never heard of."""
-    import ipaddress
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "evil")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "evil.pem", tmp_path / "evil.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture
 def mitm(tmp_path: Path) -> Iterator[tuple[int, list[bytes]]]:
     """A TLS server with another CA's certificate that records whatever reaches it."""
-    import socket
-
-    cert, key = _foreign_certificate(tmp_path)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    port = free_port()
-    listener = socket.create_server(("127.0.0.1", port))
-    received: list[bytes] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        listener.settimeout(0.5)
-        while not stop.is_set():
-            try:
-                raw, _ = listener.accept()
-            except TimeoutError:
-                continue
-            try:
-                with context.wrap_socket(raw, server_side=True) as tls:
-                    tls.settimeout(5)
-                    data = tls.recv(65536)
-                    if data:
-                        received.append(data)
-            except (ssl.SSLError, OSError):
-                continue
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
+    with foreign_tls_server(tmp_path) as (port, received):
         yield port, received
-    finally:
-        stop.set()
-        thread.join(10)
-        listener.close()
 
 
 def test_a_mitm_with_another_cas_certificate_gets_nothing(
