@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -156,8 +157,8 @@ def _provision(reader: Reader, device_id: str, out: Path, hardware: str = "board
 def _readme(tmp_path: Path) -> None:
     site = tmp_path / "site"
     reader = reader_for(tmp_path, site)
-    # The README's set-up, in the checkout (where `make` put the environment).
-    reader.paths.append((r"^\. \.venv/bin/activate", f". {ROOT}/.venv/bin/activate"))
+    # The README's set-up: the environment `make` made, the one running these tests.
+    reader.paths.append((r"^\. \.venv/bin/activate", f". {sys.prefix}/bin/activate"))
     reader.run("README.md")
 
 
