@@ -5,7 +5,8 @@
 # (PKCS#11 keys), HAProxy and iproute2 (replicas in network namespaces),
 # curl (the EST recipe and the server unit's readiness probe), mosquitto and
 # its clients (a device application's MQTT through homing's trust), tinyproxy
-# (a site's egress proxy the agent tunnels through).
+# (a site's egress proxy the agent tunnels through), RAUC with mksquashfs for its
+# bundles and a D-Bus daemon for its service, and SWUpdate (A/B updaters).
 # Installs what is missing when run as root with apt; otherwise names what is
 # missing and fails, because the tests that drive them never skip.
 set -euo pipefail
@@ -22,6 +23,11 @@ declare -A package_of=(
     [mosquitto]=mosquitto
     [mosquitto_pub]=mosquitto-clients
     [tinyproxy]=tinyproxy
+    [rauc]=rauc
+    [mksquashfs]=squashfs-tools
+    [dbus-daemon]=dbus-daemon
+    [swupdate]=swupdate
+    [cpio]=cpio
 )
 missing=()
 for tool in "${!package_of[@]}"; do

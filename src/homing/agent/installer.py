@@ -86,10 +86,13 @@ class SlotInstaller:
         target = self.root / self._other(boot.active)
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
-        atomic_copy(image, target / "image")  # streamed: the image may outsize memory
+        self._write_image(image, target)
         atomic_write(
             target / "meta.json", json.dumps({"version": version, "sequence": sequence}).encode()
         )
+
+    def _write_image(self, image: Path, target: Path) -> None:
+        atomic_copy(image, target / "image")  # streamed: the image may outsize memory
 
     def boot_new(self) -> None:
         """Point the boot loader at the new slot, uncommitted (one attempt counted)."""
@@ -135,24 +138,64 @@ class SlotInstaller:
 
 
 class CommandInstaller(SlotInstaller):
-    """Runs a configured command on the verified file, e.g. ``rauc install {path}``.
+    """Hands the verified file to the system's updater, e.g. ``rauc install {path}`` or
+    ``swupdate -i {path}``, and its own good/bad marks to the commit and the rollback.
 
-    The system updater owns its slots; homing keeps only the commit mark and
-    versions, so rollback reporting and anti-rollback work the same way.
+    The updater owns its slots (homing copies no image); homing keeps the versions,
+    the boot attempts and its commit mark, so rollback reporting and anti-rollback
+    work the same way. The commands come from the device's own configuration
+    (``device.json``), never from the network:
+
+    - ``install_command``: writes the inactive slot (``{path}``: the verified image);
+    - ``boot_command``: boots the new slot (``systemctl reboot``; the agent finishes
+      the job at its next start), or nothing when the updater switched already;
+    - ``commit_command``: the updater's mark-good (``rauc status mark-good booted``),
+      run before homing commits, so a failure is retried at the next cycle;
+    - ``rollback_command``: the updater's mark-bad (``rauc status mark-bad booted``).
     """
 
-    def __init__(self, root: Path, command: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        command: str,
+        *,
+        boot_command: str | None = None,
+        commit_command: str | None = None,
+        rollback_command: str | None = None,
+    ) -> None:
         super().__init__(root)
         self.command = command
+        self.boot_command = boot_command
+        self.commit_command = commit_command
+        self.rollback_command = rollback_command
 
-    def install(self, image: Path, version: str, sequence: int) -> None:
-        argv = [part.replace("{path}", str(image)) for part in shlex.split(self.command)]
-        # The command comes from the device's own configuration, never from the network.
-        result = subprocess.run(  # noqa: S603
-            argv, capture_output=True, text=True, timeout=3600, check=False
+    def _write_image(self, image: Path, target: Path) -> None:
+        _run("install", self.command, image)
+
+    def boot_new(self) -> None:
+        super().boot_new()
+        if self.boot_command:
+            _run("boot", self.boot_command)
+
+    def commit(self) -> None:
+        if self.pending() and self.commit_command:
+            _run("commit", self.commit_command)
+        super().commit()
+
+    def rollback(self) -> None:
+        if self.pending() and self.rollback_command:
+            _run("rollback", self.rollback_command)
+        super().rollback()
+
+
+def _run(what: str, command: str, image: Path | None = None) -> None:
+    """A device-configured command; ``{path}`` becomes the verified image's path."""
+    argv = [part.replace("{path}", str(image)) if image else part for part in shlex.split(command)]
+    # The command comes from the device's own configuration, never from the network.
+    result = subprocess.run(  # noqa: S603
+        argv, capture_output=True, text=True, timeout=3600, check=False
+    )
+    if result.returncode != 0:
+        raise ConfigError(
+            f"{what} command failed ({result.returncode}): {result.stderr.strip()[-300:]}"
         )
-        if result.returncode != 0:
-            raise ConfigError(
-                f"install command failed ({result.returncode}): {result.stderr.strip()[-300:]}"
-            )
-        super().install(image, version, sequence)

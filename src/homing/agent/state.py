@@ -48,6 +48,11 @@ class DeviceConfig:
     # an optional system installer (e.g. "rauc install {path}").
     health_command: str | None = None
     install_command: str | None = None
+    # With install_command, the system updater's own steps (homing.agent.installer):
+    # boot the new slot, mark it good, mark it bad.
+    boot_command: str | None = None
+    commit_command: str | None = None
+    rollback_command: str | None = None
     # Optional: download at most this many KiB/s; install only in these local
     # hours, "START-END" (e.g. "2-5", wrapping past midnight as "22-4").
     bandwidth_kib_s: int | None = None

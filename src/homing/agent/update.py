@@ -83,8 +83,16 @@ _CHUNK = 256 * 1024
 
 def installer_for(device: _Device) -> SlotInstaller:
     root = device.state.root / "slots"
-    command = device.config.install_command
-    return CommandInstaller(root, command) if command else SlotInstaller(root)
+    config = device.config
+    if not config.install_command:
+        return SlotInstaller(root)
+    return CommandInstaller(
+        root,
+        config.install_command,
+        boot_command=config.boot_command,
+        commit_command=config.commit_command,
+        rollback_command=config.rollback_command,
+    )
 
 
 def _progress_path(device: _Device) -> Path:
