@@ -146,7 +146,8 @@ class CommandInstaller(SlotInstaller):
     work the same way. The commands come from the device's own configuration
     (``device.json``), never from the network:
 
-    - ``install_command``: writes the inactive slot (``{path}``: the verified image);
+    - ``install_command``: writes the inactive slot (``{path}``: the verified image,
+      ``{slot}``: ``a`` or ``b``, e.g. ``swupdate -i {path} -e stable,copy-{slot}``);
     - ``boot_command``: boots the new slot (``systemctl reboot``; the agent finishes
       the job at its next start), or nothing when the updater switched already;
     - ``commit_command``: the updater's mark-good (``rauc status mark-good booted``),
@@ -170,7 +171,7 @@ class CommandInstaller(SlotInstaller):
         self.rollback_command = rollback_command
 
     def _write_image(self, image: Path, target: Path) -> None:
-        _run("install", self.command, image)
+        _run("install", self.command, image, slot=target.name)
 
     def boot_new(self) -> None:
         super().boot_new()
@@ -188,9 +189,13 @@ class CommandInstaller(SlotInstaller):
         super().rollback()
 
 
-def _run(what: str, command: str, image: Path | None = None) -> None:
-    """A device-configured command; ``{path}`` becomes the verified image's path."""
-    argv = [part.replace("{path}", str(image)) if image else part for part in shlex.split(command)]
+def _run(what: str, command: str, image: Path | None = None, slot: str = "") -> None:
+    """A device-configured command; ``{path}`` becomes the verified image's path and
+    ``{slot}`` the slot it goes to (``a`` or ``b``, for an updater told which to write)."""
+    argv = [
+        part.replace("{path}", str(image) if image else "").replace("{slot}", slot)
+        for part in shlex.split(command)
+    ]
     # The command comes from the device's own configuration, never from the network.
     result = subprocess.run(  # noqa: S603
         argv, capture_output=True, text=True, timeout=3600, check=False
