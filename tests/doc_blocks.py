@@ -6,13 +6,12 @@ reader uses it, and so how a test holds it to the code:
 - ``sh``: commands a reader types as written (their paths and hosts theirs):
   run in order, one bash script per document, on loopback in a temporary
   directory, against local stand-ins for what is outside (a running home,
-  a manufacturer's CA, PostgreSQL, pebble for an ACME CA, a ``systemctl``
-  that records what it was asked);
+  a manufacturer's CA, PostgreSQL, pebble for an ACME CA, a ``systemctl``,
+  ``journalctl`` and ``useradd`` that record what they were asked, the host's
+  ``/etc`` and ``/opt`` under the directory);
 - ``sh synopsis``: a command's shape with placeholders (``DIR``,
   ``[--option]``, ``a|b``): every ``homing`` command it names must exist,
   with every option it names, and every ``make`` target must parse;
-- ``sh host``: installs on the host (users, systemd units): the files it
-  copies must exist in the repository and its units must verify;
 - ``sh run-by=tests/FILE.py``: run as written by that test, which reads the
   document itself (a broker, a proxy that stays in the foreground).
 """
@@ -32,7 +31,7 @@ import click
 __all__ = ["ROOT", "Block", "Reader", "blocks", "documents", "reader_for", "synopsis_errors"]
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = ("run", "synopsis", "host", "run-by")
+KINDS = ("run", "synopsis", "run-by")
 _FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.S | re.M)
 
 
@@ -158,7 +157,9 @@ class Reader:
     # (pattern, replacement) on each block's text; ``{n}`` is the block's number.
     paths: list[tuple[str, str]] = field(default_factory=list)
     stdin: str = ""
-    # A command to run after each block that contains the key (waiting on what it started).
+    # A command to run before / after each block that contains the key (a directory to
+    # be in, waiting on what the block started).
+    before: dict[str, str] = field(default_factory=dict)
     after: dict[str, str] = field(default_factory=dict)
 
     def run(self, name: str, run_by: str = "") -> subprocess.CompletedProcess[str]:
@@ -180,6 +181,7 @@ class Reader:
                 text,
                 flags=re.M,
             )
+            lines += [then for key, then in self.before.items() if key in block.text]
             lines += [f"echo '### {block.where}' >&2", text]
             lines += [then for key, then in self.after.items() if key in block.text]
         result = subprocess.run(
@@ -203,10 +205,12 @@ class Reader:
 def reader_for(work: Path, site: Path, **extra: str) -> Reader:
     bin_dir = work / "bin"
     bin_dir.mkdir(exist_ok=True)
-    # The host's service manager, as a stand-in that records what it was asked.
-    shim = bin_dir / "systemctl"
-    shim.write_text(f'#!/bin/sh\necho "systemctl $*" >> {work}/systemctl.log\n')
-    shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
+    # The host's service manager, its journal and its users, as stand-ins that record
+    # what they were asked.
+    for tool in ("systemctl", "journalctl", "useradd"):
+        shim = bin_dir / tool
+        shim.write_text(f'#!/bin/sh\necho "{tool} $*" >> {work}/{tool}.log\n')
+        shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOMING_")}
     env.update(
         PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
