@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import signal
 import subprocess
@@ -52,8 +53,16 @@ def _cycle(args: argparse.Namespace) -> dict[str, object]:
     return {"checked_in": False, "summary": f"the cycle ended with status {child.returncode}"}
 
 
+class _Stopping(BaseException):
+    """SIGTERM arrived: unwind (ending a cycle in progress), then die of the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _stop(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+    raise _Stopping(signum)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,6 +101,11 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(delay)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except _Stopping as stopping:
+        # Died of the signal, as before the cycle ran in a child: systemd counts a stop by
+        # SIGTERM as clean, an exit status of 143 as a failure.
+        signal.signal(stopping.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), stopping.signum)
 
 
 if __name__ == "__main__":
