@@ -66,9 +66,6 @@ class Thefts:
         self._device_ca(tick)
         return answered, answered
 
-    def _delay_days(self, answer_at: int, stolen_at: int) -> int:
-        return (answer_at - stolen_at) * days_per_tick()
-
     def _steal_key(self, tick: int) -> None:
         """The server's TLS key in service is stolen, with the chains it serves."""
         b = self.builder
