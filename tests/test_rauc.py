@@ -155,7 +155,9 @@ def rauc(tmp_path: Path) -> Iterator[Rauc]:
     reboot = d / "reboot.sh"
     reboot.write_text(
         "#!/bin/sh\n"
-        f"pkill -f -- '--mount={d / 'mnt'}' ; sleep 0.2\n"
+        f"pkill -f -- '--mount={d / 'mnt'}'\n"
+        # The old service gone (its bus name released) before the new one starts.
+        f"while pgrep -f -- '--mount={d / 'mnt'}' >/dev/null; do sleep 0.1; done\n"
         f"exec {system_tool('rauc')} --conf={d / 'system.conf'} --mount={d / 'mnt'} "
         f'--override-boot-slot="$(cat {d / "boot" / "primary"})" service '
         f">>{d / 'service.log'} 2>&1 &\n"
@@ -193,8 +195,11 @@ def _device(server: RunningServer, tmp_path: Path, rauc: Rauc, health: str | Non
     # The service restarted on the new primary: the test's reboot, waited for by the
     # next command's retry (the agent's health and commit run after it).
     config.boot_command = f"{rauc.dir / 'reboot.sh'}"
-    config.commit_command = "sh -c 'until rauc status mark-good booted; do sleep 0.2; done'"
-    config.rollback_command = "sh -c 'until rauc status mark-bad booted; do sleep 0.2; done'"
+    # Each waits for the rebooted service (a bounded wait: a service that never comes back
+    # fails the command, and the agent retries at its next cycle).
+    wait = "for i in $(seq 600); do rauc status {} booted && exit 0; sleep 0.1; done; exit 1"
+    config.commit_command = f"sh -c '{wait.format('mark-good')}'"
+    config.rollback_command = f"sh -c '{wait.format('mark-bad')}'"
     config.health_command = health
     atomic_write(state.config_path, config.to_json())
     return state
