@@ -156,7 +156,6 @@ class Reader:
     env: dict[str, str]
     # (pattern, replacement) on each block's text; ``{n}`` is the block's number.
     paths: list[tuple[str, str]] = field(default_factory=list)
-    stdin: str = ""
     # A command to run before / after each block that contains the key (a directory to
     # be in, waiting on what the block started).
     before: dict[str, str] = field(default_factory=dict)
@@ -188,7 +187,7 @@ class Reader:
             ["bash", "-c", "\n".join(lines)],
             cwd=self.work,
             env=self.env,
-            input=self.stdin,
+            stdin=subprocess.DEVNULL,  # a command that would ask a question gets no answer
             capture_output=True,
             text=True,
             timeout=900,
