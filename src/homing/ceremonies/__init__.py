@@ -3,8 +3,8 @@
 from homing.ceremonies.bundles import BundleSummary, recovery_bundle
 from homing.ceremonies.creation import DEFAULT_HOSTS, InitSummary, init
 from homing.ceremonies.issuance import issue_certificate, revoke, revoke_batch, write_crl
+from homing.ceremonies.pin_publication import pin_policy
 from homing.ceremonies.rotations import (
-    pin_policy,
     refresh_snapshot,
     refresh_targets,
     refresh_timestamp,

@@ -33,8 +33,9 @@ from homing.ceremonies._public_pins import (
     public_pins,
     public_roots,
 )
+from homing.ceremonies.pin_publication import publish_pins
 from homing.ceremonies.retirement import DEFAULT_LIVE_WINDOW, check_pin_retirement
-from homing.ceremonies.rotations import publish_pins, rotate_server_cert
+from homing.ceremonies.rotations import rotate_server_cert
 from homing.errors import CeremonyError, ChainError
 from homing.fsutil import atomic_write
 from homing.pki.acme_order import AcmeAccount, order_certificate

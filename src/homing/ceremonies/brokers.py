@@ -41,7 +41,7 @@ from homing.ceremonies._common import (
     serialized,
 )
 from homing.ceremonies.issuing_cas import also_certified, presented_cross_certifications
-from homing.ceremonies.rotations import publish_pins
+from homing.ceremonies.pin_publication import publish_pins
 from homing.errors import CeremonyError, MetadataError
 from homing.fsutil import CURRENT, swap_in_file_set
 from homing.pki.authority import Authority

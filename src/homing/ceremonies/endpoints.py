@@ -29,17 +29,13 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from homing.ceremonies._common import OPERATOR, _audit, _open, serialized
+from homing.ceremonies.pin_publication import publish_pins, targets_signed_here
 from homing.ceremonies.retirement import (
     DEFAULT_LIVE_WINDOW,
     check_pin_retirement,
     stranding_refusal,
 )
-from homing.ceremonies.rotations import (
-    publish_pins,
-    rotate_issuing_ca,
-    rotate_server_cert,
-    targets_signed_here,
-)
+from homing.ceremonies.rotations import rotate_issuing_ca, rotate_server_cert
 from homing.errors import CeremonyError, MetadataError, PolicyError
 from homing.pki.keys import spki_pin
 from homing.pki.profiles import split_hosts

@@ -38,7 +38,7 @@ from homing.ceremonies._common import (
     firmware_key_name,
     serialized,
 )
-from homing.ceremonies.rotations import targets_signed_here
+from homing.ceremonies.pin_publication import targets_signed_here
 from homing.errors import KeyStoreError
 from homing.site import DataDir
 from homing.store.schema import devices, releases

@@ -28,7 +28,6 @@ from homing.ceremonies._common import (
     firmware_key_name,
     serialized,
 )
-from homing.ceremonies._public_pins import public_pins
 from homing.ceremonies.issuing_cas import (
     also_certified,
     certify_issuing_ca,
@@ -38,10 +37,10 @@ from homing.ceremonies.issuing_cas import (
     root_ca_key_name,
     roots_with_keys,
 )
+from homing.ceremonies.pin_publication import publish_pins, targets_signed_here
 from homing.ceremonies.retirement import (
     DEFAULT_LIVE_WINDOW,
     check_pin_retirement,
-    record_published_pins,
 )
 from homing.errors import CeremonyError
 from homing.fsutil import atomic_write
@@ -49,17 +48,13 @@ from homing.pki.authority import make_root_ca
 from homing.pki.keys import generate_signing_key, generate_tls_key, spki_pin
 from homing.pki.keystore import (
     PASSPHRASE_ENV,
-    KeyStore,
     PrivateKey,
 )
 from homing.pki.profiles import server_csr, server_profile
-from homing.site import DataDir, Settings
-from homing.trust.pins import PIN_POLICY_TARGET, PinPolicy
-from homing.trust.services import SERVICES_TARGET, Services
+from homing.site import DataDir
 from homing.trust.signing import signer_for, tuf_key
 
 __all__ = [
-    "pin_policy",
     "refresh_snapshot",
     "refresh_targets",
     "refresh_timestamp",
@@ -172,35 +167,6 @@ def rotate_online_keys(
     return root.signed.version
 
 
-def pin_policy(dd: DataDir, settings: Settings, store: KeyStore) -> PinPolicy:
-    """The pin policy the data directory's current state implies.
-
-    Private: the site's root, and the server CA's active and backup keys.
-    Public (ACME): the public roots devices accept, and the server's own
-    active and backup keys (a public CA can change its intermediates at any
-    time; our keys change only when we promote the backup). Mixed: both,
-    so a fleet migrates either way without a device cut off.
-    """
-    roots: list[x509.Certificate] = []
-    pins: list[str] = []
-    if settings.server_tls_mode in ("private", "mixed"):
-        server_ca = dd.certificate("server-ca.pem")
-        backup = store.load(f"server-ca-g{settings.server_ca_generation + 1}")
-        roots += dd.certificates("root-ca.pem")
-        pins += [spki_pin(server_ca), spki_pin(backup.public_key())]
-    if settings.server_tls_mode in ("mixed", "public"):
-        public_roots, key_pins = public_pins(dd, settings, store)
-        roots += public_roots
-        pins += key_pins
-    return PinPolicy(
-        root_cas=tuple(roots),
-        spki_pins=tuple(pins),
-        hosts=tuple(settings.hosts),
-        primary=settings.primary,
-        mirrors=tuple(settings.mirrors),
-    )
-
-
 @serialized
 def rotate_issuing_ca(
     data: Path | DataDir,
@@ -300,61 +266,6 @@ def rotate_issuing_ca(
         detail = {**(detail or {}), "distrusted": spki_pin(old)}
     _audit(dd, now, actor, f"rotate_{kind}_ca", f"generation {g}", detail)
     return g
-
-
-def targets_signed_here(dd: DataDir, settings: Settings, store: KeyStore) -> bool:
-    """Whether this site signs targets itself (else its holders do, by ceremony).
-
-    Asking loads the key, so a key kept offline without its media mounted
-    fails here, before a ceremony changes anything.
-    """
-    if settings.targets_by_holders:
-        return False
-    key = store.load("targets")
-    listed = dd.repository(settings).root().signed.roles["targets"].keyids
-    return tuf_key(key.public_key()).keyid in listed
-
-
-def trust_targets(dd: DataDir, settings: Settings, store: KeyStore) -> dict[str, bytes]:
-    """The top-level targets the site's state implies: the pin policy, and the services
-    document once the site names a broker (or named one before: then it is emptied)."""
-    files = {PIN_POLICY_TARGET: pin_policy(dd, settings, store).to_bytes()}
-    if settings.mqtt_brokers or SERVICES_TARGET in dd.repository(settings).targets().signed.targets:
-        files[SERVICES_TARGET] = Services(tuple(settings.mqtt_brokers)).to_bytes()
-    return files
-
-
-def pins_pending(dd: DataDir) -> bool:
-    """Whether the published pin policy is behind the site's state (publish it by ceremony)."""
-    settings = dd.settings()
-    store = dd.keystore(settings)
-    repo = dd.repository(settings)
-    published = repo.targets().signed.targets
-    for name, data in trust_targets(dd, settings, store).items():
-        if name not in published or repo.target_bytes(name) != data:
-            return True
-    return False
-
-
-def publish_pins(dd: DataDir, settings: Settings, store: KeyStore, now: datetime) -> int:
-    if settings.targets_by_holders:
-        raise CeremonyError(
-            "the targets key is with its holders: publish the pins with "
-            "`homing ceremony propose-targets`, have them sign it, then `homing ceremony publish`"
-        )
-    repo = dd.repository(settings)
-    snapshot, timestamp = _online_signers(store, settings)
-    files = trust_targets(dd, settings, store)
-    policy_bytes = files[PIN_POLICY_TARGET]
-    version = repo.publish_targets(
-        files,
-        _signer(store, "targets"),
-        snapshot,
-        timestamp,
-        now,
-    )
-    record_published_pins(dd, policy_bytes, settings.server_ca_generation, now)
-    return version
 
 
 @serialized

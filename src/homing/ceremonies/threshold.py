@@ -141,7 +141,7 @@ def _set_threshold(role: Role, threshold: int, name: str) -> None:
 
 def propose_targets(data: Path | DataDir, now: datetime) -> Proposal:
     """Targets N+1 carrying the pin policy the site's state implies (or a re-signing)."""
-    from homing.ceremonies.rotations import trust_targets
+    from homing.ceremonies.pin_publication import trust_targets
 
     dd, settings, store = _open(data)
     repo = dd.repository(settings)

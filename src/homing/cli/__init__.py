@@ -7,7 +7,8 @@ ceremonies and ``homing.operations`` do.
 
 - ``trust``: init, rotations, timestamp/targets, pins, recovery bundles
 - ``pki``: issue, revoke, CRLs
-- ``operators``: serve, tokens, factory stations, revoke, status, devices
+- ``serving``: serve, the home server
+- ``operators``: tokens, factory stations, revoke, status, devices
 - ``factories``: a station's manifest, quota and expiry; blocked ids
 - ``fleet``: provisioning, device groups, releases, rollouts
 - ``agent``: the device's commands
@@ -30,6 +31,7 @@ from homing.cli import (
     operators,
     pki,
     replicas,
+    serving,
     simulation,
     trust,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "operators",
     "pki",
     "replicas",
+    "serving",
     "simulation",
     "trust",
 ]

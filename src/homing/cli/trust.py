@@ -259,7 +259,7 @@ def rotate_endpoints(
 
 
 def _say_pins(data: Path, done: str) -> None:
-    from homing.ceremonies.rotations import pins_pending
+    from homing.ceremonies.pin_publication import pins_pending
 
     if pins_pending(_site(data)):
         out.print(f"{done}; the targets key is with its holders: publish the new pins with")
