@@ -1,7 +1,7 @@
 """The OpenAPI description of the device, recovery, EST, trust and admin APIs.
 
 Every route the server answers is described here, and every JSON request
-body has a schema; ``tests/test_openapi.py`` walks the application's router
+body has a schema; ``tests/test_outside_holes.py`` walks the application's router
 so a new route without its entry fails.
 """
 
