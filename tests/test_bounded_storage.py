@@ -17,6 +17,7 @@ from pathlib import Path
 from sqlalchemy import func, select, text
 
 from homing.config import Limits
+from homing.store import device_contacts as contacts
 from homing.store import devices as device_store
 from homing.store.schema import recovery_nonces
 from tests.harness import DeviceCredentials, RunningServer
@@ -62,16 +63,16 @@ def test_a_flooding_device_rewrites_its_own_history_instead_of_growing_it(
     assert set(_flood(server, quiet, 3)) == {200}
     assert set(_flood(server, chatty, BOUND + 10)) == {200}
     with server.state.db.begin() as conn:
-        assert device_store.count_checkins(conn, "dev-chatty") == BOUND
-        assert device_store.count_checkins(conn, "dev-quiet") == 3
+        assert contacts.count_checkins(conn, "dev-chatty") == BOUND
+        assert contacts.count_checkins(conn, "dev-quiet") == 3
     sqlite = server.state.db.dialect == "sqlite"
     before = _pages_in_use(server) if sqlite else 0
 
     assert set(_flood(server, chatty, 3 * BOUND)) == {200}
     with server.state.db.begin() as conn:
-        assert device_store.count_checkins(conn, "dev-chatty") == BOUND
+        assert contacts.count_checkins(conn, "dev-chatty") == BOUND
         # The other device's history is untouched by its neighbour's flood.
-        assert device_store.count_checkins(conn, "dev-quiet") == 3
+        assert contacts.count_checkins(conn, "dev-quiet") == 3
         row = device_store.device(conn, "dev-chatty")
         assert row is not None
         assert row.last_seen is not None

@@ -31,6 +31,7 @@ from homing.server.state import ServerState
 from homing.site import DataDir
 from homing.site.ledger import DatabaseLedger
 from homing.store import audit
+from homing.store import device_contacts as contacts
 from homing.store import devices as device_store
 from tests.harness import (
     DeviceCredentials,
@@ -179,7 +180,7 @@ def test_a_certificate_for_another_key_of_an_enrolled_device_is_refused(
     assert refused.status == 403
     assert refused.json()["message"] == "certificate is not for the device's registered key"
     with server.state.db.engine.connect() as conn:
-        assert device_store.count_checkins(conn, "dev-k") == 0
+        assert contacts.count_checkins(conn, "dev-k") == 0
 
 
 def test_a_renewal_with_the_same_key_keeps_the_device_whole(
@@ -241,7 +242,7 @@ def test_an_rsa_device_certificate_is_refused_over_tls(
     assert response.status == 401
     assert "RSA keys are not allowed" in response.json()["message"]
     with server.state.db.engine.connect() as conn:
-        assert device_store.count_checkins(conn, device.device_id) == 0
+        assert contacts.count_checkins(conn, device.device_id) == 0
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -226,22 +226,23 @@ def test_device_ca_rotation_keeps_old_devices_and_enrolls_new_ones(
 def test_maintenance_prunes_old_check_ins_and_keeps_the_device_state(
     server: RunningServer, device: DeviceCredentials
 ) -> None:
+    from homing.store import device_contacts as contacts
     from homing.store import devices as device_store
 
     now = datetime.now(UTC)
     with server.state.db.begin() as conn:
-        device_store.record_checkins(
+        contacts.record_checkins(
             conn,
             [
-                device_store.CheckIn("dev-1", now - timedelta(days=200), "0.9", 1, 1, 1, None),
-                device_store.CheckIn("dev-1", now - timedelta(days=100), "1.0", 1, 1, 1, None),
-                device_store.CheckIn("dev-1", now - timedelta(days=10), "2.0", 1, 1, 1, None),
+                contacts.CheckIn("dev-1", now - timedelta(days=200), "0.9", 1, 1, 1, None),
+                contacts.CheckIn("dev-1", now - timedelta(days=100), "1.0", 1, 1, 1, None),
+                contacts.CheckIn("dev-1", now - timedelta(days=10), "2.0", 1, 1, 1, None),
             ],
         )
     done = maintain(server.state.dd, now, checkin_retention=timedelta(days=90))
     assert "2 check-ins older than 90 days pruned" in done
     with server.state.db.engine.connect() as conn:
-        assert device_store.count_checkins(conn, "dev-1") == 1
+        assert contacts.count_checkins(conn, "dev-1") == 1
         row = device_store.device(conn, "dev-1")
     assert row is not None
     assert row.firmware_version == "2.0"

@@ -13,6 +13,7 @@ from homing.errors import AuthError, ConflictError, NotFoundError, PKIError
 from homing.pki.ledger import IssuedRecord
 from homing.site.ledger import DatabaseLedger
 from homing.store import Database, credentials, recovery
+from homing.store import device_contacts as contacts
 from homing.store import devices as device_store
 from homing.store.schema import factory_credentials, metadata, operator_tokens
 
@@ -55,13 +56,11 @@ def test_device_rows_and_checkins(db: Database) -> None:
     with pytest.raises(ConflictError), db.engine.begin() as conn:
         device_store.enroll_device(conn, "d1", b"spki", NOW, "factory:x")
     with db.engine.begin() as conn:
-        device_store.record_checkins(
+        contacts.record_checkins(
             conn,
             [
-                device_store.CheckIn(
-                    "d1", NOW + timedelta(minutes=2), "2.0", 3, 4, 5, {"ok": True}
-                ),
-                device_store.CheckIn("d1", NOW + timedelta(minutes=1), "1.0", 1, 1, 1, None),
+                contacts.CheckIn("d1", NOW + timedelta(minutes=2), "2.0", 3, 4, 5, {"ok": True}),
+                contacts.CheckIn("d1", NOW + timedelta(minutes=1), "1.0", 1, 1, 1, None),
             ],
         )
         row = device_store.device(conn, "d1")
@@ -70,7 +69,7 @@ def test_device_rows_and_checkins(db: Database) -> None:
     assert row.last_seen == NOW + timedelta(minutes=2)
     assert row.health == {"ok": True}
     with db.engine.begin() as conn:
-        assert device_store.count_checkins(conn, "d1") == 2
+        assert contacts.count_checkins(conn, "d1") == 2
         with pytest.raises(NotFoundError):
             device_store.revoke_device(conn, "nobody", NOW, "x")
 

@@ -56,7 +56,8 @@ from homing.pki.profiles import approve_csr, device_csr, device_profile
 from homing.server import rules
 from homing.server.config import ServerConfig
 from homing.server.errors import HTTPProblem
-from homing.store.devices import DeviceRow, Standing
+from homing.store.device_contacts import Standing
+from homing.store.devices import DeviceRow
 from homing.trust.pins import PinPolicy
 
 __all__ = ["SimulatedHome", "SimulatedHomeClient", "SimulatedNetwork", "take_update"]

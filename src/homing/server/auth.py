@@ -29,6 +29,7 @@ from homing.server.errors import HTTPProblem
 from homing.server.rules import VerifiedDevice, refusal_problem
 from homing.server.state import ServerState
 from homing.store import credentials
+from homing.store import device_contacts as contacts
 from homing.store import devices as device_store
 
 __all__ = [
@@ -168,7 +169,7 @@ async def authenticate_device(request: web.Request, state: ServerState) -> Devic
 
     def check() -> str | None:
         with state.db.engine.connect() as conn:
-            return device_store.authorise_certificate(conn, identity.presented, identity.device_id)
+            return contacts.authorise_certificate(conn, identity.presented, identity.device_id)
 
     reason = await state.run(check)
     if reason is not None:

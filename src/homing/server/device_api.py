@@ -23,8 +23,9 @@ from homing.server.inputs import json_object, object_id, read_body
 from homing.server.metrics import METRICS, Metrics
 from homing.server.rules import refusal_problem
 from homing.server.state import ServerState
-from homing.store import devices as device_store
-from homing.store.devices import CheckIn, Presented
+from homing.store import device_contacts as contacts
+from homing.store.device_contacts import CheckIn
+from homing.store.devices import Presented
 
 __all__ = ["CheckinWriter", "routes"]
 
@@ -88,9 +89,7 @@ class CheckinWriter:
             except OperationalError:
                 return None  # another writer holds the database: use a thread
             with transaction:
-                return device_store.record_checkins(
-                    conn, [c for c, _ in batch], [p for _, p in batch]
-                )
+                return contacts.record_checkins(conn, [c for c, _ in batch], [p for _, p in batch])
 
     async def record(self, checkin: CheckIn, presented: Presented) -> str | None:
         """Authorise and record; returns None, or why the certificate may not check in."""
@@ -101,7 +100,7 @@ class CheckinWriter:
 
     def _write(self, batch: list[tuple[CheckIn, Presented]]) -> list[str | None]:
         with self.state.db.write_lock(), self.state.db.begin() as conn:
-            return device_store.record_checkins(conn, [c for c, _ in batch], [p for _, p in batch])
+            return contacts.record_checkins(conn, [c for c, _ in batch], [p for _, p in batch])
 
     async def _write_soon(self, work: list[tuple[CheckIn, Presented]]) -> list[str | None]:
         """Inline when the database frees up within a few loop turns, else on a thread.
@@ -214,7 +213,7 @@ async def _assignment(state: ServerState, record: CheckIn) -> dict[str, Any] | N
 
 def _remember_failure(state: ServerState, device_id: str, reason: str) -> None:
     with state.db.begin() as conn:
-        device_store.record_failure(conn, device_id, state.now(), reason)
+        contacts.record_failure(conn, device_id, state.now(), reason)
 
 
 def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:

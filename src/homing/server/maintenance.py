@@ -173,12 +173,12 @@ def _tend(dd: DataDir, now: datetime, checkin_retention: timedelta | None) -> li
                 if (after.status, after.stage_index) != (ro.status, ro.stage_index):
                     done.append(f"rollout {ro.id} {after.status} at stage {after.stage_index + 1}")
     if checkin_retention is not None:
-        from homing.store import devices as device_store
+        from homing.store import device_contacts as contacts
 
         pruned = 0
         while True:
             with dd.database().begin() as conn:
-                count = device_store.prune_checkins(conn, now - checkin_retention, PRUNE_BATCH)
+                count = contacts.prune_checkins(conn, now - checkin_retention, PRUNE_BATCH)
             pruned += count
             if count < PRUNE_BATCH:
                 break

@@ -30,6 +30,7 @@ from homing.pki.profiles import (
 from homing.pki.proof import verify_recovery_proof
 from homing.pki.validate import verify_client_chain
 from homing.server.errors import HTTPProblem
+from homing.store import device_contacts as contacts
 from homing.store import devices as device_store
 
 __all__ = [
@@ -120,14 +121,14 @@ def verify_device_certificate(
 
 
 def refusal_problem(reason: str) -> HTTPProblem:
-    """The answer to a certificate the database refuses (``device_store.refusal``).
+    """The answer to a certificate the database refuses (``contacts.refusal``).
 
     A certificate with no record here (the site was restored from a backup
     taken before it was issued) is answered ``certificate_unknown``: the
     agent recovers by key proof, which a thief holding a CA key but no
     device key cannot pass, and the device has a recorded certificate again.
     """
-    if reason == device_store.UNKNOWN_CERTIFICATE:
+    if reason == contacts.UNKNOWN_CERTIFICATE:
         return HTTPProblem(
             401,
             "certificate_unknown",
@@ -139,11 +140,11 @@ def refusal_problem(reason: str) -> HTTPProblem:
 
 
 def standing_problem(
-    standing: device_store.Standing | None, device: VerifiedDevice
+    standing: contacts.Standing | None, device: VerifiedDevice
 ) -> HTTPProblem | None:
     """Whether a verified device may act now: enrolled, not revoked, its registered key."""
     presented = device_store.Presented(device.certificate.serial_number, device.key_spki)
-    reason = device_store.refusal(standing, presented, device.device_id)
+    reason = contacts.refusal(standing, presented, device.device_id)
     return None if reason is None else refusal_problem(reason)
 
 

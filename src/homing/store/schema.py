@@ -104,7 +104,7 @@ devices = Table(
     # device that shared its key with an earlier one before this held.
     Column("key_sha256", String(64)),
     # Where it last checked in from, and when its certificate was last seen
-    # from two places at once (homing.store.devices.CLONE_WINDOW).
+    # from two places at once (homing.store.device_contacts.CLONE_WINDOW).
     Column("last_address", String(64)),
     Column("clone_suspected_at", UTCDateTime),
     Index("ux_devices_key_sha256", "key_sha256", unique=True),
