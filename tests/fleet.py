@@ -63,6 +63,20 @@ def move_server_clock(server: RunningServer, delta: timedelta) -> None:
     server.settle()
 
 
+def roll_out(server: RunningServer, image: Path, version: str, hardware: str = "board-a") -> None:
+    """Release ``image`` and roll it out to the whole class at once (a rollout already
+    active for the class is paused first: one at a time), as the server sees it now."""
+    now = datetime.now(UTC)
+    release(server.state.dd, image, version, hardware, now)
+    for active in rollouts.list_rollouts(server.state.db):
+        if active.status == "active" and active.hardware == hardware:
+            rollouts.set_paused(server.state.db, "test", now, active.id, True)
+    rollouts.create(
+        server.state.db, "test", now, version, hardware, rollouts.RolloutPlan(stages=(100,))
+    )
+    server.settle()
+
+
 def device_context(server: RunningServer, state: DeviceState) -> ssl.SSLContext:
     context = server.client_context()
     context.load_cert_chain(state.cert_path, state.key_path)

@@ -17,7 +17,6 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,9 +24,7 @@ import pytest
 from homing.agent.agent import Agent
 from homing.agent.state import DeviceState
 from homing.agent.update import installer_for
-from homing.ceremonies.releases import release
 from homing.fsutil import atomic_write
-from homing.operations import rollouts
 from tests import fleet
 from tests.harness import RunningServer, system_tool, wait_until
 
@@ -119,7 +116,9 @@ class Rauc:
 
 
 @pytest.fixture
-def rauc(tmp_path: Path) -> Iterator[Rauc]:
+def rauc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rauc]:
+    """The device's RAUC, its bus in this process's environment (the agent's commands
+    run with it)."""
     d = tmp_path / "rauc"
     for sub in ("data", "mnt", "boot"):
         (d / sub).mkdir(parents=True)
@@ -149,6 +148,9 @@ def rauc(tmp_path: Path) -> Iterator[Rauc]:
         "DBUS_SESSION_BUS_ADDRESS": address,
         "DBUS_STARTER_BUS_TYPE": "session",
     }
+    for name, value in env.items():
+        if name.startswith("DBUS_"):
+            monkeypatch.setenv(name, value)
     device = Rauc(d, env)
     device.start("A")
     # What "reboot" is on this device: the service comes back on the primary slot.
@@ -205,24 +207,13 @@ def _device(server: RunningServer, tmp_path: Path, rauc: Rauc, health: str | Non
     return state
 
 
-def _roll_out(server: RunningServer, bundle: Path, version: str) -> None:
-    release(server.state.dd, bundle, version, "board-a", datetime.now(UTC))
-    rollouts.create(
-        server.state.db, "test", datetime.now(UTC), version, "board-a",
-        rollouts.RolloutPlan(stages=(100,)),
-    )  # fmt: skip
-    server.settle()
-
-
 def test_rauc_installs_the_verified_bundle_and_marks_the_new_slot_good(
-    server: RunningServer, tmp_path: Path, rauc: Rauc, monkeypatch: pytest.MonkeyPatch
+    server: RunningServer, tmp_path: Path, rauc: Rauc
 ) -> None:
-    for name, value in rauc.env.items():
-        monkeypatch.setenv(name, value)
     payload = os.urandom(1024 * 1024)
     bundle = _bundle(rauc, tmp_path, payload, "2.0.0")
     state = _device(server, tmp_path, rauc, health=None)
-    _roll_out(server, bundle, "2.0.0")
+    fleet.roll_out(server, bundle, "2.0.0")
     report = Agent(state, firmware_version="1.0.0").run_once()
     assert "firmware 2.0.0 committed" in report.steps, (report, rauc.log()[-2000:])
     # RAUC wrote the inactive slot, made it primary, and marked it good when booted.
@@ -233,13 +224,11 @@ def test_rauc_installs_the_verified_bundle_and_marks_the_new_slot_good(
 
 
 def test_a_failed_health_check_marks_the_rauc_slot_bad(
-    server: RunningServer, tmp_path: Path, rauc: Rauc, monkeypatch: pytest.MonkeyPatch
+    server: RunningServer, tmp_path: Path, rauc: Rauc
 ) -> None:
-    for name, value in rauc.env.items():
-        monkeypatch.setenv(name, value)
     bundle = _bundle(rauc, tmp_path, os.urandom(512 * 1024), "2.0.0")
     state = _device(server, tmp_path, rauc, health="false")
-    _roll_out(server, bundle, "2.0.0")
+    fleet.roll_out(server, bundle, "2.0.0")
     report = Agent(state, firmware_version="1.0.0").run_once()
     assert any("rolled back" in step for step in report.steps), report
     assert rauc.boot("state.B") == "bad"
@@ -247,13 +236,11 @@ def test_a_failed_health_check_marks_the_rauc_slot_bad(
 
 
 def test_a_tampered_bundle_never_reaches_rauc(
-    server: RunningServer, tmp_path: Path, rauc: Rauc, monkeypatch: pytest.MonkeyPatch
+    server: RunningServer, tmp_path: Path, rauc: Rauc
 ) -> None:
-    for name, value in rauc.env.items():
-        monkeypatch.setenv(name, value)
     bundle = _bundle(rauc, tmp_path, os.urandom(512 * 1024), "2.0.0")
     state = _device(server, tmp_path, rauc, health=None)
-    _roll_out(server, bundle, "2.0.0")
+    fleet.roll_out(server, bundle, "2.0.0")
     # The published file changes under the signed metadata (same length, other bytes).
     served = next((server.data / "repository" / "targets" / "firmware").glob("*board-a-2.0.0*"))
     data = bytearray(served.read_bytes())

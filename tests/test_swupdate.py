@@ -15,7 +15,6 @@ import hashlib
 import os
 import subprocess
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,9 +22,7 @@ import pytest
 from homing.agent.agent import Agent
 from homing.agent.state import DeviceState
 from homing.agent.update import installer_for
-from homing.ceremonies.releases import release
 from homing.fsutil import atomic_write
-from homing.operations import rollouts
 from tests import fleet
 from tests.harness import RunningServer, system_tool
 
@@ -123,18 +120,6 @@ def _device(server: RunningServer, tmp_path: Path, board: Board, health: str | N
     return state
 
 
-def _roll_out(server: RunningServer, swu: Path, version: str) -> None:
-    release(server.state.dd, swu, version, "board-a", datetime.now(UTC))
-    for ro in rollouts.list_rollouts(server.state.db):
-        if ro.status == "active":
-            rollouts.set_paused(server.state.db, "test", datetime.now(UTC), ro.id, True)
-    rollouts.create(
-        server.state.db, "test", datetime.now(UTC), version, "board-a",
-        rollouts.RolloutPlan(stages=(100,)),
-    )  # fmt: skip
-    server.settle()
-
-
 @pytest.fixture(autouse=True)
 def _own_tmpdir(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
     """SWUpdate's control sockets live in $TMPDIR: this test's own."""
@@ -146,14 +131,14 @@ def test_swupdate_writes_each_update_to_the_other_slot_and_marks_it_good(
 ) -> None:
     state = _device(server, tmp_path, board, health=None)
     first = os.urandom(512 * 1024)
-    _roll_out(server, _swu(board, tmp_path, first, "2.0.0"), "2.0.0")
+    fleet.roll_out(server, _swu(board, tmp_path, first, "2.0.0"), "2.0.0")
     report = Agent(state, firmware_version="1.0.0").run_once()
     assert "firmware 2.0.0 committed" in report.steps, report
     assert board.slot("b")[: len(first)] == first
     assert board.ustate() == "ustate=0"
     # The next release goes to the slot that is not running now: a.
     second = os.urandom(512 * 1024)
-    _roll_out(server, _swu(board, tmp_path, second, "3.0.0"), "3.0.0")
+    fleet.roll_out(server, _swu(board, tmp_path, second, "3.0.0"), "3.0.0")
     report = Agent(state, firmware_version="2.0.0").run_once()
     assert "firmware 3.0.0 committed" in report.steps, report
     assert board.slot("a")[: len(second)] == second
@@ -165,7 +150,7 @@ def test_a_failed_health_check_rolls_the_swupdate_slot_back(
     server: RunningServer, tmp_path: Path, board: Board
 ) -> None:
     state = _device(server, tmp_path, board, health="false")
-    _roll_out(server, _swu(board, tmp_path, os.urandom(256 * 1024), "2.0.0"), "2.0.0")
+    fleet.roll_out(server, _swu(board, tmp_path, os.urandom(256 * 1024), "2.0.0"), "2.0.0")
     report = Agent(state, firmware_version="1.0.0").run_once()
     assert any("rolled back" in step for step in report.steps), report
     assert board.ustate() == "ustate=3"
@@ -176,7 +161,7 @@ def test_a_tampered_swu_never_reaches_swupdate(
     server: RunningServer, tmp_path: Path, board: Board
 ) -> None:
     state = _device(server, tmp_path, board, health=None)
-    _roll_out(server, _swu(board, tmp_path, os.urandom(256 * 1024), "2.0.0"), "2.0.0")
+    fleet.roll_out(server, _swu(board, tmp_path, os.urandom(256 * 1024), "2.0.0"), "2.0.0")
     served = next((server.data / "repository" / "targets" / "firmware").glob("*board-a-2.0.0*"))
     data = bytearray(served.read_bytes())
     data[-100] ^= 0xFF
