@@ -253,3 +253,47 @@ def test_the_dead_clock_grace_is_only_for_notbefore(server: RunningServer, tmp_p
     expired = leaf.not_valid_after_utc + timedelta(seconds=1)
     with pytest.raises(ChainError):
         verify_pinned_chain(leaf, intermediates, policy, host, expired, clock_behind_floor=True)
+
+
+def test_the_resident_agent_stays_small_and_leaves_nothing_behind_over_many_cycles(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """Each cycle is a process of its own: after a dozen, the resident process is as small
+    as after one, no cycle's process is left (running or a zombie), and every cycle wrote
+    its line for the journal."""
+    import signal
+    import subprocess
+
+    from tests.harness import wait_until
+
+    state = _device(server, tmp_path)
+    journal = tmp_path / "journal.log"
+    with journal.open("wb") as out:
+        process = subprocess.Popen(
+            [homing_entry_point(), "agent", "run", "--state", str(state.root),
+             "--server", _url(server), "--interval", "0.05"],
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )  # fmt: skip
+    cycles = 12
+    try:
+        wait_until(
+            f"{cycles} cycles",
+            lambda: journal.read_text().count("next cycle in") >= cycles,
+            timeout=300,
+        )
+        assert journal.read_text().count("checked in (trust root v1") >= cycles
+        process.send_signal(signal.SIGSTOP)  # between reads, nothing may start or end
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        process.send_signal(signal.SIGCONT)
+        resident_kib = int(status.split("VmRSS:")[1].split()[0])
+        assert resident_kib < 30 * 1024, f"{resident_kib} KiB resident after {cycles} cycles"
+        # At most the cycle running now; none left over from the cycles before.
+        assert len(children) <= 1, children
+        for child in children:
+            state_line = Path(f"/proc/{child}/status").read_text().split("State:")[1]
+            assert "zombie" not in state_line, child
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)

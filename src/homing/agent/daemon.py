@@ -14,25 +14,20 @@ import argparse
 import json
 import logging
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import FrameType
 
-from homing.agent.pacing import delay_after, next_line
+from homing.agent.pacing import Outcome, cycle_forever
 
 __all__ = ["main"]
 
-log = logging.getLogger("homing.agent.runner")
-
-# Exit status of a revoked device (systemd does not restart it: RestartPreventExitStatus).
-REVOKED = 3
+log = logging.getLogger("homing.agent.runner")  # the journal's one line per cycle
 
 
-def _cycle(args: argparse.Namespace) -> dict[str, object]:
+def _cycle(args: argparse.Namespace) -> Outcome:
     """One cycle in its own process; its warnings go to this process's stderr (the journal)."""
     command = [sys.executable, "-m", "homing.agent.cycle", "--state", str(args.state)]
     if args.server:
@@ -47,10 +42,19 @@ def _cycle(args: argparse.Namespace) -> dict[str, object]:
             child.terminate()
             child.wait()
     lines = [line for line in out.splitlines() if line.startswith("{")]
-    if lines:
-        result: dict[str, object] = json.loads(lines[-1])
-        return result
-    return {"checked_in": False, "summary": f"the cycle ended with status {child.returncode}"}
+    if not lines:
+        return Outcome(False, False, None, f"the cycle ended with status {child.returncode}")
+    result = json.loads(lines[-1])
+    if "error" in result:  # the state cannot be read: no cycle will do better
+        print(f"error: {result['error']}", file=sys.stderr)
+        raise SystemExit(1)
+    retry_after = result.get("retry_after")
+    return Outcome(
+        bool(result.get("checked_in")),
+        bool(result.get("revoked")),
+        float(retry_after) if isinstance(retry_after, int | float) else None,
+        str(result.get("summary", "")),
+    )
 
 
 class _Stopping(BaseException):
@@ -76,29 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     # One line per cycle (homing.agent.pacing.next_line): what the journal keeps.
     log.setLevel(logging.INFO)
     signal.signal(signal.SIGTERM, _stop)
-    rng = random.Random()  # noqa: S311 - jitter, not a secret
-    failures = 0
     try:
-        while True:
-            result = _cycle(args)
-            if "error" in result:
-                print(f"error: {result['error']}", file=sys.stderr)
-                raise SystemExit(1)
-            if result.get("revoked"):
-                log.error("device revoked: stopping")
-                raise SystemExit(REVOKED)
-            checked_in = bool(result.get("checked_in"))
-            failures = 0 if checked_in else failures + 1
-            retry_after = result.get("retry_after")
-            delay = delay_after(
-                checked_in,
-                float(retry_after) if isinstance(retry_after, int | float) else None,
-                failures,
-                args.interval,
-                rng,
-            )
-            log.info("%s", next_line(str(result.get("summary", "")), checked_in, delay))
-            time.sleep(delay)
+        cycle_forever(lambda: _cycle(args), args.interval)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except _Stopping as stopping:

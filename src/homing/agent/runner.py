@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from homing.agent.agent import Agent
 from homing.agent.decide import CycleReport
-from homing.agent.pacing import MAX_BACKOFF, delay_after, next_delay, next_line
+from homing.agent.pacing import MAX_BACKOFF, Outcome, cycle_forever, next_delay, next_line
 
 __all__ = ["MAX_BACKOFF", "cycle_line", "cycle_summary", "next_delay", "run_forever"]
 
@@ -25,19 +25,14 @@ def run_forever(
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
 ) -> None:
-    """Cycle until revoked; ``sleep`` waits between cycles (a test's may stop the loop)."""
-    rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
-    failures = 0
-    while True:
+    """Cycle in this process until revoked (homing.agent.pacing.cycle_forever's loop)."""
+
+    def cycle() -> Outcome:
         report = agent.run_once()
-        if report.revoked:
-            log.error("device revoked: stopping")
-            raise SystemExit(3)
-        failures = 0 if report.checked_in else failures + 1
         _release_memory()
-        delay = delay_after(report.checked_in, report.retry_after, failures, interval, rng)
-        log.info("%s", cycle_line(report, delay))
-        sleep(delay)
+        return Outcome(report.checked_in, report.revoked, report.retry_after, cycle_summary(report))
+
+    cycle_forever(cycle, interval, sleep, rng)
 
 
 # What of a cycle's steps is worth a line in the journal (the rest is in `agent status`).
