@@ -656,3 +656,26 @@ def test_an_image_larger_than_the_agents_memory_installs_in_bounded_memory(
     assert (slot.root / slot.active_slot() / "image").stat().st_size == size  # type: ignore[attr-defined]
     # The agent's own footprint (about 50 MB), not the image's 300.
     assert peak_mib < 128, f"peak resident set {peak_mib:.0f} MiB for a 300 MiB image"
+
+
+def test_a_stage_keeps_its_devices_as_the_fleet_grows(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """The cutoff is fixed when a stage starts: devices enrolled afterwards may join a stage,
+    never push one out of it, however many arrive (five waves of ten)."""
+    for i in range(4):
+        _device(server, tmp_path, f"first-{i}")
+    release(server.state.dd, _image(tmp_path), "2.0.0", "board-a", datetime.now(UTC))
+    rollout_id = _rollout(server, stages=(10, 100))
+    with server.state.db.engine.connect() as conn:
+        ro = firmware.rollout(conn, rollout_id)
+        before = set(firmware.stage_counts(conn, ro, datetime.now(UTC))["devices"])
+    assert len(before) == 1  # 10 % of four, rounded up
+    for wave in range(5):
+        for i in range(10):
+            _device(server, tmp_path, f"later-{wave}-{i}")
+        with server.state.db.engine.connect() as conn:
+            now_in = set(firmware.stage_counts(conn, ro, datetime.now(UTC))["devices"])
+        assert before <= now_in, (wave, before, now_in)
+        assert all(firmware.bucket(d, rollout_id) < ro.threshold for d in now_in)
+        before = now_in
