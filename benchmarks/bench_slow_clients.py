@@ -8,8 +8,9 @@ devices check in back to back, each on a new mutual-TLS connection; their
 rate and p99 latency are measured without and with the attack, against
 ``homing serve --workers 2`` (default limits: the head cut at 15 s) and
 against nginx (2 workers, the same certificates and TLS profile, its
-default ``client_header_timeout`` of 60 s, answering a static body). Load
-generator and attacker are one asyncio process each, on the same two cores.
+default ``client_header_timeout`` of 60 s, answering a static body). The
+honest devices come from the C load generator (``storm_client.c``), the
+attack from one asyncio process, on the same two cores.
 """
 
 from __future__ import annotations
@@ -43,10 +44,8 @@ def _attack(port: int, ca: Path, count: int, seconds: float, work: Path) -> Iter
     plan.write_text(
         json.dumps(
             {
-                "mode": "slowloris",
                 "port": port,
                 "ca": str(ca),
-                "devices": [],
                 "connections": count,
                 "seconds": seconds,
                 "drip": 10,
@@ -54,7 +53,7 @@ def _attack(port: int, ca: Path, count: int, seconds: float, work: Path) -> Iter
         )
     )
     attacker = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks._storm_client", str(plan)],
+        [sys.executable, "-m", "benchmarks._slowloris", str(plan)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -6,7 +6,11 @@
 # curl (the EST recipe and the server unit's readiness probe), mosquitto and
 # its clients (a device application's MQTT through homing's trust), tinyproxy
 # (a site's egress proxy the agent tunnels through), RAUC with mksquashfs for its
-# bundles and a D-Bus daemon for its service, and SWUpdate (A/B updaters).
+# bundles and a D-Bus daemon for its service, and SWUpdate (A/B updaters);
+# a C compiler and OpenSSL's headers build the storm benchmark's load
+# generator (benchmarks/storm_client.c) and its test; a software TPM (swtpm),
+# its resource manager (tpm2-abrmd) and OpenSSL's tpm2 provider hold a device
+# key in a TPM; faketime runs the installed agent months ahead.
 # Installs what is missing when run as root with apt; otherwise names what is
 # missing and fails, because the tests that drive them never skip.
 set -euo pipefail
@@ -28,10 +32,24 @@ declare -A package_of=(
     [dbus-daemon]=dbus-daemon
     [swupdate]=swupdate
     [cpio]=cpio
+    [cc]=gcc
+    [swtpm]=swtpm
+    [swtpm_setup]=swtpm-tools
+    [tpm2-abrmd]=tpm2-abrmd
+    [faketime]=faketime
+)
+# Packages known by a file rather than a command (a shell pattern).
+declare -A package_with=(
+    [/usr/include/openssl/ssl.h]=libssl-dev
+    ['/usr/lib/*/ossl-modules/tpm2.so']=tpm2-openssl
+    ['/usr/lib/*/libtss2-tcti-tabrmd.so.0']=libtss2-tcti-tabrmd0
 )
 missing=()
 for tool in "${!package_of[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("${package_of[$tool]}")
+done
+for pattern in "${!package_with[@]}"; do
+    compgen -G "$pattern" >/dev/null || missing+=("${package_with[$pattern]}")
 done
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -311,6 +311,10 @@ class ConnectionGuard:
 CONNECTIONS: web.AppKey[ConnectionGuard] = web.AppKey("connections", ConnectionGuard)
 
 
+# Connections taken from the kernel's queue in one go, past the one awaited.
+_ACCEPT_BATCH = 256
+
+
 class _Listener:
     """Accepts connections itself, so that past capacity it can turn them away cheaply.
 
@@ -359,16 +363,32 @@ class _Listener:
             if self._out_of_descriptors:
                 self._out_of_descriptors = False
                 log.warning("accepting connections again")
-            if self._handshakes >= limit:
-                self._shed(conn)
-                continue
-            if self._shedding and self._handshakes < limit // 2:
-                self._shedding = False
-                log.warning("handshakes below their bound again: new connections are taken")
-            self._handshakes += 1
-            task = loop.create_task(self._connect(conn))
-            self._connecting.add(task)
-            task.add_done_callback(self._connecting.discard)
+            self._take(conn, limit)
+            # Empty the kernel's queue while here: under load the loop comes back to
+            # this task seldom, and a connection left queued ages past its client's
+            # patience (then its handshake is work for nobody).
+            for _ in range(_ACCEPT_BATCH):
+                try:
+                    conn, _ = self._sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break  # out of descriptors: the awaited accept above says so
+                self._take(conn, limit)
+
+    def _take(self, conn: socket.socket, limit: int) -> None:
+        """Start a handshake for a new connection, or reset it at the bound."""
+        if self._handshakes >= limit:
+            self._shed(conn)
+            return
+        if self._shedding and self._handshakes < limit // 2:
+            self._shedding = False
+            log.warning("handshakes below their bound again: new connections are taken")
+        self._handshakes += 1
+        conn.setblocking(False)
+        task = asyncio.get_running_loop().create_task(self._connect(conn))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
 
     def _shed(self, conn: socket.socket) -> None:
         """Reset a connection the worker has no handshake to spare for."""
