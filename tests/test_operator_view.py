@@ -408,3 +408,31 @@ def test_the_agent_unit_runs_as_its_own_user_and_scores_at_most_3(tmp_path: Path
     found = re.search(r"Overall exposure level for homing-agent\.service: ([0-9.]+)", scored.stdout)
     assert found is not None, scored.stdout + scored.stderr
     assert float(found[1]) <= 3.0, scored.stdout
+
+
+def test_the_agent_units_tpm_drop_in_opens_the_tpm_and_nothing_more(tmp_path: Path) -> None:
+    """With the TPM drop-in (deploy/systemd/homing-agent.service.d/tpm2.conf) merged, as
+    systemd merges it, the agent reaches /dev/tpmrm0 only, its OpenSSL configuration is
+    the shipped one, and the unit still scores at most 3.0."""
+    import re
+
+    analyze = _tool("systemd-analyze")
+    unit = ROOT / "deploy" / "systemd" / "homing-agent.service"
+    drop_in = ROOT / "deploy" / "systemd" / "homing-agent.service.d" / "tpm2.conf"
+    text = drop_in.read_text()
+    assert re.findall(r"^DeviceAllow=(.*)$", text, re.M) == ["/dev/tpmrm0 rw"]
+    assert re.search(r"^DevicePolicy=closed$", text, re.M)
+    conf = re.search(r"^Environment=OPENSSL_CONF=/opt/homing/(\S+)$", text, re.M)
+    assert conf is not None
+    assert (ROOT / conf[1]).is_file()
+    merged = tmp_path / "homing-agent.service"
+    merged.write_text(unit.read_text() + "\n" + text)
+    scored = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", str(merged)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for homing-agent\.service: ([0-9.]+)", scored.stdout)
+    assert found is not None, scored.stdout + scored.stderr
+    assert float(found[1]) <= 3.0, scored.stdout

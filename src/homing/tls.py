@@ -187,5 +187,20 @@ def client_context(
         try:
             context.load_cert_chain(cert_file, key_file, password=key_password)
         except (ssl.SSLError, OSError) as e:
+            if key_file is not None and _held_by_a_tpm(key_file):
+                raise ConfigError(
+                    f"the device key {key_file} is held by the TPM, and this process's OpenSSL "
+                    "cannot use it: start the agent with OPENSSL_CONF naming a configuration "
+                    "that activates the tpm2 provider (deploy/openssl-tpm2.cnf; docs/agent.md)"
+                ) from e
             raise ConfigError(f"cannot load the device certificate {cert_file}: {e}") from e
     return context
+
+
+def _held_by_a_tpm(key_file: str | Path) -> bool:
+    """Whether ``key_file`` is a TPM's wrapped key blob (OpenSSL's tpm2 provider reads it)."""
+    try:
+        with open(key_file, "rb") as f:
+            return f.read(40).startswith(b"-----BEGIN TSS2 PRIVATE KEY-----")
+    except OSError:
+        return False

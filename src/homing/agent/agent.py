@@ -57,7 +57,6 @@ from homing.errors import (
     TransportError,
     UntrustedTimeError,
 )
-from homing.pki.profiles import device_csr
 from homing.pki.proof import sign_recovery_proof
 from homing.trust.client import DirectoryFetcher, TrustState, refresh_trust
 from homing.trust.pins import PinPolicy
@@ -253,7 +252,7 @@ class Agent(HomeTimeSteps):
     # -- certificate ---------------------------------------------------------
 
     def _csr(self) -> bytes:
-        return device_csr(self.state.key(), self.config.device_id)
+        return self.state.device_key().csr(self.config.device_id)
 
     def renew(self, client: HomeClient) -> None:
         """EST simplereenroll (RFC 7030 4.2.2) with the same key, over pinned mTLS."""
@@ -280,7 +279,7 @@ class Agent(HomeTimeSteps):
         if not isinstance(nonce, str) or len(nonce) != 64:
             raise TransportError("the recovery challenge answer has no valid 'nonce'")
         csr = self._csr()
-        proof = sign_recovery_proof(self.state.key(), nonce, csr)
+        proof = sign_recovery_proof(self.state.device_key(), nonce, csr)
         answer = client.post_json(
             "/v1/recover",
             {
@@ -302,7 +301,7 @@ class Agent(HomeTimeSteps):
         self._save_certificate(cert)
 
     def _save_certificate(self, cert: x509.Certificate) -> None:
-        if cert.public_key() != self.state.key().public_key():
+        if cert.public_key() != self.state.device_key().public_key():
             raise TransportError("the server returned a certificate for another key")
         self.state.save_certificate([cert])
 

@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives import serialization
 
 from homing.agent.agent import Agent, CycleReport, pkcs7_leaf
 from homing.agent.client import HomeClient
+from homing.agent.device_key import KEY_STORES
 from homing.agent.state import DeviceConfig, DeviceState
 from homing.errors import ConfigError, PolicyError, TransportError
 from homing.pki.idevid import device_id_of
-from homing.pki.keys import generate_tls_key
 from homing.pki.profiles import device_uri
 
 __all__ = ["enroll", "idevid_device_id", "new_device_id"]
@@ -55,6 +55,7 @@ def enroll(
     device_id: str | None = None,
     hardware: str | None = None,
     idevid: tuple[Path, Path] | None = None,
+    key_store: str = "file",
 ) -> DeviceState:
     """Create a device state and enroll it over EST ``simpleenroll``.
 
@@ -63,8 +64,11 @@ def enroll(
     where it has none, by the factory station's ``NAME:SECRET``. Trust comes
     from ``root_metadata`` (the root the factory gives every device); the
     EST request goes over a connection pinned with the pin policy that root
-    leads to.
+    leads to. ``key_store``: where the new key is made and kept, ``file`` or
+    ``tpm2`` (homing.agent.device_key).
     """
+    if key_store not in KEY_STORES:
+        raise ConfigError(f"--key-store must be one of {', '.join(KEY_STORES)}, not {key_store!r}")
     if (factory is None) == (idevid is None):
         raise ConfigError("enroll with a manufacturer certificate or a factory secret: one")
     headers: dict[str, str] = {}
@@ -91,7 +95,9 @@ def enroll(
     staging = state_dir.parent / f".{state_dir.name}.enrolling"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _enroll_into(staging, server, headers, root_metadata, now, device_id, hardware, idevid)
+        _enroll_into(
+            staging, server, headers, root_metadata, now, device_id, hardware, idevid, key_store
+        )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -131,16 +137,21 @@ def _enroll_into(
     device_id: str,
     hardware: str | None,
     idevid: tuple[Path, Path] | None,
+    key_store: str,
 ) -> None:
-    key = generate_tls_key()
     state = DeviceState.create(
         state_dir,
         DeviceConfig(
-            device_id=device_id, hardware=hardware, released_at=now.isoformat(), server=server
+            device_id=device_id,
+            hardware=hardware,
+            released_at=now.isoformat(),
+            server=server,
+            key_store=key_store,
         ),
-        key,
+        None,  # made here, where key_store says: the key never leaves the device
         root_metadata,
     )
+    key = state.device_key()
     agent = Agent(state, server=server)
     policy = agent.refresh_trust(now, CycleReport()).pin_policy
     client = agent.client(policy, now)

@@ -8,8 +8,9 @@ device application needs to reach home with any TLS stack:
   endpoints, its MQTT brokers (homing.trust.services), and the SHA-256 of the
   pin policy they come from (its version);
 - ``cert.pem``: the device certificate chain;
-- ``key``: where the device key is (``file:/path``; a PKCS#11 URI once the
-  key lives in hardware).
+- ``key``: where the device key is: ``file:/path`` (a PEM key file), or
+  ``tpm2:/path`` (the TPM's wrapped blob, usable through OpenSSL's tpm2
+  provider with ``OPENSSL_CONF`` set as for the agent; docs/agent.md).
 
 They are written into a new directory and ``current`` (a symbolic link) is
 swapped to it in one rename, so a reader sees the old set or the new one,
@@ -63,7 +64,7 @@ def _contents(state: DeviceState, policy: PinPolicy) -> dict[str, bytes]:
         "ca-bundle.pem": bundle,
         "pins.json": json.dumps(pins, indent=2).encode() + b"\n",
         "cert.pem": chain,
-        "key": f"file:{state.key_path.resolve()}\n".encode(),
+        "key": f"{state.config().key_store}:{state.key_path.resolve()}\n".encode(),
     }
 
 

@@ -4,8 +4,8 @@ Layout::
 
     STATE/device.json      identity and settings (device id, hardware class,
                            release time, optional server override)
-    STATE/key.pem          the device key (file store; a PKCS#11 store can
-                           replace it behind homing.pki.keystore.KeyStore)
+    STATE/key.pem          the device key (PKCS#8), or with key_store "tpm2" the
+                           TPM's wrapped blob of a key that never leaves it
     STATE/cert.pem         the device certificate and its issuing CA
     STATE/factory-root.json  the root metadata the device left the factory with
     STATE/trust/           python-tuf's trusted metadata (newest verified root,
@@ -29,9 +29,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from homing.errors import ConfigError
+from homing.agent.device_key import DeviceKey, SoftwareKey, create_key, load_key
+from homing.errors import ConfigError, KeyStoreError
 from homing.fsutil import atomic_write
-from homing.pki.keystore import load_private_key_pem
 
 __all__ = ["DeviceConfig", "DeviceState"]
 
@@ -61,6 +61,9 @@ class DeviceConfig:
     # do their own TLS, and run this command when it changes (homing.agent.exports).
     export_dir: str | None = None
     export_hook: str | None = None
+    # Where the device key is: "file" (key.pem, PKCS#8) or "tpm2" (key.pem is the
+    # TPM's wrapped blob; the key never leaves the TPM: homing.agent.device_key).
+    key_store: str = "file"
 
     def to_json(self) -> bytes:
         return json.dumps({"schema": SCHEMA, **asdict(self)}, indent=2).encode() + b"\n"
@@ -84,22 +87,28 @@ class DeviceState:
         cls,
         root: Path,
         config: DeviceConfig,
-        key: ec.EllipticCurvePrivateKey,
+        key: ec.EllipticCurvePrivateKey | None,
         factory_root: bytes,
     ) -> DeviceState:
+        """A new device state; ``key`` None: a new key made where ``config.key_store`` says."""
         if root.exists() and any(root.iterdir()):
             raise ConfigError(f"{root} already holds a device state")
         state = cls(root)
         root.mkdir(parents=True, exist_ok=True)
-        atomic_write(
-            state.key_path,
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-            mode=0o600,
-        )
+        if key is None:
+            create_key(config.key_store, state.key_path)
+        elif config.key_store != "file":
+            raise ConfigError("a key made off the device can only be kept in a file")
+        else:
+            atomic_write(
+                state.key_path,
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ),
+                mode=0o600,
+            )
         atomic_write(state.factory_root_path, factory_root)
         state.trust_dir.mkdir(exist_ok=True)
         atomic_write(state.config_path, config.to_json())
@@ -124,15 +133,16 @@ class DeviceState:
     def save_config(self, config: DeviceConfig) -> None:
         atomic_write(self.config_path, config.to_json())
 
+    def device_key(self) -> DeviceKey:
+        """The device key, wherever it is kept (homing.agent.device_key)."""
+        return load_key(self.config().key_store, self.key_path)
+
     def key(self) -> ec.EllipticCurvePrivateKey:
-        try:
-            data = self.key_path.read_bytes()
-        except OSError as e:
-            raise ConfigError(f"cannot read the device key: {e.strerror}") from e
-        key = load_private_key_pem(data, None, str(self.key_path))
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ConfigError("the device key must be an ECDSA key")
-        return key
+        """The device key itself, for a key kept in a file (a TPM never gives it out)."""
+        key = self.device_key()
+        if not isinstance(key, SoftwareKey):
+            raise KeyStoreError("the device key is held by the TPM and cannot be read out")
+        return key.private
 
     def certificate(self) -> x509.Certificate | None:
         try:

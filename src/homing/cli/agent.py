@@ -60,6 +60,14 @@ _state_option = click.option(
 )
 @click.option("--id", "device_id", help="Device id (default: random).")
 @click.option("--hardware", help="Hardware class of the device.")
+@click.option(
+    "--key-store",
+    type=click.Choice(["file", "tpm2"]),
+    default="file",
+    show_default=True,
+    help="Where the device key is made and kept: a file in the state directory, or "
+    "inside the TPM 2.0 (OpenSSL's tpm2 provider; docs/agent.md).",
+)
 def agent_enroll(
     state_dir: Path,
     server: str,
@@ -69,6 +77,7 @@ def agent_enroll(
     root_file: Path,
     device_id: str | None,
     hardware: str | None,
+    key_store: str,
 ) -> None:
     """Online: make the key on the device and enroll over EST.
 
@@ -95,6 +104,7 @@ def agent_enroll(
         device_id=device_id,
         hardware=hardware,
         idevid=idevid,
+        key_store=key_store,
     )
     out.print(f"device {state.config().device_id!r} enrolled with {server}")
 

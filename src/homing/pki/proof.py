@@ -3,10 +3,13 @@
 The signed message binds a context string, the nonce and the exact CSR the
 device submits, so a proof cannot be replayed for another request or reused
 in another protocol. The signature is plain ECDSA with SHA-256 from
-cryptography; homing defines only what is signed.
+cryptography (or the TPM that holds the device key, through OpenSSL's
+provider); homing defines only what is signed.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,7 +26,13 @@ def proof_message(nonce: str, csr_der: bytes) -> bytes:
     return _CONTEXT + nonce.encode("ascii") + b"\x00" + csr_der
 
 
-def sign_recovery_proof(key: ec.EllipticCurvePrivateKey, nonce: str, csr_der: bytes) -> bytes:
+class ProofSigner(Protocol):
+    """An ECDSA key that signs: a ``cryptography`` key, or one a TPM holds."""
+
+    def sign(self, data: bytes, signature_algorithm: ec.ECDSA, /) -> bytes: ...
+
+
+def sign_recovery_proof(key: ProofSigner, nonce: str, csr_der: bytes) -> bytes:
     return key.sign(proof_message(nonce, csr_der), ec.ECDSA(hashes.SHA256()))
 
 
