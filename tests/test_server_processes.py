@@ -319,3 +319,49 @@ def test_serve_takes_its_rate_limits_from_the_command_line(
         ]
         assert [status for status, _ in statuses] == [200, 200, 429]
         assert json.loads(statuses[2][1])["error"] == "too_often"
+
+
+def _get_healthz(
+    port: int, context: ssl.SSLContext, session: ssl.SSLSession | None
+) -> tuple[int, bool, ssl.SSLSession | None]:
+    """One /healthz on a new connection offering ``session``: (worker, resumed, new session)."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
+    ):
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        return int(json.loads(body)["worker"]), tls.session_reused, tls.session
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_session_resumes_on_either_worker(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every worker seals tickets with the site's key of the day, so a device's next
+    connection resumes whichever worker it lands on (without it: only on the same one)."""
+    monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
+    data = tmp_path / "data"
+    ceremonies.init(data, datetime.now(UTC))
+    port = _free_port()
+    context = _context(data)
+    with _serve(data, port, db_url, workers=2):
+        _, _, session = _get_healthz(port, context, None)
+        resumed_on: set[int] = set()
+        full = 0
+        deadline = time.monotonic() + 60
+        while len(resumed_on) < 2 and time.monotonic() < deadline:
+            worker, resumed, session = _get_healthz(port, context, session)
+            if resumed:
+                resumed_on.add(worker)
+            else:
+                full += 1
+    assert len(resumed_on) == 2, resumed_on
+    assert full == 0
+    secret = data / "keys" / "session-tickets.secret"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert len(secret.read_bytes()) == 32

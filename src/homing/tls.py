@@ -24,7 +24,7 @@ from pathlib import Path
 
 from homing.errors import ConfigError
 
-__all__ = ["GROUPS", "TLS12_CIPHERS", "client_context", "server_context"]
+__all__ = ["GROUPS", "TLS12_CIPHERS", "client_context", "server_context", "set_ticket_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ TLS12_CIPHERS = ":".join(
 )
 GROUPS = b"X25519:P-256"
 _SSL_CTRL_SET_GROUPS_LIST = 92
+_SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
 _SSL_CTRL_OPTIONS = 32
 _NO_CHECK_TIME = 0x200000
 
@@ -79,6 +80,33 @@ def _set_groups(context: ssl.SSLContext) -> None:
     # Fallback: P-256 alone is still inside the policy, only without X25519.
     log.warning("cannot set TLS groups to X25519:P-256 here; using P-256 only")
     context.set_ecdh_curve("prime256v1")
+
+
+def set_ticket_keys(context: ssl.SSLContext, keys: bytes, lifetime: int) -> bool:
+    """Seal this server context's session tickets with ``keys`` (80 bytes: name, HMAC key,
+    AES key) and accept a session for ``lifetime`` seconds; False where it cannot.
+
+    Python's ssl has no call for either; the contexts of several workers must
+    share the key for a device to resume wherever its connection lands.
+    """
+    if len(keys) != 80:
+        raise ValueError("ticket keys are 80 bytes")
+    pointer = _ssl_ctx_pointer(context)
+    if pointer is None:
+        return False
+    lib = ctypes.CDLL(_ssl.__file__)
+    lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    lib.SSL_CTX_ctrl.restype = ctypes.c_long
+    buffer = ctypes.create_string_buffer(keys, 80)
+    if lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, 80, buffer) != 1:
+        return False
+    set_timeout = getattr(lib, "SSL_CTX_set_timeout", None)
+    if set_timeout is None:
+        return False
+    set_timeout.argtypes = [ctypes.c_void_p, ctypes.c_long]
+    set_timeout.restype = ctypes.c_long
+    set_timeout(pointer, lifetime)
+    return True
 
 
 # OpenSSL's verify callback: int (*)(int preverify_ok, X509_STORE_CTX *ctx).

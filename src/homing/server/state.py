@@ -29,6 +29,7 @@ from homing.pki.profiles import Profile, device_profile
 from homing.server.availability import DatabaseAvailability
 from homing.server.config import ServerConfig
 from homing.server.rules import DeviceTrust
+from homing.server.session_tickets import SessionTickets
 from homing.site import Settings
 from homing.site.datadir import DISTRUSTED_DEVICE_CAS
 from homing.site.ledger import DatabaseLedger
@@ -103,6 +104,9 @@ class ServerState:
         # Whether the database answered last time (homing.server.availability).
         self.database = DatabaseAvailability()
         self.ssl_context = self._build_tls()
+        # Every worker seals session tickets with the day's shared key.
+        self.session_tickets = SessionTickets(self.dd.keys_dir)
+        self.session_tickets.apply(self.ssl_context, self.now())
         self._load_device_ca()
         self._record_published_pins()
 
@@ -208,6 +212,7 @@ class ServerState:
 
     def reload_if_changed(self) -> bool:
         """Pick up a renewed server certificate or rotated device CA; True if anything changed."""
+        self.session_tickets.apply(self.ssl_context, self.now())
         marks = {name: _mtime(path) for name, path in self._watched().items()}
         if marks == self._file_marks:
             return False

@@ -1,0 +1,95 @@
+"""TLS session tickets that every worker and replica opens: keys derived from one secret, daily.
+
+A device that wakes, checks in and sleeps pays a full handshake each time
+unless it resumes its last session. With TLS 1.3 the server keeps nothing
+per session: it hands the device a ticket sealed with its ticket key and
+opens it when the device comes back. Each worker has its own OpenSSL
+context, and by default its own random ticket key, so a device whose next
+connection lands on another worker (or another replica behind the same
+name) would get a full handshake anyway. Here every worker derives the
+ticket key from one secret of the site (``DATA/keys/session-tickets.secret``,
+made once, 0600, copied with the data directory to replicas) and the day
+(UTC): the same key everywhere, a new one every day, so a ticket opens at
+most until the day changes and no ticket key lives longer than a day.
+
+Resumption never skips a check that matters: TLS 1.3 resumption here still
+runs an (EC)DHE exchange (forward secrecy), and the application checks the
+device's certificate (chain, standing, revocation) on every request,
+resumed or not (homing.server.auth).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from homing import tls
+from homing.errors import ConfigError
+
+__all__ = ["SESSION_LIFETIME", "SessionTickets", "ticket_keys"]
+
+log = logging.getLogger(__name__)
+
+TICKET_SECRET_NAME = "session-tickets.secret"  # noqa: S105 (a file name)
+# A ticket is accepted for a day at most (and never past the day its key was made for).
+SESSION_LIFETIME = 24 * 3600
+
+
+def ticket_keys(secret: bytes, when: datetime) -> bytes:
+    """The 80 bytes OpenSSL seals tickets with on ``when``'s day (name, HMAC and AES keys)."""
+    day = when.astimezone(UTC).date().isoformat()
+    return HKDF(
+        algorithm=hashes.SHA256(), length=80, salt=None, info=b"homing tls tickets " + day.encode()
+    ).derive(secret)
+
+
+def _secret(keys_dir: Path) -> bytes:
+    """The site's ticket secret, made by the first worker that needs it."""
+    path = keys_dir / TICKET_SECRET_NAME
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.write(fd, os.urandom(32))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    try:
+        secret = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read the session ticket secret {path}: {e.strerror}") from e
+    if len(secret) != 32:
+        # Another worker is between creating and writing it: its bytes arrive next.
+        raise ConfigError(f"the session ticket secret {path} is not 32 bytes")
+    return secret
+
+
+class SessionTickets:
+    """Keeps a server context's ticket key the day's key."""
+
+    def __init__(self, keys_dir: Path) -> None:
+        self.keys_dir = keys_dir
+        self._day: str | None = None
+
+    def apply(self, context: ssl.SSLContext, now: datetime) -> None:
+        """Set the day's key on ``context`` if it does not hold it yet."""
+        day = now.astimezone(UTC).date().isoformat()
+        if day == self._day:
+            return
+        try:
+            keys = ticket_keys(_secret(self.keys_dir), now)
+        except ConfigError as e:
+            log.warning("sessions resume on this worker only: %s", e)
+            return
+        if not tls.set_ticket_keys(context, keys, SESSION_LIFETIME):
+            log.warning("sessions resume on this worker only: its TLS library takes no ticket key")
+            return
+        self._day = day

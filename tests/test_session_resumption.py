@@ -1,0 +1,94 @@
+"""A resumed TLS session is a shortcut for the handshake, never for a check.
+
+The home server hands out TLS 1.3 session tickets (sealed with the site's key
+of the day: homing.server.session_tickets). A device that resumes skips the
+certificate exchange, so these attack the shortcut: a device revoked since
+its last session, and a ticket presented on another day.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from homing.server.session_tickets import ticket_keys
+from homing.store import devices as device_store
+from tests.harness import DeviceCredentials, RunningServer
+
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+_BODY = json.dumps({"firmware_version": "1.0", "trust": {"root": 1}}).encode()
+
+
+def _check_in(
+    server: RunningServer, context: ssl.SSLContext, session: ssl.SSLSession | None
+) -> tuple[int, bool, ssl.SSLSession | None]:
+    """One check-in on a new connection offering ``session``: (status, resumed, new session)."""
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
+    ):
+        tls.sendall(
+            b"POST /v1/device/checkin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: "
+            + str(len(_BODY)).encode()
+            + b"\r\n\r\n"
+            + _BODY
+        )
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+        return int(answer.split(b" ", 2)[1]), tls.session_reused, tls.session
+
+
+def _device_context(server: RunningServer, device: DeviceCredentials) -> ssl.SSLContext:
+    context = server.client_context(device)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    return context
+
+
+@sqlite_only
+def test_a_device_revoked_since_its_last_session_is_refused_on_resumption(
+    server: RunningServer, factory: tuple[str, str], tmp_path: Path
+) -> None:
+    device = server.enroll("dev-resume", factory, tmp_path)
+    context = _device_context(server, device)
+    status, resumed, session = _check_in(server, context, None)
+    assert (status, resumed) == (200, False)
+    status, resumed, session = _check_in(server, context, session)
+    assert (status, resumed) == (200, True)  # the shortcut works for a device in good standing
+
+    with server.state.db.begin() as conn:
+        device_store.revoke_device(conn, "dev-resume", datetime.now(UTC), "key_compromise")
+    status, resumed, _ = _check_in(server, context, session)
+    assert resumed  # the handshake was skipped ...
+    assert status in (401, 403)  # ... and the revocation still holds
+
+
+@sqlite_only
+def test_a_ticket_from_another_day_is_not_resumed(
+    server: RunningServer, factory: tuple[str, str], tmp_path: Path
+) -> None:
+    device = server.enroll("dev-day", factory, tmp_path)
+    context = _device_context(server, device)
+    _, _, session = _check_in(server, context, None)
+    # The day turns: every worker moves to the next day's key at its next reload.
+    server.clock.advance(timedelta(days=1))
+    server.state.reload_if_changed()
+    status, resumed, _ = _check_in(server, context, session)
+    assert status == 200
+    assert not resumed
+
+
+def test_the_keys_are_one_per_day_and_the_same_for_every_worker() -> None:
+    secret = bytes(range(32))
+    monday = datetime(2026, 12, 7, 0, 0, tzinfo=UTC)
+    assert ticket_keys(secret, monday) == ticket_keys(secret, monday + timedelta(hours=23))
+    assert ticket_keys(secret, monday) != ticket_keys(secret, monday + timedelta(days=1))
+    assert ticket_keys(secret, monday) != ticket_keys(bytes(32), monday)
+    assert len(ticket_keys(secret, monday)) == 80
