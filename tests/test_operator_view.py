@@ -314,7 +314,7 @@ def test_alert_rules_name_only_gauges_the_server_exports(server: RunningServer) 
 def test_systemd_units_verify(tmp_path: Path) -> None:
     analyze = _tool("systemd-analyze")
     entry = shutil.which("homing") or str(Path(__import__("sys").executable).with_name("homing"))
-    units = sorted((ROOT / "deploy" / "systemd").glob("homing-*"))
+    units = sorted(u for u in (ROOT / "deploy" / "systemd").glob("homing-*") if u.is_file())
     assert {u.name for u in units} >= {
         "homing-serve.service",
         "homing-agent.service",
