@@ -25,6 +25,7 @@ from pathlib import Path
 from cryptography import x509
 
 from homing.agent.egress import egress_for
+from homing.agent.resumption import SESSIONS, SessionKey
 from homing.config import Limits
 from homing.errors import ChainError, ConfigError, TransportError
 from homing.pki.validate import (
@@ -37,6 +38,7 @@ from homing.tls import client_context
 from homing.trust.pins import PinPolicy
 
 __all__ = [
+    "SESSIONS",
     "Endpoint",
     "PinnedConnection",
     "check_server_url",
@@ -76,7 +78,8 @@ def _peer_chain(tls: ssl.SSLSocket) -> list[bytes]:
     sslobj = getattr(tls, "_sslobj", None)
     get_chain = getattr(sslobj, "get_unverified_chain", None)
     if get_chain is not None:  # CPython >= 3.10 (public from 3.13)
-        return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in get_chain()]  # type: ignore[attr-defined]
+        chain = get_chain() or []
+        return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain]  # type: ignore[attr-defined]
     leaf = tls.getpeercert(binary_form=True)
     return [leaf] if leaf else []
 
@@ -95,10 +98,26 @@ class PinnedConnection(http.client.HTTPSConnection):
         limits: Limits | None = None,
         clock_behind_floor: bool = False,
     ) -> None:
-        context = client_context(
-            cert_file=client_cert[0] if client_cert else None,
-            key_file=client_cert[1] if client_cert else None,
-        )
+        def make_context() -> ssl.SSLContext:
+            return client_context(
+                cert_file=client_cert[0] if client_cert else None,
+                key_file=client_cert[1] if client_cert else None,
+            )
+
+        # Pinned connections resume the last session to the same home under the same
+        # pins and certificate (homing.agent.resumption); the bootstrap channel never.
+        self._session_key: SessionKey | None = None
+        self._offered: ssl.SSLSession | None = None
+        self._offered_chain: list[bytes] = []
+        if policy is not None:
+            self._session_key = SESSIONS.key(
+                endpoint.host, endpoint.port, policy.to_bytes(), client_cert
+            )
+            context, self._offered, self._offered_chain = SESSIONS.offer(
+                self._session_key, make_context
+            )
+        else:
+            context = make_context()
         super().__init__(endpoint.host, endpoint.port, timeout=timeout, context=context)
         self.endpoint = endpoint
         self.policy = policy
@@ -107,6 +126,8 @@ class PinnedConnection(http.client.HTTPSConnection):
         self.clock_behind_floor = clock_behind_floor
         self._tls_context = context
         self.verified_chain: list[x509.Certificate] = []
+        self.resumed = False
+        self._presented: list[bytes] = []
 
     def connect(self) -> None:
         proxy = egress_for(self.host)
@@ -119,7 +140,9 @@ class PinnedConnection(http.client.HTTPSConnection):
                 raise TransportError(f"cannot reach {self.host}:{self.port}: {e}") from e
         try:
             server_name = None if self.endpoint.is_ip else self.host
-            tls = self._tls_context.wrap_socket(raw, server_hostname=server_name)
+            tls = self._tls_context.wrap_socket(
+                raw, server_hostname=server_name, session=self._offered
+            )
         except (ssl.SSLError, OSError) as e:
             raw.close()
             raise TransportError(f"TLS handshake with {self.host}:{self.port} failed: {e}") from e
@@ -136,11 +159,24 @@ class PinnedConnection(http.client.HTTPSConnection):
                         "TLS is refused; let it pass the tunnel through)"
                     ) from e
                 raise
+            except BaseException:
+                tls.close()  # nothing is sent over a connection whose check did not finish
+                raise
+        self.resumed = bool(tls.session_reused)
         self.sock = tls
+
+    def close(self) -> None:
+        """Keep the session (its ticket has come by now) for the next connection home."""
+        tls = self.sock
+        if self._session_key is not None and isinstance(tls, ssl.SSLSocket) and self.verified_chain:
+            SESSIONS.remember(self._session_key, self._tls_context, tls.session, self._presented)
+        super().close()
 
     def _check(self, tls: ssl.SSLSocket) -> None:
         assert self.policy is not None
-        ders = _peer_chain(tls)
+        # A resumed session carries no chain: the one presented when it began is checked
+        # again (the session proves the same server; the pins and dates are checked now).
+        ders = self._offered_chain if tls.session_reused else _peer_chain(tls)
         if not ders:
             raise ChainError("the server presented no certificate")
         leaf = load_certificate(ders[0], self.limits)
@@ -155,6 +191,7 @@ class PinnedConnection(http.client.HTTPSConnection):
             clock_behind_floor=self.clock_behind_floor,
         )
         self.verified_chain = list(chain.chain)
+        self._presented = ders
 
 
 def verify_pinned_chain(

@@ -1,0 +1,143 @@
+"""The agent resumes its TLS session home, and a resumed session never skips a check.
+
+Real server on loopback, real agent connections (homing.agent.transport):
+the second connection of a cycle resumes; a change of pins or of the device
+certificate starts a full handshake; a session offered to a server that
+is not home (another CA's certificate) buys nothing: the handshake is full
+and the pins refuse it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from homing.agent.agent import Agent, CycleReport
+from homing.agent.resumption import SESSIONS, Sessions
+from homing.agent.state import DeviceState
+from homing.agent.transport import open_connection
+from homing.errors import ChainError
+from homing.operations.provisioning import provision
+from homing.trust.pins import PinPolicy
+from tests.harness import RunningServer
+from tests.mitm import foreign_tls_server
+
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_sessions() -> Iterator[None]:
+    SESSIONS.forget()
+    yield
+    SESSIONS.forget()
+
+
+def _url(server: RunningServer) -> str:
+    return f"https://127.0.0.1:{server.port}"
+
+
+def _device(server: RunningServer, tmp_path: Path) -> tuple[DeviceState, PinPolicy]:
+    state = provision(
+        server.state.dd,
+        tmp_path / "dev",
+        datetime.now(UTC),
+        device_id="dev-1",
+        hardware="board-a",
+        server=_url(server),
+    )
+    agent = Agent(state, server=_url(server), firmware_version="1.0.0")
+    assert agent.run_once().checked_in
+    return state, agent.refresh_trust(datetime.now(UTC), CycleReport()).pin_policy
+
+
+def _connect(url: str, state: DeviceState, policy: PinPolicy) -> tuple[bool, int]:
+    """(resumed, validated chain length) of one pinned connection home, closed cleanly."""
+    conn = open_connection(
+        url, policy=policy, now=datetime.now(UTC), client_cert=(state.cert_path, state.key_path)
+    )
+    try:
+        conn.request("GET", "/healthz")
+        conn.getresponse().read()
+        return conn.resumed, len(conn.verified_chain)
+    finally:
+        conn.close()
+
+
+def test_a_cycle_resumes_and_still_checks_the_pins_each_time(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    state, policy = _device(server, tmp_path)
+    # The cycle left a session: the next connection resumes it ...
+    resumed, chain = _connect(_url(server), state, policy)
+    assert resumed
+    # ... and the pinned chain was validated all the same.
+    assert chain >= 2
+    assert _connect(_url(server), state, policy) == (True, chain)
+
+
+def _kept(
+    server: RunningServer, state: DeviceState, policy: PinPolicy
+) -> tuple[object, object, list[bytes]]:
+    """The context, session and chain the process keeps for home under ``policy``."""
+    key = Sessions.key(
+        "127.0.0.1", server.port, policy.to_bytes(), (state.cert_path, state.key_path)
+    )
+    return SESSIONS.offer(key, lambda: pytest.fail("no session was kept"))
+
+
+def test_new_pins_or_a_renewed_certificate_start_a_full_handshake(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    state, policy = _device(server, tmp_path)
+    assert _connect(_url(server), state, policy)[0]
+    # Other pins: another key, nothing offered.
+    cert = (state.cert_path, state.key_path)
+    assert Sessions.key("127.0.0.1", server.port, policy.to_bytes() + b" ", cert) != Sessions.key(
+        "127.0.0.1", server.port, policy.to_bytes(), cert
+    )
+    # A renewed certificate (the file rewritten): presented anew in a full handshake.
+    renewed_at = state.cert_path.stat().st_mtime_ns + 1_000_000
+    os.utime(state.cert_path, ns=(renewed_at, renewed_at))
+    resumed, chain = _connect(_url(server), state, policy)
+    assert not resumed
+    assert chain >= 2
+    assert _connect(_url(server), state, policy)[0]  # and resumes from then on
+
+
+def test_a_session_offered_to_a_stranger_buys_nothing(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    state, policy = _device(server, tmp_path)
+    assert _connect(_url(server), state, policy)[0]
+    with foreign_tls_server(tmp_path) as (port, received):
+        # The device's kept session, offered to whatever answers at another address.
+        home = Sessions.key(
+            "127.0.0.1", server.port, policy.to_bytes(), (state.cert_path, state.key_path)
+        )
+        stranger = Sessions.key(
+            "127.0.0.1", port, policy.to_bytes(), (state.cert_path, state.key_path)
+        )
+        context, session, chain = SESSIONS.offer(home, lambda: pytest.fail("the session was kept"))
+        SESSIONS.remember(stranger, context, session, chain)
+        with pytest.raises(ChainError):
+            _connect(f"https://127.0.0.1:{port}", state, policy)
+        assert received == []  # refused before a request byte
+
+
+def test_a_session_is_offered_for_its_lifetime_only(server: RunningServer, tmp_path: Path) -> None:
+    state, policy = _device(server, tmp_path)
+    context, session, chain = _kept(server, state, policy)
+    now = [0.0]
+    sessions = Sessions(lifetime=60, clock=lambda: now[0])
+    key = Sessions.key("home", 443, b"policy", None)
+    sessions.remember(key, context, session, chain)  # type: ignore[arg-type]
+    now[0] = 59.0
+    assert sessions.offer(key, lambda: pytest.fail("offered none"))[1] is session
+    sessions.remember(key, context, session, chain)  # type: ignore[arg-type]  # no extension
+    now[0] = 60.0
+    fresh = object()
+    assert sessions.offer(key, lambda: fresh) == (fresh, None, [])  # type: ignore[arg-type,return-value]
