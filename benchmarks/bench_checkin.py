@@ -1,46 +1,54 @@
-"""Check-ins per second over mutual TLS, as a ratio to nginx on the same machine.
+"""Check-ins per second over mutual TLS, and CPU per check-in, as ratios to nginx.
 
 Both servers terminate mutual TLS with the same certificates and the same TLS
-profile. nginx (Debian's package, started here on loopback with two worker
-processes) answers a static body; homing (``homing serve --workers 2``)
-validates the client chain, checks revocation in its database and records
-every check-in before answering. The load generator is curl (C, libcurl),
-one process per simulated device (16 at once), on the same two cores:
+profile on loopback, two worker processes each. nginx (Debian's package)
+answers a static body; homing (``homing serve --workers 2``, its default
+limits: per-device check-in and per-station enrollment limits on) validates
+the client chain, checks the device's standing in its database and records
+every check-in before answering. The load generator is one C process
+(``benchmarks/storm_client.c``: one epoll loop on OpenSSL, each device its own
+certificate) on the same two cores; its CPU is reported beside the servers'.
+``CONCURRENCY`` devices at once, each from a slice of ``DEVICES`` enrolled
+devices large enough that none exceeds its check-in limit:
 
-(a) a new TLS connection per check-in (``Connection: close``, full handshake);
-(b) keep-alive connections.
-
-Latency is curl's ``time_total`` per check-in (p50, p99).
+(a) a new TLS connection per check-in (full handshake), homing and nginx;
+(b) the same, resuming each device's last TLS 1.3 session (homing's tickets,
+    shared by its workers); the figure is resumed / full on homing's side;
+(c) kept-alive connections, ``KEPT`` check-ins each (a device's burst), both;
+(d) EST ``simpleenroll`` with ready-made CSRs, ``EST_CLIENTS`` at once, over
+    ``STATIONS`` factory stations (each within its own limit).
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import os
 import shutil
 import signal
-import statistics
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import pkcs7
 
-from benchmarks._server import free_port, homing_server, wait_for_port
+from benchmarks._server import free_port, homing_process, wait_for_port
+from benchmarks.bench_storm import _fleet, _generate
 from homing import ceremonies
 from homing.operations import fleet as operations
 from homing.site import DataDir
 from homing.tls import TLS12_CIPHERS
 
-CONCURRENCY = 16
-_BODY = '{"firmware_version":"1.0","trust":{"root":1,"timestamp":1,"targets":1}}'
-_CURL_BODY = '"' + _BODY.replace('"', '\\"') + '"'
+CONCURRENCY = 64
+KEPT = 10
+EST_CLIENTS = 32
+STATIONS = 40
 
 
 def _ensure_nginx() -> str | None:
@@ -99,197 +107,201 @@ http {{
     return conf
 
 
-def _enroll(port: int, data: Path, devices: int, out: Path) -> list[tuple[Path, Path]]:
-    import http.client
-    import ssl
+def _process_tree(pid: int) -> list[int]:
+    """A server process and its workers."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid] + ([int(p) for p in children.read_text().split()] if children.exists() else [])
 
-    dd = DataDir(data)
-    secret = operations.add_factory(dd.database(), "bench", datetime.now(UTC), "bench")
-    dd.close()
-    auth = "Basic " + base64.b64encode(f"bench:{secret}".encode()).decode()
-    context = ssl.create_default_context(cafile=str(data / "pki" / "root-ca.pem"))
-    pairs = []
+
+def _phase(
+    port: int,
+    ca: Path,
+    devices: list[tuple[str, str]],
+    seconds: float,
+    work: Path,
+    server_pid: int,
+    **plan: Any,
+) -> dict[str, Any]:
+    """One closed-loop phase of the C generator, every device once first (not measured);
+    the generator reads the server's CPU for the measured part itself."""
+    result = _generate(
+        {
+            "mode": "closed",
+            "port": port,
+            "ca": str(ca),
+            "devices": devices,
+            "concurrency": CONCURRENCY,
+            "seconds": seconds,
+            "timeout": 30,
+            "warmup": 1,
+            **plan,
+        },
+        work,
+        extra_lines=[f"server_pid {pid}" for pid in _process_tree(server_pid)],
+    )
+    answered = result["outcomes"].get("200", 0)
+    result["server_cpu_ms_per_checkin"] = 1000 * result["server_cpu_s"] / max(answered, 1)
+    result["client_cpu_ms_per_checkin"] = 1000 * result["client_cpu_s"] / max(answered, 1)
+    return result
+
+
+def _est_rate(port: int, data: Path, count: int) -> dict[str, Any]:
+    """EST enrollments answered per second, ``EST_CLIENTS`` at once, CSRs made beforehand."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.harness import est_csr
 
-    for i in range(devices):
-        key = ec.generate_private_key(ec.SECP256R1())
-        conn = http.client.HTTPSConnection("localhost", port, context=context)
-        conn.request(
-            "POST",
-            "/.well-known/est/simpleenroll",
-            base64.b64encode(est_csr(key, f"bench-{i}")),
-            {"Content-Type": "application/pkcs10", "Authorization": auth},
+    dd = DataDir(data)
+    stations = [
+        (
+            f"bench-{i}",
+            operations.add_factory(dd.database(), "bench", datetime.now(UTC), f"bench-{i}"),
         )
-        response = conn.getresponse()
-        body = response.read()
-        conn.close()
-        assert response.status == 200, body
-        cert = pkcs7.load_der_pkcs7_certificates(base64.b64decode(body))[0]
-        cert_file, key_file = out / f"dev{i}.pem", out / f"dev{i}.key"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        pairs.append((cert_file, key_file))
-    return pairs
+        for i in range(STATIONS)
+    ]
+    dd.close()
+    csrs = [
+        base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), f"est-{i}"))
+        for i in range(count)
+    ]
+    context = ssl.create_default_context(cafile=str(data / "pki" / "root-ca.pem"))
+    statuses: list[int] = []
+    lock = threading.Lock()
+    turn = iter(range(count))
 
+    def client() -> None:
+        conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=60)
+        try:
+            while True:
+                with lock:
+                    i = next(turn, None)
+                if i is None:
+                    return
+                name, secret = stations[i % STATIONS]
+                auth = "Basic " + base64.b64encode(f"{name}:{secret}".encode()).decode()
+                conn.request(
+                    "POST",
+                    "/.well-known/est/simpleenroll",
+                    csrs[i],
+                    {"Content-Type": "application/pkcs10", "Authorization": auth},
+                )
+                response = conn.getresponse()
+                response.read()
+                with lock:
+                    statuses.append(response.status)
+        finally:
+            conn.close()
 
-def _load(
-    port: int,
-    ca: Path,
-    devices: list[tuple[Path, Path]],
-    requests: int,
-    keepalive: bool,
-    work: Path,
-) -> dict[str, float]:
-    """One curl process per device, CONCURRENCY devices at once; rate and latency percentiles.
-
-    Each device sends its check-ins one after another (as a device does),
-    over one kept-alive connection or a new connection each time.
-    """
-    per = requests // len(devices)
-    procs = []
-    for g, (cert, key) in enumerate(devices):
-        lines = []
-        for i in range(per):
-            if i:
-                lines.append("next")
-            lines += [
-                f'url = "https://localhost:{port}/v1/device/checkin"',
-                f'cacert = "{ca}"',
-                f'cert = "{cert}"',
-                f'key = "{key}"',
-                'header = "Content-Type: application/json"',
-                f"data = {_CURL_BODY}",
-                'output = "/dev/null"',
-                'write-out = "%{http_code} %{time_total}\\n"',
-            ]
-            if not keepalive:
-                lines.append('header = "Connection: close"')
-        config = work / f"curl-{g}.conf"
-        config.write_text("\n".join(lines) + "\n")
-        procs.append(
-            subprocess.Popen(
-                ["curl", "-s", "-K", str(config)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-            )
-        )
-    start = time.perf_counter()
-    outputs = [p.communicate()[0].decode() for p in procs]
-    elapsed = time.perf_counter() - start
-    latencies: list[float] = []
-    failures = 0
-    for out in outputs:
-        for line in out.splitlines():
-            code, _, seconds = line.partition(" ")
-            if code != "200":
-                failures += 1
-            latencies.append(float(seconds))
-    latencies.sort()
-    q = statistics.quantiles(latencies, n=100)
+    threads = [threading.Thread(target=client) for _ in range(EST_CLIENTS)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
     return {
-        "requests": len(latencies),
-        "failures": failures,
-        "rate_per_s": len(latencies) / elapsed,
-        "p50_ms": q[49] * 1000,
-        "p99_ms": q[98] * 1000,
+        "enrollments": count,
+        "answered_200": statuses.count(200),
+        "other": len(statuses) - statuses.count(200),
+        "rate_per_s": statuses.count(200) / elapsed,
     }
 
 
-def _count_checkins(data: Path) -> int:
-    """Check-ins recorded (each device's count; its history keeps only the newest)."""
-    from sqlalchemy import func, select
-
-    from homing.store.schema import devices
-
-    dd = DataDir(data)
-    with dd.database().engine.connect() as conn:
-        count = int(conn.execute(select(func.sum(devices.c.checkin_seq))).scalar_one() or 0)
-    dd.close()
-    return count
-
-
 def run(quick: bool = False) -> dict[str, Any]:
-    if shutil.which("curl") is None:
-        print("check-in benchmark skipped: curl is missing")
-        return {"skipped": "curl missing"}
     nginx = _ensure_nginx()
-    new_conn_requests = 600 if quick else 3000
-    keepalive_requests = 2000 if quick else 20000
-    results: dict[str, Any] = {}
+    seconds = 4.0 if quick else 10.0
+    count = 2_400 if quick else 6_000
+    results: dict[str, Any] = {"concurrency": CONCURRENCY, "kept_alive_per_connection": KEPT}
+    os.environ.pop("HOMING_KEY_PASSPHRASE", None)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = work / "data"
-        os.environ.pop("HOMING_KEY_PASSPHRASE", None)
         ceremonies.init(data, datetime.now(UTC))
-        nginx_proc = None
-        # Sixteen devices checking in thousands of times each: the per-device and
-        # per-station limits would turn them away, which is not what is measured.
-        server = homing_server(
-            data, workers=2, extra=("--checkin-limit", "off", "--enroll-limit", "off")
-        )
-        url = server.__enter__()
-        port = int(url.rsplit(":", 1)[1])
-        try:
-            started = time.perf_counter()
-            enrolled = 50 if quick else 200
-            devices = _enroll(port, data, enrolled, work)[:CONCURRENCY]
-            results["est_enrollments_per_s"] = enrolled / (time.perf_counter() - started)
-            ca = data / "pki" / "root-ca.pem"
-            before = _count_checkins(data)
-            results["homing_new_connection"] = _load(
-                port, ca, devices, new_conn_requests, False, work
+        (work / "fleet").mkdir()
+        fleet = _fleet(data, count, work / "fleet")
+        # Each phase its own devices: none checks in more often than its limit lets it.
+        third = count // 3
+        new, resumed, kept = fleet[:third], fleet[third : 2 * third], fleet[2 * third :]
+        ca = data / "pki" / "root-ca.pem"
+        with homing_process(data, workers=2) as (url, server):
+            port = int(url.rsplit(":", 1)[1])
+            results["homing_new_connection"] = _phase(port, ca, new, seconds, work, server.pid)
+            results["homing_resumed"] = _phase(
+                port, ca, resumed, seconds, work, server.pid, resume=1
             )
-            results["homing_keepalive"] = _load(port, ca, devices, keepalive_requests, True, work)
-            recorded = _count_checkins(data) - before
-            results["homing_checkins_recorded"] = recorded
-            if nginx:
-                nginx_port = free_port()
-                (work / "nginx").mkdir()
-                conf = _nginx_conf(work / "nginx", nginx_port, data)
-                nginx_proc = subprocess.Popen(
-                    [nginx, "-c", str(conf), "-p", str(work / "nginx"), "-g", "daemon off;"],
-                    stderr=subprocess.DEVNULL,
-                )
+            results["homing_keepalive"] = _phase(
+                port, ca, kept, seconds, work, server.pid, requests_per_connection=KEPT, warmup=0
+            )
+            results["est"] = _est_rate(port, data, 600 if quick else 3000)
+        if nginx:
+            nginx_port = free_port()
+            (work / "nginx").mkdir()
+            conf = _nginx_conf(work / "nginx", nginx_port, data)
+            nginx_proc = subprocess.Popen(
+                [nginx, "-c", str(conf), "-p", str(work / "nginx"), "-g", "daemon off;"],
+                stderr=subprocess.DEVNULL,
+            )
+            try:
                 wait_for_port(nginx_port, nginx_proc)
-                results["nginx_new_connection"] = _load(
-                    nginx_port, ca, devices, new_conn_requests, False, work
+                results["nginx_new_connection"] = _phase(
+                    nginx_port, ca, new, seconds, work, nginx_proc.pid
                 )
-                results["nginx_keepalive"] = _load(
-                    nginx_port, ca, devices, keepalive_requests, True, work
+                results["nginx_keepalive"] = _phase(
+                    nginx_port,
+                    ca,
+                    kept,
+                    seconds,
+                    work,
+                    nginx_proc.pid,
+                    requests_per_connection=KEPT,
                 )
-                results["ratio_new_connection"] = (
-                    results["homing_new_connection"]["rate_per_s"]
-                    / results["nginx_new_connection"]["rate_per_s"]
-                )
-                results["ratio_keepalive"] = (
-                    results["homing_keepalive"]["rate_per_s"]
-                    / results["nginx_keepalive"]["rate_per_s"]
-                )
-        finally:
-            server.__exit__(None, None, None)
-            if nginx_proc is not None:
+            finally:
                 nginx_proc.send_signal(signal.SIGQUIT)
                 nginx_proc.wait(timeout=30)
-    print("check-ins over mutual TLS (2 workers each, curl load on the same 2 cores)")
-    for name in ("new_connection", "keepalive"):
+    _report(results)
+    return results
+
+
+def _report(results: dict[str, Any]) -> None:
+    print(
+        f"check-ins over mutual TLS (2 workers each; C load generator, {CONCURRENCY} devices at"
+        " once, on the same 2 cores; homing with its default per-device limits)"
+    )
+    for name in ("new_connection", "resumed", "keepalive"):
         for server_name in ("homing", "nginx"):
             r = results.get(f"{server_name}_{name}")
-            if r:
-                rate = r["rate_per_s"]
-                print(
-                    f"  {server_name:6} {name:15} {rate:8.0f}/s  p50 {r['p50_ms']:6.1f} ms"
-                    f"  p99 {r['p99_ms']:6.1f} ms  failures {r['failures']}"
-                )
-        if f"ratio_{name}" in results:
-            print(f"  ratio homing/nginx ({name}): {results[f'ratio_{name}']:.2f}")
-    print(f"  check-ins recorded by homing: {results['homing_checkins_recorded']}")
-    print(
-        f"  EST enrollments (one client, key generation included): "
-        f"{results['est_enrollments_per_s']:.0f}/s"
+            if not r:
+                continue
+            print(
+                f"  {server_name:6} {name:15} {r['rate_per_s']:8.0f}/s  p50 {r['p50_ms']:6.1f} ms"
+                f"  p99 {r['p99_ms']:6.1f} ms  CPU a check-in: server"
+                f" {r['server_cpu_ms_per_checkin']:.2f} ms, generator"
+                f" {r['client_cpu_ms_per_checkin']:.2f} ms;  {r['outcomes']} {r['handshakes']}"
+            )
+    for name in ("new_connection", "keepalive"):
+        h, n = results.get(f"homing_{name}"), results.get(f"nginx_{name}")
+        if h and n:
+            results[f"ratio_{name}"] = h["rate_per_s"] / n["rate_per_s"]
+            results[f"cpu_ratio_{name}"] = (
+                h["server_cpu_ms_per_checkin"] / n["server_cpu_ms_per_checkin"]
+            )
+            print(
+                f"  homing/nginx ({name}): rate {results[f'ratio_{name}']:.2f}x, server CPU a"
+                f" check-in {results[f'cpu_ratio_{name}']:.2f}x"
+            )
+    full, resumed = results["homing_new_connection"], results["homing_resumed"]
+    results["resumption_speedup"] = (
+        full["server_cpu_ms_per_checkin"] / resumed["server_cpu_ms_per_checkin"]
     )
-    return results
+    print(
+        f"  homing resumed vs full handshake: {resumed['rate_per_s'] / full['rate_per_s']:.2f}x"
+        f" the rate, server CPU a check-in {results['resumption_speedup']:.2f}x less"
+    )
+    est = results["est"]
+    print(
+        f"  EST simpleenroll: {est['rate_per_s']:.0f}/s ({EST_CLIENTS} clients, {STATIONS}"
+        f" stations; {est['answered_200']} answered 200, {est['other']} other)"
+    )
+
+
+if __name__ == "__main__":
+    run(quick="--quick" in sys.argv)

@@ -92,10 +92,13 @@ def _build_client(work: Path) -> Path:
     return binary
 
 
-def _generate(plan: dict[str, Any], work: Path) -> dict[str, Any]:
+def _generate(
+    plan: dict[str, Any], work: Path, extra_lines: list[str] | None = None
+) -> dict[str, Any]:
     """Run the C load generator on ``plan`` (see storm_client.c) and read its answer."""
     path = work / f"plan-{time.monotonic_ns()}.txt"
     lines = [f"{name} {value}" for name, value in plan.items() if name != "devices"]
+    lines += extra_lines or []
     lines += [f"device {cert} {key}" for cert, key in plan["devices"]]
     path.write_text("\n".join(lines) + "\n")
     result = subprocess.run(

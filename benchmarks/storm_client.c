@@ -51,6 +51,7 @@ typedef struct {
     X509 *cert;
     STACK_OF(X509) *chain;
     EVP_PKEY *key;
+    SSL_SESSION *session; /* the device's last session ticket, with `resume` */
 } identity;
 
 typedef struct conn {
@@ -58,8 +59,9 @@ typedef struct conn {
     enum state state;
     SSL *ssl;
     int device;
-    double started, deadline;
-    size_t sent, got;
+    double started, deadline; /* of the request under way */
+    int left;                 /* requests still to send on this connection */
+    size_t sent, got, answer_size;
     char head[2048];
     struct conn *next_free;
 } conn;
@@ -73,18 +75,20 @@ static struct {
     int port;
     char ca[4096], mode[16];
     double rate, seconds, timeout, retry_scale;
-    int concurrency;
+    int concurrency, requests_per_connection, resume, warmup;
+    int server_pids[16], server_pid_count;
     identity *devices;
     int count;
-} plan = {.retry_scale = 1.0, .timeout = 10.0, .concurrency = 128};
+} plan = {.retry_scale = 1.0, .timeout = 10.0, .concurrency = 128, .requests_per_connection = 1};
 
 static SSL_CTX *context;
 static int epoll_fd;
 static conn *pool;
 static conn *free_list;
 static int pool_size, pool_used, active;
-static char request[512];
-static size_t request_len;
+static char request[512], kept_request[512];
+static size_t request_len, kept_request_len;
+static long full_handshakes, resumed_handshakes;
 
 /* Outcomes, counted by name ("200", "429", "timeout", "connection_error:..."). */
 static struct {
@@ -124,6 +128,27 @@ static double cpu(void) {
     getrusage(RUSAGE_SELF, &u);
     return (double)u.ru_utime.tv_sec + (double)u.ru_utime.tv_usec / 1e6 +
            (double)u.ru_stime.tv_sec + (double)u.ru_stime.tv_usec / 1e6 - cpu_at_start;
+}
+
+/* CPU seconds the server's processes (plan lines "server_pid") have used so far. */
+static double server_cpu(void) {
+    double total = 0;
+    long ticks = sysconf(_SC_CLK_TCK);
+    for (int i = 0; i < plan.server_pid_count; i++) {
+        char path[64], text[1024];
+        snprintf(path, sizeof path, "/proc/%d/stat", plan.server_pids[i]);
+        FILE *f = fopen(path, "r");
+        if (!f) continue;
+        size_t n = fread(text, 1, sizeof text - 1, f);
+        fclose(f);
+        text[n] = 0;
+        char *after = strrchr(text, ')');
+        unsigned long utime = 0, stime = 0;
+        if (after && sscanf(after + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
+                            &utime, &stime) == 2)
+            total += (double)(utime + stime) / (double)ticks;
+    }
+    return total;
 }
 
 static void die(const char *what) {
@@ -174,6 +199,12 @@ static void read_plan(const char *path) {
         else if (strcmp(name, "timeout") == 0) sscanf(line, "%*s %lf", &plan.timeout);
         else if (strcmp(name, "retry_scale") == 0) sscanf(line, "%*s %lf", &plan.retry_scale);
         else if (strcmp(name, "concurrency") == 0) sscanf(line, "%*s %d", &plan.concurrency);
+        else if (strcmp(name, "requests_per_connection") == 0)
+            sscanf(line, "%*s %d", &plan.requests_per_connection);
+        else if (strcmp(name, "resume") == 0) sscanf(line, "%*s %d", &plan.resume);
+        else if (strcmp(name, "warmup") == 0) sscanf(line, "%*s %d", &plan.warmup);
+        else if (strcmp(name, "server_pid") == 0 && plan.server_pid_count < 16)
+            sscanf(line, "%*s %d", &plan.server_pids[plan.server_pid_count++]);
         else die("unknown plan line");
     }
     fclose(f);
@@ -224,6 +255,7 @@ static void start(int device) {
     c->device = device;
     c->started = now();
     c->deadline = c->started + plan.timeout;
+    c->left = plan.requests_per_connection > 1 ? plan.requests_per_connection : 1;
     c->state = CONNECTING;
     active++;
     int one = 1;
@@ -239,19 +271,51 @@ static void start(int device) {
     watch(c, EPOLLOUT, EPOLL_CTL_ADD);
 }
 
-static void parse_answer(conn *c) {
+/* The size of the whole answer once its head is in (head and Content-Length), else 0. */
+static size_t answer_size(const conn *c) {
+    const char *end = strstr(c->head, "\r\n\r\n");
+    if (!end) return 0;
+    size_t body = 0;
+    for (const char *line = strstr(c->head, "\r\n"); line && line < end; line = strstr(line + 2, "\r\n"))
+        if (strncasecmp(line + 2, "content-length:", 15) == 0) body = (size_t)atol(line + 17);
+    return (size_t)(end + 4 - c->head) + body;
+}
+
+/* A whole answer: counted; then the next request on this connection, or the end of it. */
+static void answered(conn *c) {
     char status[4] = "";
     double retry_after = -1;
-    if (c->got >= 12 && strncmp(c->head, "HTTP/1.", 7) == 0) memcpy(status, c->head + 9, 3);
-    else {
+    if (c->got < 12 || strncmp(c->head, "HTTP/1.", 7) != 0) {
         finish(c, "connection_error:BadAnswer", -1);
         return;
     }
+    memcpy(status, c->head + 9, 3);
     for (char *line = strstr(c->head, "\r\n"); line; line = strstr(line + 2, "\r\n")) {
         if (strncasecmp(line + 2, "retry-after:", 12) == 0) retry_after = atof(line + 14);
         if (strncmp(line, "\r\n\r\n", 4) == 0) break;
     }
-    finish(c, status, retry_after);
+    if (plan.resume) {
+        /* The tickets came with the answer: keep the newest for this device's next connection. */
+        identity *id = &plan.devices[c->device];
+        SSL_SESSION *session = SSL_get1_session(c->ssl);
+        if (session && SSL_SESSION_is_resumable(session)) {
+            if (id->session) SSL_SESSION_free(id->session);
+            id->session = session;
+        } else if (session) SSL_SESSION_free(session);
+    }
+    if (--c->left <= 0 || strcmp(status, "200") != 0) {
+        /* Closed properly (close_notify), as a device does: OpenSSL spoils the session of
+           a connection freed without it, and the device could not resume. */
+        SSL_shutdown(c->ssl);
+        finish(c, status, retry_after);
+        return;
+    }
+    on_finish(c, status, retry_after);
+    c->started = now();
+    c->deadline = c->started + plan.timeout;
+    c->sent = c->got = c->answer_size = 0;
+    c->head[0] = 0;
+    c->state = WRITING;
 }
 
 /* Move a connection as far as it can go without blocking. */
@@ -274,22 +338,31 @@ static void step(conn *c) {
         SSL_set1_host(c->ssl, "localhost");
         SSL_set_fd(c->ssl, c->fd);
         SSL_set_connect_state(c->ssl);
+        if (plan.resume && plan.devices[c->device].session) {
+            SSL_set_session(c->ssl, plan.devices[c->device].session);
+        }
         c->state = HANDSHAKE;
     }
     /* fall through */
     case HANDSHAKE:
         r = SSL_do_handshake(c->ssl);
         if (r != 1) break;
+        if (SSL_session_reused(c->ssl)) resumed_handshakes++;
+        else full_handshakes++;
         c->state = WRITING;
     /* fall through */
-    case WRITING:
-        while (c->sent < request_len) {
+    case WRITING: {
+        /* One request per connection says Connection: close; more keep it alive. */
+        const char *text = plan.requests_per_connection > 1 ? kept_request : request;
+        size_t size = plan.requests_per_connection > 1 ? kept_request_len : request_len;
+        while (c->sent < size) {
             size_t n = 0;
-            r = SSL_write_ex(c->ssl, request + c->sent, request_len - c->sent, &n);
+            r = SSL_write_ex(c->ssl, text + c->sent, size - c->sent, &n);
             if (r != 1) goto blocked;
             c->sent += n;
         }
         c->state = READING;
+    }
     /* fall through */
     case READING:
         for (;;) {
@@ -302,14 +375,21 @@ static void step(conn *c) {
             memcpy(c->head + c->got, scratch, keep);
             c->got += keep;
             c->head[c->got] = 0;
+            if (!c->answer_size) c->answer_size = answer_size(c);
+            if (c->answer_size && c->got >= c->answer_size) {
+                answered(c);
+                if (c->state != WRITING) return;
+                step(c); /* the next request on this kept-alive connection */
+                return;
+            }
         }
         e = SSL_get_error(c->ssl, r);
         if (e == SSL_ERROR_WANT_READ) {
             watch(c, EPOLLIN, EPOLL_CTL_MOD);
             return;
         }
-        /* The server closes after its answer (Connection: close): the answer is whole. */
-        if (strstr(c->head, "\r\n\r\n")) parse_answer(c);
+        /* The server closed after its answer (Connection: close): the answer is whole. */
+        if (strstr(c->head, "\r\n\r\n")) answered(c);
         else finish(c, "connection_error:SSLError", -1);
         return;
     default:
@@ -495,6 +575,20 @@ static void closed_finished(conn *c, const char *outcome, double retry_after) {
 
 static void closed(void) {
     on_finish = closed_finished;
+    if (plan.warmup) {
+        /* Every device once before the clock starts (with `resume`: each then holds a ticket). */
+        long next = 0;
+        for (;;) {
+            while (next < plan.count && active < plan.concurrency) start((int)next++);
+            if (next >= plan.count && active == 0) break;
+            pump(now() + 0.05);
+        }
+        outcome_kinds = 0;
+        latency_count = 0;
+        full_handshakes = resumed_handshakes = 0;
+        cpu_at_start += cpu();
+    }
+    double server_at_start = server_cpu();
     closed_started = now();
     double end = closed_started + plan.seconds;
     for (;;) {
@@ -509,6 +603,9 @@ static void closed(void) {
     print_outcomes("outcomes");
     print_ms("p50_ms", percentile(latencies, latency_count, 0.5));
     print_ms("p99_ms", percentile(latencies, latency_count, 0.99));
+    printf(", \"handshakes\": {\"full\": %ld, \"resumed\": %ld}", full_handshakes,
+           resumed_handshakes);
+    if (plan.server_pid_count) printf(", \"server_cpu_s\": %.3f", server_cpu() - server_at_start);
     printf(", \"client_cpu_s\": %.3f}\n", cpu());
 }
 
@@ -578,6 +675,11 @@ int main(int argc, char **argv) {
                                    "Content-Type: application/json\r\nConnection: close\r\n"
                                    "Content-Length: %zu\r\n\r\n%s",
                                    strlen(body), body);
+    kept_request_len = (size_t)snprintf(kept_request, sizeof kept_request,
+                                        "POST /v1/device/checkin HTTP/1.1\r\nHost: localhost\r\n"
+                                        "Content-Type: application/json\r\n"
+                                        "Content-Length: %zu\r\n\r\n%s",
+                                        strlen(body), body);
     epoll_fd = epoll_create1(0);
     srandom((unsigned)time(NULL));
     cpu_at_start = cpu();
