@@ -106,6 +106,34 @@ def test_every_mode_counts_each_attempt_once(
             assert contacts.count_checkins(conn, device.device_id) > 0
 
 
+def test_resumed_and_kept_alive_check_ins_are_counted_as_such(
+    generator: Path, server: RunningServer, factory: tuple[str, str], tmp_path: Path
+) -> None:
+    fleet = _fleet(server, factory, tmp_path, 4)
+    files = [(d.cert_file, d.key_file) for d in fleet]
+    resumed = _run(
+        generator,
+        tmp_path,
+        _plan(server, mode="closed", concurrency=2, seconds=1, timeout=30, resume=1, warmup=1),
+        files,
+    )
+    # Every device held a ticket from the warm-up: every measured handshake resumed.
+    assert resumed["handshakes"]["full"] == 0
+    assert resumed["handshakes"]["resumed"] == resumed["outcomes"]["200"] > 0
+    kept = _run(
+        generator,
+        tmp_path,
+        _plan(
+            server, mode="closed", concurrency=2, seconds=1, timeout=30, requests_per_connection=5
+        ),
+        files,
+    )
+    answered = kept["outcomes"]["200"]
+    assert answered >= 5
+    # Five check-ins a connection: one handshake for every five answers (the last may be short).
+    assert kept["handshakes"]["full"] * 5 >= answered > (kept["handshakes"]["full"] - 2) * 5
+
+
 def test_a_certificate_from_another_ca_is_turned_away(
     generator: Path, server: RunningServer, factory: tuple[str, str], tmp_path: Path
 ) -> None:
