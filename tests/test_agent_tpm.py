@@ -121,11 +121,11 @@ def _listens(port: int) -> bool:
     return True
 
 
-def _enroll(
-    server: RunningServer, factory: tuple[str, str], tmp_path: Path, env: dict[str, str]
-) -> DeviceState:
-    state_dir = tmp_path / "device"
-    enrolled = run_homing(
+def _enroll_args(
+    server: RunningServer, factory: tuple[str, str], state_dir: Path, key_store: str
+) -> list[str]:
+    """``homing agent enroll`` for this server and station, the key kept in ``key_store``."""
+    return [
         "agent",
         "enroll",
         "--state",
@@ -136,11 +136,17 @@ def _enroll(
         f"{factory[0]}:{factory[1]}",
         "--root",
         str(server.data / "repository" / "metadata" / "1.root.json"),
-        "--id",
-        "tpm-1",
         "--key-store",
-        "tpm2",
-        env=env,
+        key_store,
+    ]
+
+
+def _enroll(
+    server: RunningServer, factory: tuple[str, str], tmp_path: Path, env: dict[str, str]
+) -> DeviceState:
+    state_dir = tmp_path / "device"
+    enrolled = run_homing(
+        *_enroll_args(server, factory, state_dir, "tpm2"), "--id", "tpm-1", env=env
     )
     assert enrolled.returncode == 0, enrolled.stderr
     return DeviceState(state_dir)
@@ -259,20 +265,7 @@ def test_without_the_providers_configuration_the_agent_says_what_is_missing(
 def test_a_key_store_that_does_not_exist_is_refused(
     server: RunningServer, factory: tuple[str, str], tmp_path: Path
 ) -> None:
-    refused = run_homing(
-        "agent",
-        "enroll",
-        "--state",
-        str(tmp_path / "device"),
-        "--server",
-        f"https://127.0.0.1:{server.port}",
-        "--factory",
-        f"{factory[0]}:{factory[1]}",
-        "--root",
-        str(server.data / "repository" / "metadata" / "1.root.json"),
-        "--key-store",
-        "pkcs11",
-    )
+    refused = run_homing(*_enroll_args(server, factory, tmp_path / "device", "pkcs11"))
     assert refused.returncode == 2
     assert "pkcs11" in refused.stderr
     assert not (tmp_path / "device").exists()

@@ -387,6 +387,21 @@ def test_a_fleet_view_session_ends_when_its_token_is_revoked(server: RunningServ
     assert b"log in first" in plain.body
 
 
+def _exposure(analyze: str, unit: Path) -> float:
+    """systemd's own exposure score of the agent's unit file as written (0 to 10)."""
+    import re
+
+    scored = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for homing-agent\.service: ([0-9.]+)", scored.stdout)
+    assert found is not None, scored.stdout + scored.stderr
+    return float(found[1])
+
+
 def test_the_agent_unit_runs_as_its_own_user_and_scores_at_most_3(tmp_path: Path) -> None:
     """The device's agent never runs as root; systemd's own exposure score of the shipped
     unit (offline: the unit file as written) is at most 3.0 of 10."""
@@ -399,15 +414,7 @@ def test_the_agent_unit_runs_as_its_own_user_and_scores_at_most_3(tmp_path: Path
     assert user is not None, "the agent unit names no user"
     assert user[1] not in ("root", "0")
     assert re.search(r"^CapabilityBoundingSet=$", text, re.M), "the agent keeps no capability"
-    scored = subprocess.run(
-        [analyze, "security", "--offline=true", "--no-pager", str(unit)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    found = re.search(r"Overall exposure level for homing-agent\.service: ([0-9.]+)", scored.stdout)
-    assert found is not None, scored.stdout + scored.stderr
-    assert float(found[1]) <= 3.0, scored.stdout
+    assert _exposure(analyze, unit) <= 3.0
 
 
 def test_the_agent_units_tpm_drop_in_opens_the_tpm_and_nothing_more(tmp_path: Path) -> None:
@@ -427,12 +434,4 @@ def test_the_agent_units_tpm_drop_in_opens_the_tpm_and_nothing_more(tmp_path: Pa
     assert (ROOT / conf[1]).is_file()
     merged = tmp_path / "homing-agent.service"
     merged.write_text(unit.read_text() + "\n" + text)
-    scored = subprocess.run(
-        [analyze, "security", "--offline=true", "--no-pager", str(merged)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    found = re.search(r"Overall exposure level for homing-agent\.service: ([0-9.]+)", scored.stdout)
-    assert found is not None, scored.stdout + scored.stderr
-    assert float(found[1]) <= 3.0, scored.stdout
+    assert _exposure(analyze, merged) <= 3.0
