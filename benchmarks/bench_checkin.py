@@ -209,7 +209,7 @@ def _est_rate(port: int, data: Path, count: int) -> dict[str, Any]:
 def run(quick: bool = False) -> dict[str, Any]:
     nginx = _ensure_nginx()
     seconds = 4.0 if quick else 10.0
-    count = 2_400 if quick else 6_000
+    count = 2_400 if quick else 9_000
     results: dict[str, Any] = {"concurrency": CONCURRENCY, "kept_alive_per_connection": KEPT}
     os.environ.pop("HOMING_KEY_PASSPHRASE", None)
     with tempfile.TemporaryDirectory() as tmp:
