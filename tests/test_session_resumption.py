@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from homing import ceremonies
 from homing.server.session_tickets import ticket_keys
 from homing.store import devices as device_store
 from tests.harness import DeviceCredentials, RunningServer
@@ -85,10 +86,30 @@ def test_a_ticket_from_another_day_is_not_resumed(
     assert not resumed
 
 
-def test_the_keys_are_one_per_day_and_the_same_for_every_worker() -> None:
+@sqlite_only
+def test_a_new_server_certificate_is_met_in_a_full_handshake(
+    server: RunningServer, factory: tuple[str, str], tmp_path: Path
+) -> None:
+    """A device must see (and check) the certificate the home serves now: a session made
+    under the old one is not resumed."""
+    device = server.enroll("dev-rotated", factory, tmp_path)
+    context = _device_context(server, device)
+    _, _, session = _check_in(server, context, None)
+    assert _check_in(server, context, session)[1]
+    ceremonies.rotate_server_cert(server.state.dd, datetime.now(UTC))
+    server.settle()
+    status, resumed, _ = _check_in(server, context, session)
+    assert status == 200
+    assert not resumed
+
+
+def test_the_keys_are_one_per_day_and_chain_and_the_same_for_every_worker() -> None:
     secret = bytes(range(32))
     monday = datetime(2026, 12, 7, 0, 0, tzinfo=UTC)
-    assert ticket_keys(secret, monday) == ticket_keys(secret, monday + timedelta(hours=23))
-    assert ticket_keys(secret, monday) != ticket_keys(secret, monday + timedelta(days=1))
-    assert ticket_keys(secret, monday) != ticket_keys(bytes(32), monday)
-    assert len(ticket_keys(secret, monday)) == 80
+    chain = b"-----BEGIN CERTIFICATE-----"
+    keys = ticket_keys(secret, monday, chain)
+    assert keys == ticket_keys(secret, monday + timedelta(hours=23), chain)
+    assert keys != ticket_keys(secret, monday + timedelta(days=1), chain)
+    assert keys != ticket_keys(bytes(32), monday, chain)
+    assert keys != ticket_keys(secret, monday, chain + b"renewed")
+    assert len(keys) == 80

@@ -9,8 +9,10 @@ connection lands on another worker (or another replica behind the same
 name) would get a full handshake anyway. Here every worker derives the
 ticket key from one secret of the site (``DATA/keys/session-tickets.secret``,
 made once, 0600, copied with the data directory to replicas) and the day
-(UTC): the same key everywhere, a new one every day, so a ticket opens at
-most until the day changes and no ticket key lives longer than a day.
+(UTC), and the server certificate chain in force: the same key everywhere,
+a new one every day and at every new server certificate, so a ticket opens
+at most until the day changes, and a device meets (and checks) a new server
+certificate in a full handshake as soon as it is served.
 
 Resumption never skips a check that matters: TLS 1.3 resumption here still
 runs an (EC)DHE exchange (forward secrecy), and the application checks the
@@ -20,6 +22,7 @@ resumed or not (homing.server.auth).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import ssl
@@ -41,11 +44,16 @@ TICKET_SECRET_NAME = "session-tickets.secret"  # noqa: S105 (a file name)
 SESSION_LIFETIME = 24 * 3600
 
 
-def ticket_keys(secret: bytes, when: datetime) -> bytes:
-    """The 80 bytes OpenSSL seals tickets with on ``when``'s day (name, HMAC and AES keys)."""
+def ticket_keys(secret: bytes, when: datetime, server_chain: bytes = b"") -> bytes:
+    """The 80 bytes OpenSSL seals tickets with on ``when``'s day for the server certificate
+    chain in force (name, HMAC and AES keys)."""
     day = when.astimezone(UTC).date().isoformat()
+    chain = hashlib.sha256(server_chain).hexdigest()
     return HKDF(
-        algorithm=hashes.SHA256(), length=80, salt=None, info=b"homing tls tickets " + day.encode()
+        algorithm=hashes.SHA256(),
+        length=80,
+        salt=None,
+        info=f"homing tls tickets {day} {chain}".encode(),
     ).derive(secret)
 
 
@@ -79,13 +87,14 @@ class SessionTickets:
         self.keys_dir = keys_dir
         self._day: str | None = None
 
-    def apply(self, context: ssl.SSLContext, now: datetime) -> None:
-        """Set the day's key on ``context`` if it does not hold it yet."""
-        day = now.astimezone(UTC).date().isoformat()
+    def apply(self, context: ssl.SSLContext, now: datetime, server_chain: bytes) -> None:
+        """Set the key of the day and of ``server_chain`` (the PEM the context serves) on
+        ``context`` if it does not hold it yet."""
+        day = f"{now.astimezone(UTC).date().isoformat()} {hashlib.sha256(server_chain).hexdigest()}"
         if day == self._day:
             return
         try:
-            keys = ticket_keys(_secret(self.keys_dir), now)
+            keys = ticket_keys(_secret(self.keys_dir), now, server_chain)
         except ConfigError as e:
             log.warning("sessions resume on this worker only: %s", e)
             return

@@ -106,7 +106,7 @@ class ServerState:
         self.ssl_context = self._build_tls()
         # Every worker seals session tickets with the day's shared key.
         self.session_tickets = SessionTickets(self.dd.keys_dir)
-        self.session_tickets.apply(self.ssl_context, self.now())
+        self._seal_tickets()
         self._load_device_ca()
         self._record_published_pins()
 
@@ -196,6 +196,14 @@ class ServerState:
         self._remember_files()
         return context
 
+    def _seal_tickets(self) -> None:
+        """Session tickets sealed with the key of the day and of the chain served now."""
+        try:
+            chain = self.dd.pki_path("server-chain.pem").read_bytes()
+        except OSError:
+            return  # the reload that follows says what is wrong with the chain
+        self.session_tickets.apply(self.ssl_context, self.now(), chain)
+
     def _watched(self) -> dict[str, Path]:
         return {
             "chain": self.dd.pki_path("server-chain.pem"),
@@ -212,7 +220,7 @@ class ServerState:
 
     def reload_if_changed(self) -> bool:
         """Pick up a renewed server certificate or rotated device CA; True if anything changed."""
-        self.session_tickets.apply(self.ssl_context, self.now())
+        self._seal_tickets()
         marks = {name: _mtime(path) for name, path in self._watched().items()}
         if marks == self._file_marks:
             return False
@@ -233,6 +241,7 @@ class ServerState:
                 self.ssl_context.load_cert_chain(
                     self._watched()["chain"], self._watched()["key"], password=self.dd.passphrase
                 )
+                self._seal_tickets()
             self.ssl_context.load_verify_locations(cadata=self._client_ca_bundle().decode())
             self.settings = settings
             self.root_cas = root_cas
