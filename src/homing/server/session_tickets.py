@@ -26,7 +26,7 @@ import hashlib
 import logging
 import os
 import ssl
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -85,13 +85,14 @@ class SessionTickets:
 
     def __init__(self, keys_dir: Path) -> None:
         self.keys_dir = keys_dir
-        self._day: str | None = None
+        # (day, chain) the context's key was derived for: re-derived only when either changes.
+        self._sealed_for: tuple[date, int, int] | None = None
 
     def apply(self, context: ssl.SSLContext, now: datetime, server_chain: bytes) -> None:
         """Set the key of the day and of ``server_chain`` (the PEM the context serves) on
         ``context`` if it does not hold it yet."""
-        day = f"{now.astimezone(UTC).date().isoformat()} {hashlib.sha256(server_chain).hexdigest()}"
-        if day == self._day:
+        sealed_for = (now.astimezone(UTC).date(), len(server_chain), hash(server_chain))
+        if sealed_for == self._sealed_for:
             return
         try:
             keys = ticket_keys(_secret(self.keys_dir), now, server_chain)
@@ -101,4 +102,4 @@ class SessionTickets:
         if not tls.set_ticket_keys(context, keys, SESSION_LIFETIME):
             log.warning("sessions resume on this worker only: its TLS library takes no ticket key")
             return
-        self._day = day
+        self._sealed_for = sealed_for

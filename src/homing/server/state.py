@@ -106,6 +106,7 @@ class ServerState:
         self.ssl_context = self._build_tls()
         # Every worker seals session tickets with the day's shared key.
         self.session_tickets = SessionTickets(self.dd.keys_dir)
+        self._served_chain = self._read_served_chain()
         self._seal_tickets()
         self._load_device_ca()
         self._record_published_pins()
@@ -196,13 +197,16 @@ class ServerState:
         self._remember_files()
         return context
 
+    def _read_served_chain(self) -> bytes:
+        """The chain file the TLS context was just loaded from (read once per load)."""
+        try:
+            return self.dd.pki_path("server-chain.pem").read_bytes()
+        except OSError:
+            return b""  # the reload that follows says what is wrong with the chain
+
     def _seal_tickets(self) -> None:
         """Session tickets sealed with the key of the day and of the chain served now."""
-        try:
-            chain = self.dd.pki_path("server-chain.pem").read_bytes()
-        except OSError:
-            return  # the reload that follows says what is wrong with the chain
-        self.session_tickets.apply(self.ssl_context, self.now(), chain)
+        self.session_tickets.apply(self.ssl_context, self.now(), self._served_chain)
 
     def _watched(self) -> dict[str, Path]:
         return {
@@ -241,6 +245,7 @@ class ServerState:
                 self.ssl_context.load_cert_chain(
                     self._watched()["chain"], self._watched()["key"], password=self.dd.passphrase
                 )
+                self._served_chain = self._read_served_chain()
                 self._seal_tickets()
             self.ssl_context.load_verify_locations(cadata=self._client_ca_bundle().decode())
             self.settings = settings
