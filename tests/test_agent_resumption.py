@@ -141,3 +141,21 @@ def test_a_session_is_offered_for_its_lifetime_only(server: RunningServer, tmp_p
     now[0] = 60.0
     fresh = object()
     assert sessions.offer(key, lambda: fresh) == (fresh, None, [])  # type: ignore[arg-type,return-value]
+
+
+def test_thirty_endpoints_keep_the_newest_eight_sessions(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """The store is bounded however many homes, pin policies and certificates a long-lived
+    process meets: the oldest session goes first."""
+    state, policy = _device(server, tmp_path)
+    context, session, chain = _kept(server, state, policy)
+    sessions = Sessions(limit=8)
+    keys = [Sessions.key("home", 443, f"policy-{i}".encode(), None) for i in range(30)]
+    for key in keys:
+        sessions.remember(key, context, session, chain)  # type: ignore[arg-type]
+    assert len(sessions._kept) == 8
+    for key in keys[:22]:
+        assert sessions.offer(key, lambda: "fresh")[1] is None  # type: ignore[arg-type,return-value]
+    for key in keys[22:]:
+        assert sessions.offer(key, lambda: pytest.fail("evicted"))[1] is session

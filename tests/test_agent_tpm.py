@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from homing import ceremonies
 from homing.agent.device_key import PROVIDER_ARGS
@@ -242,6 +243,31 @@ def test_a_tpm_held_key_enrolls_checks_in_renews_and_recovers(
     with server.state.db.begin() as conn:
         assert contacts.count_checkins(conn, "tpm-1") == 3
     _assert_no_private_key_in(state.root)
+
+
+def test_twenty_csrs_and_proofs_leave_the_tpm_as_able_as_before(
+    tpm: dict[str, str],
+    server: RunningServer,
+    factory: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A device renews and recovers for years: every use of the key must leave no object
+    behind in the TPM (a TPM holds a handful), so the twentieth works as the first."""
+    state = _enroll(server, factory, tmp_path, tpm)
+    for name, value in tpm.items():
+        monkeypatch.setenv(name, value)
+    key = state.device_key()
+    public = key.public_key()
+    for n in range(20):
+        csr = x509.load_der_x509_csr(key.csr("tpm-1"))
+        assert csr.is_signature_valid
+        assert csr.public_key() == public
+        message = f"proof {n}".encode()
+        public.verify(
+            key.sign(message, ec.ECDSA(hashes.SHA256())), message, ec.ECDSA(hashes.SHA256())
+        )
+    _run_once(state, tpm)  # and the TLS stack still signs with it
 
 
 def test_without_the_providers_configuration_the_agent_says_what_is_missing(

@@ -113,3 +113,7 @@ def test_the_keys_are_one_per_day_and_chain_and_the_same_for_every_worker() -> N
     assert keys != ticket_keys(bytes(32), monday, chain)
     assert keys != ticket_keys(secret, monday, chain + b"renewed")
     assert len(keys) == 80
+    # Thirty days, thirty renewals: never a key twice.
+    days = {ticket_keys(secret, monday + timedelta(days=d), chain) for d in range(30)}
+    renewals = {ticket_keys(secret, monday, chain + str(n).encode()) for n in range(30)}
+    assert len(days | renewals) == 60
