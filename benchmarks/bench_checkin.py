@@ -32,6 +32,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,24 @@ http {{
 }}
 """)
     return conf
+
+
+@contextmanager
+def nginx_server(nginx: str, work: Path, data: Path) -> Iterator[tuple[int, int]]:
+    """nginx on a free loopback port with the site's certificates: (port, master pid)."""
+    port = free_port()
+    (work / "nginx").mkdir()
+    conf = _nginx_conf(work / "nginx", port, data)
+    proc = subprocess.Popen(
+        [nginx, "-c", str(conf), "-p", str(work / "nginx"), "-g", "daemon off;"],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc)
+        yield port, proc.pid
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        proc.wait(timeout=30)
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -233,17 +253,9 @@ def run(quick: bool = False) -> dict[str, Any]:
             )
             results["est"] = _est_rate(port, data, 600 if quick else 3000)
         if nginx:
-            nginx_port = free_port()
-            (work / "nginx").mkdir()
-            conf = _nginx_conf(work / "nginx", nginx_port, data)
-            nginx_proc = subprocess.Popen(
-                [nginx, "-c", str(conf), "-p", str(work / "nginx"), "-g", "daemon off;"],
-                stderr=subprocess.DEVNULL,
-            )
-            try:
-                wait_for_port(nginx_port, nginx_proc)
+            with nginx_server(nginx, work, data) as (nginx_port, nginx_pid):
                 results["nginx_new_connection"] = _phase(
-                    nginx_port, ca, new, seconds, work, nginx_proc.pid
+                    nginx_port, ca, new, seconds, work, nginx_pid
                 )
                 results["nginx_keepalive"] = _phase(
                     nginx_port,
@@ -251,12 +263,10 @@ def run(quick: bool = False) -> dict[str, Any]:
                     kept,
                     seconds,
                     work,
-                    nginx_proc.pid,
+                    nginx_pid,
                     requests_per_connection=KEPT,
+                    warmup=0,
                 )
-            finally:
-                nginx_proc.send_signal(signal.SIGQUIT)
-                nginx_proc.wait(timeout=30)
     _report(results)
     return results
 

@@ -28,8 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks._server import free_port, homing_process, wait_for_port
-from benchmarks.bench_checkin import _ensure_nginx, _nginx_conf
+from benchmarks._server import homing_process
+from benchmarks.bench_checkin import _ensure_nginx, nginx_server
 from benchmarks.bench_storm import _fleet, _generate
 from homing import ceremonies
 
@@ -100,19 +100,8 @@ def run(quick: bool = False) -> dict[str, Any]:
             results["homing"] = _measure(int(url.rsplit(":", 1)[1]), ca, devices, seconds, work)
         nginx = _ensure_nginx()
         if nginx:
-            port = free_port()
-            (work / "nginx").mkdir()
-            conf = _nginx_conf(work / "nginx", port, data)
-            proc = subprocess.Popen(
-                [nginx, "-c", str(conf), "-p", str(work / "nginx"), "-g", "daemon off;"],
-                stderr=subprocess.DEVNULL,
-            )
-            try:
-                wait_for_port(port, proc)
+            with nginx_server(nginx, work, data) as (port, _pid):
                 results["nginx"] = _measure(port, ca, devices, seconds, work)
-            finally:
-                proc.send_signal(signal.SIGQUIT)
-                proc.wait(timeout=30)
     print(f"honest check-ins (16 devices, new connection each) beside {CONNECTIONS} slow heads")
     for server in ("homing", "nginx"):
         if server not in results:
