@@ -6,6 +6,7 @@ import asyncio
 import http.client
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -318,6 +319,23 @@ def certs_from_pkcs7(body: bytes) -> list[x509.Certificate]:
     from cryptography.hazmat.primitives.serialization import pkcs7
 
     return pkcs7.load_der_pkcs7_certificates(base64.b64decode(body))
+
+
+def request_on_a_new_connection(
+    port: int, context: ssl.SSLContext, session: ssl.SSLSession | None, request: bytes
+) -> tuple[bytes, bytes, bool, ssl.SSLSession | None]:
+    """One raw HTTP/1.1 request (``Connection: close``) on a new TLS connection to loopback
+    offering ``session``: (head, body, whether it resumed, the session to offer next)."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
+    ):
+        tls.sendall(request)
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        return head, body, bool(tls.session_reused), tls.session
 
 
 def save_device(

@@ -29,6 +29,7 @@ from tests.harness import (
     certs_from_pkcs7,
     est_csr,
     homing_entry_point,
+    request_on_a_new_connection,
     run_homing,
     save_device,
 )
@@ -325,17 +326,14 @@ def _get_healthz(
     port: int, context: ssl.SSLContext, session: ssl.SSLSession | None
 ) -> tuple[int, bool, ssl.SSLSession | None]:
     """One /healthz on a new connection offering ``session``: (worker, resumed, new session)."""
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
-        context.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
-    ):
-        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        answer = b""
-        while chunk := tls.recv(65536):
-            answer += chunk
-        head, _, body = answer.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), head
-        return int(json.loads(body)["worker"]), tls.session_reused, tls.session
+    head, body, resumed, new_session = request_on_a_new_connection(
+        port,
+        context,
+        session,
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return int(json.loads(body)["worker"]), resumed, new_session
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -9,7 +9,6 @@ its last session, and a ticket presented on another day.
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from homing import ceremonies
 from homing.server.session_tickets import ticket_keys
 from homing.store import devices as device_store
-from tests.harness import DeviceCredentials, RunningServer
+from tests.harness import DeviceCredentials, RunningServer, request_on_a_new_connection
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -30,21 +29,17 @@ def _check_in(
     server: RunningServer, context: ssl.SSLContext, session: ssl.SSLSession | None
 ) -> tuple[int, bool, ssl.SSLSession | None]:
     """One check-in on a new connection offering ``session``: (status, resumed, new session)."""
-    with (
-        socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw,
-        context.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
-    ):
-        tls.sendall(
-            b"POST /v1/device/checkin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
-            b"Content-Type: application/json\r\nContent-Length: "
-            + str(len(_BODY)).encode()
-            + b"\r\n\r\n"
-            + _BODY
-        )
-        answer = b""
-        while chunk := tls.recv(65536):
-            answer += chunk
-        return int(answer.split(b" ", 2)[1]), tls.session_reused, tls.session
+    head, _, resumed, new_session = request_on_a_new_connection(
+        server.port,
+        context,
+        session,
+        b"POST /v1/device/checkin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: "
+        + str(len(_BODY)).encode()
+        + b"\r\n\r\n"
+        + _BODY,
+    )
+    return int(head.split(b" ", 2)[1]), resumed, new_session
 
 
 def _device_context(server: RunningServer, device: DeviceCredentials) -> ssl.SSLContext:
