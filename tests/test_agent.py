@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from homing.agent.state import DeviceState
 from homing.operations import fleet as operations
 from homing.operations.provisioning import provision
 from homing.store.schema import checkins
-from tests.harness import RunningServer, homing_entry_point
+from tests.harness import RunningServer, homing_entry_point, wait_until
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -190,10 +190,17 @@ def test_agent_run_keeps_running_and_checks_in(server: RunningServer, tmp_path: 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    # The journal is read as it is written: the daemon logs its line after the cycle's
+    # process has written last-run.json and exited, so the test waits for the line itself.
+    journal_lines: list[bytes] = []
+    assert process.stderr is not None
+    reader = threading.Thread(target=lambda: journal_lines.extend(process.stderr), daemon=True)
+    reader.start()
     try:
-        deadline = time.monotonic() + 60
-        while not state.last_run_path.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(
+            "the daemon's line for its first cycle",
+            lambda: b"next cycle in" in b"".join(journal_lines),
+        )
         assert json.loads(state.last_run_path.read_bytes())["checked_in"] is True
         cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
         assert b"homing.agent.daemon" in cmdline
@@ -205,10 +212,13 @@ def test_agent_run_keeps_running_and_checks_in(server: RunningServer, tmp_path: 
         assert resident_kib < 30 * 1024, f"{resident_kib} KiB resident while asleep"
     finally:
         process.send_signal(signal.SIGTERM)
-        _, journal = process.communicate(timeout=20)
+        process.wait(timeout=60)
+        reader.join(timeout=60)
+        process.stderr.close()
     # Stopped by SIGTERM, it dies of it: systemd counts that as a clean stop.
     assert process.returncode == -signal.SIGTERM
     # The cycle's line for the journal: what it did, when the next one runs.
+    journal = b"".join(journal_lines)
     assert b"checked in (trust root v1" in journal
     assert b"next cycle in" in journal
 
