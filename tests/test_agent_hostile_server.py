@@ -177,11 +177,12 @@ def hostile(
 
 
 def _files(state: DeviceState) -> dict[str, bytes]:
-    """Everything the device keeps, but the report of its last run."""
+    """Everything the device keeps, but the report of its last run and the TLS sessions
+    saved for the next (a cache of handshakes with the pinned home, nothing it trusts)."""
     return {
         str(p.relative_to(state.root)): p.read_bytes()
         for p in sorted(state.root.rglob("*"))
-        if p.is_file() and p != state.last_run_path
+        if p.is_file() and p not in (state.last_run_path, state.sessions_path)
     }
 
 

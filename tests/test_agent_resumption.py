@@ -1,14 +1,17 @@
 """The agent resumes its TLS session home, and a resumed session never skips a check.
 
 Real server on loopback, real agent connections (homing.agent.transport):
-the second connection of a cycle resumes; a change of pins or of the device
-certificate starts a full handshake; a session offered to a server that
-is not home (another CA's certificate) buys nothing: the handshake is full
-and the pins refuse it.
+the second connection of a cycle resumes; the next cycle, in a process of
+its own, resumes the session the last one saved; a change of pins or of the
+device certificate starts a full handshake; a session offered to a server
+that is not home (another CA's certificate) buys nothing: the handshake is
+full and the pins refuse it, whether the session was kept in memory or read
+from the file.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,7 +26,7 @@ from homing.agent.transport import open_connection
 from homing.errors import ChainError
 from homing.operations.provisioning import provision
 from homing.trust.pins import PinPolicy
-from tests.harness import RunningServer
+from tests.harness import RunningServer, run_homing
 from tests.mitm import foreign_tls_server
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -159,3 +162,121 @@ def test_thirty_endpoints_keep_the_newest_eight_sessions(
         assert sessions.offer(key, lambda: "fresh")[1] is None  # type: ignore[arg-type,return-value]
     for key in keys[22:]:
         assert sessions.offer(key, lambda: pytest.fail("evicted"))[1] is session
+
+
+def _cycle_in_a_process(server: RunningServer, state: DeviceState) -> dict[str, int]:
+    """One cycle of the installed agent in a process of its own: its pinned handshakes."""
+    done = run_homing(
+        "agent", "run", "--once", "--state", str(state.root), "--server", _url(server)
+    )
+    assert done.returncode == 0, done.stderr
+    handshakes: dict[str, int] = json.loads(state.last_run_path.read_bytes())["tls_handshakes"]
+    return handshakes
+
+
+def test_the_next_cycle_in_a_process_of_its_own_resumes(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    state = provision(
+        server.state.dd,
+        tmp_path / "dev",
+        datetime.now(UTC),
+        device_id="dev-1",
+        hardware="board-a",
+        server=_url(server),
+    )
+    first = _cycle_in_a_process(server, state)
+    # One full handshake per channel: metadata (no client certificate) and the check-in.
+    assert first["full"] == 2, first
+    # Saved for the next process, readable by the agent alone.
+    assert state.sessions_path.stat().st_mode & 0o777 == 0o600
+    for _ in range(3):
+        later = _cycle_in_a_process(server, state)
+        assert later.get("full", 0) == 0, later
+        assert later["resumed"] >= 1
+    saved = json.loads(state.sessions_path.read_bytes())
+    assert len(saved["sessions"]) == 2  # one a channel: bounded, however many cycles
+
+
+def test_a_saved_session_offered_to_a_stranger_buys_nothing(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """An attacker who answers for home (DNS, routing) meets a saved session: it cannot
+    open the ticket, so the handshake is full, and the pins refuse its certificate."""
+    state, policy = _device(server, tmp_path)
+    saved = json.loads(state.sessions_path.read_bytes())
+    with foreign_tls_server(tmp_path) as (port, received):
+        for entry in saved["sessions"]:
+            entry["port"] = port
+        state.sessions_path.write_text(json.dumps(saved))
+        SESSIONS.forget()
+        SESSIONS.use_file(state.sessions_path)
+        SESSIONS.handshakes.clear()
+        with pytest.raises(ChainError):
+            _connect(f"https://127.0.0.1:{port}", state, policy)
+        assert received == []
+        assert SESSIONS.handshakes == {"full": 1}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"", b"{not json", b'{"schema": "homing.tls-sessions/1", "sessions": [{"host": 1}]}'],
+)
+def test_a_damaged_sessions_file_costs_a_full_handshake_and_is_replaced(
+    server: RunningServer, tmp_path: Path, damage: bytes
+) -> None:
+    state, _ = _device(server, tmp_path)
+    state.sessions_path.write_bytes(damage)
+    SESSIONS.forget()
+    report = Agent(state, server=_url(server), firmware_version="1.0.0").run_once()
+    assert report.checked_in
+    assert report.tls_handshakes["full"] == 2  # as a new device's: one per channel
+    assert json.loads(state.sessions_path.read_bytes())["sessions"]
+
+
+def test_a_saved_session_is_offered_for_its_lifetime_and_never_after_a_clock_set_back(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    state, policy = _device(server, tmp_path)
+    context, session, chain = _kept(server, state, policy)
+    path = tmp_path / "sessions.json"
+    now = [1_000_000.0]
+    key = Sessions.key("home", 443, b"policy", None)
+
+    def reopened() -> Sessions:
+        """What the next cycle's process reads from ``path``."""
+        sessions = Sessions(lifetime=60, clock=lambda: now[0])
+        sessions.use_file(path)
+        return sessions
+
+    writer = Sessions(lifetime=60, clock=lambda: now[0])
+    writer.use_file(path)
+    writer.remember(key, context, session, chain)  # type: ignore[arg-type]
+    writer.save()
+    now[0] += 59
+    offered = reopened().offer(key, lambda: context)  # type: ignore[arg-type,return-value]
+    assert isinstance(offered[1], bytes)
+    assert offered[2] == chain
+    now[0] += 1
+    assert reopened().offer(key, lambda: "fresh")[1] is None  # type: ignore[arg-type,return-value]
+    # The clock set back an hour: the deadline lies further ahead than a lifetime.
+    now[0] -= 3600
+    assert reopened().offer(key, lambda: "fresh")[1] is None  # type: ignore[arg-type,return-value]
+
+
+def test_thirty_endpoints_leave_eight_sessions_in_the_file(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    state, policy = _device(server, tmp_path)
+    context, session, chain = _kept(server, state, policy)
+    path = tmp_path / "sessions.json"
+    sizes = []
+    for i in range(30):
+        sessions = Sessions(limit=8)
+        sessions.use_file(path)  # each cycle a process of its own
+        key = Sessions.key("home", 443, f"policy-{i}".encode(), None)
+        sessions.remember(key, context, session, chain)  # type: ignore[arg-type]
+        sessions.save()
+        sizes.append(path.stat().st_size)
+    assert len(json.loads(path.read_bytes())["sessions"]) == 8
+    assert max(sizes[8:]) <= min(sizes[7:]) * 1.1  # bounded once full

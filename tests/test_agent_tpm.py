@@ -197,6 +197,8 @@ def _assert_no_private_key_in(directory: Path) -> None:
         assert b"BEGIN PRIVATE KEY" not in data, path
         assert b"BEGIN EC PRIVATE KEY" not in data, path
         assert b"BEGIN ENCRYPTED PRIVATE KEY" not in data, path
+    # Nor a TLS session's resumption secret: with the key in the TPM none is saved.
+    assert not (directory / "tls-sessions.json").exists()
     blob = (directory / "key.pem").read_bytes()
     assert blob.startswith(b"-----BEGIN TSS2 PRIVATE KEY-----")
     with pytest.raises(ValueError, match=r"(?i)key|PEM"):

@@ -24,7 +24,14 @@ from pathlib import Path
 
 from homing.errors import ConfigError
 
-__all__ = ["GROUPS", "TLS12_CIPHERS", "client_context", "server_context", "set_ticket_keys"]
+__all__ = [
+    "GROUPS",
+    "TLS12_CIPHERS",
+    "client_context",
+    "server_context",
+    "set_ticket_keys",
+    "ssl_ctx_pointer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +49,7 @@ _SSL_CTRL_OPTIONS = 32
 _NO_CHECK_TIME = 0x200000
 
 
-def _ssl_ctx_pointer(context: ssl.SSLContext) -> int | None:
+def ssl_ctx_pointer(context: ssl.SSLContext) -> int | None:
     """The SSL_CTX* inside a Python SSLContext, verified before it is used."""
     try:
         lib = ctypes.CDLL(_ssl.__file__)
@@ -70,7 +77,7 @@ def _ssl_ctx_pointer(context: ssl.SSLContext) -> int | None:
 
 
 def _set_groups(context: ssl.SSLContext) -> None:
-    pointer = _ssl_ctx_pointer(context)
+    pointer = ssl_ctx_pointer(context)
     if pointer is not None:
         lib = ctypes.CDLL(_ssl.__file__)
         lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
@@ -91,7 +98,7 @@ def set_ticket_keys(context: ssl.SSLContext, keys: bytes, lifetime: int) -> bool
     """
     if len(keys) != 80:
         raise ValueError("ticket keys are 80 bytes")
-    pointer = _ssl_ctx_pointer(context)
+    pointer = ssl_ctx_pointer(context)
     if pointer is None:
         return False
     lib = ctypes.CDLL(_ssl.__file__)
@@ -156,7 +163,7 @@ def _defer_client_verification(context: ssl.SSLContext) -> bool:
     validation at the server's time, the device leaf profile, standing).
     Python keeps a callback set this way when ``verify_mode`` changes.
     """
-    pointer = _ssl_ctx_pointer(context)
+    pointer = ssl_ctx_pointer(context)
     if pointer is None:
         return False
     lib = ctypes.CDLL(_ssl.__file__)

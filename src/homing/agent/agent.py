@@ -42,6 +42,7 @@ from homing.agent.decide import (
 )
 from homing.agent.exports import SERVICES_FILE
 from homing.agent.fetcher import HTTPSFetcher
+from homing.agent.resumption import SESSIONS
 from homing.agent.state import DeviceState
 from homing.agent.time_steps import HomeTimeSteps
 from homing.agent.transport import check_server_url
@@ -361,8 +362,25 @@ class Agent(HomeTimeSteps):
     # -- the cycle -----------------------------------------------------------
 
     def run_once(self) -> CycleReport:
-        """One whole cycle: trust, certificate, firmware, check-in."""
-        return self._reported(self._cycle)
+        """One whole cycle: trust, certificate, firmware, check-in.
+
+        The cycle resumes the TLS sessions the last one saved and saves its own for the
+        next (homing.agent.resumption); with the key in a TPM, nothing is saved.
+        """
+        file_key = self.config.key_store == "file"
+        SESSIONS.use_file(self.state.sessions_path if file_key else None)
+        SESSIONS.handshakes.clear()
+
+        def cycle(report: CycleReport) -> None:
+            try:
+                self._cycle(report)
+            finally:
+                report.tls_handshakes = dict(SESSIONS.handshakes)
+
+        try:
+            return self._reported(cycle)
+        finally:
+            SESSIONS.save()
 
     def run_with(self, client: HomeClient) -> CycleReport:
         """The cycle after the trust refresh, over ``client``.

@@ -67,6 +67,8 @@ class CycleReport:
     # Firmware: the version committed this cycle, or why an assigned image was refused.
     committed_version: str | None = None
     update_refused: str | None = None
+    # The pinned TLS connections home: how many resumed a session, how many were full.
+    tls_handshakes: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +77,7 @@ class CycleReport:
             "error": self.error,
             "revoked": self.revoked,
             "trust": self.trust,
+            "tls_handshakes": self.tls_handshakes,
         }
 
 

@@ -12,6 +12,8 @@ Layout::
                            timestamp, snapshot, targets) and the pin policy target
     STATE/time-floor       the newest time the device has evidence for
     STATE/last-run.json    what the last cycle did, for `homing agent status`
+    STATE/tls-sessions.json  TLS sessions home for the next cycle to resume (0600;
+                           not with key_store "tpm2": homing.agent.resumption)
 
 A power cut at any instant leaves every file either old or new
 (``homing.fsutil.atomic_write``); the agent starts from either.
@@ -79,6 +81,7 @@ class DeviceState:
         self.trust_dir = root / "trust"
         self.floor_path = root / "time-floor"
         self.last_run_path = root / "last-run.json"
+        self.sessions_path = root / "tls-sessions.json"
 
     # -- creation -----------------------------------------------------------
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from cryptography import x509
 
 from homing.agent.egress import egress_for
-from homing.agent.resumption import SESSIONS, SessionKey
+from homing.agent.resumption import SESSIONS, Offered, SessionKey
+from homing.agent.session_bytes import offer_saved
 from homing.config import Limits
 from homing.errors import ChainError, ConfigError, TransportError
 from homing.pki.validate import (
@@ -107,7 +108,7 @@ class PinnedConnection(http.client.HTTPSConnection):
         # Pinned connections resume the last session to the same home under the same
         # pins and certificate (homing.agent.resumption); the bootstrap channel never.
         self._session_key: SessionKey | None = None
-        self._offered: ssl.SSLSession | None = None
+        self._offered: Offered = None
         self._offered_chain: list[bytes] = []
         if policy is not None:
             self._session_key = SESSIONS.key(
@@ -138,14 +139,9 @@ class PinnedConnection(http.client.HTTPSConnection):
                 raw = socket.create_connection((self.host, self.port), self.timeout)
             except OSError as e:
                 raise TransportError(f"cannot reach {self.host}:{self.port}: {e}") from e
-        try:
-            server_name = None if self.endpoint.is_ip else self.host
-            tls = self._tls_context.wrap_socket(
-                raw, server_hostname=server_name, session=self._offered
-            )
-        except (ssl.SSLError, OSError) as e:
-            raw.close()
-            raise TransportError(f"TLS handshake with {self.host}:{self.port} failed: {e}") from e
+        tls = self._handshake(raw)
+        if self._session_key is not None:
+            SESSIONS.count(bool(tls.session_reused))
         if self.policy is not None:
             try:
                 self._check(tls)
@@ -164,6 +160,27 @@ class PinnedConnection(http.client.HTTPSConnection):
                 raise
         self.resumed = bool(tls.session_reused)
         self.sock = tls
+
+    def _handshake(self, raw: socket.socket) -> ssl.SSLSocket:
+        """TLS over ``raw``, offering the kept session: one of this process, or one a
+        previous cycle saved (homing.agent.session_bytes)."""
+        offered = self._offered
+        server_name = None if self.endpoint.is_ip else self.host
+        tls: ssl.SSLSocket | None = None
+        try:
+            tls = self._tls_context.wrap_socket(
+                raw,
+                server_hostname=server_name,
+                session=offered if isinstance(offered, ssl.SSLSession) else None,
+                do_handshake_on_connect=False,
+            )
+            if isinstance(offered, bytes):
+                offer_saved(tls, self._tls_context, offered)
+            tls.do_handshake()
+        except (ssl.SSLError, OSError) as e:
+            (tls or raw).close()
+            raise TransportError(f"TLS handshake with {self.host}:{self.port} failed: {e}") from e
+        return tls
 
     def close(self) -> None:
         """Keep the session (its ticket has come by now) for the next connection home."""
