@@ -349,6 +349,12 @@ CASES: dict[str, Case] = {
         "no homing data directory",
         "new server certificate",
     ),
+    "rotate session-tickets": Case(
+        lambda s: ["rotate", "session-tickets", *_d(s)],
+        lambda s: ["rotate", "session-tickets", "--data", NOWHERE],
+        "no homing data directory",
+        "session-ticket secret replaced",
+    ),
     "rotate online-keys": Case(
         lambda s: ["rotate", "online-keys", *_d(s)],
         lambda s: ["rotate", "online-keys", "--data", NOWHERE],

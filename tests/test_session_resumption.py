@@ -3,7 +3,8 @@
 The home server hands out TLS 1.3 session tickets (sealed with the site's key
 of the day: homing.server.session_tickets). A device that resumes skips the
 certificate exchange, so these attack the shortcut: a device revoked since
-its last session, and a ticket presented on another day.
+its last session, a ticket presented on another day or after the site's
+ticket secret was replaced.
 """
 
 from __future__ import annotations
@@ -17,8 +18,15 @@ import pytest
 
 from homing import ceremonies
 from homing.server.session_tickets import ticket_keys
+from homing.site import DataDir
 from homing.store import devices as device_store
-from tests.harness import DeviceCredentials, RunningServer, request_on_a_new_connection
+from homing.store.audit import audit_entries
+from tests.harness import (
+    DeviceCredentials,
+    RunningServer,
+    request_on_a_new_connection,
+    run_homing,
+)
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -112,3 +120,36 @@ def test_the_keys_are_one_per_day_and_chain_and_the_same_for_every_worker() -> N
     days = {ticket_keys(secret, monday + timedelta(days=d), chain) for d in range(30)}
     renewals = {ticket_keys(secret, monday, chain + str(n).encode()) for n in range(30)}
     assert len(days | renewals) == 60
+
+
+@sqlite_only
+def test_rotating_the_ticket_secret_ends_every_session_and_thirty_rotations_stay_apart(
+    server: RunningServer, factory: tuple[str, str], tmp_path: Path
+) -> None:
+    """`homing rotate session-tickets` (the installed CLI): a session sealed before is
+    not resumed once the server has taken the new secret up, and the device checks in
+    with a full handshake; thirty rotations, thirty secrets."""
+    device = server.enroll("dev-ticket-rotation", factory, tmp_path)
+    context = _device_context(server, device)
+    secret_path = server.state.dd.keys_dir / "session-tickets.secret"
+    secrets = {secret_path.read_bytes()}
+    _, _, session = _check_in(server, context, None)
+    for _ in range(30):
+        status, resumed, session = _check_in(server, context, session)
+        assert (status, resumed) == (200, True)
+        done = run_homing("rotate", "session-tickets", "--data", str(server.state.dd.root))
+        assert done.returncode == 0, done.stderr
+        assert "session-ticket secret replaced" in done.stdout
+        assert secret_path.stat().st_mode & 0o777 == 0o600
+        secrets.add(secret_path.read_bytes())
+        server.settle()  # the reload check every worker runs within its interval
+        status, resumed, session = _check_in(server, context, session)
+        assert (status, resumed) == (200, False)
+    assert len(secrets) == 31
+    site = DataDir(server.state.dd.root)  # the data directory's own database: the CLI's
+    try:
+        with site.database().begin() as conn:
+            entries = audit_entries(conn, limit=1000)
+    finally:
+        site.close()
+    assert sum(e["action"] == "rotate_session_tickets" for e in entries) == 30

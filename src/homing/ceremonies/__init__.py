@@ -14,6 +14,7 @@ from homing.ceremonies.rotations import (
     rotate_root,
     rotate_root_ca,
     rotate_server_cert,
+    rotate_session_tickets,
 )
 
 __all__ = [
@@ -35,5 +36,6 @@ __all__ = [
     "rotate_root",
     "rotate_root_ca",
     "rotate_server_cert",
+    "rotate_session_tickets",
     "write_crl",
 ]

@@ -295,6 +295,18 @@ def rotate_server_cert(
 
 
 @serialized
+def rotate_session_tickets(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR) -> None:
+    """A new TLS session-ticket secret: every session sealed with the old one ends as each
+    worker takes the new one up (at its next reload check), and devices make one full
+    handshake. For a secret that may have leaked, or on the schedule of the online keys."""
+    from homing.server.session_tickets import replace_secret
+
+    dd, _, _ = _open(data)
+    replace_secret(dd.keys_dir)
+    _audit(dd, now, actor, "rotate_session_tickets")
+
+
+@serialized
 def refresh_timestamp(
     data: Path | DataDir,
     now: datetime,

@@ -334,6 +334,19 @@ def rotate_server_cert(data: Path) -> None:
     )
 
 
+@rotate.command("session-tickets")
+@_data_option
+def rotate_session_tickets(data: Path) -> None:
+    """Replace the TLS session-ticket secret: every session sealed with the old one ends."""
+    from homing import ceremonies
+
+    ceremonies.rotate_session_tickets(_site(data), _now(), actor=_operator_actor())
+    out.print(
+        "session-ticket secret replaced: each server process takes it up within its reload "
+        "interval; copy DATA/keys/session-tickets.secret to replicas on other hosts"
+    )
+
+
 @rotate.command("online-keys")
 @_data_option
 @_sign_with

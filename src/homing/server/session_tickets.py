@@ -34,8 +34,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from homing import tls
 from homing.errors import ConfigError
+from homing.fsutil import atomic_write
 
-__all__ = ["SESSION_LIFETIME", "SessionTickets", "ticket_keys"]
+__all__ = ["SESSION_LIFETIME", "SessionTickets", "replace_secret", "ticket_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,25 @@ def ticket_keys(secret: bytes, when: datetime, server_chain: bytes = b"") -> byt
     ).derive(secret)
 
 
-def _secret(keys_dir: Path) -> bytes:
-    """The site's ticket secret, made by the first worker that needs it."""
+def replace_secret(keys_dir: Path) -> None:
+    """A new random ticket secret for the site, in place of the old one (atomically, 0600):
+    every worker seals and opens with it from its next reload check, so every session
+    sealed before ends (`homing rotate session-tickets`)."""
+    atomic_write(keys_dir / TICKET_SECRET_NAME, os.urandom(32), mode=0o600)
+
+
+def _secret_mark(keys_dir: Path) -> tuple[int, int] | None:
+    """What tells one secret file from its replacement (a new file: a new inode)."""
+    try:
+        found = (keys_dir / TICKET_SECRET_NAME).stat()
+    except OSError:
+        return None
+    return (found.st_ino, found.st_mtime_ns)
+
+
+def _secret(keys_dir: Path) -> tuple[bytes, tuple[int, int]]:
+    """The site's ticket secret, made by the first worker that needs it, and the mark of
+    the file it was read from."""
     path = keys_dir / TICKET_SECRET_NAME
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -71,13 +89,15 @@ def _secret(keys_dir: Path) -> bytes:
         finally:
             os.close(fd)
     try:
-        secret = path.read_bytes()
+        with path.open("rb") as f:
+            found = os.fstat(f.fileno())
+            secret = f.read(33)
     except OSError as e:
         raise ConfigError(f"cannot read the session ticket secret {path}: {e.strerror}") from e
     if len(secret) != 32:
         # Another worker is between creating and writing it: its bytes arrive next.
         raise ConfigError(f"the session ticket secret {path} is not 32 bytes")
-    return secret
+    return secret, (found.st_ino, found.st_mtime_ns)
 
 
 class SessionTickets:
@@ -85,20 +105,26 @@ class SessionTickets:
 
     def __init__(self, keys_dir: Path) -> None:
         self.keys_dir = keys_dir
-        # (day, chain) the context's key was derived for: re-derived only when either changes.
-        self._sealed_for: tuple[date, int, int] | None = None
+        # (day, chain, secret file) the context's key was derived for: re-derived only
+        # when one changes.
+        self._sealed_for: tuple[date, int, int, tuple[int, int] | None] | None = None
 
     def apply(self, context: ssl.SSLContext, now: datetime, server_chain: bytes) -> None:
         """Set the key of the day and of ``server_chain`` (the PEM the context serves) on
         ``context`` if it does not hold it yet."""
-        sealed_for = (now.astimezone(UTC).date(), len(server_chain), hash(server_chain))
-        if sealed_for == self._sealed_for:
+        day = now.astimezone(UTC).date()
+        mark = _secret_mark(self.keys_dir)
+        if mark is not None and (day, len(server_chain), hash(server_chain), mark) == (
+            self._sealed_for
+        ):
             return
         try:
-            keys = ticket_keys(_secret(self.keys_dir), now, server_chain)
+            secret, mark = _secret(self.keys_dir)
         except ConfigError as e:
             log.warning("sessions resume on this worker only: %s", e)
             return
+        keys = ticket_keys(secret, now, server_chain)
+        sealed_for = (day, len(server_chain), hash(server_chain), mark)
         if not tls.set_ticket_keys(context, keys, SESSION_LIFETIME):
             log.warning("sessions resume on this worker only: its TLS library takes no ticket key")
             return
