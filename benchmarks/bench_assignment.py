@@ -16,8 +16,7 @@ from typing import Any
 from sqlalchemy import insert
 
 from homing.operations import rollouts
-from homing.store import Database, firmware
-from homing.store import devices as device_store
+from homing.store import Database, device_contacts, firmware
 from homing.store.schema import devices
 
 DEVICES = 100_000
@@ -74,8 +73,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         t0 = time.perf_counter()
         for i in picks:
             with db.engine.begin() as conn:
-                device_store.record_checkins(
-                    conn, [device_store.CheckIn(f"d{i}", now, "1.0.0", 1, 1, 1, None)]
+                device_contacts.record_checkins(
+                    conn, [device_contacts.CheckIn(f"d{i}", now, "1.0.0", 1, 1, 1, None)]
                 )
         record_us = (time.perf_counter() - t0) / samples * 1e6
         db.dispose()

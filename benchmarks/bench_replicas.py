@@ -203,7 +203,7 @@ def _one_per_connection(
                 response += chunk
             if not response.startswith(b"HTTP/1.1 200"):
                 raise RuntimeError(f"check-in refused: {response[:80]!r}")
-            resumed += int(tls.session_reused)
+            resumed += 1 if tls.session_reused else 0
             session = tls.session
     return count / (time.perf_counter() - start), resumed
 

@@ -160,7 +160,7 @@ class RunningServer:
         await site.start()
         server = site._server
         assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         for address in self.listen[1:]:
             await GuardedSite(
                 self.runner, guard, host=address, port=self.port, ssl_context=self.state.ssl_context

@@ -32,6 +32,7 @@ from tests.harness import (
     request_on_a_new_connection,
     run_homing,
     save_device,
+    wait_until,
 )
 
 
@@ -363,3 +364,34 @@ def test_a_session_resumes_on_either_worker(
     secret = data / "keys" / "session-tickets.secret"
     assert secret.stat().st_mode & 0o777 == 0o600
     assert len(secret.read_bytes()) == 32
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_session_resumes_on_another_server_with_the_sites_secret_and_chain(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two server processes serving one site (its chain, its ticket secret) resume each
+    other's sessions; once the secret is replaced (`homing rotate session-tickets`) an
+    earlier session resumes on neither, and the new sessions are shared again."""
+    monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
+    data = tmp_path / "data"
+    ceremonies.init(data, datetime.now(UTC))
+    context = _context(data)
+    first, second = _free_port(), _free_port()
+    with _serve(data, first, db_url), _serve(data, second, db_url):
+        _, resumed, session = _get_healthz(first, context, None)
+        assert not resumed
+        for _ in range(10):  # back and forth: each resumes what the other sealed
+            for port in (second, first):
+                _, resumed, session = _get_healthz(port, context, session)
+                assert resumed
+        done = run_homing("rotate", "session-tickets", "--data", str(data))
+        assert done.returncode == 0, done.stderr
+
+        def sealed_anew() -> bool:
+            """Whether both servers refuse the old session (each within its reload check)."""
+            return not any(_get_healthz(p, context, session)[1] for p in (first, second))
+
+        wait_until("both servers to take up the new secret", sealed_anew)
+        _, _, fresh = _get_healthz(first, context, None)
+        assert _get_healthz(second, context, fresh)[1]  # and share the new one

@@ -1,18 +1,20 @@
-"""TLS session tickets that every worker and replica opens: keys derived from one secret, daily.
+"""TLS session tickets that every worker of a site opens: keys derived from one secret, daily.
 
 A device that wakes, checks in and sleeps pays a full handshake each time
 unless it resumes its last session. With TLS 1.3 the server keeps nothing
 per session: it hands the device a ticket sealed with its ticket key and
 opens it when the device comes back. Each worker has its own OpenSSL
 context, and by default its own random ticket key, so a device whose next
-connection lands on another worker (or another replica behind the same
-name) would get a full handshake anyway. Here every worker derives the
-ticket key from one secret of the site (``DATA/keys/session-tickets.secret``,
-made once, 0600, copied with the data directory to replicas) and the day
-(UTC), and the server certificate chain in force: the same key everywhere,
-a new one every day and at every new server certificate, so a ticket opens
-at most until the day changes, and a device meets (and checks) a new server
-certificate in a full handshake as soon as it is served.
+connection lands on another worker would get a full handshake anyway. Here
+every worker derives the ticket key from one secret of the data directory
+(``DATA/keys/session-tickets.secret``, made once, 0600, replaced by
+``homing rotate session-tickets``), the day (UTC) and the server
+certificate chain in force: the same key in every process serving that
+chain, a new one every day, at every new server certificate and every new
+secret, so a ticket opens at most until the day changes, and a device meets
+(and checks) a new server certificate in a full handshake as soon as it is
+served. A replica on another host serves its own certificate, so a device
+that moves to it makes a full handshake and checks it.
 
 Resumption never skips a check that matters: TLS 1.3 resumption here still
 runs an (EC)DHE exchange (forward secrecy), and the application checks the
