@@ -40,6 +40,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from benchmarks._haproxy import PROXY_SOURCE, haproxy_front
 from benchmarks._server import free_port, homing_process, wait_for_port
 from benchmarks.bench_storm import _fleet, _generate
 from homing import ceremonies
@@ -140,6 +141,7 @@ def _phase(
     seconds: float,
     work: Path,
     server_pid: int,
+    also: list[int] | None = None,
     **plan: Any,
 ) -> dict[str, Any]:
     """One closed-loop phase of the C generator, every device once first (not measured);
@@ -157,7 +159,7 @@ def _phase(
             **plan,
         },
         work,
-        extra_lines=[f"server_pid {pid}" for pid in _process_tree(server_pid)],
+        extra_lines=[f"server_pid {pid}" for pid in [*_process_tree(server_pid), *(also or [])]],
     )
     answered = result["outcomes"].get("200", 0)
     result["server_cpu_ms_per_checkin"] = 1000 * result["server_cpu_s"] / max(answered, 1)
@@ -252,6 +254,20 @@ def run(quick: bool = False) -> dict[str, Any]:
                 port, ca, kept, seconds, work, server.pid, requests_per_connection=KEPT, warmup=0
             )
             results["est"] = _est_rate(port, data, 600 if quick else 3000)
+        # The deployment option: HAProxy takes the TLS, homing the requests (trusting the
+        # certificate header from HAProxy's address only). Both processes' CPU counts.
+        proxied = ("--trusted-proxy", f"{PROXY_SOURCE}/32")
+        with (
+            homing_process(data, workers=2, extra=proxied) as (url, server),
+            haproxy_front(work, data, int(url.rsplit(":", 1)[1])) as (front, haproxy_pid),
+        ):
+            for name, devices, plan in (
+                ("new_connection", new, {}),
+                ("keepalive", kept, {"requests_per_connection": KEPT, "warmup": 0}),
+            ):
+                results[f"haproxy_{name}"] = _phase(
+                    front, ca, devices, seconds, work, server.pid, also=[haproxy_pid], **plan
+                )
         if nginx:
             with nginx_server(nginx, work, data) as (nginx_port, nginx_pid):
                 results["nginx_new_connection"] = _phase(
@@ -277,7 +293,7 @@ def _report(results: dict[str, Any]) -> None:
         " once, on the same 2 cores; homing with its default per-device limits)"
     )
     for name in ("new_connection", "resumed", "keepalive"):
-        for server_name in ("homing", "nginx"):
+        for server_name in ("homing", "haproxy", "nginx"):
             r = results.get(f"{server_name}_{name}")
             if not r:
                 continue
@@ -288,15 +304,19 @@ def _report(results: dict[str, Any]) -> None:
                 f" {r['client_cpu_ms_per_checkin']:.2f} ms;  {r['outcomes']} {r['handshakes']}"
             )
     for name in ("new_connection", "keepalive"):
-        h, n = results.get(f"homing_{name}"), results.get(f"nginx_{name}")
-        if h and n:
-            results[f"ratio_{name}"] = h["rate_per_s"] / n["rate_per_s"]
-            results[f"cpu_ratio_{name}"] = (
+        for front in ("homing", "haproxy"):
+            h, n = results.get(f"{front}_{name}"), results.get(f"nginx_{name}")
+            if not (h and n):
+                continue
+            key = name if front == "homing" else f"{name}_behind_haproxy"
+            results[f"ratio_{key}"] = h["rate_per_s"] / n["rate_per_s"]
+            results[f"cpu_ratio_{key}"] = (
                 h["server_cpu_ms_per_checkin"] / n["server_cpu_ms_per_checkin"]
             )
             print(
-                f"  homing/nginx ({name}): rate {results[f'ratio_{name}']:.2f}x, server CPU a"
-                f" check-in {results[f'cpu_ratio_{name}']:.2f}x"
+                f"  {'homing' if front == 'homing' else 'HAProxy+homing'}/nginx ({name}): rate"
+                f" {results[f'ratio_{key}']:.2f}x, server CPU a check-in"
+                f" {results[f'cpu_ratio_{key}']:.2f}x"
             )
     full, resumed = results["homing_new_connection"], results["homing_resumed"]
     results["resumption_speedup"] = (

@@ -10,6 +10,8 @@ server process.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import ipaddress
 import logging
@@ -77,12 +79,7 @@ def peer_certificate_der(request: web.Request, state: ServerState) -> bytes | No
         if address is not None and any(address in net for net in config.proxy_networks):
             header = request.headers.get(config.client_cert_header)
             if header:
-                # nginx's $ssl_client_escaped_cert: URL-encoded PEM.
-                try:
-                    cert = load_certificate(unquote(header).encode("ascii"))
-                except (ChainError, UnicodeEncodeError) as e:
-                    raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
-                return cert.public_bytes(serialization.Encoding.DER)
+                return _header_certificate(header)
             return None
     # A header from anyone else is ignored: only the TLS layer speaks for them.
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
@@ -90,6 +87,23 @@ def peer_certificate_der(request: web.Request, state: ServerState) -> bytes | No
         return None
     der = ssl_object.getpeercert(binary_form=True)
     return der or None
+
+
+def _header_certificate(header: str) -> bytes:
+    """The DER certificate a trusted proxy sent: URL-encoded PEM (nginx's
+    ``$ssl_client_escaped_cert``) or base64 DER (HAProxy's ``%[ssl_c_der,base64]``)."""
+    text = unquote(header).strip()
+    try:
+        if text.startswith("-----BEGIN"):
+            data = text.encode("ascii")
+        else:
+            data = base64.b64decode(text, validate=True)
+        cert = load_certificate(data)
+    except (ChainError, UnicodeEncodeError, binascii.Error) as e:
+        raise HTTPProblem(
+            401, "bad_client_certificate", f"the proxy's certificate header: {e}"
+        ) from e
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 class _VerifiedCache:
