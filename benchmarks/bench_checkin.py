@@ -13,7 +13,8 @@ devices large enough that none exceeds its check-in limit:
 
 (a) a new TLS connection per check-in (full handshake), homing and nginx;
 (b) the same, resuming each device's last TLS 1.3 session (homing's tickets,
-    shared by its workers); the figure is resumed / full on homing's side;
+    shared by its workers); the figure is resumed / full on homing's side,
+    with a check-in and for the handshakes alone (no request);
 (c) kept-alive connections, ``KEPT`` check-ins each (a device's burst), both;
 (d) EST ``simpleenroll`` with ready-made CSRs, ``EST_CLIENTS`` at once, over
     ``STATIONS`` factory stations (each within its own limit).
@@ -161,7 +162,8 @@ def _phase(
         work,
         extra_lines=[f"server_pid {pid}" for pid in [*_process_tree(server_pid), *(also or [])]],
     )
-    answered = result["outcomes"].get("200", 0)
+    # A check-in answered, or with requests_per_connection 0 a handshake completed.
+    answered = result["outcomes"].get("200", 0) + result["outcomes"].get("handshake", 0)
     result["server_cpu_ms_per_checkin"] = 1000 * result["server_cpu_s"] / max(answered, 1)
     result["client_cpu_ms_per_checkin"] = 1000 * result["client_cpu_s"] / max(answered, 1)
     return result
@@ -253,6 +255,12 @@ def run(quick: bool = False) -> dict[str, Any]:
             results["homing_keepalive"] = _phase(
                 port, ca, kept, seconds, work, server.pid, requests_per_connection=KEPT, warmup=0
             )
+            # The handshakes alone (no request), full and resumed: the server's side of it.
+            for name, resume in (("full", 0), ("resumed", 1)):
+                results[f"homing_handshake_{name}"] = _phase(
+                    port, ca, resumed, seconds, work, server.pid, requests_per_connection=0,
+                    resume=resume,
+                )  # fmt: skip
             results["est"] = _est_rate(port, data, 600 if quick else 3000)
         # The deployment option: HAProxy takes the TLS, homing the requests (trusting the
         # certificate header from HAProxy's address only). Both processes' CPU counts.
@@ -325,6 +333,17 @@ def _report(results: dict[str, Any]) -> None:
     print(
         f"  homing resumed vs full handshake: {resumed['rate_per_s'] / full['rate_per_s']:.2f}x"
         f" the rate, server CPU a check-in {results['resumption_speedup']:.2f}x less"
+    )
+    alone = {k: results[f"homing_handshake_{k}"] for k in ("full", "resumed")}
+    results["resumption_speedup_handshakes"] = (
+        alone["full"]["server_cpu_ms_per_checkin"] / alone["resumed"]["server_cpu_ms_per_checkin"]
+    )
+    print(
+        f"  homing handshakes alone (no request): full {alone['full']['rate_per_s']:.0f}/s,"
+        f" {alone['full']['server_cpu_ms_per_checkin']:.2f} ms server CPU each; resumed"
+        f" {alone['resumed']['rate_per_s']:.0f}/s,"
+        f" {alone['resumed']['server_cpu_ms_per_checkin']:.2f} ms:"
+        f" {results['resumption_speedup_handshakes']:.2f}x less"
     )
     est = results["est"]
     print(

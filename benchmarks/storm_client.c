@@ -25,6 +25,9 @@
  *   closed `concurrency` devices back to back for `seconds`;
  *   rate   open-loop arrivals at `rate` per second for `seconds`, each a
  *          different device, each given `timeout` seconds.
+ * requests_per_connection N sends N check-ins on each connection (kept
+ * alive); 0 sends none: the handshake alone, closed once the server's
+ * session ticket is in (outcome "handshake").
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -45,7 +48,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum state { FREE, CONNECTING, HANDSHAKE, WRITING, READING, CLOSED };
+enum state { FREE, CONNECTING, HANDSHAKE, TICKET, WRITING, READING, CLOSED };
 
 typedef struct {
     X509 *cert;
@@ -61,6 +64,7 @@ typedef struct conn {
     int device;
     double started, deadline; /* of the request under way */
     int left;                 /* requests still to send on this connection */
+    int ticket;               /* a session ticket came on this connection */
     size_t sent, got, answer_size;
     char head[2048];
     struct conn *next_free;
@@ -281,6 +285,24 @@ static size_t answer_size(const conn *c) {
     return (size_t)(end + 4 - c->head) + body;
 }
 
+/* Keep the connection's newest session for its device's next connection. */
+static void keep_session(conn *c) {
+    identity *id = &plan.devices[c->device];
+    SSL_SESSION *session = SSL_get1_session(c->ssl);
+    if (session && SSL_SESSION_is_resumable(session)) {
+        if (id->session) SSL_SESSION_free(id->session);
+        id->session = session;
+    } else if (session) SSL_SESSION_free(session);
+}
+
+/* OpenSSL's word that a ticket arrived (client session cache on, kept by nobody). */
+static int ticket_arrived(SSL *ssl, SSL_SESSION *session) {
+    (void)session;
+    conn *c = SSL_get_app_data(ssl);
+    if (c) c->ticket = 1;
+    return 0; /* OpenSSL keeps ownership */
+}
+
 /* A whole answer: counted; then the next request on this connection, or the end of it. */
 static void answered(conn *c) {
     char status[4] = "";
@@ -294,15 +316,7 @@ static void answered(conn *c) {
         if (strncasecmp(line + 2, "retry-after:", 12) == 0) retry_after = atof(line + 14);
         if (strncmp(line, "\r\n\r\n", 4) == 0) break;
     }
-    if (plan.resume) {
-        /* The tickets came with the answer: keep the newest for this device's next connection. */
-        identity *id = &plan.devices[c->device];
-        SSL_SESSION *session = SSL_get1_session(c->ssl);
-        if (session && SSL_SESSION_is_resumable(session)) {
-            if (id->session) SSL_SESSION_free(id->session);
-            id->session = session;
-        } else if (session) SSL_SESSION_free(session);
-    }
+    if (plan.resume) keep_session(c); /* the tickets came with the answer */
     if (--c->left <= 0 || strcmp(status, "200") != 0) {
         /* Closed properly (close_notify), as a device does: OpenSSL spoils the session of
            a connection freed without it, and the device could not resume. */
@@ -337,6 +351,7 @@ static void step(conn *c) {
         SSL_set_tlsext_host_name(c->ssl, "localhost");
         SSL_set1_host(c->ssl, "localhost");
         SSL_set_fd(c->ssl, c->fd);
+        SSL_set_app_data(c->ssl, c);
         SSL_set_connect_state(c->ssl);
         if (plan.resume && plan.devices[c->device].session) {
             SSL_set_session(c->ssl, plan.devices[c->device].session);
@@ -349,6 +364,11 @@ static void step(conn *c) {
         if (r != 1) break;
         if (SSL_session_reused(c->ssl)) resumed_handshakes++;
         else full_handshakes++;
+        if (plan.requests_per_connection == 0) {
+            c->state = TICKET;
+            step(c);
+            return;
+        }
         c->state = WRITING;
     /* fall through */
     case WRITING: {
@@ -390,6 +410,25 @@ static void step(conn *c) {
         }
         /* The server closed after its answer (Connection: close): the answer is whole. */
         if (strstr(c->head, "\r\n\r\n")) answered(c);
+        else finish(c, "connection_error:SSLError", -1);
+        return;
+    case TICKET:
+        /* Handshakes alone (requests_per_connection 0): no request; the connection ends
+           once the server's ticket is in, as it would after a device's check-in. */
+        for (;;) {
+            char scratch[256];
+            size_t n = 0;
+            r = SSL_read_ex(c->ssl, scratch, sizeof scratch, &n);
+            if (r != 1) break;
+        }
+        if (c->ticket) {
+            if (plan.resume) keep_session(c);
+            SSL_shutdown(c->ssl);
+            finish(c, "handshake", -1);
+            return;
+        }
+        e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ) watch(c, EPOLLIN, EPOLL_CTL_MOD);
         else finish(c, "connection_error:SSLError", -1);
         return;
     default:
@@ -570,7 +609,8 @@ static double closed_started;
 static void closed_finished(conn *c, const char *outcome, double retry_after) {
     (void)retry_after;
     count(outcome);
-    if (strcmp(outcome, "200") == 0) record_latency(now() - c->started);
+    if (strcmp(outcome, "200") == 0 || strcmp(outcome, "handshake") == 0)
+        record_latency(now() - c->started);
 }
 
 static void closed(void) {
@@ -599,7 +639,7 @@ static void closed(void) {
     double elapsed = now() - closed_started;
     qsort(latencies, (size_t)latency_count, sizeof(double), by_value);
     printf("{\"concurrency\": %d, \"rate_per_s\": %.3f, ", plan.concurrency,
-           (double)counted("200") / elapsed);
+           (double)(counted("200") + counted("handshake")) / elapsed);
     print_outcomes("outcomes");
     print_ms("p50_ms", percentile(latencies, latency_count, 0.5));
     print_ms("p99_ms", percentile(latencies, latency_count, 0.99));
@@ -665,7 +705,9 @@ int main(int argc, char **argv) {
     context = SSL_CTX_new(TLS_client_method());
     if (!context) die("SSL_CTX_new");
     SSL_CTX_set_min_proto_version(context, TLS1_3_VERSION);
-    SSL_CTX_set_session_cache_mode(context, SSL_SESS_CACHE_OFF);
+    /* The client "cache" is only the callback that says a ticket arrived. */
+    SSL_CTX_set_session_cache_mode(context, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
+    SSL_CTX_sess_set_new_cb(context, ticket_arrived);
     if (SSL_CTX_load_verify_locations(context, plan.ca, NULL) != 1) die(plan.ca);
     SSL_CTX_set_verify(context, SSL_VERIFY_PEER, NULL);
     static const char body[] =

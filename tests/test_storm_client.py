@@ -134,6 +134,29 @@ def test_resumed_and_kept_alive_check_ins_are_counted_as_such(
     assert kept["handshakes"]["full"] * 5 >= answered > (kept["handshakes"]["full"] - 2) * 5
 
 
+def test_handshakes_alone_send_no_request_and_resume(
+    generator: Path, server: RunningServer, factory: tuple[str, str], tmp_path: Path
+) -> None:
+    """requests_per_connection 0: the handshake alone, ended once the ticket is in."""
+    fleet = _fleet(server, factory, tmp_path, 3)
+    files = [(d.cert_file, d.key_file) for d in fleet]
+    plan = {"mode": "closed", "concurrency": 2, "seconds": 1, "timeout": 30}
+    full = _run(generator, tmp_path, _plan(server, **plan, requests_per_connection=0), files)
+    assert set(full["outcomes"]) == {"handshake"}
+    assert full["handshakes"] == {"full": full["outcomes"]["handshake"], "resumed": 0}
+    resumed = _run(
+        generator,
+        tmp_path,
+        _plan(server, **plan, requests_per_connection=0, resume=1, warmup=1),
+        files,
+    )
+    # The ticket of each warm-up handshake was waited for and kept: all resumed.
+    assert resumed["handshakes"] == {"full": 0, "resumed": resumed["outcomes"]["handshake"]}
+    assert resumed["outcomes"]["handshake"] > 0
+    with server.state.db.begin() as conn:  # no request, so no check-in
+        assert all(contacts.count_checkins(conn, d.device_id) == 0 for d in fleet)
+
+
 def test_a_certificate_from_another_ca_is_turned_away(
     generator: Path, server: RunningServer, factory: tuple[str, str], tmp_path: Path
 ) -> None:
