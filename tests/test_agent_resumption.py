@@ -220,7 +220,13 @@ def test_a_saved_session_offered_to_a_stranger_buys_nothing(
 
 @pytest.mark.parametrize(
     "damage",
-    [b"", b"{not json", b'{"schema": "homing.tls-sessions/1", "sessions": [{"host": 1}]}'],
+    [
+        b"",
+        b"{not json",
+        b"[]",
+        b'{"schema": "homing.tls-sessions/1", "sessions": [{"host": 1}]}',
+        b'{"schema": "homing.tls-sessions/1", "sessions": ["text"]}',
+    ],
 )
 def test_a_damaged_sessions_file_costs_a_full_handshake_and_is_replaced(
     server: RunningServer, tmp_path: Path, damage: bytes

@@ -173,7 +173,7 @@ class Sessions:
                     self._kept[key] = kept
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             # Unreadable: the next connections are full handshakes, and the save replaces it.
             log.warning("ignoring the saved TLS sessions in %s: %s", path, e)
             self._kept.clear()
