@@ -14,13 +14,11 @@ here. The shipped configuration is deploy/haproxy/homing-tls.cfg.
 from __future__ import annotations
 
 import shutil
-import signal
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks._server import free_port, wait_for_port
+from benchmarks._server import free_port, listening_process
 from homing.tls import TLS12_CIPHERS
 
 __all__ = ["PROXY_SOURCE", "haproxy_front"]
@@ -80,12 +78,5 @@ def haproxy_front(work: Path, data: Path, homing_port: int) -> Iterator[tuple[in
     port = free_port()
     (work / "haproxy").mkdir()
     config = _config(work / "haproxy", port, data, homing_port)
-    process = subprocess.Popen(
-        [haproxy, "-f", str(config), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        wait_for_port(port, process)
+    with listening_process([haproxy, "-f", str(config), "-db"], port) as process:
         yield port, process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)

@@ -16,6 +16,7 @@ __all__ = [
     "free_port",
     "homing_process",
     "homing_server",
+    "listening_process",
     "peak_memory_mib",
     "wait_for_port",
 ]
@@ -39,6 +40,21 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
         except OSError:
             time.sleep(0.2)
     raise RuntimeError("server did not start")
+
+
+@contextmanager
+def listening_process(
+    command: list[str], port: int, stop: signal.Signals = signal.SIGTERM
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Another server (nginx, HAProxy) started for a benchmark, once it listens on ``port``;
+    stopped with ``stop`` at the end."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process)
+        yield process
+    finally:
+        process.send_signal(stop)
+        process.wait(timeout=30)
 
 
 @contextmanager

@@ -42,7 +42,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from benchmarks._haproxy import PROXY_SOURCE, haproxy_front
-from benchmarks._server import free_port, homing_process, wait_for_port
+from benchmarks._server import free_port, homing_process, listening_process
 from benchmarks.bench_storm import _fleet, _generate
 from homing import ceremonies
 from homing.operations import fleet as operations
@@ -117,16 +117,9 @@ def nginx_server(nginx: str, work: Path, data: Path) -> Iterator[tuple[int, int]
     port = free_port()
     (work / "nginx").mkdir()
     conf = _nginx_conf(work / "nginx", port, data)
-    proc = subprocess.Popen(
-        [nginx, "-c", str(conf), "-p", str(work / "nginx"), "-g", "daemon off;"],
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, proc)
-        yield port, proc.pid
-    finally:
-        proc.send_signal(signal.SIGQUIT)
-        proc.wait(timeout=30)
+    command = [nginx, "-c", str(conf), "-p", str(work / "nginx"), "-g", "daemon off;"]
+    with listening_process(command, port, stop=signal.SIGQUIT) as process:
+        yield port, process.pid
 
 
 def _process_tree(pid: int) -> list[int]:

@@ -43,8 +43,8 @@ def _url(server: RunningServer) -> str:
     return f"https://127.0.0.1:{server.port}"
 
 
-def _device(server: RunningServer, tmp_path: Path) -> tuple[DeviceState, PinPolicy]:
-    state = provision(
+def _provisioned(server: RunningServer, tmp_path: Path) -> DeviceState:
+    return provision(
         server.state.dd,
         tmp_path / "dev",
         datetime.now(UTC),
@@ -52,6 +52,11 @@ def _device(server: RunningServer, tmp_path: Path) -> tuple[DeviceState, PinPoli
         hardware="board-a",
         server=_url(server),
     )
+
+
+def _device(server: RunningServer, tmp_path: Path) -> tuple[DeviceState, PinPolicy]:
+    """A device that has run one cycle, and the pins it holds."""
+    state = _provisioned(server, tmp_path)
     agent = Agent(state, server=_url(server), firmware_version="1.0.0")
     assert agent.run_once().checked_in
     return state, agent.refresh_trust(datetime.now(UTC), CycleReport()).pin_policy
@@ -177,14 +182,7 @@ def _cycle_in_a_process(server: RunningServer, state: DeviceState) -> dict[str, 
 def test_the_next_cycle_in_a_process_of_its_own_resumes(
     server: RunningServer, tmp_path: Path
 ) -> None:
-    state = provision(
-        server.state.dd,
-        tmp_path / "dev",
-        datetime.now(UTC),
-        device_id="dev-1",
-        hardware="board-a",
-        server=_url(server),
-    )
+    state = _provisioned(server, tmp_path)
     first = _cycle_in_a_process(server, state)
     # One full handshake per channel: metadata (no client certificate) and the check-in.
     assert first["full"] == 2, first

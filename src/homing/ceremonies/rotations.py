@@ -52,6 +52,7 @@ from homing.pki.keystore import (
 )
 from homing.pki.profiles import server_csr, server_profile
 from homing.site import DataDir
+from homing.site.ticket_secret import replace_secret
 from homing.trust.signing import signer_for, tuf_key
 
 __all__ = [
@@ -299,8 +300,6 @@ def rotate_session_tickets(data: Path | DataDir, now: datetime, *, actor: str = 
     """A new TLS session-ticket secret: every session sealed with the old one ends as each
     worker takes the new one up (at its next reload check), and devices make one full
     handshake. For a secret that may have leaked, or on the schedule of the online keys."""
-    from homing.server.session_tickets import replace_secret
-
     dd, _, _ = _open(data)
     replace_secret(dd.keys_dir)
     _audit(dd, now, actor, "rotate_session_tickets")

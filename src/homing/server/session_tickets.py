@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import ssl
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -36,13 +35,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from homing import tls
 from homing.errors import ConfigError
-from homing.fsutil import atomic_write
+from homing.site.ticket_secret import read_secret, secret_mark
 
-__all__ = ["SESSION_LIFETIME", "SessionTickets", "replace_secret", "ticket_keys"]
+__all__ = ["SESSION_LIFETIME", "SessionTickets", "ticket_keys"]
 
 log = logging.getLogger(__name__)
 
-TICKET_SECRET_NAME = "session-tickets.secret"  # noqa: S105 (a file name)
 # A ticket is accepted for a day at most (and never past the day its key was made for).
 SESSION_LIFETIME = 24 * 3600
 
@@ -60,48 +58,6 @@ def ticket_keys(secret: bytes, when: datetime, server_chain: bytes = b"") -> byt
     ).derive(secret)
 
 
-def replace_secret(keys_dir: Path) -> None:
-    """A new random ticket secret for the site, in place of the old one (atomically, 0600):
-    every worker seals and opens with it from its next reload check, so every session
-    sealed before ends (`homing rotate session-tickets`)."""
-    atomic_write(keys_dir / TICKET_SECRET_NAME, os.urandom(32), mode=0o600)
-
-
-def _secret_mark(keys_dir: Path) -> tuple[int, int] | None:
-    """What tells one secret file from its replacement (a new file: a new inode)."""
-    try:
-        found = (keys_dir / TICKET_SECRET_NAME).stat()
-    except OSError:
-        return None
-    return (found.st_ino, found.st_mtime_ns)
-
-
-def _secret(keys_dir: Path) -> tuple[bytes, tuple[int, int]]:
-    """The site's ticket secret, made by the first worker that needs it, and the mark of
-    the file it was read from."""
-    path = keys_dir / TICKET_SECRET_NAME
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        try:
-            os.write(fd, os.urandom(32))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    try:
-        with path.open("rb") as f:
-            found = os.fstat(f.fileno())
-            secret = f.read(33)
-    except OSError as e:
-        raise ConfigError(f"cannot read the session ticket secret {path}: {e.strerror}") from e
-    if len(secret) != 32:
-        # Another worker is between creating and writing it: its bytes arrive next.
-        raise ConfigError(f"the session ticket secret {path} is not 32 bytes")
-    return secret, (found.st_ino, found.st_mtime_ns)
-
-
 class SessionTickets:
     """Keeps a server context's ticket key the day's key."""
 
@@ -115,13 +71,13 @@ class SessionTickets:
         """Set the key of the day and of ``server_chain`` (the PEM the context serves) on
         ``context`` if it does not hold it yet."""
         day = now.astimezone(UTC).date()
-        mark = _secret_mark(self.keys_dir)
+        mark = secret_mark(self.keys_dir)
         if mark is not None and (day, len(server_chain), hash(server_chain), mark) == (
             self._sealed_for
         ):
             return
         try:
-            secret, mark = _secret(self.keys_dir)
+            secret, mark = read_secret(self.keys_dir)
         except ConfigError as e:
             log.warning("sessions resume on this worker only: %s", e)
             return
