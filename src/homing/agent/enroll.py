@@ -12,7 +12,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from homing.agent.agent import Agent, CycleReport, pkcs7_leaf
+from homing.agent.agent import Agent, CycleReport
+from homing.agent.certificate_steps import pkcs7_leaf
 from homing.agent.client import HomeClient
 from homing.agent.device_key import KEY_STORES
 from homing.agent.state import DeviceConfig, DeviceState
