@@ -37,7 +37,15 @@ def _check_in(
     server: RunningServer, context: ssl.SSLContext, session: ssl.SSLSession | None
 ) -> tuple[int, bool, ssl.SSLSession | None]:
     """One check-in on a new connection offering ``session``: (status, resumed, new session)."""
-    head, _, resumed, new_session = request_on_a_new_connection(
+    status, resumed, new_session, _ = _answered(server, context, session)
+    return status, resumed, new_session
+
+
+def _answered(
+    server: RunningServer, context: ssl.SSLContext, session: ssl.SSLSession | None
+) -> tuple[int, bool, ssl.SSLSession | None, bytes]:
+    """``_check_in``, and the body of the answer."""
+    head, body, resumed, new_session = request_on_a_new_connection(
         server.port,
         context,
         session,
@@ -47,7 +55,7 @@ def _check_in(
         + b"\r\n\r\n"
         + _BODY,
     )
-    return int(head.split(b" ", 2)[1]), resumed, new_session
+    return int(head.split(b" ", 2)[1]), resumed, new_session, body
 
 
 def _device_context(server: RunningServer, device: DeviceCredentials) -> ssl.SSLContext:
@@ -56,22 +64,45 @@ def _device_context(server: RunningServer, device: DeviceCredentials) -> ssl.SSL
     return context
 
 
-@sqlite_only
-def test_a_device_revoked_since_its_last_session_is_refused_on_resumption(
-    server: RunningServer, factory: tuple[str, str], tmp_path: Path
-) -> None:
-    device = server.enroll("dev-resume", factory, tmp_path)
+def _resuming(
+    server: RunningServer, name: str, factory: tuple[str, str], tmp_path: Path
+) -> tuple[ssl.SSLContext, ssl.SSLSession | None]:
+    """A device enrolled now, and a session it has resumed once: the shortcut works for a
+    device in good standing."""
+    device = server.enroll(name, factory, tmp_path)
     context = _device_context(server, device)
     status, resumed, session = _check_in(server, context, None)
     assert (status, resumed) == (200, False)
     status, resumed, session = _check_in(server, context, session)
-    assert (status, resumed) == (200, True)  # the shortcut works for a device in good standing
+    assert (status, resumed) == (200, True)
+    return context, session
+
+
+@sqlite_only
+def test_a_device_revoked_since_its_last_session_is_refused_on_resumption(
+    server: RunningServer, factory: tuple[str, str], tmp_path: Path
+) -> None:
+    context, session = _resuming(server, "dev-resume", factory, tmp_path)
 
     with server.state.db.begin() as conn:
         device_store.revoke_device(conn, "dev-resume", datetime.now(UTC), "key_compromise")
     status, resumed, _ = _check_in(server, context, session)
     assert resumed  # the handshake was skipped ...
     assert status in (401, 403)  # ... and the revocation still holds
+
+
+@sqlite_only
+def test_a_device_of_a_ca_distrusted_since_its_last_session_is_refused_on_resumption(
+    server: RunningServer, factory: tuple[str, str], tmp_path: Path
+) -> None:
+    """The device CA's key was stolen after the session began: the resumed connection
+    skips the certificate exchange, and the certificate is refused all the same."""
+    context, session = _resuming(server, "dev-distrusted", factory, tmp_path)
+    ceremonies.rotate_issuing_ca(server.state.dd, "device", datetime.now(UTC), compromised=True)
+    server.settle()
+    status, resumed, _, body = _answered(server, context, session)
+    assert resumed  # the server certificate did not change: the ticket still opens ...
+    assert (status, json.loads(body)["error"]) == (401, "certificate_distrusted")  # ... no more
 
 
 @sqlite_only
