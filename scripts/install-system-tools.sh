@@ -10,7 +10,8 @@
 # a C compiler and OpenSSL's headers build the storm benchmark's load
 # generator (benchmarks/storm_client.c) and its test; a software TPM (swtpm),
 # its resource manager (tpm2-abrmd) and OpenSSL's tpm2 provider hold a device
-# key in a TPM; faketime runs the installed agent months ahead.
+# key in a TPM, and OpenSSL's pkcs11 engine one on a PKCS#11 token; faketime runs
+# the installed agent months ahead.
 # Installs what is missing when run as root with apt; otherwise names what is
 # missing and fails, because the tests that drive them never skip.
 set -euo pipefail
@@ -43,6 +44,7 @@ declare -A package_with=(
     [/usr/include/openssl/ssl.h]=libssl-dev
     ['/usr/lib/*/ossl-modules/tpm2.so']=tpm2-openssl
     ['/usr/lib/*/libtss2-tcti-tabrmd.so.0']=libtss2-tcti-tabrmd0
+    ['/usr/lib/*/engines-3/pkcs11.so']=libengine-pkcs11-openssl
 )
 missing=()
 for tool in "${!package_of[@]}"; do

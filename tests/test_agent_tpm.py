@@ -293,8 +293,8 @@ def test_without_the_providers_configuration_the_agent_says_what_is_missing(
 def test_a_key_store_that_does_not_exist_is_refused(
     server: RunningServer, factory: tuple[str, str], tmp_path: Path
 ) -> None:
-    refused = run_homing(*_enroll_args(server, factory, tmp_path / "device", "pkcs11"))
+    refused = run_homing(*_enroll_args(server, factory, tmp_path / "device", "smartcard"))
     assert refused.returncode == 2
-    assert "pkcs11" in refused.stderr
+    assert "smartcard" in refused.stderr
     assert not (tmp_path / "device").exists()
     assert shutil.which("openssl")

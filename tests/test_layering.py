@@ -135,10 +135,16 @@ def test_the_resident_agent_keeps_only_the_interpreter_and_its_pacing() -> None:
     assert loaded == ["homing", "homing.agent", "homing.agent.daemon", "homing.agent.pacing"]
 
 
-# The edges: where a process starts (the CLI, the server's supervisor), and the agent's
+# The edges: where a process starts (the CLI, the server's supervisor, the agent's cycle
+# process), and the agent's
 # egress proxy, read from HTTPS_PROXY/NO_PROXY at each connection as every HTTP client
 # reads it (through urllib.request's own parser).
-ENVIRONMENT_EDGES = ("homing.cli", "homing.server.runner", "homing.agent.egress")
+ENVIRONMENT_EDGES = (
+    "homing.cli",
+    "homing.server.runner",
+    "homing.agent.cycle",
+    "homing.agent.egress",
+)
 
 
 def test_the_environment_is_read_only_at_the_edges() -> None:

@@ -435,3 +435,22 @@ def test_the_agent_units_tpm_drop_in_opens_the_tpm_and_nothing_more(tmp_path: Pa
     merged = tmp_path / "homing-agent.service"
     merged.write_text(unit.read_text() + "\n" + text)
     assert _exposure(analyze, merged) <= 3.0
+
+
+def test_the_agent_units_pkcs11_drop_in_reads_the_pin_and_opens_no_device(
+    tmp_path: Path,
+) -> None:
+    """With the PKCS#11 drop-in merged, the token's PIN comes from a root-only environment
+    file (never the unit), no device is opened unless the operator names it, and the unit
+    still scores at most 3.0."""
+    import re
+
+    analyze = _tool("systemd-analyze")
+    unit = ROOT / "deploy" / "systemd" / "homing-agent.service"
+    text = (ROOT / "deploy" / "systemd" / "homing-agent.service.d" / "pkcs11.conf").read_text()
+    assert re.findall(r"^EnvironmentFile=(.*)$", text, re.M) == ["/etc/homing/agent-pkcs11.env"]
+    assert not re.search(r"^(DeviceAllow|PrivateDevices|Environment)=", text, re.M)
+    assert "HOMING_PKCS11_PIN" in text
+    merged = tmp_path / "homing-agent.service"
+    merged.write_text(unit.read_text() + "\n" + text)
+    assert _exposure(analyze, merged) <= 3.0

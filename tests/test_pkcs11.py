@@ -8,8 +8,6 @@ that never leave it.
 from __future__ import annotations
 
 import base64
-import subprocess
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,41 +22,15 @@ from homing.operations import fleet as operations
 from homing.pki.pkcs11_store import LayeredKeyStore, TokenKey
 from homing.site import DataDir
 from homing.trust.signing import signer_for
-from tests.harness import Clock, RunningServer, certs_from_pkcs7, est_csr, run_homing, system_tool
+from tests.harness import Clock, RunningServer, certs_from_pkcs7, est_csr, run_homing
+from tests.softhsm import PIN, Token, make_token
 
-PIN = "246810"
 LABEL = "homing-test"
-MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
-
-
-@dataclass(frozen=True)
-class Token:
-    module: Path
-    label: str
-    env: dict[str, str]
 
 
 @pytest.fixture
 def token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Token:
-    util = system_tool("softhsm2-util")
-    module = next((Path(m) for m in MODULES if Path(m).is_file()), None)
-    assert module is not None, (
-        "softhsm2 is installed but its PKCS#11 module is not where Debian puts it"
-    )
-    tokens = tmp_path / "softhsm-tokens"
-    tokens.mkdir()
-    conf = tmp_path / "softhsm2.conf"
-    conf.write_text(
-        f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
-    )
-    env = {"SOFTHSM2_CONF": str(conf), "HOMING_PKCS11_PIN": PIN, "PYKCS11LIB": str(module)}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    subprocess.run(
-        [util, "--init-token", "--free", "--label", LABEL, "--pin", PIN, "--so-pin", "13579"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return Token(module, LABEL, env)
+    return make_token(tmp_path, LABEL, monkeypatch)
 
 
 def _site(tmp_path: Path, token: Token) -> DataDir:

@@ -226,41 +226,17 @@ def server_context(
     return context
 
 
-def client_context(
-    *,
-    cert_file: Path | None = None,
-    key_file: Path | None = None,
-    key_password: bytes | None = None,
-    context_class: type[ssl.SSLContext] = ssl.SSLContext,
-) -> ssl.SSLContext:
+def client_context(*, context_class: type[ssl.SSLContext] = ssl.SSLContext) -> ssl.SSLContext:
     """A device-side context: TLS policy only; trust is checked after the handshake.
 
     Certificate verification is done by homing's pinned verifier on the
     chain the server presented (``homing.pki.validate``), before any request
     byte is sent, so the OpenSSL verifier is switched off here deliberately.
+    The device's own certificate and key are given to it where the key is
+    kept (homing.agent.device_key.load_identity).
     """
     context = context_class(ssl.PROTOCOL_TLS_CLIENT)
     _harden(context)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    if cert_file is not None:
-        try:
-            context.load_cert_chain(cert_file, key_file, password=key_password)
-        except (ssl.SSLError, OSError) as e:
-            if key_file is not None and _held_by_a_tpm(key_file):
-                raise ConfigError(
-                    f"the device key {key_file} is held by the TPM, and this process's OpenSSL "
-                    "cannot use it: start the agent with OPENSSL_CONF naming a configuration "
-                    "that activates the tpm2 provider (deploy/openssl-tpm2.cnf; docs/agent.md)"
-                ) from e
-            raise ConfigError(f"cannot load the device certificate {cert_file}: {e}") from e
     return context
-
-
-def _held_by_a_tpm(key_file: str | Path) -> bool:
-    """Whether ``key_file`` is a TPM's wrapped key blob (OpenSSL's tpm2 provider reads it)."""
-    try:
-        with open(key_file, "rb") as f:
-            return f.read(40).startswith(b"-----BEGIN TSS2 PRIVATE KEY-----")
-    except OSError:
-        return False

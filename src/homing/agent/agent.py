@@ -307,7 +307,7 @@ class Agent(HomeTimeSteps, CertificateSteps):
         """One whole cycle: trust, certificate, firmware, check-in.
 
         The cycle resumes the TLS sessions the last one saved and saves its own for the
-        next (homing.agent.resumption); with the key in a TPM, nothing is saved.
+        next (homing.agent.resumption); with the key in a TPM or on a token, nothing is saved.
         """
         file_key = self.config.key_store == "file"
         SESSIONS.use_file(self.state.sessions_path if file_key else None)

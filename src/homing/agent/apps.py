@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from homing.agent.device_key import load_identity
 from homing.agent.state import DeviceState
 from homing.agent.transport import PinnedConnection, parse_endpoint, verify_pinned_chain
 from homing.config import Limits
@@ -254,7 +255,7 @@ class PinnedContext(ssl.SSLContext):
                 f"{self.home.state.cert_path}: the device holds no certificate"
             ) from e
         if mark != self._cert_mark:
-            self.load_cert_chain(self.home.state.cert_path, self.home.state.key_path)
+            load_identity(self, self.home.state.cert_path, self.home.state.key_path)
             self._cert_mark = mark
 
     def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:

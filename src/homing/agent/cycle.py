@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 __all__ = ["main"]
@@ -27,8 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     from homing.agent.agent import Agent
     from homing.agent.runner import cycle_summary
     from homing.agent.state import DeviceState
+    from homing.agent.token_pin import PIN_VARIABLE, set_pin
     from homing.errors import HomingError
 
+    set_pin(os.environ.get(PIN_VARIABLE))  # a device key on a PKCS#11 token needs it
     try:
         agent = Agent(
             DeviceState(args.state), server=args.server, firmware_version=args.firmware_version

@@ -6,7 +6,9 @@ of a recovery. With ``key_store = "file"`` the key is a PKCS#8 file in the
 state directory and ``cryptography`` signs. With ``key_store = "tpm2"`` the
 key is made inside the TPM and never leaves it: the state directory keeps
 only the TPM's wrapped blob (``-----BEGIN TSS2 PRIVATE KEY-----``), which
-only that TPM can use. OpenSSL's ``tpm2`` provider (Debian's tpm2-openssl)
+only that TPM can use. With ``key_store = "pkcs11"`` the key is made on a
+token and ``key.pem`` holds its PKCS#11 URI (homing.agent.token_key). OpenSSL's
+``tpm2`` provider (Debian's tpm2-openssl)
 signs with it: the ``openssl`` command for the CSR and the proof, and the
 agent's TLS stack when ``OPENSSL_CONF`` activates the provider
 (``deploy/openssl-tpm2.cnf``, set by the agent's unit). The TPM is reached
@@ -17,6 +19,7 @@ default, or ``TPM2OPENSSL_TCTI``.
 from __future__ import annotations
 
 import shutil
+import ssl
 import subprocess
 import tempfile
 from pathlib import Path
@@ -26,15 +29,24 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from homing.agent.token_key import TokenDeviceKey, TokenKeyRef, is_token_key_file
 from homing.errors import ConfigError, KeyStoreError
 from homing.fsutil import atomic_write
 from homing.pki.keys import generate_tls_key
 from homing.pki.keystore import load_private_key_pem
 from homing.pki.profiles import device_csr, device_uri
 
-__all__ = ["KEY_STORES", "DeviceKey", "SoftwareKey", "TpmKey", "create_key", "load_key"]
+__all__ = [
+    "KEY_STORES",
+    "DeviceKey",
+    "SoftwareKey",
+    "TpmKey",
+    "create_key",
+    "load_identity",
+    "load_key",
+]
 
-KEY_STORES = ("file", "tpm2")
+KEY_STORES = ("file", "tpm2", "pkcs11")
 
 # The provider signs with the key it holds; OpenSSL 3.0 picks a signature
 # implementation by property, not by key, so the TPM's is preferred (and
@@ -181,8 +193,14 @@ def _der_length(size: int) -> bytes:
     return bytes([0x80 | len(octets)]) + octets
 
 
-def create_key(store: str, path: Path) -> DeviceKey:
-    """A new device key at ``path``: generated here, or inside the TPM."""
+def create_key(store: str, path: Path, token: TokenKeyRef | None = None) -> DeviceKey:
+    """A new device key at ``path``: generated here, inside the TPM, or on ``token``."""
+    if store == "pkcs11":
+        if token is None:
+            raise ConfigError(
+                "a key on a PKCS#11 token needs the token: --pkcs11-module and --pkcs11-token"
+            )
+        return TokenDeviceKey.create(token, path)
     if store == "file":
         key = generate_tls_key()
         atomic_write(
@@ -214,6 +232,8 @@ def create_key(store: str, path: Path) -> DeviceKey:
 
 def load_key(store: str, path: Path) -> DeviceKey:
     """The device key the state directory names, for ``store``."""
+    if store == "pkcs11":
+        return TokenDeviceKey(TokenKeyRef.read(path))
     if store == "tpm2":
         if not path.exists():
             raise ConfigError(f"cannot read the device key: {path} does not exist")
@@ -228,6 +248,34 @@ def load_key(store: str, path: Path) -> DeviceKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigError("the device key must be an ECDSA key")
     return SoftwareKey(key)
+
+
+def load_identity(context: ssl.SSLContext, cert_file: Path, key_file: Path) -> None:
+    """Give ``context`` the device certificate and its key, wherever the key is kept."""
+    if is_token_key_file(key_file):
+        from homing.agent.token_tls import use_token_key
+
+        use_token_key(context, cert_file, TokenKeyRef.read(key_file))
+        return
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (ssl.SSLError, OSError) as e:
+        if _held_by_a_tpm(key_file):
+            raise ConfigError(
+                f"the device key {key_file} is held by the TPM, and this process's OpenSSL "
+                "cannot use it: start the agent with OPENSSL_CONF naming a configuration "
+                "that activates the tpm2 provider (deploy/openssl-tpm2.cnf; docs/agent.md)"
+            ) from e
+        raise ConfigError(f"cannot load the device certificate {cert_file}: {e}") from e
+
+
+def _held_by_a_tpm(key_file: Path) -> bool:
+    """Whether ``key_file`` is a TPM's wrapped key blob (OpenSSL's tpm2 provider reads it)."""
+    try:
+        with open(key_file, "rb") as f:
+            return f.read(40).startswith(b"-----BEGIN TSS2 PRIVATE KEY-----")
+    except OSError:
+        return False
 
 
 def _openssl(

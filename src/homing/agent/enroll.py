@@ -17,6 +17,7 @@ from homing.agent.certificate_steps import pkcs7_leaf
 from homing.agent.client import HomeClient
 from homing.agent.device_key import KEY_STORES
 from homing.agent.state import DeviceConfig, DeviceState
+from homing.agent.token_key import TokenKeyRef
 from homing.errors import ConfigError, PolicyError, TransportError
 from homing.pki.idevid import device_id_of
 from homing.pki.profiles import device_uri
@@ -57,6 +58,7 @@ def enroll(
     hardware: str | None = None,
     idevid: tuple[Path, Path] | None = None,
     key_store: str = "file",
+    token: TokenKeyRef | None = None,
 ) -> DeviceState:
     """Create a device state and enroll it over EST ``simpleenroll``.
 
@@ -65,11 +67,15 @@ def enroll(
     where it has none, by the factory station's ``NAME:SECRET``. Trust comes
     from ``root_metadata`` (the root the factory gives every device); the
     EST request goes over a connection pinned with the pin policy that root
-    leads to. ``key_store``: where the new key is made and kept, ``file`` or
-    ``tpm2`` (homing.agent.device_key).
+    leads to. ``key_store``: where the new key is made and kept, ``file``,
+    ``tpm2`` or ``pkcs11`` on ``token`` (homing.agent.device_key).
     """
     if key_store not in KEY_STORES:
         raise ConfigError(f"--key-store must be one of {', '.join(KEY_STORES)}, not {key_store!r}")
+    if (key_store == "pkcs11") != (token is not None):
+        raise ConfigError(
+            "--pkcs11-module and --pkcs11-token name the token of --key-store pkcs11, and only it"
+        )
     if (factory is None) == (idevid is None):
         raise ConfigError("enroll with a manufacturer certificate or a factory secret: one")
     headers: dict[str, str] = {}
@@ -97,7 +103,16 @@ def enroll(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         _enroll_into(
-            staging, server, headers, root_metadata, now, device_id, hardware, idevid, key_store
+            staging,
+            server,
+            headers,
+            root_metadata,
+            now,
+            device_id,
+            hardware,
+            idevid,
+            key_store,
+            token,
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -139,6 +154,7 @@ def _enroll_into(
     hardware: str | None,
     idevid: tuple[Path, Path] | None,
     key_store: str,
+    token: TokenKeyRef | None,
 ) -> None:
     state = DeviceState.create(
         state_dir,
@@ -151,6 +167,7 @@ def _enroll_into(
         ),
         None,  # made here, where key_store says: the key never leaves the device
         root_metadata,
+        token,
     )
     key = state.device_key()
     agent = Agent(state, server=server)

@@ -10,7 +10,9 @@ device application needs to reach home with any TLS stack:
 - ``cert.pem``: the device certificate chain;
 - ``key``: where the device key is: ``file:/path`` (a PEM key file), or
   ``tpm2:/path`` (the TPM's wrapped blob, usable through OpenSSL's tpm2
-  provider with ``OPENSSL_CONF`` set as for the agent; docs/agent.md).
+  provider with ``OPENSSL_CONF`` set as for the agent; docs/agent.md), or the
+  key's PKCS#11 URI (``pkcs11:token=...;object=...;type=private?module-path=...``,
+  for OpenSSL's pkcs11 engine with the token's PIN; docs/agent.md).
 
 They are written into a new directory and ``current`` (a symbolic link) is
 swapped to it in one rename, so a reader sees the old set or the new one,
@@ -64,8 +66,16 @@ def _contents(state: DeviceState, policy: PinPolicy) -> dict[str, bytes]:
         "ca-bundle.pem": bundle,
         "pins.json": json.dumps(pins, indent=2).encode() + b"\n",
         "cert.pem": chain,
-        "key": f"{state.config().key_store}:{state.key_path.resolve()}\n".encode(),
+        "key": _key_locator(state),
     }
+
+
+def _key_locator(state: DeviceState) -> bytes:
+    """Where the device key is, for an application: its store and path, or its PKCS#11 URI."""
+    store = state.config().key_store
+    if store == "pkcs11":
+        return state.key_path.read_bytes()  # the URI, module included; never the PIN
+    return f"{store}:{state.key_path.resolve()}\n".encode()
 
 
 def _services(state: DeviceState) -> Services:

@@ -5,7 +5,8 @@ Layout::
     STATE/device.json      identity and settings (device id, hardware class,
                            release time, optional server override)
     STATE/key.pem          the device key (PKCS#8), or with key_store "tpm2" the
-                           TPM's wrapped blob of a key that never leaves it
+                           TPM's wrapped blob of a key that never leaves it, or
+                           with "pkcs11" the PKCS#11 URI of a key on a token
     STATE/cert.pem         the device certificate and its issuing CA
     STATE/factory-root.json  the root metadata the device left the factory with
     STATE/trust/           python-tuf's trusted metadata (newest verified root,
@@ -13,7 +14,7 @@ Layout::
     STATE/time-floor       the newest time the device has evidence for
     STATE/last-run.json    what the last cycle did, for `homing agent status`
     STATE/tls-sessions.json  TLS sessions home for the next cycle to resume (0600;
-                           not with key_store "tpm2": homing.agent.resumption)
+                           only with key_store "file": homing.agent.resumption)
 
 A power cut at any instant leaves every file either old or new
 (``homing.fsutil.atomic_write``); the agent starts from either.
@@ -32,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from homing.agent.device_key import DeviceKey, SoftwareKey, create_key, load_key
+from homing.agent.token_key import TokenKeyRef
 from homing.errors import ConfigError, KeyStoreError
 from homing.fsutil import atomic_write
 
@@ -63,8 +65,9 @@ class DeviceConfig:
     # do their own TLS, and run this command when it changes (homing.agent.exports).
     export_dir: str | None = None
     export_hook: str | None = None
-    # Where the device key is: "file" (key.pem, PKCS#8) or "tpm2" (key.pem is the
-    # TPM's wrapped blob; the key never leaves the TPM: homing.agent.device_key).
+    # Where the device key is: "file" (key.pem, PKCS#8), "tpm2" (key.pem is the
+    # TPM's wrapped blob; the key never leaves the TPM: homing.agent.device_key) or
+    # "pkcs11" (key.pem is the key's PKCS#11 URI: homing.agent.token_key).
     key_store: str = "file"
 
     def to_json(self) -> bytes:
@@ -92,6 +95,7 @@ class DeviceState:
         config: DeviceConfig,
         key: ec.EllipticCurvePrivateKey | None,
         factory_root: bytes,
+        token: TokenKeyRef | None = None,
     ) -> DeviceState:
         """A new device state; ``key`` None: a new key made where ``config.key_store`` says."""
         if root.exists() and any(root.iterdir()):
@@ -99,7 +103,7 @@ class DeviceState:
         state = cls(root)
         root.mkdir(parents=True, exist_ok=True)
         if key is None:
-            create_key(config.key_store, state.key_path)
+            create_key(config.key_store, state.key_path, token)
         elif config.key_store != "file":
             raise ConfigError("a key made off the device can only be kept in a file")
         else:
@@ -144,7 +148,10 @@ class DeviceState:
         """The device key itself, for a key kept in a file (a TPM never gives it out)."""
         key = self.device_key()
         if not isinstance(key, SoftwareKey):
-            raise KeyStoreError("the device key is held by the TPM and cannot be read out")
+            raise KeyStoreError(
+                f"the device key is held by its {self.config().key_store} store and cannot be "
+                "read out"
+            )
         return key.private
 
     def certificate(self) -> x509.Certificate | None:

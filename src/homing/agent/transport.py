@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from homing.agent.device_key import load_identity
 from homing.agent.egress import egress_for
 from homing.agent.resumption import SESSIONS, Offered, SessionKey
 from homing.agent.session_bytes import offer_saved
@@ -100,10 +101,10 @@ class PinnedConnection(http.client.HTTPSConnection):
         clock_behind_floor: bool = False,
     ) -> None:
         def make_context() -> ssl.SSLContext:
-            return client_context(
-                cert_file=client_cert[0] if client_cert else None,
-                key_file=client_cert[1] if client_cert else None,
-            )
+            context = client_context()
+            if client_cert is not None:
+                load_identity(context, *client_cert)
+            return context
 
         # Pinned connections resume the last session to the same home under the same
         # pins and certificate (homing.agent.resumption); the bootstrap channel never.

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 @cli.group()
 def agent() -> None:
     """What runs on the device."""
+    from homing.agent.token_pin import PIN_VARIABLE, set_pin
+
+    set_pin(os.environ.get(PIN_VARIABLE))  # a device key on a PKCS#11 token needs it
 
 
 _state_option = click.option(
@@ -62,12 +65,19 @@ _state_option = click.option(
 @click.option("--hardware", help="Hardware class of the device.")
 @click.option(
     "--key-store",
-    type=click.Choice(["file", "tpm2"]),
+    type=click.Choice(["file", "tpm2", "pkcs11"]),
     default="file",
     show_default=True,
-    help="Where the device key is made and kept: a file in the state directory, or "
-    "inside the TPM 2.0 (OpenSSL's tpm2 provider; docs/agent.md).",
+    help="Where the device key is made and kept: a file in the state directory, "
+    "inside the TPM 2.0 (OpenSSL's tpm2 provider), or on a PKCS#11 token (its PIN in "
+    "HOMING_PKCS11_PIN; docs/agent.md).",
 )
+@click.option(
+    "--pkcs11-module",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="With --key-store pkcs11: the token's PKCS#11 module (a .so file).",
+)
+@click.option("--pkcs11-token", help="With --key-store pkcs11: the token's label.")
 def agent_enroll(
     state_dir: Path,
     server: str,
@@ -78,6 +88,8 @@ def agent_enroll(
     device_id: str | None,
     hardware: str | None,
     key_store: str,
+    pkcs11_module: Path | None,
+    pkcs11_token: str | None,
 ) -> None:
     """Online: make the key on the device and enroll over EST.
 
@@ -85,6 +97,7 @@ def agent_enroll(
     --idevid-key, recommended) or by a factory station's secret (--factory).
     """
     from homing.agent.enroll import enroll
+    from homing.agent.token_key import TokenKeyRef
 
     if (idevid_cert is None) != (idevid_key is None):
         _fail("--idevid and --idevid-key go together")
@@ -95,6 +108,11 @@ def agent_enroll(
     except OSError as e:
         _fail(f"cannot read {root_file}: {e.strerror}")
     idevid = (idevid_cert, idevid_key) if idevid_cert and idevid_key else None
+    token = None
+    if pkcs11_module is not None and pkcs11_token is not None:
+        token = TokenKeyRef(str(pkcs11_module.absolute()), pkcs11_token)
+    elif pkcs11_module is not None or pkcs11_token is not None:
+        _fail("--pkcs11-module and --pkcs11-token go together")
     state = enroll(
         state_dir,
         server,
@@ -105,6 +123,7 @@ def agent_enroll(
         hardware=hardware,
         idevid=idevid,
         key_store=key_store,
+        token=token,
     )
     out.print(f"device {state.config().device_id!r} enrolled with {server}")
 

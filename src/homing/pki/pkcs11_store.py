@@ -121,20 +121,35 @@ class Pkcs11KeyStore:
 
     def __init__(self, config: TokenConfig) -> None:
         self.config = config
+        self._lib = self.initialise(config.module, config.token)
         try:
-            import pkcs11
-
-            self._lib = pkcs11.lib(config.module)
             self._token = self._lib.get_token(token_label=config.token)
-        except Exception as e:  # python-pkcs11 raises its own types, and OSError
+        except Exception as e:  # python-pkcs11 raises its own types
             raise KeyStoreError(
                 f"cannot open PKCS#11 token {config.token!r} with {config.module}: "
                 f"{type(e).__name__}: {e}"
             ) from e
 
+    @staticmethod
+    def initialise(module: str, token: str | None = None) -> Any:
+        """The module, initialised for this process (python-pkcs11 keeps one per process)."""
+        try:
+            import pkcs11
+
+            return pkcs11.lib(module)
+        except Exception as e:  # python-pkcs11 raises its own types, and OSError
+            what = f"PKCS#11 token {token!r}" if token else "the PKCS#11 module"
+            raise KeyStoreError(f"cannot open {what} with {module}: {type(e).__name__}: {e}") from e
+
     def _session(self, rw: bool = False) -> Any:
+        from pkcs11.exceptions import UserAlreadyLoggedIn
+
         try:
             return self._token.open(user_pin=self.config.pin, rw=rw)
+        except UserAlreadyLoggedIn:
+            # A PKCS#11 login belongs to the process, not the session: OpenSSL's
+            # pkcs11 engine in this process (a device's TLS key) logged in already.
+            return self._token.open(rw=rw)
         except Exception as e:
             raise KeyStoreError(
                 f"cannot log in to PKCS#11 token {self.config.token!r}: {type(e).__name__}"
