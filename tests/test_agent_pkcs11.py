@@ -282,3 +282,19 @@ def test_enrolling_onto_a_token_needs_both_its_module_and_label(
     refused = run_homing(*wrong_label)
     assert_one_error(refused, "no-such-token")
     assert not (tmp_path / "device").exists()
+
+
+def test_a_damaged_key_uri_is_one_clear_line(
+    token: Token, server: RunningServer, factory: tuple[str, str], tmp_path: Path
+) -> None:
+    state = _enroll(server, factory, tmp_path, token)
+    good = state.key_path.read_text()
+    for damaged, words in (
+        (good.split("?")[0], "names no module-path"),
+        ("pkcs11:token;object=homing-device?module-path=/x.so", "attribute without a value"),
+    ):
+        state.key_path.write_text(damaged)
+        ran = run_homing("agent", "run", "--state", str(state.root), "--once")
+        assert_one_error(ran, words)
+    state.key_path.write_text(good)
+    _run_once(state)

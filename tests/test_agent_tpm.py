@@ -50,28 +50,10 @@ def tpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A TPM 2.0 behind a resource manager: the environment that reaches it."""
     work = tmp_path_factory.mktemp("tpm")
     (work / "state").mkdir()
-    port = free_port()
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        processes.append(
-            subprocess.Popen(
-                [
-                    system_tool("swtpm"),
-                    "socket",
-                    "--tpm2",
-                    "--tpmstate",
-                    f"dir={work / 'state'}",
-                    "--server",
-                    f"type=tcp,port={port},bindaddr=127.0.0.1",
-                    "--ctrl",
-                    # The swtpm TCTI reaches the control channel on the next port.
-                    f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
-                    "--flags",
-                    "not-need-init,startup-clear",
-                ]
-            )
-        )
-        wait_until("the TPM listens", lambda: _listens(port))
+        swtpm, port = _start_swtpm(work / "state")
+        processes.append(swtpm)
         bus = subprocess.Popen(
             [system_tool("dbus-daemon"), "--session", "--nofork", "--print-address=1"],
             stdout=subprocess.PIPE,
@@ -112,6 +94,40 @@ def tpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         for process in reversed(processes):
             process.terminate()
             process.wait(30)
+
+
+def _start_swtpm(state: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A software TPM listening on a free port and the next (its control channel).
+
+    The next port may be taken between the choice and the bind (by another test's
+    connection, or one in TIME_WAIT), and swtpm then exits at once: choose again.
+    """
+    for _ in range(10):
+        port = free_port()
+        swtpm = subprocess.Popen(
+            [
+                system_tool("swtpm"),
+                "socket",
+                "--tpm2",
+                "--tpmstate",
+                f"dir={state}",
+                "--server",
+                f"type=tcp,port={port},bindaddr=127.0.0.1",
+                "--ctrl",
+                # The swtpm TCTI reaches the control channel on the next port.
+                f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
+                "--flags",
+                "not-need-init,startup-clear",
+            ]
+        )
+
+        def up_or_gone(swtpm: subprocess.Popen[bytes] = swtpm, port: int = port) -> bool:
+            return swtpm.poll() is not None or (_listens(port) and _listens(port + 1))
+
+        wait_until("the TPM listens on both ports or exits", up_or_gone)
+        if swtpm.poll() is None:
+            return swtpm, port
+    raise AssertionError("swtpm exited at start ten times: no free pair of ports")
 
 
 def _listens(port: int) -> bool:
