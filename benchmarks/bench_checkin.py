@@ -2,8 +2,9 @@
 
 Both servers terminate mutual TLS with the same certificates and the same TLS
 profile on loopback, two worker processes each. nginx (Debian's package)
-answers a static body; homing (``homing serve --workers 2``, its default
-limits: per-device check-in and per-station enrollment limits on) validates
+answers a static body and issues one session ticket a handshake, as homing
+does; homing (``homing serve --workers 2``, its default limits: per-device
+check-in and per-station enrollment limits on) validates
 the client chain, checks the device's standing in its database and records
 every check-in before answering. The load generator is one C process
 (``benchmarks/storm_client.c``: one epoll loop on OpenSSL, each device its own
@@ -14,7 +15,9 @@ devices large enough that none exceeds its check-in limit:
 (a) a new TLS connection per check-in (full handshake), homing and nginx;
 (b) the same, resuming each device's last TLS 1.3 session (homing's tickets,
     shared by its workers); the figure is resumed / full on homing's side,
-    with a check-in and for the handshakes alone (no request);
+    with a check-in and for the handshakes alone (no request), beside nginx's
+    own resumed / full for the handshakes alone: the floor the TLS library
+    (the same OpenSSL on both) sets for any server on this machine;
 (c) kept-alive connections, ``KEPT`` check-ins each (a device's burst), both;
 (d) EST ``simpleenroll`` with ready-made CSRs, ``EST_CLIENTS`` at once, over
     ``STATIONS`` factory stations (each within its own limit).
@@ -97,8 +100,11 @@ http {{
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_ciphers {TLS12_CIPHERS};
         ssl_ecdh_curve X25519:prime256v1;
+        # Homing's ticket policy: one TLS 1.3 ticket a handshake (its key shared by the
+        # workers, made by the master), no server-side session cache.
         ssl_session_cache off;
-        ssl_session_tickets off;
+        ssl_session_tickets on;
+        ssl_conf_command NumTickets 1;
         keepalive_requests 100000;
         location = /v1/device/checkin {{
             if ($ssl_client_verify != SUCCESS) {{ return 401; }}
@@ -284,6 +290,13 @@ def run(quick: bool = False) -> dict[str, Any]:
                     requests_per_connection=KEPT,
                     warmup=0,
                 )
+                # OpenSSL's own resumed / full ratio on this machine: the floor under
+                # homing's, with the same certificates, groups and tickets.
+                for name, resume in (("full", 0), ("resumed", 1)):
+                    results[f"nginx_handshake_{name}"] = _phase(
+                        nginx_port, ca, resumed, seconds, work, nginx_pid,
+                        requests_per_connection=0, resume=resume,
+                    )  # fmt: skip
     _report(results)
     return results
 
@@ -327,17 +340,20 @@ def _report(results: dict[str, Any]) -> None:
         f"  homing resumed vs full handshake: {resumed['rate_per_s'] / full['rate_per_s']:.2f}x"
         f" the rate, server CPU a check-in {results['resumption_speedup']:.2f}x less"
     )
-    alone = {k: results[f"homing_handshake_{k}"] for k in ("full", "resumed")}
-    results["resumption_speedup_handshakes"] = (
-        alone["full"]["server_cpu_ms_per_checkin"] / alone["resumed"]["server_cpu_ms_per_checkin"]
-    )
-    print(
-        f"  homing handshakes alone (no request): full {alone['full']['rate_per_s']:.0f}/s,"
-        f" {alone['full']['server_cpu_ms_per_checkin']:.2f} ms server CPU each; resumed"
-        f" {alone['resumed']['rate_per_s']:.0f}/s,"
-        f" {alone['resumed']['server_cpu_ms_per_checkin']:.2f} ms:"
-        f" {results['resumption_speedup_handshakes']:.2f}x less"
-    )
+    for server_name in ("homing", "nginx"):
+        alone = {k: results.get(f"{server_name}_handshake_{k}") for k in ("full", "resumed")}
+        if not (alone["full"] and alone["resumed"]):
+            continue
+        full_ms = alone["full"]["server_cpu_ms_per_checkin"]
+        resumed_ms = alone["resumed"]["server_cpu_ms_per_checkin"]
+        key = "" if server_name == "homing" else f"_{server_name}"
+        results[f"resumption_speedup_handshakes{key}"] = full_ms / resumed_ms
+        print(
+            f"  {server_name} handshakes alone (no request): full"
+            f" {alone['full']['rate_per_s']:.0f}/s, {full_ms:.2f} ms server CPU each; resumed"
+            f" {alone['resumed']['rate_per_s']:.0f}/s, {resumed_ms:.2f} ms:"
+            f" {full_ms / resumed_ms:.2f}x less"
+        )
     est = results["est"]
     print(
         f"  EST simpleenroll: {est['rate_per_s']:.0f}/s ({EST_CLIENTS} clients, {STATIONS}"
