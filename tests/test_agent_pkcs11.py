@@ -33,6 +33,7 @@ from tests.harness import (
     run_homing,
     system_tool,
 )
+from tests.key_stores import enroll_args, run_once
 from tests.softhsm import PIN, Token, make_token
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -48,24 +49,10 @@ def token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Token:
 def _enroll_args(
     server: RunningServer, factory: tuple[str, str], state_dir: Path, token: Token
 ) -> list[str]:
-    return [
-        "agent",
-        "enroll",
-        "--state",
-        str(state_dir),
-        "--server",
-        f"https://127.0.0.1:{server.port}",
-        "--factory",
-        f"{factory[0]}:{factory[1]}",
-        "--root",
-        str(server.data / "repository" / "metadata" / "1.root.json"),
-        "--key-store",
-        "pkcs11",
-        "--pkcs11-module",
-        str(token.module),
-        "--pkcs11-token",
-        token.label,
-    ]
+    return enroll_args(
+        server, factory, state_dir, "pkcs11",
+        "--pkcs11-module", str(token.module), "--pkcs11-token", token.label,
+    )  # fmt: skip
 
 
 def _enroll(
@@ -77,17 +64,8 @@ def _enroll(
     return DeviceState(state_dir)
 
 
-def _run_once(state: DeviceState, *before: str, env: dict[str, str] | None = None) -> str:
-    ran = subprocess.run(
-        [*before, homing_entry_point(), "agent", "run", "--state", str(state.root), "--once"],
-        env=env if env is not None else dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    return ran.stdout + ran.stderr
+def _run_once(state: DeviceState, *before: str) -> str:
+    return run_once(state.root, {}, *before)
 
 
 # What the token says of the key, read in a process of its own (a PKCS#11 module reads

@@ -31,10 +31,12 @@ from tests.harness import (
     RunningServer,
     assert_one_error,
     free_port,
+    homing_entry_point,
     run_homing,
     system_tool,
     wait_until,
 )
+from tests.key_stores import enroll_args, run_once
 
 pytestmark = [
     pytest.mark.parametrize("db_url", ["sqlite"], indirect=True),
@@ -138,54 +140,15 @@ def _listens(port: int) -> bool:
     return True
 
 
-def _enroll_args(
-    server: RunningServer, factory: tuple[str, str], state_dir: Path, key_store: str
-) -> list[str]:
-    """``homing agent enroll`` for this server and station, the key kept in ``key_store``."""
-    return [
-        "agent",
-        "enroll",
-        "--state",
-        str(state_dir),
-        "--server",
-        f"https://127.0.0.1:{server.port}",
-        "--factory",
-        f"{factory[0]}:{factory[1]}",
-        "--root",
-        str(server.data / "repository" / "metadata" / "1.root.json"),
-        "--key-store",
-        key_store,
-    ]
-
-
 def _enroll(
     server: RunningServer, factory: tuple[str, str], tmp_path: Path, env: dict[str, str]
 ) -> DeviceState:
     state_dir = tmp_path / "device"
     enrolled = run_homing(
-        *_enroll_args(server, factory, state_dir, "tpm2"), "--id", "tpm-1", env=env
+        *enroll_args(server, factory, state_dir, "tpm2"), "--id", "tpm-1", env=env
     )
     assert enrolled.returncode == 0, enrolled.stderr
     return DeviceState(state_dir)
-
-
-def _run_once(state: DeviceState, env: dict[str, str], *before: str) -> str:
-    ran = subprocess.run(
-        [*before, _homing(), "agent", "run", "--state", str(state.root), "--once"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    return ran.stdout + ran.stderr
-
-
-def _homing() -> str:
-    from tests.harness import homing_entry_point
-
-    return homing_entry_point()
 
 
 def _tpm_public_key(state: DeviceState, env: dict[str, str]) -> bytes:
@@ -233,13 +196,13 @@ def test_a_tpm_held_key_enrolls_checks_in_renews_and_recovers(
     _assert_no_private_key_in(state.root)
 
     # Mutual TLS: the handshake signed inside the TPM.
-    _run_once(state, tpm)
+    run_once(state.root, tpm)
     with server.state.db.begin() as conn:
         assert contacts.count_checkins(conn, "tpm-1") == 1
 
     # Key-proof recovery: without a certificate, the TPM signs the proof and the CSR.
     state.cert_path.unlink()
-    recovered = _run_once(state, tpm)
+    recovered = run_once(state.root, tpm)
     assert "certificate recovered by key proof" in recovered
     second = state.certificate()
     assert second is not None
@@ -252,7 +215,7 @@ def test_a_tpm_held_key_enrolls_checks_in_renews_and_recovers(
     ceremonies.rotate_server_cert(server.state.dd, later)
     server.clock.advance(timedelta(days=250))
     server.settle()
-    renewed = _run_once(state, tpm, system_tool("faketime"), "-f", "+250d")
+    renewed = run_once(state.root, tpm, system_tool("faketime"), "-f", "+250d")
     assert "certificate renewed (EST simplereenroll)" in renewed
     third = state.certificate()
     assert third is not None
@@ -285,7 +248,7 @@ def test_twenty_csrs_and_proofs_leave_the_tpm_as_able_as_before(
         public.verify(
             key.sign(message, ec.ECDSA(hashes.SHA256())), message, ec.ECDSA(hashes.SHA256())
         )
-    _run_once(state, tpm)  # and the TLS stack still signs with it
+    run_once(state.root, tpm)  # and the TLS stack still signs with it
 
 
 def test_without_the_providers_configuration_the_agent_says_what_is_missing(
@@ -295,7 +258,7 @@ def test_without_the_providers_configuration_the_agent_says_what_is_missing(
     without = {k: v for k, v in tpm.items() if k != "OPENSSL_CONF"}
     env = {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"} | without
     ran = subprocess.run(
-        [_homing(), "agent", "run", "--state", str(state.root), "--once"],
+        [homing_entry_point(), "agent", "run", "--state", str(state.root), "--once"],
         env=env,
         capture_output=True,
         text=True,
@@ -309,7 +272,7 @@ def test_without_the_providers_configuration_the_agent_says_what_is_missing(
 def test_a_key_store_that_does_not_exist_is_refused(
     server: RunningServer, factory: tuple[str, str], tmp_path: Path
 ) -> None:
-    refused = run_homing(*_enroll_args(server, factory, tmp_path / "device", "smartcard"))
+    refused = run_homing(*enroll_args(server, factory, tmp_path / "device", "smartcard"))
     assert refused.returncode == 2
     assert "smartcard" in refused.stderr
     assert not (tmp_path / "device").exists()
