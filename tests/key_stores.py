@@ -35,15 +35,23 @@ def enroll_args(
     ]
 
 
-def run_once(state_dir: Path, env: dict[str, str], *before: str) -> str:
-    """One cycle of the installed agent (``before``: e.g. faketime); its output."""
-    ran = subprocess.run(
+def cycle(
+    state_dir: Path, environment: dict[str, str], *before: str
+) -> subprocess.CompletedProcess[str]:
+    """One cycle of the installed agent in exactly ``environment``, whatever its end."""
+    return subprocess.run(
         [*before, homing_entry_point(), "agent", "run", "--state", str(state_dir), "--once"],
-        env={**os.environ, **env},
+        env=environment,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
+
+
+def run_once(state_dir: Path, env: dict[str, str], *before: str) -> str:
+    """One cycle of the installed agent, ``env`` added to this process's (``before``:
+    e.g. faketime), which must check in; its output."""
+    ran = cycle(state_dir, {**os.environ, **env}, *before)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     return ran.stdout + ran.stderr

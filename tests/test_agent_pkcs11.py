@@ -29,11 +29,10 @@ from homing.store import device_contacts as contacts
 from tests.harness import (
     RunningServer,
     assert_one_error,
-    homing_entry_point,
     run_homing,
     system_tool,
 )
-from tests.key_stores import enroll_args, run_once
+from tests.key_stores import cycle, enroll_args, run_once
 from tests.softhsm import PIN, Token, make_token
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -224,25 +223,9 @@ def test_a_wrong_or_missing_pin_is_one_clear_line(
 ) -> None:
     state = _enroll(server, factory, tmp_path, token)
     env = dict(os.environ)
-    ran = subprocess.run(
-        [homing_entry_point(), "agent", "run", "--state", str(state.root), "--once"],
-        env=env | {"HOMING_PKCS11_PIN": "000000"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert_one_error(ran, "PKCS#11")
+    assert_one_error(cycle(state.root, env | {"HOMING_PKCS11_PIN": "000000"}), "PKCS#11")
     del env["HOMING_PKCS11_PIN"]
-    ran = subprocess.run(
-        [homing_entry_point(), "agent", "run", "--state", str(state.root), "--once"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert_one_error(ran, "HOMING_PKCS11_PIN")
+    assert_one_error(cycle(state.root, env), "HOMING_PKCS11_PIN")
     _run_once(state)  # the right PIN again: nothing was lost
 
 

@@ -31,12 +31,11 @@ from tests.harness import (
     RunningServer,
     assert_one_error,
     free_port,
-    homing_entry_point,
     run_homing,
     system_tool,
     wait_until,
 )
-from tests.key_stores import enroll_args, run_once
+from tests.key_stores import cycle, enroll_args, run_once
 
 pytestmark = [
     pytest.mark.parametrize("db_url", ["sqlite"], indirect=True),
@@ -257,14 +256,7 @@ def test_without_the_providers_configuration_the_agent_says_what_is_missing(
     state = _enroll(server, factory, tmp_path, tpm)
     without = {k: v for k, v in tpm.items() if k != "OPENSSL_CONF"}
     env = {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"} | without
-    ran = subprocess.run(
-        [homing_entry_point(), "agent", "run", "--state", str(state.root), "--once"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    ran = cycle(state.root, env)
     assert_one_error(ran, "held by the TPM")
     assert "OPENSSL_CONF" in ran.stderr
 
