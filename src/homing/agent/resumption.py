@@ -17,9 +17,8 @@ are also saved in the state directory (``STATE/tls-sessions.json``, 0600)
 at the end of a cycle and read at the start of the next: the hourly
 wake-up resumes. The file holds resumption secrets, as sensitive as the
 device key beside it and no more: with the key in a TPM or on a PKCS#11
-token the state directory
-holds no secret that speaks for the device, so then nothing is saved and
-only the connections within a cycle resume. A session is offered for a day
+token the state directory holds no secret that speaks for the device, so
+then nothing is saved and only the connections within a cycle resume. A session is offered for a day
 at most (the home accepts one until its day ends), never past the lifetime
 the home gave it; one read from the file whose deadline lies further ahead
 than that (a clock set back) is dropped.
