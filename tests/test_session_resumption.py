@@ -112,9 +112,11 @@ def test_a_ticket_from_another_day_is_not_resumed(
     device = server.enroll("dev-day", factory, tmp_path)
     context = _device_context(server, device)
     _, _, session = _check_in(server, context, None)
-    # The day turns: every worker moves to the next day's key at its next reload.
+    # The day turns: every worker moves to the next day's key at its next reload (taken
+    # on the server's loop, as its own watch does: a reload from this thread could race
+    # the watch's, which read the clock before it moved, and seal with the old day).
     server.clock.advance(timedelta(days=1))
-    server.state.reload_if_changed()
+    server.settle()
     status, resumed, _ = _check_in(server, context, session)
     assert status == 200
     assert not resumed
