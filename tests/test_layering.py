@@ -164,3 +164,24 @@ def test_the_environment_is_read_only_at_the_edges() -> None:
             ):
                 readers.append(f"{module}:{node.lineno}")
     assert readers == []
+
+
+def test_the_cli_loads_the_database_layer_only_for_a_command_that_uses_it() -> None:
+    """A device's ``homing agent ...`` and any refused or help invocation start fast and
+    small: neither the database layer nor the site's loads for them (they loaded for
+    every command, from an import kept for a type and a cleanup that ran regardless)."""
+    code = (
+        "import sys\n"
+        "from homing.cli import main\n"
+        "sys.argv = ['homing', 'agent', 'status', '--state', '/nonexistent-state']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('sqlalchemy', 'homing.site', 'homing.store')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split("\n")[-2]
+    assert loaded == "[]"

@@ -186,6 +186,8 @@ def _begin_shared_change(dd: DataDir) -> None:
 
 def _end_shared_changes(succeeded: bool) -> None:
     """Publish what the command changed (only if it succeeded), then release the locks."""
+    if not _changing:
+        return  # nothing began a change: the site's layer need not load
     from homing.site import shared
 
     while _changing:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from homing.cli._base import _data_option, _db_option, _fail, _now, _operator_actor, _site, cli, out
-from homing.store import Database
+
+if TYPE_CHECKING:  # the database layer loads with the commands that use it
+    from homing.store import Database
 
 
 def _database(data: Path, db_url: str | None) -> Database:
