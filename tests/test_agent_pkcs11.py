@@ -223,7 +223,9 @@ def test_a_wrong_or_missing_pin_is_one_clear_line(
 ) -> None:
     state = _enroll(server, factory, tmp_path, token)
     env = dict(os.environ)
-    assert_one_error(cycle(state.root, env | {"HOMING_PKCS11_PIN": "000000"}), "PKCS#11")
+    wrong = cycle(state.root, env | {"HOMING_PKCS11_PIN": "000000"})
+    assert_one_error(wrong, "PKCS#11")
+    assert "000000" not in wrong.stdout + wrong.stderr  # the PIN is never printed
     del env["HOMING_PKCS11_PIN"]
     assert_one_error(cycle(state.root, env), "HOMING_PKCS11_PIN")
     _run_once(state)  # the right PIN again: nothing was lost

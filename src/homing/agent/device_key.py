@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from homing.agent.token_key import TokenDeviceKey, TokenKeyRef, is_token_key_file
+from homing.agent.token_key import URI_PREFIX, TokenDeviceKey, TokenKeyRef
 from homing.errors import ConfigError, KeyStoreError
 from homing.fsutil import atomic_write
 from homing.pki.keys import generate_tls_key
@@ -252,7 +252,7 @@ def load_key(store: str, path: Path) -> DeviceKey:
 
 def load_identity(context: ssl.SSLContext, cert_file: Path, key_file: Path) -> None:
     """Give ``context`` the device certificate and its key, wherever the key is kept."""
-    if is_token_key_file(key_file):
+    if _starts_with(key_file, URI_PREFIX.encode()):
         from homing.agent.token_tls import use_token_key
 
         use_token_key(context, cert_file, TokenKeyRef.read(key_file))
@@ -260,7 +260,7 @@ def load_identity(context: ssl.SSLContext, cert_file: Path, key_file: Path) -> N
     try:
         context.load_cert_chain(cert_file, key_file)
     except (ssl.SSLError, OSError) as e:
-        if _held_by_a_tpm(key_file):
+        if _starts_with(key_file, b"-----BEGIN TSS2 PRIVATE KEY-----"):
             raise ConfigError(
                 f"the device key {key_file} is held by the TPM, and this process's OpenSSL "
                 "cannot use it: start the agent with OPENSSL_CONF naming a configuration "
@@ -269,11 +269,11 @@ def load_identity(context: ssl.SSLContext, cert_file: Path, key_file: Path) -> N
         raise ConfigError(f"cannot load the device certificate {cert_file}: {e}") from e
 
 
-def _held_by_a_tpm(key_file: Path) -> bool:
-    """Whether ``key_file`` is a TPM's wrapped key blob (OpenSSL's tpm2 provider reads it)."""
+def _starts_with(key_file: Path, marker: bytes) -> bool:
+    """Whether ``key_file`` begins with ``marker``: a TPM's wrapped blob, a token's URI."""
     try:
         with open(key_file, "rb") as f:
-            return f.read(40).startswith(b"-----BEGIN TSS2 PRIVATE KEY-----")
+            return f.read(len(marker)) == marker
     except OSError:
         return False
 

@@ -87,15 +87,6 @@ def _attributes(part: str, separator: str, where: str) -> dict[str, str]:
     return fields
 
 
-def is_token_key_file(path: Path) -> bool:
-    """Whether ``path`` (the state's ``key.pem``) names a key on a token."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(URI_PREFIX)) == URI_PREFIX.encode()
-    except OSError:
-        return False
-
-
 class TokenDeviceKey:
     """The device key on the token: signs there, its private half never readable."""
 
