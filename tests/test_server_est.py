@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import base64
+import http.client
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from homing.pki import verify_client_chain
+from homing.store import allowlist
 from homing.store.schema import audit_log, certificates, devices
-from tests.harness import RunningServer, certs_from_pkcs7, est_csr, raw_tls
+from tests.harness import RunningServer, certs_from_pkcs7, est_csr, raw_tls, wait_until
 
 
 def _basic(name: str, secret: str) -> str:
@@ -251,3 +256,102 @@ def test_reenroll_needs_a_client_certificate(server: RunningServer) -> None:
     )
     assert response.status == 401
     assert response.json()["error"] == "client_certificate_required"
+
+
+def _metric(server: RunningServer, name: str) -> float:
+    for line in server.request("GET", "/metrics").body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+@contextmanager
+def _writers_held(server: RunningServer) -> Iterator[None]:
+    """What another writer holding the database looks like to the server's enrollments."""
+    db = server.state.db
+    if db.dialect == "sqlite":
+        with db.write_lock():  # the lock every SQLite writer of a batch takes first
+            yield
+    else:
+        with db.begin() as conn:
+            conn.execute(text("LOCK TABLE certificates IN EXCLUSIVE MODE"))
+            yield
+
+
+def test_enrollments_arriving_together_share_a_transaction_each_with_its_own_answer(
+    server: RunningServer, factory: tuple[str, str], tmp_path: Path
+) -> None:
+    """Refusals in a shared batch roll back their own writes only; the rest are committed.
+
+    The first enrollment's batch waits for another writer; 29 more arrive
+    meanwhile and are written together in the next batch: good ones, three
+    requests for one new id, a key another device holds, a broken CSR and
+    blocked ids.
+    """
+    auth = _basic(*factory)
+    held_key = ec.generate_private_key(ec.SECP256R1())
+    assert _enroll(server, base64.b64encode(est_csr(held_key, "held")), auth).status == 200
+    with server.state.db.begin() as conn:
+        for name in ("blocked-0", "blocked-1"):
+            allowlist.block(conn, name, datetime.now(UTC), "returned unit")
+    broken = bytearray(est_csr(ec.generate_private_key(ec.SECP256R1()), "broken"))
+    broken[-5] ^= 0x01  # the signature no longer verifies
+
+    def fresh(name: str) -> tuple[str, bytes]:
+        return name, est_csr(ec.generate_private_key(ec.SECP256R1()), name)
+
+    bodies: list[tuple[str, bytes]] = [
+        *[fresh(f"good-{i}") for i in range(20)],
+        *[fresh("twin") for _ in range(3)],
+        *[(f"taken-{i}", est_csr(held_key, f"taken-{i}")) for i in range(2)],
+        *[("broken", bytes(broken)) for _ in range(2)],
+        *[fresh(f"blocked-{i}") for i in range(2)],
+    ]
+    answers: dict[int, int] = {}
+    context = server.client_context(None)
+
+    def send(index: int, body: bytes) -> None:
+        # Its own connection, with a bound for a busy machine: it waits for the held writer.
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=300)
+        try:
+            headers = {"Content-Type": "application/pkcs10", "Authorization": auth}
+            conn.request("POST", "/.well-known/est/simpleenroll", base64.b64encode(body), headers)
+            response = conn.getresponse()
+            response.read()
+            answers[index] = response.status
+        finally:
+            conn.close()
+
+    first_key = ec.generate_private_key(ec.SECP256R1())
+    threads = [threading.Thread(target=send, args=(-1, est_csr(first_key, "first")))]
+    with _writers_held(server):
+        threads[0].start()
+        wait_until(
+            "the first batch", lambda: _metric(server, "homing_enrollment_batches_total") == 2
+        )
+        for index, (_, body) in enumerate(bodies):
+            threads.append(threading.Thread(target=send, args=(index, body)))
+            threads[-1].start()
+        wait_until("29 waiting", lambda: _metric(server, "homing_enrollments_waiting") == 29)
+        assert answers == {}, "an enrollment was answered while the database was held"
+    for thread in threads:
+        thread.join(300)
+    statuses = [answers[i] for i in range(len(bodies))]
+    assert answers[-1] == 200
+    assert statuses[:20] == [200] * 20
+    assert sorted(statuses[20:23]) == [200, 409, 409]  # one id, one device
+    assert statuses[23:25] == [409, 409]  # one key, one device
+    assert statuses[25:27] == [400, 400]
+    assert statuses[27:29] == [403, 403]
+    # Two batches after the held one: the first enrollment alone, then the 29 together.
+    assert _metric(server, "homing_enrollment_batches_total") == 3
+    assert _metric(server, "homing_enrollments_waiting") == 0
+    # Nothing of a refused enrollment was kept: every certificate is an enrolled device's.
+    assert _counts(server) == (23, 23)
+    with server.state.db.engine.connect() as conn:
+        enrolled = set(conn.execute(select(devices.c.device_id)).scalars())
+        assert enrolled == {"held", "first", "twin", *(f"good-{i}" for i in range(20))}
+        refused = conn.execute(
+            select(audit_log.c.target).where(audit_log.c.action == "enroll_refused")
+        ).scalars()
+        assert sorted(refused) == ["blocked-0", "blocked-1", "taken-0", "taken-1"]

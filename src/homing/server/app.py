@@ -225,7 +225,7 @@ def build_app(state: ServerState) -> web.Application:
             web.get("/metrics", metrics),
             web.get("/openapi.json", openapi),
             *metadata.routes(state),
-            *est.routes(state),
+            *est.routes(state, app[METRICS]),
             *device_api.routes(state, writer),
             *recovery.routes(state),
             *time_api.routes(state),

@@ -18,6 +18,7 @@ import binascii
 import logging
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from aiohttp import web
 from cryptography import x509
@@ -31,20 +32,22 @@ from homing.errors import (
     ChainError,
     ConfigError,
     ConflictError,
+    HomingError,
     NotFoundError,
     PolicyError,
     RevokedError,
 )
 from homing.pki.idevid import FactoryIdentity, Manufacturer, verify_idevid
 from homing.pki.keys import spki_der
-from homing.pki.profiles import ApprovedRequest, approve_csr, device_id_from_uri
+from homing.pki.profiles import ApprovedRequest, Profile, approve_csr, device_id_from_uri
 from homing.pki.validate import load_certificate
 from homing.server.admission import RateLimiter
 from homing.server.auth import authenticate_device, peer_certificate_der
+from homing.server.batching import BatchedWrites
 from homing.server.enroll_hook import EnrollHook
 from homing.server.errors import HTTPProblem, problem_response
 from homing.server.inputs import read_body
-from homing.server.metrics import METRICS
+from homing.server.metrics import METRICS, Metrics
 from homing.server.state import ServerState
 from homing.site.ledger import DatabaseLedger
 from homing.store import allowlist, audit, credentials, manufacturers
@@ -57,6 +60,10 @@ PKCS7_CERTS = "application/pkcs7-mime; smime-type=certs-only"
 _BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="homing EST", charset="UTF-8"'}
 log = logging.getLogger(__name__)
 _HARDWARE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# Enrollments written in one transaction at most: enough for a factory floor's
+# burst, few enough that one batch holds the write lock for well under a second.
+_ENROLL_BATCH_MAX = 64
 
 
 def _pkcs7_response(certs: list[x509.Certificate], content_type: str) -> web.Response:
@@ -165,6 +172,27 @@ class _Station:
         return self.identity.device_id
 
 
+@dataclass(frozen=True)
+class _Enrollment:
+    """One simpleenroll request, waiting for its batch."""
+
+    station: _Station
+    csr_der: bytes
+    hardware: str | None
+    now: datetime
+
+
+_Approval = ApprovedRequest | PolicyError | HTTPProblem
+
+
+def _approval(station: _Station, csr_der: bytes, profile: Profile) -> _Approval:
+    """The CSR approved for ``station``, or the refusal to raise once the station is proven."""
+    try:
+        return approve_csr(csr_der, profile, device_id=station.device_id(csr_der))
+    except (PolicyError, HTTPProblem) as e:
+        return e
+
+
 def _requested_device_id(csr_der: bytes) -> str | None:
     """The id a CSR names (URI SAN, else CN), or None; its full checks come later."""
     try:
@@ -181,7 +209,7 @@ def _requested_device_id(csr_der: bytes) -> str | None:
         return None
 
 
-def routes(state: ServerState) -> list[web.RouteDef]:
+def routes(state: ServerState, metrics: Metrics) -> list[web.RouteDef]:
     stations = RateLimiter.of(state.config.enroll_limit)
 
     def _audit_key_refusal(actor: str, device_id: str | None, e: device_store.KeyTaken) -> None:
@@ -296,66 +324,87 @@ def routes(state: ServerState) -> list[web.RouteDef]:
     async def cacerts(request: web.Request) -> web.Response:
         return _pkcs7_response([*state.device_cas, *state.root_cas], "application/pkcs7-mime")
 
+    def _enroll(conn: Connection, request: _Enrollment, approval: _Approval) -> x509.Certificate:
+        """One enrollment in a batch's transaction (the caller holds its savepoint)."""
+        station, now = request.station, request.now
+        station.prove(conn)
+        # Counted once the station proved itself: a wrong secret spends nothing.
+        wait = stations.take(station.name) if stations else None
+        if wait is not None:
+            raise HTTPProblem(
+                429,
+                "too_often",
+                f"factory station {station.name!r} enrolls more often than allowed",
+                {"Retry-After": RateLimiter.retry_after(wait)},
+            )
+        if isinstance(approval, Exception):
+            raise approval
+        # One id, one key, one device: refused before anything is issued.
+        spki = spki_der(approval.public_key)
+        try:
+            device_store.require_new(conn, approval.subject_id, spki)
+        except device_store.KeyTaken:
+            raise
+        except ConflictError as e:
+            raise ConflictError(
+                f"{e}: renew with simplereenroll, or recover with /v1/recover"
+            ) from e
+        # The station's manifest, quota and expiry, and blocked ids.
+        try:
+            allowlist.check_enrollment(
+                conn, station.name, approval.subject_id, device_store.key_fingerprint(spki), now
+            )
+        except allowlist.NotAllowed as e:
+            raise _Refused(approval.subject_id, str(e)) from e
+        authority = state.device_authority(DatabaseLedger(state.db, conn, now))
+        cert = authority.issue(approval, now)
+        device_store.insert_new_device(
+            conn, approval.subject_id, spki, now, station.actor, request.hardware
+        )
+        detail = {"serial": format(cert.serial_number, "x")}
+        if station.identity is not None:
+            detail |= station.identity.audit_detail
+        audit.audit(conn, now, station.actor, "enroll", approval.subject_id, detail)
+        return cert
+
+    def _write_enrollments(batch: list[_Enrollment]) -> list[x509.Certificate | Exception]:
+        """A batch of enrollments in one write transaction, each in its own savepoint.
+
+        The CSRs are judged before the write lock is taken (CPU only, while
+        another process writes); each verdict is given where it was always
+        given: after its station proved itself and was counted.
+        """
+        state.check_clock()
+        profile = state.device_leaf_profile
+        approvals = [_approval(r.station, r.csr_der, profile) for r in batch]
+        outcomes: list[x509.Certificate | Exception] = []
+        with state.db.write_lock(), state.db.begin() as conn:
+            for request, approval in zip(batch, approvals, strict=True):
+                try:
+                    with conn.begin_nested():
+                        outcomes.append(_enroll(conn, request, approval))
+                except (HomingError, HTTPProblem, _Refused) as e:
+                    outcomes.append(e)
+        return outcomes
+
+    enrollments: BatchedWrites[_Enrollment, x509.Certificate] = BatchedWrites(
+        state.run,
+        _write_enrollments,
+        _ENROLL_BATCH_MAX,
+        waiting=metrics.enrollments_waiting,
+        batches=metrics.enrollment_batches,
+    )
+
     async def simpleenroll(request: web.Request) -> web.Response:
         station = await _station(request)
         csr_der = await _csr_body(request)
         hardware = request.query.get("hardware")
         if hardware is not None and not _HARDWARE.fullmatch(hardware):
             raise HTTPProblem(400, "bad_request", f"invalid hardware class {hardware!r}")
-        now = state.now()
         if hook.active:
             await _ask_hook(station, csr_der, hardware)
-
-        def enroll() -> x509.Certificate:
-            state.check_clock()
-            with state.db.begin() as conn:
-                station.prove(conn)
-                # Counted once the station proved itself: a wrong secret spends nothing.
-                wait = stations.take(station.name) if stations else None
-                if wait is not None:
-                    raise HTTPProblem(
-                        429,
-                        "too_often",
-                        f"factory station {station.name!r} enrolls more often than allowed",
-                        {"Retry-After": RateLimiter.retry_after(wait)},
-                    )
-                approved = approve_csr(
-                    csr_der, state.device_leaf_profile, device_id=station.device_id(csr_der)
-                )
-                if device_store.device(conn, approved.subject_id) is not None:
-                    raise ConflictError(
-                        f"device {approved.subject_id!r} is already enrolled: renew with "
-                        "simplereenroll, or recover with /v1/recover"
-                    )
-                # One key, one device: refused before anything is issued.
-                spki = spki_der(approved.public_key)
-                holder = device_store.key_holder(conn, spki)
-                if holder is not None:
-                    raise device_store.KeyTaken(holder, approved.subject_id)
-                # The station's manifest, quota and expiry, and blocked ids.
-                try:
-                    allowlist.check_enrollment(
-                        conn,
-                        station.name,
-                        approved.subject_id,
-                        device_store.key_fingerprint(spki),
-                        now,
-                    )
-                except allowlist.NotAllowed as e:
-                    raise _Refused(approved.subject_id, str(e)) from e
-                authority = state.device_authority(DatabaseLedger(state.db, conn, now))
-                cert = authority.issue(approved, now)
-                device_store.enroll_device(
-                    conn, approved.subject_id, spki_der(cert), now, station.actor, hardware
-                )
-                detail = {"serial": format(cert.serial_number, "x")}
-                if station.identity is not None:
-                    detail |= station.identity.audit_detail
-                audit.audit(conn, now, station.actor, "enroll", approved.subject_id, detail)
-                return cert
-
         try:
-            cert = await state.run(enroll)
+            cert = await enrollments.submit(_Enrollment(station, csr_der, hardware, state.now()))
         except device_store.KeyTaken as e:
             await state.run(_audit_key_refusal, station.actor, e.wanted, e)
             raise

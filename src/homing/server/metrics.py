@@ -51,6 +51,18 @@ class Metrics:
         self.enrollments = Counter(
             "homing_enrollments", "Certificates issued over EST", registry=self.registry
         )
+        self.enrollment_batches = Counter(
+            "homing_enrollment_batches",
+            "EST enrollment batches written, one transaction each (enrollments / batches: "
+            "how many shared a commit)",
+            registry=self.registry,
+        )
+        self.enrollments_waiting = Gauge(
+            "homing_enrollments_waiting",
+            "EST enrollments waiting for a batch's transaction (every worker's summed)",
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
         self.shed = Counter(
             "homing_requests_shed",
             "Requests answered 429: past capacity (overloaded) or past a device's or "

@@ -116,6 +116,26 @@ def key_holder(conn: Connection, key_spki: bytes) -> str | None:
     ).scalar_one_or_none()
 
 
+def require_new(conn: Connection, device_id: str, key_spki: bytes) -> None:
+    """ConflictError if ``device_id`` is enrolled, KeyTaken if the key is another device's.
+
+    One query for both: it runs inside every enrollment's write transaction,
+    where each statement is time every other writer waits.
+    """
+    fingerprint = key_fingerprint(key_spki)
+    holders = list(
+        conn.execute(
+            select(devices.c.device_id).where(
+                or_(devices.c.device_id == device_id, devices.c.key_sha256 == fingerprint)
+            )
+        ).scalars()
+    )
+    if device_id in holders:
+        raise ConflictError(f"device {device_id!r} is already enrolled")
+    if holders:
+        raise KeyTaken(holders[0], device_id)
+
+
 class KeyTaken(ConflictError):
     """A key registered to another device: one key, one device."""
 
@@ -135,9 +155,23 @@ def enroll_device(
     hardware: str | None = None,
 ) -> None:
     """A new device with its key; ConflictError if the id is taken, KeyTaken if the key is."""
-    holder = key_holder(conn, key_spki)
-    if holder is not None:
-        raise KeyTaken(holder, device_id)
+    require_new(conn, device_id, key_spki)
+    insert_new_device(conn, device_id, key_spki, when, enrolled_by, hardware)
+
+
+def insert_new_device(
+    conn: Connection,
+    device_id: str,
+    key_spki: bytes,
+    when: datetime,
+    enrolled_by: str,
+    hardware: str | None = None,
+) -> None:
+    """``enroll_device`` for a caller that ran ``require_new`` in this same transaction.
+
+    A concurrent enrollment (PostgreSQL lets two run at once) still ends in
+    ConflictError or KeyTaken, from the table's unique keys.
+    """
     try:
         with conn.begin_nested():
             conn.execute(
