@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from homing.errors import AuthError, ConflictError, NotFoundError
@@ -105,47 +105,50 @@ def block(conn: Connection, device_id: str, when: datetime, reason: str) -> None
         raise ConflictError(f"device id {device_id!r} is blocked already") from e
 
 
+# The checks of every enrollment, built once: building and keying an expression
+# costs more than SQLite's work, inside a transaction every writer waits for.
+_BLOCKED = select(blocked_device_ids.c.device_id).where(
+    blocked_device_ids.c.device_id == bindparam("device_id")
+)
+_LIMITS = select(factory_credentials.c.quota, factory_credentials.c.expires_at).where(
+    factory_credentials.c.name == bindparam("station")
+)
+_LISTED = select(enrollment_manifest.c.station, enrollment_manifest.c.key_sha256).where(
+    enrollment_manifest.c.device_id == bindparam("device_id")
+)
+_HAS_MANIFEST = (
+    select(enrollment_manifest.c.device_id)
+    .where(enrollment_manifest.c.station == bindparam("station"))
+    .limit(1)
+)
+_ENROLLED_BY = (
+    select(func.count()).select_from(devices).where(devices.c.enrolled_by == bindparam("actor"))
+)
+
+
 def check_enrollment(
     conn: Connection, station: str, device_id: str, key_sha256: str, now: datetime
 ) -> None:
     """None when ``station`` may enroll ``device_id`` with this key now; else NotAllowed."""
-    blocked = conn.execute(
-        select(blocked_device_ids.c.device_id).where(blocked_device_ids.c.device_id == device_id)
-    ).first()
+    blocked = conn.execute(_BLOCKED, {"device_id": device_id}).first()
     if blocked is not None:
         raise NotAllowed(f"device id {device_id!r} is blocked")
-    limits = conn.execute(
-        select(factory_credentials.c.quota, factory_credentials.c.expires_at).where(
-            factory_credentials.c.name == station
-        )
-    ).one()
+    limits = conn.execute(_LIMITS, {"station": station}).one()
     if limits.expires_at is not None and now >= limits.expires_at:
         raise NotAllowed(
             f"factory station {station!r} may enroll nothing since {limits.expires_at.isoformat()}"
         )
-    listed = conn.execute(
-        select(enrollment_manifest.c.station, enrollment_manifest.c.key_sha256).where(
-            enrollment_manifest.c.device_id == device_id
-        )
-    ).first()
+    listed = conn.execute(_LISTED, {"device_id": device_id}).first()
     if listed is not None and listed.station != station:
         raise NotAllowed(f"device id {device_id!r} is on another station's manifest")
     if listed is None:
-        has_manifest = conn.execute(
-            select(enrollment_manifest.c.device_id)
-            .where(enrollment_manifest.c.station == station)
-            .limit(1)
-        ).first()
+        has_manifest = conn.execute(_HAS_MANIFEST, {"station": station}).first()
         if has_manifest is not None:
             raise NotAllowed(f"device id {device_id!r} is not on station {station!r}'s manifest")
     elif listed.key_sha256 is not None and listed.key_sha256 != key_sha256:
         raise NotAllowed(f"device {device_id!r} must enroll with the key its manifest names")
     if limits.quota is not None:
-        enrolled = conn.execute(
-            select(func.count())
-            .select_from(devices)
-            .where(devices.c.enrolled_by == f"factory:{station}")
-        ).scalar_one()
+        enrolled = conn.execute(_ENROLLED_BY, {"actor": f"factory:{station}"}).scalar_one()
         if enrolled >= limits.quota:
             raise NotAllowed(
                 f"factory station {station!r} has enrolled its quota of {limits.quota} devices"

@@ -13,6 +13,10 @@ from homing.store.schema import audit_log
 __all__ = ["audit", "audit_entries"]
 
 
+# Built once: every write transaction that audits runs it (and holds the write lock).
+_INSERT = insert(audit_log)
+
+
 def audit(
     conn: Connection,
     when: datetime,
@@ -22,13 +26,14 @@ def audit(
     detail: dict[str, Any] | None = None,
 ) -> None:
     conn.execute(
-        insert(audit_log).values(
-            at=when,
-            actor=actor,
-            action=action,
-            target=target,
-            detail=json.dumps(detail, sort_keys=True) if detail else None,
-        )
+        _INSERT,
+        {
+            "at": when,
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "detail": json.dumps(detail, sort_keys=True) if detail else None,
+        },
     )
 
 

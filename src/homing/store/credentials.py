@@ -13,7 +13,7 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from homing.errors import AuthError, ConflictError, NotFoundError
@@ -90,10 +90,12 @@ def list_factories(conn: Connection) -> list[dict[str, Any]]:
     ]
 
 
+# Built once: it runs inside every enrollment's write transaction.
+_STATION = select(factory_credentials).where(factory_credentials.c.name == bindparam("name"))
+
+
 def verify_factory(conn: Connection, name: str, secret: str) -> None:
-    row = conn.execute(
-        select(factory_credentials).where(factory_credentials.c.name == name)
-    ).first()
+    row = conn.execute(_STATION, {"name": name}).first()
     # Hash even when the name is unknown so timing does not reveal names.
     expected = row.secret_hash if row else _hash(secrets.token_urlsafe(32))
     if not hmac.compare_digest(expected, _hash(secret)) or row is None:

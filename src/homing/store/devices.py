@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from homing.errors import ConflictError, NotFoundError, PolicyError
@@ -116,18 +116,26 @@ def key_holder(conn: Connection, key_spki: bytes) -> str | None:
     ).scalar_one_or_none()
 
 
+# Statements of every enrollment, built once: building and keying an expression
+# costs more than SQLite's work, inside a transaction every writer waits for.
+_ID_OR_KEY_HOLDERS = select(devices.c.device_id).where(
+    or_(
+        devices.c.device_id == bindparam("device_id"),
+        devices.c.key_sha256 == bindparam("key_sha256"),
+    )
+)
+_INSERT_DEVICE = insert(devices)
+
+
 def require_new(conn: Connection, device_id: str, key_spki: bytes) -> None:
     """ConflictError if ``device_id`` is enrolled, KeyTaken if the key is another device's.
 
     One query for both: it runs inside every enrollment's write transaction,
     where each statement is time every other writer waits.
     """
-    fingerprint = key_fingerprint(key_spki)
     holders = list(
         conn.execute(
-            select(devices.c.device_id).where(
-                or_(devices.c.device_id == device_id, devices.c.key_sha256 == fingerprint)
-            )
+            _ID_OR_KEY_HOLDERS, {"device_id": device_id, "key_sha256": key_fingerprint(key_spki)}
         ).scalars()
     )
     if device_id in holders:
@@ -175,15 +183,16 @@ def insert_new_device(
     try:
         with conn.begin_nested():
             conn.execute(
-                insert(devices).values(
-                    device_id=device_id,
-                    status="active",
-                    hardware=hardware,
-                    key_spki=key_spki,
-                    key_sha256=key_fingerprint(key_spki),
-                    enrolled_at=when,
-                    enrolled_by=enrolled_by,
-                )
+                _INSERT_DEVICE,
+                {
+                    "device_id": device_id,
+                    "status": "active",
+                    "hardware": hardware,
+                    "key_spki": key_spki,
+                    "key_sha256": key_fingerprint(key_spki),
+                    "enrolled_at": when,
+                    "enrolled_by": enrolled_by,
+                },
             )
     except IntegrityError as e:
         if device(conn, device_id) is None:
