@@ -320,19 +320,25 @@ def _every_event_kind(years: float) -> dict[str, object]:
 @pytest.mark.parametrize("years", [0.1, 1, 7, 20, 50])
 def test_the_simulator_runs_every_event_kind_to_every_year_it_accepts(years: float) -> None:
     """It crashed at 13 years (the TUF root expired), 19 (an issuing CA expired), and on
-    any root lapse; the CLI accepts any length up to 50 years."""
-    quiet = Scenario().with_fleet(devices=100, years=years)
-    results = simulate(quiet, ["homing", "private-ca"])
-    homing, private = results.strategies
-    assert homing.bricked == 0
-    assert homing.why == "never cut off"
-    assert homing.cut_off_devices == 0
-    if years >= 7:
-        assert homing.caught_up > 0
-    if years >= 20:
-        # The baseline still fails for its own reason across the longer run (its root
-        # lives eight years).
-        assert private.bricked > 0
+    any root lapse; the CLI accepts any length up to 50 years.
+
+    The quiet fleet runs up to 20 years; at 50 only the busy one, which holds
+    every ceremony the quiet one does and more (a quiet 50-year run cost
+    another 65 s of the suite for nothing the busy run does not check).
+    """
+    if years <= 20:
+        quiet = Scenario().with_fleet(devices=100, years=years)
+        results = simulate(quiet, ["homing", "private-ca"])
+        homing, private = results.strategies
+        assert homing.bricked == 0
+        assert homing.why == "never cut off"
+        assert homing.cut_off_devices == 0
+        if years >= 7:
+            assert homing.caught_up > 0
+        if years >= 20:
+            # The baseline still fails for its own reason across the longer run (its
+            # root lives eight years).
+            assert private.bricked > 0
     busy = scenario_from_dict({
         "fleet": {"devices": 100, "years": years, "manufacture_years": min(3, years)},
         **_every_event_kind(years),
