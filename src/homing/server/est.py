@@ -32,7 +32,6 @@ from homing.errors import (
     ChainError,
     ConfigError,
     ConflictError,
-    HomingError,
     NotFoundError,
     PolicyError,
     RevokedError,
@@ -182,14 +181,17 @@ class _Enrollment:
     now: datetime
 
 
-_Approval = ApprovedRequest | PolicyError | HTTPProblem
+_Approval = ApprovedRequest | Exception
 
 
 def _approval(station: _Station, csr_der: bytes, profile: Profile) -> _Approval:
-    """The CSR approved for ``station``, or the refusal to raise once the station is proven."""
+    """The CSR approved for ``station``, or the refusal to raise once the station is proven.
+
+    Any exception is kept for its own request: one CSR never fails the batch it is in.
+    """
     try:
         return approve_csr(csr_der, profile, device_id=station.device_id(csr_der))
-    except (PolicyError, HTTPProblem) as e:
+    except Exception as e:
         return e
 
 
@@ -383,8 +385,9 @@ def routes(state: ServerState, metrics: Metrics) -> list[web.RouteDef]:
                 try:
                     with conn.begin_nested():
                         outcomes.append(_enroll(conn, request, approval))
-                except (HomingError, HTTPProblem, _Refused) as e:
+                except Exception as e:  # this request's answer; its savepoint is rolled back
                     outcomes.append(e)
+        # A commit that fails (the database itself gone) fails every request here.
         return outcomes
 
     enrollments: BatchedWrites[_Enrollment, x509.Certificate] = BatchedWrites(
