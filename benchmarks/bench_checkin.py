@@ -20,7 +20,8 @@ devices large enough that none exceeds its check-in limit:
     (the same OpenSSL on both) sets for any server on this machine;
 (c) kept-alive connections, ``KEPT`` check-ins each (a device's burst), both;
 (d) EST ``simpleenroll`` with ready-made CSRs, ``EST_CLIENTS`` at once, over
-    ``STATIONS`` factory stations (each within its own limit).
+    ``STATIONS`` factory stations (each within its own limit), on SQLite and,
+    when one answers (``HOMING_BENCH_POSTGRES``), on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from benchmarks._haproxy import PROXY_SOURCE, haproxy_front
 from benchmarks._server import free_port, homing_process, listening_process
+from benchmarks.bench_replicas import _database
 from benchmarks.bench_storm import _fleet, _generate
 from homing import ceremonies
 from homing.operations import fleet as operations
@@ -168,19 +171,18 @@ def _phase(
     return result
 
 
-def _est_rate(port: int, data: Path, count: int) -> dict[str, Any]:
+def _est_rate(port: int, data: Path, count: int, db_url: str | None = None) -> dict[str, Any]:
     """EST enrollments answered per second, ``EST_CLIENTS`` at once, CSRs made beforehand."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.harness import est_csr
 
     dd = DataDir(data)
+    db = dd.database(db_url)
     stations = [
-        (
-            f"bench-{i}",
-            operations.add_factory(dd.database(), "bench", datetime.now(UTC), f"bench-{i}"),
-        )
+        (f"bench-{i}", operations.add_factory(db, "bench", datetime.now(UTC), f"bench-{i}"))
         for i in range(STATIONS)
     ]
+    db.dispose()
     dd.close()
     csrs = [
         base64.b64encode(est_csr(ec.generate_private_key(ec.SECP256R1()), f"est-{i}"))
@@ -261,6 +263,16 @@ def run(quick: bool = False) -> dict[str, Any]:
                     resume=resume,
                 )  # fmt: skip
             results["est"] = _est_rate(port, data, 600 if quick else 3000)
+        # The same on PostgreSQL, when one answers (HOMING_BENCH_POSTGRES): the scale backend.
+        try:
+            with (
+                _database() as db_url,
+                homing_process(data, workers=2, extra=("--db", db_url)) as (url, _),
+            ):
+                port = int(url.rsplit(":", 1)[1])
+                results["est_postgresql"] = _est_rate(port, data, 600 if quick else 3000, db_url)
+        except psycopg.OperationalError as e:
+            print(f"EST on PostgreSQL not measured: {e}".splitlines()[0], file=sys.stderr)
         # The deployment option: HAProxy takes the TLS, homing the requests (trusting the
         # certificate header from HAProxy's address only). Both processes' CPU counts.
         proxied = ("--trusted-proxy", f"{PROXY_SOURCE}/32")
@@ -359,6 +371,12 @@ def _report(results: dict[str, Any]) -> None:
         f"  EST simpleenroll: {est['rate_per_s']:.0f}/s ({EST_CLIENTS} clients, {STATIONS}"
         f" stations; {est['answered_200']} answered 200, {est['other']} other)"
     )
+    on_postgresql = results.get("est_postgresql")
+    if on_postgresql:
+        print(
+            f"  EST simpleenroll on PostgreSQL: {on_postgresql['rate_per_s']:.0f}/s"
+            f" ({on_postgresql['answered_200']} answered 200, {on_postgresql['other']} other)"
+        )
 
 
 if __name__ == "__main__":
