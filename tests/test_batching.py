@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -30,10 +29,10 @@ class _Writer:
 
 
 def _run_on_threads() -> Any:
-    pool = ThreadPoolExecutor(4)
+    """What the server passes: a function run on a thread (here the loop's own executor)."""
 
     async def run(fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        return await asyncio.to_thread(fn, *args)
 
     return run
 
