@@ -11,13 +11,12 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from homing import ceremonies
 from homing.agent.enroll import new_device_id
 from homing.agent.state import DeviceConfig, DeviceState
-from homing.pki.keys import generate_tls_key
+from homing.pki.keys import generate_tls_key, spki_der
 from homing.pki.profiles import device_csr, device_uri
 from homing.site import DataDir
 from homing.store import audit
@@ -43,17 +42,10 @@ def register_device(
     """
     device_uri(device_id)
     db = data.database()
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    with db.begin() as conn:
-        if device_store.device(conn, device_id) is not None:
-            from homing.errors import ConflictError
-
-            raise ConflictError(f"device {device_id!r} is already enrolled")
-        holder = device_store.key_holder(conn, spki)
-        if holder is not None:
-            raise device_store.KeyTaken(holder)
+    spki = spki_der(key.public_key())
+    # A read: the enrollment below checks again in the transaction that writes.
+    with db.engine.connect() as conn:
+        device_store.require_new(conn, device_id, spki)
     chain = ceremonies.issue_certificate(
         data, device_csr(key, device_id), "device", now, device_id=device_id
     )
