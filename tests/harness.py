@@ -30,6 +30,7 @@ from homing.server.app import build_app
 from homing.server.config import ServerConfig
 from homing.server.connections import CONNECTIONS, GuardedSite
 from homing.server.state import ServerState
+from homing.tls import wrap_or_close
 
 PG_ADMIN_URL = os.environ.get(
     "HOMING_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -67,6 +68,26 @@ def postgres_database() -> Iterator[str]:
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
             )
             admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+class HTTPSConnection(http.client.HTTPSConnection):
+    """http.client's HTTPS connection, its TLS wrap through ``homing.tls.wrap_or_close``.
+
+    A test that reaches a server while it is killed or restarting can meet a
+    reset between connect and handshake; Python's own wrap then leaves the
+    descriptor for the garbage collector, whose ResourceWarning fails whichever
+    test happens to be running.
+    """
+
+    def __init__(
+        self, host: str, port: int, *, context: ssl.SSLContext, timeout: float = 30.0
+    ) -> None:
+        super().__init__(host, port, context=context, timeout=timeout)
+        self._tls = context
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = wrap_or_close(self._tls.wrap_socket, self.sock, server_hostname=self.host)
 
 
 @dataclass
@@ -228,7 +249,7 @@ class RunningServer:
         if isinstance(body, dict):
             body = json.dumps(body).encode()
             headers.setdefault("Content-Type", "application/json")
-        conn = http.client.HTTPSConnection(
+        conn = HTTPSConnection(
             "127.0.0.1", self.port, context=context or self.client_context(device), timeout=10
         )
         try:

@@ -9,7 +9,6 @@ bounded too.
 
 from __future__ import annotations
 
-import http.client
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ from homing.config import Limits
 from homing.store import device_contacts as contacts
 from homing.store import devices as device_store
 from homing.store.schema import recovery_nonces
-from tests.harness import DeviceCredentials, RunningServer
+from tests.harness import DeviceCredentials, HTTPSConnection, RunningServer
 
 BOUND = Limits.checkin_history_per_device
 # The largest health a check-in may carry (4,096 bytes of JSON).
@@ -31,7 +30,7 @@ def _flood(server: RunningServer, device: DeviceCredentials, count: int) -> list
     """``count`` check-ins on one keep-alive connection; the statuses answered."""
     body = json.dumps({"health": HEALTH, "firmware_version": "1.0"}).encode()
     assert len(json.dumps(HEALTH)) <= 4096
-    conn = http.client.HTTPSConnection(
+    conn = HTTPSConnection(
         "127.0.0.1", server.port, context=server.client_context(device), timeout=60
     )
     statuses = []

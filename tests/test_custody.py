@@ -9,7 +9,6 @@ mounted; the server then starts, and refuses again if a key comes back.
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import socket
@@ -22,7 +21,7 @@ import pytest
 
 from homing.errors import KeyStoreError
 from homing.pki.keystore import FileKeyStore
-from tests.harness import assert_one_error, homing_entry_point, run_homing
+from tests.harness import HTTPSConnection, assert_one_error, homing_entry_point, run_homing
 
 SERVER = "the server's own passphrase"
 HOLDER = "the key holder's passphrase"
@@ -48,7 +47,7 @@ def _serves(data: Path, env: dict[str, str]) -> bool:
     deadline = time.monotonic() + 60
     try:
         while process.poll() is None and time.monotonic() < deadline:
-            conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=2)
+            conn = HTTPSConnection("127.0.0.1", port, context=context, timeout=2)
             try:
                 conn.request("GET", "/healthz")
                 if conn.getresponse().status == 200:

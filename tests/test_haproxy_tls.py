@@ -10,7 +10,6 @@ refused by homing as on a direct connection.
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import socket
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 
 from homing.store import device_contacts as contacts
 from tests.fleet import check_in, device
-from tests.harness import Clock, RunningServer, free_port, system_tool, wait_until
+from tests.harness import Clock, HTTPSConnection, RunningServer, free_port, system_tool, wait_until
 from tests.mitm import foreign_certificate
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -100,7 +99,7 @@ def front(
 def _check_in(
     port: int, context: ssl.SSLContext, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, object]]:
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=60)
+    conn = HTTPSConnection("127.0.0.1", port, context=context, timeout=60)
     try:
         conn.request(
             "POST",

@@ -41,6 +41,7 @@ from homing.store import Database
 from homing.store.schema import checkins, site_files
 from tests.harness import (
     DeviceCredentials,
+    HTTPSConnection,
     assert_one_error,
     homing_entry_point,
     postgres_database,
@@ -184,9 +185,8 @@ def devices_checking_in(
 
 
 def _get(address: str, path: str, context: ssl.SSLContext) -> tuple[int, bytes]:
-    import http.client
 
-    conn = http.client.HTTPSConnection(address, PORT, context=context, timeout=10)
+    conn = HTTPSConnection(address, PORT, context=context, timeout=10)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
@@ -202,9 +202,8 @@ def _post(
     body: object,
     headers: dict[str, str] | None = None,
 ) -> int:
-    import http.client
 
-    conn = http.client.HTTPSConnection(address, PORT, context=context, timeout=10)
+    conn = HTTPSConnection(address, PORT, context=context, timeout=10)
     try:
         conn.request(
             "POST",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,14 @@ from sqlalchemy import func, select, text
 from homing.pki import verify_client_chain
 from homing.store import allowlist
 from homing.store.schema import audit_log, certificates, devices
-from tests.harness import RunningServer, certs_from_pkcs7, est_csr, raw_tls, wait_until
+from tests.harness import (
+    HTTPSConnection,
+    RunningServer,
+    certs_from_pkcs7,
+    est_csr,
+    raw_tls,
+    wait_until,
+)
 
 
 def _basic(name: str, secret: str) -> str:
@@ -197,10 +203,8 @@ def test_second_enrollment_of_a_device_is_a_conflict(
 
 
 def test_chunked_request_body_is_accepted(server: RunningServer, factory: tuple[str, str]) -> None:
-    import http.client
-
     body = base64.encodebytes(est_csr(ec.generate_private_key(ec.SECP256R1()), "chunky"))
-    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=server.client_context())
+    conn = HTTPSConnection("127.0.0.1", server.port, context=server.client_context())
     conn.putrequest("POST", "/.well-known/est/simpleenroll")
     conn.putheader("Content-Type", "application/pkcs10")
     conn.putheader("Authorization", _basic(*factory))
@@ -312,7 +316,7 @@ def test_enrollments_arriving_together_share_a_transaction_each_with_its_own_ans
 
     def send(index: int, body: bytes) -> None:
         # Its own connection, with a bound for a busy machine: it waits for the held writer.
-        conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=300)
+        conn = HTTPSConnection("127.0.0.1", server.port, context=context, timeout=300)
         try:
             headers = {"Content-Type": "application/pkcs10", "Authorization": auth}
             conn.request("POST", "/.well-known/est/simpleenroll", base64.b64encode(body), headers)

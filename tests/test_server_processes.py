@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import socket
@@ -25,6 +24,7 @@ from homing.operations import fleet as operations
 from homing.site import DataDir
 from homing.store.schema import certificates, checkins, devices
 from tests.harness import (
+    HTTPSConnection,
     assert_one_error,
     certs_from_pkcs7,
     est_csr,
@@ -71,7 +71,7 @@ def _serve(
             # A server started with --init makes its data directory (and CA) first.
             ready = (data / "pki" / "root-ca.pem").exists()
             context = _context(data) if ready else ssl.create_default_context()
-            conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=2)
+            conn = HTTPSConnection("127.0.0.1", port, context=context, timeout=2)
             try:
                 conn.request("GET", "/healthz")
                 if conn.getresponse().status == 200:
@@ -107,7 +107,7 @@ def _context(data: Path, cert: Path | None = None, key: Path | None = None) -> s
 def _post(
     port: int, context: ssl.SSLContext, path: str, body: bytes, headers: dict[str, str]
 ) -> tuple[int, bytes]:
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+    conn = HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
     try:
         conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()
@@ -189,7 +189,7 @@ def test_workers_share_one_port(
         pids: set[int] = set()
         deadline = time.monotonic() + 30
         while len(pids) < 2 and time.monotonic() < deadline:
-            conn = http.client.HTTPSConnection("127.0.0.1", port, context=_context(data), timeout=5)
+            conn = HTTPSConnection("127.0.0.1", port, context=_context(data), timeout=5)
             try:
                 conn.request("GET", "/healthz")
                 response = conn.getresponse()
@@ -215,7 +215,7 @@ def test_a_second_unrelated_server_cannot_take_the_port(
             "serve", "--data", str(second), "--listen", f"127.0.0.1:{port}", timeout=60
         )
         # The first server still answers, alone.
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=_context(first), timeout=5)
+        conn = HTTPSConnection("127.0.0.1", port, context=_context(first), timeout=5)
         try:
             conn.request("GET", "/healthz")
             assert conn.getresponse().status == 200
@@ -263,7 +263,7 @@ def test_serve_init_publishes_the_endpoint_it_listens_on(
     monkeypatch.delenv("HOMING_KEY_PASSPHRASE", raising=False)
     data, port = tmp_path / "made-by-serve", _free_port()
     with _serve(data, port, db_url, extra=("--init",)):
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=_context(data), timeout=5)
+        conn = HTTPSConnection("127.0.0.1", port, context=_context(data), timeout=5)
         try:
             conn.request("GET", "/healthz")
             assert conn.getresponse().status == 200

@@ -19,8 +19,11 @@ from __future__ import annotations
 import _ssl
 import ctypes
 import logging
+import socket
 import ssl
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from homing.errors import ConfigError
 
@@ -31,6 +34,7 @@ __all__ = [
     "server_context",
     "set_ticket_keys",
     "ssl_ctx_pointer",
+    "wrap_or_close",
 ]
 
 log = logging.getLogger(__name__)
@@ -240,3 +244,35 @@ def client_context(*, context_class: type[ssl.SSLContext] = ssl.SSLContext) -> s
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def wrap_or_close(
+    wrap: Callable[..., ssl.SSLSocket], raw: socket.socket, *args: Any, **kwargs: Any
+) -> ssl.SSLSocket:
+    """``wrap(raw, ...)``; when it raises, no descriptor is left open.
+
+    ``SSLContext.wrap_socket`` moves ``raw``'s descriptor into a new TLS socket
+    and then checks that the peer is still there. On Python before 3.11.8 and
+    3.12.2 (CPython gh-113280), a peer that resets the connection between the
+    TCP connect and that check (a server killed, a balancer dropping it) makes
+    it raise without closing the TLS socket: the descriptor stays open until
+    the garbage collector finds the socket in a reference cycle, with a
+    ResourceWarning then. Here the socket is closed at once, found through the
+    traceback (it is the ``self`` of the frame that raised); on a Python that
+    closed it already, closing again does nothing.
+    """
+    try:
+        return wrap(raw, *args, **kwargs)
+    except BaseException as e:
+        raw.close()
+        _close_sockets_left_in(e)
+        raise
+
+
+def _close_sockets_left_in(error: BaseException) -> None:
+    trace = error.__traceback__
+    while trace is not None:
+        left = trace.tb_frame.f_locals.get("self")
+        if isinstance(left, ssl.SSLSocket):
+            left.close()
+        trace = trace.tb_next

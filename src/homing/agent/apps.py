@@ -37,7 +37,7 @@ from homing.agent.transport import PinnedConnection, parse_endpoint, verify_pinn
 from homing.config import Limits
 from homing.errors import ChainError, ConfigError, MetadataError, TransportError
 from homing.pki.validate import load_certificate
-from homing.tls import client_context
+from homing.tls import client_context, wrap_or_close
 from homing.trust.pins import PinPolicy
 
 __all__ = ["Answer", "Home", "PinnedContext"]
@@ -258,9 +258,9 @@ class PinnedContext(ssl.SSLContext):
             load_identity(self, self.home.state.cert_path, self.home.state.key_path)
             self._cert_mark = mark
 
-    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
         self.refresh_certificate()
-        return super().wrap_socket(*args, **kwargs)
+        return wrap_or_close(super().wrap_socket, sock, *args, **kwargs)
 
     def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
         self.refresh_certificate()

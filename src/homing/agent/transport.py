@@ -36,7 +36,7 @@ from homing.pki.validate import (
     verify_pins,
     verify_server_chain,
 )
-from homing.tls import client_context
+from homing.tls import client_context, wrap_or_close
 from homing.trust.pins import PinPolicy
 
 __all__ = [
@@ -167,20 +167,27 @@ class PinnedConnection(http.client.HTTPSConnection):
         previous cycle saved (homing.agent.session_bytes)."""
         offered = self._offered
         server_name = None if self.endpoint.is_ip else self.host
-        tls: ssl.SSLSocket | None = None
         try:
-            tls = self._tls_context.wrap_socket(
+            tls = wrap_or_close(
+                self._tls_context.wrap_socket,
                 raw,
                 server_hostname=server_name,
                 session=offered if isinstance(offered, ssl.SSLSession) else None,
                 do_handshake_on_connect=False,
             )
+        except (ssl.SSLError, OSError) as e:
+            raise TransportError(f"TLS handshake with {self.host}:{self.port} failed: {e}") from e
+        try:
             if isinstance(offered, bytes):
                 offer_saved(tls, self._tls_context, offered)
             tls.do_handshake()
-        except (ssl.SSLError, OSError) as e:
-            (tls or raw).close()
-            raise TransportError(f"TLS handshake with {self.host}:{self.port} failed: {e}") from e
+        except BaseException as e:
+            tls.close()
+            if isinstance(e, (ssl.SSLError, OSError)):
+                raise TransportError(
+                    f"TLS handshake with {self.host}:{self.port} failed: {e}"
+                ) from e
+            raise
         return tls
 
     def close(self) -> None:
