@@ -21,7 +21,13 @@ devices large enough that none exceeds its check-in limit:
 (c) kept-alive connections, ``KEPT`` check-ins each (a device's burst), both;
 (d) EST ``simpleenroll`` with ready-made CSRs, ``EST_CLIENTS`` at once, over
     ``STATIONS`` factory stations (each within its own limit), on SQLite and,
-    when one answers (``HOMING_BENCH_POSTGRES``), on PostgreSQL.
+    when one answers (``HOMING_BENCH_POSTGRES``), on PostgreSQL;
+(e) the floor under (a) and (c): homing's own web stack and TLS context
+    answering nginx's static body (``benchmarks._floor``), so the report says
+    how much of the distance to nginx is the stack and how much homing's work.
+
+A phase in which any device was turned away for checking in too often (429)
+is reported as such: its figure is not the one the plan asks for.
 """
 
 from __future__ import annotations
@@ -234,7 +240,8 @@ def _est_rate(port: int, data: Path, count: int, db_url: str | None = None) -> d
 def run(quick: bool = False) -> dict[str, Any]:
     nginx = _ensure_nginx()
     seconds = 4.0 if quick else 10.0
-    count = 2_400 if quick else 9_000
+    # Each phase's third of the fleet large enough that no device exceeds its limit.
+    count = 3_600 if quick else 9_000
     results: dict[str, Any] = {"concurrency": CONCURRENCY, "kept_alive_per_connection": KEPT}
     os.environ.pop("HOMING_KEY_PASSPHRASE", None)
     with tempfile.TemporaryDirectory() as tmp:
@@ -287,6 +294,18 @@ def run(quick: bool = False) -> dict[str, Any]:
                 results[f"haproxy_{name}"] = _phase(
                     front, ca, devices, seconds, work, server.pid, also=[haproxy_pid], **plan
                 )
+        # The floor: homing's web stack and TLS context answering nginx's static body.
+        floor_port = free_port()
+        floor = [sys.executable, "-m", "benchmarks._floor", str(data), str(floor_port), "2"]
+        plans: list[tuple[str, list[tuple[str, str]], dict[str, Any]]] = [
+            ("new_connection", new, {}),
+            ("keepalive", kept, {"requests_per_connection": KEPT, "warmup": 0}),
+        ]
+        with listening_process(floor, floor_port) as floor_process:
+            for name, devices, options in plans:
+                results[f"floor_{name}"] = _phase(
+                    floor_port, ca, devices, seconds, work, floor_process.pid, **options
+                )
         if nginx:
             with nginx_server(nginx, work, data) as (nginx_port, nginx_pid):
                 results["nginx_new_connection"] = _phase(
@@ -319,7 +338,7 @@ def _report(results: dict[str, Any]) -> None:
         " once, on the same 2 cores; homing with its default per-device limits)"
     )
     for name in ("new_connection", "resumed", "keepalive"):
-        for server_name in ("homing", "haproxy", "nginx"):
+        for server_name in ("homing", "haproxy", "floor", "nginx"):
             r = results.get(f"{server_name}_{name}")
             if not r:
                 continue
@@ -329,18 +348,22 @@ def _report(results: dict[str, Any]) -> None:
                 f" {r['server_cpu_ms_per_checkin']:.2f} ms, generator"
                 f" {r['client_cpu_ms_per_checkin']:.2f} ms;  {r['outcomes']} {r['handshakes']}"
             )
+            if r["outcomes"].get("429"):
+                print("    (devices over their check-in limit: give this phase more devices)")
+    fronts = {"homing": ("", "homing"), "haproxy": ("_behind_haproxy", "HAProxy+homing")}
+    fronts["floor"] = ("_floor", "the floor (web stack, static body)")
     for name in ("new_connection", "keepalive"):
-        for front in ("homing", "haproxy"):
+        for front, (suffix, label) in fronts.items():
             h, n = results.get(f"{front}_{name}"), results.get(f"nginx_{name}")
             if not (h and n):
                 continue
-            key = name if front == "homing" else f"{name}_behind_haproxy"
+            key = f"{name}{suffix}"
             results[f"ratio_{key}"] = h["rate_per_s"] / n["rate_per_s"]
             results[f"cpu_ratio_{key}"] = (
                 h["server_cpu_ms_per_checkin"] / n["server_cpu_ms_per_checkin"]
             )
             print(
-                f"  {'homing' if front == 'homing' else 'HAProxy+homing'}/nginx ({name}): rate"
+                f"  {label}/nginx ({name}): rate"
                 f" {results[f'ratio_{key}']:.2f}x, server CPU a check-in"
                 f" {results[f'cpu_ratio_{key}']:.2f}x"
             )
