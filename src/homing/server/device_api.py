@@ -270,8 +270,7 @@ def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
                 reported, (current.root, current.timestamp, current.targets), strict=True
             )
         )
-        cert = identity.certificate
-        lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+        lifetime = identity.not_valid_after - identity.not_valid_before
         return web.json_response(
             {
                 "device_id": identity.device_id,
@@ -279,9 +278,9 @@ def routes(state: ServerState, writer: CheckinWriter) -> list[web.RouteDef]:
                 "metadata": current.to_json(),
                 "refresh_metadata": stale,
                 "certificate": {
-                    "serial": format(cert.serial_number, "x"),
-                    "not_after": cert.not_valid_after_utc.isoformat(),
-                    "renew_after": (cert.not_valid_before_utc + lifetime * 2 / 3).isoformat(),
+                    "serial": format(identity.serial, "x"),
+                    "not_after": identity.not_valid_after.isoformat(),
+                    "renew_after": (identity.not_valid_before + lifetime * 2 / 3).isoformat(),
                 },
                 "update": update,
             }

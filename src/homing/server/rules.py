@@ -62,9 +62,16 @@ class DeviceTrust:
 
 
 class VerifiedDevice(NamedTuple):
-    certificate: x509.Certificate
+    """What the server needs of a verified device certificate: its device, key, serial
+    and dates. Not the certificate itself: each server process keeps these for tens of
+    thousands of devices (homing.server.auth), so a device that comes back on a new
+    connection is not validated again."""
+
     device_id: str
     key_spki: bytes
+    serial: int
+    not_valid_before: datetime
+    not_valid_after: datetime
 
 
 def _chains(
@@ -117,7 +124,13 @@ def verify_device_certificate(
         device_id = device_id_from_uri(uris[0])
     except PolicyError as e:
         raise HTTPProblem(401, "bad_client_certificate", str(e)) from e
-    return VerifiedDevice(cert, device_id, spki_der(cert))
+    return VerifiedDevice(
+        device_id,
+        spki_der(cert),
+        cert.serial_number,
+        cert.not_valid_before_utc,
+        cert.not_valid_after_utc,
+    )
 
 
 def refusal_problem(reason: str) -> HTTPProblem:
@@ -143,7 +156,7 @@ def standing_problem(
     standing: contacts.Standing | None, device: VerifiedDevice
 ) -> HTTPProblem | None:
     """Whether a verified device may act now: enrolled, not revoked, its registered key."""
-    presented = device_store.Presented(device.certificate.serial_number, device.key_spki)
+    presented = device_store.Presented(device.serial, device.key_spki)
     reason = contacts.refusal(standing, presented, device.device_id)
     return None if reason is None else refusal_problem(reason)
 
