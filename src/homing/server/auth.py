@@ -43,8 +43,8 @@ __all__ = [
 ]
 
 # Devices whose verified certificate a server process remembers: a fleet up to this
-# size comes back on new connections without its chains validated again (about a
-# third of a check-in's own work). About 580 bytes each: some 38 MB a process, full.
+# size comes back on new connections without its chains validated again (about 0.3 ms
+# of CPU a check-in on two cores). About 580 bytes each: some 38 MB a process, full.
 _CACHE_LIMIT = 65_536
 
 log = logging.getLogger(__name__)
