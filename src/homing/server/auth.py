@@ -31,7 +31,6 @@ from homing.server.rules import VerifiedDevice, refusal_problem
 from homing.server.state import ServerState
 from homing.store import credentials
 from homing.store import device_contacts as contacts
-from homing.store import devices as device_store
 
 __all__ = [
     "DeviceIdentity",
@@ -50,18 +49,8 @@ _CACHE_LIMIT = 65_536
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class DeviceIdentity:
-    device_id: str
-    serial: int
-    key_spki: bytes
-    not_valid_before: datetime
-    not_valid_after: datetime
-
-    @property
-    def presented(self) -> device_store.Presented:
-        """Serial and key, the two things a device's standing is checked by."""
-        return device_store.Presented(self.serial, self.key_spki)
+# The device a request's certificate speaks for: what validation found, as remembered.
+DeviceIdentity = VerifiedDevice
 
 
 @dataclass(frozen=True)
@@ -173,20 +162,13 @@ def verify_device_certificate(request: web.Request, state: ServerState) -> Devic
             401, "client_certificate_required", "this endpoint needs a device client certificate"
         )
     try:
-        verified = _verify(der, state, state.now())
+        return _verify(der, state, state.now())
     except HTTPProblem as e:
         # Every refusal of a client certificate is decided here, so it is logged here.
         log.warning(
             "refused a client certificate from %s (%s): %s", request.remote, e.code, e.message
         )
         raise
-    return DeviceIdentity(
-        device_id=verified.device_id,
-        serial=verified.serial,
-        key_spki=verified.key_spki,
-        not_valid_before=verified.not_valid_before,
-        not_valid_after=verified.not_valid_after,
-    )
 
 
 async def authenticate_device(request: web.Request, state: ServerState) -> DeviceIdentity:

@@ -73,6 +73,11 @@ class VerifiedDevice(NamedTuple):
     not_valid_before: datetime
     not_valid_after: datetime
 
+    @property
+    def presented(self) -> device_store.Presented:
+        """Serial and key, the two things a device's standing is checked by."""
+        return device_store.Presented(self.serial, self.key_spki)
+
 
 def _chains(
     cert: x509.Certificate, cas: Sequence[x509.Certificate], trust: DeviceTrust, when: datetime
@@ -156,8 +161,7 @@ def standing_problem(
     standing: contacts.Standing | None, device: VerifiedDevice
 ) -> HTTPProblem | None:
     """Whether a verified device may act now: enrolled, not revoked, its registered key."""
-    presented = device_store.Presented(device.serial, device.key_spki)
-    reason = contacts.refusal(standing, presented, device.device_id)
+    reason = contacts.refusal(standing, device.presented, device.device_id)
     return None if reason is None else refusal_problem(reason)
 
 
