@@ -73,3 +73,32 @@ def test_the_cache_keeps_its_limit_and_answers_only_for_its_epoch() -> None:
     assert len(cache) == 1
     assert cache.get(b"cert-0", 7) is None
     assert cache.get(b"cert-3", 7) is entry
+
+
+def test_the_cache_never_outgrows_its_limit_over_many_fleets_and_epochs() -> None:
+    cache = auth._VerifiedCache(limit=64)
+    now = datetime(2030, 1, 1)
+    for epoch in range(20):  # twenty CA changes, each with a fleet over the limit
+        for i in range(200):
+            entry = VerifiedDevice(f"d{i}", b"k", i, now, now + timedelta(days=1))
+            cache.put(b"%d/%d" % (epoch, i), epoch, entry)
+            assert len(cache) <= 64
+            assert cache.get(b"%d/%d" % (epoch, i), epoch) is entry
+            assert cache.get(b"%d/%d" % (epoch, i), epoch + 1) is None
+
+
+def test_twenty_devices_are_each_validated_once(
+    server: RunningServer, factory: tuple[str, str], tmp_path: Path
+) -> None:
+    now = server.state.now()
+    ders = [
+        server.enroll(f"fleet-{i}", factory, tmp_path).certificate.public_bytes(
+            serialization.Encoding.DER
+        )
+        for i in range(20)
+    ]
+    first = [auth._verify(der, server.state, now) for der in ders]
+    assert [v.device_id for v in first] == [f"fleet-{i}" for i in range(20)]
+    for _ in range(3):
+        again = [auth._verify(der, server.state, now) for der in ders]
+        assert all(a is b for a, b in zip(again, first, strict=True))
