@@ -259,6 +259,19 @@ class RunningServer:
         finally:
             conn.close()
 
+    def metric(self, sample: str, missing: float | None = None) -> float:
+        """One sample of the server's /metrics: ``name`` or ``name{labels}`` as printed.
+
+        ``missing``: the value when the sample is not there yet (a labelled counter
+        appears at its first increment); without it, a missing sample fails the test.
+        """
+        for line in self.request("GET", "/metrics").body.decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+        if missing is None:
+            raise AssertionError(f"{sample} is not in /metrics")
+        return missing
+
     def log_in(self, token: str) -> str:
         """A fleet-view session for an operator token: the ``name=value`` cookie."""
         login = self.request(

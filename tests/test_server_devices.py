@@ -39,12 +39,8 @@ def _checkin_count(server: RunningServer) -> int:
         return conn.execute(select(func.count()).select_from(checkins)).scalar_one()
 
 
-def _thread_batches(server: RunningServer) -> float:
-    """Check-in batches the server wrote on a thread, from its /metrics."""
-    for line in server.request("GET", "/metrics").body.decode().splitlines():
-        if line.startswith('homing_checkin_batches_total{path="thread"}'):
-            return float(line.split()[-1])
-    return 0.0
+# Check-in batches the server wrote on a thread.
+_THREAD_BATCHES = 'homing_checkin_batches_total{path="thread"}'
 
 
 @pytest.fixture
@@ -319,7 +315,9 @@ def test_checkins_wait_for_a_busy_sqlite_database_without_stalling_the_server(
         )
         sender.start()
         # The batch gave up on the loop and waits on a thread for the database.
-        wait_until("the batch on a thread", lambda: _thread_batches(server) == 1.0)
+        wait_until(
+            "the batch on a thread", lambda: server.metric(_THREAD_BATCHES, missing=0.0) == 1.0
+        )
         assert answers == [], "the check-in was answered before it could be recorded"
         # Answered while the database is still held: a blocked loop would not answer
         # before the holder lets go, which happens only after this answer.

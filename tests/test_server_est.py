@@ -262,13 +262,6 @@ def test_reenroll_needs_a_client_certificate(server: RunningServer) -> None:
     assert response.json()["error"] == "client_certificate_required"
 
 
-def _metric(server: RunningServer, name: str) -> float:
-    for line in server.request("GET", "/metrics").body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} is not in /metrics")
-
-
 @contextmanager
 def _writers_held(server: RunningServer) -> Iterator[None]:
     """What another writer holding the database looks like to the server's enrollments."""
@@ -330,13 +323,11 @@ def test_enrollments_arriving_together_share_a_transaction_each_with_its_own_ans
     threads = [threading.Thread(target=send, args=(-1, est_csr(first_key, "first")))]
     with _writers_held(server):
         threads[0].start()
-        wait_until(
-            "the first batch", lambda: _metric(server, "homing_enrollment_batches_total") == 2
-        )
+        wait_until("the first batch", lambda: server.metric("homing_enrollment_batches_total") == 2)
         for index, (_, body) in enumerate(bodies):
             threads.append(threading.Thread(target=send, args=(index, body)))
             threads[-1].start()
-        wait_until("29 waiting", lambda: _metric(server, "homing_enrollments_waiting") == 29)
+        wait_until("29 waiting", lambda: server.metric("homing_enrollments_waiting") == 29)
         assert answers == {}, "an enrollment was answered while the database was held"
     for thread in threads:
         thread.join(300)
@@ -348,8 +339,8 @@ def test_enrollments_arriving_together_share_a_transaction_each_with_its_own_ans
     assert statuses[25:27] == [400, 400]
     assert statuses[27:29] == [403, 403]
     # Two batches after the held one: the first enrollment alone, then the 29 together.
-    assert _metric(server, "homing_enrollment_batches_total") == 3
-    assert _metric(server, "homing_enrollments_waiting") == 0
+    assert server.metric("homing_enrollment_batches_total") == 3
+    assert server.metric("homing_enrollments_waiting") == 0
     # Nothing of a refused enrollment was kept: every certificate is an enrolled device's.
     assert _counts(server) == (23, 23)
     with server.state.db.engine.connect() as conn:
