@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,9 +58,9 @@ class MetadataVersions:
         }
 
 
-def _mtime(path: Path) -> int:
+def _mtime(path: str | Path) -> int:
     try:
-        return path.stat().st_mtime_ns
+        return os.stat(path).st_mtime_ns
     except FileNotFoundError:
         return 0
 
@@ -73,6 +74,8 @@ class ServerState:
         self.config = config
         self.clock = clock or (lambda: datetime.now(UTC))
         self.dd = config.site()
+        # Looked at on every check-in: a plain string spares pathlib's work each time.
+        self._timestamp_file = os.fspath(self.dd.metadata_dir / "timestamp.json")
         self.settings: Settings = self.dd.settings()
         self.store: KeyStore = self.dd.keystore(self.settings)
         # Python's ssl reads the TLS key from a file: it is always in the file store.
@@ -304,7 +307,7 @@ class ServerState:
     def metadata_versions(self) -> MetadataVersions:
         """Current versions from the published files, re-read when timestamp.json changes."""
         metadata = self.dd.metadata_dir
-        mark = _mtime(metadata / "timestamp.json")
+        mark = _mtime(self._timestamp_file)
         if self._versions is None or self._versions[0] != mark:
             timestamp = json.loads((metadata / "timestamp.json").read_bytes())["signed"]
             snapshot_version = int(timestamp["meta"]["snapshot.json"]["version"])
