@@ -181,6 +181,28 @@ def test_the_signer_lease_is_one_holder_and_passes_on_when_its_session_dies(
         second.release()
 
 
+def test_a_lost_session_reported_late_does_not_drop_the_lease_taken_again(
+    published: DataDir,
+) -> None:
+    """The heartbeat that finds the old session dead may report it after the signer has
+    already taken the lease again on a new one: the new one stays the signer."""
+    db = published.database()
+    lease = SignerLease(db, "first")
+    try:
+        assert lease.held()
+        old = lease._session
+        assert old is not None
+        old.close()  # as the heartbeat does on a failed beat, before it reports the loss
+        assert lease.held()  # taken again, on a new session
+        assert lease._session is not old
+        lease._lost(old, OSError("the old session did not answer"))
+        assert lease.held()
+        assert current_signer(db) == "first"
+    finally:
+        lease.release()
+    assert current_signer(db) is None
+
+
 def test_the_cli_publishes_and_follows_a_shared_site(published: DataDir, tmp_path: Path) -> None:
     """A ceremony run on a replica's host is published for every host; status says so."""
     replica = _replica(published, tmp_path, "r1")

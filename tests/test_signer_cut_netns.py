@@ -51,12 +51,14 @@ def test_a_cut_signer_loses_the_lease_within_the_bound_and_another_replica_signs
             print(f"lease taken over after the cut: {took:.1f} s")
             # It signs as soon as it may change the site: at once, or, when the cut
             # came while the old signer held the site-change lock mid-publication,
-            # once that session ends (here HAProxy's 60 s idle timeout).
+            # once that lock's bounded session ends too (the same bound as the lease's,
+            # though HAProxy in between would keep an unbounded session for 60 s).
             resigned = wait_until(
                 "the new signer to re-sign the timestamp",
                 lambda: _published_timestamp(db) > before,
             )
             print(f"timestamp re-signed after the cut: {resigned:.1f} s")
+            assert resigned < LEASE_TIMEOUT + 30, resigned
             # The cut signer noticed, said so, and stopped signing.
             wait_until(
                 "the cut signer to log the loss",

@@ -30,7 +30,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,16 +41,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, text, update
+from sqlalchemy import Connection, delete, insert, select, update
 
-from homing.errors import ConfigError, ConflictError
+from homing.errors import ConfigError, ConflictError, StoreError
 from homing.fsutil import atomic_write
 from homing.site.datadir import DataDir
 from homing.store import Database
+from homing.store.bounded_session import BoundedSession, advisory_holder
 from homing.store.schema import site_files, site_publication
 
 __all__ = [
     "LOCAL_FILES",
+    "SITE_CHANGE_WAIT",
     "Manifest",
     "is_shared",
     "publish",
@@ -56,6 +61,8 @@ __all__ = [
     "site_change",
     "site_id",
 ]
+
+log = logging.getLogger(__name__)
 
 # What is published: the settings and everything under these directories.
 SHARED_FILES = ("homing.json",)
@@ -66,6 +73,9 @@ LOCAL_FILES = frozenset({"pki/server-chain.pem"})
 LAST = ("homing.json", "repository/metadata/timestamp.json")
 # pg_advisory_lock keys: 'homing' in ASCII, then one per purpose.
 SITE_CHANGE_LOCK = 0x686F6D696E67_01
+# Seconds a change waits for another host's change to finish, and between its notices.
+SITE_CHANGE_WAIT = 300.0
+WAIT_NOTICE = 10.0
 # Rows read per query when pulling, so large firmware images stream in batches.
 PULL_BATCH = 16
 
@@ -167,19 +177,70 @@ def is_shared(db: Database) -> bool:
 
 
 @contextmanager
-def site_change(db: Database) -> Iterator[None]:
-    """Hold the site-change lock (PostgreSQL session advisory lock) for a pull-change-publish."""
+def site_change(db: Database, wait: float = SITE_CHANGE_WAIT) -> Iterator[None]:
+    """Hold the site-change lock for a pull-change-publish.
+
+    The lock is a PostgreSQL advisory lock on a bounded session of its own
+    (``homing.store.bounded_session``): a host cut off while holding it
+    loses it within ``SESSION_TIMEOUT`` seconds instead of stopping every
+    other host's changes until the database notices (hours). A change that
+    finds the lock taken says who holds it every ``WAIT_NOTICE`` seconds and
+    gives up after ``wait`` seconds (ConflictError naming the holder). Losing
+    the lock mid-change is safe: ``publish`` refuses when another host
+    published in the meantime.
+    """
     if db.dialect != "postgresql":
         yield
         return
-    with db.engine.connect() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SITE_CHANGE_LOCK})
-        conn.commit()
+    import psycopg
+
+    session = BoundedSession(db.url, f"homing-site-change:{socket.gethostname()}:{os.getpid()}")
+    try:
+        _take_site_change(session.connect(), wait)
+        session.start_heartbeat(_lost_site_change)
+    except psycopg.Error as e:
+        session.close()
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise StoreError(f"cannot take the site-change lock: the database refused: {reason}") from e
+    except BaseException:
+        session.close()
+        raise
+    try:
+        yield
+    finally:
+        session.close()
+
+
+def _take_site_change(conn: Any, wait: float) -> None:
+    """Wait for the site-change lock at most ``wait`` seconds, saying who holds it."""
+    from psycopg.errors import LockNotAvailable
+
+    deadline = time.monotonic() + wait
+    while True:
+        left = deadline - time.monotonic()
+        conn.execute(f"SET lock_timeout = {max(1, int(min(left, WAIT_NOTICE) * 1000))}")
         try:
-            yield
-        finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SITE_CHANGE_LOCK})
-            conn.commit()
+            conn.execute("SELECT pg_advisory_lock(%s)", (SITE_CHANGE_LOCK,))
+        except LockNotAvailable:
+            holder = advisory_holder(conn, SITE_CHANGE_LOCK)
+            who = holder.describe() if holder else "another session"
+            if time.monotonic() >= deadline:
+                raise ConflictError(
+                    f"another change of the site is in progress ({who}); "
+                    f"waited {wait:g} s for it: retry when it has finished"
+                ) from None
+            log.warning("waiting for the site-change lock, held by %s", who)
+            continue
+        conn.execute("SET lock_timeout = 0")
+        return
+
+
+def _lost_site_change(error: Exception) -> None:
+    log.error(
+        "lost the site-change lock mid-change: the database did not answer (%s); "
+        "this change's publication is refused if another host published meanwhile",
+        str(error).strip() or type(error).__name__,
+    )
 
 
 @contextmanager
