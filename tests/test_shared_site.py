@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,7 +22,13 @@ from homing.server.signer import SignerLease, current_signer
 from homing.site import DataDir, shared
 from homing.site.backup import backup, restore
 from homing.store.schema import audit_log, certificates, site_files
-from tests.harness import assert_one_error, postgres_database, run_homing
+from tests.harness import (
+    assert_one_error,
+    homing_entry_point,
+    postgres_database,
+    run_homing,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -229,6 +237,37 @@ def test_the_cli_publishes_and_follows_a_shared_site(published: DataDir, tmp_pat
             generation = shared.published_generation(conn)
         assert generation is not None
         assert generation[1] == 2
+    finally:
+        replica.close()
+
+
+def test_a_ceremony_waits_for_another_hosts_change_saying_who_then_publishes(
+    published: DataDir, tmp_path: Path
+) -> None:
+    """From outside: the operator sees whom the command waits for, and it goes on after."""
+    replica = _replica(published, tmp_path, "r1")
+    url = published.db_url
+    assert url is not None
+    env = {k: v for k, v in os.environ.items() if k != "HOMING_KEY_PASSPHRASE"}
+    err = tmp_path / "refresh.err"
+    try:
+        with shared.site_change(published.database()), open(err, "wb") as out:
+            command = subprocess.Popen(
+                [homing_entry_point(), "timestamp", "refresh", "--data", str(replica.root)],
+                env={**env, "HOMING_DB": url},
+                stdout=subprocess.DEVNULL,
+                stderr=out,
+            )
+            wait_until(
+                "the command to say whom it waits for",
+                lambda: (
+                    b"WARNING: waiting for the site-change lock, held by homing-site-change:"
+                    in err.read_bytes()
+                ),
+            )
+            assert command.poll() is None
+        assert command.wait(timeout=120) == 0, err.read_text()
+        assert "published generation 2" in err.read_text()
     finally:
         replica.close()
 
