@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +33,9 @@ def test_thirty_device_ca_generations_keep_every_device_home(
             middle = device(server, tmp_path, "dev-middle", "board-a")
         check_in(server, first)
     assert middle is not None
+    # Every retired generation is still trusted (its devices' certificates live on),
+    # so its key stays: the broker's CRL of those devices is signed with it.
+    assert _ca_keys(dd, "device") == list(range(1, 33))
     last = device(server, tmp_path, "dev-last", "board-a")
     for state in (first, middle, last):
         check_in(server, state)
@@ -51,6 +55,12 @@ def test_thirty_device_ca_generations_keep_every_device_home(
     ]
     # What records the retirements shrank with the trust: only generation 31 is left.
     assert list(retired_device_cas(dd)) == [spki_pin(trusted[1])]
+    # The keys of the thirty generations that left trust are destroyed, and the audit
+    # log says which: the store keeps the still-trusted 31, the active 32, the backup 33.
+    assert _ca_keys(dd, "device") == [31, 32, 33]
+    assert _last_audit(dd, "rotate_device_ca")["destroyed_keys"] == [
+        f"device-ca-g{g}" for g in range(1, 31)
+    ]
     for state in (first, middle, last):
         assert check_in(server, state).recovered
         assert check_in(server, state).checked_in
@@ -64,13 +74,34 @@ def test_thirty_server_ca_promotions_keep_a_device_pinned(
 
     dd = server.state.dd
     regular = device(server, tmp_path, "dev-regular", "board-a")
-    for _ in range(30):
+    for generation in range(2, 32):
         ceremonies.rotate_issuing_ca(dd, "server", datetime.now(UTC))
         server.settle()
         report = check_in(server, regular)
         # It held the promoted key's pin already: no bootstrap channel needed.
         assert report.trust_channel is TrustChannel.PINNED, report.steps
+        # Nothing signs with a retired server CA: its key is destroyed at once,
+        # so the store never holds more than the active and the backup.
+        assert _ca_keys(dd, "server") == [generation, generation + 1]
+        assert _last_audit(dd, "rotate_server_ca")["destroyed_keys"] == [
+            f"server-ca-g{generation - 1}"
+        ]
     assert dd.settings().server_ca_generation == 31
+    assert not any(dd.root.glob("keys/server-ca-g1.*"))
+
+
+def _ca_keys(dd: DataDir, kind: str) -> list[int]:
+    """The generations of ``kind``'s CA whose private key the site's key store holds."""
+    store = dd.keystore(dd.settings())
+    return [g for g in range(1, 100) if store.exists(f"{kind}-ca-g{g}")]
+
+
+def _last_audit(dd: DataDir, action: str) -> dict[str, Any]:
+    from homing.store.audit import audit_entries
+
+    with dd.database().engine.connect() as conn:
+        entry = next(e for e in audit_entries(conn, 10) if e["action"] == action)
+    return dict(entry["detail"] or {})
 
 
 @on_sqlite

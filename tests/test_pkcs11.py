@@ -106,6 +106,28 @@ def test_devices_are_issued_from_the_token_over_est(tmp_path: Path, token: Token
         server.stop()
 
 
+def test_a_device_ca_key_that_left_trust_is_destroyed_on_the_token(
+    tmp_path: Path, token: Token
+) -> None:
+    dd = _site(tmp_path, token)
+    now = datetime.now(UTC)
+    for _ in range(3):
+        ceremonies.rotate_issuing_ca(dd, "device", now)  # g4 active, g5 its backup
+    store = dd.keystore(dd.settings())
+    assert isinstance(store, LayeredKeyStore)
+    # Retired but still trusted (their devices' certificates live on): kept.
+    assert store.token.exists("device-ca-g3")
+    assert (dd.keys_dir / "device-ca-g1.key.pem").exists()
+    # Past the life of every certificate they issued, the next rotation leaves them
+    # out of trust: their keys are destroyed, on the token and in the files alike.
+    ceremonies.rotate_issuing_ca(dd, "device", now + timedelta(days=400))
+    assert not store.token.exists("device-ca-g3")
+    assert not (dd.keys_dir / "device-ca-g1.key.pem").exists()
+    assert not (dd.keys_dir / "device-ca-g2.key.pem").exists()
+    assert [g for g in range(1, 10) if store.exists(f"device-ca-g{g}")] == [4, 5, 6]
+    assert isinstance(store.load("device-ca-g5"), TokenKey)
+
+
 def test_configuring_the_token_refuses_bad_input(tmp_path: Path, token: Token) -> None:
     data = tmp_path / "site"
     ceremonies.init(data, datetime.now(UTC))

@@ -394,6 +394,31 @@ def test_a_replica_follows_rotations_once_it_has_the_new_keys(
         assert missing_online_keys(replica) == []
         upkeep.maintain(datetime.now(UTC))
         assert current_signer(replica.database()) == "r1"
+        # A server CA rotation destroys the retired generation's key on the operator's
+        # host; the next export takes it off the medium, and the import destroys the
+        # replica's copy, so no host keeps a key nothing may use.
+        upkeep.lease.release()
+        shared.pull(published)  # what the replica published as the signer
+        ceremonies.rotate_issuing_ca(published, "server", datetime.now(UTC))
+        assert not published.keystore(published.settings()).exists("server-ca-g1")
+        generation = shared.publish(published, datetime.now(UTC), "test")
+        assert generation is not None
+        assert upkeep.follow() == generation
+        exported = run_homing(
+            "keystore", "export-online", "--data", str(published.root), "--to", str(keys)
+        )
+        assert exported.returncode == 0, exported.stderr
+        assert "(destroyed on this host): server-ca-g1" in " ".join(exported.stdout.split())
+        assert not (keys / "server-ca-g1.key.pem").exists()
+        imported = run_homing(
+            "replica", "import-keys", "--data", str(replica.root), "--keys", str(keys)
+        )
+        assert imported.returncode == 0, imported.stderr
+        said = " ".join(imported.stdout.split())
+        assert "imported server-ca-g3" in said
+        assert "destroyed retired issuing-CA keys: server-ca-g1" in said
+        assert not (replica.keys_dir / "server-ca-g1.key.pem").exists()
+        assert missing_online_keys(replica) == []
     finally:
         upkeep.close()
         replica.close()

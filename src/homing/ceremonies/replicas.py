@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from homing.ceremonies._common import _open
+from homing.ceremonies.retired_keys import destroy_retired_ca_keys
 from homing.ceremonies.rotations import rotate_server_cert
 from homing.errors import CeremonyError, ConfigError
 from homing.fsutil import atomic_write, safe_name
@@ -24,10 +27,18 @@ from homing.pki.profiles import split_hosts
 from homing.site import DataDir, shared
 from homing.site.custody import is_offline_key
 
-__all__ = ["export_online_keys", "import_online_keys", "join_replica", "missing_online_keys"]
+__all__ = [
+    "KeyTransfer",
+    "export_online_keys",
+    "import_online_keys",
+    "join_replica",
+    "missing_online_keys",
+]
 
 # Each host makes its own TLS key; it never travels.
 OWN_KEYS = ("server-tls",)
+# An issuing CA's key of one generation (homing.ceremonies.retired_keys).
+_CA_KEY = re.compile(r"(device|server)-ca-g[0-9]+")
 
 
 def _online_key_files(directory: Path) -> list[Path]:
@@ -50,11 +61,22 @@ def _copy_keys(files: list[Path], to: Path) -> list[str]:
     return copied
 
 
-def export_online_keys(data: Path | DataDir, to: Path) -> list[str]:
-    """Copy the online keys' files (as encrypted as they are) to ``to``; returns the new ones.
+@dataclass(frozen=True)
+class KeyTransfer:
+    """What an export or import of online keys did: keys copied, and keys removed because
+    the site destroyed them (issuing-CA keys of generations that left trust)."""
+
+    copied: list[str]
+    removed: list[str]
+
+
+def export_online_keys(data: Path | DataDir, to: Path) -> KeyTransfer:
+    """Copy the online keys' files (as encrypted as they are) to ``to``.
 
     Run again after a rotation made new online keys: the keys already in
-    ``to`` are left as they are, so the medium carries what replicas lack.
+    ``to`` are left as they are, so the medium carries what replicas lack,
+    and an issuing-CA key this host has destroyed since is removed from it,
+    so no replica takes it back.
     """
     dd, settings, _ = _open(data)
     files = [
@@ -65,7 +87,15 @@ def export_online_keys(data: Path | DataDir, to: Path) -> list[str]:
     if not files:
         raise CeremonyError(f"{dd.keys_dir} holds no online key to export")
     to.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return _copy_keys(files, to)
+    copied = _copy_keys(files, to)
+    store = dd.keystore(settings)
+    removed = []
+    for path in _online_key_files(to):
+        name = path.name.removesuffix(".key.pem")
+        if _CA_KEY.fullmatch(name) and not store.exists(name):
+            path.unlink()
+            removed.append(name)
+    return KeyTransfer(copied, removed)
 
 
 def _refuse_offline(keys: Path) -> None:
@@ -79,13 +109,21 @@ def _refuse_offline(keys: Path) -> None:
         )
 
 
-def import_online_keys(data: Path | DataDir, keys: Path) -> list[str]:
-    """A replica takes the online keys it lacks from ``keys``; returns their names."""
+def import_online_keys(data: Path | DataDir, keys: Path) -> KeyTransfer:
+    """A replica takes the online keys it lacks from ``keys``, then destroys its issuing-CA
+    keys of generations that left the site's trust (as the site's own host did)."""
     dd, settings, _ = _open(data)
     _refuse_offline(keys)
     directory = dd.file_keystore(settings).directory
     directory.mkdir(mode=0o700, exist_ok=True)
-    return _copy_keys(_online_key_files(keys), directory)
+    copied = _copy_keys(_online_key_files(keys), directory)
+    store = dd.keystore(settings)
+    removed = destroy_retired_ca_keys(
+        store, "device", settings.device_ca_generation, dd.certificates("device-cas.pem")
+    ) + destroy_retired_ca_keys(
+        store, "server", settings.server_ca_generation, dd.certificates("server-ca.pem")
+    )
+    return KeyTransfer([n for n in copied if n not in removed], removed)
 
 
 def missing_online_keys(dd: DataDir) -> list[str]:

@@ -38,6 +38,7 @@ from homing.ceremonies.issuing_cas import (
     roots_with_keys,
 )
 from homing.ceremonies.pin_publication import publish_pins, targets_signed_here
+from homing.ceremonies.retired_keys import destroy_retired_ca_keys
 from homing.ceremonies.retirement import (
     DEFAULT_LIVE_WINDOW,
     check_pin_retirement,
@@ -247,6 +248,8 @@ def rotate_issuing_ca(
     # server reloads the rotation by (trust bundle, certificate, then key).
     setattr(settings, attr, g)
     dd.save_settings(settings)
+    trusted = dd.certificates("device-cas.pem" if kind == "device" else "server-ca.pem")
+    destroyed = destroy_retired_ca_keys(store, kind, g, trusted)
     if kind == "server":
         if settings.serving == "private":
             rotate_server_cert(dd, now, actor=actor)
@@ -265,6 +268,8 @@ def rotate_issuing_ca(
             detail["forced"] = force_reason
     if compromised:
         detail = {**(detail or {}), "distrusted": spki_pin(old)}
+    if destroyed:
+        detail = {**(detail or {}), "destroyed_keys": destroyed}
     _audit(dd, now, actor, f"rotate_{kind}_ca", f"generation {g}", detail)
     return g
 
@@ -419,9 +424,16 @@ def rotate_root_ca(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR
         install_issuing_ca(dd, kind, cert, also, now, validity=settings.validity)
     # The settings last: the commit point a running server reloads by.
     dd.save_settings(settings)
+    # Device-CA generations whose last certificate has expired left trust just now.
+    destroyed = destroy_retired_ca_keys(
+        store, "device", settings.device_ca_generation, dd.certificates("device-cas.pem")
+    )
     if settings.serving == "private":
         rotate_server_cert(dd, now, actor=actor)
     if here:  # else the new root waits for the targets holders' ceremony
         publish_pins(dd, settings, store, now)
-    _audit(dd, now, actor, "rotate_root_ca", f"generation {g}", {"roots": len(still_valid) + 1})
+    detail: dict[str, object] = {"roots": len(still_valid) + 1}
+    if destroyed:
+        detail["destroyed_keys"] = destroyed
+    _audit(dd, now, actor, "rotate_root_ca", f"generation {g}", detail)
     return g

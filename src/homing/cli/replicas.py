@@ -114,8 +114,10 @@ def replica_import_keys(data: Path, keys: Path) -> None:
     from homing.ceremonies.replicas import import_online_keys, missing_online_keys
 
     dd = _site(data, shared_change=False)
-    names = import_online_keys(dd, keys)
-    out.print(f"imported {', '.join(names) or 'nothing new'}")
+    done = import_online_keys(dd, keys)
+    out.print(f"imported {', '.join(done.copied) or 'nothing new'}")
+    if done.removed:
+        out.print(f"destroyed retired issuing-CA keys: {', '.join(done.removed)}")
     still = missing_online_keys(dd)
     if still:
         out.print(f"still missing: {', '.join(still)}")
@@ -131,8 +133,10 @@ def keystore_export_online(data: Path, to: Path) -> None:
     """Copy the online keys (never the offline ones, never this host's TLS key) for a replica."""
     from homing.ceremonies.replicas import export_online_keys
 
-    names = export_online_keys(_site(data, shared_change=False), to)
-    out.print(f"exported {', '.join(names)} to {to}")
+    done = export_online_keys(_site(data, shared_change=False), to)
+    out.print(f"exported {', '.join(done.copied) or 'nothing new'} to {to}")
+    if done.removed:
+        out.print(f"removed from {to} (destroyed on this host): {', '.join(done.removed)}")
 
 
 @cli.command("backup")
