@@ -19,6 +19,7 @@ from benchmarks import (
     bench_revocation,
     bench_root_walk,
     bench_simulate,
+    bench_slow_clients,
     bench_storm,
     bench_trusted_time,
 )
@@ -45,6 +46,7 @@ def main() -> None:
         "storm": bench_storm.run(quick=args.quick),
         "revocation": bench_revocation.run(quick=args.quick),
         "trusted_time": bench_trusted_time.run(quick=args.quick),
+        "slow_clients": bench_slow_clients.run(quick=args.quick),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

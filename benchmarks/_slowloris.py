@@ -20,16 +20,19 @@ from pathlib import Path
 from typing import Any
 
 
-async def slowloris(port: int, ca: str, count: int, seconds: float, drip: float) -> dict[str, Any]:
+async def slowloris(
+    port: int, ca: str, count: int, seconds: float, drip: float, ramp: float = 10.0
+) -> dict[str, Any]:
     """``count`` connections that never finish a request head (a header line every
-    ``drip`` seconds), each reopened as soon as the server cuts it, for ``seconds``."""
+    ``drip`` seconds), opened over ``ramp`` seconds, each reopened as soon as the server
+    cuts it, for ``seconds``."""
     context = ssl.create_default_context(cafile=ca)  # no certificate: anyone may
     started = time.perf_counter()
     cut = Counter[str]()
 
     async def hold() -> None:
-        # Opened over the first ten seconds, as attack tools do; then steady.
-        await asyncio.sleep(random.uniform(0, 10))
+        # Opened over the first seconds, as attack tools do; then steady.
+        await asyncio.sleep(random.uniform(0, ramp))
         while time.perf_counter() - started < seconds:
             try:
                 reader, writer = await asyncio.open_connection(
@@ -70,6 +73,7 @@ def main() -> None:
         int(plan["connections"]),
         float(plan["seconds"]),
         float(plan["drip"]),
+        float(plan.get("ramp", 10.0)),
     )
     try:
         import uvloop

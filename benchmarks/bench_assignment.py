@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import insert
 
+from benchmarks._size import sized
 from homing.operations import rollouts
 from homing.store import Database, device_contacts, firmware
 from homing.store.schema import devices
@@ -24,7 +25,7 @@ CLASSES = 10
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    count = 20_000 if quick else DEVICES
+    count = sized(quick, DEVICES, 20_000, 500)
     samples = 2000
     now = datetime.now(UTC)
     with tempfile.TemporaryDirectory() as tmp:

@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from benchmarks._haproxy import PROXY_SOURCE, haproxy_front
 from benchmarks._server import free_port, homing_process, listening_process
+from benchmarks._size import sized
 from benchmarks.bench_replicas import _database
 from benchmarks.bench_storm import _fleet, _generate
 from homing import ceremonies
@@ -239,9 +240,12 @@ def _est_rate(port: int, data: Path, count: int, db_url: str | None = None) -> d
 
 def run(quick: bool = False) -> dict[str, Any]:
     nginx = _ensure_nginx()
-    seconds = 4.0 if quick else 10.0
-    # Each phase's third of the fleet large enough that no device exceeds its limit.
-    count = 3_600 if quick else 9_000
+    seconds = sized(quick, 10.0, 4.0, 0.5)
+    # Each phase's share of the fleet large enough that no device exceeds its limit
+    # (10 at once, then one a minute): a kept-alive connection spends a device's whole
+    # burst, so that phase needs a device per connection and gets half the fleet.
+    count = sized(quick, 9_000, 3_600, 400)
+    enrollments = sized(quick, 3000, 600, 40)
     results: dict[str, Any] = {"concurrency": CONCURRENCY, "kept_alive_per_connection": KEPT}
     os.environ.pop("HOMING_KEY_PASSPHRASE", None)
     with tempfile.TemporaryDirectory() as tmp:
@@ -251,8 +255,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         (work / "fleet").mkdir()
         fleet = _fleet(data, count, work / "fleet")
         # Each phase its own devices: none checks in more often than its limit lets it.
-        third = count // 3
-        new, resumed, kept = fleet[:third], fleet[third : 2 * third], fleet[2 * third :]
+        quarter = count // 4
+        new, resumed, kept = fleet[:quarter], fleet[quarter : 2 * quarter], fleet[2 * quarter :]
         ca = data / "pki" / "root-ca.pem"
         with homing_process(data, workers=2) as (url, server):
             port = int(url.rsplit(":", 1)[1])
@@ -269,7 +273,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                     port, ca, resumed, seconds, work, server.pid, requests_per_connection=0,
                     resume=resume,
                 )  # fmt: skip
-            results["est"] = _est_rate(port, data, 600 if quick else 3000)
+            results["est"] = _est_rate(port, data, enrollments)
         # The same on PostgreSQL, when one answers (HOMING_BENCH_POSTGRES): the scale backend.
         try:
             with (
@@ -277,7 +281,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 homing_process(data, workers=2, extra=("--db", db_url)) as (url, _),
             ):
                 port = int(url.rsplit(":", 1)[1])
-                results["est_postgresql"] = _est_rate(port, data, 600 if quick else 3000, db_url)
+                results["est_postgresql"] = _est_rate(port, data, enrollments, db_url)
         except psycopg.OperationalError as e:
             print(f"EST on PostgreSQL not measured: {e}".splitlines()[0], file=sys.stderr)
         # The deployment option: HAProxy takes the TLS, homing the requests (trusting the

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._server import homing_server
+from benchmarks._size import sized
 from homing import ceremonies
 from homing.agent.agent import Agent, CycleReport
 from homing.agent.fetcher import HTTPSFetcher
@@ -32,7 +33,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         print("firmware benchmark skipped: curl or sha256sum missing")
         return {"skipped": True}
     os.environ.pop("HOMING_KEY_PASSPHRASE", None)
-    size = (20 if quick else 100) * 1024 * 1024
+    size = sized(quick, 100, 20, 2) * 1024 * 1024
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = work / "data"

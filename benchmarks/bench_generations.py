@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cryptography.x509.verification import PolicyBuilder, Store
 
+from benchmarks._size import sized
 from homing import ceremonies
 from homing.pki.profiles import device_profile
 from homing.server.rules import DeviceTrust, verify_device_certificate
@@ -44,7 +45,7 @@ def run(quick: bool = False) -> dict[str, float]:
 
     logging.getLogger("homing.pki.keystore").setLevel(logging.ERROR)
     os.environ.pop("HOMING_KEY_PASSPHRASE", None)
-    rounds, calls = (3, 200) if quick else (7, 1000)
+    rounds, calls = sized(quick, (7, 1000), (3, 200), (1, 10))
     now = datetime.now(UTC)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"

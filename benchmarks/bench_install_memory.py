@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._server import homing_server
+from benchmarks._size import sized
 from homing import ceremonies
 from homing.agent.agent import Agent
 from homing.agent.state import DeviceState
@@ -50,7 +51,7 @@ def _agent_peak_mib(state: Path, url: str, version: str) -> float:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    sizes_mib = (16, 64) if quick else (32, 128, 512)
+    sizes_mib = sized(quick, (32, 128, 512), (16, 64), (4,))
     os.environ.pop("HOMING_KEY_PASSPHRASE", None)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from benchmarks._size import sized
 from homing.pki import (
     Authority,
     FileLedger,
@@ -88,7 +89,7 @@ def _rate(fn, count: int, rounds: int = 3) -> float:  # type: ignore[no-untyped-
 
 
 def run(quick: bool = False) -> dict[str, float]:
-    count = 500 if quick else 3000
+    count = sized(quick, 3000, 500, 50)
     now = datetime.now(UTC)
     root_key = generate_tls_key()
     root = make_root_ca(root_key, now)

@@ -25,6 +25,7 @@ from typing import Any
 from cryptography import x509
 from sqlalchemy import insert
 
+from benchmarks._size import sized
 from homing import ceremonies
 from homing.pki.keys import spki_pin
 from homing.site import DataDir
@@ -67,7 +68,7 @@ def _fleet(dd: DataDir, count: int, station: str, now: datetime) -> None:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    count = 10_000 if quick else DEVICES
+    count = sized(quick, DEVICES, 10_000, 200)
     os.environ.pop("HOMING_KEY_PASSPHRASE", None)
     logging.getLogger("homing.pki.keystore").setLevel(logging.ERROR)
     results: dict[str, Any] = {"devices": count}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tuf.ngclient import Updater
 
+from benchmarks._size import sized
 from homing import ceremonies
 from homing.trust import DirectoryFetcher, refresh_trust
 
@@ -27,7 +28,7 @@ VERSIONS = 100
 def run(quick: bool = False) -> dict[str, float]:
     logging.getLogger("homing.pki.keystore").setLevel(logging.ERROR)
     os.environ.pop("HOMING_KEY_PASSPHRASE", None)
-    rounds = 3 if quick else 7
+    rounds = sized(quick, 7, 3, 1)
     now = datetime.now(UTC)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"

@@ -27,6 +27,7 @@ from typing import Any
 
 from tuf.ngclient import Updater
 
+from benchmarks._size import sized
 from homing.fleet.scenario import Scenario
 from homing.fleet.world import build_world
 from homing.trust import DirectoryFetcher
@@ -77,7 +78,7 @@ def _python_tuf_refreshes_per_second(rounds: int) -> tuple[float, float]:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    devices = 100_000 if quick else 1_000_000
+    devices = sized(quick, 1_000_000, 100_000, 2_000)
     years = Scenario().fleet.years
     child = subprocess.run(
         [sys.executable, "-c", _CHILD, str(devices)],
@@ -89,7 +90,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     measured = json.loads(child.stdout.strip().splitlines()[-1])
     device_years = devices * years
     rate = device_years / measured["seconds"]
-    refreshes, refresh_seconds = _python_tuf_refreshes_per_second(5 if quick else 15)
+    refreshes, refresh_seconds = _python_tuf_refreshes_per_second(sized(quick, 15, 5, 1))
     # One contact a week per online device: a real walk per contact would cost
     # 52 refreshes per device-year at best.
     naive_rate = refreshes / 52.0

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._server import homing_process
+from benchmarks._size import sized
 from benchmarks.bench_checkin import _ensure_nginx, nginx_server
 from benchmarks.bench_storm import _fleet, _generate
 from homing import ceremonies
@@ -39,7 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
-def _attack(port: int, ca: Path, count: int, seconds: float, work: Path) -> Iterator[None]:
+def _attack(
+    port: int, ca: Path, count: int, seconds: float, work: Path, ramp: float
+) -> Iterator[None]:
     plan = work / f"attack-{port}.json"
     plan.write_text(
         json.dumps(
@@ -49,6 +52,7 @@ def _attack(port: int, ca: Path, count: int, seconds: float, work: Path) -> Iter
                 "connections": count,
                 "seconds": seconds,
                 "drip": 10,
+                "ramp": ramp,
             }
         )
     )
@@ -59,7 +63,7 @@ def _attack(port: int, ca: Path, count: int, seconds: float, work: Path) -> Iter
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(12.0)  # the attack opens its connections over ten seconds
+        time.sleep(ramp + 2.0)  # the attack opens its connections over the ramp
         yield
     finally:
         attacker.send_signal(signal.SIGTERM)
@@ -67,7 +71,13 @@ def _attack(port: int, ca: Path, count: int, seconds: float, work: Path) -> Iter
 
 
 def _measure(
-    port: int, ca: Path, devices: list[tuple[str, str]], seconds: float, work: Path
+    port: int,
+    ca: Path,
+    devices: list[tuple[str, str]],
+    seconds: float,
+    work: Path,
+    connections: int,
+    ramp: float,
 ) -> dict[str, Any]:
     honest = {
         "mode": "closed",
@@ -79,15 +89,17 @@ def _measure(
         "timeout": 30,
     }
     quiet = _generate(honest, work)
-    with _attack(port, ca, CONNECTIONS, seconds + 30, work):
+    with _attack(port, ca, connections, seconds + 30, work, ramp):
         attacked = _generate(honest, work)
     return {"quiet": quiet, "attacked": attacked}
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    seconds = 10.0 if quick else 20.0
+    seconds = sized(quick, 20.0, 10.0, 1.0)
+    connections = sized(quick, CONNECTIONS, CONNECTIONS, 40)
+    ramp = sized(quick, 10.0, 10.0, 0.5)
     os.environ.pop("HOMING_KEY_PASSPHRASE", None)
-    results: dict[str, Any] = {"slow_connections": CONNECTIONS}
+    results: dict[str, Any] = {"slow_connections": connections}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = work / "data"
@@ -97,12 +109,14 @@ def run(quick: bool = False) -> dict[str, Any]:
         ca = data / "pki" / "root-ca.pem"
         # The honest devices check in far more often than a fleet does.
         with homing_process(data, workers=2, extra=("--checkin-limit", "off")) as (url, _):
-            results["homing"] = _measure(int(url.rsplit(":", 1)[1]), ca, devices, seconds, work)
+            results["homing"] = _measure(
+                int(url.rsplit(":", 1)[1]), ca, devices, seconds, work, connections, ramp
+            )
         nginx = _ensure_nginx()
         if nginx:
             with nginx_server(nginx, work, data) as (port, _pid):
-                results["nginx"] = _measure(port, ca, devices, seconds, work)
-    print(f"honest check-ins (16 devices, new connection each) beside {CONNECTIONS} slow heads")
+                results["nginx"] = _measure(port, ca, devices, seconds, work, connections, ramp)
+    print(f"honest check-ins (16 devices, new connection each) beside {connections} slow heads")
     for server in ("homing", "nginx"):
         if server not in results:
             continue

@@ -39,6 +39,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from benchmarks._server import cpu_seconds, homing_process, peak_memory_mib
+from benchmarks._size import sized
 from homing import ceremonies
 from homing.operations.provisioning import register_device
 from homing.pki.keys import generate_tls_key
@@ -128,8 +129,8 @@ def _generate(
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    count = 2_000 if quick else DEVICES
-    seconds = 5.0 if quick else 30.0
+    count = sized(quick, DEVICES, 2_000, 100)
+    seconds = sized(quick, 30.0, 5.0, 1.0)
     os.environ.pop("HOMING_KEY_PASSPHRASE", None)
     results: dict[str, Any] = {"devices": count}
     with tempfile.TemporaryDirectory() as tmp:
