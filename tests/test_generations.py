@@ -149,10 +149,21 @@ def test_ten_online_key_rotations_keep_every_device_home(
     regular = device(server, tmp_path, "dev-regular", "board-a")
     asleep = device(server, tmp_path, "dev-asleep", "board-a")
     check_in(server, asleep)
-    for _ in range(10):
+    for generation in range(2, 12):
         ceremonies.rotate_online_keys(dd, datetime.now(UTC))
         server.settle()
         check_in(server, regular)
+        # Nothing signs with the replaced keys: they are destroyed, the audit says so.
+        store = dd.keystore(dd.settings())
+        held = [n for g in range(1, 13) for n in (f"snapshot-{g}", f"timestamp-{g}")]
+        assert [n for n in held if store.exists(n)] == [
+            f"snapshot-{generation}",
+            f"timestamp-{generation}",
+        ]
+        assert _last_audit(dd, "rotate_online_keys")["destroyed_keys"] == [
+            f"snapshot-{generation - 1}",
+            f"timestamp-{generation - 1}",
+        ]
     check_in(server, asleep)
 
 

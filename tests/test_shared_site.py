@@ -400,7 +400,9 @@ def test_a_replica_follows_rotations_once_it_has_the_new_keys(
         upkeep.lease.release()
         shared.pull(published)  # what the replica published as the signer
         ceremonies.rotate_issuing_ca(published, "server", datetime.now(UTC))
-        assert not published.keystore(published.settings()).exists("server-ca-g1")
+        ceremonies.rotate_online_keys(published, datetime.now(UTC))
+        for name in ("server-ca-g1", "timestamp-1", "snapshot-1"):
+            assert not published.keystore(published.settings()).exists(name)
         generation = shared.publish(published, datetime.now(UTC), "test")
         assert generation is not None
         assert upkeep.follow() == generation
@@ -408,16 +410,19 @@ def test_a_replica_follows_rotations_once_it_has_the_new_keys(
             "keystore", "export-online", "--data", str(published.root), "--to", str(keys)
         )
         assert exported.returncode == 0, exported.stderr
-        assert "(destroyed on this host): server-ca-g1" in " ".join(exported.stdout.split())
+        said = " ".join(exported.stdout.split())
+        assert "(destroyed on this host): server-ca-g1, snapshot-1, timestamp-1" in said
         assert not (keys / "server-ca-g1.key.pem").exists()
+        assert not (keys / "timestamp-1.key.pem").exists()
         imported = run_homing(
             "replica", "import-keys", "--data", str(replica.root), "--keys", str(keys)
         )
         assert imported.returncode == 0, imported.stderr
         said = " ".join(imported.stdout.split())
-        assert "imported server-ca-g3" in said
-        assert "destroyed retired issuing-CA keys: server-ca-g1" in said
+        assert "imported server-ca-g3, snapshot-2, timestamp-2" in said
+        assert "destroyed retired keys: server-ca-g1, snapshot-1, timestamp-1" in said
         assert not (replica.keys_dir / "server-ca-g1.key.pem").exists()
+        assert not (replica.keys_dir / "timestamp-1.key.pem").exists()
         assert missing_online_keys(replica) == []
     finally:
         upkeep.close()

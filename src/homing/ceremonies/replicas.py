@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from homing.ceremonies._common import _open
-from homing.ceremonies.retired_keys import destroy_retired_ca_keys
+from homing.ceremonies.retired_keys import destroy_retired_ca_keys, destroy_retired_online_keys
 from homing.ceremonies.rotations import rotate_server_cert
 from homing.errors import CeremonyError, ConfigError
 from homing.fsutil import atomic_write, safe_name
@@ -37,8 +37,9 @@ __all__ = [
 
 # Each host makes its own TLS key; it never travels.
 OWN_KEYS = ("server-tls",)
-# An issuing CA's key of one generation (homing.ceremonies.retired_keys).
-_CA_KEY = re.compile(r"(device|server)-ca-g[0-9]+")
+# A key a rotation retires: an issuing CA's or an online role's, of one generation
+# (homing.ceremonies.retired_keys).
+_GENERATION_KEY = re.compile(r"(device|server)-ca-g[0-9]+|(timestamp|snapshot)-[0-9]+")
 
 
 def _online_key_files(directory: Path) -> list[Path]:
@@ -64,7 +65,7 @@ def _copy_keys(files: list[Path], to: Path) -> list[str]:
 @dataclass(frozen=True)
 class KeyTransfer:
     """What an export or import of online keys did: keys copied, and keys removed because
-    the site destroyed them (issuing-CA keys of generations that left trust)."""
+    the site destroyed them (keys of generations a rotation retired)."""
 
     copied: list[str]
     removed: list[str]
@@ -75,8 +76,8 @@ def export_online_keys(data: Path | DataDir, to: Path) -> KeyTransfer:
 
     Run again after a rotation made new online keys: the keys already in
     ``to`` are left as they are, so the medium carries what replicas lack,
-    and an issuing-CA key this host has destroyed since is removed from it,
-    so no replica takes it back.
+    and a retired key this host has destroyed since is removed from it, so
+    no replica takes it back.
     """
     dd, settings, _ = _open(data)
     files = [
@@ -92,7 +93,7 @@ def export_online_keys(data: Path | DataDir, to: Path) -> KeyTransfer:
     removed = []
     for path in _online_key_files(to):
         name = path.name.removesuffix(".key.pem")
-        if _CA_KEY.fullmatch(name) and not store.exists(name):
+        if _GENERATION_KEY.fullmatch(name) and not store.exists(name):
             path.unlink()
             removed.append(name)
     return KeyTransfer(copied, removed)
@@ -110,18 +111,22 @@ def _refuse_offline(keys: Path) -> None:
 
 
 def import_online_keys(data: Path | DataDir, keys: Path) -> KeyTransfer:
-    """A replica takes the online keys it lacks from ``keys``, then destroys its issuing-CA
-    keys of generations that left the site's trust (as the site's own host did)."""
+    """A replica takes the online keys it lacks from ``keys``, then destroys its keys of
+    generations the site's rotations retired (as the site's own host did)."""
     dd, settings, _ = _open(data)
     _refuse_offline(keys)
     directory = dd.file_keystore(settings).directory
     directory.mkdir(mode=0o700, exist_ok=True)
     copied = _copy_keys(_online_key_files(keys), directory)
     store = dd.keystore(settings)
-    removed = destroy_retired_ca_keys(
-        store, "device", settings.device_ca_generation, dd.certificates("device-cas.pem")
-    ) + destroy_retired_ca_keys(
-        store, "server", settings.server_ca_generation, dd.certificates("server-ca.pem")
+    removed = (
+        destroy_retired_ca_keys(
+            store, "device", settings.device_ca_generation, dd.certificates("device-cas.pem")
+        )
+        + destroy_retired_ca_keys(
+            store, "server", settings.server_ca_generation, dd.certificates("server-ca.pem")
+        )
+        + destroy_retired_online_keys(store, settings.online_key_generation)
     )
     return KeyTransfer([n for n in copied if n not in removed], removed)
 

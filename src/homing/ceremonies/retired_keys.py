@@ -1,9 +1,10 @@
-"""Issuing-CA private keys that nothing may use any more are destroyed, not kept online.
+"""Private keys that nothing may use any more are destroyed, not kept online.
 
-Every rotation of an issuing CA promotes the backup key and makes a new one;
-the retired generation's key stays in the key store. Over a CA's fifteen
-years of yearly rotations that would be fifteen private keys online, each a
-key a thief of the store could mint with. What still needs an old key:
+Every rotation of an issuing CA promotes the backup key and makes a new one,
+and every rotation of the online keys makes new timestamp and snapshot keys;
+the retired generation's key stayed in the key store. Over fifteen years of
+yearly rotations that would be fifteen private keys of each kind online,
+each a key a thief of the store could use. What still needs an old key:
 
 - a device-CA generation stays trusted until the last certificate it issued
   has expired (``homing.ceremonies.generations``), and while it is, the
@@ -11,27 +12,33 @@ key a thief of the store could mint with. What still needs an old key:
   (``homing.ceremonies.brokers``): that key stays;
 - nothing signs with a retired server CA: the server, the replicas and the
   brokers are certified by the active one, and devices pin only the active
-  and backup keys.
+  and backup keys;
+- nothing signs with retired timestamp and snapshot keys: the root version
+  that replaced them is what every device reads first (TUF walks the root
+  chain before it reads a timestamp).
 
-So, after a rotation or re-certification, each generation before the active
-one whose key no trusted CA certificate carries is removed from the key
-store (a file is unlinked, a token object destroyed) and the audit entry
-names it. The active and backup generations are never touched.
+So, after a rotation, each older generation whose key nothing trusted
+carries is removed from the key store (a file is unlinked, a token object
+destroyed) and the audit entry names it. The active generation, and an
+issuing CA's backup, are never touched.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from cryptography import x509
 
 from homing.pki.keys import spki_pin
 from homing.pki.keystore import KeyStore
 
-__all__ = ["destroy_retired_ca_keys"]
+__all__ = ["destroy_retired_ca_keys", "destroy_retired_online_keys"]
 
 log = logging.getLogger(__name__)
+
+# The online roles whose keys ``rotate online-keys`` replaces.
+_ONLINE = ("snapshot", "timestamp")
 
 
 def destroy_retired_ca_keys(
@@ -40,11 +47,24 @@ def destroy_retired_ca_keys(
     """Remove ``kind``'s CA keys of generations before ``active`` that no certificate in
     ``trusted`` carries; returns the names removed, oldest first."""
     keep = {spki_pin(c) for c in trusted}
+    return _destroy(
+        store,
+        [f"{kind}-ca-g{generation}" for generation in range(1, active)],
+        lambda name: spki_pin(store.load(name).public_key()) not in keep,
+    )
+
+
+def destroy_retired_online_keys(store: KeyStore, active: int) -> list[str]:
+    """Remove the timestamp and snapshot keys of generations before ``active``."""
+    names = [f"{role}-{generation}" for generation in range(1, active) for role in _ONLINE]
+    return _destroy(store, names, lambda _name: True)
+
+
+def _destroy(store: KeyStore, names: list[str], retired: Callable[[str], bool]) -> list[str]:
     destroyed = []
-    for generation in range(1, active):
-        name = f"{kind}-ca-g{generation}"
+    for name in names:
         try:
-            if not store.exists(name) or spki_pin(store.load(name).public_key()) in keep:
+            if not store.exists(name) or not retired(name):
                 continue
             store.remove(name)
         except Exception as e:  # a token error, an unreadable file: never undo the rotation

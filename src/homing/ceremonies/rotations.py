@@ -38,7 +38,7 @@ from homing.ceremonies.issuing_cas import (
     roots_with_keys,
 )
 from homing.ceremonies.pin_publication import publish_pins, targets_signed_here
-from homing.ceremonies.retired_keys import destroy_retired_ca_keys
+from homing.ceremonies.retired_keys import destroy_retired_ca_keys, destroy_retired_online_keys
 from homing.ceremonies.retirement import (
     DEFAULT_LIVE_WINDOW,
     check_pin_retirement,
@@ -165,7 +165,10 @@ def rotate_online_keys(
     settings.online_key_generation = g
     dd.save_settings(settings)
     repo.refresh_snapshot(signer_for(snapshot_key), signer_for(timestamp_key), now)
-    _audit(dd, now, actor, "rotate_online_keys", f"root v{root.signed.version}", {"generation": g})
+    detail: dict[str, object] = {"generation": g}
+    if destroyed := destroy_retired_online_keys(store, g):
+        detail["destroyed_keys"] = destroyed
+    _audit(dd, now, actor, "rotate_online_keys", f"root v{root.signed.version}", detail)
     return root.signed.version
 
 

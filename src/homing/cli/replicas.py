@@ -117,7 +117,7 @@ def replica_import_keys(data: Path, keys: Path) -> None:
     done = import_online_keys(dd, keys)
     out.print(f"imported {', '.join(done.copied) or 'nothing new'}")
     if done.removed:
-        out.print(f"destroyed retired issuing-CA keys: {', '.join(done.removed)}")
+        out.print(f"destroyed retired keys: {', '.join(done.removed)}")
     still = missing_online_keys(dd)
     if still:
         out.print(f"still missing: {', '.join(still)}")
