@@ -309,6 +309,9 @@ def test_new_online_keys_named_by_a_threshold_root(
     root = Metadata[Root].from_file(str(data / "repository" / "metadata" / "2.root.json"))
     timestamp_key = dd.keystore(settings).load("timestamp-2")
     assert root.signed.roles["timestamp"].keyids == [tuf_key(timestamp_key.public_key()).keyid]
+    # The keys the published root replaced are destroyed: nothing may sign with them.
+    assert not dd.keystore(settings).exists("timestamp-1")
+    assert not dd.keystore(settings).exists("snapshot-1")
     # The server signs with the new key from now on: a device verifies it.
     refreshed = _ok(run_homing("timestamp", "refresh", "--data", str(data), env=_server()))
     assert "timestamp" in refreshed

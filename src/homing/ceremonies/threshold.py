@@ -27,6 +27,7 @@ from homing.ceremonies._common import (
     _write_offline_key,
     serialized,
 )
+from homing.ceremonies.retired_keys import destroy_retired_online_keys
 from homing.errors import CeremonyError
 from homing.fsutil import atomic_write
 from homing.pki.keys import generate_signing_key, public_key_pem
@@ -185,6 +186,7 @@ def publish(
                 )
         settings.online_key_generation = g
     snapshot, timestamp = _online_signers(store, settings)
+    destroyed: list[str] = []
     if proposal.role == Root.type:
         repo.import_root(md)
         role = md.signed.roles[Root.type]
@@ -195,6 +197,8 @@ def publish(
             settings.targets_by_holders = True
         dd.save_settings(settings)
         repo.refresh_snapshot(snapshot, timestamp, now)
+        # The keys this root replaced sign nothing again (homing.ceremonies.retired_keys).
+        destroyed = destroy_retired_online_keys(store, settings.online_key_generation)
     else:
         from homing.ceremonies.retirement import record_published_pins
 
@@ -204,12 +208,8 @@ def publish(
                 dd, proposal.files[PIN_POLICY_TARGET], settings.server_ca_generation, now
             )
     version = int(md.signed.version)
-    _audit(
-        dd,
-        now,
-        actor,
-        f"publish_{proposal.role}",
-        f"{proposal.role} v{version}",
-        {"signatures": sorted(md.signatures), "sha256": proposal.digest},
-    )
+    detail: dict[str, object] = {"signatures": sorted(md.signatures), "sha256": proposal.digest}
+    if destroyed:
+        detail["destroyed_keys"] = destroyed
+    _audit(dd, now, actor, f"publish_{proposal.role}", f"{proposal.role} v{version}", detail)
     return version
