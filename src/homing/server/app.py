@@ -177,10 +177,12 @@ def build_app(state: ServerState) -> web.Application:
             {"status": "ok", "worker": os.getpid(), "metadata": state.metadata_versions().to_json()}
         )
 
+    probe = readiness.ReadinessProbe(state)
+
     async def readyz(request: web.Request) -> web.Response:
         """Readiness: send devices here. The database answers, the data directory takes a
         write, the timestamp devices fetch has not expired; else 503 with every reason."""
-        reasons = await state.run(readiness.problems, state)
+        reasons = await probe.problems()
         if reasons:
             return problem_response(
                 503,

@@ -9,6 +9,7 @@ and the timestamp it serves has not expired (else every device refuses it).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
@@ -18,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from homing.server.state import ServerState
 from homing.store.db import database_reason
 
-__all__ = ["problems"]
+__all__ = ["ReadinessProbe", "problems"]
 
 
 def problems(state: ServerState) -> list[str]:
@@ -50,3 +51,33 @@ def problems(state: ServerState) -> list[str]:
         if datetime.fromisoformat(expires.replace("Z", "+00:00")) <= state.now():
             found.append(f"the timestamp expired at {expires}: the signer has stopped")
     return found
+
+
+class ReadinessProbe:
+    """One probe at a time per process, shared by every request that arrived before it began.
+
+    ``/readyz`` takes no credential and is never turned away, and each probe
+    holds a database thread for a query and an fsync: a stranger repeating
+    it could fill the pool the devices' requests wait on. Here at most one
+    probe runs; the requests that arrive meanwhile wait for the next one and
+    share its answer. Each answer still comes from a probe that began after
+    the request arrived, so none is older than the request.
+    """
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.started = 0  # probes begun
+        self._finished = 0  # the newest probe finished, and its answer
+        self._answer: list[str] = []
+        self._lock = asyncio.Lock()
+
+    async def problems(self) -> list[str]:
+        wanted = self.started + 1  # the first probe to begin after this request arrived
+        async with self._lock:
+            if self._finished >= wanted:
+                return list(self._answer)
+            self.started += 1
+            number = self.started
+            answer = await self.state.run(problems, self.state)
+            self._finished, self._answer = number, answer
+            return list(answer)
