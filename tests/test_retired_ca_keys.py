@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from homing import ceremonies
-from homing.ceremonies.retired_keys import destroy_retired_ca_keys
+from homing.ceremonies.retired_keys import destroy_retired_keys
 from homing.site import DataDir
 
 
@@ -27,20 +27,22 @@ def test_the_active_and_backup_keys_are_never_touched_and_trusted_ones_stay(
     now = datetime.now(UTC)
     for _ in range(3):
         ceremonies.rotate_issuing_ca(site, "device", now)  # g4 active, g5 backup
-    store = site.keystore(site.settings())
-    trusted = site.certificates("device-cas.pem")
+    settings = site.settings()
+    store = site.keystore(settings)
+    trusted = site.pki_path("device-cas.pem")
     # Every retired generation is still trusted: nothing goes.
-    assert destroy_retired_ca_keys(store, "device", 4, trusted) == []
+    assert destroy_retired_keys(site, settings, store) == []
     # With only the active one trusted, the three retired keys go; 4 and 5 stay.
-    active = [c for c in trusted if c == site.certificate("device-ca.pem")]
-    assert destroy_retired_ca_keys(store, "device", 4, active) == [
+    trusted.write_bytes(site.pki_path("device-ca.pem").read_bytes())
+    assert destroy_retired_keys(site, settings, store) == [
         "device-ca-g1",
         "device-ca-g2",
         "device-ca-g3",
     ]
     assert [g for g in range(1, 8) if store.exists(f"device-ca-g{g}")] == [4, 5]
-    # Even told that nothing is trusted, a call never reaches the active generation.
-    assert destroy_retired_ca_keys(store, "device", 4, []) == []
+    # Even with no device CA trusted at all, a call never reaches the active generation.
+    trusted.write_bytes(site.pki_path("root-ca.pem").read_bytes())
+    assert destroy_retired_keys(site, settings, store) == []
     assert store.exists("device-ca-g4")
 
 

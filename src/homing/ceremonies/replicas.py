@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from homing.ceremonies._common import _open
-from homing.ceremonies.retired_keys import destroy_retired_ca_keys, destroy_retired_online_keys
+from homing.ceremonies.retired_keys import destroy_retired_keys, is_generation_key
 from homing.ceremonies.rotations import rotate_server_cert
 from homing.errors import CeremonyError, ConfigError
 from homing.fsutil import atomic_write, safe_name
@@ -37,9 +36,6 @@ __all__ = [
 
 # Each host makes its own TLS key; it never travels.
 OWN_KEYS = ("server-tls",)
-# A key a rotation retires: an issuing CA's or an online role's, of one generation
-# (homing.ceremonies.retired_keys).
-_GENERATION_KEY = re.compile(r"(device|server)-ca-g[0-9]+|(timestamp|snapshot)-[0-9]+")
 
 
 def _online_key_files(directory: Path) -> list[Path]:
@@ -93,7 +89,7 @@ def export_online_keys(data: Path | DataDir, to: Path) -> KeyTransfer:
     removed = []
     for path in _online_key_files(to):
         name = path.name.removesuffix(".key.pem")
-        if _GENERATION_KEY.fullmatch(name) and not store.exists(name):
+        if is_generation_key(name) and not store.exists(name):
             path.unlink()
             removed.append(name)
     return KeyTransfer(copied, removed)
@@ -118,16 +114,7 @@ def import_online_keys(data: Path | DataDir, keys: Path) -> KeyTransfer:
     directory = dd.file_keystore(settings).directory
     directory.mkdir(mode=0o700, exist_ok=True)
     copied = _copy_keys(_online_key_files(keys), directory)
-    store = dd.keystore(settings)
-    removed = (
-        destroy_retired_ca_keys(
-            store, "device", settings.device_ca_generation, dd.certificates("device-cas.pem")
-        )
-        + destroy_retired_ca_keys(
-            store, "server", settings.server_ca_generation, dd.certificates("server-ca.pem")
-        )
-        + destroy_retired_online_keys(store, settings.online_key_generation)
-    )
+    removed = destroy_retired_keys(dd, settings, dd.keystore(settings))
     return KeyTransfer([n for n in copied if n not in removed], removed)
 
 

@@ -26,38 +26,61 @@ issuing CA's backup, are never touched.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable
 
 from cryptography import x509
 
 from homing.pki.keys import spki_pin
 from homing.pki.keystore import KeyStore
+from homing.site import DataDir, Settings
 
-__all__ = ["destroy_retired_ca_keys", "destroy_retired_online_keys"]
+__all__ = ["destroy_retired_keys", "is_generation_key"]
 
 log = logging.getLogger(__name__)
 
 # The online roles whose keys ``rotate online-keys`` replaces.
 _ONLINE = ("snapshot", "timestamp")
+# A key of one generation, which a later rotation retires: an issuing CA's or an online role's.
+_GENERATION_KEY = re.compile(r"(device|server)-ca-g[0-9]+|(snapshot|timestamp)-[0-9]+")
 
 
-def destroy_retired_ca_keys(
+def is_generation_key(name: str) -> bool:
+    """Whether ``name`` is a key some rotation retires (so a copy of it may go stale)."""
+    return _GENERATION_KEY.fullmatch(name) is not None
+
+
+def destroy_retired_keys(dd: DataDir, settings: Settings, store: KeyStore) -> list[str]:
+    """Remove every key the site's settings and trust no longer use; returns their names.
+
+    Called after a rotation's commit point (and by a replica importing keys): the
+    issuing CAs' generations before the active one that no trusted CA certificate
+    carries, and the online keys of generations before the current one.
+    """
+    return (
+        _retired_ca_keys(
+            store, "device", settings.device_ca_generation, dd.certificates("device-cas.pem")
+        )
+        + _retired_ca_keys(
+            store, "server", settings.server_ca_generation, dd.certificates("server-ca.pem")
+        )
+        + _destroy(
+            store,
+            [f"{r}-{g}" for g in range(1, settings.online_key_generation) for r in _ONLINE],
+            lambda _name: True,
+        )
+    )
+
+
+def _retired_ca_keys(
     store: KeyStore, kind: str, active: int, trusted: Iterable[x509.Certificate]
 ) -> list[str]:
-    """Remove ``kind``'s CA keys of generations before ``active`` that no certificate in
-    ``trusted`` carries; returns the names removed, oldest first."""
     keep = {spki_pin(c) for c in trusted}
     return _destroy(
         store,
         [f"{kind}-ca-g{generation}" for generation in range(1, active)],
         lambda name: spki_pin(store.load(name).public_key()) not in keep,
     )
-
-
-def destroy_retired_online_keys(store: KeyStore, active: int) -> list[str]:
-    """Remove the timestamp and snapshot keys of generations before ``active``."""
-    names = [f"{role}-{generation}" for generation in range(1, active) for role in _ONLINE]
-    return _destroy(store, names, lambda _name: True)
 
 
 def _destroy(store: KeyStore, names: list[str], retired: Callable[[str], bool]) -> list[str]:

@@ -38,7 +38,7 @@ from homing.ceremonies.issuing_cas import (
     roots_with_keys,
 )
 from homing.ceremonies.pin_publication import publish_pins, targets_signed_here
-from homing.ceremonies.retired_keys import destroy_retired_ca_keys, destroy_retired_online_keys
+from homing.ceremonies.retired_keys import destroy_retired_keys
 from homing.ceremonies.retirement import (
     DEFAULT_LIVE_WINDOW,
     check_pin_retirement,
@@ -166,7 +166,7 @@ def rotate_online_keys(
     dd.save_settings(settings)
     repo.refresh_snapshot(signer_for(snapshot_key), signer_for(timestamp_key), now)
     detail: dict[str, object] = {"generation": g}
-    if destroyed := destroy_retired_online_keys(store, g):
+    if destroyed := destroy_retired_keys(dd, settings, store):
         detail["destroyed_keys"] = destroyed
     _audit(dd, now, actor, "rotate_online_keys", f"root v{root.signed.version}", detail)
     return root.signed.version
@@ -251,8 +251,7 @@ def rotate_issuing_ca(
     # server reloads the rotation by (trust bundle, certificate, then key).
     setattr(settings, attr, g)
     dd.save_settings(settings)
-    trusted = dd.certificates("device-cas.pem" if kind == "device" else "server-ca.pem")
-    destroyed = destroy_retired_ca_keys(store, kind, g, trusted)
+    destroyed = destroy_retired_keys(dd, settings, store)
     if kind == "server":
         if settings.serving == "private":
             rotate_server_cert(dd, now, actor=actor)
@@ -428,9 +427,7 @@ def rotate_root_ca(data: Path | DataDir, now: datetime, *, actor: str = OPERATOR
     # The settings last: the commit point a running server reloads by.
     dd.save_settings(settings)
     # Device-CA generations whose last certificate has expired left trust just now.
-    destroyed = destroy_retired_ca_keys(
-        store, "device", settings.device_ca_generation, dd.certificates("device-cas.pem")
-    )
+    destroyed = destroy_retired_keys(dd, settings, store)
     if settings.serving == "private":
         rotate_server_cert(dd, now, actor=actor)
     if here:  # else the new root waits for the targets holders' ceremony

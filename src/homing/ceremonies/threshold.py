@@ -27,7 +27,7 @@ from homing.ceremonies._common import (
     _write_offline_key,
     serialized,
 )
-from homing.ceremonies.retired_keys import destroy_retired_online_keys
+from homing.ceremonies.retired_keys import destroy_retired_keys
 from homing.errors import CeremonyError
 from homing.fsutil import atomic_write
 from homing.pki.keys import generate_signing_key, public_key_pem
@@ -198,7 +198,7 @@ def publish(
         dd.save_settings(settings)
         repo.refresh_snapshot(snapshot, timestamp, now)
         # The keys this root replaced sign nothing again (homing.ceremonies.retired_keys).
-        destroyed = destroy_retired_online_keys(store, settings.online_key_generation)
+        destroyed = destroy_retired_keys(dd, settings, store)
     else:
         from homing.ceremonies.retirement import record_published_pins
 
