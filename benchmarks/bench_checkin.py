@@ -354,8 +354,11 @@ def _report(results: dict[str, Any]) -> None:
             )
             if r["outcomes"].get("429"):
                 print("    (devices over their check-in limit: give this phase more devices)")
-    fronts = {"homing": ("", "homing"), "haproxy": ("_behind_haproxy", "HAProxy+homing")}
-    fronts["floor"] = ("_floor", "the floor (web stack, static body)")
+    fronts = {
+        "homing": ("", "homing"),
+        "haproxy": ("_behind_haproxy", "HAProxy+homing"),
+        "floor": ("_floor", "the floor (web stack, static body)"),
+    }
     for name in ("new_connection", "keepalive"):
         for front, (suffix, label) in fronts.items():
             h, n = results.get(f"{front}_{name}"), results.get(f"nginx_{name}")

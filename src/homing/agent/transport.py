@@ -175,19 +175,15 @@ class PinnedConnection(http.client.HTTPSConnection):
                 session=offered if isinstance(offered, ssl.SSLSession) else None,
                 do_handshake_on_connect=False,
             )
+            try:
+                if isinstance(offered, bytes):
+                    offer_saved(tls, self._tls_context, offered)
+                tls.do_handshake()
+            except BaseException:
+                tls.close()
+                raise
         except (ssl.SSLError, OSError) as e:
             raise TransportError(f"TLS handshake with {self.host}:{self.port} failed: {e}") from e
-        try:
-            if isinstance(offered, bytes):
-                offer_saved(tls, self._tls_context, offered)
-            tls.do_handshake()
-        except BaseException as e:
-            tls.close()
-            if isinstance(e, (ssl.SSLError, OSError)):
-                raise TransportError(
-                    f"TLS handshake with {self.host}:{self.port} failed: {e}"
-                ) from e
-            raise
         return tls
 
     def close(self) -> None:

@@ -309,7 +309,7 @@ class ServerState:
         metadata = self.dd.metadata_dir
         mark = _mtime(self._timestamp_file)
         if self._versions is None or self._versions[0] != mark:
-            timestamp = json.loads((metadata / "timestamp.json").read_bytes())["signed"]
+            timestamp = json.loads(Path(self._timestamp_file).read_bytes())["signed"]
             snapshot_version = int(timestamp["meta"]["snapshot.json"]["version"])
             snapshot = json.loads((metadata / f"{snapshot_version}.snapshot.json").read_bytes())
             versions = MetadataVersions(
