@@ -10,6 +10,7 @@ its request arrived.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,3 +50,44 @@ def test_concurrent_readiness_requests_share_one_probe_at_a_time(
     assert {a.json()["status"] for a in answers} == {"ready"}
     assert seen["most"] == 1
     assert 1 <= seen["probes"] <= REQUESTS
+
+
+def test_a_request_that_arrives_during_a_probe_gets_the_next_ones_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The probe a request is answered from began after it arrived: a database that went
+    away while an earlier probe ran is seen, and every request that waited shares one probe."""
+    world = {"problems": []}
+    gate: asyncio.Event
+    begun: list[list[str]] = []
+
+    class Runner:
+        async def run(self, fn: Any, *args: Any) -> list[str]:
+            return await fn(*args)
+
+    async def probe_at_its_start(state: Any) -> list[str]:
+        seen = list(world["problems"])  # what the world is when the probe begins
+        begun.append(seen)
+        if len(begun) == 1:
+            await gate.wait()
+        return seen
+
+    monkeypatch.setattr(readiness, "problems", probe_at_its_start)
+
+    async def scenario() -> tuple[list[str], list[list[str]]]:
+        nonlocal gate
+        gate = asyncio.Event()
+        probe = readiness.ReadinessProbe(Runner())  # type: ignore[arg-type]
+        first = asyncio.create_task(probe.problems())
+        await asyncio.sleep(0)  # the first probe has begun and holds
+        assert begun == [[]]
+        later = [asyncio.create_task(probe.problems()) for _ in range(REQUESTS)]
+        await asyncio.sleep(0)  # they have arrived and wait
+        world["problems"] = ["the database is unreachable"]
+        gate.set()
+        return await first, list(await asyncio.gather(*later))
+
+    first, later = asyncio.run(scenario())
+    assert first == []
+    assert later == [["the database is unreachable"]] * REQUESTS
+    assert len(begun) == 2  # forty requests, one probe between them

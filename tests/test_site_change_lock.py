@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +77,26 @@ def test_a_change_waits_saying_who_holds_the_lock_then_gives_up_naming_it(
     # Released: the next change takes it at once.
     with shared.site_change(db, wait=5):
         assert _holder_name(db) == holder
+
+
+def test_thirty_changes_leave_no_session_and_no_heartbeat_behind(db: Database) -> None:
+    """Each change opens a session of its own: none may outlive its change."""
+    threads = threading.active_count()
+
+    def sessions() -> int:
+        with db.engine.connect() as conn:
+            return int(
+                conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name LIKE 'homing-site-change:%%'"
+                ).scalar_one()
+            )
+
+    for _ in range(30):
+        with shared.site_change(db, wait=5):
+            assert sessions() == 1
+    wait_until("every change's session to end", lambda: sessions() == 0)
+    wait_until("every heartbeat to stop", lambda: threading.active_count() <= threads)
 
 
 def test_a_holder_that_goes_silent_loses_the_lock_within_the_bound(
