@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -270,6 +272,107 @@ def test_a_ceremony_waits_for_another_hosts_change_saying_who_then_publishes(
         assert "published generation 2" in err.read_text()
     finally:
         replica.close()
+
+
+# A host that takes the site-change lock, pulls, then waits for a line before it changes
+# the site and publishes: stopped in between, it is a host cut off mid-change.
+_CUT_HOST = """
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from homing import ceremonies
+from homing.errors import ConflictError
+from homing.site import DataDir, shared
+dd = DataDir(Path(sys.argv[1]), sys.argv[2])
+with shared.site_change(dd.database()):
+    shared.pull(dd)
+    print("held", flush=True)
+    sys.stdin.readline()
+    ceremonies.refresh_timestamp(dd, datetime.now(UTC))
+    try:
+        shared.publish(dd, datetime.now(UTC), "cut-host")
+    except ConflictError as e:
+        print("refused:", e, flush=True)
+    else:
+        print("published", flush=True)
+"""
+
+
+def test_a_host_that_lost_the_lock_mid_change_cannot_publish_over_the_next_holder(
+    published: DataDir, tmp_path: Path
+) -> None:
+    """Attack on the lock's fallback: a host stopped while holding it loses it, another
+    publishes, and the first, woken, finds its publication refused, not written over."""
+    from homing.store.bounded_session import SESSION_TIMEOUT
+
+    replica = _replica(published, tmp_path, "r1")
+    url = published.db_url
+    assert url is not None
+    env = {k: v for k, v in os.environ.items() if k != "HOMING_KEY_PASSPHRASE"}
+    errors = tmp_path / "cut-host.err"
+    with open(errors, "wb") as err:
+        cut = subprocess.Popen(
+            [sys.executable, "-c", _CUT_HOST, str(published.root), url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env,
+        )
+    assert cut.stdin is not None
+    assert cut.stdout is not None
+    try:
+        assert cut.stdout.readline().strip() == b"held", errors.read_text()
+        cut.send_signal(signal.SIGSTOP)
+        with shared.site_change(replica.database(), wait=SESSION_TIMEOUT + 60):
+            shared.pull(replica)
+            ceremonies.refresh_timestamp(replica, datetime.now(UTC))
+            generation = shared.publish(replica, datetime.now(UTC), "r1")
+        assert generation is not None
+        cut.send_signal(signal.SIGCONT)
+        cut.stdin.write(b"go\n")
+        cut.stdin.flush()
+        said = cut.stdout.readline().decode()
+        assert said.startswith("refused:"), said + errors.read_text()
+        assert "pull first" in said
+        with published.database().engine.connect() as conn:
+            row = shared.published_generation(conn)
+        assert row is not None
+        assert row[1] == generation  # what the next holder published stands
+    finally:
+        cut.send_signal(signal.SIGCONT)
+        cut.kill()
+        cut.wait()
+        cut.stdin.close()
+        cut.stdout.close()
+        replica.close()
+
+
+def test_ten_rotations_of_each_kind_keep_the_exported_medium_to_the_sites_keys(
+    published: DataDir, tmp_path: Path
+) -> None:
+    """The medium refreshed after every rotation grows with nothing: it never holds a key
+    the site has destroyed, and its retired-generation keys are the site's current ones."""
+    medium = tmp_path / "medium"
+    for _ in range(10):
+        now = datetime.now(UTC)
+        for kind in ("device", "server"):
+            ceremonies.rotate_issuing_ca(published, kind, now)
+        ceremonies.rotate_online_keys(published, now)
+        export_online_keys(published, medium)
+        settings = published.settings()
+        store = published.keystore(settings)
+        held = sorted(p.name.removesuffix(".key.pem") for p in medium.glob("*.key.pem"))
+        assert [n for n in held if not store.exists(n)] == []
+        server, online = settings.server_ca_generation, settings.online_key_generation
+        assert {n for n in held if n.startswith("server-ca-")} == {
+            f"server-ca-g{server}",
+            f"server-ca-g{server + 1}",
+        }
+        assert {n for n in held if n.startswith(("snapshot-", "timestamp-"))} == {
+            f"snapshot-{online}",
+            f"timestamp-{online}",
+        }
+    assert published.settings().server_ca_generation == 11
 
 
 def test_serving_on_sqlite_is_not_shared(tmp_path: Path, data_dir: Path) -> None:
